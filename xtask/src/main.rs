@@ -1,0 +1,38 @@
+//! `cargo xtask`: every command a user of the lab runs.
+//!
+//! `main` only dispatches; each subcommand is a module with its own `Options` and one entry
+//! function. Every child process goes through [`exec`], which puts the full command line in any
+//! error.
+
+mod build;
+mod exec;
+mod lab;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, run and test the zero-reset traffic-engineering lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the lab need (apt packages, bpf-linker, the eBPF toolchain).
+    Setup(setup::Options),
+    /// Run the lab: the default scenarios, one scenario file, or `clean`.
+    Lab(lab::Options),
+    /// Run the test suites (set-up first).
+    Test(test::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup(opts) => setup::run(&opts),
+        Command::Lab(opts) => lab::run(opts),
+        Command::Test(opts) => test::run(opts),
+    }
+}
