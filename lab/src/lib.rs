@@ -1,4 +1,28 @@
-//! The zero-reset traffic-engineering lab.
-#![doc = "See the repository README for what it proves and how to run it."]
+//! The zero-reset traffic-engineering lab: network-namespace topologies, the control plane, the
+//! workloads that measure resets, misroutes and drops, scenarios with their negative controls,
+//! and reports.
+//!
+//! Module map:
+//! - [`netns`], [`cgroup`], [`nl`]: the kernel objects, one operation per function;
+//! - [`topology`]: topology files and the built, self-removing [`topology::Lab`];
+//! - [`workload`]: the service, the client flows, their accounting;
+//! - [`scenario`]: scenario files, expectations, the runner;
+//! - [`report`]: table, JSON and Markdown;
+//! - [`clean`], [`run_id`]: finding and removing what killed runs left;
+//! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
 pub mod bpf;
+pub mod cgroup;
+pub mod clean;
+pub mod error;
+pub mod features;
+pub mod netns;
+pub mod nl;
+pub mod report;
+pub mod run_id;
+pub mod scenario;
+pub mod spec;
+pub mod topology;
+pub mod workload;
+
+pub use error::{LabError, Result};

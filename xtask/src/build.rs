@@ -14,14 +14,25 @@ use crate::exec::{describe, workspace_root};
 pub(crate) fn lab_binary() -> Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
-        .args(["build", "--package", "zrlab", "--bin", "zrlab", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--package",
+            "zrlab",
+            "--bin",
+            "zrlab",
+            "--message-format=json-render-diagnostics",
+        ])
         .stdout(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("failed to run {}", describe(&cmd)))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("failed to run {}", describe(&cmd)))?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut binary = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo output")?;
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "zrlab" {
             if let Some(exe) = msg["executable"].as_str() {
                 binary = Some(PathBuf::from(exe));

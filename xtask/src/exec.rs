@@ -18,12 +18,14 @@ pub(crate) fn exec(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` with inherited stdio and returns how it ended (for exit-code pass-through).
 pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status().with_context(|| format!("failed to run {}", describe(cmd)))
+    cmd.status()
+        .with_context(|| format!("failed to run {}", describe(cmd)))
 }
 
 /// Runs `cmd` capturing its output; a non-zero exit is returned, not an error.
 pub(crate) fn output(cmd: &mut Command) -> Result<Output> {
-    cmd.output().with_context(|| format!("failed to run {}", describe(cmd)))
+    cmd.output()
+        .with_context(|| format!("failed to run {}", describe(cmd)))
 }
 
 /// `cmd` as a shell-like line, for messages.

@@ -48,10 +48,15 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
     }
     let linker = linker_present()?;
     if !linker {
-        missing.push(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"));
+        missing.push(format!(
+            "bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"
+        ));
     }
     if missing.is_empty() {
-        eprintln!("[setup] everything present ({} ms)", started.elapsed().as_millis());
+        eprintln!(
+            "[setup] everything present ({} ms)",
+            started.elapsed().as_millis()
+        );
         return Ok(());
     }
     if !install {
@@ -79,7 +84,13 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
         )?,
         ToolchainState::NoRustSrc => step(
             &format!("adding rust-src to {EBPF_TOOLCHAIN}"),
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]),
+            Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ]),
         )?,
     }
     if !linker {
@@ -127,7 +138,9 @@ pub(crate) fn install_packages(packages: &[String]) -> Result<()> {
     }
     step(
         "refreshing apt package lists",
-        Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     let install = || {
         let mut cmd = Command::new("apt-get");
@@ -136,8 +149,15 @@ pub(crate) fn install_packages(packages: &[String]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
-    if step(&format!("installing {}", packages.join(" ")), &mut install()).is_err() {
-        eprintln!("[setup] apt-get install failed once; retrying (transient dpkg errors happen here)");
+    if step(
+        &format!("installing {}", packages.join(" ")),
+        &mut install(),
+    )
+    .is_err()
+    {
+        eprintln!(
+            "[setup] apt-get install failed once; retrying (transient dpkg errors happen here)"
+        );
         step("retrying the install", &mut install())?;
     }
     Ok(())
@@ -162,7 +182,11 @@ fn toolchain_state() -> Result<ToolchainState> {
     }
     let sysroot = String::from_utf8(out.stdout).context("non-UTF-8 sysroot")?;
     let library = std::path::Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library");
-    Ok(if library.is_dir() { ToolchainState::Ready } else { ToolchainState::NoRustSrc })
+    Ok(if library.is_dir() {
+        ToolchainState::Ready
+    } else {
+        ToolchainState::NoRustSrc
+    })
 }
 
 fn linker_present() -> Result<bool> {
@@ -181,8 +205,18 @@ fn install_linker() -> Result<()> {
     step(
         &format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 90 s)"),
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{LLVM_MAJOR}"),
+            ])
             .env("PATH", path)
             .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &llvm),
     )

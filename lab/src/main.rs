@@ -1,0 +1,228 @@
+//! `zrlab`: runs the lab (normally through `cargo xtask lab`).
+//!
+//! With no subcommand it runs the default scenarios of the fixtures directory, prints the
+//! report table, writes `report.json` and `report.md`, and exits non-zero if any expectation
+//! failed. Every run first removes what crashed runs left behind, and tears its own topology
+//! down on success, failure, panic, SIGINT and SIGTERM.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::signal::unix::{SignalKind, signal};
+use zrlab::{
+    clean::{self, Scope},
+    report::Report,
+    scenario::{Outcome, RunOptions, Scenario, run_scenario},
+    workload::service::{ServiceArgs, serve},
+};
+
+const DEFAULT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
+const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/lab");
+
+#[derive(Parser)]
+#[command(
+    name = "zrlab",
+    about = "The zero-reset traffic-engineering lab",
+    long_about = "Runs scenarios in network namespaces and reports resets, misroutes and drops.\n\
+                  Without a subcommand: runs the default scenarios. Needs root."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Fixtures directory (holds scenarios/ and topologies/).
+    #[arg(long, global = true, default_value = DEFAULT_FIXTURES)]
+    fixtures: PathBuf,
+    /// Where report.json and report.md are written.
+    #[arg(long, global = true, default_value = DEFAULT_OUT)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run scenario files (control and main variant of each).
+    Run {
+        /// Scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Leave the main variant's topology and services up, and print how to enter it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove what killed or kept runs left (namespaces, cgroups, BPF pins); live runs stay.
+    Clean,
+    /// List the lab objects present on this machine (live and dead runs).
+    List,
+    /// Internal: the service process started on backends.
+    #[command(hide = true)]
+    Service(ServiceArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zrlab: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if let Some(Command::Service(args)) = cli.command {
+        runtime.block_on(serve(args)).context("service")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(zrlab::LabError::NotPrivileged(
+            "run it as root (or through sudo)".into()
+        ));
+    }
+    match cli.command {
+        Some(Command::Clean) => {
+            let cleaned = clean::clean(Scope::AllDead)?;
+            print_cleaned(&cleaned, "removed");
+            if cleaned.is_empty() {
+                println!("nothing to clean");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::List) => {
+            for item in clean::inventory()? {
+                println!("{item}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Run { files, keep }) => runtime.block_on(run_files(&files, keep, &cli.out)),
+        None => {
+            let files = default_scenarios(&cli.fixtures.join("scenarios"))?;
+            runtime.block_on(run_files(&files, false, &cli.out))
+        }
+        Some(Command::Service(_)) => unreachable!("handled above"),
+    }
+}
+
+fn print_cleaned(cleaned: &clean::Cleaned, verb: &str) {
+    for ns in &cleaned.namespaces {
+        println!("{verb} namespace {ns}");
+    }
+    for dir in cleaned.cgroups.iter().chain(&cleaned.pins) {
+        println!("{verb} {}", dir.display());
+    }
+}
+
+/// Every scenario file in `dir` that is not marked `default = false`, by name.
+fn default_scenarios(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading scenario directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut defaults = Vec::new();
+    for file in files {
+        if Scenario::load(&file)?.default {
+            defaults.push(file);
+        }
+    }
+    if defaults.is_empty() {
+        bail!("no default scenarios in {}", dir.display());
+    }
+    Ok(defaults)
+}
+
+async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode> {
+    // Parse everything first: a bad file fails before any topology is built.
+    let scenarios = files
+        .iter()
+        .map(|f| Scenario::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cleaned = clean::clean(Scope::Crashed)?;
+    print_cleaned(&cleaned, "cleaned up after a killed run:");
+    let opts = RunOptions {
+        keep,
+        service_exe: std::env::current_exe().context("locating zrlab")?,
+    };
+
+    let bar = ProgressBar::new(scenarios.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:20} {pos}/{len} {elapsed} {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for scenario in &scenarios {
+        let mut progress = |msg: String| bar.set_message(msg);
+        // Dropping the run future on a signal drops its lab, whose Drop tears it down.
+        let outcome = tokio::select! {
+            outcome = run_scenario(scenario, &opts, &mut progress) => outcome?,
+            _ = interrupt.recv() => return interrupted(&bar),
+            _ = terminate.recv() => return interrupted(&bar),
+        };
+        bar.println(format!(
+            "{}: {}{}",
+            outcome.name,
+            serde_json::to_value(outcome.verdict)?
+                .as_str()
+                .unwrap_or("?"),
+            if outcome.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", outcome.reason)
+            }
+        ));
+        if let Some(prefix) = outcome.main.as_ref().and_then(|m| m.kept.clone()) {
+            print_kept(scenario, &prefix, &bar);
+        }
+        outcomes.push(outcome);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let report = Report::new(&outcomes);
+    print!("{}", report.table());
+    report.write(out)?;
+    println!("report: {}/report.json, report.md", out.display());
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_kept(scenario: &Scenario, prefix: &str, bar: &ProgressBar) {
+    bar.println(format!(
+        "kept the topology of {} up; enter a node with:",
+        scenario.name
+    ));
+    for node in &scenario.main.topology.spec.nodes {
+        bar.println(format!(
+            "  ip netns exec {prefix}-{} bash    # {:?}",
+            node.name, node.role
+        ));
+    }
+    bar.println("remove it with: cargo xtask lab clean");
+}
+
+fn interrupted(bar: &ProgressBar) -> Result<ExitCode> {
+    bar.finish_and_clear();
+    eprintln!("zrlab: interrupted; the running topology was torn down");
+    Ok(ExitCode::from(130))
+}

@@ -1,0 +1,214 @@
+//! The lab's report: a terminal table, `report.json` and `report.md`.
+//!
+//! JSON layout (stable; consumers may rely on it):
+//! `{"kernel", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
+//! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
+//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}]}]}`.
+//! Figures are those of flows whose owner stayed up (see `workload::accounting`); set-up and
+//! teardown times are the main variant's topology.
+
+use std::{fmt::Write as _, path::Path};
+
+use serde::Serialize;
+
+use crate::{
+    error::{LabError, Result},
+    scenario::{Outcome, Verdict},
+};
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `uname -r` of the kernel the lab ran on.
+    pub kernel: String,
+    /// One entry per scenario, in run order.
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+/// Control-run figures.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ControlFigures {
+    /// Resets.
+    pub resets: u64,
+    /// Misroutes.
+    pub misroutes: u64,
+    /// Drops.
+    pub drops: u64,
+}
+
+/// An evaluated expectation, with the variant it belongs to.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    /// `main` or `control`.
+    pub variant: &'static str,
+    /// `metric <op> value`.
+    pub expect: String,
+    /// Measured value.
+    pub actual: u64,
+    /// Whether it held.
+    pub ok: bool,
+}
+
+/// One scenario's line of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Why it failed or was skipped.
+    pub reason: String,
+    /// Flows measured in the main run.
+    pub flows: u64,
+    /// Resets in the main run.
+    pub resets: u64,
+    /// Misroutes in the main run.
+    pub misroutes: u64,
+    /// Drops in the main run.
+    pub drops: u64,
+    /// The control run's figures.
+    pub control: Option<ControlFigures>,
+    /// Topology set-up time of the main run.
+    pub setup_ms: u64,
+    /// Topology teardown time of the main run.
+    pub teardown_ms: u64,
+    /// Every expectation of both runs.
+    pub checks: Vec<CheckReport>,
+}
+
+impl From<&Outcome> for ScenarioReport {
+    fn from(outcome: &Outcome) -> Self {
+        let main = outcome.main.as_ref();
+        let counted = main.map(|m| m.tally.counted).unwrap_or_default();
+        let mut checks = Vec::new();
+        for (variant, result) in [("main", &outcome.main), ("control", &outcome.control)] {
+            for check in result.iter().flat_map(|r| &r.checks) {
+                checks.push(CheckReport {
+                    variant,
+                    expect: check.expect.clone(),
+                    actual: check.actual,
+                    ok: check.ok,
+                });
+            }
+        }
+        Self {
+            name: outcome.name.clone(),
+            verdict: outcome.verdict,
+            reason: outcome.reason.clone(),
+            flows: counted.flows,
+            resets: counted.resets,
+            misroutes: counted.misroutes,
+            drops: counted.drops,
+            control: outcome.control.as_ref().map(|c| ControlFigures {
+                resets: c.tally.counted.resets,
+                misroutes: c.tally.counted.misroutes,
+                drops: c.tally.counted.drops,
+            }),
+            setup_ms: main.map_or(0, |m| m.setup.as_millis() as u64),
+            teardown_ms: main.map_or(0, |m| m.teardown.as_millis() as u64),
+            checks,
+        }
+    }
+}
+
+impl Report {
+    /// A report of `outcomes` on the running kernel.
+    pub fn new(outcomes: &[Outcome]) -> Self {
+        Self {
+            kernel: kernel_release(),
+            scenarios: outcomes.iter().map(ScenarioReport::from).collect(),
+        }
+    }
+
+    /// Whether every scenario passed or was skipped.
+    pub fn ok(&self) -> bool {
+        self.scenarios.iter().all(|s| s.verdict != Verdict::Fail)
+    }
+
+    /// The summary table (terminal and Markdown share it).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| {:<24} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+            "scenario",
+            "verdict",
+            "flows",
+            "resets",
+            "misroutes",
+            "drops",
+            "control r/m/d",
+            "setup ms",
+            "teardown ms"
+        );
+        let _ = writeln!(
+            out,
+            "|{:-<26}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
+            "", "", "", "", "", "", "", "", ""
+        );
+        for s in &self.scenarios {
+            let control = s.control.map_or("-".to_owned(), |c| {
+                format!("{}/{}/{}", c.resets, c.misroutes, c.drops)
+            });
+            let verdict = serde_json::to_value(s.verdict).expect("serialisable");
+            let _ = writeln!(
+                out,
+                "| {:<24} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+                s.name,
+                verdict.as_str().unwrap_or("?"),
+                s.flows,
+                s.resets,
+                s.misroutes,
+                s.drops,
+                control,
+                s.setup_ms,
+                s.teardown_ms
+            );
+        }
+        out
+    }
+
+    /// The Markdown report: the table, then each scenario's checks and reason.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("# Lab report\n\nKernel: `{}`\n\n", self.kernel);
+        out.push_str(&self.table());
+        for s in &self.scenarios {
+            let _ = write!(out, "\n## {}\n\n", s.name);
+            if !s.reason.is_empty() {
+                let _ = writeln!(out, "Reason: {}\n", s.reason);
+            }
+            for c in &s.checks {
+                let mark = if c.ok { "ok" } else { "FAILED" };
+                let _ = writeln!(out, "- {} `{}`: {} ({mark})", c.variant, c.expect, c.actual);
+            }
+        }
+        out
+    }
+
+    /// Writes `report.json` and `report.md` into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LabError::os("mkdir", dir.display().to_string(), e))?;
+        let json = serde_json::to_string_pretty(self).expect("serialisable");
+        for (name, text) in [("report.json", json), ("report.md", self.markdown())] {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| LabError::os("write", path.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    // SAFETY: uname fills the zeroed struct; the release field is NUL-terminated.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(uts.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}

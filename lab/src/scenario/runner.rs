@@ -1,0 +1,363 @@
+//! Running a scenario: control first, then the main variant, each in a topology of its own.
+//!
+//! A variant's life, every step a wait on a condition with a timeout (never a sleep):
+//! 1. build the topology; start the service on every backend and wait until each says `ready`;
+//! 2. start the client flows; wait until every flow has an owner and `warmup_rounds` rounds;
+//! 3. fire each event after every live flow made `rounds_between_events` more rounds;
+//! 4. wait `settle_rounds` more rounds, stop the flows, tally, tear down.
+//!
+//! The verdict passes only if both variants meet their expectations: the main one shows the
+//! fix works, the control shows the failure the fix prevents.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use super::{
+    expect::{Check, evaluate},
+    spec::{EventSpec, Scenario, Variant},
+};
+use crate::{
+    error::{LabError, Result},
+    topology::Lab,
+    workload::{
+        accounting::{FlowRecord, Tally},
+        client::{Client, ClientSpec},
+        phase::Phase,
+    },
+};
+
+/// How a scenario is run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Leave the main variant's topology (and services) up afterwards.
+    pub keep: bool,
+    /// The `zrlab` binary, started as `zrlab service ...` on backends.
+    pub service_exe: PathBuf,
+}
+
+/// A scenario's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Both variants met their expectations.
+    Pass,
+    /// An expectation failed, or the run itself did.
+    Fail,
+    /// The kernel lacks a feature the scenario needs.
+    Skip,
+}
+
+/// What one variant measured.
+#[derive(Clone, Debug)]
+pub struct VariantOutcome {
+    /// The tally of its flows.
+    pub tally: Tally,
+    /// Its expectations, evaluated.
+    pub checks: Vec<Check>,
+    /// Topology set-up time.
+    pub setup: Duration,
+    /// Topology teardown time (zero when kept).
+    pub teardown: Duration,
+    /// Every flow's record.
+    pub flows: Vec<FlowRecord>,
+    /// The run prefix of a kept topology.
+    pub kept: Option<String>,
+}
+
+/// A scenario's result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Scenario name.
+    pub name: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why (failed checks, the error, or the missing feature); empty on a pass.
+    pub reason: String,
+    /// The main variant, if it ran to the end.
+    pub main: Option<VariantOutcome>,
+    /// The control variant, if it ran to the end.
+    pub control: Option<VariantOutcome>,
+}
+
+/// Runs `scenario` (control, then main), reporting each step through `progress`.
+pub async fn run_scenario(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(String),
+) -> Result<Outcome> {
+    let mut outcome = Outcome {
+        name: scenario.name.clone(),
+        verdict: Verdict::Pass,
+        reason: String::new(),
+        main: None,
+        control: None,
+    };
+    for feature in &scenario.requires {
+        if !feature.probe().await? {
+            outcome.verdict = Verdict::Skip;
+            outcome.reason = format!("kernel lacks {}", feature.describe());
+            return Ok(outcome);
+        }
+    }
+    let mut reasons = Vec::new();
+    for (label, variant, keep) in [
+        ("control", &scenario.control, false),
+        ("main", &scenario.main, opts.keep),
+    ] {
+        let mut step = |what: &str| progress(format!("{} [{label}]: {what}", scenario.name));
+        match run_variant(variant, keep, opts, &mut step).await {
+            Ok(result) => {
+                for check in result.checks.iter().filter(|c| !c.ok) {
+                    reasons.push(format!(
+                        "{label}: expected {} but got {}",
+                        check.expect, check.actual
+                    ));
+                }
+                if label == "main" {
+                    outcome.main = Some(result)
+                } else {
+                    outcome.control = Some(result)
+                }
+            }
+            Err(LabError::Interrupted) => return Err(LabError::Interrupted),
+            Err(e) => reasons.push(format!("{label}: {e}")),
+        }
+    }
+    if !reasons.is_empty() {
+        outcome.verdict = Verdict::Fail;
+        outcome.reason = reasons.join("; ");
+    }
+    Ok(outcome)
+}
+
+async fn run_variant(
+    variant: &Variant,
+    keep: bool,
+    opts: &RunOptions,
+    step: &mut dyn FnMut(&str),
+) -> Result<VariantOutcome> {
+    let timing = &variant.timing;
+    let workload = &variant.workload;
+    step("building topology");
+    let mut lab = Lab::build(&variant.topology, keep).await?;
+    let setup = lab.setup_time();
+
+    step("starting services");
+    let server_ids = assign_server_ids(
+        workload.seed,
+        &workload.backends,
+        workload.cid_version.max_id(),
+    );
+    for backend in &workload.backends {
+        let args = vec![
+            "service".to_owned(),
+            format!("--node={backend}"),
+            format!("--tcp={}", SocketAddr::new(workload.vip, workload.tcp_port)),
+            format!("--udp={}", SocketAddr::new(workload.vip, workload.udp_port)),
+            format!("--server-id={}", server_ids[backend]),
+            format!(
+                "--cid-version={}",
+                serde_json::to_value(workload.cid_version)
+                    .expect("serialisable")
+                    .as_str()
+                    .expect("string")
+            ),
+        ];
+        let spawned = lab.spawn(backend, &opts.service_exe, &args)?;
+        wait_for_phase(
+            spawned.stdout,
+            Phase::Ready,
+            timing.phase_timeout(),
+            backend,
+        )
+        .await?;
+    }
+
+    step("warming up");
+    let client = Client::start(
+        &lab.node(&workload.client)?.netns,
+        ClientSpec {
+            vip: workload.vip,
+            tcp_port: workload.tcp_port,
+            udp_port: workload.udp_port,
+            tcp_flows: workload.tcp_flows,
+            udp_flows: workload.udp_flows,
+            period: Duration::from_millis(workload.period_ms),
+            reply_timeout: timing.reply_timeout(),
+            seed: workload.seed,
+        },
+    )?;
+    let book = client.book();
+    book.wait_until(
+        "every flow to get its first reply",
+        timing.phase_timeout(),
+        |flows| flows.iter().all(|f| f.owner.is_some() || !f.live()),
+    )
+    .await?;
+    let failed: Vec<String> = book
+        .snapshot()
+        .iter()
+        .filter(|f| f.owner.is_none())
+        .map(|f| format!("flow {} ({:?}): {:?}", f.id, f.proto, f.ending))
+        .collect();
+    if !failed.is_empty() {
+        return Err(LabError::Service {
+            name: "warm-up".into(),
+            message: format!(
+                "{} flows never got a reply: {}",
+                failed.len(),
+                failed
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    wait_rounds(
+        &client,
+        timing.warmup_rounds,
+        timing.phase_timeout(),
+        "warm-up rounds",
+    )
+    .await?;
+
+    let mut down = BTreeSet::new();
+    for event in &variant.events {
+        wait_rounds(
+            &client,
+            timing.rounds_between_events,
+            timing.phase_timeout(),
+            "rounds before the next event",
+        )
+        .await?;
+        step(&format!("event {}", describe(event)));
+        apply(&mut lab, event).await?;
+        if let Some(node) = event.takes_down() {
+            down.insert(node.to_owned());
+        }
+    }
+    step("settling");
+    wait_rounds(
+        &client,
+        timing.settle_rounds,
+        timing.phase_timeout(),
+        "rounds after the last event",
+    )
+    .await?;
+    let flows = client.stop()?;
+    let tally = Tally::of(&flows, &down);
+    let checks = evaluate(&variant.expect, &tally);
+
+    step("tearing down");
+    let kept = keep.then(|| lab.run_id().to_string());
+    let teardown = lab.teardown()?;
+    Ok(VariantOutcome {
+        tally,
+        checks,
+        setup,
+        teardown,
+        flows,
+        kept,
+    })
+}
+
+/// Waits until every live flow has completed `rounds` more rounds than it had on entry.
+async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str) -> Result<()> {
+    let marks: Vec<u64> = client.book().snapshot().iter().map(|f| f.rounds).collect();
+    client
+        .book()
+        .wait_until(what, timeout, |flows| {
+            flows
+                .iter()
+                .zip(&marks)
+                .all(|(flow, mark)| !flow.live() || flow.rounds >= mark + rounds)
+        })
+        .await
+}
+
+async fn wait_for_phase(
+    stdout: tokio::process::ChildStdout,
+    wanted: Phase,
+    timeout: Duration,
+    node: &str,
+) -> Result<()> {
+    let mut lines = BufReader::new(stdout).lines();
+    let reached = async {
+        while let Some(line) = lines
+            .next_line()
+            .await
+            .map_err(|e| LabError::os("read phases of", node, e))?
+        {
+            if Phase::parse(&line).is_some_and(|p| p >= wanted) {
+                return Ok(true);
+            }
+        }
+        Ok::<_, LabError>(false)
+    };
+    match tokio::time::timeout(timeout, reached).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(LabError::Service {
+            name: format!("{node}/a"),
+            message: format!("exited before it was {wanted}"),
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(LabError::Timeout {
+            what: format!("the service on {node} to be {wanted}"),
+            after: timeout,
+        }),
+    }
+}
+
+async fn apply(lab: &mut Lab, event: &EventSpec) -> Result<()> {
+    match event {
+        EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
+        EventSpec::ReplaceMember {
+            group,
+            member,
+            with,
+        } => lab.replace_member(group, member, with).await,
+        EventSpec::AddMember { group, member } => lab.add_member(group, member).await,
+    }
+}
+
+fn describe(event: &EventSpec) -> String {
+    match event {
+        EventSpec::RemoveMember { group, member } => format!("remove {member} from {group}"),
+        EventSpec::ReplaceMember {
+            group,
+            member,
+            with,
+        } => format!("replace {member} by {with} in {group}"),
+        EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
+    }
+}
+
+/// Distinct, non-zero, seeded random server ids (DESIGN.md: an out-of-band job assigns random
+/// ids to hosts).
+fn assign_server_ids(seed: u64, backends: &[String], max: u32) -> BTreeMap<String, u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e4e_e41d);
+    let mut used = BTreeSet::new();
+    backends
+        .iter()
+        .map(|backend| {
+            let id = loop {
+                let id = rng.random_range(1..=max);
+                if used.insert(id) {
+                    break id;
+                }
+            };
+            (backend.clone(), id)
+        })
+        .collect()
+}

@@ -1,0 +1,506 @@
+//! Scenario files (`fixtures/scenarios/*.toml`): a topology, a workload, a timeline of events
+//! and expectations, plus the control variant that must show the failure the fix prevents.
+//!
+//! ```toml
+//! description = "what the scenario proves"
+//! topology = "../topologies/ecmp-direct.toml"   # relative to this file
+//! requires = ["resilient-nexthop-groups"]       # kernel features; missing ones skip the scenario
+//!
+//! [groups.vip]           # overrides of the topology's nexthop groups
+//! type = "resilient"
+//! buckets = 128
+//!
+//! [workload]
+//! client = "client"
+//! backends = ["be1", "be2", "be3", "be4"]
+//! vip = "203.0.113.10"
+//!
+//! [[event]]              # fired in order, each after every live flow made more rounds
+//! action = "remove-member"
+//! group = "vip"
+//! member = "be4"
+//!
+//! [expect]               # checked against the flows whose owner stayed up
+//! resets = "== 0"
+//!
+//! [control]              # merged over the main variant; its own [control.expect]
+//! description = "the same without the fix"
+//! groups.vip = { type = "hash-threshold" }
+//! expect = { resets = "> 0" }
+//! ```
+//!
+//! The control is required: a claim without a run that shows the failure proves nothing
+//! (DESIGN.md section 2). Its table is merged key by key over the main one (tables such as
+//! `workload` and `timing` merge, other values replace); `expect` and each `groups.<name>` are
+//! replaced whole, and the control must state its own `expect`.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use super::expect::{Comparison, Metric};
+use crate::{
+    features::Feature,
+    nl::nexthop::GroupType,
+    spec::{SpecError, from_table, read_table},
+    topology::{Role, Topology},
+    workload::quic::CidVersion,
+};
+
+/// Override of a topology group.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupOverride {
+    /// New group type.
+    #[serde(rename = "type")]
+    pub kind: Option<GroupType>,
+    /// New bucket count (resilient groups).
+    pub buckets: Option<u16>,
+}
+
+/// The workload of a scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// The client node.
+    pub client: String,
+    /// Backend nodes that run the service.
+    pub backends: Vec<String>,
+    /// The service address (on every backend's loopback).
+    pub vip: IpAddr,
+    /// TCP port.
+    #[serde(default = "defaults::tcp_port")]
+    pub tcp_port: u16,
+    /// UDP port.
+    #[serde(default = "defaults::udp_port")]
+    pub udp_port: u16,
+    /// Number of TCP flows.
+    #[serde(default = "defaults::flows")]
+    pub tcp_flows: u32,
+    /// Number of UDP flows.
+    #[serde(default = "defaults::flows")]
+    pub udp_flows: u32,
+    /// Milliseconds between a flow's requests.
+    #[serde(default = "defaults::period_ms")]
+    pub period_ms: u64,
+    /// Seed of every random choice (ports are fixed; offsets, CIDs and server ids are drawn).
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Layout of server ids in QUIC connection ids.
+    #[serde(default = "defaults::cid_version")]
+    pub cid_version: CidVersion,
+}
+
+/// Pacing of a scenario, in rounds (one request per flow) rather than seconds, so that a slow
+/// machine runs the same scenario, only slower.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingSpec {
+    /// Rounds every flow completes before the first event.
+    #[serde(default = "defaults::warmup_rounds")]
+    pub warmup_rounds: u64,
+    /// Rounds between two events.
+    #[serde(default = "defaults::rounds_between_events")]
+    pub rounds_between_events: u64,
+    /// Rounds after the last event before the flows stop.
+    #[serde(default = "defaults::settle_rounds")]
+    pub settle_rounds: u64,
+    /// Milliseconds a request may wait for its reply.
+    #[serde(default = "defaults::reply_timeout_ms")]
+    pub reply_timeout_ms: u64,
+    /// Milliseconds any one phase (start-up, warm-up, a wait for rounds) may take.
+    #[serde(default = "defaults::phase_timeout_ms")]
+    pub phase_timeout_ms: u64,
+}
+
+impl Default for TimingSpec {
+    fn default() -> Self {
+        Self {
+            warmup_rounds: defaults::warmup_rounds(),
+            rounds_between_events: defaults::rounds_between_events(),
+            settle_rounds: defaults::settle_rounds(),
+            reply_timeout_ms: defaults::reply_timeout_ms(),
+            phase_timeout_ms: defaults::phase_timeout_ms(),
+        }
+    }
+}
+
+impl TimingSpec {
+    /// [`TimingSpec::reply_timeout_ms`] as a duration.
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.reply_timeout_ms)
+    }
+
+    /// [`TimingSpec::phase_timeout_ms`] as a duration.
+    pub fn phase_timeout(&self) -> Duration {
+        Duration::from_millis(self.phase_timeout_ms)
+    }
+}
+
+mod defaults {
+    use crate::workload::quic::CidVersion;
+
+    pub(super) fn tcp_port() -> u16 {
+        8080
+    }
+    pub(super) fn udp_port() -> u16 {
+        4433
+    }
+    pub(super) fn flows() -> u32 {
+        200
+    }
+    pub(super) fn period_ms() -> u64 {
+        100
+    }
+    pub(super) fn seed() -> u64 {
+        1
+    }
+    pub(super) fn cid_version() -> CidVersion {
+        CidVersion::V3
+    }
+    pub(super) fn warmup_rounds() -> u64 {
+        2
+    }
+    pub(super) fn rounds_between_events() -> u64 {
+        2
+    }
+    pub(super) fn settle_rounds() -> u64 {
+        3
+    }
+    pub(super) fn reply_timeout_ms() -> u64 {
+        1000
+    }
+    pub(super) fn phase_timeout_ms() -> u64 {
+        30_000
+    }
+    pub(super) fn enabled() -> bool {
+        true
+    }
+}
+
+/// An event of the timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EventSpec {
+    /// Take `member` out of `group` (its host counts as down from then on).
+    RemoveMember {
+        /// The group.
+        group: String,
+        /// The member node.
+        member: String,
+    },
+    /// Point `member`'s slot of `group` at `with` (the member's host counts as down).
+    ReplaceMember {
+        /// The group.
+        group: String,
+        /// The member node leaving.
+        member: String,
+        /// The node taking its slot.
+        with: String,
+    },
+    /// Add `member` at the end of `group`.
+    AddMember {
+        /// The group.
+        group: String,
+        /// The member node.
+        member: String,
+    },
+}
+
+impl EventSpec {
+    /// The node this event takes down, if any.
+    pub fn takes_down(&self) -> Option<&str> {
+        match self {
+            Self::RemoveMember { member, .. } | Self::ReplaceMember { member, .. } => Some(member),
+            Self::AddMember { .. } => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VariantSpec {
+    #[serde(default)]
+    description: String,
+    topology: PathBuf,
+    #[serde(default)]
+    groups: BTreeMap<String, GroupOverride>,
+    workload: WorkloadSpec,
+    #[serde(default, rename = "event")]
+    events: Vec<EventSpec>,
+    #[serde(default)]
+    timing: TimingSpec,
+    expect: BTreeMap<Metric, Comparison>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    #[serde(default)]
+    requires: Vec<Feature>,
+    #[serde(default = "defaults::enabled")]
+    default: bool,
+}
+
+/// One runnable variant (main or control), fully resolved.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// What this variant shows.
+    pub description: String,
+    /// The topology, with the variant's group overrides applied.
+    pub topology: Topology,
+    /// The workload.
+    pub workload: WorkloadSpec,
+    /// The timeline.
+    pub events: Vec<EventSpec>,
+    /// Pacing.
+    pub timing: TimingSpec,
+    /// Expectations.
+    pub expect: BTreeMap<Metric, Comparison>,
+}
+
+/// A scenario file.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The file.
+    pub file: PathBuf,
+    /// The scenario's name (the file stem).
+    pub name: String,
+    /// Kernel features it needs.
+    pub requires: Vec<Feature>,
+    /// Whether `zrlab` runs it by default.
+    pub default: bool,
+    /// The run with the fix.
+    pub main: Variant,
+    /// The run without it.
+    pub control: Variant,
+}
+
+/// Keys of a scenario file that are not part of a variant.
+const FILE_KEYS: [&str; 3] = ["requires", "default", "control"];
+
+impl Scenario {
+    /// Reads and validates a scenario file (and its topology).
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let mut table = read_table(path)?;
+        let mut file_table = toml::Table::new();
+        for key in FILE_KEYS {
+            if let Some(value) = table.remove(key) {
+                file_table.insert(key.to_owned(), value);
+            }
+        }
+        let control_table = match file_table.remove("control") {
+            Some(toml::Value::Table(control)) => control,
+            Some(_) => return Err(SpecError::new(path, "control", "must be a table")),
+            None => {
+                return Err(SpecError::new(
+                    path,
+                    "control",
+                    "missing: every scenario needs a [control] run that shows the failure without the fix",
+                ));
+            }
+        };
+        if !control_table.contains_key("expect") {
+            return Err(SpecError::new(
+                path,
+                "control.expect",
+                "missing: the control must state what failure it shows",
+            ));
+        }
+        let file: FileSpec = from_table(path, "", file_table)?;
+        let main_spec: VariantSpec = from_table(path, "", table.clone())?;
+        let mut merged = table;
+        merge(&mut merged, control_table);
+        let control_spec: VariantSpec = from_table(path, "control", merged)?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario")
+            .to_owned();
+        Ok(Self {
+            file: path.to_owned(),
+            name,
+            requires: file.requires,
+            default: file.default,
+            main: resolve(path, "", main_spec)?,
+            control: resolve(path, "control.", control_spec)?,
+        })
+    }
+}
+
+/// Merges `over` into `base` one level deep: top-level tables (`workload`, `timing`, `groups`)
+/// merge key by key; their entries, `expect` and every other value are replaced whole. (So a
+/// control that says `groups.vip = { type = "hash-threshold" }` means that group as written,
+/// not the main variant's bucket count on top.)
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if key != "expect" => b.extend(o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, SpecError> {
+    let err =
+        |field: String, message: String| SpecError::new(path, format!("{prefix}{field}"), message);
+    let topology_path = path.parent().unwrap_or(Path::new(".")).join(&spec.topology);
+    let topology_path = topology_path.canonicalize().unwrap_or(topology_path);
+    let mut topology_table = read_table(&topology_path)
+        .map_err(|e| err("topology".into(), format!("{}: {}", e.field, e.message)))?;
+    apply_group_overrides(&mut topology_table, &spec.groups)
+        .map_err(|(group, message)| err(format!("groups.{group}"), message))?;
+    let topology = Topology::from_table(&topology_path, topology_table)?;
+
+    let w = &spec.workload;
+    let role_of = |name: &str| topology.node(name).map(|n| n.role);
+    match role_of(&w.client) {
+        Some(Role::Client) => {}
+        Some(role) => {
+            return Err(err(
+                "workload.client".into(),
+                format!("{:?} is a {role:?} node, not a client", w.client),
+            ));
+        }
+        None => {
+            return Err(err(
+                "workload.client".into(),
+                format!("no node {:?} in {}", w.client, topology_path.display()),
+            ));
+        }
+    }
+    if w.backends.is_empty() {
+        return Err(err(
+            "workload.backends".into(),
+            "at least one backend is needed".into(),
+        ));
+    }
+    for (i, backend) in w.backends.iter().enumerate() {
+        match role_of(backend) {
+            Some(Role::Backend) => {}
+            Some(role) => {
+                return Err(err(
+                    format!("workload.backends[{i}]"),
+                    format!("{backend:?} is a {role:?} node, not a backend"),
+                ));
+            }
+            None => {
+                return Err(err(
+                    format!("workload.backends[{i}]"),
+                    format!("no node {backend:?} in {}", topology_path.display()),
+                ));
+            }
+        }
+    }
+    if w.tcp_flows + w.udp_flows == 0 {
+        return Err(err(
+            "workload".into(),
+            "no flows: set tcp_flows or udp_flows".into(),
+        ));
+    }
+    // Source ports are allocated per flow from fixed bases (see workload::client).
+    if w.tcp_flows > 20_000 || w.udp_flows > 20_000 {
+        return Err(err(
+            "workload".into(),
+            "at most 20000 flows of each kind".into(),
+        ));
+    }
+    if w.period_ms == 0 {
+        return Err(err(
+            "workload.period_ms".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if w.tcp_port == 0 || w.udp_port == 0 {
+        return Err(err("workload".into(), "ports must be non-zero".into()));
+    }
+    for (i, event) in spec.events.iter().enumerate() {
+        let field = format!("event[{i}]");
+        let (group, nodes): (&str, Vec<&String>) = match event {
+            EventSpec::RemoveMember { group, member } | EventSpec::AddMember { group, member } => {
+                (group, vec![member])
+            }
+            EventSpec::ReplaceMember {
+                group,
+                member,
+                with,
+            } => (group, vec![member, with]),
+        };
+        let Some(group_spec) = topology.group(group) else {
+            return Err(err(
+                format!("{field}.group"),
+                format!("no group {group:?} in {}", topology_path.display()),
+            ));
+        };
+        for node in nodes {
+            if topology
+                .gateway(&group_spec.node, node, group_spec.family)
+                .is_none()
+            {
+                return Err(err(
+                    field.clone(),
+                    format!(
+                        "{node:?} is not a neighbour of {:?}, so it cannot be in group {group:?}",
+                        group_spec.node
+                    ),
+                ));
+            }
+        }
+    }
+    if spec.expect.is_empty() {
+        return Err(err(
+            "expect".into(),
+            "at least one expectation is needed".into(),
+        ));
+    }
+    Ok(Variant {
+        description: spec.description,
+        topology,
+        workload: spec.workload,
+        events: spec.events,
+        timing: spec.timing,
+        expect: spec.expect,
+    })
+}
+
+/// Applies `[groups.<name>]` overrides to a topology table; errors name the group.
+fn apply_group_overrides(
+    topology: &mut toml::Table,
+    overrides: &BTreeMap<String, GroupOverride>,
+) -> Result<(), (String, String)> {
+    for (name, over) in overrides {
+        let groups = topology
+            .get_mut("group")
+            .and_then(toml::Value::as_array_mut);
+        let group = groups.and_then(|groups| {
+            groups
+                .iter_mut()
+                .filter_map(toml::Value::as_table_mut)
+                .find(|g| g.get("name").and_then(toml::Value::as_str) == Some(name))
+        });
+        let Some(group) = group else {
+            return Err((name.clone(), format!("the topology has no group {name:?}")));
+        };
+        if let Some(kind) = over.kind {
+            let text = match kind {
+                GroupType::HashThreshold => "hash-threshold",
+                GroupType::Resilient => "resilient",
+            };
+            group.insert("type".into(), text.into());
+            if kind == GroupType::HashThreshold {
+                group.remove("buckets");
+            }
+        }
+        if let Some(buckets) = over.buckets {
+            group.insert("buckets".into(), i64::from(buckets).into());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! A built topology: namespaces, veths, addresses, sysctls, nexthop groups and routes, made
+//! through netlink, plus the processes started inside it. Owned; torn down on drop.
+//!
+//! Every object carries the run's prefix ([`RunId`]): namespaces are `<run>-<node>`, the
+//! cgroup subtree is `<cgroup2>/<run>/<node>`. Teardown kills the processes, removes the
+//! namespaces (which destroys their veths, routes and attached XDP programs) and removes the
+//! cgroup subtree, in that order, on success, error and panic alike (it runs from `Drop`).
+
+use std::{
+    collections::BTreeMap,
+    ffi::{CString, OsStr},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::spec::{Family, GroupSpec, Role, Topology};
+use crate::{
+    cgroup::{Cgroup, cgroup2_root},
+    error::{LabError, Result},
+    netns::Netns,
+    nl::{Nl, nexthop::GroupType},
+    run_id::RunId,
+};
+
+/// First id of the nexthop objects the lab creates in a namespace (groups get their own range).
+const FIRST_NEXTHOP_ID: u32 = 1;
+/// First id of nexthop groups.
+const FIRST_GROUP_ID: u32 = 1000;
+/// The ECMP hash seed set on routers that support `fib_multipath_hash_seed` (6.11+), so that a
+/// flow's path is the same from run to run.
+const MULTIPATH_HASH_SEED: u32 = 0x5eed;
+/// `fib_multipath_hash_fields` for the 5-tuple: source and destination address, protocol,
+/// source and destination port.
+const MULTIPATH_HASH_FIELDS: &str = "0x0037";
+
+/// One node of the lab.
+#[derive(Debug)]
+pub struct Node {
+    /// Its role in the topology.
+    pub role: Role,
+    /// Its namespace.
+    pub netns: Netns,
+    /// Netlink inside that namespace.
+    pub nl: Nl,
+}
+
+/// A nexthop group as it currently is in the kernel.
+#[derive(Clone, Debug)]
+struct GroupState {
+    node: String,
+    id: u32,
+    kind: GroupType,
+    buckets: u16,
+    family: Family,
+    /// Members in slot order: (neighbour node, nexthop id).
+    members: Vec<(String, u32)>,
+}
+
+/// A process the lab started inside a node.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+    /// Its standard output, for reading the phases it reports.
+    pub stdout: tokio::process::ChildStdout,
+}
+
+/// A running lab topology.
+#[derive(Debug)]
+pub struct Lab {
+    run: RunId,
+    topology: Topology,
+    nodes: BTreeMap<String, Node>,
+    cgroup: Option<Cgroup>,
+    groups: BTreeMap<String, GroupState>,
+    next_nexthop: u32,
+    children: Vec<(String, Child)>,
+    setup: Duration,
+    torn_down: bool,
+}
+
+impl Lab {
+    /// Builds `topology` under a fresh run id. `keep` leaves it up when the value is dropped.
+    pub async fn build(topology: &Topology, keep: bool) -> Result<Self> {
+        let started = Instant::now();
+        let run = RunId::new(keep);
+        let mut lab = Self {
+            run,
+            topology: topology.clone(),
+            nodes: BTreeMap::new(),
+            cgroup: None,
+            groups: BTreeMap::new(),
+            next_nexthop: FIRST_NEXTHOP_ID,
+            children: Vec::new(),
+            setup: Duration::ZERO,
+            torn_down: false,
+        };
+        // From here on, an error drops `lab`, which removes whatever was already made.
+        lab.cgroup = Some(Cgroup::create(cgroup2_root()?.join(run.to_string()))?);
+        for node in &topology.spec.nodes {
+            let netns = Netns::create(&run.name(&node.name))?;
+            let nl = Nl::connect(&netns)?;
+            lab.nodes.insert(
+                node.name.clone(),
+                Node {
+                    role: node.role,
+                    netns,
+                    nl,
+                },
+            );
+            let node_ref = &lab.nodes[&node.name];
+            node_ref.nl.link_up("lo").await?;
+            configure_sysctls(node_ref)?;
+            for addr in &node.loopback {
+                node_ref.nl.addr_add("lo", *addr).await?;
+            }
+        }
+        for link in &topology.spec.links {
+            let a = &lab.nodes[&link.a.node];
+            let b = &lab.nodes[&link.b.node];
+            a.nl.veth_add(&link.a.ifname, &link.b.ifname, &b.netns)
+                .await?;
+            for (node, end) in [(a, &link.a), (b, &link.b)] {
+                for addr in &end.addrs {
+                    node.nl.addr_add(&end.ifname, *addr).await?;
+                }
+                node.nl.link_up(&end.ifname).await?;
+            }
+        }
+        for group in &topology.spec.groups {
+            lab.add_group(group).await?;
+        }
+        for route in &topology.spec.routes {
+            let nl = &lab.nodes[&route.node].nl;
+            match (&route.via, &route.group) {
+                (Some(via), _) => nl.route_add_via(route.dst, *via).await?,
+                (None, Some(group)) => {
+                    nl.route_add_nhid(route.dst, lab.groups[group].id, false)
+                        .await?
+                }
+                (None, None) => unreachable!("validated: a route has `via` or `group`"),
+            }
+        }
+        lab.setup = started.elapsed();
+        Ok(lab)
+    }
+
+    /// The run's id (its prefix names every object of the run).
+    pub fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    /// The topology this lab was built from.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// How long [`Lab::build`] took.
+    pub fn setup_time(&self) -> Duration {
+        self.setup
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes
+            .get(name)
+            .ok_or_else(|| LabError::Unsupported(format!("no node {name:?} in this lab")))
+    }
+
+    /// All nodes, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(name, node)| (name.as_str(), node))
+    }
+
+    async fn add_group(&mut self, group: &GroupSpec) -> Result<()> {
+        let mut members = Vec::new();
+        for member in &group.members {
+            let id = self
+                .add_member_nexthop(&group.node, member, group.family)
+                .await?;
+            members.push((member.clone(), id));
+        }
+        let id = FIRST_GROUP_ID + self.groups.len() as u32;
+        let state = GroupState {
+            node: group.node.clone(),
+            id,
+            kind: group.kind,
+            buckets: group.buckets.unwrap_or(0),
+            family: group.family,
+            members,
+        };
+        self.write_group(&state, false).await?;
+        self.groups.insert(group.name.clone(), state);
+        Ok(())
+    }
+
+    async fn add_member_nexthop(
+        &mut self,
+        node: &str,
+        member: &str,
+        family: Family,
+    ) -> Result<u32> {
+        let gateway = self.topology.gateway(node, member, family).ok_or_else(|| {
+            LabError::Unsupported(format!(
+                "{member:?} is not a neighbour of {node:?} in {family:?}"
+            ))
+        })?;
+        let id = self.next_nexthop;
+        self.next_nexthop += 1;
+        self.nodes[node]
+            .nl
+            .nexthop_add(id, gateway.addr, &gateway.ifname)
+            .await?;
+        Ok(id)
+    }
+
+    async fn write_group(&self, state: &GroupState, replace: bool) -> Result<()> {
+        let ids: Vec<u32> = state.members.iter().map(|(_, id)| *id).collect();
+        self.nodes[&state.node]
+            .nl
+            .nexthop_group_set(state.id, &ids, state.kind, state.buckets, replace)
+            .await
+    }
+
+    fn group_mut(&mut self, group: &str) -> Result<&mut GroupState> {
+        self.groups
+            .get_mut(group)
+            .ok_or_else(|| LabError::Unsupported(format!("no group {group:?} in this lab")))
+    }
+
+    /// The members of `group`, in slot order.
+    pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
+        Some(
+            self.groups
+                .get(group)?
+                .members
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect(),
+        )
+    }
+
+    /// Removes `member` from `group` (`ip nexthop replace id <g> group <rest>`): the remaining
+    /// slots close up, as when a backend is taken out of rotation.
+    pub async fn remove_member(&mut self, group: &str, member: &str) -> Result<()> {
+        let state = self.group_mut(group)?;
+        let before = state.members.len();
+        state.members.retain(|(name, _)| name != member);
+        if state.members.len() == before {
+            return Err(LabError::Unsupported(format!(
+                "{member:?} is not a member of group {group:?}"
+            )));
+        }
+        let state = state.clone();
+        self.write_group(&state, true).await
+    }
+
+    /// Points `member`'s slot of `group` at `with` instead, keeping the slot count (and, for a
+    /// hash-threshold group, every other slot's hash range) unchanged.
+    pub async fn replace_member(&mut self, group: &str, member: &str, with: &str) -> Result<()> {
+        let (node, family) = {
+            let state = self.group_mut(group)?;
+            (state.node.clone(), state.family)
+        };
+        let id = self.add_member_nexthop(&node, with, family).await?;
+        let state = self.group_mut(group)?;
+        let slot = state
+            .members
+            .iter_mut()
+            .find(|(name, _)| name == member)
+            .ok_or_else(|| {
+                LabError::Unsupported(format!("{member:?} is not a member of group {group:?}"))
+            })?;
+        *slot = (with.to_owned(), id);
+        let state = state.clone();
+        self.write_group(&state, true).await
+    }
+
+    /// Adds `member` to the end of `group`.
+    pub async fn add_member(&mut self, group: &str, member: &str) -> Result<()> {
+        let (node, family) = {
+            let state = self.group_mut(group)?;
+            (state.node.clone(), state.family)
+        };
+        let id = self.add_member_nexthop(&node, member, family).await?;
+        let state = self.group_mut(group)?;
+        state.members.push((member.to_owned(), id));
+        let state = state.clone();
+        self.write_group(&state, true).await
+    }
+
+    /// Starts `program args` inside `node`'s namespace and cgroup, with stdout piped.
+    ///
+    /// Unless the run is kept, the child gets `PDEATHSIG=SIGKILL`, so it dies with the lab even
+    /// if the lab is SIGKILLed. The kernel sends that signal when the *thread* that forked the
+    /// child exits, so call this from the thread that owns the lab.
+    pub fn spawn(
+        &mut self,
+        node: &str,
+        program: &Path,
+        args: &[impl AsRef<OsStr>],
+    ) -> Result<Spawned> {
+        let netns: OwnedFd = self
+            .node(node)?
+            .netns
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| LabError::os("dup namespace fd of", node, e))?;
+        let cgroup = self
+            .cgroup
+            .as_ref()
+            .expect("built labs have a cgroup")
+            .leaf(node)?;
+        let procs = CString::new(
+            cgroup
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .map_err(|_| LabError::Path {
+            what: "cgroup path contains NUL",
+            path: cgroup.clone(),
+        })?;
+        let die_with_parent = !self.run.kept;
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: the closure only makes async-signal-safe system calls (setns, prctl, getppid,
+        // open, write, close) on data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if die_with_parent {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    // The parent may have died before prctl: then nobody would kill us.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                }
+                // Writing "0" to cgroup.procs moves the writer itself.
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            LabError::os("spawn", format!("{} in node {node}", program.display()), e)
+        })?;
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        self.children.push((node.to_owned(), child));
+        let stdout = tokio::process::ChildStdout::from_std(stdout)
+            .map_err(|e| LabError::os("register stdout of", pid.to_string(), e))?;
+        Ok(Spawned { pid, stdout })
+    }
+
+    /// Kills the child `pid` now (SIGKILL) and reaps it.
+    pub fn kill(&mut self, pid: u32) -> Result<()> {
+        let Some(pos) = self.children.iter().position(|(_, c)| c.id() == pid) else {
+            return Ok(());
+        };
+        let (node, mut child) = self.children.remove(pos);
+        let _ = child.kill();
+        child
+            .wait()
+            .map_err(|e| LabError::os("wait for", format!("pid {pid} in node {node}"), e))?;
+        Ok(())
+    }
+
+    /// Tears the lab down now and reports how long it took; errors name what was left behind.
+    pub fn teardown(mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let errors = self.teardown_inner();
+        if errors.is_empty() {
+            Ok(started.elapsed())
+        } else {
+            Err(LabError::Teardown(errors))
+        }
+    }
+
+    fn teardown_inner(&mut self) -> Vec<LabError> {
+        self.torn_down = true;
+        let mut errors = Vec::new();
+        if self.run.kept {
+            // Leave everything running; `zrlab clean` removes it.
+            self.children.clear();
+            for (_, node) in std::mem::take(&mut self.nodes) {
+                node.netns.keep();
+            }
+            if let Some(cgroup) = self.cgroup.take() {
+                cgroup.keep();
+            }
+            return errors;
+        }
+        for (node, mut child) in self.children.drain(..) {
+            let _ = child.kill();
+            if let Err(e) = child.wait() {
+                errors.push(LabError::os(
+                    "wait for",
+                    format!("pid {} in node {node}", child.id()),
+                    e,
+                ));
+            }
+        }
+        for (_, node) in std::mem::take(&mut self.nodes) {
+            drop(node.nl);
+            if let Err(e) = node.netns.remove() {
+                errors.push(e);
+            }
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            if let Err(e) = cgroup.remove() {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.torn_down {
+            for e in self.teardown_inner() {
+                tracing::warn!("teardown of {}: {e}", self.run);
+            }
+        }
+    }
+}
+
+/// Per-role sysctls, written from a thread inside the node's namespace (`/proc/sys/net` shows
+/// the namespace of the thread that opens it).
+fn configure_sysctls(node: &Node) -> Result<()> {
+    let mut settings: Vec<(&str, String)> = vec![
+        // Backends receive packets for a VIP on lo and routers see asymmetric paths: strict
+        // reverse-path filtering (inherited from the host by new namespaces) would drop them.
+        ("net/ipv4/conf/all/rp_filter", "0".into()),
+        ("net/ipv4/conf/default/rp_filter", "0".into()),
+    ];
+    if node.role == Role::Router || node.role == Role::Lb {
+        settings.extend([
+            ("net/ipv4/ip_forward", "1".into()),
+            ("net/ipv6/conf/all/forwarding", "1".into()),
+        ]);
+    }
+    let router = node.role == Role::Router;
+    let name = node.netns.name().to_owned();
+    node.netns.run(move || {
+        let write = |key: &str, value: &str| {
+            let path = Path::new("/proc/sys").join(key);
+            std::fs::write(&path, value)
+                .map_err(|e| LabError::os("write", format!("{} in {name}", path.display()), e))
+        };
+        for (key, value) in &settings {
+            write(key, value)?;
+        }
+        if router {
+            for family in ["ipv4", "ipv6"] {
+                // Hash flows by their 5-tuple (custom policy 3, kernel 5.12+), not by the
+                // sender's random socket hash that policy 1 reuses when the packet carries one
+                // (locally generated packets keep it across veth), and which TCP changes after a
+                // retransmission timeout. Older kernels fall back to policy 1.
+                let custom = write(&format!("net/{family}/fib_multipath_hash_policy"), "3")
+                    .and_then(|()| {
+                        write(
+                            &format!("net/{family}/fib_multipath_hash_fields"),
+                            MULTIPATH_HASH_FIELDS,
+                        )
+                    });
+                if custom.is_err() {
+                    write(&format!("net/{family}/fib_multipath_hash_policy"), "1")?;
+                }
+            }
+            // Optional: kernels before 6.11 have no seed and hash with a random key.
+            let _ = write(
+                "net/ipv4/fib_multipath_hash_seed",
+                &MULTIPATH_HASH_SEED.to_string(),
+            );
+        }
+        Ok(())
+    })?
+}

@@ -1,0 +1,411 @@
+//! The client side of the workload: long-lived TCP and UDP flows towards a VIP, driven from a
+//! thread inside the client node's namespace on its own current-thread runtime.
+//!
+//! Every flow sends one request per period and waits for its reply, recording what happened in
+//! a shared [`FlowBook`]. Scenario steps wait on the book's conditions ("every live flow has
+//! completed two more rounds"), never on wall-clock sleeps. Source ports are fixed per flow
+//! (TCP from [`TCP_BASE_PORT`], UDP from [`UDP_BASE_PORT`]) and everything random (start offsets,
+//! connection ids) comes from the seed, so a rerun sends the same 5-tuples.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpSocket, UdpSocket},
+    sync::watch,
+    task::JoinSet,
+    time::{Instant, MissedTickBehavior},
+};
+
+use super::{
+    accounting::{Ending, FlowRecord, Proto},
+    quic::{CID_LEN, Datagram, Header, LongType, VERSION_1},
+    wire::{Reply, Request},
+};
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+};
+
+/// First source port of TCP flows (flow `i` uses `TCP_BASE_PORT + i`).
+pub const TCP_BASE_PORT: u16 = 20000;
+/// First source port of UDP flows.
+pub const UDP_BASE_PORT: u16 = 40000;
+
+/// What the client runs.
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    /// The service address.
+    pub vip: IpAddr,
+    /// TCP port of the service.
+    pub tcp_port: u16,
+    /// UDP port of the service.
+    pub udp_port: u16,
+    /// Number of TCP flows.
+    pub tcp_flows: u32,
+    /// Number of UDP flows.
+    pub udp_flows: u32,
+    /// Time between a flow's requests.
+    pub period: Duration,
+    /// How long a request may wait for its reply before it counts as dropped.
+    pub reply_timeout: Duration,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// The record of every flow, shared between the flow tasks and the scenario.
+#[derive(Debug)]
+pub struct FlowBook {
+    flows: Mutex<Vec<FlowRecord>>,
+    progress: watch::Sender<u64>,
+}
+
+impl FlowBook {
+    fn new(spec: &ClientSpec) -> Self {
+        let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i));
+        let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i));
+        Self {
+            flows: Mutex::new(tcp.chain(udp).collect()),
+            progress: watch::Sender::new(0),
+        }
+    }
+
+    /// A copy of every flow's record.
+    pub fn snapshot(&self) -> Vec<FlowRecord> {
+        self.flows.lock().expect("not poisoned").clone()
+    }
+
+    fn update(&self, id: u32, f: impl FnOnce(&mut FlowRecord)) {
+        f(&mut self.flows.lock().expect("not poisoned")[id as usize]);
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until `cond` holds over the flows, for at most `timeout`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&[FlowRecord]) -> bool,
+    ) -> Result<()> {
+        let mut progress = self.progress.subscribe();
+        let check = async {
+            loop {
+                if cond(&self.flows.lock().expect("not poisoned")) {
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    // The book's sender lives as long as the book: unreachable, but never spin.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| LabError::Timeout {
+                what: what.to_owned(),
+                after: timeout,
+            })
+    }
+}
+
+/// A running client workload. Dropping it stops the flows.
+#[derive(Debug)]
+pub struct Client {
+    book: Arc<FlowBook>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<Result<io::Result<()>>>>,
+}
+
+impl Client {
+    /// Starts every flow of `spec` from inside `netns`.
+    pub fn start(netns: &Netns, spec: ClientSpec) -> Result<Self> {
+        let book = Arc::new(FlowBook::new(&spec));
+        let (stop, stop_rx) = watch::channel(false);
+        let thread_book = book.clone();
+        let thread = netns.spawn(format!("client-{}", netns.name()), move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(run_flows(spec, thread_book, stop_rx));
+            Ok(())
+        })?;
+        Ok(Self {
+            book,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The flows' records.
+    pub fn book(&self) -> &FlowBook {
+        &self.book
+    }
+
+    /// Stops every flow and returns the final records.
+    pub fn stop(mut self) -> Result<Vec<FlowRecord>> {
+        self.join()?;
+        Ok(self.book.snapshot())
+    }
+
+    fn join(&mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let ran = thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            ran.map_err(|e| LabError::os("run client runtime", "client", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            tracing::warn!("client workload: {e}");
+        }
+    }
+}
+
+/// Per-flow choices drawn from the seed before anything starts, so they do not depend on the
+/// order in which tasks happen to run.
+struct FlowPlan {
+    id: u32,
+    port: u16,
+    start_offset: Duration,
+    client_cid: [u8; CID_LEN],
+    initial_dcid: [u8; CID_LEN],
+}
+
+async fn run_flows(spec: ClientSpec, book: Arc<FlowBook>, stop: watch::Receiver<bool>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let period_us = spec.period.as_micros().max(1) as u64;
+    let mut plan = |id: u32, port: u16| FlowPlan {
+        id,
+        port,
+        start_offset: Duration::from_micros(rng.random_range(0..period_us)),
+        client_cid: rng.random(),
+        initial_dcid: rng.random(),
+    };
+    let spec = Arc::new(spec);
+    let mut tasks = JoinSet::new();
+    for i in 0..spec.tcp_flows {
+        let plan = plan(i, TCP_BASE_PORT + i as u16);
+        tasks.spawn(tcp_flow(plan, spec.clone(), book.clone(), stop.clone()));
+    }
+    for i in 0..spec.udp_flows {
+        let plan = plan(spec.tcp_flows + i, UDP_BASE_PORT + i as u16);
+        tasks.spawn(udp_flow(plan, spec.clone(), book.clone(), stop.clone()));
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn bound_socket(vip: IpAddr, port: u16, ty: Type) -> io::Result<Socket> {
+    let protocol = if ty == Type::STREAM {
+        Protocol::TCP
+    } else {
+        Protocol::UDP
+    };
+    let socket = Socket::new(
+        Domain::for_address(SocketAddr::new(vip, 0)),
+        ty,
+        Some(protocol),
+    )?;
+    socket.set_reuse_address(true)?;
+    let any: IpAddr = if vip.is_ipv4() {
+        [0u8; 4].into()
+    } else {
+        [0u16; 8].into()
+    };
+    socket.bind(&SocketAddr::new(any, port).into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Waits for the first tick at the flow's offset, then every period; `None` once stopped.
+async fn next_tick(
+    interval: &mut tokio::time::Interval,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<()> {
+    tokio::select! {
+        _ = interval.tick() => Some(()),
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+fn interval_for(plan: &FlowPlan, period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(Instant::now() + plan.start_offset, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+fn ending_of(err: &io::Error) -> Ending {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Ending::Reset,
+        io::ErrorKind::ConnectionRefused => Ending::Refused,
+        _ => Ending::Protocol(err.to_string()),
+    }
+}
+
+async fn tcp_flow(
+    plan: FlowPlan,
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = plan.id;
+    let end = |ending: Ending| book.update(id, |f| f.end(ending));
+    let target = SocketAddr::new(spec.vip, spec.tcp_port);
+    let socket = match bound_socket(spec.vip, plan.port, Type::STREAM) {
+        Ok(s) => TcpSocket::from_std_stream(s.into()),
+        Err(e) => {
+            return end(Ending::ConnectFailed(format!(
+                "bind port {}: {e}",
+                plan.port
+            )));
+        }
+    };
+    let stream = tokio::select! {
+        connected = tokio::time::timeout(spec.reply_timeout, socket.connect(target)) => match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return end(Ending::ConnectFailed(e.to_string())),
+            Err(_) => return end(Ending::ConnectFailed("timed out".into())),
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut interval = interval_for(&plan, spec.period);
+    for seq in 0.. {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            return;
+        }
+        if let Err(e) = write
+            .write_all(Request { flow: id, seq }.emit().as_bytes())
+            .await
+        {
+            return end(ending_of(&e));
+        }
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(spec.reply_timeout, lines.next_line()) => reply,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match reply {
+            Err(_) => {
+                book.update(id, |f| f.drop_request());
+                return end(Ending::Stalled);
+            }
+            Ok(Ok(Some(line))) => match Reply::parse(&line) {
+                Ok(reply) if reply.flow == id && reply.seq == seq => {
+                    book.update(id, |f| f.reply(&reply.who))
+                }
+                Ok(reply) => {
+                    return end(Ending::Protocol(format!(
+                        "reply to {}/{} for {id}/{seq}",
+                        reply.flow, reply.seq
+                    )));
+                }
+                Err(e) => return end(Ending::Protocol(e.to_string())),
+            },
+            Ok(Ok(None)) => {
+                book.update(id, |f| f.drop_request());
+                return end(Ending::Closed);
+            }
+            Ok(Err(e)) => return end(ending_of(&e)),
+        }
+    }
+}
+
+async fn udp_flow(
+    plan: FlowPlan,
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = plan.id;
+    let end = |ending: Ending| book.update(id, |f| f.end(ending));
+    let target = SocketAddr::new(spec.vip, spec.udp_port);
+    let socket = match bound_socket(spec.vip, plan.port, Type::DGRAM)
+        .and_then(|s| s.connect(&target.into()).map(|()| s))
+        .and_then(|s| UdpSocket::from_std(s.into()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return end(Ending::ConnectFailed(format!(
+                "udp port {}: {e}",
+                plan.port
+            )));
+        }
+    };
+    let mut server_cid: Option<[u8; CID_LEN]> = None;
+    let mut interval = interval_for(&plan, spec.period);
+    let mut buf = vec![0u8; 2048];
+    for seq in 0.. {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            return;
+        }
+        // Until the server has issued its CID, every request is an Initial (as a QUIC client
+        // retransmits its Initial); afterwards short headers carry the server's CID.
+        let header = match server_cid {
+            Some(dcid) => Header::Short { dcid },
+            None => Header::Long {
+                kind: LongType::Initial,
+                version: VERSION_1,
+                dcid: plan.initial_dcid.to_vec(),
+                scid: plan.client_cid.to_vec(),
+            },
+        };
+        let datagram = Datagram {
+            header,
+            payload: Request { flow: id, seq }.emit().into_bytes(),
+        };
+        if let Err(e) = socket.send(&datagram.emit()).await {
+            return end(ending_of(&e));
+        }
+        let deadline = Instant::now() + spec.reply_timeout;
+        loop {
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match received {
+                Err(_) => {
+                    book.update(id, |f| f.drop_request());
+                    break;
+                }
+                Ok(Err(e)) => return end(ending_of(&e)),
+                Ok(Ok(len)) => {
+                    let Ok(reply) = Datagram::parse(&buf[..len]) else {
+                        continue;
+                    };
+                    let Ok(parsed) = std::str::from_utf8(&reply.payload)
+                        .map_err(|_| ())
+                        .and_then(|t| Reply::parse(t).map_err(|_| ()))
+                    else {
+                        continue;
+                    };
+                    // A late reply to an earlier request: that request was already counted.
+                    if parsed.flow != id || parsed.seq != seq {
+                        continue;
+                    }
+                    if let Header::Long { scid, .. } = &reply.header {
+                        if server_cid.is_none() {
+                            server_cid = scid.as_slice().try_into().ok();
+                        }
+                    }
+                    book.update(id, |f| f.reply(&parsed.who));
+                    break;
+                }
+            }
+        }
+    }
+}
