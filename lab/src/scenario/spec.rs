@@ -235,7 +235,9 @@ struct VariantSpec {
     events: Vec<EventSpec>,
     #[serde(default)]
     timing: TimingSpec,
-    expect: BTreeMap<Metric, Comparison>,
+    // Keyed by text and converted after: serde_path_to_error cannot name enum map keys, and the
+    // error must say which expectation is wrong.
+    expect: BTreeMap<String, Comparison>,
 }
 
 #[derive(Deserialize)]
@@ -353,8 +355,14 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         |field: String, message: String| SpecError::new(path, format!("{prefix}{field}"), message);
     let topology_path = path.parent().unwrap_or(Path::new(".")).join(&spec.topology);
     let topology_path = topology_path.canonicalize().unwrap_or(topology_path);
-    let mut topology_table = read_table(&topology_path)
-        .map_err(|e| err("topology".into(), format!("{}: {}", e.field, e.message)))?;
+    let mut topology_table = read_table(&topology_path).map_err(|e| match e.field.as_str() {
+        "(file)" => err(
+            "topology".into(),
+            format!("{}: {}", spec.topology.display(), e.message),
+        ),
+        // A syntax error inside the topology file is reported against that file.
+        _ => e,
+    })?;
     apply_group_overrides(&mut topology_table, &spec.groups)
         .map_err(|(group, message)| err(format!("groups.{group}"), message))?;
     let topology = Topology::from_table(&topology_path, topology_table)?;
@@ -366,7 +374,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         Some(role) => {
             return Err(err(
                 "workload.client".into(),
-                format!("{:?} is a {role:?} node, not a client", w.client),
+                format!("{:?} is a {role} node, not a client", w.client),
             ));
         }
         None => {
@@ -388,7 +396,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
             Some(role) => {
                 return Err(err(
                     format!("workload.backends[{i}]"),
-                    format!("{backend:?} is a {role:?} node, not a backend"),
+                    format!("{backend:?} is a {role} node, not a backend"),
                 ));
             }
             None => {
@@ -421,37 +429,67 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     if w.tcp_port == 0 || w.udp_port == 0 {
         return Err(err("workload".into(), "ports must be non-zero".into()));
     }
+    // Replay the timeline on the groups' member lists, so an event that names a node that is
+    // not (or no longer) a member fails here, not halfway through a run.
+    let mut members: BTreeMap<&str, Vec<&str>> = topology
+        .spec
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.name.as_str(),
+                g.members.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
     for (i, event) in spec.events.iter().enumerate() {
         let field = format!("event[{i}]");
-        let (group, nodes): (&str, Vec<&String>) = match event {
-            EventSpec::RemoveMember { group, member } | EventSpec::AddMember { group, member } => {
-                (group, vec![member])
-            }
+        let (group, leaving, joining) = match event {
+            EventSpec::RemoveMember { group, member } => (group, Some(member), None),
+            EventSpec::AddMember { group, member } => (group, None, Some(member)),
             EventSpec::ReplaceMember {
                 group,
                 member,
                 with,
-            } => (group, vec![member, with]),
+            } => (group, Some(member), Some(with)),
         };
-        let Some(group_spec) = topology.group(group) else {
+        let (Some(group_spec), Some(current)) =
+            (topology.group(group), members.get_mut(group.as_str()))
+        else {
             return Err(err(
                 format!("{field}.group"),
                 format!("no group {group:?} in {}", topology_path.display()),
             ));
         };
-        for node in nodes {
+        if let Some(node) = leaving {
+            let Some(slot) = current.iter().position(|m| m == node) else {
+                return Err(err(
+                    field,
+                    format!("{node:?} is not a member of group {group:?} at this point"),
+                ));
+            };
+            current.remove(slot);
+        }
+        if let Some(node) = joining {
             if topology
                 .gateway(&group_spec.node, node, group_spec.family)
                 .is_none()
             {
                 return Err(err(
-                    field.clone(),
+                    field,
                     format!(
-                        "{node:?} is not a neighbour of {:?}, so it cannot be in group {group:?}",
+                        "{node:?} is not a neighbour of {:?}, so it cannot join group {group:?}",
                         group_spec.node
                     ),
                 ));
             }
+            current.push(node);
+        }
+        if current.is_empty() {
+            return Err(err(
+                field,
+                format!("the event would leave group {group:?} empty"),
+            ));
         }
     }
     if spec.expect.is_empty() {
@@ -460,13 +498,26 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
             "at least one expectation is needed".into(),
         ));
     }
+    let mut expectations = BTreeMap::new();
+    for (key, comparison) in spec.expect {
+        let metric = Metric::deserialize(serde::de::value::StrDeserializer::<
+            serde::de::value::Error,
+        >::new(&key))
+        .map_err(|e| {
+            err(
+                format!("expect.{key}"),
+                e.to_string().replace("variant", "metric"),
+            )
+        })?;
+        expectations.insert(metric, comparison);
+    }
     Ok(Variant {
         description: spec.description,
         topology,
         workload: spec.workload,
         events: spec.events,
         timing: spec.timing,
-        expect: spec.expect,
+        expect: expectations,
     })
 }
 

@@ -227,10 +227,23 @@ impl Lab {
             .await
     }
 
-    fn group_mut(&mut self, group: &str) -> Result<&mut GroupState> {
+    fn group(&self, group: &str) -> Result<&GroupState> {
         self.groups
-            .get_mut(group)
+            .get(group)
             .ok_or_else(|| LabError::Unsupported(format!("no group {group:?} in this lab")))
+    }
+
+    /// Writes `state` as the new content of `group`, then records it (so a refused change
+    /// leaves the lab's view equal to the kernel's).
+    async fn commit_group(&mut self, group: &str, state: GroupState) -> Result<()> {
+        if state.members.is_empty() {
+            return Err(LabError::Unsupported(format!(
+                "the change would leave group {group:?} empty"
+            )));
+        }
+        self.write_group(&state, true).await?;
+        self.groups.insert(group.to_owned(), state);
+        Ok(())
     }
 
     /// The members of `group`, in slot order.
@@ -248,7 +261,7 @@ impl Lab {
     /// Removes `member` from `group` (`ip nexthop replace id <g> group <rest>`): the remaining
     /// slots close up, as when a backend is taken out of rotation.
     pub async fn remove_member(&mut self, group: &str, member: &str) -> Result<()> {
-        let state = self.group_mut(group)?;
+        let mut state = self.group(group)?.clone();
         let before = state.members.len();
         state.members.retain(|(name, _)| name != member);
         if state.members.len() == before {
@@ -256,42 +269,33 @@ impl Lab {
                 "{member:?} is not a member of group {group:?}"
             )));
         }
-        let state = state.clone();
-        self.write_group(&state, true).await
+        self.commit_group(group, state).await
     }
 
     /// Points `member`'s slot of `group` at `with` instead, keeping the slot count (and, for a
     /// hash-threshold group, every other slot's hash range) unchanged.
     pub async fn replace_member(&mut self, group: &str, member: &str, with: &str) -> Result<()> {
-        let (node, family) = {
-            let state = self.group_mut(group)?;
-            (state.node.clone(), state.family)
+        let mut state = self.group(group)?.clone();
+        let Some(slot) = state.members.iter().position(|(name, _)| name == member) else {
+            return Err(LabError::Unsupported(format!(
+                "{member:?} is not a member of group {group:?}"
+            )));
         };
-        let id = self.add_member_nexthop(&node, with, family).await?;
-        let state = self.group_mut(group)?;
-        let slot = state
-            .members
-            .iter_mut()
-            .find(|(name, _)| name == member)
-            .ok_or_else(|| {
-                LabError::Unsupported(format!("{member:?} is not a member of group {group:?}"))
-            })?;
-        *slot = (with.to_owned(), id);
-        let state = state.clone();
-        self.write_group(&state, true).await
+        let id = self
+            .add_member_nexthop(&state.node, with, state.family)
+            .await?;
+        state.members[slot] = (with.to_owned(), id);
+        self.commit_group(group, state).await
     }
 
     /// Adds `member` to the end of `group`.
     pub async fn add_member(&mut self, group: &str, member: &str) -> Result<()> {
-        let (node, family) = {
-            let state = self.group_mut(group)?;
-            (state.node.clone(), state.family)
-        };
-        let id = self.add_member_nexthop(&node, member, family).await?;
-        let state = self.group_mut(group)?;
+        let mut state = self.group(group)?.clone();
+        let id = self
+            .add_member_nexthop(&state.node, member, state.family)
+            .await?;
         state.members.push((member.to_owned(), id));
-        let state = state.clone();
-        self.write_group(&state, true).await
+        self.commit_group(group, state).await
     }
 
     /// Starts `program args` inside `node`'s namespace and cgroup, with stdout piped.

@@ -61,6 +61,17 @@ pub enum Role {
     Backend,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Client => "client",
+            Self::Router => "router",
+            Self::Lb => "lb",
+            Self::Backend => "backend",
+        })
+    }
+}
+
 /// Address family of a nexthop group.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -70,6 +81,15 @@ pub enum Family {
     Ipv4,
     /// IPv6.
     Ipv6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        })
+    }
 }
 
 impl Family {
@@ -347,7 +367,7 @@ impl Topology {
                 return Err(self.err(
                     format!("{field}.members[{j}]"),
                     format!(
-                        "{member:?} is not a neighbour of {:?} with an {:?} address on a shared link",
+                        "{member:?} is not a neighbour of {:?} with an {} address on a shared link",
                         group.node, group.family
                     ),
                 ));

@@ -1,0 +1,91 @@
+//! Helpers shared by the suites (each test binary includes this module).
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The workspace's fixtures directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .canonicalize()
+        .expect("fixtures directory")
+}
+
+/// Panics unless the tests run as root: they build namespaces and load BPF programs. A silent
+/// skip would let a non-root run pass without testing anything.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)"
+    );
+}
+
+/// The `zrlab` binary: `ZRLAB_EXE` (set by `cargo xtask test`), else the one cargo built next
+/// to this test binary.
+pub fn zrlab_exe() -> PathBuf {
+    if let Some(exe) = std::env::var_os("ZRLAB_EXE") {
+        return exe.into();
+    }
+    let test_exe = std::env::current_exe().expect("test executable");
+    let candidate = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("zrlab"));
+    match candidate {
+        Some(path) if path.exists() => path,
+        _ => panic!(
+            "zrlab binary not found: run the suites with `cargo xtask test` (or set ZRLAB_EXE)"
+        ),
+    }
+}
+
+/// Held while a test runs `zrlab` processes: every `zrlab` run cleans up dead runs first, which
+/// would race with a test that inspects what a killed run left. A file lock serialises those
+/// tests across test binaries.
+pub struct Exclusive(File);
+
+/// Takes the suites' cross-process lock.
+pub fn exclusive() -> Exclusive {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("zrlab-suites.lock");
+    let file = File::create(&path).expect("lock file");
+    // SAFETY: the fd is valid for the duration of the call.
+    assert_eq!(
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) },
+        0,
+        "flock {}",
+        path.display()
+    );
+    Exclusive(file)
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every lab object (namespace, cgroup, pin directory) whose name starts with `prefix`.
+pub fn objects_with_prefix(prefix: &str) -> Vec<String> {
+    zrlab::clean::inventory()
+        .expect("inventory")
+        .into_iter()
+        .filter(|item| {
+            item.rsplit(['/', ' '])
+                .next()
+                .is_some_and(|name| name.starts_with(prefix))
+        })
+        .collect()
+}
