@@ -177,18 +177,21 @@ async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode
             _ = interrupt.recv() => return interrupted(&bar),
             _ = terminate.recv() => return interrupted(&bar),
         };
-        bar.println(format!(
-            "{}: {}{}",
-            outcome.name,
-            serde_json::to_value(outcome.verdict)?
-                .as_str()
-                .unwrap_or("?"),
-            if outcome.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", outcome.reason)
-            }
-        ));
+        say(
+            &bar,
+            format!(
+                "{}: {}{}",
+                outcome.name,
+                serde_json::to_value(outcome.verdict)?
+                    .as_str()
+                    .unwrap_or("?"),
+                if outcome.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", outcome.reason)
+                }
+            ),
+        );
         if let Some(prefix) = outcome.main.as_ref().and_then(|m| m.kept.clone()) {
             print_kept(scenario, &prefix, &bar);
         }
@@ -208,17 +211,29 @@ async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode
 }
 
 fn print_kept(scenario: &Scenario, prefix: &str, bar: &ProgressBar) {
-    bar.println(format!(
-        "kept the topology of {} up; enter a node with:",
-        scenario.name
-    ));
+    say(
+        bar,
+        format!(
+            "kept the topology of {} up; enter a node with:",
+            scenario.name
+        ),
+    );
     for node in &scenario.main.topology.spec.nodes {
-        bar.println(format!(
-            "  ip netns exec {prefix}-{} bash    # {:?}",
-            node.name, node.role
-        ));
+        say(
+            bar,
+            format!(
+                "  ip netns exec {prefix}-{} bash    # {:?}",
+                node.name, node.role
+            ),
+        );
     }
-    bar.println("remove it with: cargo xtask lab clean");
+    say(bar, "remove it with: cargo xtask lab clean");
+}
+
+/// Prints a line to stdout around the progress bar (`ProgressBar::println` prints nothing when
+/// the bar is hidden, as it is when stderr is not a terminal: in CI).
+fn say(bar: &ProgressBar, line: impl AsRef<str>) {
+    bar.suspend(|| println!("{}", line.as_ref()));
 }
 
 fn interrupted(bar: &ProgressBar) -> Result<ExitCode> {

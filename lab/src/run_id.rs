@@ -72,9 +72,13 @@ impl RunId {
         format!("{self}-{what}")
     }
 
-    /// Whether the process that owns this run is still alive (same pid, same start time).
+    /// Whether the process that owns this run is still alive (same pid, same start time, and
+    /// not a zombie: a killed owner whose parent has not reaped it yet is dead).
     pub fn owner_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start)
+        let Some((state, start)) = state_and_start(self.pid) else {
+            return false;
+        };
+        start == self.start && !matches!(state, 'Z' | 'X')
     }
 
     /// Whether `name` belongs to some lab run (live or not).
@@ -92,12 +96,19 @@ impl fmt::Display for RunId {
 
 /// Start time of `pid` in clock ticks since boot, if the process exists.
 fn start_time(pid: u32) -> Option<u64> {
+    state_and_start(pid).map(|(_, start)| start)
+}
+
+/// State (field 3) and start time (field 22) of `pid` from `/proc/<pid>/stat`.
+fn state_and_start(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: fields after it are
     // counted from the last ')'.
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    // Field 22 (starttime) is the 20th field after the command name.
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22 (starttime) is the 19th field after the state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 #[cfg(test)]

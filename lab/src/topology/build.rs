@@ -337,7 +337,13 @@ impl Lab {
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            // A kept run's processes outlive the lab: they must not hold its stderr open
+            // (whoever reads that pipe would wait for them forever).
+            .stderr(if die_with_parent {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         // SAFETY: the closure only makes async-signal-safe system calls (setns, prctl, getppid,
         // open, write, close) on data prepared before the fork.
         unsafe {
