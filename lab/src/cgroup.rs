@@ -83,10 +83,10 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if !self.kept {
-            if let Err(e) = remove_tree(&self.path) {
-                tracing::warn!("leaving cgroup {} behind: {e}", self.path.display());
-            }
+        if !self.kept
+            && let Err(e) = remove_tree(&self.path)
+        {
+            tracing::warn!("leaving cgroup {} behind: {e}", self.path.display());
         }
     }
 }
@@ -157,10 +157,10 @@ fn subtree(path: &Path) -> Result<Vec<PathBuf>> {
 
 fn rmdir_tree(path: &Path) -> Result<()> {
     for dir in subtree(path)?.iter().rev() {
-        if let Err(e) = std::fs::remove_dir(dir) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(LabError::os("rmdir", dir.display().to_string(), e));
-            }
+        if let Err(e) = std::fs::remove_dir(dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(LabError::os("rmdir", dir.display().to_string(), e));
         }
     }
     Ok(())

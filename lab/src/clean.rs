@@ -114,10 +114,10 @@ pub fn inventory() -> Result<Vec<String>> {
     for root in roots {
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
-                if let Ok(name) = entry.file_name().into_string() {
-                    if RunId::is_lab_name(&name) {
-                        found.push(entry.path().display().to_string());
-                    }
+                if let Ok(name) = entry.file_name().into_string()
+                    && RunId::is_lab_name(&name)
+                {
+                    found.push(entry.path().display().to_string());
                 }
             }
         }

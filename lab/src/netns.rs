@@ -126,10 +126,10 @@ impl AsFd for Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if !self.kept {
-            if let Err(e) = remove_by_name(&self.name) {
-                tracing::warn!("leaving namespace {} behind: {e}", self.name);
-            }
+        if !self.kept
+            && let Err(e) = remove_by_name(&self.name)
+        {
+            tracing::warn!("leaving namespace {} behind: {e}", self.name);
         }
     }
 }

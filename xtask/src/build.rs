@@ -33,10 +33,11 @@ pub(crate) fn lab_binary() -> Result<PathBuf> {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        if msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "zrlab" {
-            if let Some(exe) = msg["executable"].as_str() {
-                binary = Some(PathBuf::from(exe));
-            }
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "zrlab"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            binary = Some(PathBuf::from(exe));
         }
     }
     let status = child.wait().context("waiting for cargo")?;

@@ -304,7 +304,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for NexthopAttribu
                 other => return Err(DecodeError::from(format!("unknown group type {other}"))),
             }),
             NHA_GROUP => {
-                if value.len() % GROUP_ENTRY_LEN != 0 {
+                if !value.len().is_multiple_of(GROUP_ENTRY_LEN) {
                     return Err(DecodeError::from(format!(
                         "NHA_GROUP of {} bytes",
                         value.len()

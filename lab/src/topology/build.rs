@@ -432,10 +432,10 @@ impl Lab {
                 errors.push(e);
             }
         }
-        if let Some(cgroup) = self.cgroup.take() {
-            if let Err(e) = cgroup.remove() {
-                errors.push(e);
-            }
+        if let Some(cgroup) = self.cgroup.take()
+            && let Err(e) = cgroup.remove()
+        {
+            errors.push(e);
         }
         errors
     }

@@ -321,13 +321,15 @@ impl Topology {
                     .addrs
                     .iter()
                     .find(|b| b.addr().is_ipv4() == a.addr().is_ipv4());
-                if let Some(b) = peer {
-                    if !a.contains(&b.addr()) || a.addr() == b.addr() {
-                        return Err(self.err(
-                            format!("link[{i}].a.addrs[{j}]"),
-                            format!("{a} and the other end's {b} must be distinct addresses in one subnet"),
-                        ));
-                    }
+                if let Some(b) = peer
+                    && (!a.contains(&b.addr()) || a.addr() == b.addr())
+                {
+                    return Err(self.err(
+                        format!("link[{i}].a.addrs[{j}]"),
+                        format!(
+                            "{a} and the other end's {b} must be distinct addresses in one subnet"
+                        ),
+                    ));
                 }
             }
         }

@@ -387,20 +387,17 @@ async fn udp_flow(
                     let Ok(reply) = Datagram::parse(&buf[..len]) else {
                         continue;
                     };
-                    let Ok(parsed) = std::str::from_utf8(&reply.payload)
-                        .map_err(|_| ())
-                        .and_then(|t| Reply::parse(t).map_err(|_| ()))
-                    else {
+                    let Ok(parsed) = Reply::parse_bytes(&reply.payload) else {
                         continue;
                     };
                     // A late reply to an earlier request: that request was already counted.
                     if parsed.flow != id || parsed.seq != seq {
                         continue;
                     }
-                    if let Header::Long { scid, .. } = &reply.header {
-                        if server_cid.is_none() {
-                            server_cid = scid.as_slice().try_into().ok();
-                        }
+                    if let Header::Long { scid, .. } = &reply.header
+                        && server_cid.is_none()
+                    {
+                        server_cid = scid.as_slice().try_into().ok();
                     }
                     book.update(id, |f| f.reply(&parsed.who));
                     break;

@@ -234,10 +234,7 @@ async fn serve_datagrams(
         let Ok(datagram) = Datagram::parse(&buf[..len]) else {
             continue;
         };
-        let Ok(request) = std::str::from_utf8(&datagram.payload)
-            .map_err(|_| ())
-            .and_then(|t| Request::parse(t).map_err(|_| ()))
-        else {
+        let Ok(request) = Request::parse_bytes(&datagram.payload) else {
             continue;
         };
         let (header, known) = match datagram.header {

@@ -68,6 +68,11 @@ impl Request {
         format!("REQ {} {}\n", self.flow, self.seq)
     }
 
+    /// Parses a datagram payload (a line as bytes).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, WireError> {
+        Self::parse(text_of("request", bytes)?)
+    }
+
     /// Parses a line (trailing newline optional).
     pub fn parse(line: &str) -> Result<Self, WireError> {
         let err = || WireError {
@@ -103,6 +108,11 @@ impl Reply {
         )
     }
 
+    /// Parses a datagram payload (a line as bytes).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, WireError> {
+        Self::parse(text_of("reply", bytes)?)
+    }
+
     /// Parses a line (trailing newline optional).
     pub fn parse(line: &str) -> Result<Self, WireError> {
         let err = || WireError {
@@ -131,6 +141,13 @@ impl Reply {
             },
         })
     }
+}
+
+fn text_of<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, WireError> {
+    std::str::from_utf8(bytes).map_err(|_| WireError {
+        what,
+        line: String::from_utf8_lossy(bytes).into_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{
 };
 
 /// The workspace's fixtures directory.
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../fixtures")
         .canonicalize()
@@ -18,7 +18,7 @@ pub fn fixtures() -> PathBuf {
 
 /// Panics unless the tests run as root: they build namespaces and load BPF programs. A silent
 /// skip would let a non-root run pass without testing anything.
-pub fn require_root() {
+pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -29,7 +29,7 @@ pub fn require_root() {
 
 /// The `zrlab` binary: `ZRLAB_EXE` (set by `cargo xtask test`), else the one cargo built next
 /// to this test binary.
-pub fn zrlab_exe() -> PathBuf {
+pub(crate) fn zrlab_exe() -> PathBuf {
     if let Some(exe) = std::env::var_os("ZRLAB_EXE") {
         return exe.into();
     }
@@ -49,10 +49,10 @@ pub fn zrlab_exe() -> PathBuf {
 /// Held while a test runs `zrlab` processes: every `zrlab` run cleans up dead runs first, which
 /// would race with a test that inspects what a killed run left. A file lock serialises those
 /// tests across test binaries.
-pub struct Exclusive(File);
+pub(crate) struct Exclusive(File);
 
 /// Takes the suites' cross-process lock.
-pub fn exclusive() -> Exclusive {
+pub(crate) fn exclusive() -> Exclusive {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("zrlab-suites.lock");
     let file = File::create(&path).expect("lock file");
     // SAFETY: the fd is valid for the duration of the call.
@@ -66,7 +66,7 @@ pub fn exclusive() -> Exclusive {
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(
@@ -78,7 +78,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// Every lab object (namespace, cgroup, pin directory) whose name starts with `prefix`.
-pub fn objects_with_prefix(prefix: &str) -> Vec<String> {
+pub(crate) fn objects_with_prefix(prefix: &str) -> Vec<String> {
     zrlab::clean::inventory()
         .expect("inventory")
         .into_iter()
