@@ -44,6 +44,13 @@ impl Feature {
     }
 }
 
+/// `(major, minor)` of the running kernel, from `uname -r`.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = crate::report::kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// Makes a resilient group in a scratch namespace (named like a lab run, so a crash leaves
 /// nothing `zrlab clean` would not find).
 async fn probe_resilient_groups() -> Result<bool> {

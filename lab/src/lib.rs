@@ -9,6 +9,7 @@
 //! - [`scenario`]: scenario files, expectations, the runner;
 //! - [`report`]: table, JSON and Markdown;
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left;
+//! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
 //! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
 pub mod bpf;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod features;
 pub mod netns;
 pub mod nl;
+pub mod port443;
 pub mod report;
 pub mod run_id;
 pub mod scenario;

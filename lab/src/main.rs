@@ -23,7 +23,7 @@ use zrlab::{
 };
 
 const DEFAULT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
-const DEFAULT_OUT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/lab");
+const DEFAULT_TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
 
 #[derive(Parser)]
 #[command(
@@ -38,9 +38,9 @@ struct Cli {
     /// Fixtures directory (holds scenarios/ and topologies/).
     #[arg(long, global = true, default_value = DEFAULT_FIXTURES)]
     fixtures: PathBuf,
-    /// Where report.json and report.md are written.
-    #[arg(long, global = true, default_value = DEFAULT_OUT)]
-    out: PathBuf,
+    /// Where reports are written [default: target/lab, or target/bench for benchmarks].
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -58,9 +58,27 @@ enum Command {
     Clean,
     /// List the lab objects present on this machine (live and dead runs).
     List,
+    /// Benchmarks; each prints a table and writes `<out>/<name>.json`.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
     /// Internal: the service process started on backends.
     #[command(hide = true)]
     Service(ServiceArgs),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).
+    Bind443 {
+        /// Socket counts (the first is the baseline).
+        #[arg(long, value_delimiter = ',', default_values_t = zrlab::port443::scaling::SIZES)]
+        sizes: Vec<usize>,
+        /// Repetitions of each timed operation (the median is reported).
+        #[arg(long, default_value_t = 51)]
+        repeats: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +99,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let default_out = match cli.command {
+        Some(Command::Bench { .. }) => "bench",
+        _ => "lab",
+    };
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new(DEFAULT_TARGET).join(default_out));
+    let out = &out;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -109,13 +136,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Run { files, keep }) => runtime.block_on(run_files(&files, keep, &cli.out)),
+        Some(Command::Run { files, keep }) => runtime.block_on(run_files(&files, keep, out)),
         None => {
             let files = default_scenarios(&cli.fixtures.join("scenarios"))?;
-            runtime.block_on(run_files(&files, false, &cli.out))
+            runtime.block_on(run_files(&files, false, out))
         }
+        Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, out)),
         Some(Command::Service(_)) => unreachable!("handled above"),
     }
+}
+
+async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
+    match bench {
+        Bench::Bind443 { sizes, repeats } => {
+            let opts = zrlab::port443::scaling::Options { sizes, repeats };
+            eprintln!(
+                "measuring bind and lookup scaling on port 443 (N = {:?})...",
+                opts.sizes
+            );
+            let report = zrlab::port443::scaling::run(&opts).await?;
+            print!("{}", report.table());
+            write_json(out, "bind443.json", &report)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 fn print_cleaned(cleaned: &clean::Cleaned, verb: &str) {

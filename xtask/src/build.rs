@@ -10,8 +10,17 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::exec::{describe, workspace_root};
 
-/// Builds `zrlab` (dev profile, shared with `cargo xtask test`) and returns its path.
-pub(crate) fn lab_binary() -> Result<PathBuf> {
+/// Which cargo profile to build with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// `dev` (with optimised dependencies): what `lab` and `test` share.
+    Dev,
+    /// `release`: what benchmarks measure.
+    Release,
+}
+
+/// Builds `zrlab` and returns its path.
+pub(crate) fn lab_binary(profile: Profile) -> Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
         .args([
@@ -23,6 +32,9 @@ pub(crate) fn lab_binary() -> Result<PathBuf> {
             "--message-format=json-render-diagnostics",
         ])
         .stdout(Stdio::piped());
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("failed to run {}", describe(&cmd)))?;

@@ -21,7 +21,7 @@ pub(crate) struct Options {
 /// Entry point of `cargo xtask lab`.
 pub(crate) fn run(opts: Options) -> Result<()> {
     setup::ensure(true)?;
-    let binary = build::lab_binary()?;
+    let binary = build::lab_binary(build::Profile::Dev)?;
     let status = exec::status(Command::new(binary).args(&opts.args))?;
     // The lab's exit code is the verdict: pass it through unchanged.
     std::process::exit(status.code().unwrap_or(1));

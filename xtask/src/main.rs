@@ -4,6 +4,7 @@
 //! function. Every child process goes through [`exec`], which puts the full command line in any
 //! error.
 
+mod bench;
 mod build;
 mod exec;
 mod lab;
@@ -30,6 +31,8 @@ enum Command {
     Lab(lab::Options),
     /// Run the test suites (set-up first).
     Test(test::Options),
+    /// Run a benchmark (release build); prints ratios to a baseline measured in the same run.
+    Bench(bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Setup(opts) => setup::run(&opts),
         Command::Lab(opts) => lab::run(opts),
         Command::Test(opts) => test::run(opts),
+        Command::Bench(opts) => bench::run(opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

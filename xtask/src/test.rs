@@ -25,7 +25,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     if !exec::is_root() {
         eprintln!("[test] warning: not root; tests that build namespaces will fail with EPERM");
     }
-    let binary = build::lab_binary()?;
+    let binary = build::lab_binary(build::Profile::Dev)?;
     exec::exec(
         Command::new(env!("CARGO"))
             .current_dir(exec::workspace_root())
