@@ -9,6 +9,8 @@ use aya::{Ebpf, EbpfError};
 pub enum Object {
     /// `xdp_pass`: counts and passes every frame (`zrlab_common::pass`).
     XdpPass,
+    /// `xdp_lb` and `xdp_lb_bench`: the L4 load balancer (`zrlab_common::lb`).
+    XdpLb,
 }
 
 impl Object {
@@ -16,6 +18,7 @@ impl Object {
     pub fn name(self) -> &'static str {
         match self {
             Self::XdpPass => "xdp_pass",
+            Self::XdpLb => "xdp_lb",
         }
     }
 
@@ -23,6 +26,7 @@ impl Object {
     pub fn bytes(self) -> &'static [u8] {
         match self {
             Self::XdpPass => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass")),
+            Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
         }
     }
 

@@ -33,6 +33,14 @@ pub enum LabError {
     /// A topology or scenario file is invalid.
     #[error(transparent)]
     Spec(#[from] crate::spec::SpecError),
+    /// Loading, verifying, attaching a BPF program, or using its maps failed.
+    #[error("bpf: {what}: {message}")]
+    Bpf {
+        /// The step.
+        what: String,
+        /// The error (with the verifier's log for a refused program).
+        message: String,
+    },
     /// The process lacks the privileges the lab needs.
     #[error(
         "the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create namespaces and cgroups: {0}"

@@ -4,9 +4,11 @@
 //!
 //! Module map:
 //! - [`netns`], [`cgroup`], [`nl`]: the kernel objects, one operation per function;
+//! - [`lb`]: the XDP load balancer's control plane (Maglev, maps, counters);
 //! - [`topology`]: topology files and the built, self-removing [`topology::Lab`];
 //! - [`workload`]: the service, the client flows, their accounting;
 //! - [`scenario`]: scenario files, expectations, the runner;
+//! - [`packet`]: typed test packets (emit, parse, describe) for conformance and fuzzing;
 //! - [`report`]: table, JSON and Markdown;
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left;
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
@@ -17,8 +19,10 @@ pub mod cgroup;
 pub mod clean;
 pub mod error;
 pub mod features;
+pub mod lb;
 pub mod netns;
 pub mod nl;
+pub mod packet;
 pub mod port443;
 pub mod report;
 pub mod run_id;

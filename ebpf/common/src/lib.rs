@@ -8,4 +8,6 @@
 //!   aya.
 #![no_std]
 
+pub mod decap;
+pub mod lb;
 pub mod pass;

@@ -1,9 +1,16 @@
 //! Kernel-side helpers shared by the lab's eBPF programs.
 //!
 //! Each program is its own `[[bin]]` (one object file per program); this library holds what they
-//! share. On the host the crate compiles to an empty library: `lab/build.rs` depends on it only
-//! so that cargo rebuilds the objects when it changes.
+//! share: header layouts and the one bounds-checked accessor every header read goes through.
+//! On the host the crate compiles to an empty library: `lab/build.rs` depends on it only so that
+//! cargo rebuilds the objects when it changes.
 #![no_std]
+// `net::opaque` needs `asm!`, which is unstable on the BPF target (the eBPF toolchain is a pinned
+// nightly anyway).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+#[cfg(target_arch = "bpf")]
+pub mod net;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,0 +1,265 @@
+//! `xdp_lb`: the L4 load balancer's maps, values, counters and the pure functions both sides
+//! must compute identically (the flow hash, the server id in a QUIC connection id).
+//!
+//! Addresses are stored as four `u32` words holding the address bytes in network order (an IPv4
+//! address uses the first word, the rest zero); ports are network order too. Everything here is
+//! `#[repr(C)]` with explicit padding.
+
+/// Name of the VIP table (`VipKey` -> `VipMeta`).
+pub const VIPS_MAP: &str = "LB_VIPS";
+/// Name of the set of addresses that carry at least one VIP (`[u32; 4]` -> `u32`).
+pub const VIP_ADDRS_MAP: &str = "LB_VIP_ADDRS";
+/// Name of the rings: an array of maps, one `MAX_RING`-entry array of real indices per VIP.
+pub const RINGS_MAP: &str = "LB_RINGS";
+/// Name of the real (backend) table: index -> `Real`.
+pub const REALS_MAP: &str = "LB_REALS";
+/// Name of the live server-id table: server id -> real index.
+pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
+/// Name of the per-CPU connection tables (array of LRU maps, one per CPU).
+pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
+/// Name of the shared fallback connection table.
+pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
+/// Name of the one-entry configuration array.
+pub const CONFIG_MAP: &str = "LB_CONFIG";
+/// Name of the per-CPU global counters (`COUNTER_*` slots).
+pub const COUNTERS_MAP: &str = "LB_COUNTERS";
+/// Name of the per-CPU per-VIP counters (indexed by `VipMeta::vip_num`).
+pub const VIP_STATS_MAP: &str = "LB_VIP_STATS";
+/// Name of the per-CPU per-real packet counters (indexed by real index).
+pub const REAL_STATS_MAP: &str = "LB_REAL_STATS";
+
+/// Largest ring (a prime, as Maglev wants); the default size of every VIP's ring.
+pub const MAX_RING: u32 = 65_537;
+/// VIPs the maps hold.
+pub const MAX_VIPS: u32 = 16;
+/// Reals the maps hold.
+pub const MAX_REALS: u32 = 1024;
+/// Server ids the live-id table holds.
+pub const MAX_SERVER_IDS: u32 = 4096;
+/// CPUs the per-CPU connection tables cover; CPUs beyond use the fallback table.
+pub const MAX_CPUS: u32 = 128;
+/// Entries of each per-CPU connection table.
+pub const LRU_PER_CPU_SIZE: u32 = 16_384;
+/// Entries of the shared fallback connection table.
+pub const LRU_FALLBACK_SIZE: u32 = 65_536;
+
+/// VIP flag: route TCP by the server id in the TPR header option.
+pub const VIP_F_TCP_ID_ROUTING: u32 = 1 << 0;
+/// VIP flag: route QUIC by the server id in the connection id.
+pub const VIP_F_QUIC_ID_ROUTING: u32 = 1 << 1;
+/// VIP flag: no connection table (every packet hashes on the ring). For negative controls.
+pub const VIP_F_NO_LRU: u32 = 1 << 2;
+/// VIP flag: hash every packet afresh with a random salt (no flow consistency at all). For the
+/// negative control of the basic scenario.
+pub const VIP_F_HASH_PER_PACKET: u32 = 1 << 3;
+
+/// Real flag: the real's address is IPv6.
+pub const REAL_F_IPV6: u32 = 1 << 0;
+
+/// The TPR TCP option: kind (katran's 0xB7), length, u32 server id in network order.
+pub const TPR_KIND: u8 = 0xb7;
+/// Length of the TPR option.
+pub const TPR_LEN: u8 = 6;
+/// Options the walk looks at before giving up (katran: 15).
+pub const TPR_MAX_OPTIONS: u32 = 15;
+
+/// Shortest QUIC connection id that is routed by id.
+pub const QUIC_MIN_CID: u32 = 8;
+
+/// A VIP: address, port (0 for any port) and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipKey {
+    /// Address words (network order bytes).
+    pub addr: [u32; 4],
+    /// Port, network order; 0 matches any port.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// Padding (zero).
+    pub pad: u8,
+}
+
+/// What the LB knows about a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// `VIP_F_*` flags.
+    pub flags: u32,
+    /// Index of the VIP's ring and counters (below `MAX_VIPS`).
+    pub vip_num: u32,
+    /// Entries of the ring in use (at most `MAX_RING`; a prime).
+    pub ring_size: u32,
+    /// Padding (zero).
+    pub pad: u32,
+}
+
+/// A real (backend) the LB encapsulates to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    /// Address words (network order bytes).
+    pub addr: [u32; 4],
+    /// `REAL_F_*` flags.
+    pub flags: u32,
+}
+
+/// A flow: the connection table's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address words.
+    pub src: [u32; 4],
+    /// Destination address words.
+    pub dst: [u32; 4],
+    /// Source and destination port, network order, as on the wire.
+    pub ports: [u16; 2],
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding (zero).
+    pub pad: [u8; 3],
+}
+
+/// A connection-table entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// The real index the flow goes to.
+    pub real: u32,
+    /// Padding (zero).
+    pub pad: u32,
+}
+
+/// The LB's global configuration (entry 0 of `CONFIG_MAP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Outer IPv4 source: `base | (flow hash & !mask)` where `mask` keeps the prefix.
+    pub encap_src_v4: u32,
+    /// Netmask of the IPv4 outer-source prefix (network order).
+    pub encap_src_v4_mask: u32,
+    /// Outer IPv6 source prefix: the first three words; the fourth comes from the flow hash.
+    pub encap_src_v6: [u32; 4],
+    /// Seed of the flow hash.
+    pub hash_seed: u32,
+    /// Padding (zero).
+    pub pad: u32,
+}
+
+/// Per-VIP counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// Packets to the VIP that were encapsulated.
+    pub packets: u64,
+    /// Their bytes (inner packet length).
+    pub bytes: u64,
+}
+
+/// Global counter slots (`COUNTERS_MAP`). Each says which path a packet took, so a report can
+/// tell "our program chose" apart from "the kernel's default happened".
+pub mod counter {
+    /// Not IPv4/IPv6, or too short for an IP header: passed.
+    pub const NOT_IP: u32 = 0;
+    /// Destination is not a VIP address: passed untouched.
+    pub const NON_VIP: u32 = 1;
+    /// VIP address but no VIP for this port/protocol: passed.
+    pub const NO_SERVICE: u32 = 2;
+    /// IPv4 options: passed to the stack.
+    pub const IP_OPTIONS: u32 = 3;
+    /// Fragments (and IPv6 extension headers): passed to the stack.
+    pub const FRAGMENTS: u32 = 4;
+    /// Lengths that disagree with the frame, bad header lengths, truncated headers: dropped.
+    pub const MALFORMED: u32 = 5;
+    /// ICMP and other protocols to a VIP address: passed.
+    pub const OTHER_PROTO: u32 = 6;
+    /// Connection-table hits.
+    pub const LRU_HIT: u32 = 7;
+    /// Connection-table misses.
+    pub const LRU_MISS: u32 = 8;
+    /// Packets routed by the consistent-hash ring.
+    pub const RING_ROUTED: u32 = 9;
+    /// TCP packets routed by the TPR server id.
+    pub const TCP_ID_ROUTED: u32 = 10;
+    /// QUIC packets routed by the connection-id server id.
+    pub const QUIC_ID_ROUTED: u32 = 11;
+    /// An id that is 0, unknown or dead: fell back.
+    pub const ID_UNKNOWN: u32 = 12;
+    /// A malformed TCP option list (the walk stopped; fell back).
+    pub const OPT_MALFORMED: u32 = 13;
+    /// QUIC packets that carry no routable id (Initial, 0-RTT, short CID, version 0): hashed.
+    pub const QUIC_HASHED: u32 = 14;
+    /// Packets encapsulated and transmitted.
+    pub const TX: u32 = 15;
+    /// Encapsulation failed (no headroom, no real): aborted.
+    pub const ENCAP_FAILED: u32 = 16;
+    /// Hits in the shared fallback connection table.
+    pub const LRU_FALLBACK_HIT: u32 = 17;
+    /// Number of slots.
+    pub const SLOTS: u32 = 18;
+}
+
+/// The flow hash: MurmurHash3 (x86, 32-bit) over the 5-tuple's words, seeded.
+///
+/// Shared by the BPF program and user space so that expected outputs and models pick the same
+/// ring entry as the kernel does.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < 4 {
+        h = murmur_round(h, key.src[i]);
+        h = murmur_round(h, key.dst[i]);
+        i += 1;
+    }
+    h = murmur_round(h, (u32::from(key.ports[0]) << 16) | u32::from(key.ports[1]));
+    h = murmur_round(h, u32::from(key.proto));
+    fmix32(h ^ 40)
+}
+
+#[inline(always)]
+fn murmur_round(h: u32, word: u32) -> u32 {
+    let mut k = word.wrapping_mul(0xcc9e_2d51);
+    k = k.rotate_left(15);
+    k = k.wrapping_mul(0x1b87_3593);
+    let h = h ^ k;
+    h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The server id a QUIC connection id carries, by its version bits (katran's layouts):
+/// v1 = 16 bits from bit 2, v2 = bytes 1..=3, v3 = bytes 1..=4. Version 0 carries none.
+/// `cid` holds at least the first five bytes of the connection id.
+#[inline(always)]
+pub fn quic_server_id(cid: &[u8; 5]) -> Option<u32> {
+    match cid[0] >> 6 {
+        1 => Some(
+            (u32::from(cid[0] & 0x3f) << 10) | (u32::from(cid[1]) << 2) | (u32::from(cid[2]) >> 6),
+        ),
+        2 => Some((u32::from(cid[1]) << 16) | (u32::from(cid[2]) << 8) | u32::from(cid[3])),
+        3 => Some(u32::from_be_bytes([cid[1], cid[2], cid[3], cid[4]])),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)] plain data with explicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for VipStats {}
+}

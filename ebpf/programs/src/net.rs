@@ -1,0 +1,202 @@
+//! Header layouts and bounds-checked packet access.
+//!
+//! Every struct has alignment 1 (multi-byte fields are byte arrays), because packet data is only
+//! 2-byte aligned after a 14-byte Ethernet header: a typed read of a `u32` field would be
+//! undefined behaviour. [`ptr_at`] is the single bounds check every header read goes through, so
+//! the verifier always sees the same pattern and an out-of-bounds read becomes `Err(())`.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+/// IPv4 header length without options.
+pub const IPV4_LEN: usize = 20;
+/// IPv6 fixed header length.
+pub const IPV6_LEN: usize = 40;
+/// TCP header length without options.
+pub const TCP_LEN: usize = 20;
+/// UDP header length.
+pub const UDP_LEN: usize = 8;
+/// Shortest Ethernet frame (without FCS); shorter IP packets arrive padded to it.
+pub const ETH_MIN_FRAME: usize = 60;
+
+/// EtherType IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// EtherType IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// IP protocol numbers.
+pub const IPPROTO_IPIP: u8 = 4;
+/// TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv6 in IP.
+pub const IPPROTO_IPV6: u8 = 41;
+
+/// Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EthHdr {
+    /// Destination MAC.
+    pub dst: [u8; 6],
+    /// Source MAC.
+    pub src: [u8; 6],
+    /// EtherType, network order.
+    pub proto: [u8; 2],
+}
+
+/// IPv4 header (no options).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    /// Version and IHL.
+    pub vihl: u8,
+    /// TOS / DSCP+ECN.
+    pub tos: u8,
+    /// Total length.
+    pub tot_len: [u8; 2],
+    /// Identification.
+    pub id: [u8; 2],
+    /// Flags and fragment offset.
+    pub frag: [u8; 2],
+    /// TTL.
+    pub ttl: u8,
+    /// Protocol.
+    pub proto: u8,
+    /// Header checksum.
+    pub csum: [u8; 2],
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address.
+    pub dst: [u8; 4],
+}
+
+/// IPv6 fixed header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class, flow label.
+    pub vtcfl: [u8; 4],
+    /// Payload length.
+    pub payload_len: [u8; 2],
+    /// Next header.
+    pub nexthdr: u8,
+    /// Hop limit.
+    pub hop: u8,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+/// The fixed part of a TCP header up to and including the flags.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TcpHdr {
+    /// Source port.
+    pub sport: [u8; 2],
+    /// Destination port.
+    pub dport: [u8; 2],
+    /// Sequence number.
+    pub seq: [u8; 4],
+    /// Acknowledgement number.
+    pub ack: [u8; 4],
+    /// Data offset (high nibble).
+    pub doff: u8,
+    /// Flags.
+    pub flags: u8,
+}
+
+/// UDP header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UdpHdr {
+    /// Source port.
+    pub sport: [u8; 2],
+    /// Destination port.
+    pub dport: [u8; 2],
+    /// Length.
+    pub len: [u8; 2],
+    /// Checksum.
+    pub csum: [u8; 2],
+}
+
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+/// A pointer to a `T` at `offset` into the packet, if the packet holds all of it.
+///
+/// The check reaches the verifier as `pointer + size > data_end` on the very register it then
+/// dereferences. Left alone, LLVM rewrites `p + 1 > end` as `p >= end`, which the verifier
+/// cannot turn into a readable range when `offset` is variable (as in the option walk), and it
+/// may compute the checked and the returned pointer separately; [`opaque`] stops both.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
+    let ptr = opaque(ctx.data() + offset);
+    let access_end = opaque(ptr + size_of::<T>());
+    if access_end > ctx.data_end() {
+        return Err(());
+    }
+    Ok(ptr as *mut T)
+}
+
+/// Returns `x` unchanged, hidden from the optimiser (an empty `asm!` with `x` in a register).
+#[inline(always)]
+pub fn opaque(mut x: usize) -> usize {
+    // SAFETY: a register move onto itself: it reads and writes one register, nothing else. (An
+    // empty template would give two line-info records one instruction offset, which the kernel
+    // refuses.)
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(nomem, nostack)) };
+    x
+}
+
+/// Reads a `T` at `offset` (bounds-checked).
+#[inline(always)]
+pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
+    // SAFETY: ptr_at checked that the packet holds size_of::<T>() bytes at offset, and T has
+    // alignment 1 (every header type here is made of bytes).
+    Ok(unsafe { *ptr_at::<T>(ctx, offset)? })
+}
+
+/// Frame length (data_end - data).
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// The IPv4 header checksum of `hdr` (its `csum` field must be zero).
+#[inline(always)]
+pub fn ipv4_csum(hdr: &Ipv4Hdr) -> [u8; 2] {
+    // SAFETY: Ipv4Hdr is 20 plain bytes.
+    let bytes: &[u8; IPV4_LEN] = unsafe { &*(hdr as *const Ipv4Hdr).cast::<[u8; IPV4_LEN]>() };
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_LEN {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// The four address words of an IPv4 address (first word; the rest zero).
+#[inline(always)]
+pub fn words_v4(addr: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(addr), 0, 0, 0]
+}
+
+/// The four address words of an IPv6 address.
+#[inline(always)]
+pub fn words_v6(addr: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}

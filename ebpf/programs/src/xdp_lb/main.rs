@@ -1,0 +1,65 @@
+//! `xdp_lb`: the L4 load balancer (katran-class). See `zrlab_common::lb` for the maps.
+//!
+//! Path of a packet: [`parse`] validates it and builds the flow (or decides pass/drop),
+//! [`route`] picks the real (server id, connection table, Maglev ring), [`encap`] wraps it in
+//! IPIP towards the real and transmits it back out (`XDP_TX`).
+//!
+//! Policy for what is not a clean VIP packet (documented in the README, tested by the
+//! conformance suite): non-IP frames and packets to non-VIP addresses pass untouched; to a VIP
+//! address, IPv4 options, fragments, IPv6 extension headers, ICMP and other protocols pass to
+//! the stack (which does not own the VIP and drops them); lengths that disagree with the frame,
+//! bad header lengths and truncated headers are dropped. Nothing unvalidated is forwarded.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod encap;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod route;
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use zrlab_common::lb::counter;
+
+    use super::{encap, maps::count, parse, route};
+
+    #[xdp]
+    pub fn xdp_lb(ctx: XdpContext) -> u32 {
+        try_lb::<false>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    }
+
+    /// The same path, then the encapsulation is undone, so that `BPF_PROG_TEST_RUN` with a
+    /// repeat count (which reuses one buffer) measures the full path every iteration.
+    #[xdp]
+    pub fn xdp_lb_bench(ctx: XdpContext) -> u32 {
+        try_lb::<true>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    }
+
+    #[inline(always)]
+    fn try_lb<const RESTORE: bool>(ctx: &XdpContext) -> Result<u32, ()> {
+        let pkt = match parse::parse(ctx)? {
+            parse::Parsed::Vip(pkt) => pkt,
+            parse::Parsed::Verdict(verdict) => return Ok(verdict),
+        };
+        let Some(real) = route::pick(ctx, &pkt) else {
+            count(counter::ENCAP_FAILED);
+            return Ok(xdp_action::XDP_DROP);
+        };
+        encap::encap::<RESTORE>(ctx, &pkt, real)
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}
+
+#[cfg(target_arch = "bpf")]
+use zrlab_ebpf as _;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,492 @@
+//! The control plane of one LB node: loads `xdp_lb`, writes its maps, swaps rings, syncs live
+//! server ids, reads counters.
+//!
+//! Ring changes never expose a half-written ring: every change builds a complete new ring in a
+//! fresh inner map, then swaps it in with one update of the outer array (see the LB's maps).
+//! Per-CPU connection tables are created here, one per possible CPU, as katran does.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use zrlab_common::lb::{
+    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, LRU_PER_CPU_SIZE,
+    MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS, REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP,
+    Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
+    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey, VipMeta,
+    VipStats, counter,
+};
+
+use super::maglev::{self, Backend};
+use crate::{
+    bpf::Object,
+    error::{LabError, Result},
+    netns::Netns,
+};
+
+/// A VIP's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => libc::IPPROTO_TCP as u8,
+            Self::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+}
+
+/// A VIP and how it is balanced.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port; 0 means any port.
+    pub port: u16,
+    /// Transport.
+    pub proto: Proto,
+    /// Route TCP by the TPR option's server id.
+    #[serde(default)]
+    pub tcp_id_routing: bool,
+    /// Route QUIC by the connection id's server id.
+    #[serde(default)]
+    pub quic_id_routing: bool,
+    /// Skip the connection table (negative controls only).
+    #[serde(default)]
+    pub no_lru: bool,
+    /// Hash every packet with a random salt (negative controls only).
+    #[serde(default)]
+    pub hash_per_packet: bool,
+    /// Ring size (a prime up to 65537).
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+}
+
+fn default_ring_size() -> u32 {
+    MAX_RING
+}
+
+impl VipSpec {
+    fn key(&self) -> VipKey {
+        VipKey {
+            addr: words(self.addr),
+            port: self.port.to_be(),
+            proto: self.proto.number(),
+            pad: 0,
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.tcp_id_routing, VIP_F_TCP_ID_ROUTING),
+            (self.quic_id_routing, VIP_F_QUIC_ID_ROUTING),
+            (self.no_lru, VIP_F_NO_LRU),
+            (self.hash_per_packet, VIP_F_HASH_PER_PACKET),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// A real (backend) of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealSpec {
+    /// Its address (the outer destination).
+    pub addr: IpAddr,
+    /// Its weight in the ring (0: in no ring slot, e.g. draining).
+    pub weight: u32,
+}
+
+/// Node-wide settings of the LB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Prefix of outer IPv4 sources (host bits from the flow hash).
+    pub encap_src_v4: Ipv4Net,
+    /// Prefix of outer IPv6 sources (the last 32 bits from the flow hash).
+    pub encap_src_v6: Ipv6Net,
+    /// Seed of the flow hash (all LB nodes of a VIP must agree).
+    pub hash_seed: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            encap_src_v4: "198.51.100.128/25".parse().expect("valid"),
+            encap_src_v6: "2001:db8:e::/96".parse().expect("valid"),
+            hash_seed: 0x5eed,
+        }
+    }
+}
+
+/// The address words the maps use: the address's bytes in network order, read as native words.
+pub fn words(addr: IpAddr) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    match addr {
+        IpAddr::V4(v4) => out[0] = u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(v6) => {
+            for (word, chunk) in out.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+            }
+        }
+    }
+    out
+}
+
+/// Every counter of the LB, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Global slots (`zrlab_common::lb::counter`).
+    pub global: Vec<u64>,
+    /// Per VIP (by `VipSpec`), packets and bytes.
+    pub vips: Vec<(VipKey, VipStats)>,
+    /// Packets per real address.
+    pub reals: BTreeMap<IpAddr, u64>,
+}
+
+impl Counters {
+    /// The value of global slot `slot`.
+    pub fn get(&self, slot: u32) -> u64 {
+        self.global.get(slot as usize).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct VipState {
+    num: u32,
+}
+
+/// A loaded LB.
+pub struct Balancer {
+    ebpf: Ebpf,
+    vips: BTreeMap<VipKey, VipState>,
+    reals: BTreeMap<IpAddr, u32>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer")
+            .field("vips", &self.vips)
+            .field("reals", &self.reals)
+            .finish()
+    }
+}
+
+fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
+    move |e| LabError::Bpf {
+        what: what.into(),
+        message: e.to_string(),
+    }
+}
+
+impl Balancer {
+    /// Loads and verifies the LB programs and creates the per-CPU connection tables.
+    pub fn load(settings: &Settings) -> Result<Self> {
+        let mut ebpf =
+            EbpfLoader::new()
+                .load(Object::XdpLb.bytes())
+                .map_err(|e| LabError::Bpf {
+                    what: "load the xdp_lb object".into(),
+                    message: format!("{e:#}"),
+                })?;
+        for name in ["xdp_lb", "xdp_lb_bench"] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LabError::Bpf {
+                    what: format!("find program {name}"),
+                    message: "missing".into(),
+                })?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
+                    what: format!("{name} is XDP"),
+                    message: e.to_string(),
+                })?;
+            program.load().map_err(|e| LabError::Bpf {
+                what: format!("verify {name}"),
+                message: verifier_log(&e),
+            })?;
+        }
+        let mut balancer = Self {
+            ebpf,
+            vips: BTreeMap::new(),
+            reals: BTreeMap::new(),
+        };
+        balancer.write_settings(settings)?;
+        balancer.create_connection_tables()?;
+        Ok(balancer)
+    }
+
+    fn write_settings(&mut self, settings: &Settings) -> Result<()> {
+        let mask = u32::from_ne_bytes(settings.encap_src_v4.netmask().octets());
+        let config = Config {
+            encap_src_v4: u32::from_ne_bytes(settings.encap_src_v4.network().octets()),
+            encap_src_v4_mask: mask,
+            encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
+            hash_seed: settings.hash_seed,
+            pad: 0,
+        };
+        let mut map: Array<_, Config> =
+            Array::try_from(self.map_mut(CONFIG_MAP)?).map_err(map_err("LB_CONFIG"))?;
+        map.set(0, config, 0).map_err(map_err("write LB_CONFIG"))
+    }
+
+    fn create_connection_tables(&mut self) -> Result<()> {
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
+        let mut outer: ArrayOfMaps<_, MapData> =
+            ArrayOfMaps::try_from(self.map_mut(LRU_PER_CPU_MAP)?)
+                .map_err(map_err("LB_LRU_PER_CPU"))?;
+        for cpu in 0..cpus.min(MAX_CPUS) {
+            let def = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
+                size_of::<FlowKey>() as u32,
+                size_of::<ConnEntry>() as u32,
+                LRU_PER_CPU_SIZE,
+                0,
+            );
+            let inner = MapData::create(def, &format!("lb_lru_cpu{cpu}"), None)
+                .map_err(map_err("create a per-CPU LRU"))?;
+            outer
+                .set(cpu, &inner, 0)
+                .map_err(map_err("install a per-CPU LRU"))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| LabError::Bpf {
+            what: format!("find map {name}"),
+            message: "missing from the object".into(),
+        })
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| LabError::Bpf {
+            what: format!("find map {name}"),
+            message: "missing from the object".into(),
+        })
+    }
+
+    /// The real index of `addr`, allocating one (and writing the real) on first use.
+    fn real_index(&mut self, addr: IpAddr) -> Result<u32> {
+        if let Some(index) = self.reals.get(&addr) {
+            return Ok(*index);
+        }
+        let index = self.reals.len() as u32;
+        if index >= MAX_REALS {
+            return Err(LabError::Unsupported(format!(
+                "more than {MAX_REALS} reals"
+            )));
+        }
+        let real = Real {
+            addr: words(addr),
+            flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 },
+        };
+        let mut map: Array<_, Real> =
+            Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
+        map.set(index, real, 0).map_err(map_err("write LB_REALS"))?;
+        self.reals.insert(addr, index);
+        Ok(index)
+    }
+
+    /// Adds or updates `vip` with `reals`: builds the Maglev ring from the reals' weights and
+    /// swaps it in whole.
+    pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
+        if !maglev::is_prime(vip.ring_size) || vip.ring_size > MAX_RING {
+            return Err(LabError::Unsupported(format!(
+                "ring size {} is not a prime up to {MAX_RING}",
+                vip.ring_size
+            )));
+        }
+        let backends: Vec<Backend> = reals
+            .iter()
+            .map(|r| Backend {
+                key: r.addr.to_string().into_bytes(),
+                weight: r.weight,
+            })
+            .collect();
+        let table = maglev::build(&backends, vip.ring_size)
+            .map_err(|e| LabError::Unsupported(format!("VIP {}:{}: {e}", vip.addr, vip.port)))?;
+        let indices: Vec<u32> = reals
+            .iter()
+            .map(|r| self.real_index(r.addr))
+            .collect::<Result<_>>()?;
+        let key = vip.key();
+        let num = match self.vips.get(&key) {
+            Some(state) => state.num,
+            None => {
+                let num = self.vips.len() as u32;
+                if num >= MAX_VIPS {
+                    return Err(LabError::Unsupported(format!("more than {MAX_VIPS} VIPs")));
+                }
+                num
+            }
+        };
+        // The new ring, complete before anything points at it.
+        let mut ring: Array<MapData, u32> =
+            Array::create(MAX_RING, 0).map_err(map_err("create a ring"))?;
+        for (slot, owner) in table.iter().enumerate() {
+            ring.set(slot as u32, indices[*owner as usize], 0)
+                .map_err(map_err("fill a ring"))?;
+        }
+        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
+        rings
+            .set(num, &ring, 0)
+            .map_err(map_err("swap in a ring"))?;
+        let meta = VipMeta {
+            flags: vip.flags(),
+            vip_num: num,
+            ring_size: vip.ring_size,
+            pad: 0,
+        };
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(self.map_mut(VIPS_MAP)?).map_err(map_err("LB_VIPS"))?;
+        vips.insert(key, meta, 0)
+            .map_err(map_err("write LB_VIPS"))?;
+        let mut addrs: HashMap<_, [u32; 4], u32> =
+            HashMap::try_from(self.map_mut(VIP_ADDRS_MAP)?).map_err(map_err("LB_VIP_ADDRS"))?;
+        addrs
+            .insert(key.addr, 1, 0)
+            .map_err(map_err("write LB_VIP_ADDRS"))?;
+        self.vips.insert(key, VipState { num });
+        Ok(())
+    }
+
+    /// Makes the live-id table exactly `live` (server id -> real address): ids not in it are
+    /// removed, so packets carrying them fall back to the ring.
+    pub fn sync_server_ids(&mut self, live: &BTreeMap<u32, IpAddr>) -> Result<()> {
+        let wanted: Vec<(u32, u32)> = live
+            .iter()
+            .map(|(id, addr)| Ok((*id, self.real_index(*addr)?)))
+            .collect::<Result<_>>()?;
+        let mut ids: HashMap<_, u32, u32> =
+            HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
+        let present: Vec<u32> = ids.keys().filter_map(|k| k.ok()).collect();
+        for (id, real) in &wanted {
+            ids.insert(id, real, 0)
+                .map_err(map_err("write LB_SERVER_IDS"))?;
+        }
+        for id in present.iter().filter(|id| !live.contains_key(id)) {
+            ids.remove(id)
+                .map_err(map_err("remove from LB_SERVER_IDS"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `xdp_lb` in native mode to `ifname` inside `netns`.
+    pub fn attach(&mut self, netns: &Netns, ifname: &str) -> Result<()> {
+        let program: &mut Xdp = self.program_mut("xdp_lb")?;
+        let ifname = ifname.to_owned();
+        netns
+            .run(move || program.attach(&ifname, XdpMode::Driver).map(drop))?
+            .map_err(|e| LabError::Bpf {
+                what: format!("attach xdp_lb to {} in {}", "interface", netns.name()),
+                message: e.to_string(),
+            })
+    }
+
+    fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or_else(|| LabError::Bpf {
+                what: format!("find program {name}"),
+                message: "missing".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
+                what: format!("{name} is XDP"),
+                message: e.to_string(),
+            })
+    }
+
+    /// The loaded program `name` (`xdp_lb` or `xdp_lb_bench`), e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| LabError::Bpf {
+                what: format!("find program {name}"),
+                message: "missing".into(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
+                what: format!("{name} is XDP"),
+                message: e.to_string(),
+            })
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let global: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_err("LB_COUNTERS"))?;
+        let mut out = Counters::default();
+        for slot in 0..counter::SLOTS {
+            out.global.push(
+                global
+                    .get(&slot, 0)
+                    .map_err(map_err("read LB_COUNTERS"))?
+                    .iter()
+                    .sum(),
+            );
+        }
+        let vip_stats: PerCpuArray<_, VipStats> =
+            PerCpuArray::try_from(self.map(VIP_STATS_MAP)?).map_err(map_err("LB_VIP_STATS"))?;
+        for (key, state) in &self.vips {
+            let per_cpu = vip_stats
+                .get(&state.num, 0)
+                .map_err(map_err("read LB_VIP_STATS"))?;
+            let sum = per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            });
+            out.vips.push((*key, sum));
+        }
+        let real_stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(REAL_STATS_MAP)?).map_err(map_err("LB_REAL_STATS"))?;
+        for (addr, index) in &self.reals {
+            out.reals.insert(
+                *addr,
+                real_stats
+                    .get(index, 0)
+                    .map_err(map_err("read LB_REAL_STATS"))?
+                    .iter()
+                    .sum(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn verifier_log(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            format!(
+                "{io_error}; verifier log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        }
+        other => other.to_string(),
+    }
+}
