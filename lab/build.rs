@@ -13,15 +13,9 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("{missing}\nrun `cargo xtask setup` (it installs what the eBPF build needs)");
     }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../ebpf/programs");
-    let root = root
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {root:?}"))?;
+    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {root:?}"))?;
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "zrlab-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "zrlab-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }
@@ -36,9 +30,7 @@ fn check_tools() -> Result<(), String> {
     match linker {
         Ok(out) if out.status.success() => {}
         _ => {
-            return Err(format!(
-                "bpf-linker {BPF_LINKER_VERSION} (built for LLVM {LLVM_MAJOR}) is not on PATH"
-            ));
+            return Err(format!("bpf-linker {BPF_LINKER_VERSION} (built for LLVM {LLVM_MAJOR}) is not on PATH"));
         }
     }
     let toolchain = Command::new("rustup")
@@ -50,9 +42,7 @@ fn check_tools() -> Result<(), String> {
             let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             let src = PathBuf::from(sysroot).join("lib/rustlib/src/rust/library");
             if !src.is_dir() {
-                return Err(format!(
-                    "toolchain {EBPF_TOOLCHAIN} lacks the rust-src component"
-                ));
+                return Err(format!("toolchain {EBPF_TOOLCHAIN} lacks the rust-src component"));
             }
         }
         _ => return Err(format!("toolchain {EBPF_TOOLCHAIN} is not installed")),

@@ -2,7 +2,16 @@
 //!
 //! Each program of `ebpf/programs` is its own object, so a node loads only what it runs.
 
-use aya::{Ebpf, EbpfError};
+use aya::{
+    Ebpf, EbpfError,
+    maps::Map,
+    programs::{ProgramError, Xdp, XdpMode},
+};
+
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// One embedded eBPF object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +20,10 @@ pub enum Object {
     XdpPass,
     /// `xdp_lb` and `xdp_lb_bench`: the L4 load balancer (`zrlab_common::lb`).
     XdpLb,
+    /// `xdp_decap`: the backends' IPIP decapsulation (`zrlab_common::decap`).
+    XdpDecap,
+    /// `xdp_empty`: the benchmark floor.
+    XdpEmpty,
 }
 
 impl Object {
@@ -19,6 +32,8 @@ impl Object {
         match self {
             Self::XdpPass => "xdp_pass",
             Self::XdpLb => "xdp_lb",
+            Self::XdpDecap => "xdp_decap",
+            Self::XdpEmpty => "xdp_empty",
         }
     }
 
@@ -27,6 +42,8 @@ impl Object {
         match self {
             Self::XdpPass => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass")),
             Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
+            Self::XdpDecap => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_decap")),
+            Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
         }
     }
 
@@ -34,4 +51,97 @@ impl Object {
     pub fn load(self) -> Result<Ebpf, EbpfError> {
         Ebpf::load(self.bytes())
     }
+}
+
+/// An embedded object, loaded, with its XDP programs verified.
+pub struct Loaded {
+    object: Object,
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("object", &self.object).finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// Loads `object` and verifies its XDP programs `programs`; a refusal carries the end of
+    /// the verifier's log.
+    pub fn load(object: Object, programs: &[&str]) -> Result<Self> {
+        let ebpf = object.load().map_err(|e| LabError::Bpf {
+            what: format!("load the {} object", object.name()),
+            message: format!("{e:#}"),
+        })?;
+        let mut loaded = Self { object, ebpf };
+        for name in programs {
+            loaded
+                .xdp_mut(name)?
+                .load()
+                .map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+        }
+        Ok(loaded)
+    }
+
+    /// The XDP program `name`.
+    pub fn xdp(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf.program(name).ok_or_else(|| missing("program", name))?.try_into().map_err(|e: ProgramError| {
+            LabError::Bpf { what: format!("{name} as an XDP program"), message: e.to_string() }
+        })
+    }
+
+    /// The XDP program `name`, mutably.
+    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(|e: ProgramError| {
+            LabError::Bpf { what: format!("{name} as an XDP program"), message: e.to_string() }
+        })
+    }
+
+    /// Attaches XDP program `name` in native mode to `ifname` inside `netns`. It stays attached
+    /// until this value is dropped or the namespace is removed.
+    pub fn attach_xdp(&mut self, name: &str, netns: &Netns, ifname: &str) -> Result<()> {
+        let program = self.xdp_mut(name)?;
+        netns.run(|| program.attach(ifname, XdpMode::Driver).map(drop))?.map_err(|e| LabError::Bpf {
+            what: format!("attach {name} to {ifname} in {}", netns.name()),
+            message: e.to_string(),
+        })
+    }
+
+    /// The map `name`.
+    pub fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or_else(|| missing("map", name))
+    }
+
+    /// The map `name`, mutably.
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| missing("map", name))
+    }
+}
+
+fn missing(what: &str, name: &str) -> LabError {
+    LabError::Bpf { what: format!("find {what} {name}"), message: "missing from the object".into() }
+}
+
+/// A map-access error as a lab error naming the step.
+pub fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
+    move |e| LabError::Bpf { what: what.into(), message: e.to_string() }
+}
+
+/// The error of a refused program, with the last lines of the verifier's log.
+fn verifier_log(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let mut tail: Vec<&str> = log.lines().rev().take(30).collect();
+            tail.reverse();
+            format!("{io_error}; verifier log (last lines):\n{}", tail.join("\n"))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Sums a per-CPU array of `u64` counters slot by slot.
+pub fn sum_counters(map: &Map, slots: u32, what: &'static str) -> Result<Vec<u64>> {
+    let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).map_err(map_err(what))?;
+    (0..slots).map(|slot| Ok(array.get(&slot, 0).map_err(map_err(what))?.iter().sum())).collect()
 }

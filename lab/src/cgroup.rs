@@ -21,8 +21,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 /// Where cgroup v2 is mounted, read from `/proc/mounts` (it differs between machines:
 /// `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts")
-        .map_err(|e| LabError::os("read", "/proc/mounts", e))?;
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| LabError::os("read", "/proc/mounts", e))?;
     mounts
         .lines()
         .find_map(|line| {
@@ -30,11 +29,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
             let (_dev, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
             (kind == "cgroup2").then(|| PathBuf::from(dir))
         })
-        .ok_or_else(|| {
-            LabError::Unsupported(
-                "no cgroup v2 mount in /proc/mounts (mount -t cgroup2 none <dir>)".into(),
-            )
-        })
+        .ok_or_else(|| LabError::Unsupported("no cgroup v2 mount in /proc/mounts (mount -t cgroup2 none <dir>)".into()))
 }
 
 /// A cgroup directory the lab created. Dropping it removes it (and its subtree) unless kept.
@@ -47,8 +42,7 @@ pub struct Cgroup {
 impl Cgroup {
     /// Creates `path` (its parent must exist).
     pub fn create(path: PathBuf) -> Result<Self> {
-        std::fs::create_dir(&path)
-            .map_err(|e| LabError::os("mkdir", path.display().to_string(), e))?;
+        std::fs::create_dir(&path).map_err(|e| LabError::os("mkdir", path.display().to_string(), e))?;
         Ok(Self { path, kept: false })
     }
 
@@ -113,17 +107,13 @@ pub fn remove_tree(path: &Path) -> Result<()> {
 fn kill_all(path: &Path) -> Result<()> {
     let kill_file = path.join("cgroup.kill");
     if kill_file.exists() {
-        return std::fs::write(&kill_file, "1")
-            .map_err(|e| LabError::os("write", kill_file.display().to_string(), e));
+        return std::fs::write(&kill_file, "1").map_err(|e| LabError::os("write", kill_file.display().to_string(), e));
     }
     // Before 5.14 there is no cgroup.kill: signal each process of each cgroup in the subtree.
     for dir in subtree(path)? {
         let procs = dir.join("cgroup.procs");
         let pids = std::fs::read_to_string(&procs).unwrap_or_default();
-        for pid in pids
-            .lines()
-            .filter_map(|line| line.trim().parse::<i32>().ok())
-        {
+        for pid in pids.lines().filter_map(|line| line.trim().parse::<i32>().ok()) {
             // SAFETY: kill has no memory-safety preconditions; a vanished pid is harmless.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -133,8 +123,7 @@ fn kill_all(path: &Path) -> Result<()> {
 
 fn populated(path: &Path) -> Result<bool> {
     let events = path.join("cgroup.events");
-    let text = std::fs::read_to_string(&events)
-        .map_err(|e| LabError::os("read", events.display().to_string(), e))?;
+    let text = std::fs::read_to_string(&events).map_err(|e| LabError::os("read", events.display().to_string(), e))?;
     Ok(text.lines().any(|line| line.trim() == "populated 1"))
 }
 
@@ -143,8 +132,8 @@ fn subtree(path: &Path) -> Result<Vec<PathBuf>> {
     let mut dirs = vec![path.to_owned()];
     let mut i = 0;
     while i < dirs.len() {
-        let entries = std::fs::read_dir(&dirs[i])
-            .map_err(|e| LabError::os("read_dir", dirs[i].display().to_string(), e))?;
+        let entries =
+            std::fs::read_dir(&dirs[i]).map_err(|e| LabError::os("read_dir", dirs[i].display().to_string(), e))?;
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(entry.path());

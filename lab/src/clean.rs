@@ -79,11 +79,7 @@ pub fn clean(scope: Scope) -> Result<Cleaned> {
             Err(e) => errors.push(LabError::os("rm -r", dir.display().to_string(), e)),
         }
     }
-    if errors.is_empty() {
-        Ok(cleaned)
-    } else {
-        Err(LabError::Teardown(errors))
-    }
+    if errors.is_empty() { Ok(cleaned) } else { Err(LabError::Teardown(errors)) }
 }
 
 /// The lab-named directories directly under `root` that `scope` allows removing.
@@ -102,11 +98,8 @@ fn lab_dirs(root: &Path, scope: Scope) -> Vec<PathBuf> {
 
 /// Every object of any lab run (live or dead) that exists now: for tests and `zrlab list`.
 pub fn inventory() -> Result<Vec<String>> {
-    let mut found: Vec<String> = netns::list()?
-        .into_iter()
-        .filter(|n| RunId::is_lab_name(n))
-        .map(|n| format!("netns {n}"))
-        .collect();
+    let mut found: Vec<String> =
+        netns::list()?.into_iter().filter(|n| RunId::is_lab_name(n)).map(|n| format!("netns {n}")).collect();
     let mut roots = vec![PathBuf::from(BPFFS_DIR)];
     if let Ok(root) = cgroup2_root() {
         roots.push(root);

@@ -42,9 +42,7 @@ pub enum LabError {
         message: String,
     },
     /// The process lacks the privileges the lab needs.
-    #[error(
-        "the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create namespaces and cgroups: {0}"
-    )]
+    #[error("the lab needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create namespaces and cgroups: {0}")]
     NotPrivileged(String),
     /// The kernel or machine lacks something the lab needs (not a feature a scenario may skip).
     #[error("unsupported: {0}")]
@@ -84,20 +82,12 @@ pub enum LabError {
 impl LabError {
     /// An [`LabError::Os`] from the last OS error.
     pub(crate) fn last_os(op: &'static str, target: impl Into<String>) -> Self {
-        Self::Os {
-            op,
-            target: target.into(),
-            source: io::Error::last_os_error(),
-        }
+        Self::Os { op, target: target.into(), source: io::Error::last_os_error() }
     }
 
     /// An [`LabError::Os`] from an `io::Error`.
     pub(crate) fn os(op: &'static str, target: impl Into<String>, source: io::Error) -> Self {
-        Self::Os {
-            op,
-            target: target.into(),
-            source,
-        }
+        Self::Os { op, target: target.into(), source }
     }
 }
 

@@ -57,14 +57,9 @@ async fn probe_resilient_groups() -> Result<bool> {
     let netns = Netns::create(&RunId::new(false).name("probe"))?;
     let nl = Nl::connect(&netns)?;
     nl.veth_add("probe0", "probe1", &netns).await?;
-    nl.addr_add("probe0", "192.0.2.1/24".parse().expect("valid"))
-        .await?;
+    nl.addr_add("probe0", "192.0.2.1/24".parse().expect("valid")).await?;
     nl.link_up("probe0").await?;
     nl.link_up("probe1").await?;
-    nl.nexthop_add(1, "192.0.2.2".parse().expect("valid"), "probe0")
-        .await?;
-    Ok(nl
-        .nexthop_group_set(2, &[1], GroupType::Resilient, 8, false)
-        .await
-        .is_ok())
+    nl.nexthop_add(1, "192.0.2.2".parse().expect("valid"), "probe0").await?;
+    Ok(nl.nexthop_group_set(2, &[1], GroupType::Resilient, 8, false).await.is_ok())
 }

@@ -83,9 +83,7 @@ enum Bench {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -103,23 +101,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Bench { .. }) => "bench",
         _ => "lab",
     };
-    let out = cli
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new(DEFAULT_TARGET).join(default_out));
+    let out = cli.out.clone().unwrap_or_else(|| Path::new(DEFAULT_TARGET).join(default_out));
     let out = &out;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if let Some(Command::Service(args)) = cli.command {
         runtime.block_on(serve(args)).context("service")?;
         return Ok(ExitCode::SUCCESS);
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!(zrlab::LabError::NotPrivileged(
-            "run it as root (or through sudo)".into()
-        ));
+        bail!(zrlab::LabError::NotPrivileged("run it as root (or through sudo)".into()));
     }
     match cli.command {
         Some(Command::Clean) => {
@@ -150,10 +141,7 @@ async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
     match bench {
         Bench::Bind443 { sizes, repeats } => {
             let opts = zrlab::port443::scaling::Options { sizes, repeats };
-            eprintln!(
-                "measuring bind and lookup scaling on port 443 (N = {:?})...",
-                opts.sizes
-            );
+            eprintln!("measuring bind and lookup scaling on port 443 (N = {:?})...", opts.sizes);
             let report = zrlab::port443::scaling::run(&opts).await?;
             print!("{}", report.table());
             write_json(out, "bind443.json", &report)?;
@@ -202,22 +190,13 @@ fn default_scenarios(dir: &Path) -> Result<Vec<PathBuf>> {
 
 async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode> {
     // Parse everything first: a bad file fails before any topology is built.
-    let scenarios = files
-        .iter()
-        .map(|f| Scenario::load(f))
-        .collect::<Result<Vec<_>, _>>()?;
+    let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     let cleaned = clean::clean(Scope::Crashed)?;
     print_cleaned(&cleaned, "cleaned up after a killed run:");
-    let opts = RunOptions {
-        keep,
-        service_exe: std::env::current_exe().context("locating zrlab")?,
-    };
+    let opts = RunOptions { keep, service_exe: std::env::current_exe().context("locating zrlab")? };
 
     let bar = ProgressBar::new(scenarios.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:20} {pos}/{len} {elapsed} {msg}")
-            .expect("valid template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{bar:20} {pos}/{len} {elapsed} {msg}").expect("valid template"));
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -235,14 +214,8 @@ async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode
             format!(
                 "{}: {}{}",
                 outcome.name,
-                serde_json::to_value(outcome.verdict)?
-                    .as_str()
-                    .unwrap_or("?"),
-                if outcome.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", outcome.reason)
-                }
+                serde_json::to_value(outcome.verdict)?.as_str().unwrap_or("?"),
+                if outcome.reason.is_empty() { String::new() } else { format!(" ({})", outcome.reason) }
             ),
         );
         if let Some(prefix) = outcome.main.as_ref().and_then(|m| m.kept.clone()) {
@@ -256,29 +229,13 @@ async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode
     print!("{}", report.table());
     report.write(out)?;
     println!("report: {}/report.json, report.md", out.display());
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn print_kept(scenario: &Scenario, prefix: &str, bar: &ProgressBar) {
-    say(
-        bar,
-        format!(
-            "kept the topology of {} up; enter a node with:",
-            scenario.name
-        ),
-    );
+    say(bar, format!("kept the topology of {} up; enter a node with:", scenario.name));
     for node in &scenario.main.topology.spec.nodes {
-        say(
-            bar,
-            format!(
-                "  ip netns exec {prefix}-{} bash    # {:?}",
-                node.name, node.role
-            ),
-        );
+        say(bar, format!("  ip netns exec {prefix}-{} bash    # {:?}", node.name, node.role));
     }
     say(bar, "remove it with: cargo xtask lab clean");
 }

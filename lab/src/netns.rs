@@ -55,13 +55,8 @@ impl Netns {
     /// Opens the existing namespace `name`.
     pub fn open(name: &str) -> Result<Self> {
         let path = path_of(name);
-        let file =
-            File::open(&path).map_err(|e| LabError::os("open", path.display().to_string(), e))?;
-        Ok(Self {
-            name: name.to_owned(),
-            file,
-            kept: false,
-        })
+        let file = File::open(&path).map_err(|e| LabError::os("open", path.display().to_string(), e))?;
+        Ok(Self { name: name.to_owned(), file, kept: false })
     }
 
     /// The namespace's name.
@@ -87,10 +82,7 @@ impl Netns {
         thread_name: String,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<thread::JoinHandle<Result<T>>> {
-        let fd = self
-            .file
-            .try_clone()
-            .map_err(|e| LabError::os("dup", self.name.clone(), e))?;
+        let fd = self.file.try_clone().map_err(|e| LabError::os("dup", self.name.clone(), e))?;
         let name = self.name.clone();
         thread::Builder::new()
             .name(thread_name)
@@ -146,9 +138,7 @@ pub fn list() -> Result<Vec<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(LabError::os("read_dir", NETNS_DIR, e)),
     };
-    Ok(entries
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .collect())
+    Ok(entries.filter_map(|entry| entry.ok()?.file_name().into_string().ok()).collect())
 }
 
 /// Removes the namespace `name`: detaches its bind mount and unlinks the file.
@@ -164,9 +154,7 @@ pub fn remove_by_name(name: &str) -> Result<()> {
         }
     }
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(LabError::os("unlink", path.display().to_string(), e))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LabError::os("unlink", path.display().to_string(), e)),
         _ => Ok(()),
     }
 }
@@ -176,33 +164,17 @@ fn unshare_and_bind(path: &Path) -> Result<()> {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() == Some(libc::EPERM) {
-            return Err(LabError::NotPrivileged(
-                "unshare(CLONE_NEWNET) was refused".into(),
-            ));
+            return Err(LabError::NotPrivileged("unshare(CLONE_NEWNET) was refused".into()));
         }
-        return Err(LabError::os(
-            "unshare(CLONE_NEWNET) for",
-            path.display().to_string(),
-            err,
-        ));
+        return Err(LabError::os("unshare(CLONE_NEWNET) for", path.display().to_string(), err));
     }
     let source = c"/proc/thread-self/ns/net";
     let target = c_path(path)?;
     // SAFETY: both paths are valid NUL-terminated strings; no fs type or data for a bind mount.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
+    let rc =
+        unsafe { libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
     if rc != 0 {
-        return Err(LabError::last_os(
-            "mount --bind /proc/thread-self/ns/net",
-            path.display().to_string(),
-        ));
+        return Err(LabError::last_os("mount --bind /proc/thread-self/ns/net", path.display().to_string()));
     }
     Ok(())
 }
@@ -216,8 +188,6 @@ fn setns(file: &File, name: &str) -> Result<()> {
 }
 
 fn c_path(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LabError::Path {
-        what: "path contains NUL",
-        path: path.to_owned(),
-    })
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| LabError::Path { what: "path contains NUL", path: path.to_owned() })
 }

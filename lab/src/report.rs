@@ -83,12 +83,7 @@ impl From<&Outcome> for ScenarioReport {
         let mut checks = Vec::new();
         for (variant, result) in [("main", &outcome.main), ("control", &outcome.control)] {
             for check in result.iter().flat_map(|r| &r.checks) {
-                checks.push(CheckReport {
-                    variant,
-                    expect: check.expect.clone(),
-                    actual: check.actual,
-                    ok: check.ok,
-                });
+                checks.push(CheckReport { variant, expect: check.expect.clone(), actual: check.actual, ok: check.ok });
             }
         }
         Self {
@@ -114,10 +109,7 @@ impl From<&Outcome> for ScenarioReport {
 impl Report {
     /// A report of `outcomes` on the running kernel.
     pub fn new(outcomes: &[Outcome]) -> Self {
-        Self {
-            kernel: kernel_release(),
-            scenarios: outcomes.iter().map(ScenarioReport::from).collect(),
-        }
+        Self { kernel: kernel_release(), scenarios: outcomes.iter().map(ScenarioReport::from).collect() }
     }
 
     /// Whether every scenario passed or was skipped.
@@ -131,15 +123,7 @@ impl Report {
         let _ = writeln!(
             out,
             "| {:<24} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
-            "scenario",
-            "verdict",
-            "flows",
-            "resets",
-            "misroutes",
-            "drops",
-            "control r/m/d",
-            "setup ms",
-            "teardown ms"
+            "scenario", "verdict", "flows", "resets", "misroutes", "drops", "control r/m/d", "setup ms", "teardown ms"
         );
         let _ = writeln!(
             out,
@@ -147,9 +131,7 @@ impl Report {
             "", "", "", "", "", "", "", "", ""
         );
         for s in &self.scenarios {
-            let control = s.control.map_or("-".to_owned(), |c| {
-                format!("{}/{}/{}", c.resets, c.misroutes, c.drops)
-            });
+            let control = s.control.map_or("-".to_owned(), |c| format!("{}/{}/{}", c.resets, c.misroutes, c.drops));
             let verdict = serde_json::to_value(s.verdict).expect("serialisable");
             let _ = writeln!(
                 out,
@@ -187,13 +169,11 @@ impl Report {
 
     /// Writes `report.json` and `report.md` into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| LabError::os("mkdir", dir.display().to_string(), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| LabError::os("mkdir", dir.display().to_string(), e))?;
         let json = serde_json::to_string_pretty(self).expect("serialisable");
         for (name, text) in [("report.json", json), ("report.md", self.markdown())] {
             let path = dir.join(name);
-            std::fs::write(&path, text)
-                .map_err(|e| LabError::os("write", path.display().to_string(), e))?;
+            std::fs::write(&path, text).map_err(|e| LabError::os("write", path.display().to_string(), e))?;
         }
         Ok(())
     }
@@ -207,8 +187,6 @@ pub fn kernel_release() -> String {
         if libc::uname(&mut uts) != 0 {
             return "unknown".into();
         }
-        std::ffi::CStr::from_ptr(uts.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
+        std::ffi::CStr::from_ptr(uts.release.as_ptr()).to_string_lossy().into_owned()
     }
 }

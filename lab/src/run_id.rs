@@ -36,12 +36,7 @@ impl RunId {
     /// A fresh id owned by this process.
     pub fn new(kept: bool) -> Self {
         let pid = std::process::id();
-        Self {
-            pid,
-            start: start_time(pid).unwrap_or(0),
-            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
-            kept,
-        }
+        Self { pid, start: start_time(pid).unwrap_or(0), seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed), kept }
     }
 
     /// Parses the run id at the start of a lab object's name, returning the rest of the name
@@ -56,15 +51,7 @@ impl RunId {
         let pid = parts.next()?.parse().ok()?;
         let start = parts.next()?.parse().ok()?;
         let seq = parts.next()?.parse().ok()?;
-        Some((
-            Self {
-                pid,
-                start,
-                seq,
-                kept,
-            },
-            parts.next().unwrap_or(""),
-        ))
+        Some((Self { pid, start, seq, kept }, parts.next().unwrap_or("")))
     }
 
     /// The name of this run's object called `what` (a node, a cgroup leaf, ...).
@@ -127,13 +114,7 @@ mod tests {
     #[test]
     fn own_run_is_alive_and_foreign_names_are_not_lab_names() {
         assert!(RunId::new(false).owner_alive());
-        assert!(
-            !RunId {
-                start: 1,
-                ..RunId::new(false)
-            }
-            .owner_alive()
-        );
+        assert!(!RunId { start: 1, ..RunId::new(false) }.owner_alive());
         for foreign in ["zrlab", "zrlab-x-1-2", "netns-1", "zrlab-1-2"] {
             assert!(!RunId::is_lab_name(foreign), "{foreign}");
         }

@@ -23,18 +23,14 @@ pub struct SpecError {
 impl SpecError {
     /// An error about `field` of `file`.
     pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.display().to_string(),
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { file: file.display().to_string(), field: field.into(), message: message.into() }
     }
 }
 
 /// Reads `path` as a TOML table.
 pub fn read_table(path: &Path) -> Result<toml::Table, SpecError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SpecError::new(path, "(file)", format!("cannot read: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| SpecError::new(path, "(file)", format!("cannot read: {e}")))?;
     text.parse::<toml::Table>().map_err(|e| {
         let field = match e.span() {
             Some(span) => {
@@ -50,11 +46,7 @@ pub fn read_table(path: &Path) -> Result<toml::Table, SpecError> {
 }
 
 /// Deserializes `table` into `T`, naming the failing field's path (prefixed with `prefix`).
-pub fn from_table<T: DeserializeOwned>(
-    path: &Path,
-    prefix: &str,
-    table: toml::Table,
-) -> Result<T, SpecError> {
+pub fn from_table<T: DeserializeOwned>(path: &Path, prefix: &str, table: toml::Table) -> Result<T, SpecError> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let field = e.path().to_string();
         let field = match (prefix.is_empty(), field.as_str()) {
@@ -63,14 +55,6 @@ pub fn from_table<T: DeserializeOwned>(
             (false, _) => format!("{prefix}.{field}"),
         };
         let message = e.into_inner().message().trim().to_owned();
-        SpecError::new(
-            path,
-            if field == "." {
-                "(top level)".to_owned()
-            } else {
-                field
-            },
-            message,
-        )
+        SpecError::new(path, if field == "." { "(top level)".to_owned() } else { field }, message)
     })
 }

@@ -31,9 +31,7 @@ fn errors(kind: &str, load: impl Fn(&Path) -> Result<(), SpecError>) -> String {
         // The error names a file (this one, or the topology a scenario points at) and a field.
         assert!(err.file.ends_with(".toml"), "{name}: no file in {err}");
         assert!(!err.field.is_empty(), "{name}: no field in {err}");
-        let text = err
-            .to_string()
-            .replace(&fixtures.display().to_string(), "<fixtures>");
+        let text = err.to_string().replace(&fixtures.display().to_string(), "<fixtures>");
         out.push_str(&format!("{name}\n    {text}\n"));
     }
     out

@@ -15,10 +15,7 @@ use zrlab::{
 };
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 /// Every case the test-case list below names, to catch a case added without its test.
@@ -68,25 +65,21 @@ fn bind_conflicts(name: &str) {
             continue;
         }
         for mode in [Mode::BoundOnly, Mode::Listening] {
-            let outcomes = runtime()
-                .block_on(conflicts::run(case, family, mode))
-                .expect("case ran");
+            let outcomes = runtime().block_on(conflicts::run(case, family, mode)).expect("case ran");
             lines.push(conflicts::describe(case, family, mode, &outcomes));
         }
     }
     let observed = lines.join("\n");
     let (major, minor) = kernel_version().expect("kernel version");
     let series = format!("{major}.{minor}");
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/snapshots/port443__{name}@{series}.snap"));
+    let reference =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/snapshots/port443__{name}@{series}.snap"));
     if !reference.exists() && std::env::var_os("INSTA_UPDATE").is_none_or(|v| v != "always") {
         // A kernel series nobody has recorded yet: a finding for the matrix, not a pass.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("port443-{series}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.txt")), &observed).unwrap();
-        eprintln!(
-            "SKIPPED comparison: no recorded outcomes for kernel series {series}; observed:\n{observed}"
-        );
+        eprintln!("SKIPPED comparison: no recorded outcomes for kernel series {series}; observed:\n{observed}");
         return;
     }
     insta::with_settings!({ snapshot_suffix => series }, {
@@ -99,14 +92,9 @@ fn bind_scaling_verdict_matches_the_kernel() {
     common::require_root();
     // Timing: keep the zrlab runs of other tests off the CPUs meanwhile.
     let _lock = common::exclusive();
-    let report = runtime()
-        .block_on(scaling::run(&scaling::Options::default()))
-        .expect("measurements");
+    let report = runtime().block_on(scaling::run(&scaling::Options::default())).expect("measurements");
     eprintln!("{}", report.table());
-    assert_eq!(
-        report.bind.iter().map(|p| p.n).collect::<Vec<_>>(),
-        scaling::SIZES
-    );
+    assert_eq!(report.bind.iter().map(|p| p.n).collect::<Vec<_>>(), scaling::SIZES);
     let version = kernel_version().expect("kernel version");
     if version >= (6, 1) {
         assert_eq!(
@@ -117,11 +105,7 @@ fn bind_scaling_verdict_matches_the_kernel() {
         );
     } else {
         // Before bhash2 the regression is the expected finding, reported by the matrix.
-        assert_eq!(
-            report.verdict,
-            Verdict::RegressionPresent,
-            "kernel {version:?} predates bhash2"
-        );
+        assert_eq!(report.verdict, Verdict::RegressionPresent, "kernel {version:?} predates bhash2");
         eprintln!("EXPECTED FINDING: the 443 bind regression is present on {version:?}");
     }
 }

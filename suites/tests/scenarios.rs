@@ -16,19 +16,10 @@ use zrlab::{
 #[test_case("ecmp-resilient")]
 fn shipped_scenario_passes_and_its_control_fails(name: &str) {
     common::require_root();
-    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml")))
-        .expect("valid scenario");
-    let opts = RunOptions {
-        keep: false,
-        service_exe: common::zrlab_exe(),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let outcome = runtime
-        .block_on(run_scenario(&scenario, &opts, &mut |_| {}))
-        .expect("scenario ran");
+    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe() };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
     if outcome.verdict == Verdict::Skip {
         eprintln!("SKIPPED {name}: {}", outcome.reason);
         return;
@@ -38,18 +29,9 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str) {
     let control = outcome.control.expect("control ran").tally;
     // Restated here so that a scenario file edited into a test that cannot fail is caught.
     assert_eq!(main.counted.resets, 0, "{name}: main run resets");
-    assert!(
-        control.counted.resets > 0,
-        "{name}: the control shows resets on flows whose backend stayed up"
-    );
-    assert!(
-        main.excused.flows > 0,
-        "{name}: the event did take a backend's flows away"
-    );
-    assert!(
-        main.counted.flows + main.excused.flows >= 400,
-        "{name}: at least 200 TCP and 200 UDP flows"
-    );
+    assert!(control.counted.resets > 0, "{name}: the control shows resets on flows whose backend stayed up");
+    assert!(main.excused.flows > 0, "{name}: the event did take a backend's flows away");
+    assert!(main.counted.flows + main.excused.flows >= 400, "{name}: at least 200 TCP and 200 UDP flows");
 }
 
 #[test]
@@ -68,39 +50,18 @@ fn kept_topology_survives_other_runs_until_clean() {
         .output()
         .expect("zrlab run --keep");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "zrlab run --keep: {stdout}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    assert!(run.status.success(), "zrlab run --keep: {stdout}{}", String::from_utf8_lossy(&run.stderr));
     let prefix = format!("zrlabk-{}-", run_pid(&stdout));
-    assert!(
-        stdout.contains(&format!("ip netns exec {prefix}")),
-        "prints how to enter the nodes: {stdout}"
-    );
+    assert!(stdout.contains(&format!("ip netns exec {prefix}")), "prints how to enter the nodes: {stdout}");
 
     let kept = common::objects_with_prefix(&prefix);
-    assert!(
-        kept.iter().any(|o| o.ends_with("-router")),
-        "the kept topology is up: {kept:?}"
-    );
+    assert!(kept.iter().any(|o| o.ends_with("-router")), "the kept topology is up: {kept:?}");
     clean(Scope::Crashed).expect("automatic clean");
-    assert_eq!(
-        common::objects_with_prefix(&prefix),
-        kept,
-        "the automatic clean leaves kept runs alone"
-    );
+    assert_eq!(common::objects_with_prefix(&prefix), kept, "the automatic clean leaves kept runs alone");
 
-    let clean_run = Command::new(common::zrlab_exe())
-        .arg("clean")
-        .output()
-        .expect("zrlab clean");
+    let clean_run = Command::new(common::zrlab_exe()).arg("clean").output().expect("zrlab clean");
     assert!(clean_run.status.success());
-    assert_eq!(
-        common::objects_with_prefix(&prefix),
-        Vec::<String>::new(),
-        "zrlab clean removes kept runs"
-    );
+    assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "zrlab clean removes kept runs");
 }
 
 struct CleanOnDrop;
@@ -114,9 +75,5 @@ impl Drop for CleanOnDrop {
 /// The pid in the first `ip netns exec zrlabk-<pid>-...` line.
 fn run_pid(stdout: &str) -> u32 {
     let at = stdout.find("zrlabk-").expect("a kept namespace name") + "zrlabk-".len();
-    stdout[at..]
-        .split('-')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a pid")
+    stdout[at..].split('-').next().and_then(|p| p.parse().ok()).expect("a pid")
 }

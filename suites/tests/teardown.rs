@@ -33,8 +33,7 @@ fn wait_until_running(pid: u32) -> String {
         let objects = common::objects_with_prefix(&prefix);
         let namespaces = objects.iter().any(|o| o.starts_with("netns "));
         let services = objects.iter().filter(|o| o.starts_with('/')).any(|dir| {
-            std::fs::read_to_string(Path::new(dir).join("cgroup.events"))
-                .is_ok_and(|t| t.contains("populated 1"))
+            std::fs::read_to_string(Path::new(dir).join("cgroup.events")).is_ok_and(|t| t.contains("populated 1"))
         });
         namespaces && services
     });
@@ -56,16 +55,8 @@ fn sigterm_and_sigint_tear_the_run_down() {
         let prefix = wait_until_running(child.id());
         signal(&child, sig);
         let status = child.wait().expect("wait for zrlab");
-        assert_eq!(
-            status.code(),
-            Some(130),
-            "signal {sig}: zrlab reports the interruption"
-        );
-        assert_eq!(
-            common::objects_with_prefix(&prefix),
-            Vec::<String>::new(),
-            "signal {sig}: nothing left"
-        );
+        assert_eq!(status.code(), Some(130), "signal {sig}: zrlab reports the interruption");
+        assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "signal {sig}: nothing left");
     }
 }
 
@@ -79,34 +70,16 @@ fn sigkill_leftovers_are_removed_by_clean() {
     signal(&child, libc::SIGKILL);
     child.wait().expect("wait for zrlab");
     let left = common::objects_with_prefix(&prefix);
-    assert!(
-        left.iter().any(|o| o.starts_with("netns ")),
-        "a killed run leaves namespaces: {left:?}"
-    );
-    let clean = Command::new(common::zrlab_exe())
-        .arg("clean")
-        .output()
-        .expect("zrlab clean");
-    assert!(
-        clean.status.success(),
-        "zrlab clean: {}",
-        String::from_utf8_lossy(&clean.stderr)
-    );
+    assert!(left.iter().any(|o| o.starts_with("netns ")), "a killed run leaves namespaces: {left:?}");
+    let clean = Command::new(common::zrlab_exe()).arg("clean").output().expect("zrlab clean");
+    assert!(clean.status.success(), "zrlab clean: {}", String::from_utf8_lossy(&clean.stderr));
     let stdout = String::from_utf8_lossy(&clean.stdout);
-    assert!(
-        stdout.contains(&prefix),
-        "clean names what it removed: {stdout}"
-    );
-    assert_eq!(
-        common::objects_with_prefix(&prefix),
-        Vec::<String>::new(),
-        "clean removed everything"
-    );
+    assert!(stdout.contains(&prefix), "clean names what it removed: {stdout}");
+    assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "clean removed everything");
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("teardown-{name}-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("teardown-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }

@@ -20,10 +20,7 @@ fn net(text: &str) -> IpNet {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 #[test]
@@ -36,47 +33,23 @@ fn builder_creates_what_the_file_says() {
 
         // Links: every veth end exists, is a veth, and is up; loopback is up.
         for node in &topology.spec.nodes {
-            let links = lab
-                .node(&node.name)
-                .unwrap()
-                .nl
-                .links()
-                .await
-                .expect("links");
+            let links = lab.node(&node.name).unwrap().nl.links().await.expect("links");
             let by_name: BTreeMap<_, _> = links.iter().map(|l| (l.name.as_str(), l)).collect();
             assert!(by_name["lo"].up, "{}: lo is up", node.name);
-            let ends = topology
-                .spec
-                .links
-                .iter()
-                .flat_map(|l| [&l.a, &l.b])
-                .filter(|e| e.node == node.name);
+            let ends = topology.spec.links.iter().flat_map(|l| [&l.a, &l.b]).filter(|e| e.node == node.name);
             for end in ends {
-                let link = by_name
-                    .get(end.ifname.as_str())
-                    .unwrap_or_else(|| panic!("{}:{} exists", node.name, end.ifname));
+                let link =
+                    by_name.get(end.ifname.as_str()).unwrap_or_else(|| panic!("{}:{} exists", node.name, end.ifname));
                 assert!(link.up, "{}:{} is up", node.name, end.ifname);
                 assert_eq!(link.kind.as_deref(), Some("veth"));
-                let mut addrs = lab
-                    .node(&node.name)
-                    .unwrap()
-                    .nl
-                    .addrs(&end.ifname)
-                    .await
-                    .expect("addrs");
+                let mut addrs = lab.node(&node.name).unwrap().nl.addrs(&end.ifname).await.expect("addrs");
                 addrs.retain(|a| !matches!(a.addr(), IpAddr::V6(v6) if v6.segments()[0] == 0xfe80));
                 addrs.sort();
                 let mut wanted = end.addrs.clone();
                 wanted.sort();
                 assert_eq!(addrs, wanted, "{}:{} addresses", node.name, end.ifname);
             }
-            let mut lo = lab
-                .node(&node.name)
-                .unwrap()
-                .nl
-                .addrs("lo")
-                .await
-                .expect("lo addrs");
+            let mut lo = lab.node(&node.name).unwrap().nl.addrs("lo").await.expect("lo addrs");
             lo.retain(|a| !a.addr().is_loopback());
             lo.sort();
             let mut wanted = node.loopback.clone();
@@ -87,69 +60,27 @@ fn builder_creates_what_the_file_says() {
         // Groups: the IPv4 group is resilient with 64 buckets over be1 and be2's gateways.
         let router = &lab.node("router").unwrap().nl;
         let nexthops = router.nexthops().await.expect("nexthops");
-        let gateway_of: BTreeMap<u32, IpAddr> = nexthops
-            .iter()
-            .filter_map(|n| Some((n.id()?, n.gateway()?)))
-            .collect();
+        let gateway_of: BTreeMap<u32, IpAddr> = nexthops.iter().filter_map(|n| Some((n.id()?, n.gateway()?))).collect();
         let groups: Vec<_> = nexthops.iter().filter(|n| n.group().is_some()).collect();
         assert_eq!(groups.len(), 2, "{nexthops:?}");
         let routes = router.routes().await.expect("routes");
-        let route_to = |dst: &str| {
-            routes
-                .iter()
-                .find(|r| r.dst == net(dst))
-                .unwrap_or_else(|| panic!("route {dst}"))
-        };
+        let route_to = |dst: &str| routes.iter().find(|r| r.dst == net(dst)).unwrap_or_else(|| panic!("route {dst}"));
         let members = |id: u32| -> (GroupType, Option<u16>, Vec<IpAddr>) {
-            let group = groups
-                .iter()
-                .find(|g| g.id() == Some(id))
-                .expect("group of the route");
-            let gateways = group
-                .group()
-                .unwrap()
-                .iter()
-                .map(|m| gateway_of[&m.id])
-                .collect();
+            let group = groups.iter().find(|g| g.id() == Some(id)).expect("group of the route");
+            let gateways = group.group().unwrap().iter().map(|m| gateway_of[&m.id]).collect();
             (group.group_type().unwrap(), group.buckets(), gateways)
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let v4 = route_to("203.0.113.10/32")
-            .nhid
-            .expect("IPv4 VIP route uses a group");
-        assert_eq!(
-            members(v4),
-            (
-                GroupType::Resilient,
-                Some(64),
-                vec![ip("192.0.2.2"), ip("192.0.2.6")]
-            )
-        );
-        let v6 = route_to("2001:db8:ffff::10/128")
-            .nhid
-            .expect("IPv6 VIP route uses a group");
-        assert_eq!(
-            members(v6),
-            (
-                GroupType::HashThreshold,
-                None,
-                vec![ip("2001:db8:1::2"), ip("2001:db8:2::2")]
-            )
-        );
+        let v4 = route_to("203.0.113.10/32").nhid.expect("IPv4 VIP route uses a group");
+        assert_eq!(members(v4), (GroupType::Resilient, Some(64), vec![ip("192.0.2.2"), ip("192.0.2.6")]));
+        let v6 = route_to("2001:db8:ffff::10/128").nhid.expect("IPv6 VIP route uses a group");
+        assert_eq!(members(v6), (GroupType::HashThreshold, None, vec![ip("2001:db8:1::2"), ip("2001:db8:2::2")]));
 
         // Plain routes.
-        let client_routes = lab
-            .node("client")
-            .unwrap()
-            .nl
-            .routes()
-            .await
-            .expect("client routes");
+        let client_routes = lab.node("client").unwrap().nl.routes().await.expect("client routes");
         for (dst, via) in [("0.0.0.0/0", "198.51.100.1"), ("::/0", "2001:db8:100::1")] {
             assert!(
-                client_routes
-                    .iter()
-                    .any(|r| r.dst == net(dst) && r.gateway == Some(ip(via))),
+                client_routes.iter().any(|r| r.dst == net(dst) && r.gateway == Some(ip(via))),
                 "client route {dst} via {via} in {client_routes:?}"
             );
         }
@@ -160,31 +91,15 @@ fn builder_creates_what_the_file_says() {
             .unwrap()
             .netns
             .run(|| {
-                [
-                    "net/ipv4/ip_forward",
-                    "net/ipv6/conf/all/forwarding",
-                    "net/ipv4/fib_multipath_hash_policy",
-                ]
-                .map(|key| {
-                    std::fs::read_to_string(format!("/proc/sys/{key}"))
-                        .unwrap()
-                        .trim()
-                        .to_owned()
-                })
+                ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/fib_multipath_hash_policy"]
+                    .map(|key| std::fs::read_to_string(format!("/proc/sys/{key}")).unwrap().trim().to_owned())
             })
             .unwrap();
         assert_eq!(sysctls, ["1", "1", "3"]);
 
-        assert!(
-            !common::objects_with_prefix(&prefix).is_empty(),
-            "the lab's objects are visible"
-        );
+        assert!(!common::objects_with_prefix(&prefix).is_empty(), "the lab's objects are visible");
         lab.teardown().expect("teardown");
-        assert_eq!(
-            common::objects_with_prefix(&prefix),
-            Vec::<String>::new(),
-            "nothing left after teardown"
-        );
+        assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "nothing left after teardown");
     });
 }
 
@@ -197,36 +112,21 @@ fn group_events_rewrite_the_kernel_group() {
             let lab_router = lab.node("router").unwrap().nl.clone();
             async move {
                 let nexthops = lab_router.nexthops().await.unwrap();
-                let gw: BTreeMap<u32, IpAddr> = nexthops
-                    .iter()
-                    .filter_map(|n| Some((n.id()?, n.gateway()?)))
-                    .collect();
+                let gw: BTreeMap<u32, IpAddr> = nexthops.iter().filter_map(|n| Some((n.id()?, n.gateway()?))).collect();
                 let group = nexthops
                     .iter()
                     .find(|n| n.group().is_some() && n.group_type() == Some(GroupType::Resilient))
                     .unwrap()
                     .clone();
-                group
-                    .group()
-                    .unwrap()
-                    .iter()
-                    .map(|m| gw[&m.id].to_string())
-                    .collect::<Vec<_>>()
+                group.group().unwrap().iter().map(|m| gw[&m.id].to_string()).collect::<Vec<_>>()
             }
         };
-        lab.replace_member("vip4", "be2", "be1")
-            .await
-            .expect("replace");
+        lab.replace_member("vip4", "be2", "be1").await.expect("replace");
         assert_eq!(gateways(&lab).await, ["192.0.2.2", "192.0.2.2"]);
         assert_eq!(lab.group_members("vip4").unwrap(), ["be1", "be1"]);
-        lab.remove_member("vip4", "be1")
-            .await
-            .expect_err("removing both slots of be1 at once is not one member");
+        lab.remove_member("vip4", "be1").await.expect_err("removing both slots of be1 at once is not one member");
         lab.add_member("vip4", "be2").await.expect("add");
-        assert_eq!(
-            gateways(&lab).await,
-            ["192.0.2.2", "192.0.2.2", "192.0.2.6"]
-        );
+        assert_eq!(gateways(&lab).await, ["192.0.2.2", "192.0.2.2", "192.0.2.6"]);
         lab.teardown().expect("teardown");
     });
 }
@@ -246,9 +146,5 @@ fn panic_while_built_still_tears_down() {
     assert!(result.is_err(), "the closure panicked");
     let prefix = prefix.into_inner().unwrap();
     assert!(!prefix.is_empty());
-    assert_eq!(
-        common::objects_with_prefix(&prefix),
-        Vec::<String>::new(),
-        "Drop tore the lab down"
-    );
+    assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "Drop tore the lab down");
 }

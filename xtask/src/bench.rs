@@ -36,12 +36,5 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         Name::Bind443 => "bind443",
     };
     let out = exec::workspace_root().join("target/bench");
-    exec::exec(
-        Command::new(binary)
-            .arg("bench")
-            .arg(name)
-            .arg("--out")
-            .arg(out)
-            .args(&opts.args),
-    )
+    exec::exec(Command::new(binary).arg("bench").arg(name).arg("--out").arg(out).args(&opts.args))
 }

@@ -23,21 +23,12 @@ pub(crate) enum Profile {
 pub(crate) fn lab_binary(profile: Profile) -> Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
-        .args([
-            "build",
-            "--package",
-            "zrlab",
-            "--bin",
-            "zrlab",
-            "--message-format=json-render-diagnostics",
-        ])
+        .args(["build", "--package", "zrlab", "--bin", "zrlab", "--message-format=json-render-diagnostics"])
         .stdout(Stdio::piped());
     if profile == Profile::Release {
         cmd.arg("--release");
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("failed to run {}", describe(&cmd)))?;
+    let mut child = cmd.spawn().with_context(|| format!("failed to run {}", describe(&cmd)))?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut binary = None;
     for line in BufReader::new(stdout).lines() {

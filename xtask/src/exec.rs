@@ -18,14 +18,12 @@ pub(crate) fn exec(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` with inherited stdio and returns how it ended (for exit-code pass-through).
 pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("failed to run {}", describe(cmd)))
+    cmd.status().with_context(|| format!("failed to run {}", describe(cmd)))
 }
 
 /// Runs `cmd` capturing its output; a non-zero exit is returned, not an error.
 pub(crate) fn output(cmd: &mut Command) -> Result<Output> {
-    cmd.output()
-        .with_context(|| format!("failed to run {}", describe(cmd)))
+    cmd.output().with_context(|| format!("failed to run {}", describe(cmd)))
 }
 
 /// `cmd` as a shell-like line, for messages.
@@ -40,10 +38,7 @@ pub(crate) fn describe(cmd: &Command) -> String {
 
 /// The workspace root (xtask lives one level below it).
 pub(crate) fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits inside the workspace").to_path_buf()
 }
 
 /// Whether this process runs as root (the lab needs CAP_SYS_ADMIN and CAP_NET_ADMIN).

@@ -14,10 +14,7 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Set up, run and test the zero-reset traffic-engineering lab"
-)]
+#[command(name = "cargo xtask", about = "Set up, run and test the zero-reset traffic-engineering lab")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -48,15 +48,10 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
     }
     let linker = linker_present()?;
     if !linker {
-        missing.push(format!(
-            "bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"
-        ));
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"));
     }
     if missing.is_empty() {
-        eprintln!(
-            "[setup] everything present ({} ms)",
-            started.elapsed().as_millis()
-        );
+        eprintln!("[setup] everything present ({} ms)", started.elapsed().as_millis());
         return Ok(());
     }
     if !install {
@@ -84,13 +79,7 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
         )?,
         ToolchainState::NoRustSrc => step(
             &format!("adding rust-src to {EBPF_TOOLCHAIN}"),
-            Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                EBPF_TOOLCHAIN,
-            ]),
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]),
         )?,
     }
     if !linker {
@@ -109,9 +98,7 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
 /// The packages of `wanted` that dpkg does not report as installed.
 fn missing_packages(wanted: &[&str]) -> Result<Vec<String>> {
     let out = output(
-        Command::new("dpkg-query")
-            .args(["--show", "--showformat=${db:Status-Abbrev} ${Package}\n"])
-            .args(wanted),
+        Command::new("dpkg-query").args(["--show", "--showformat=${db:Status-Abbrev} ${Package}\n"]).args(wanted),
     )?;
     // dpkg-query exits 1 when a package is unknown; its stdout still lists the known ones.
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -120,11 +107,7 @@ fn missing_packages(wanted: &[&str]) -> Result<Vec<String>> {
         .filter(|line| line.starts_with("ii"))
         .filter_map(|line| line.split_whitespace().nth(1))
         .collect();
-    Ok(wanted
-        .iter()
-        .filter(|pkg| !installed.contains(pkg))
-        .map(|pkg| (*pkg).to_owned())
-        .collect())
+    Ok(wanted.iter().filter(|pkg| !installed.contains(pkg)).map(|pkg| (*pkg).to_owned()).collect())
 }
 
 /// Installs Debian packages (after `apt-get update`), retrying once: the first install on a
@@ -138,9 +121,7 @@ pub(crate) fn install_packages(packages: &[String]) -> Result<()> {
     }
     step(
         "refreshing apt package lists",
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     let install = || {
         let mut cmd = Command::new("apt-get");
@@ -149,15 +130,8 @@ pub(crate) fn install_packages(packages: &[String]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive");
         cmd
     };
-    if step(
-        &format!("installing {}", packages.join(" ")),
-        &mut install(),
-    )
-    .is_err()
-    {
-        eprintln!(
-            "[setup] apt-get install failed once; retrying (transient dpkg errors happen here)"
-        );
+    if step(&format!("installing {}", packages.join(" ")), &mut install()).is_err() {
+        eprintln!("[setup] apt-get install failed once; retrying (transient dpkg errors happen here)");
         step("retrying the install", &mut install())?;
     }
     Ok(())
@@ -182,11 +156,7 @@ fn toolchain_state() -> Result<ToolchainState> {
     }
     let sysroot = String::from_utf8(out.stdout).context("non-UTF-8 sysroot")?;
     let library = std::path::Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library");
-    Ok(if library.is_dir() {
-        ToolchainState::Ready
-    } else {
-        ToolchainState::NoRustSrc
-    })
+    Ok(if library.is_dir() { ToolchainState::Ready } else { ToolchainState::NoRustSrc })
 }
 
 fn linker_present() -> Result<bool> {
@@ -205,18 +175,8 @@ fn install_linker() -> Result<()> {
     step(
         &format!("building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about 90 s)"),
         Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--locked",
-                "--version",
-                BPF_LINKER_VERSION,
-            ])
-            .args([
-                "--no-default-features",
-                "--features",
-                &format!("llvm-{LLVM_MAJOR}"),
-            ])
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
             .env("PATH", path)
             .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &llvm),
     )

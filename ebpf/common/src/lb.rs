@@ -241,9 +241,7 @@ fn fmix32(mut h: u32) -> u32 {
 #[inline(always)]
 pub fn quic_server_id(cid: &[u8; 5]) -> Option<u32> {
     match cid[0] >> 6 {
-        1 => Some(
-            (u32::from(cid[0] & 0x3f) << 10) | (u32::from(cid[1]) << 2) | (u32::from(cid[2]) >> 6),
-        ),
+        1 => Some((u32::from(cid[0] & 0x3f) << 10) | (u32::from(cid[1]) << 2) | (u32::from(cid[2]) >> 6)),
         2 => Some((u32::from(cid[1]) << 16) | (u32::from(cid[2]) << 8) | u32::from(cid[3])),
         3 => Some(u32::from_be_bytes([cid[1], cid[2], cid[3], cid[4]])),
         _ => None,

@@ -4,9 +4,7 @@
 
 #[cfg(target_arch = "bpf")]
 mod prog {
-    use aya_ebpf::{
-        bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
-    };
+    use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
     use zrlab_common::pass::{SLOT_FRAMES, SLOTS};
 
     #[map(name = "PASS_COUNTERS")]

@@ -8,23 +8,21 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::Xdp,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, LRU_PER_CPU_SIZE,
-    MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS, REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP,
-    Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
-    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey, VipMeta,
-    VipStats, counter,
+    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS,
+    MAX_RING, MAX_VIPS, REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
+    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey,
+    VipMeta, VipStats, counter,
 };
 
 use super::maglev::{self, Backend};
 use crate::{
-    bpf::Object,
+    bpf::{Loaded, Object, map_err, sum_counters},
     error::{LabError, Result},
     netns::Netns,
 };
@@ -82,12 +80,7 @@ fn default_ring_size() -> u32 {
 
 impl VipSpec {
     fn key(&self) -> VipKey {
-        VipKey {
-            addr: words(self.addr),
-            port: self.port.to_be(),
-            proto: self.proto.number(),
-            pad: 0,
-        }
+        VipKey { addr: words(self.addr), port: self.port.to_be(), proto: self.proto.number(), pad: 0 }
     }
 
     fn flags(&self) -> u32 {
@@ -174,60 +167,18 @@ struct VipState {
 }
 
 /// A loaded LB.
+#[derive(Debug)]
 pub struct Balancer {
-    ebpf: Ebpf,
+    bpf: Loaded,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
-}
-
-impl std::fmt::Debug for Balancer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balancer")
-            .field("vips", &self.vips)
-            .field("reals", &self.reals)
-            .finish()
-    }
-}
-
-fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
-    move |e| LabError::Bpf {
-        what: what.into(),
-        message: e.to_string(),
-    }
 }
 
 impl Balancer {
     /// Loads and verifies the LB programs and creates the per-CPU connection tables.
     pub fn load(settings: &Settings) -> Result<Self> {
-        let mut ebpf =
-            EbpfLoader::new()
-                .load(Object::XdpLb.bytes())
-                .map_err(|e| LabError::Bpf {
-                    what: "load the xdp_lb object".into(),
-                    message: format!("{e:#}"),
-                })?;
-        for name in ["xdp_lb", "xdp_lb_bench"] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or_else(|| LabError::Bpf {
-                    what: format!("find program {name}"),
-                    message: "missing".into(),
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
-                    what: format!("{name} is XDP"),
-                    message: e.to_string(),
-                })?;
-            program.load().map_err(|e| LabError::Bpf {
-                what: format!("verify {name}"),
-                message: verifier_log(&e),
-            })?;
-        }
-        let mut balancer = Self {
-            ebpf,
-            vips: BTreeMap::new(),
-            reals: BTreeMap::new(),
-        };
+        let bpf = Loaded::load(Object::XdpLb, &["xdp_lb", "xdp_lb_bench"])?;
+        let mut balancer = Self { bpf, vips: BTreeMap::new(), reals: BTreeMap::new() };
         balancer.write_settings(settings)?;
         balancer.create_connection_tables()?;
         Ok(balancer)
@@ -242,17 +193,14 @@ impl Balancer {
             hash_seed: settings.hash_seed,
             pad: 0,
         };
-        let mut map: Array<_, Config> =
-            Array::try_from(self.map_mut(CONFIG_MAP)?).map_err(map_err("LB_CONFIG"))?;
+        let mut map: Array<_, Config> = Array::try_from(self.map_mut(CONFIG_MAP)?).map_err(map_err("LB_CONFIG"))?;
         map.set(0, config, 0).map_err(map_err("write LB_CONFIG"))
     }
 
     fn create_connection_tables(&mut self) -> Result<()> {
-        let cpus =
-            aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
         let mut outer: ArrayOfMaps<_, MapData> =
-            ArrayOfMaps::try_from(self.map_mut(LRU_PER_CPU_MAP)?)
-                .map_err(map_err("LB_LRU_PER_CPU"))?;
+            ArrayOfMaps::try_from(self.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
         for cpu in 0..cpus.min(MAX_CPUS) {
             let def = aya_obj::Map::new_from_params(
                 aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
@@ -261,27 +209,19 @@ impl Balancer {
                 LRU_PER_CPU_SIZE,
                 0,
             );
-            let inner = MapData::create(def, &format!("lb_lru_cpu{cpu}"), None)
-                .map_err(map_err("create a per-CPU LRU"))?;
-            outer
-                .set(cpu, &inner, 0)
-                .map_err(map_err("install a per-CPU LRU"))?;
+            let inner =
+                MapData::create(def, &format!("lb_lru_cpu{cpu}"), None).map_err(map_err("create a per-CPU LRU"))?;
+            outer.set(cpu, &inner, 0).map_err(map_err("install a per-CPU LRU"))?;
         }
         Ok(())
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or_else(|| LabError::Bpf {
-            what: format!("find map {name}"),
-            message: "missing from the object".into(),
-        })
+        self.bpf.map_mut(name)
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).ok_or_else(|| LabError::Bpf {
-            what: format!("find map {name}"),
-            message: "missing from the object".into(),
-        })
+        self.bpf.map(name)
     }
 
     /// The real index of `addr`, allocating one (and writing the real) on first use.
@@ -291,16 +231,10 @@ impl Balancer {
         }
         let index = self.reals.len() as u32;
         if index >= MAX_REALS {
-            return Err(LabError::Unsupported(format!(
-                "more than {MAX_REALS} reals"
-            )));
+            return Err(LabError::Unsupported(format!("more than {MAX_REALS} reals")));
         }
-        let real = Real {
-            addr: words(addr),
-            flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 },
-        };
-        let mut map: Array<_, Real> =
-            Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
+        let real = Real { addr: words(addr), flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 } };
+        let mut map: Array<_, Real> = Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
         map.set(index, real, 0).map_err(map_err("write LB_REALS"))?;
         self.reals.insert(addr, index);
         Ok(index)
@@ -310,24 +244,13 @@ impl Balancer {
     /// swaps it in whole.
     pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
         if !maglev::is_prime(vip.ring_size) || vip.ring_size > MAX_RING {
-            return Err(LabError::Unsupported(format!(
-                "ring size {} is not a prime up to {MAX_RING}",
-                vip.ring_size
-            )));
+            return Err(LabError::Unsupported(format!("ring size {} is not a prime up to {MAX_RING}", vip.ring_size)));
         }
-        let backends: Vec<Backend> = reals
-            .iter()
-            .map(|r| Backend {
-                key: r.addr.to_string().into_bytes(),
-                weight: r.weight,
-            })
-            .collect();
+        let backends: Vec<Backend> =
+            reals.iter().map(|r| Backend { key: r.addr.to_string().into_bytes(), weight: r.weight }).collect();
         let table = maglev::build(&backends, vip.ring_size)
             .map_err(|e| LabError::Unsupported(format!("VIP {}:{}: {e}", vip.addr, vip.port)))?;
-        let indices: Vec<u32> = reals
-            .iter()
-            .map(|r| self.real_index(r.addr))
-            .collect::<Result<_>>()?;
+        let indices: Vec<u32> = reals.iter().map(|r| self.real_index(r.addr)).collect::<Result<_>>()?;
         let key = vip.key();
         let num = match self.vips.get(&key) {
             Some(state) => state.num,
@@ -340,32 +263,20 @@ impl Balancer {
             }
         };
         // The new ring, complete before anything points at it.
-        let mut ring: Array<MapData, u32> =
-            Array::create(MAX_RING, 0).map_err(map_err("create a ring"))?;
+        let mut ring: Array<MapData, u32> = Array::create(MAX_RING, 0).map_err(map_err("create a ring"))?;
         for (slot, owner) in table.iter().enumerate() {
-            ring.set(slot as u32, indices[*owner as usize], 0)
-                .map_err(map_err("fill a ring"))?;
+            ring.set(slot as u32, indices[*owner as usize], 0).map_err(map_err("fill a ring"))?;
         }
         let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
             ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
-        rings
-            .set(num, &ring, 0)
-            .map_err(map_err("swap in a ring"))?;
-        let meta = VipMeta {
-            flags: vip.flags(),
-            vip_num: num,
-            ring_size: vip.ring_size,
-            pad: 0,
-        };
+        rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
+        let meta = VipMeta { flags: vip.flags(), vip_num: num, ring_size: vip.ring_size, pad: 0 };
         let mut vips: HashMap<_, VipKey, VipMeta> =
             HashMap::try_from(self.map_mut(VIPS_MAP)?).map_err(map_err("LB_VIPS"))?;
-        vips.insert(key, meta, 0)
-            .map_err(map_err("write LB_VIPS"))?;
+        vips.insert(key, meta, 0).map_err(map_err("write LB_VIPS"))?;
         let mut addrs: HashMap<_, [u32; 4], u32> =
             HashMap::try_from(self.map_mut(VIP_ADDRS_MAP)?).map_err(map_err("LB_VIP_ADDRS"))?;
-        addrs
-            .insert(key.addr, 1, 0)
-            .map_err(map_err("write LB_VIP_ADDRS"))?;
+        addrs.insert(key.addr, 1, 0).map_err(map_err("write LB_VIP_ADDRS"))?;
         self.vips.insert(key, VipState { num });
         Ok(())
     }
@@ -373,85 +284,40 @@ impl Balancer {
     /// Makes the live-id table exactly `live` (server id -> real address): ids not in it are
     /// removed, so packets carrying them fall back to the ring.
     pub fn sync_server_ids(&mut self, live: &BTreeMap<u32, IpAddr>) -> Result<()> {
-        let wanted: Vec<(u32, u32)> = live
-            .iter()
-            .map(|(id, addr)| Ok((*id, self.real_index(*addr)?)))
-            .collect::<Result<_>>()?;
+        let wanted: Vec<(u32, u32)> =
+            live.iter().map(|(id, addr)| Ok((*id, self.real_index(*addr)?))).collect::<Result<_>>()?;
         let mut ids: HashMap<_, u32, u32> =
             HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
         let present: Vec<u32> = ids.keys().filter_map(|k| k.ok()).collect();
         for (id, real) in &wanted {
-            ids.insert(id, real, 0)
-                .map_err(map_err("write LB_SERVER_IDS"))?;
+            ids.insert(id, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
         }
         for id in present.iter().filter(|id| !live.contains_key(id)) {
-            ids.remove(id)
-                .map_err(map_err("remove from LB_SERVER_IDS"))?;
+            ids.remove(id).map_err(map_err("remove from LB_SERVER_IDS"))?;
         }
         Ok(())
     }
 
     /// Attaches `xdp_lb` in native mode to `ifname` inside `netns`.
     pub fn attach(&mut self, netns: &Netns, ifname: &str) -> Result<()> {
-        let program: &mut Xdp = self.program_mut("xdp_lb")?;
-        let ifname = ifname.to_owned();
-        netns
-            .run(move || program.attach(&ifname, XdpMode::Driver).map(drop))?
-            .map_err(|e| LabError::Bpf {
-                what: format!("attach xdp_lb to {} in {}", "interface", netns.name()),
-                message: e.to_string(),
-            })
-    }
-
-    fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or_else(|| LabError::Bpf {
-                what: format!("find program {name}"),
-                message: "missing".into(),
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
-                what: format!("{name} is XDP"),
-                message: e.to_string(),
-            })
+        self.bpf.attach_xdp("xdp_lb", netns, ifname)
     }
 
     /// The loaded program `name` (`xdp_lb` or `xdp_lb_bench`), e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&self, name: &str) -> Result<&Xdp> {
-        self.ebpf
-            .program(name)
-            .ok_or_else(|| LabError::Bpf {
-                what: format!("find program {name}"),
-                message: "missing".into(),
-            })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| LabError::Bpf {
-                what: format!("{name} is XDP"),
-                message: e.to_string(),
-            })
+        self.bpf.xdp(name)
     }
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let global: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_err("LB_COUNTERS"))?;
-        let mut out = Counters::default();
-        for slot in 0..counter::SLOTS {
-            out.global.push(
-                global
-                    .get(&slot, 0)
-                    .map_err(map_err("read LB_COUNTERS"))?
-                    .iter()
-                    .sum(),
-            );
-        }
+        let mut out = Counters {
+            global: sum_counters(self.map(COUNTERS_MAP)?, counter::SLOTS, "read LB_COUNTERS")?,
+            ..Counters::default()
+        };
         let vip_stats: PerCpuArray<_, VipStats> =
             PerCpuArray::try_from(self.map(VIP_STATS_MAP)?).map_err(map_err("LB_VIP_STATS"))?;
         for (key, state) in &self.vips {
-            let per_cpu = vip_stats
-                .get(&state.num, 0)
-                .map_err(map_err("read LB_VIP_STATS"))?;
+            let per_cpu = vip_stats.get(&state.num, 0).map_err(map_err("read LB_VIP_STATS"))?;
             let sum = per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
                 packets: acc.packets + s.packets,
                 bytes: acc.bytes + s.bytes,
@@ -461,32 +327,8 @@ impl Balancer {
         let real_stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.map(REAL_STATS_MAP)?).map_err(map_err("LB_REAL_STATS"))?;
         for (addr, index) in &self.reals {
-            out.reals.insert(
-                *addr,
-                real_stats
-                    .get(index, 0)
-                    .map_err(map_err("read LB_REAL_STATS"))?
-                    .iter()
-                    .sum(),
-            );
+            out.reals.insert(*addr, real_stats.get(index, 0).map_err(map_err("read LB_REAL_STATS"))?.iter().sum());
         }
         Ok(out)
-    }
-}
-
-fn verifier_log(e: &aya::programs::ProgramError) -> String {
-    match e {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            format!(
-                "{io_error}; verifier log (last lines):\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        }
-        other => other.to_string(),
     }
 }

@@ -112,17 +112,9 @@ fn hash(key: &[u8], seed: u64) -> u64 {
 
 /// Fraction of entries whose owner differs between two tables of equal size, where owners are
 /// compared by key (`before_keys[i]` owns index `i` of `before`).
-pub fn changed_fraction(
-    before: &[u32],
-    before_keys: &[Vec<u8>],
-    after: &[u32],
-    after_keys: &[Vec<u8>],
-) -> f64 {
-    let changed = before
-        .iter()
-        .zip(after)
-        .filter(|(b, a)| before_keys[**b as usize] != after_keys[**a as usize])
-        .count();
+pub fn changed_fraction(before: &[u32], before_keys: &[Vec<u8>], after: &[u32], after_keys: &[Vec<u8>]) -> f64 {
+    let changed =
+        before.iter().zip(after).filter(|(b, a)| before_keys[**b as usize] != after_keys[**a as usize]).count();
     changed as f64 / before.len() as f64
 }
 
@@ -131,12 +123,7 @@ mod tests {
     use super::*;
 
     fn backends(n: usize) -> Vec<Backend> {
-        (0..n)
-            .map(|i| Backend {
-                key: format!("backend-{i}").into_bytes(),
-                weight: 1,
-            })
-            .collect()
+        (0..n).map(|i| Backend { key: format!("backend-{i}").into_bytes(), weight: 1 }).collect()
     }
 
     #[test]
@@ -159,11 +146,7 @@ mod tests {
     fn removal_moves_little_more_than_the_removed_share() {
         let all = backends(10);
         let before = build(&all, 65_537).unwrap();
-        let rest: Vec<Backend> = all
-            .iter()
-            .filter(|b| b.key != b"backend-3")
-            .cloned()
-            .collect();
+        let rest: Vec<Backend> = all.iter().filter(|b| b.key != b"backend-3").cloned().collect();
         let after = build(&rest, 65_537).unwrap();
         let keys = |set: &[Backend]| set.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
         let moved = changed_fraction(&before, &keys(&all), &after, &keys(&rest));
@@ -172,25 +155,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(
-            build(&backends(2), 65_536),
-            Err(MaglevError::NotPrime(65_536))
-        );
-        let zero = vec![Backend {
-            key: b"a".to_vec(),
-            weight: 0,
-        }];
+        assert_eq!(build(&backends(2), 65_536), Err(MaglevError::NotPrime(65_536)));
+        let zero = vec![Backend { key: b"a".to_vec(), weight: 0 }];
         assert_eq!(build(&zero, 7), Err(MaglevError::NoBackends));
-        let dup = vec![
-            Backend {
-                key: b"a".to_vec(),
-                weight: 1
-            };
-            2
-        ];
-        assert_eq!(
-            build(&dup, 7),
-            Err(MaglevError::DuplicateKey(b"a".to_vec()))
-        );
+        let dup = vec![Backend { key: b"a".to_vec(), weight: 1 }; 2];
+        assert_eq!(build(&dup, 7), Err(MaglevError::DuplicateKey(b"a".to_vec())));
     }
 }

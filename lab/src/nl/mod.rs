@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use futures::{StreamExt as _, TryStreamExt as _};
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
@@ -23,8 +23,7 @@ use netlink_packet_route::{
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use self::nexthop::{
-    GroupMember, GroupType, NexthopAttribute, NexthopHeader, NexthopMessage, NexthopNetlinkMessage,
-    ResGroupAttribute,
+    GroupMember, GroupType, NexthopAttribute, NexthopHeader, NexthopMessage, NexthopNetlinkMessage, ResGroupAttribute,
 };
 use crate::{
     error::{LabError, Result},
@@ -72,28 +71,18 @@ impl Nl {
             // The sockets register with the caller's reactor, then live on in the namespace.
             let _guard = runtime.enter();
             let rt = rtnetlink::new_connection()?;
-            let nh = netlink_proto::new_connection::<NexthopNetlinkMessage>(
-                netlink_sys::protocols::NETLINK_ROUTE,
-            )?;
+            let nh = netlink_proto::new_connection::<NexthopNetlinkMessage>(netlink_sys::protocols::NETLINK_ROUTE)?;
             Ok::<_, std::io::Error>((rt, nh))
         })?;
         let ((rt_conn, rt, _), (nh_conn, nh, _)) =
             opened.map_err(|e| LabError::os("open netlink socket in", ns.name(), e))?;
         tokio::spawn(rt_conn);
         tokio::spawn(nh_conn);
-        Ok(Self {
-            netns: ns.name().to_owned(),
-            rt,
-            nh,
-        })
+        Ok(Self { netns: ns.name().to_owned(), rt, nh })
     }
 
     fn fail(&self, op: String) -> impl FnOnce(rtnetlink::Error) -> LabError + '_ {
-        move |source| LabError::Netlink {
-            op,
-            netns: self.netns.clone(),
-            source,
-        }
+        move |source| LabError::Netlink { op, netns: self.netns.clone(), source }
     }
 
     /// Index of interface `name` (`ip link show <name>`).
@@ -121,21 +110,14 @@ impl Nl {
     /// directly in its namespace, so neither end ever appears anywhere else.
     pub async fn veth_add(&self, name: &str, peer: &str, peer_ns: &Netns) -> Result<()> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
-        let peer_msg = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_ns.as_fd().as_raw_fd())
-            .build();
-        let msg = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
+        let peer_msg = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.as_fd().as_raw_fd()).build();
+        let msg = LinkVeth::new(name, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).build();
         self.rt
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(self.fail(format!(
-                "ip link add {name} type veth peer name {peer} netns {}",
-                peer_ns.name()
-            )))
+            .map_err(self.fail(format!("ip link add {name} type veth peer name {peer} netns {}", peer_ns.name())))
     }
 
     /// `ip addr add <addr> dev <ifname> [nodad]`. IPv6 addresses skip duplicate address
@@ -145,13 +127,9 @@ impl Nl {
         let index = self.link_index(ifname).await?;
         let mut req = self.rt.address().add(index, addr.addr(), addr.prefix_len());
         if addr.addr().is_ipv6() {
-            req.message_mut()
-                .attributes
-                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        req.execute()
-            .await
-            .map_err(self.fail(format!("ip addr add {addr} dev {ifname}")))
+        req.execute().await.map_err(self.fail(format!("ip addr add {addr} dev {ifname}")))
     }
 
     /// `ip route add <dst> via <gateway>`.
@@ -161,8 +139,7 @@ impl Nl {
             .and_then(|b| b.gateway(gateway))
             .map_err(|e| invalid(self.fail(format!("ip route add {dst} via {gateway}")), e))?
             .build();
-        self.route_add(msg, format!("ip route add {dst} via {gateway}"), false)
-            .await
+        self.route_add(msg, format!("ip route add {dst} via {gateway}"), false).await
     }
 
     /// `ip route {add,replace} <dst> nhid <id>`.
@@ -186,29 +163,13 @@ impl Nl {
     /// `ip nexthop add id <id> via <gateway> dev <ifname>`.
     pub async fn nexthop_add(&self, id: u32, gateway: IpAddr, ifname: &str) -> Result<()> {
         let oif = self.link_index(ifname).await?;
-        let family = if gateway.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        } as u8;
+        let family = if gateway.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
         let msg = NexthopMessage {
-            header: NexthopHeader {
-                family,
-                ..Default::default()
-            },
-            attributes: vec![
-                NexthopAttribute::Id(id),
-                NexthopAttribute::Oif(oif),
-                NexthopAttribute::Gateway(gateway),
-            ],
+            header: NexthopHeader { family, ..Default::default() },
+            attributes: vec![NexthopAttribute::Id(id), NexthopAttribute::Oif(oif), NexthopAttribute::Gateway(gateway)],
         };
         let op = format!("ip nexthop add id {id} via {gateway} dev {ifname}");
-        self.nexthop_request(
-            op,
-            NexthopNetlinkMessage::New(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-        .await?;
+        self.nexthop_request(op, NexthopNetlinkMessage::New(msg), NLM_F_CREATE | NLM_F_EXCL).await?;
         Ok(())
     }
 
@@ -223,12 +184,7 @@ impl Nl {
     ) -> Result<()> {
         let mut attributes = vec![
             NexthopAttribute::Id(id),
-            NexthopAttribute::Group(
-                members
-                    .iter()
-                    .map(|&id| GroupMember { id, weight: 1 })
-                    .collect(),
-            ),
+            NexthopAttribute::Group(members.iter().map(|&id| GroupMember { id, weight: 1 }).collect()),
             NexthopAttribute::GroupType(kind),
         ];
         let type_text = match kind {
@@ -236,41 +192,24 @@ impl Nl {
             GroupType::Resilient => {
                 // A replace may not change the bucket count of a resilient group.
                 if !replace {
-                    attributes.push(NexthopAttribute::ResGroup(vec![
-                        ResGroupAttribute::Buckets(buckets),
-                    ]));
+                    attributes.push(NexthopAttribute::ResGroup(vec![ResGroupAttribute::Buckets(buckets)]));
                 }
                 format!("resilient buckets {buckets}")
             }
         };
         let group: Vec<String> = members.iter().map(u32::to_string).collect();
         let verb = if replace { "replace" } else { "add" };
-        let op = format!(
-            "ip nexthop {verb} id {id} group {} type {type_text}",
-            group.join("/")
-        );
+        let op = format!("ip nexthop {verb} id {id} group {} type {type_text}", group.join("/"));
         let flags = NLM_F_CREATE | if replace { NLM_F_REPLACE } else { NLM_F_EXCL };
-        let msg = NexthopMessage {
-            header: NexthopHeader::default(),
-            attributes,
-        };
-        self.nexthop_request(op, NexthopNetlinkMessage::New(msg), flags)
-            .await?;
+        let msg = NexthopMessage { header: NexthopHeader::default(), attributes };
+        self.nexthop_request(op, NexthopNetlinkMessage::New(msg), flags).await?;
         Ok(())
     }
 
     /// `ip nexthop del id <id>` (the kernel also removes it from every group).
     pub async fn nexthop_del(&self, id: u32) -> Result<()> {
-        let msg = NexthopMessage {
-            attributes: vec![NexthopAttribute::Id(id)],
-            ..Default::default()
-        };
-        self.nexthop_request(
-            format!("ip nexthop del id {id}"),
-            NexthopNetlinkMessage::Del(msg),
-            0,
-        )
-        .await?;
+        let msg = NexthopMessage { attributes: vec![NexthopAttribute::Id(id)], ..Default::default() };
+        self.nexthop_request(format!("ip nexthop del id {id}"), NexthopNetlinkMessage::Del(msg), 0).await?;
         Ok(())
     }
 
@@ -284,14 +223,8 @@ impl Nl {
         .await
     }
 
-    async fn nexthop_request(
-        &self,
-        op: String,
-        msg: NexthopNetlinkMessage,
-        flags: u16,
-    ) -> Result<Vec<NexthopMessage>> {
-        let mut req =
-            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+    async fn nexthop_request(&self, op: String, msg: NexthopNetlinkMessage, flags: u16) -> Result<Vec<NexthopMessage>> {
+        let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         let mut responses = self
             .nh
@@ -303,9 +236,7 @@ impl Nl {
                 NetlinkPayload::Error(err) if err.code.is_some() => {
                     return Err(self.fail(op)(rtnetlink::Error::NetlinkError(err)));
                 }
-                NetlinkPayload::InnerMessage(NexthopNetlinkMessage::New(found_msg)) => {
-                    found.push(found_msg)
-                }
+                NetlinkPayload::InnerMessage(NexthopNetlinkMessage::New(found_msg)) => found.push(found_msg),
                 _ => {}
             }
         }
@@ -314,14 +245,8 @@ impl Nl {
 
     /// `ip link show`.
     pub async fn links(&self) -> Result<Vec<LinkState>> {
-        let links: Vec<_> = self
-            .rt
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(self.fail("ip link show".into()))?;
+        let links: Vec<_> =
+            self.rt.link().get().execute().try_collect().await.map_err(self.fail("ip link show".into()))?;
         Ok(links
             .into_iter()
             .map(|link| {
@@ -380,24 +305,14 @@ impl Nl {
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
         ] {
-            let msgs: Vec<RouteMessage> = self
-                .rt
-                .route()
-                .get(family)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(self.fail("ip route show".into()))?;
+            let msgs: Vec<RouteMessage> =
+                self.rt.route().get(family).execute().try_collect().await.map_err(self.fail("ip route show".into()))?;
             for msg in msgs {
                 if msg.header.table != libc::RT_TABLE_MAIN {
                     continue;
                 }
                 let prefix = msg.header.destination_prefix_length;
-                let mut route = RouteState {
-                    dst: IpNet::default(),
-                    gateway: None,
-                    nhid: None,
-                };
+                let mut route = RouteState { dst: IpNet::default(), gateway: None, nhid: None };
                 let mut dst = None;
                 for attr in &msg.attributes {
                     match attr {
@@ -407,13 +322,11 @@ impl Nl {
                         _ => {}
                     }
                 }
-                let dst = dst.unwrap_or(
-                    if msg.header.address_family == netlink_packet_route::AddressFamily::Inet6 {
-                        IpAddr::from([0u16; 8])
-                    } else {
-                        IpAddr::from([0u8; 4])
-                    },
-                );
+                let dst = dst.unwrap_or(if msg.header.address_family == netlink_packet_route::AddressFamily::Inet6 {
+                    IpAddr::from([0u16; 8])
+                } else {
+                    IpAddr::from([0u8; 4])
+                });
                 if let Ok(net) = IpNet::new(dst, prefix) {
                     route.dst = net;
                     routes.push(route);

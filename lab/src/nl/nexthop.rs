@@ -10,8 +10,8 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, Emitable, NLA_F_NESTED, NetlinkDeserializable, NetlinkHeader,
-    NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable,
+    DecodeError, DefaultNla, Emitable, NLA_F_NESTED, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, Nla,
+    NlaBuffer, NlasIterator, Parseable,
 };
 
 const RTM_NEWNEXTHOP: u16 = 104;
@@ -207,10 +207,7 @@ impl NetlinkDeserializable for NexthopNetlinkMessage {
 
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, Self::Error> {
         if payload.len() < HEADER_LEN {
-            return Err(DecodeError::from(format!(
-                "nhmsg too short: {} bytes",
-                payload.len()
-            )));
+            return Err(DecodeError::from(format!("nhmsg too short: {} bytes", payload.len())));
         }
         let nh_header = NexthopHeader {
             family: payload[0],
@@ -222,17 +219,12 @@ impl NetlinkDeserializable for NexthopNetlinkMessage {
         for nla in NlasIterator::new(&payload[HEADER_LEN..]) {
             attributes.push(NexthopAttribute::parse(&nla?)?);
         }
-        let message = NexthopMessage {
-            header: nh_header,
-            attributes,
-        };
+        let message = NexthopMessage { header: nh_header, attributes };
         match header.message_type {
             RTM_NEWNEXTHOP => Ok(Self::New(message)),
             RTM_DELNEXTHOP => Ok(Self::Del(message)),
             RTM_GETNEXTHOP => Ok(Self::Get(message)),
-            other => Err(DecodeError::from(format!(
-                "unexpected nexthop message type {other}"
-            ))),
+            other => Err(DecodeError::from(format!("unexpected nexthop message type {other}"))),
         }
     }
 }
@@ -305,10 +297,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for NexthopAttribu
             }),
             NHA_GROUP => {
                 if !value.len().is_multiple_of(GROUP_ENTRY_LEN) {
-                    return Err(DecodeError::from(format!(
-                        "NHA_GROUP of {} bytes",
-                        value.len()
-                    )));
+                    return Err(DecodeError::from(format!("NHA_GROUP of {} bytes", value.len())));
                 }
                 Self::Group(
                     value
@@ -331,12 +320,8 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for NexthopAttribu
                     let nla = nla?;
                     attrs.push(match nla.kind() {
                         NHA_RES_GROUP_BUCKETS => ResGroupAttribute::Buckets(u16_of(nla.value())?),
-                        NHA_RES_GROUP_IDLE_TIMER => {
-                            ResGroupAttribute::IdleTimer(u32_of(nla.value())?)
-                        }
-                        NHA_RES_GROUP_UNBALANCED_TIMER => {
-                            ResGroupAttribute::UnbalancedTimer(u32_of(nla.value())?)
-                        }
+                        NHA_RES_GROUP_IDLE_TIMER => ResGroupAttribute::IdleTimer(u32_of(nla.value())?),
+                        NHA_RES_GROUP_UNBALANCED_TIMER => ResGroupAttribute::UnbalancedTimer(u32_of(nla.value())?),
                         _ => ResGroupAttribute::Other(DefaultNla::parse(&nla)?),
                     });
                 }
@@ -368,24 +353,22 @@ impl Nla for ResGroupAttribute {
     fn emit_value(&self, buffer: &mut [u8]) {
         match self {
             Self::Buckets(n) => buffer.copy_from_slice(&n.to_ne_bytes()),
-            Self::IdleTimer(t) | Self::UnbalancedTimer(t) => {
-                buffer.copy_from_slice(&t.to_ne_bytes())
-            }
+            Self::IdleTimer(t) | Self::UnbalancedTimer(t) => buffer.copy_from_slice(&t.to_ne_bytes()),
             Self::Other(nla) => nla.emit_value(buffer),
         }
     }
 }
 
 fn u32_of(value: &[u8]) -> Result<u32, DecodeError> {
-    Ok(u32::from_ne_bytes(value.try_into().map_err(|_| {
-        DecodeError::from(format!("expected 4 bytes, got {}", value.len()))
-    })?))
+    Ok(u32::from_ne_bytes(
+        value.try_into().map_err(|_| DecodeError::from(format!("expected 4 bytes, got {}", value.len())))?,
+    ))
 }
 
 fn u16_of(value: &[u8]) -> Result<u16, DecodeError> {
-    Ok(u16::from_ne_bytes(value.try_into().map_err(|_| {
-        DecodeError::from(format!("expected 2 bytes, got {}", value.len()))
-    })?))
+    Ok(u16::from_ne_bytes(
+        value.try_into().map_err(|_| DecodeError::from(format!("expected 2 bytes, got {}", value.len())))?,
+    ))
 }
 
 #[cfg(test)]
@@ -402,10 +385,7 @@ mod tests {
         let mut buf = vec![0xa5; msg.buffer_len()];
         msg.serialize(&mut buf);
         let header = header_of(msg.message_type());
-        assert_eq!(
-            NexthopNetlinkMessage::deserialize(&header, &buf).unwrap(),
-            msg
-        );
+        assert_eq!(NexthopNetlinkMessage::deserialize(&header, &buf).unwrap(), msg);
     }
 
     #[test]
@@ -414,10 +394,7 @@ mod tests {
             header: NexthopHeader::default(),
             attributes: vec![
                 NexthopAttribute::Id(100),
-                NexthopAttribute::Group(vec![
-                    GroupMember { id: 1, weight: 1 },
-                    GroupMember { id: 2, weight: 256 },
-                ]),
+                NexthopAttribute::Group(vec![GroupMember { id: 1, weight: 1 }, GroupMember { id: 2, weight: 256 }]),
                 NexthopAttribute::GroupType(GroupType::Resilient),
                 NexthopAttribute::ResGroup(vec![ResGroupAttribute::Buckets(128)]),
             ],
@@ -427,10 +404,7 @@ mod tests {
     #[test]
     fn gateway_nexthop_round_trips() {
         round_trip(NexthopNetlinkMessage::New(NexthopMessage {
-            header: NexthopHeader {
-                family: libc::AF_INET6 as u8,
-                ..Default::default()
-            },
+            header: NexthopHeader { family: libc::AF_INET6 as u8, ..Default::default() },
             attributes: vec![
                 NexthopAttribute::Id(7),
                 NexthopAttribute::Oif(3),
@@ -441,10 +415,7 @@ mod tests {
 
     #[test]
     fn group_encoding_matches_the_kernel_struct() {
-        let attr = NexthopAttribute::Group(vec![GroupMember {
-            id: 0x0102_0304,
-            weight: 3,
-        }]);
+        let attr = NexthopAttribute::Group(vec![GroupMember { id: 0x0102_0304, weight: 3 }]);
         let mut buf = vec![0xa5; attr.value_len()];
         attr.emit_value(&mut buf);
         let mut expected = 0x0102_0304u32.to_ne_bytes().to_vec();

@@ -234,27 +234,14 @@ impl UdpRepr {
         if usize::from(packet.get_length()) != bytes.len() {
             return None;
         }
-        Some(Self {
-            sport: packet.get_source(),
-            dport: packet.get_destination(),
-            payload: packet.payload().to_vec(),
-        })
+        Some(Self { sport: packet.get_source(), dport: packet.get_destination(), payload: packet.payload().to_vec() })
     }
 }
 
 impl IpRepr {
     /// A packet from `src` to `dst` with default TTL and no options.
     pub fn new(src: IpAddr, dst: IpAddr, payload: IpPayload) -> Self {
-        Self {
-            src,
-            dst,
-            tos: 0,
-            ttl: 64,
-            id: 0,
-            frag: 0,
-            options: vec![],
-            payload,
-        }
+        Self { src, dst, tos: 0, ttl: 64, id: 0, frag: 0, options: vec![], payload }
     }
 
     fn proto(&self) -> u8 {
@@ -321,8 +308,7 @@ impl IpRepr {
                 if bytes.len() < 20 || hdr_len < 20 || hdr_len > bytes.len() {
                     return None;
                 }
-                let tot = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]))
-                    .clamp(hdr_len, bytes.len());
+                let tot = usize::from(u16::from_be_bytes([bytes[2], bytes[3]])).clamp(hdr_len, bytes.len());
                 let src = Ipv4Addr::from(<[u8; 4]>::try_from(&bytes[12..16]).ok()?);
                 let dst = Ipv4Addr::from(<[u8; 4]>::try_from(&bytes[16..20]).ok()?);
                 let repr = Self {
@@ -342,8 +328,7 @@ impl IpRepr {
                     return None;
                 }
                 let vtcfl = u32::from_be_bytes(bytes[0..4].try_into().ok()?);
-                let len =
-                    (40 + usize::from(u16::from_be_bytes([bytes[4], bytes[5]]))).min(bytes.len());
+                let len = (40 + usize::from(u16::from_be_bytes([bytes[4], bytes[5]]))).min(bytes.len());
                 let src = Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[8..24]).ok()?);
                 let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[24..40]).ok()?);
                 let repr = Self {
@@ -374,11 +359,7 @@ impl IpRepr {
 impl FrameRepr {
     /// A frame between two fixed lab MACs carrying `ip`.
     pub fn with_ip(ip: IpRepr) -> Self {
-        Self {
-            dst_mac: [0x02, 0, 0, 0, 0, 0xb1],
-            src_mac: [0x02, 0, 0, 0, 0, 0xa1],
-            payload: EthPayload::Ip(ip),
-        }
+        Self { dst_mac: [0x02, 0, 0, 0, 0, 0xb1], src_mac: [0x02, 0, 0, 0, 0, 0xa1], payload: EthPayload::Ip(ip) }
     }
 
     /// Emits the frame.
@@ -388,14 +369,7 @@ impl FrameRepr {
         out.extend_from_slice(&self.src_mac);
         match &self.payload {
             EthPayload::Ip(ip) => {
-                out.extend_from_slice(
-                    &if ip.src.is_ipv4() {
-                        ETH_P_IP
-                    } else {
-                        ETH_P_IPV6
-                    }
-                    .to_be_bytes(),
-                );
+                out.extend_from_slice(&if ip.src.is_ipv4() { ETH_P_IP } else { ETH_P_IPV6 }.to_be_bytes());
                 out.extend_from_slice(&ip.emit());
             }
             EthPayload::Other(kind, bytes) => {
@@ -418,11 +392,7 @@ impl FrameRepr {
             _ => None,
         }
         .unwrap_or_else(|| EthPayload::Other(kind, body.to_vec()));
-        Some(Self {
-            dst_mac: bytes[0..6].try_into().ok()?,
-            src_mac: bytes[6..12].try_into().ok()?,
-            payload,
-        })
+        Some(Self { dst_mac: bytes[0..6].try_into().ok()?, src_mac: bytes[6..12].try_into().ok()?, payload })
     }
 
     /// The IP packet the frame carries, if any.
@@ -439,18 +409,8 @@ pub fn describe(bytes: &[u8]) -> String {
     let Some(frame) = FrameRepr::parse(bytes) else {
         return format!("short frame ({} bytes)\n", bytes.len());
     };
-    let mac = |m: &[u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
-    let mut out = format!(
-        "eth {} > {} ({} bytes)\n",
-        mac(&frame.src_mac),
-        mac(&frame.dst_mac),
-        bytes.len()
-    );
+    let mac = |m: &[u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut out = format!("eth {} > {} ({} bytes)\n", mac(&frame.src_mac), mac(&frame.dst_mac), bytes.len());
     match &frame.payload {
         EthPayload::Ip(ip) => describe_ip(ip, 1, &mut out),
         EthPayload::Other(kind, body) => {
@@ -468,20 +428,12 @@ fn describe_ip(ip: &IpRepr, depth: usize, out: &mut String) {
             " id {} frag {:#06x}{}",
             ip.id,
             ip.frag,
-            if ip.options.is_empty() {
-                String::new()
-            } else {
-                format!(" options {}B", ip.options.len())
-            }
+            if ip.options.is_empty() { String::new() } else { format!(" options {}B", ip.options.len()) }
         )
     } else {
         format!(" flowlabel {:#07x}", ip.id)
     };
-    let _ = writeln!(
-        out,
-        "{pad}{family} {} > {} tos {:#04x} ttl {}{extra}",
-        ip.src, ip.dst, ip.tos, ip.ttl
-    );
+    let _ = writeln!(out, "{pad}{family} {} > {} tos {:#04x} ttl {}{extra}", ip.src, ip.dst, ip.tos, ip.ttl);
     match &ip.payload {
         IpPayload::Tcp(tcp) => {
             let _ = writeln!(
@@ -491,22 +443,12 @@ fn describe_ip(ip: &IpRepr, depth: usize, out: &mut String) {
                 tcp.dport,
                 tcp.flags,
                 tcp.options,
-                if tcp.raw_options.is_empty() {
-                    String::new()
-                } else {
-                    format!(" raw {:02x?}", tcp.raw_options)
-                },
+                if tcp.raw_options.is_empty() { String::new() } else { format!(" raw {:02x?}", tcp.raw_options) },
                 tcp.payload.len()
             );
         }
         IpPayload::Udp(udp) => {
-            let _ = writeln!(
-                out,
-                "{pad}  udp {} > {} payload {}B",
-                udp.sport,
-                udp.dport,
-                udp.payload.len()
-            );
+            let _ = writeln!(out, "{pad}  udp {} > {} payload {}B", udp.sport, udp.dport, udp.payload.len());
         }
         IpPayload::Ip(inner) => describe_ip(inner, depth + 1, out),
         IpPayload::Other(proto, bytes) => {

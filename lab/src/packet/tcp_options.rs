@@ -61,14 +61,9 @@ impl TcpOption {
                 let option = match (kind, len) {
                     (2, 4) => Self::MaxSegmentSize(u16::from_be_bytes([data[0], data[1]])),
                     (2, _) => return Err(OptionError::WrongLength { kind, len }),
-                    (TPR_KIND, TPR_LEN) => {
-                        Self::ServerId(u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
-                    }
+                    (TPR_KIND, TPR_LEN) => Self::ServerId(u32::from_be_bytes([data[0], data[1], data[2], data[3]])),
                     (TPR_KIND, _) => return Err(OptionError::WrongLength { kind, len }),
-                    _ => Self::Unknown {
-                        kind,
-                        data: data.to_vec(),
-                    },
+                    _ => Self::Unknown { kind, data: data.to_vec() },
                 };
                 Ok((&buf[usize::from(len)..], option))
             }
@@ -147,42 +142,15 @@ mod tests {
         let cat = |parts: &[&[u8]]| parts.concat();
         assert_eq!(tpr_server_id(&tpr(7)), TprWalk::Id(7));
         assert_eq!(tpr_server_id(&cat(&[&[1, 1], &tpr(7)])), TprWalk::Id(7));
-        assert_eq!(
-            tpr_server_id(&cat(&[&tpr(7), &tpr(9)])),
-            TprWalk::Id(7),
-            "first wins"
-        );
-        assert_eq!(
-            tpr_server_id(&cat(&[&[0], &tpr(7)])),
-            TprWalk::NoId,
-            "EOL ends the walk"
-        );
+        assert_eq!(tpr_server_id(&cat(&[&tpr(7), &tpr(9)])), TprWalk::Id(7), "first wins");
+        assert_eq!(tpr_server_id(&cat(&[&[0], &tpr(7)])), TprWalk::NoId, "EOL ends the walk");
         assert_eq!(tpr_server_id(&tpr(0)), TprWalk::NoId, "id 0");
-        assert_eq!(
-            tpr_server_id(&[TPR_KIND, 5, 0, 0, 0, 7]),
-            TprWalk::Malformed
-        );
-        assert_eq!(
-            tpr_server_id(&cat(&[&[8, 1], &tpr(7)])),
-            TprWalk::Malformed,
-            "length 1"
-        );
-        assert_eq!(
-            tpr_server_id(&cat(&[&[8, 0], &tpr(7)])),
-            TprWalk::Malformed,
-            "length 0"
-        );
-        assert_eq!(
-            tpr_server_id(&[8, 10, 0]),
-            TprWalk::Malformed,
-            "past the end"
-        );
+        assert_eq!(tpr_server_id(&[TPR_KIND, 5, 0, 0, 0, 7]), TprWalk::Malformed);
+        assert_eq!(tpr_server_id(&cat(&[&[8, 1], &tpr(7)])), TprWalk::Malformed, "length 1");
+        assert_eq!(tpr_server_id(&cat(&[&[8, 0], &tpr(7)])), TprWalk::Malformed, "length 0");
+        assert_eq!(tpr_server_id(&[8, 10, 0]), TprWalk::Malformed, "past the end");
         assert_eq!(tpr_server_id(&[8]), TprWalk::Malformed, "length missing");
-        assert_eq!(
-            tpr_server_id(&cat(&[&[1; 15], &tpr(7)])),
-            TprWalk::NoId,
-            "bounded walk"
-        );
+        assert_eq!(tpr_server_id(&cat(&[&[1; 15], &tpr(7)])), TprWalk::NoId, "bounded walk");
         assert_eq!(tpr_server_id(&cat(&[&[1; 14], &tpr(7)])), TprWalk::Id(7));
     }
 
@@ -191,10 +159,7 @@ mod tests {
         for option in [
             TcpOption::MaxSegmentSize(1460),
             TcpOption::ServerId(0xdead_beef),
-            TcpOption::Unknown {
-                kind: 8,
-                data: vec![1; 8],
-            },
+            TcpOption::Unknown { kind: 8, data: vec![1; 8] },
             TcpOption::NoOperation,
         ] {
             let mut buf = Vec::new();

@@ -75,27 +75,11 @@ pub struct Bind {
 }
 
 const fn bind(addr: Addr, reuseport: bool, reuseaddr: bool) -> Bind {
-    Bind {
-        addr,
-        flags: Flags {
-            reuseport,
-            reuseaddr,
-            v6only: None,
-            freebind: false,
-        },
-    }
+    Bind { addr, flags: Flags { reuseport, reuseaddr, v6only: None, freebind: false } }
 }
 
 const fn bind_v6only(addr: Addr, v6only: bool) -> Bind {
-    Bind {
-        addr,
-        flags: Flags {
-            reuseport: false,
-            reuseaddr: false,
-            v6only: Some(v6only),
-            freebind: false,
-        },
-    }
+    Bind { addr, flags: Flags { reuseport: false, reuseaddr: false, v6only: Some(v6only), freebind: false } }
 }
 
 /// A named sequence of binds on port 443.
@@ -120,36 +104,16 @@ const fn b(addr: Addr, flags: (bool, bool)) -> Bind {
 
 /// Every case, the incident first.
 pub const CASES: &[Case] = &[
-    Case {
-        name: "incident",
-        binds: &[b(Addr::A1, PLAIN), b(Addr::A2, RP), b(Addr::Any, RP)],
-        v6_only_case: false,
-    },
+    Case { name: "incident", binds: &[b(Addr::A1, PLAIN), b(Addr::A2, RP), b(Addr::Any, RP)], v6_only_case: false },
     Case {
         name: "incident-wildcard-first",
         binds: &[b(Addr::Any, RP), b(Addr::A2, RP), b(Addr::A1, PLAIN)],
         v6_only_case: false,
     },
-    Case {
-        name: "specific-then-wildcard",
-        binds: &[b(Addr::A1, PLAIN), b(Addr::Any, PLAIN)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "wildcard-then-specific",
-        binds: &[b(Addr::Any, PLAIN), b(Addr::A1, PLAIN)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "wildcard-then-specific-reuseport",
-        binds: &[b(Addr::Any, RP), b(Addr::A1, RP)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "same-address-reuseport",
-        binds: &[b(Addr::A1, RP), b(Addr::A1, RP)],
-        v6_only_case: false,
-    },
+    Case { name: "specific-then-wildcard", binds: &[b(Addr::A1, PLAIN), b(Addr::Any, PLAIN)], v6_only_case: false },
+    Case { name: "wildcard-then-specific", binds: &[b(Addr::Any, PLAIN), b(Addr::A1, PLAIN)], v6_only_case: false },
+    Case { name: "wildcard-then-specific-reuseport", binds: &[b(Addr::Any, RP), b(Addr::A1, RP)], v6_only_case: false },
+    Case { name: "same-address-reuseport", binds: &[b(Addr::A1, RP), b(Addr::A1, RP)], v6_only_case: false },
     Case {
         name: "same-address-reuseport-then-plain",
         binds: &[b(Addr::A1, RP), b(Addr::A1, PLAIN)],
@@ -160,26 +124,10 @@ pub const CASES: &[Case] = &[
         binds: &[b(Addr::A1, PLAIN), b(Addr::A1, RP)],
         v6_only_case: false,
     },
-    Case {
-        name: "distinct-addresses-plain",
-        binds: &[b(Addr::A1, PLAIN), b(Addr::A2, PLAIN)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "reuseaddr-specific-then-wildcard",
-        binds: &[b(Addr::A1, RA), b(Addr::Any, RA)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "reuseaddr-same-address",
-        binds: &[b(Addr::A1, RA), b(Addr::A1, RA)],
-        v6_only_case: false,
-    },
-    Case {
-        name: "reuseaddr-and-reuseport",
-        binds: &[b(Addr::A1, BOTH), b(Addr::Any, BOTH)],
-        v6_only_case: false,
-    },
+    Case { name: "distinct-addresses-plain", binds: &[b(Addr::A1, PLAIN), b(Addr::A2, PLAIN)], v6_only_case: false },
+    Case { name: "reuseaddr-specific-then-wildcard", binds: &[b(Addr::A1, RA), b(Addr::Any, RA)], v6_only_case: false },
+    Case { name: "reuseaddr-same-address", binds: &[b(Addr::A1, RA), b(Addr::A1, RA)], v6_only_case: false },
+    Case { name: "reuseaddr-and-reuseport", binds: &[b(Addr::A1, BOTH), b(Addr::Any, BOTH)], v6_only_case: false },
     Case {
         name: "ipv4-then-dual-stack-wildcard",
         binds: &[b(Addr::V4A1, PLAIN), bind_v6only(Addr::Any, false)],
@@ -249,20 +197,12 @@ pub fn describe(case: &Case, family: Family, mode: Mode, outcomes: &[Outcome]) -
                 Some(false) => flags.push("dual-stack"),
                 None => {}
             }
-            let flags = if flags.is_empty() {
-                "plain".to_owned()
-            } else {
-                flags.join("+")
-            };
+            let flags = if flags.is_empty() { "plain".to_owned() } else { flags.join("+") };
             format!("{} {flags}", SocketAddr::new(b.addr.resolve(family), PORT))
         })
         .collect();
     let outcomes: Vec<String> = outcomes.iter().map(Outcome::to_string).collect();
-    format!(
-        "{family:?} {mode:?}: {} => {}",
-        binds.join(", "),
-        outcomes.join(", ")
-    )
+    format!("{family:?} {mode:?}: {} => {}", binds.join(", "), outcomes.join(", "))
 }
 
 /// Runs `case` in a fresh namespace for `family` and `mode`; sockets are closed afterwards.
@@ -270,14 +210,9 @@ pub async fn run(case: &Case, family: Family, mode: Mode) -> Result<Vec<Outcome>
     let netns = Netns::create(&RunId::new(false).name("port443"))?;
     let nl = Nl::connect(&netns)?;
     nl.link_up("lo").await?;
-    for addr in [V4_A1, V4_A2]
-        .map(IpAddr::from)
-        .into_iter()
-        .chain([V6_A1, V6_A2].map(IpAddr::from))
-    {
+    for addr in [V4_A1, V4_A2].map(IpAddr::from).into_iter().chain([V6_A1, V6_A2].map(IpAddr::from)) {
         let prefix = if addr.is_ipv4() { 32 } else { 128 };
-        nl.addr_add("lo", ipnet::IpNet::new(addr, prefix).expect("valid prefix"))
-            .await?;
+        nl.addr_add("lo", ipnet::IpNet::new(addr, prefix).expect("valid prefix")).await?;
     }
     let binds = case.binds;
     netns.run(move || {

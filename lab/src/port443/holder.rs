@@ -31,16 +31,11 @@ impl Holder {
     /// Binds one TCP socket per address of `addrs` with `flags`, listening if `listen`, in the
     /// calling thread's network namespace.
     pub(crate) fn spawn(addrs: &[SocketAddr], flags: Flags, listen: bool) -> Result<Self> {
-        let mut holder = Self {
-            children: Vec::new(),
-        };
+        let mut holder = Self { children: Vec::new() };
         for chunk in addrs.chunks(PER_PROCESS) {
             let addrs: Vec<SockAddr> = chunk.iter().map(|a| SockAddr::from(*a)).collect();
             let mut cmd = Command::new("sleep");
-            cmd.arg("infinity")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
+            cmd.arg("infinity").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
             // SAFETY: the hook only makes system calls (socket, setsockopt, bind, listen) on
             // data prepared before the fork; it allocates nothing.
             unsafe {
@@ -52,11 +47,7 @@ impl Holder {
                 });
             }
             let child = cmd.spawn().map_err(|e| {
-                LabError::os(
-                    "bind sockets in a helper process",
-                    format!("{} sockets on port 443", chunk.len()),
-                    e,
-                )
+                LabError::os("bind sockets in a helper process", format!("{} sockets on port 443", chunk.len()), e)
             })?;
             holder.children.push(child);
         }
@@ -83,15 +74,8 @@ fn bind_raw(addr: &SockAddr, flags: Flags, listen: bool) -> std::io::Result<()> 
             return Err(std::io::Error::last_os_error());
         }
         let on: libc::c_int = 1;
-        let set = |level, name| {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
+        let set =
+            |level, name| libc::setsockopt(fd, level, name, (&raw const on).cast(), size_of::<libc::c_int>() as u32);
         if flags.reuseport && set(libc::SOL_SOCKET, libc::SO_REUSEPORT) != 0
             || flags.reuseaddr && set(libc::SOL_SOCKET, libc::SO_REUSEADDR) != 0
             || flags.freebind && set(libc::SOL_IP, libc::IP_FREEBIND) != 0

@@ -46,43 +46,23 @@ impl PingPair {
         let nl_pinger = Nl::connect(&pinger)?;
         let nl_target = Nl::connect(&target)?;
         nl_pinger.veth_add("p0", "t0", &target).await?;
-        nl_pinger
-            .addr_add("p0", ipnet::IpNet::new(PINGER.into(), 30).expect("valid"))
-            .await?;
-        nl_target
-            .addr_add("t0", ipnet::IpNet::new(TARGET.into(), 30).expect("valid"))
-            .await?;
-        for (nl, ifname) in [
-            (&nl_pinger, "p0"),
-            (&nl_target, "t0"),
-            (&nl_pinger, "lo"),
-            (&nl_target, "lo"),
-        ] {
+        nl_pinger.addr_add("p0", ipnet::IpNet::new(PINGER.into(), 30).expect("valid")).await?;
+        nl_target.addr_add("t0", ipnet::IpNet::new(TARGET.into(), 30).expect("valid")).await?;
+        for (nl, ifname) in [(&nl_pinger, "p0"), (&nl_target, "t0"), (&nl_pinger, "lo"), (&nl_target, "lo")] {
             nl.link_up(ifname).await?;
         }
         // Ping sockets are open to the groups in this range (the namespace's own sysctl).
         pinger
             .run(|| std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"))?
-            .map_err(|e| {
-                LabError::os(
-                    "write",
-                    "net/ipv4/ping_group_range in the pinger namespace",
-                    e,
-                )
-            })?;
-        Ok(Self {
-            pinger,
-            _target: target,
-        })
+            .map_err(|e| LabError::os("write", "net/ipv4/ping_group_range in the pinger namespace", e))?;
+        Ok(Self { pinger, _target: target })
     }
 
     /// Starts pinging every `interval` until [`Pinger::stop`].
     pub(crate) fn start(&self, interval: Duration) -> Result<Pinger> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
-        let thread = self
-            .pinger
-            .spawn("ping".into(), move || ping_until(&thread_stop, interval))?;
+        let thread = self.pinger.spawn("ping".into(), move || ping_until(&thread_stop, interval))?;
         Ok(Pinger { stop, thread })
     }
 }
@@ -124,25 +104,11 @@ pub struct PingStats {
 impl PingStats {
     fn of(rtts: Vec<Duration>) -> Self {
         let sent = rtts.len();
-        let mut answered: Vec<f64> = rtts
-            .iter()
-            .filter(|d| **d < ECHO_TIMEOUT)
-            .map(|d| d.as_secs_f64() * 1e6)
-            .collect();
+        let mut answered: Vec<f64> =
+            rtts.iter().filter(|d| **d < ECHO_TIMEOUT).map(|d| d.as_secs_f64() * 1e6).collect();
         answered.sort_by(f64::total_cmp);
-        let at = |q: f64| {
-            answered
-                .get(((answered.len() as f64 - 1.0) * q).round() as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        Self {
-            sent,
-            lost: sent - answered.len(),
-            p50_us: at(0.5),
-            p99_us: at(0.99),
-            max_us: at(1.0),
-        }
+        let at = |q: f64| answered.get(((answered.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+        Self { sent, lost: sent - answered.len(), p50_us: at(0.5), p99_us: at(0.99), max_us: at(1.0) }
     }
 }
 
@@ -166,19 +132,12 @@ fn ping_until(stop: &AtomicBool, interval: Duration) -> std::io::Result<Vec<Dura
                 // SAFETY: recv initialised the first `len` bytes.
                 Ok(len)
                     if len >= 8
-                        && unsafe {
-                            buf[6].assume_init() == request[6] && buf[7].assume_init() == request[7]
-                        } =>
+                        && unsafe { buf[6].assume_init() == request[6] && buf[7].assume_init() == request[7] } =>
                 {
                     break sent.elapsed();
                 }
                 Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     break ECHO_TIMEOUT;
                 }
                 Err(e) => return Err(e),

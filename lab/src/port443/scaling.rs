@@ -59,10 +59,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            sizes: SIZES.to_vec(),
-            repeats: 51,
-        }
+        Self { sizes: SIZES.to_vec(), repeats: 51 }
     }
 }
 
@@ -119,11 +116,7 @@ pub struct Report {
 
 /// Runs every measurement.
 pub async fn run(opts: &Options) -> Result<Report> {
-    let largest = *opts
-        .sizes
-        .iter()
-        .max()
-        .ok_or_else(|| LabError::Unsupported("no sizes to measure".into()))?;
+    let largest = *opts.sizes.iter().max().ok_or_else(|| LabError::Unsupported("no sizes to measure".into()))?;
     let mut bind = Vec::new();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -132,19 +125,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let mut baseline = PingStats::default();
     let mut binding = PingStats::default();
     for &n in &opts.sizes {
-        let pinger = if n == largest || n == opts.sizes[0] {
-            Some(pair.start(PING_INTERVAL)?)
-        } else {
-            None
-        };
+        let pinger = if n == largest || n == opts.sizes[0] { Some(pair.start(PING_INTERVAL)?) } else { None };
         bind.push(selftest_pattern(n, opts.repeats).await?);
         if let Some(pinger) = pinger {
             let stats = pinger.stop()?;
-            if n == largest {
-                binding = stats
-            } else {
-                baseline = stats
-            }
+            if n == largest { binding = stats } else { baseline = stats }
         }
         v4.push(distinct_pattern(n, opts.repeats, Family::V4).await?);
         v6.push(distinct_pattern(n, opts.repeats, Family::V6).await?);
@@ -156,11 +141,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .filter_map(|points| points.iter().find(|p| p.n == largest))
         .map(|p| p.ratio)
         .fold(0.0, f64::max);
-    let verdict = if worst <= RATIO_LIMIT {
-        Verdict::RegressionAbsent
-    } else {
-        Verdict::RegressionPresent
-    };
+    let verdict = if worst <= RATIO_LIMIT { Verdict::RegressionAbsent } else { Verdict::RegressionPresent };
     Ok(Report {
         kernel: kernel_release(),
         bind,
@@ -177,11 +158,7 @@ impl Report {
     /// The scaling table: one row per pattern, one column per N (time and ratio).
     pub fn table(&self) -> String {
         let mut out = format!("bind443 on kernel {}\n", self.kernel);
-        let header: Vec<String> = self
-            .bind
-            .iter()
-            .map(|p| format!("{:>18}", format!("N={}", p.n)))
-            .collect();
+        let header: Vec<String> = self.bind.iter().map(|p| format!("{:>18}", format!("N={}", p.n))).collect();
         out.push_str(&format!("{:<24}{}\n", "pattern", header.concat()));
         for (name, points) in [
             ("bind (selftest)", &self.bind),
@@ -189,22 +166,14 @@ impl Report {
             ("bind (distinct, v6)", &self.bind_distinct_v6),
             ("lookup (SYN->accept)", &self.lookup),
         ] {
-            let cells: Vec<String> = points
-                .iter()
-                .map(|p| format!("{:>18}", format!("{:.1}us {:.2}x", p.us, p.ratio)))
-                .collect();
+            let cells: Vec<String> =
+                points.iter().map(|p| format!("{:>18}", format!("{:.1}us {:.2}x", p.us, p.ratio))).collect();
             out.push_str(&format!("{name:<24}{}\n", cells.concat()));
         }
         let ping = |s: &PingStats| {
-            format!(
-                "p50 {:.0}us p99 {:.0}us max {:.0}us lost {}",
-                s.p50_us, s.p99_us, s.max_us, s.lost
-            )
+            format!("p50 {:.0}us p99 {:.0}us max {:.0}us lost {}", s.p50_us, s.p99_us, s.max_us, s.lost)
         };
-        out.push_str(&format!(
-            "ping, smallest N: {}\n",
-            ping(&self.ping.baseline)
-        ));
+        out.push_str(&format!("ping, smallest N: {}\n", ping(&self.ping.baseline)));
         out.push_str(&format!("ping, largest N:  {}\n", ping(&self.ping.binding)));
         let verdict = match self.verdict {
             Verdict::RegressionAbsent => "regression absent",
@@ -220,14 +189,7 @@ impl Report {
 
 fn with_ratios(points: Vec<(usize, f64)>) -> Vec<Point> {
     let base = points.first().map_or(1.0, |p| p.1.max(f64::MIN_POSITIVE));
-    points
-        .into_iter()
-        .map(|(n, us)| Point {
-            n,
-            us,
-            ratio: us / base,
-        })
-        .collect()
+    points.into_iter().map(|(n, us)| Point { n, us, ratio: us / base }).collect()
 }
 
 #[derive(Clone, Copy)]
@@ -244,22 +206,12 @@ async fn namespace() -> Result<(Netns, Nl)> {
     Ok((netns, nl))
 }
 
-const FREEBIND: Flags = Flags {
-    reuseport: false,
-    reuseaddr: false,
-    v6only: None,
-    freebind: true,
-};
-const FREEBIND_REUSEPORT: Flags = Flags {
-    reuseport: true,
-    ..FREEBIND
-};
+const FREEBIND: Flags = Flags { reuseport: false, reuseaddr: false, v6only: None, freebind: true };
+const FREEBIND_REUSEPORT: Flags = Flags { reuseport: true, ..FREEBIND };
 
 fn median_us(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    samples.get(samples.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1e6)
 }
 
 fn os(op: &'static str, n: usize) -> impl Fn(std::io::Error) -> LabError {
@@ -328,9 +280,7 @@ async fn lookup_pattern(n: usize, repeats: usize) -> Result<(usize, f64)> {
         let others: Vec<SocketAddr> = (0..n).filter(|&i| i != target).map(addr).collect();
         let _others = Holder::spawn(&others, FREEBIND, true)?;
         let listener = tcp_socket(addr(target), FREEBIND).map_err(os("socket", n))?;
-        listener
-            .bind(&addr(target).into())
-            .map_err(os("bind of the target listener", n))?;
+        listener.bind(&addr(target).into()).map_err(os("bind of the target listener", n))?;
         listener.listen(64).map_err(os("listen", n))?;
         let mut samples = Vec::with_capacity(repeats);
         for _ in 0..repeats {

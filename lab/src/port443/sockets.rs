@@ -55,10 +55,7 @@ pub(crate) fn errno_name(err: &io::Error) -> String {
 /// Raises this process's open-file limit to at least `min` (root may raise the hard limit);
 /// returns the new soft limit.
 pub fn raise_nofile(min: u64) -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(LabError::last_os("getrlimit", "RLIMIT_NOFILE"));
@@ -66,16 +63,10 @@ pub fn raise_nofile(min: u64) -> Result<u64> {
     if limit.rlim_cur >= min {
         return Ok(limit.rlim_cur);
     }
-    let wanted = libc::rlimit {
-        rlim_cur: min,
-        rlim_max: limit.rlim_max.max(min),
-    };
+    let wanted = libc::rlimit { rlim_cur: min, rlim_max: limit.rlim_max.max(min) };
     // SAFETY: setrlimit reads the struct we own.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
-        return Err(LabError::last_os(
-            "setrlimit",
-            format!("RLIMIT_NOFILE to {min}"),
-        ));
+        return Err(LabError::last_os("setrlimit", format!("RLIMIT_NOFILE to {min}")));
     }
     Ok(min)
 }

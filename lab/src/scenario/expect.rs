@@ -101,24 +101,13 @@ impl TryFrom<RawComparison> for Comparison {
         };
         let trimmed = text.trim();
         // Two-character operators first, so ">=" is not read as ">".
-        let ops = [
-            ("==", Op::Eq),
-            ("!=", Op::Ne),
-            (">=", Op::Ge),
-            ("<=", Op::Le),
-            (">", Op::Gt),
-            ("<", Op::Lt),
-        ];
+        let ops = [("==", Op::Eq), ("!=", Op::Ne), (">=", Op::Ge), ("<=", Op::Le), (">", Op::Gt), ("<", Op::Lt)];
         let (op, rest) = ops
             .iter()
             .find_map(|(sym, op)| trimmed.strip_prefix(sym).map(|rest| (*op, rest)))
-            .ok_or_else(|| {
-                format!("{text:?} is not a comparison (write e.g. \"== 0\" or \"> 0\")")
-            })?;
-        let value = rest
-            .trim()
-            .parse()
-            .map_err(|_| format!("{text:?} is not a comparison with a non-negative integer"))?;
+            .ok_or_else(|| format!("{text:?} is not a comparison (write e.g. \"== 0\" or \"> 0\")"))?;
+        let value =
+            rest.trim().parse().map_err(|_| format!("{text:?} is not a comparison with a non-negative integer"))?;
         Ok(Self { op, value })
     }
 }
@@ -168,11 +157,7 @@ pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, tally: &Tally) -> Vec<Che
         .iter()
         .map(|(metric, cmp)| {
             let actual = metric.of(tally);
-            Check {
-                expect: format!("{metric} {cmp}"),
-                actual,
-                ok: cmp.holds(actual),
-            }
+            Check { expect: format!("{metric} {cmp}"), actual, ok: cmp.holds(actual) }
         })
         .collect()
 }
@@ -187,34 +172,10 @@ mod tests {
 
     #[test]
     fn parses_every_operator() {
-        assert_eq!(
-            parse("== 0"),
-            Ok(Comparison {
-                op: Op::Eq,
-                value: 0
-            })
-        );
-        assert_eq!(
-            parse(">=3"),
-            Ok(Comparison {
-                op: Op::Ge,
-                value: 3
-            })
-        );
-        assert_eq!(
-            parse(" > 0 "),
-            Ok(Comparison {
-                op: Op::Gt,
-                value: 0
-            })
-        );
-        assert_eq!(
-            parse("<= 5"),
-            Ok(Comparison {
-                op: Op::Le,
-                value: 5
-            })
-        );
+        assert_eq!(parse("== 0"), Ok(Comparison { op: Op::Eq, value: 0 }));
+        assert_eq!(parse(">=3"), Ok(Comparison { op: Op::Ge, value: 3 }));
+        assert_eq!(parse(" > 0 "), Ok(Comparison { op: Op::Gt, value: 0 }));
+        assert_eq!(parse("<= 5"), Ok(Comparison { op: Op::Le, value: 5 }));
         assert_eq!(parse("!= 1").map(|c| c.holds(2)), Ok(true));
         for bad in ["0", "=> 1", "> -1", "> x", ""] {
             assert!(parse(bad).is_err(), "{bad:?}");

@@ -89,11 +89,7 @@ pub struct Outcome {
 }
 
 /// Runs `scenario` (control, then main), reporting each step through `progress`.
-pub async fn run_scenario(
-    scenario: &Scenario,
-    opts: &RunOptions,
-    progress: &mut dyn FnMut(String),
-) -> Result<Outcome> {
+pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions, progress: &mut dyn FnMut(String)) -> Result<Outcome> {
     let mut outcome = Outcome {
         name: scenario.name.clone(),
         verdict: Verdict::Pass,
@@ -109,24 +105,14 @@ pub async fn run_scenario(
         }
     }
     let mut reasons = Vec::new();
-    for (label, variant, keep) in [
-        ("control", &scenario.control, false),
-        ("main", &scenario.main, opts.keep),
-    ] {
+    for (label, variant, keep) in [("control", &scenario.control, false), ("main", &scenario.main, opts.keep)] {
         let mut step = |what: &str| progress(format!("{} [{label}]: {what}", scenario.name));
         match run_variant(variant, keep, opts, &mut step).await {
             Ok(result) => {
                 for check in result.checks.iter().filter(|c| !c.ok) {
-                    reasons.push(format!(
-                        "{label}: expected {} but got {}",
-                        check.expect, check.actual
-                    ));
+                    reasons.push(format!("{label}: expected {} but got {}", check.expect, check.actual));
                 }
-                if label == "main" {
-                    outcome.main = Some(result)
-                } else {
-                    outcome.control = Some(result)
-                }
+                if label == "main" { outcome.main = Some(result) } else { outcome.control = Some(result) }
             }
             Err(LabError::Interrupted) => return Err(LabError::Interrupted),
             Err(e) => reasons.push(format!("{label}: {e}")),
@@ -152,11 +138,7 @@ async fn run_variant(
     let setup = lab.setup_time();
 
     step("starting services");
-    let server_ids = assign_server_ids(
-        workload.seed,
-        &workload.backends,
-        workload.cid_version.max_id(),
-    );
+    let server_ids = assign_server_ids(workload.seed, &workload.backends, workload.cid_version.max_id());
     for backend in &workload.backends {
         let args = vec![
             "service".to_owned(),
@@ -166,20 +148,11 @@ async fn run_variant(
             format!("--server-id={}", server_ids[backend]),
             format!(
                 "--cid-version={}",
-                serde_json::to_value(workload.cid_version)
-                    .expect("serialisable")
-                    .as_str()
-                    .expect("string")
+                serde_json::to_value(workload.cid_version).expect("serialisable").as_str().expect("string")
             ),
         ];
         let spawned = lab.spawn(backend, &opts.service_exe, &args)?;
-        wait_for_phase(
-            spawned.stdout,
-            Phase::Ready,
-            timing.phase_timeout(),
-            backend,
-        )
-        .await?;
+        wait_for_phase(spawned.stdout, Phase::Ready, timing.phase_timeout(), backend).await?;
     }
 
     step("warming up");
@@ -197,11 +170,9 @@ async fn run_variant(
         },
     )?;
     let book = client.book();
-    book.wait_until(
-        "every flow to get its first reply",
-        timing.phase_timeout(),
-        |flows| flows.iter().all(|f| f.owner.is_some() || !f.live()),
-    )
+    book.wait_until("every flow to get its first reply", timing.phase_timeout(), |flows| {
+        flows.iter().all(|f| f.owner.is_some() || !f.live())
+    })
     .await?;
     let failed: Vec<String> = book
         .snapshot()
@@ -215,32 +186,16 @@ async fn run_variant(
             message: format!(
                 "{} flows never got a reply: {}",
                 failed.len(),
-                failed
-                    .iter()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                failed.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
             ),
         });
     }
-    wait_rounds(
-        &client,
-        timing.warmup_rounds,
-        timing.phase_timeout(),
-        "warm-up rounds",
-    )
-    .await?;
+    wait_rounds(&client, timing.warmup_rounds, timing.phase_timeout(), "warm-up rounds").await?;
 
     let mut down = BTreeSet::new();
     for event in &variant.events {
-        wait_rounds(
-            &client,
-            timing.rounds_between_events,
-            timing.phase_timeout(),
-            "rounds before the next event",
-        )
-        .await?;
+        wait_rounds(&client, timing.rounds_between_events, timing.phase_timeout(), "rounds before the next event")
+            .await?;
         step(&format!("event {}", describe(event)));
         apply(&mut lab, event).await?;
         if let Some(node) = event.takes_down() {
@@ -248,13 +203,7 @@ async fn run_variant(
         }
     }
     step("settling");
-    wait_rounds(
-        &client,
-        timing.settle_rounds,
-        timing.phase_timeout(),
-        "rounds after the last event",
-    )
-    .await?;
+    wait_rounds(&client, timing.settle_rounds, timing.phase_timeout(), "rounds after the last event").await?;
     let flows = client.stop()?;
     let tally = Tally::of(&flows, &down);
     let checks = evaluate(&variant.expect, &tally);
@@ -262,14 +211,7 @@ async fn run_variant(
     step("tearing down");
     let kept = keep.then(|| lab.run_id().to_string());
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome {
-        tally,
-        checks,
-        setup,
-        teardown,
-        flows,
-        kept,
-    })
+    Ok(VariantOutcome { tally, checks, setup, teardown, flows, kept })
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.
@@ -278,10 +220,7 @@ async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str
     client
         .book()
         .wait_until(what, timeout, |flows| {
-            flows
-                .iter()
-                .zip(&marks)
-                .all(|(flow, mark)| !flow.live() || flow.rounds >= mark + rounds)
+            flows.iter().zip(&marks).all(|(flow, mark)| !flow.live() || flow.rounds >= mark + rounds)
         })
         .await
 }
@@ -294,11 +233,7 @@ async fn wait_for_phase(
 ) -> Result<()> {
     let mut lines = BufReader::new(stdout).lines();
     let reached = async {
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .map_err(|e| LabError::os("read phases of", node, e))?
-        {
+        while let Some(line) = lines.next_line().await.map_err(|e| LabError::os("read phases of", node, e))? {
             if Phase::parse(&line).is_some_and(|p| p >= wanted) {
                 return Ok(true);
             }
@@ -307,26 +242,18 @@ async fn wait_for_phase(
     };
     match tokio::time::timeout(timeout, reached).await {
         Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(LabError::Service {
-            name: format!("{node}/a"),
-            message: format!("exited before it was {wanted}"),
-        }),
+        Ok(Ok(false)) => {
+            Err(LabError::Service { name: format!("{node}/a"), message: format!("exited before it was {wanted}") })
+        }
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(LabError::Timeout {
-            what: format!("the service on {node} to be {wanted}"),
-            after: timeout,
-        }),
+        Err(_) => Err(LabError::Timeout { what: format!("the service on {node} to be {wanted}"), after: timeout }),
     }
 }
 
 async fn apply(lab: &mut Lab, event: &EventSpec) -> Result<()> {
     match event {
         EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
-        EventSpec::ReplaceMember {
-            group,
-            member,
-            with,
-        } => lab.replace_member(group, member, with).await,
+        EventSpec::ReplaceMember { group, member, with } => lab.replace_member(group, member, with).await,
         EventSpec::AddMember { group, member } => lab.add_member(group, member).await,
     }
 }
@@ -334,11 +261,7 @@ async fn apply(lab: &mut Lab, event: &EventSpec) -> Result<()> {
 fn describe(event: &EventSpec) -> String {
     match event {
         EventSpec::RemoveMember { group, member } => format!("remove {member} from {group}"),
-        EventSpec::ReplaceMember {
-            group,
-            member,
-            with,
-        } => format!("replace {member} by {with} in {group}"),
+        EventSpec::ReplaceMember { group, member, with } => format!("replace {member} by {with} in {group}"),
         EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
     }
 }

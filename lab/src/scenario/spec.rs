@@ -319,11 +319,7 @@ impl Scenario {
         let mut merged = table;
         merge(&mut merged, control_table);
         let control_spec: VariantSpec = from_table(path, "control", merged)?;
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("scenario")
-            .to_owned();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario").to_owned();
         Ok(Self {
             file: path.to_owned(),
             name,
@@ -351,15 +347,11 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 }
 
 fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, SpecError> {
-    let err =
-        |field: String, message: String| SpecError::new(path, format!("{prefix}{field}"), message);
+    let err = |field: String, message: String| SpecError::new(path, format!("{prefix}{field}"), message);
     let topology_path = path.parent().unwrap_or(Path::new(".")).join(&spec.topology);
     let topology_path = topology_path.canonicalize().unwrap_or(topology_path);
     let mut topology_table = read_table(&topology_path).map_err(|e| match e.field.as_str() {
-        "(file)" => err(
-            "topology".into(),
-            format!("{}: {}", spec.topology.display(), e.message),
-        ),
+        "(file)" => err("topology".into(), format!("{}: {}", spec.topology.display(), e.message)),
         // A syntax error inside the topology file is reported against that file.
         _ => e,
     })?;
@@ -372,10 +364,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     match role_of(&w.client) {
         Some(Role::Client) => {}
         Some(role) => {
-            return Err(err(
-                "workload.client".into(),
-                format!("{:?} is a {role} node, not a client", w.client),
-            ));
+            return Err(err("workload.client".into(), format!("{:?} is a {role} node, not a client", w.client)));
         }
         None => {
             return Err(err(
@@ -385,10 +374,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         }
     }
     if w.backends.is_empty() {
-        return Err(err(
-            "workload.backends".into(),
-            "at least one backend is needed".into(),
-        ));
+        return Err(err("workload.backends".into(), "at least one backend is needed".into()));
     }
     for (i, backend) in w.backends.iter().enumerate() {
         match role_of(backend) {
@@ -408,23 +394,14 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         }
     }
     if w.tcp_flows + w.udp_flows == 0 {
-        return Err(err(
-            "workload".into(),
-            "no flows: set tcp_flows or udp_flows".into(),
-        ));
+        return Err(err("workload".into(), "no flows: set tcp_flows or udp_flows".into()));
     }
     // Source ports are allocated per flow from fixed bases (see workload::client).
     if w.tcp_flows > 20_000 || w.udp_flows > 20_000 {
-        return Err(err(
-            "workload".into(),
-            "at most 20000 flows of each kind".into(),
-        ));
+        return Err(err("workload".into(), "at most 20000 flows of each kind".into()));
     }
     if w.period_ms == 0 {
-        return Err(err(
-            "workload.period_ms".into(),
-            "must be at least 1".into(),
-        ));
+        return Err(err("workload.period_ms".into(), "must be at least 1".into()));
     }
     if w.tcp_port == 0 || w.udp_port == 0 {
         return Err(err("workload".into(), "ports must be non-zero".into()));
@@ -435,80 +412,44 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         .spec
         .groups
         .iter()
-        .map(|g| {
-            (
-                g.name.as_str(),
-                g.members.iter().map(String::as_str).collect(),
-            )
-        })
+        .map(|g| (g.name.as_str(), g.members.iter().map(String::as_str).collect()))
         .collect();
     for (i, event) in spec.events.iter().enumerate() {
         let field = format!("event[{i}]");
         let (group, leaving, joining) = match event {
             EventSpec::RemoveMember { group, member } => (group, Some(member), None),
             EventSpec::AddMember { group, member } => (group, None, Some(member)),
-            EventSpec::ReplaceMember {
-                group,
-                member,
-                with,
-            } => (group, Some(member), Some(with)),
+            EventSpec::ReplaceMember { group, member, with } => (group, Some(member), Some(with)),
         };
-        let (Some(group_spec), Some(current)) =
-            (topology.group(group), members.get_mut(group.as_str()))
-        else {
-            return Err(err(
-                format!("{field}.group"),
-                format!("no group {group:?} in {}", topology_path.display()),
-            ));
+        let (Some(group_spec), Some(current)) = (topology.group(group), members.get_mut(group.as_str())) else {
+            return Err(err(format!("{field}.group"), format!("no group {group:?} in {}", topology_path.display())));
         };
         if let Some(node) = leaving {
             let Some(slot) = current.iter().position(|m| m == node) else {
-                return Err(err(
-                    field,
-                    format!("{node:?} is not a member of group {group:?} at this point"),
-                ));
+                return Err(err(field, format!("{node:?} is not a member of group {group:?} at this point")));
             };
             current.remove(slot);
         }
         if let Some(node) = joining {
-            if topology
-                .gateway(&group_spec.node, node, group_spec.family)
-                .is_none()
-            {
+            if topology.gateway(&group_spec.node, node, group_spec.family).is_none() {
                 return Err(err(
                     field,
-                    format!(
-                        "{node:?} is not a neighbour of {:?}, so it cannot join group {group:?}",
-                        group_spec.node
-                    ),
+                    format!("{node:?} is not a neighbour of {:?}, so it cannot join group {group:?}", group_spec.node),
                 ));
             }
             current.push(node);
         }
         if current.is_empty() {
-            return Err(err(
-                field,
-                format!("the event would leave group {group:?} empty"),
-            ));
+            return Err(err(field, format!("the event would leave group {group:?} empty")));
         }
     }
     if spec.expect.is_empty() {
-        return Err(err(
-            "expect".into(),
-            "at least one expectation is needed".into(),
-        ));
+        return Err(err("expect".into(), "at least one expectation is needed".into()));
     }
     let mut expectations = BTreeMap::new();
     for (key, comparison) in spec.expect {
-        let metric = Metric::deserialize(serde::de::value::StrDeserializer::<
-            serde::de::value::Error,
-        >::new(&key))
-        .map_err(|e| {
-            err(
-                format!("expect.{key}"),
-                e.to_string().replace("variant", "metric"),
-            )
-        })?;
+        let metric = Metric::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&key))
+            .map_err(|e| err(format!("expect.{key}"), e.to_string().replace("variant", "metric")))?;
         expectations.insert(metric, comparison);
     }
     Ok(Variant {
@@ -527,9 +468,7 @@ fn apply_group_overrides(
     overrides: &BTreeMap<String, GroupOverride>,
 ) -> Result<(), (String, String)> {
     for (name, over) in overrides {
-        let groups = topology
-            .get_mut("group")
-            .and_then(toml::Value::as_array_mut);
+        let groups = topology.get_mut("group").and_then(toml::Value::as_array_mut);
         let group = groups.and_then(|groups| {
             groups
                 .iter_mut()

@@ -105,14 +105,7 @@ impl Lab {
         for node in &topology.spec.nodes {
             let netns = Netns::create(&run.name(&node.name))?;
             let nl = Nl::connect(&netns)?;
-            lab.nodes.insert(
-                node.name.clone(),
-                Node {
-                    role: node.role,
-                    netns,
-                    nl,
-                },
-            );
+            lab.nodes.insert(node.name.clone(), Node { role: node.role, netns, nl });
             let node_ref = &lab.nodes[&node.name];
             node_ref.nl.link_up("lo").await?;
             configure_sysctls(node_ref)?;
@@ -123,8 +116,7 @@ impl Lab {
         for link in &topology.spec.links {
             let a = &lab.nodes[&link.a.node];
             let b = &lab.nodes[&link.b.node];
-            a.nl.veth_add(&link.a.ifname, &link.b.ifname, &b.netns)
-                .await?;
+            a.nl.veth_add(&link.a.ifname, &link.b.ifname, &b.netns).await?;
             for (node, end) in [(a, &link.a), (b, &link.b)] {
                 for addr in &end.addrs {
                     node.nl.addr_add(&end.ifname, *addr).await?;
@@ -139,10 +131,7 @@ impl Lab {
             let nl = &lab.nodes[&route.node].nl;
             match (&route.via, &route.group) {
                 (Some(via), _) => nl.route_add_via(route.dst, *via).await?,
-                (None, Some(group)) => {
-                    nl.route_add_nhid(route.dst, lab.groups[group].id, false)
-                        .await?
-                }
+                (None, Some(group)) => nl.route_add_nhid(route.dst, lab.groups[group].id, false).await?,
                 (None, None) => unreachable!("validated: a route has `via` or `group`"),
             }
         }
@@ -167,9 +156,7 @@ impl Lab {
 
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Result<&Node> {
-        self.nodes
-            .get(name)
-            .ok_or_else(|| LabError::Unsupported(format!("no node {name:?} in this lab")))
+        self.nodes.get(name).ok_or_else(|| LabError::Unsupported(format!("no node {name:?} in this lab")))
     }
 
     /// All nodes, by name.
@@ -180,9 +167,7 @@ impl Lab {
     async fn add_group(&mut self, group: &GroupSpec) -> Result<()> {
         let mut members = Vec::new();
         for member in &group.members {
-            let id = self
-                .add_member_nexthop(&group.node, member, group.family)
-                .await?;
+            let id = self.add_member_nexthop(&group.node, member, group.family).await?;
             members.push((member.clone(), id));
         }
         let id = FIRST_GROUP_ID + self.groups.len() as u32;
@@ -199,47 +184,31 @@ impl Lab {
         Ok(())
     }
 
-    async fn add_member_nexthop(
-        &mut self,
-        node: &str,
-        member: &str,
-        family: Family,
-    ) -> Result<u32> {
-        let gateway = self.topology.gateway(node, member, family).ok_or_else(|| {
-            LabError::Unsupported(format!(
-                "{member:?} is not a neighbour of {node:?} in {family:?}"
-            ))
-        })?;
+    async fn add_member_nexthop(&mut self, node: &str, member: &str, family: Family) -> Result<u32> {
+        let gateway = self
+            .topology
+            .gateway(node, member, family)
+            .ok_or_else(|| LabError::Unsupported(format!("{member:?} is not a neighbour of {node:?} in {family:?}")))?;
         let id = self.next_nexthop;
         self.next_nexthop += 1;
-        self.nodes[node]
-            .nl
-            .nexthop_add(id, gateway.addr, &gateway.ifname)
-            .await?;
+        self.nodes[node].nl.nexthop_add(id, gateway.addr, &gateway.ifname).await?;
         Ok(id)
     }
 
     async fn write_group(&self, state: &GroupState, replace: bool) -> Result<()> {
         let ids: Vec<u32> = state.members.iter().map(|(_, id)| *id).collect();
-        self.nodes[&state.node]
-            .nl
-            .nexthop_group_set(state.id, &ids, state.kind, state.buckets, replace)
-            .await
+        self.nodes[&state.node].nl.nexthop_group_set(state.id, &ids, state.kind, state.buckets, replace).await
     }
 
     fn group(&self, group: &str) -> Result<&GroupState> {
-        self.groups
-            .get(group)
-            .ok_or_else(|| LabError::Unsupported(format!("no group {group:?} in this lab")))
+        self.groups.get(group).ok_or_else(|| LabError::Unsupported(format!("no group {group:?} in this lab")))
     }
 
     /// Writes `state` as the new content of `group`, then records it (so a refused change
     /// leaves the lab's view equal to the kernel's).
     async fn commit_group(&mut self, group: &str, state: GroupState) -> Result<()> {
         if state.members.is_empty() {
-            return Err(LabError::Unsupported(format!(
-                "the change would leave group {group:?} empty"
-            )));
+            return Err(LabError::Unsupported(format!("the change would leave group {group:?} empty")));
         }
         self.write_group(&state, true).await?;
         self.groups.insert(group.to_owned(), state);
@@ -248,14 +217,7 @@ impl Lab {
 
     /// The members of `group`, in slot order.
     pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
-        Some(
-            self.groups
-                .get(group)?
-                .members
-                .iter()
-                .map(|(name, _)| name.clone())
-                .collect(),
-        )
+        Some(self.groups.get(group)?.members.iter().map(|(name, _)| name.clone()).collect())
     }
 
     /// Removes `member` from `group` (`ip nexthop replace id <g> group <rest>`): the remaining
@@ -265,9 +227,7 @@ impl Lab {
         let before = state.members.len();
         state.members.retain(|(name, _)| name != member);
         if state.members.len() == before {
-            return Err(LabError::Unsupported(format!(
-                "{member:?} is not a member of group {group:?}"
-            )));
+            return Err(LabError::Unsupported(format!("{member:?} is not a member of group {group:?}")));
         }
         self.commit_group(group, state).await
     }
@@ -277,13 +237,9 @@ impl Lab {
     pub async fn replace_member(&mut self, group: &str, member: &str, with: &str) -> Result<()> {
         let mut state = self.group(group)?.clone();
         let Some(slot) = state.members.iter().position(|(name, _)| name == member) else {
-            return Err(LabError::Unsupported(format!(
-                "{member:?} is not a member of group {group:?}"
-            )));
+            return Err(LabError::Unsupported(format!("{member:?} is not a member of group {group:?}")));
         };
-        let id = self
-            .add_member_nexthop(&state.node, with, state.family)
-            .await?;
+        let id = self.add_member_nexthop(&state.node, with, state.family).await?;
         state.members[slot] = (with.to_owned(), id);
         self.commit_group(group, state).await
     }
@@ -291,9 +247,7 @@ impl Lab {
     /// Adds `member` to the end of `group`.
     pub async fn add_member(&mut self, group: &str, member: &str) -> Result<()> {
         let mut state = self.group(group)?.clone();
-        let id = self
-            .add_member_nexthop(&state.node, member, state.family)
-            .await?;
+        let id = self.add_member_nexthop(&state.node, member, state.family).await?;
         state.members.push((member.to_owned(), id));
         self.commit_group(group, state).await
     }
@@ -303,33 +257,16 @@ impl Lab {
     /// Unless the run is kept, the child gets `PDEATHSIG=SIGKILL`, so it dies with the lab even
     /// if the lab is SIGKILLed. The kernel sends that signal when the *thread* that forked the
     /// child exits, so call this from the thread that owns the lab.
-    pub fn spawn(
-        &mut self,
-        node: &str,
-        program: &Path,
-        args: &[impl AsRef<OsStr>],
-    ) -> Result<Spawned> {
+    pub fn spawn(&mut self, node: &str, program: &Path, args: &[impl AsRef<OsStr>]) -> Result<Spawned> {
         let netns: OwnedFd = self
             .node(node)?
             .netns
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| LabError::os("dup namespace fd of", node, e))?;
-        let cgroup = self
-            .cgroup
-            .as_ref()
-            .expect("built labs have a cgroup")
-            .leaf(node)?;
-        let procs = CString::new(
-            cgroup
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )
-        .map_err(|_| LabError::Path {
-            what: "cgroup path contains NUL",
-            path: cgroup.clone(),
-        })?;
+        let cgroup = self.cgroup.as_ref().expect("built labs have a cgroup").leaf(node)?;
+        let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())
+            .map_err(|_| LabError::Path { what: "cgroup path contains NUL", path: cgroup.clone() })?;
         let die_with_parent = !self.run.kept;
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
@@ -339,11 +276,7 @@ impl Lab {
             .stdout(Stdio::piped())
             // A kept run's processes outlive the lab: they must not hold its stderr open
             // (whoever reads that pipe would wait for them forever).
-            .stderr(if die_with_parent {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(if die_with_parent { Stdio::inherit() } else { Stdio::null() });
         // SAFETY: the closure only makes async-signal-safe system calls (setns, prctl, getppid,
         // open, write, close) on data prepared before the fork.
         unsafe {
@@ -367,9 +300,8 @@ impl Lab {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
-            LabError::os("spawn", format!("{} in node {node}", program.display()), e)
-        })?;
+        let mut child =
+            cmd.spawn().map_err(|e| LabError::os("spawn", format!("{} in node {node}", program.display()), e))?;
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout is piped");
         self.children.push((node.to_owned(), child));
@@ -385,9 +317,7 @@ impl Lab {
         };
         let (node, mut child) = self.children.remove(pos);
         let _ = child.kill();
-        child
-            .wait()
-            .map_err(|e| LabError::os("wait for", format!("pid {pid} in node {node}"), e))?;
+        child.wait().map_err(|e| LabError::os("wait for", format!("pid {pid} in node {node}"), e))?;
         Ok(())
     }
 
@@ -395,11 +325,7 @@ impl Lab {
     pub fn teardown(mut self) -> Result<Duration> {
         let started = Instant::now();
         let errors = self.teardown_inner();
-        if errors.is_empty() {
-            Ok(started.elapsed())
-        } else {
-            Err(LabError::Teardown(errors))
-        }
+        if errors.is_empty() { Ok(started.elapsed()) } else { Err(LabError::Teardown(errors)) }
     }
 
     fn teardown_inner(&mut self) -> Vec<LabError> {
@@ -419,11 +345,7 @@ impl Lab {
         for (node, mut child) in self.children.drain(..) {
             let _ = child.kill();
             if let Err(e) = child.wait() {
-                errors.push(LabError::os(
-                    "wait for",
-                    format!("pid {} in node {node}", child.id()),
-                    e,
-                ));
+                errors.push(LabError::os("wait for", format!("pid {} in node {node}", child.id()), e));
             }
         }
         for (_, node) in std::mem::take(&mut self.nodes) {
@@ -461,18 +383,14 @@ fn configure_sysctls(node: &Node) -> Result<()> {
         ("net/ipv4/conf/default/rp_filter", "0".into()),
     ];
     if node.role == Role::Router || node.role == Role::Lb {
-        settings.extend([
-            ("net/ipv4/ip_forward", "1".into()),
-            ("net/ipv6/conf/all/forwarding", "1".into()),
-        ]);
+        settings.extend([("net/ipv4/ip_forward", "1".into()), ("net/ipv6/conf/all/forwarding", "1".into())]);
     }
     let router = node.role == Role::Router;
     let name = node.netns.name().to_owned();
     node.netns.run(move || {
         let write = |key: &str, value: &str| {
             let path = Path::new("/proc/sys").join(key);
-            std::fs::write(&path, value)
-                .map_err(|e| LabError::os("write", format!("{} in {name}", path.display()), e))
+            std::fs::write(&path, value).map_err(|e| LabError::os("write", format!("{} in {name}", path.display()), e))
         };
         for (key, value) in &settings {
             write(key, value)?;
@@ -484,21 +402,13 @@ fn configure_sysctls(node: &Node) -> Result<()> {
                 // (locally generated packets keep it across veth), and which TCP changes after a
                 // retransmission timeout. Older kernels fall back to policy 1.
                 let custom = write(&format!("net/{family}/fib_multipath_hash_policy"), "3")
-                    .and_then(|()| {
-                        write(
-                            &format!("net/{family}/fib_multipath_hash_fields"),
-                            MULTIPATH_HASH_FIELDS,
-                        )
-                    });
+                    .and_then(|()| write(&format!("net/{family}/fib_multipath_hash_fields"), MULTIPATH_HASH_FIELDS));
                 if custom.is_err() {
                     write(&format!("net/{family}/fib_multipath_hash_policy"), "1")?;
                 }
             }
             // Optional: kernels before 6.11 have no seed and hash with a random key.
-            let _ = write(
-                "net/ipv4/fib_multipath_hash_seed",
-                &MULTIPATH_HASH_SEED.to_string(),
-            );
+            let _ = write("net/ipv4/fib_multipath_hash_seed", &MULTIPATH_HASH_SEED.to_string());
         }
         Ok(())
     })?

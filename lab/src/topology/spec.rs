@@ -95,10 +95,7 @@ impl std::fmt::Display for Family {
 impl Family {
     /// Whether `ip` is of this family.
     pub fn matches(self, ip: IpAddr) -> bool {
-        matches!(
-            (self, ip),
-            (Self::Ipv4, IpAddr::V4(_)) | (Self::Ipv6, IpAddr::V6(_))
-        )
+        matches!((self, ip), (Self::Ipv4, IpAddr::V4(_)) | (Self::Ipv6, IpAddr::V6(_)))
     }
 }
 
@@ -222,10 +219,7 @@ impl Topology {
     /// Validates an already-read table (scenarios may override groups before this).
     pub fn from_table(path: &Path, table: toml::Table) -> Result<Self, SpecError> {
         let spec: TopologySpec = from_table(path, "", table)?;
-        let topology = Self {
-            file: path.to_owned(),
-            spec,
-        };
+        let topology = Self { file: path.to_owned(), spec };
         topology.validate()?;
         Ok(topology)
     }
@@ -251,15 +245,8 @@ impl Topology {
             } else {
                 return None;
             };
-            let addr = theirs
-                .addrs
-                .iter()
-                .map(IpNet::addr)
-                .find(|ip| family.matches(*ip))?;
-            Some(Gateway {
-                addr,
-                ifname: mine.ifname.clone(),
-            })
+            let addr = theirs.addrs.iter().map(IpNet::addr).find(|ip| family.matches(*ip))?;
+            Some(Gateway { addr, ifname: mine.ifname.clone() })
         })
     }
 
@@ -280,8 +267,7 @@ impl Topology {
                 return Err(self.err(field, format!("duplicate node name {:?}", node.name)));
             }
             for (j, addr) in node.loopback.iter().enumerate() {
-                check_documentation(addr)
-                    .map_err(|m| self.err(format!("node[{i}].loopback[{j}]"), m))?;
+                check_documentation(addr).map_err(|m| self.err(format!("node[{i}].loopback[{j}]"), m))?;
             }
         }
         let mut ifnames = BTreeSet::new();
@@ -289,46 +275,30 @@ impl Topology {
             for (end_name, end) in [("a", &link.a), ("b", &link.b)] {
                 let field = format!("link[{i}].{end_name}");
                 if self.node(&end.node).is_none() {
-                    return Err(self.err(
-                        format!("{field}.node"),
-                        format!("unknown node {:?}", end.node),
-                    ));
+                    return Err(self.err(format!("{field}.node"), format!("unknown node {:?}", end.node)));
                 }
                 check_ifname(&end.ifname).map_err(|m| self.err(format!("{field}.ifname"), m))?;
                 if !ifnames.insert((end.node.as_str(), end.ifname.as_str())) {
                     return Err(self.err(
                         format!("{field}.ifname"),
-                        format!(
-                            "node {:?} already has an interface {:?}",
-                            end.node, end.ifname
-                        ),
+                        format!("node {:?} already has an interface {:?}", end.node, end.ifname),
                     ));
                 }
                 for (j, addr) in end.addrs.iter().enumerate() {
-                    check_documentation(addr)
-                        .map_err(|m| self.err(format!("{field}.addrs[{j}]"), m))?;
+                    check_documentation(addr).map_err(|m| self.err(format!("{field}.addrs[{j}]"), m))?;
                 }
             }
             if link.a.node == link.b.node {
-                return Err(self.err(
-                    format!("link[{i}].b.node"),
-                    "a link must join two different nodes",
-                ));
+                return Err(self.err(format!("link[{i}].b.node"), "a link must join two different nodes"));
             }
             for (j, a) in link.a.addrs.iter().enumerate() {
-                let peer = link
-                    .b
-                    .addrs
-                    .iter()
-                    .find(|b| b.addr().is_ipv4() == a.addr().is_ipv4());
+                let peer = link.b.addrs.iter().find(|b| b.addr().is_ipv4() == a.addr().is_ipv4());
                 if let Some(b) = peer
                     && (!a.contains(&b.addr()) || a.addr() == b.addr())
                 {
                     return Err(self.err(
                         format!("link[{i}].a.addrs[{j}]"),
-                        format!(
-                            "{a} and the other end's {b} must be distinct addresses in one subnet"
-                        ),
+                        format!("{a} and the other end's {b} must be distinct addresses in one subnet"),
                     ));
                 }
             }
@@ -337,10 +307,7 @@ impl Topology {
         for (i, group) in spec.groups.iter().enumerate() {
             let field = format!("group[{i}]");
             if !group_names.insert(group.name.as_str()) {
-                return Err(self.err(
-                    format!("{field}.name"),
-                    format!("duplicate group name {:?}", group.name),
-                ));
+                return Err(self.err(format!("{field}.name"), format!("duplicate group name {:?}", group.name)));
             }
             self.validate_group(&field, group)?;
         }
@@ -353,16 +320,10 @@ impl Topology {
     /// Checks one group (also used for groups a scenario overrides).
     pub fn validate_group(&self, field: &str, group: &GroupSpec) -> Result<(), SpecError> {
         if self.node(&group.node).is_none() {
-            return Err(self.err(
-                format!("{field}.node"),
-                format!("unknown node {:?}", group.node),
-            ));
+            return Err(self.err(format!("{field}.node"), format!("unknown node {:?}", group.node)));
         }
         if group.members.is_empty() {
-            return Err(self.err(
-                format!("{field}.members"),
-                "a group needs at least one member",
-            ));
+            return Err(self.err(format!("{field}.members"), "a group needs at least one member"));
         }
         for (j, member) in group.members.iter().enumerate() {
             if self.gateway(&group.node, member, group.family).is_none() {
@@ -376,87 +337,58 @@ impl Topology {
             }
         }
         match (group.kind, group.buckets) {
-            (GroupType::HashThreshold, Some(_)) => Err(self.err(
-                format!("{field}.buckets"),
-                "only a resilient group has buckets",
-            )),
-            (GroupType::Resilient, None) => Err(self.err(
-                format!("{field}.buckets"),
-                "a resilient group needs a bucket count",
-            )),
+            (GroupType::HashThreshold, Some(_)) => {
+                Err(self.err(format!("{field}.buckets"), "only a resilient group has buckets"))
+            }
+            (GroupType::Resilient, None) => {
+                Err(self.err(format!("{field}.buckets"), "a resilient group needs a bucket count"))
+            }
             (GroupType::Resilient, Some(n)) if usize::from(n) < group.members.len() => Err(self
-                .err(
-                    format!("{field}.buckets"),
-                    format!("{n} buckets cannot hold {} members", group.members.len()),
-                )),
+                .err(format!("{field}.buckets"), format!("{n} buckets cannot hold {} members", group.members.len()))),
             _ => Ok(()),
         }
     }
 
     fn validate_route(&self, field: &str, route: &RouteSpec) -> Result<(), SpecError> {
         if self.node(&route.node).is_none() {
-            return Err(self.err(
-                format!("{field}.node"),
-                format!("unknown node {:?}", route.node),
-            ));
+            return Err(self.err(format!("{field}.node"), format!("unknown node {:?}", route.node)));
         }
         if route.dst.prefix_len() != 0 {
             check_documentation(&route.dst).map_err(|m| self.err(format!("{field}.dst"), m))?;
         }
         match (&route.via, &route.group) {
-            (Some(_), Some(_)) | (None, None) => Err(self.err(
-                field.to_owned(),
-                "a route needs exactly one of `via` and `group`",
-            )),
+            (Some(_), Some(_)) | (None, None) => {
+                Err(self.err(field.to_owned(), "a route needs exactly one of `via` and `group`"))
+            }
             (Some(via), None) => {
                 if via.is_ipv4() != route.dst.addr().is_ipv4() {
-                    return Err(self.err(
-                        format!("{field}.via"),
-                        format!("{via} is not of the family of {}", route.dst),
-                    ));
+                    return Err(
+                        self.err(format!("{field}.via"), format!("{via} is not of the family of {}", route.dst))
+                    );
                 }
-                let connected = self
-                    .spec
-                    .links
-                    .iter()
-                    .flat_map(|l| [&l.a, &l.b])
-                    .any(|end| {
-                        end.node == route.node
-                            && end
-                                .addrs
-                                .iter()
-                                .any(|net| net.contains(via) && net.addr() != *via)
-                    });
+                let connected = self.spec.links.iter().flat_map(|l| [&l.a, &l.b]).any(|end| {
+                    end.node == route.node && end.addrs.iter().any(|net| net.contains(via) && net.addr() != *via)
+                });
                 if !connected {
-                    return Err(self.err(
-                        format!("{field}.via"),
-                        format!("{via} is not on a subnet of {:?}'s links", route.node),
-                    ));
+                    return Err(self
+                        .err(format!("{field}.via"), format!("{via} is not on a subnet of {:?}'s links", route.node)));
                 }
                 Ok(())
             }
             (None, Some(name)) => {
                 let Some(group) = self.group(name) else {
-                    return Err(
-                        self.err(format!("{field}.group"), format!("unknown group {name:?}"))
-                    );
+                    return Err(self.err(format!("{field}.group"), format!("unknown group {name:?}")));
                 };
                 if group.node != route.node {
                     return Err(self.err(
                         format!("{field}.group"),
-                        format!(
-                            "group {name:?} is on node {:?}, not {:?}",
-                            group.node, route.node
-                        ),
+                        format!("group {name:?} is on node {:?}, not {:?}", group.node, route.node),
                     ));
                 }
                 if !group.family.matches(route.dst.addr()) {
                     return Err(self.err(
                         format!("{field}.group"),
-                        format!(
-                            "group {name:?} is {:?}, the route is for {}",
-                            group.family, route.dst
-                        ),
+                        format!("group {name:?} is {:?}, the route is for {}", group.family, route.dst),
                     ));
                 }
                 Ok(())
@@ -468,15 +400,11 @@ impl Topology {
 fn check_node_name(name: &str) -> Result<(), String> {
     let ok = name.len() <= 20
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a node name (a-z, 0-9 and '-', starting with a letter, at most 20)"
-        ))
+        Err(format!("{name:?} is not a node name (a-z, 0-9 and '-', starting with a letter, at most 20)"))
     }
 }
 
@@ -489,32 +417,20 @@ fn check_ifname(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a usable interface name (1-15 bytes, no '/', ':' or spaces, not \"lo\")"
-        ))
+        Err(format!("{name:?} is not a usable interface name (1-15 bytes, no '/', ':' or spaces, not \"lo\")"))
     }
 }
 
 /// Documentation ranges (RFC 5737, RFC 3849): the only addresses the lab may use.
-const DOCUMENTATION: [&str; 4] = [
-    "192.0.2.0/24",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "2001:db8::/32",
-];
+const DOCUMENTATION: [&str; 4] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"];
 
 /// Fails unless `net` lies inside a documentation range.
 pub fn check_documentation(net: &IpNet) -> Result<(), String> {
-    let inside = DOCUMENTATION
-        .iter()
-        .map(|range| range.parse::<IpNet>().expect("valid range"))
-        .any(|range| range.contains(net));
+    let inside =
+        DOCUMENTATION.iter().map(|range| range.parse::<IpNet>().expect("valid range")).any(|range| range.contains(net));
     if inside {
         Ok(())
     } else {
-        Err(format!(
-            "{net} is outside the documentation ranges ({})",
-            DOCUMENTATION.join(", ")
-        ))
+        Err(format!("{net} is outside the documentation ranges ({})", DOCUMENTATION.join(", ")))
     }
 }

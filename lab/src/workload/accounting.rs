@@ -71,16 +71,7 @@ pub struct FlowRecord {
 impl FlowRecord {
     /// A flow that has not sent anything yet.
     pub fn new(proto: Proto, id: u32) -> Self {
-        Self {
-            proto,
-            id,
-            owner: None,
-            replies: 0,
-            misroutes: 0,
-            drops: 0,
-            rounds: 0,
-            ending: None,
-        }
+        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None }
     }
 
     /// Records a reply from `who`.
@@ -173,11 +164,7 @@ mod tests {
     use super::*;
 
     fn who(node: &str) -> Identity {
-        Identity {
-            node: node.into(),
-            instance: "a".into(),
-            pid: 1,
-        }
+        Identity { node: node.into(), instance: "a".into(), pid: 1 }
     }
 
     #[test]
@@ -187,10 +174,7 @@ mod tests {
         flow.reply(&who("be2"));
         flow.reply(&who("be1"));
         flow.drop_request();
-        assert_eq!(
-            (flow.replies, flow.misroutes, flow.drops, flow.rounds),
-            (3, 1, 1, 4)
-        );
+        assert_eq!((flow.replies, flow.misroutes, flow.drops, flow.rounds), (3, 1, 1, 4));
         assert_eq!(flow.owner, Some(who("be1")));
     }
 
@@ -204,24 +188,8 @@ mod tests {
         gone.end(Ending::Reset);
         gone.end(Ending::Closed);
         let tally = Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]));
-        assert_eq!(
-            tally.counted,
-            Counts {
-                flows: 1,
-                resets: 1,
-                misroutes: 0,
-                drops: 0
-            }
-        );
-        assert_eq!(
-            tally.excused,
-            Counts {
-                flows: 1,
-                resets: 1,
-                misroutes: 0,
-                drops: 0
-            }
-        );
+        assert_eq!(tally.counted, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
+        assert_eq!(tally.excused, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
         assert_eq!(gone.ending, Some(Ending::Reset), "the first cause wins");
     }
 }

@@ -73,10 +73,7 @@ impl FlowBook {
     fn new(spec: &ClientSpec) -> Self {
         let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i));
         let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i));
-        Self {
-            flows: Mutex::new(tcp.chain(udp).collect()),
-            progress: watch::Sender::new(0),
-        }
+        Self { flows: Mutex::new(tcp.chain(udp).collect()), progress: watch::Sender::new(0) }
     }
 
     /// A copy of every flow's record.
@@ -90,12 +87,7 @@ impl FlowBook {
     }
 
     /// Waits until `cond` holds over the flows, for at most `timeout`.
-    pub async fn wait_until(
-        &self,
-        what: &str,
-        timeout: Duration,
-        cond: impl Fn(&[FlowRecord]) -> bool,
-    ) -> Result<()> {
+    pub async fn wait_until(&self, what: &str, timeout: Duration, cond: impl Fn(&[FlowRecord]) -> bool) -> Result<()> {
         let mut progress = self.progress.subscribe();
         let check = async {
             loop {
@@ -110,10 +102,7 @@ impl FlowBook {
         };
         tokio::time::timeout(timeout, check)
             .await
-            .map_err(|_| LabError::Timeout {
-                what: what.to_owned(),
-                after: timeout,
-            })
+            .map_err(|_| LabError::Timeout { what: what.to_owned(), after: timeout })
     }
 }
 
@@ -132,17 +121,11 @@ impl Client {
         let (stop, stop_rx) = watch::channel(false);
         let thread_book = book.clone();
         let thread = netns.spawn(format!("client-{}", netns.name()), move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(run_flows(spec, thread_book, stop_rx));
             Ok(())
         })?;
-        Ok(Self {
-            book,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { book, stop, thread: Some(thread) })
     }
 
     /// The flows' records.
@@ -159,9 +142,7 @@ impl Client {
     fn join(&mut self) -> Result<()> {
         let _ = self.stop.send(true);
         if let Some(thread) = self.thread.take() {
-            let ran = thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            let ran = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
             ran.map_err(|e| LabError::os("run client runtime", "client", e))?;
         }
         Ok(())
@@ -210,32 +191,17 @@ async fn run_flows(spec: ClientSpec, book: Arc<FlowBook>, stop: watch::Receiver<
 }
 
 fn bound_socket(vip: IpAddr, port: u16, ty: Type) -> io::Result<Socket> {
-    let protocol = if ty == Type::STREAM {
-        Protocol::TCP
-    } else {
-        Protocol::UDP
-    };
-    let socket = Socket::new(
-        Domain::for_address(SocketAddr::new(vip, 0)),
-        ty,
-        Some(protocol),
-    )?;
+    let protocol = if ty == Type::STREAM { Protocol::TCP } else { Protocol::UDP };
+    let socket = Socket::new(Domain::for_address(SocketAddr::new(vip, 0)), ty, Some(protocol))?;
     socket.set_reuse_address(true)?;
-    let any: IpAddr = if vip.is_ipv4() {
-        [0u8; 4].into()
-    } else {
-        [0u16; 8].into()
-    };
+    let any: IpAddr = if vip.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
     socket.bind(&SocketAddr::new(any, port).into())?;
     socket.set_nonblocking(true)?;
     Ok(socket)
 }
 
 /// Waits for the first tick at the flow's offset, then every period; `None` once stopped.
-async fn next_tick(
-    interval: &mut tokio::time::Interval,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<()> {
+async fn next_tick(interval: &mut tokio::time::Interval, stop: &mut watch::Receiver<bool>) -> Option<()> {
     tokio::select! {
         _ = interval.tick() => Some(()),
         _ = stop.wait_for(|s| *s) => None,
@@ -256,22 +222,14 @@ fn ending_of(err: &io::Error) -> Ending {
     }
 }
 
-async fn tcp_flow(
-    plan: FlowPlan,
-    spec: Arc<ClientSpec>,
-    book: Arc<FlowBook>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn tcp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
     let id = plan.id;
     let end = |ending: Ending| book.update(id, |f| f.end(ending));
     let target = SocketAddr::new(spec.vip, spec.tcp_port);
     let socket = match bound_socket(spec.vip, plan.port, Type::STREAM) {
         Ok(s) => TcpSocket::from_std_stream(s.into()),
         Err(e) => {
-            return end(Ending::ConnectFailed(format!(
-                "bind port {}: {e}",
-                plan.port
-            )));
+            return end(Ending::ConnectFailed(format!("bind port {}: {e}", plan.port)));
         }
     };
     let stream = tokio::select! {
@@ -289,10 +247,7 @@ async fn tcp_flow(
         if next_tick(&mut interval, &mut stop).await.is_none() {
             return;
         }
-        if let Err(e) = write
-            .write_all(Request { flow: id, seq }.emit().as_bytes())
-            .await
-        {
+        if let Err(e) = write.write_all(Request { flow: id, seq }.emit().as_bytes()).await {
             return end(ending_of(&e));
         }
         let reply = tokio::select! {
@@ -305,14 +260,9 @@ async fn tcp_flow(
                 return end(Ending::Stalled);
             }
             Ok(Ok(Some(line))) => match Reply::parse(&line) {
-                Ok(reply) if reply.flow == id && reply.seq == seq => {
-                    book.update(id, |f| f.reply(&reply.who))
-                }
+                Ok(reply) if reply.flow == id && reply.seq == seq => book.update(id, |f| f.reply(&reply.who)),
                 Ok(reply) => {
-                    return end(Ending::Protocol(format!(
-                        "reply to {}/{} for {id}/{seq}",
-                        reply.flow, reply.seq
-                    )));
+                    return end(Ending::Protocol(format!("reply to {}/{} for {id}/{seq}", reply.flow, reply.seq)));
                 }
                 Err(e) => return end(Ending::Protocol(e.to_string())),
             },
@@ -325,12 +275,7 @@ async fn tcp_flow(
     }
 }
 
-async fn udp_flow(
-    plan: FlowPlan,
-    spec: Arc<ClientSpec>,
-    book: Arc<FlowBook>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
     let id = plan.id;
     let end = |ending: Ending| book.update(id, |f| f.end(ending));
     let target = SocketAddr::new(spec.vip, spec.udp_port);
@@ -340,10 +285,7 @@ async fn udp_flow(
     {
         Ok(s) => s,
         Err(e) => {
-            return end(Ending::ConnectFailed(format!(
-                "udp port {}: {e}",
-                plan.port
-            )));
+            return end(Ending::ConnectFailed(format!("udp port {}: {e}", plan.port)));
         }
     };
     let mut server_cid: Option<[u8; CID_LEN]> = None;
@@ -364,10 +306,7 @@ async fn udp_flow(
                 scid: plan.client_cid.to_vec(),
             },
         };
-        let datagram = Datagram {
-            header,
-            payload: Request { flow: id, seq }.emit().into_bytes(),
-        };
+        let datagram = Datagram { header, payload: Request { flow: id, seq }.emit().into_bytes() };
         if let Err(e) = socket.send(&datagram.emit()).await {
             return end(ending_of(&e));
         }

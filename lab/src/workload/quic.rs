@@ -80,12 +80,7 @@ impl Datagram {
     pub fn emit(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.buffer_len());
         match &self.header {
-            Header::Long {
-                kind,
-                version,
-                dcid,
-                scid,
-            } => {
+            Header::Long { kind, version, dcid, scid } => {
                 let bits = match kind {
                     LongType::Initial => 0,
                     LongType::ZeroRtt => 1,
@@ -115,13 +110,9 @@ impl Datagram {
             return Err(QuicError("fixed bit not set"));
         }
         if first & 0x80 == 0 {
-            let dcid = buf
-                .get(1..1 + CID_LEN)
-                .ok_or(QuicError("short header truncated"))?;
+            let dcid = buf.get(1..1 + CID_LEN).ok_or(QuicError("short header truncated"))?;
             return Ok(Self {
-                header: Header::Short {
-                    dcid: dcid.try_into().expect("CID_LEN bytes"),
-                },
+                header: Header::Short { dcid: dcid.try_into().expect("CID_LEN bytes") },
                 payload: buf[1 + CID_LEN..].to_vec(),
             });
         }
@@ -131,36 +122,20 @@ impl Datagram {
             2 => LongType::Handshake,
             _ => LongType::Retry,
         };
-        let version = u32::from_be_bytes(
-            buf.get(1..5)
-                .ok_or(QuicError("version truncated"))?
-                .try_into()
-                .expect("4"),
-        );
+        let version = u32::from_be_bytes(buf.get(1..5).ok_or(QuicError("version truncated"))?.try_into().expect("4"));
         let mut at = 5;
         let mut cid = |buf: &[u8]| -> Result<Vec<u8>, QuicError> {
             let len = usize::from(*buf.get(at).ok_or(QuicError("CID length truncated"))?);
             if len > MAX_CID {
                 return Err(QuicError("CID longer than 20 bytes"));
             }
-            let cid = buf
-                .get(at + 1..at + 1 + len)
-                .ok_or(QuicError("CID truncated"))?
-                .to_vec();
+            let cid = buf.get(at + 1..at + 1 + len).ok_or(QuicError("CID truncated"))?.to_vec();
             at += 1 + len;
             Ok(cid)
         };
         let dcid = cid(buf)?;
         let scid = cid(buf)?;
-        Ok(Self {
-            header: Header::Long {
-                kind,
-                version,
-                dcid,
-                scid,
-            },
-            payload: buf[at..].to_vec(),
-        })
+        Ok(Self { header: Header::Long { kind, version, dcid, scid }, payload: buf[at..].to_vec() })
     }
 }
 
@@ -189,11 +164,7 @@ impl CidVersion {
 
 /// A server CID carrying `server_id` in `version`'s layout; bits the layout leaves free come
 /// from `entropy`. `None` when the id does not fit the layout.
-pub fn cid_for(
-    version: CidVersion,
-    server_id: u32,
-    entropy: [u8; CID_LEN],
-) -> Option<[u8; CID_LEN]> {
+pub fn cid_for(version: CidVersion, server_id: u32, entropy: [u8; CID_LEN]) -> Option<[u8; CID_LEN]> {
     if server_id > version.max_id() {
         return None;
     }
@@ -224,9 +195,7 @@ pub fn server_id_of(cid: &[u8]) -> Option<u32> {
         return None;
     }
     match cid[0] >> 6 {
-        1 => Some(
-            (u32::from(cid[0] & 0x3f) << 10) | (u32::from(cid[1]) << 2) | (u32::from(cid[2]) >> 6),
-        ),
+        1 => Some((u32::from(cid[0] & 0x3f) << 10) | (u32::from(cid[1]) << 2) | (u32::from(cid[2]) >> 6)),
         2 => Some(u32::from_be_bytes([0, cid[1], cid[2], cid[3]])),
         3 => Some(u32::from_be_bytes([cid[1], cid[2], cid[3], cid[4]])),
         _ => None,
@@ -243,38 +212,22 @@ mod tests {
             for id in [1, 0x1234 & version.max_id(), version.max_id()] {
                 for entropy in [[0u8; CID_LEN], [0xff; CID_LEN]] {
                     let cid = cid_for(version, id, entropy).unwrap();
-                    assert_eq!(
-                        server_id_of(&cid),
-                        Some(id),
-                        "{version:?} {id:#x} {entropy:?}"
-                    );
+                    assert_eq!(server_id_of(&cid), Some(id), "{version:?} {id:#x} {entropy:?}");
                 }
             }
         }
         for version in [CidVersion::V1, CidVersion::V2] {
-            assert_eq!(
-                cid_for(version, version.max_id() + 1, [0; CID_LEN]),
-                None,
-                "{version:?}"
-            );
+            assert_eq!(cid_for(version, version.max_id() + 1, [0; CID_LEN]), None, "{version:?}");
         }
     }
 
     #[test]
     fn datagrams_round_trip_and_truncations_fail() {
         let long = Datagram {
-            header: Header::Long {
-                kind: LongType::Initial,
-                version: VERSION_1,
-                dcid: vec![1; 8],
-                scid: vec![2; 8],
-            },
+            header: Header::Long { kind: LongType::Initial, version: VERSION_1, dcid: vec![1; 8], scid: vec![2; 8] },
             payload: b"REQ 1 0\n".to_vec(),
         };
-        let short = Datagram {
-            header: Header::Short { dcid: [3; CID_LEN] },
-            payload: b"x".to_vec(),
-        };
+        let short = Datagram { header: Header::Short { dcid: [3; CID_LEN] }, payload: b"x".to_vec() };
         for d in [long, short] {
             let bytes = d.emit();
             assert_eq!(bytes.len(), d.buffer_len());

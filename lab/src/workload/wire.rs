@@ -75,10 +75,7 @@ impl Request {
 
     /// Parses a line (trailing newline optional).
     pub fn parse(line: &str) -> Result<Self, WireError> {
-        let err = || WireError {
-            what: "request",
-            line: line.to_owned(),
-        };
+        let err = || WireError { what: "request", line: line.to_owned() };
         let mut words = line.trim_end().split(' ');
         if words.next() != Some("REQ") {
             return Err(err());
@@ -95,17 +92,8 @@ impl Request {
 impl Reply {
     /// The reply as a line (with its newline).
     pub fn emit(&self) -> String {
-        let Identity {
-            node,
-            instance,
-            pid,
-        } = &self.who;
-        format!(
-            "REP {} {} {node} {instance} {pid} {}\n",
-            self.flow,
-            self.seq,
-            u8::from(self.known)
-        )
+        let Identity { node, instance, pid } = &self.who;
+        format!("REP {} {} {node} {instance} {pid} {}\n", self.flow, self.seq, u8::from(self.known))
     }
 
     /// Parses a datagram payload (a line as bytes).
@@ -115,10 +103,7 @@ impl Reply {
 
     /// Parses a line (trailing newline optional).
     pub fn parse(line: &str) -> Result<Self, WireError> {
-        let err = || WireError {
-            what: "reply",
-            line: line.to_owned(),
-        };
+        let err = || WireError { what: "reply", line: line.to_owned() };
         let words: Vec<&str> = line.trim_end().split(' ').collect();
         let [tag, flow, seq, node, instance, pid, known] = words.as_slice() else {
             return Err(err());
@@ -144,10 +129,7 @@ impl Reply {
 }
 
 fn text_of<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, WireError> {
-    std::str::from_utf8(bytes).map_err(|_| WireError {
-        what,
-        line: String::from_utf8_lossy(bytes).into_owned(),
-    })
+    std::str::from_utf8(bytes).map_err(|_| WireError { what, line: String::from_utf8_lossy(bytes).into_owned() })
 }
 
 #[cfg(test)]
@@ -161,11 +143,7 @@ mod tests {
         let rep = Reply {
             flow: 7,
             seq: 42,
-            who: Identity {
-                node: "be1".into(),
-                instance: "a".into(),
-                pid: 99,
-            },
+            who: Identity { node: "be1".into(), instance: "a".into(), pid: 99 },
             known: true,
         };
         assert_eq!(rep.emit(), "REP 7 42 be1 a 99 1\n");
@@ -174,23 +152,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_lines() {
-        for bad in [
-            "",
-            "REQ",
-            "REQ 1",
-            "REQ x 1",
-            "REQ 1 2 3",
-            "REP 1 2",
-            "REQ -1 2",
-        ] {
+        for bad in ["", "REQ", "REQ 1", "REQ x 1", "REQ 1 2 3", "REP 1 2", "REQ -1 2"] {
             assert!(Request::parse(bad).is_err(), "{bad:?}");
         }
-        for bad in [
-            "REP 1 2 be1 a 9",
-            "REP 1 2 be1 a 9 2",
-            "REP 1 2  a 9 1",
-            "REQ 1 2 be1 a 9 1",
-        ] {
+        for bad in ["REP 1 2 be1 a 9", "REP 1 2 be1 a 9 2", "REP 1 2  a 9 1", "REQ 1 2 be1 a 9 1"] {
             assert!(Reply::parse(bad).is_err(), "{bad:?}");
         }
     }

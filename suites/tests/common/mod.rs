@@ -10,21 +10,14 @@ use std::{
 
 /// The workspace's fixtures directory.
 pub(crate) fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures")
-        .canonicalize()
-        .expect("fixtures directory")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").canonicalize().expect("fixtures directory")
 }
 
 /// Panics unless the tests run as root: they build namespaces and load BPF programs. A silent
 /// skip would let a non-root run pass without testing anything.
 pub(crate) fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)"
-    );
+    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests need root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)");
 }
 
 /// The `zrlab` binary: `ZRLAB_EXE` (set by `cargo xtask test`), else the one cargo built next
@@ -34,15 +27,10 @@ pub(crate) fn zrlab_exe() -> PathBuf {
         return exe.into();
     }
     let test_exe = std::env::current_exe().expect("test executable");
-    let candidate = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("zrlab"));
+    let candidate = test_exe.parent().and_then(Path::parent).map(|dir| dir.join("zrlab"));
     match candidate {
         Some(path) if path.exists() => path,
-        _ => panic!(
-            "zrlab binary not found: run the suites with `cargo xtask test` (or set ZRLAB_EXE)"
-        ),
+        _ => panic!("zrlab binary not found: run the suites with `cargo xtask test` (or set ZRLAB_EXE)"),
     }
 }
 
@@ -56,12 +44,7 @@ pub(crate) fn exclusive() -> Exclusive {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("zrlab-suites.lock");
     let file = File::create(&path).expect("lock file");
     // SAFETY: the fd is valid for the duration of the call.
-    assert_eq!(
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) },
-        0,
-        "flock {}",
-        path.display()
-    );
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {}", path.display());
     Exclusive(file)
 }
 
@@ -69,10 +52,7 @@ pub(crate) fn exclusive() -> Exclusive {
 pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -82,10 +62,6 @@ pub(crate) fn objects_with_prefix(prefix: &str) -> Vec<String> {
     zrlab::clean::inventory()
         .expect("inventory")
         .into_iter()
-        .filter(|item| {
-            item.rsplit(['/', ' '])
-                .next()
-                .is_some_and(|name| name.starts_with(prefix))
-        })
+        .filter(|item| item.rsplit(['/', ' ']).next().is_some_and(|name| name.starts_with(prefix)))
         .collect()
 }

@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{Config, REAL_F_IPV6, Real, VipStats, counter, flow_hash};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, Ipv4Hdr,
-    Ipv6Hdr, ipv4_csum, ptr_at, read_at,
+    ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, ipv4_csum,
+    ptr_at, read_at,
 };
 
 use super::{
@@ -50,20 +50,15 @@ pub fn encap<const RESTORE: bool>(ctx: &XdpContext, pkt: &Pkt, real: u32) -> Res
     }
     let hash = flow_hash(&pkt.flow, config.hash_seed);
     let inner_proto = if pkt.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-    let new_eth = EthHdr {
-        dst: eth.src,
-        src: eth.dst,
-        proto: if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes(),
-    };
+    let new_eth =
+        EthHdr { dst: eth.src, src: eth.dst, proto: if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes() };
     // SAFETY: ptr_at checked the bounds of each header written; all are byte structs.
     unsafe {
         *ptr_at::<EthHdr>(ctx, 0)? = new_eth;
         if outer_v6 {
-            *ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)? =
-                outer_v6_header(&config, &target, pkt, hash, inner_proto);
+            *ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)? = outer_v6_header(&config, &target, pkt, hash, inner_proto);
         } else {
-            *ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)? =
-                outer_v4_header(&config, &target, pkt, hash, inner_proto);
+            *ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)? = outer_v4_header(&config, &target, pkt, hash, inner_proto);
         }
     }
     account(pkt, real);
@@ -104,12 +99,7 @@ fn outer_v6_header(config: &Config, target: &Real, pkt: &Pkt, hash: u32, next: u
     let vtcfl = (6u32 << 28) | (u32::from(pkt.tos) << 20) | flow_label;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
-    let src_words = [
-        config.encap_src_v6[0],
-        config.encap_src_v6[1],
-        config.encap_src_v6[2],
-        hash,
-    ];
+    let src_words = [config.encap_src_v6[0], config.encap_src_v6[1], config.encap_src_v6[2], hash];
     let mut i = 0;
     while i < 4 {
         let s = src_words[i].to_ne_bytes();

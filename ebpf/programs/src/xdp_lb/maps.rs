@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, FlowKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING,
-    MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, VipStats, counter,
+    Config, ConnEntry, FlowKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS,
+    MAX_VIPS, Real, VipKey, VipMeta, VipStats, counter,
 };
 
 #[map(name = "LB_VIPS")]
@@ -21,8 +21,7 @@ pub static VIP_ADDRS: HashMap<[u32; 4], u32> = HashMap::with_max_entries(MAX_VIP
 /// or the new one, never a half-written one, and the kernel frees the old ring only after
 /// every program that may still read it has finished (RCU).
 #[btf_map(name = "LB_RINGS")]
-pub static RINGS: ArrayOfMaps<BtfArray<u32, { MAX_RING as usize }>, { MAX_VIPS as usize }> =
-    ArrayOfMaps::new();
+pub static RINGS: ArrayOfMaps<BtfArray<u32, { MAX_RING as usize }>, { MAX_VIPS as usize }> = ArrayOfMaps::new();
 
 #[map(name = "LB_REALS")]
 pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
@@ -41,8 +40,7 @@ pub static LRU_PER_CPU: ArrayOfMaps<
 /// Shared by all CPUs: consulted on a per-CPU miss, so a flow whose packets reach another CPU
 /// (veth has no RSS to pin them) still finds its real.
 #[map(name = "LB_LRU_FALLBACK")]
-pub static LRU_FALLBACK: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
+pub static LRU_FALLBACK: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
 
 #[map(name = "LB_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

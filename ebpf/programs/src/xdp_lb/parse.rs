@@ -8,9 +8,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use zrlab_common::lb::{FlowKey, VipKey, VipMeta, counter};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN,
-    IPV6_LEN, Ipv4Hdr, Ipv6Hdr, TCP_LEN, TcpHdr, UDP_LEN, UdpHdr, frame_len, read_at, words_v4,
-    words_v6,
+    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, Ipv4Hdr,
+    Ipv6Hdr, TCP_LEN, TcpHdr, UDP_LEN, UdpHdr, frame_len, read_at, words_v4, words_v6,
 };
 
 use super::maps::{VIP_ADDRS, VIPS, count};
@@ -130,11 +129,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             if hdr_len < TCP_LEN || hdr_len > l4_len {
                 return verdict(counter::MALFORMED, DROP);
             }
-            (
-                [u16::from_ne_bytes(tcp.sport), u16::from_ne_bytes(tcp.dport)],
-                tcp.flags,
-                hdr_len,
-            )
+            ([u16::from_ne_bytes(tcp.sport), u16::from_ne_bytes(tcp.dport)], tcp.flags, hdr_len)
         }
         IPPROTO_UDP => {
             if l4_len < UDP_LEN {
@@ -144,20 +139,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
             if usize::from(u16::from_be_bytes(udp.len)) != l4_len {
                 return verdict(counter::MALFORMED, DROP);
             }
-            (
-                [u16::from_ne_bytes(udp.sport), u16::from_ne_bytes(udp.dport)],
-                0,
-                0,
-            )
+            ([u16::from_ne_bytes(udp.sport), u16::from_ne_bytes(udp.dport)], 0, 0)
         }
         _ => return verdict(counter::OTHER_PROTO, PASS),
     };
-    let mut key = VipKey {
-        addr: dst,
-        port: ports[1],
-        proto,
-        pad: 0,
-    };
+    let mut key = VipKey { addr: dst, port: ports[1], proto, pad: 0 };
     // SAFETY (verifier): plain map lookups; the value is copied out at once.
     let vip = match unsafe { VIPS.get(&key) } {
         Some(meta) => *meta,
@@ -177,13 +163,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         tos,
         tcp_flags,
         tcp_hdr_len,
-        flow: FlowKey {
-            src,
-            dst,
-            ports,
-            proto,
-            pad: [0; 3],
-        },
+        flow: FlowKey { src, dst, ports, proto, pad: [0; 3] },
         vip,
     }))
 }

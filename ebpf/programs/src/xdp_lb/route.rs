@@ -13,13 +13,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS,
-    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, counter,
-    flow_hash, quic_server_id,
+    ConnEntry, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET,
+    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, counter, flow_hash, quic_server_id,
 };
-use zrlab_ebpf::net::{
-    ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, ptr_at,
-};
+use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, ptr_at};
 
 use super::{
     maps::{CONFIG, LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, count},
@@ -30,10 +27,7 @@ use super::{
 #[inline(always)]
 pub fn pick(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
     let flags = pkt.vip.flags;
-    let id = if pkt.flow.proto == IPPROTO_TCP
-        && flags & VIP_F_TCP_ID_ROUTING != 0
-        && pkt.tcp_flags & TCP_SYN == 0
-    {
+    let id = if pkt.flow.proto == IPPROTO_TCP && flags & VIP_F_TCP_ID_ROUTING != 0 && pkt.tcp_flags & TCP_SYN == 0 {
         tpr_id(ctx, pkt)
     } else if pkt.flow.proto == IPPROTO_UDP && flags & VIP_F_QUIC_ID_ROUTING != 0 {
         quic_id(ctx, pkt)
@@ -45,11 +39,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
         match unsafe { SERVER_IDS.get(&id) } {
             Some(real) => {
                 let real = *real;
-                count(if pkt.flow.proto == IPPROTO_TCP {
-                    counter::TCP_ID_ROUTED
-                } else {
-                    counter::QUIC_ID_ROUTED
-                });
+                count(if pkt.flow.proto == IPPROTO_TCP { counter::TCP_ID_ROUTED } else { counter::QUIC_ID_ROUTED });
                 if flags & VIP_F_NO_LRU == 0 {
                     remember(&pkt.flow, real);
                 }
