@@ -7,6 +7,7 @@
 mod bench;
 mod build;
 mod exec;
+mod fuzz;
 mod lab;
 mod setup;
 mod test;
@@ -30,6 +31,8 @@ enum Command {
     Test(test::Options),
     /// Run a benchmark (release build); prints ratios to a baseline measured in the same run.
     Bench(bench::Options),
+    /// Fuzz the XDP programs against the reference model (a million frames by default).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab(opts) => lab::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

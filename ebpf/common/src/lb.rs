@@ -197,6 +197,27 @@ pub mod counter {
     pub const LRU_FALLBACK_HIT: u32 = 17;
     /// Number of slots.
     pub const SLOTS: u32 = 18;
+    /// Each slot's name, for reports.
+    pub const NAMES: [&str; SLOTS as usize] = [
+        "not_ip",
+        "non_vip",
+        "no_service",
+        "ip_options",
+        "fragments",
+        "malformed",
+        "other_proto",
+        "lru_hit",
+        "lru_miss",
+        "ring_routed",
+        "tcp_id_routed",
+        "quic_id_routed",
+        "id_unknown",
+        "opt_malformed",
+        "quic_hashed",
+        "tx",
+        "encap_failed",
+        "lru_fallback_hit",
+    ];
 }
 
 /// The flow hash: MurmurHash3 (x86, 32-bit) over the 5-tuple's words, seeded.

@@ -1,9 +1,11 @@
 //! The XDP L4 load balancer's user space: Maglev ring generation ([`maglev`]) and the per-node
-//! control plane ([`balancer`]), and the backends' decapsulation ([`decap`]).
+//! control plane ([`balancer`]), the backends' decapsulation ([`decap`]), and a reference
+//! model of the data path ([`model`]) the suites diff the BPF program against.
 
 pub mod balancer;
 pub mod decap;
 pub mod maglev;
+pub mod model;
 
 pub use balancer::{Balancer, Counters, Proto, RealSpec, Settings, VipSpec};
 pub use decap::{Decap, DecapCounters};

@@ -65,3 +65,4 @@ pub(crate) fn objects_with_prefix(prefix: &str) -> Vec<String> {
         .filter(|item| item.rsplit(['/', ' ']).next().is_some_and(|name| name.starts_with(prefix)))
         .collect()
 }
+pub(crate) mod xdp;
