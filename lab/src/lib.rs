@@ -18,6 +18,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod clean;
 pub mod error;
+pub mod ethtool;
 pub mod features;
 pub mod lb;
 pub mod netns;

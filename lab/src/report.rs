@@ -122,12 +122,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| {:<24} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+            "| {:<28} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
             "scenario", "verdict", "flows", "resets", "misroutes", "drops", "control r/m/d", "setup ms", "teardown ms"
         );
         let _ = writeln!(
             out,
-            "|{:-<26}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
+            "|{:-<30}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
             "", "", "", "", "", "", "", "", ""
         );
         for s in &self.scenarios {
@@ -135,7 +135,7 @@ impl Report {
             let verdict = serde_json::to_value(s.verdict).expect("serialisable");
             let _ = writeln!(
                 out,
-                "| {:<24} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+                "| {:<28} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
                 s.name,
                 verdict.as_str().unwrap_or("?"),
                 s.flows,

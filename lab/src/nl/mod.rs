@@ -106,6 +106,17 @@ impl Nl {
             .map_err(self.fail(format!("ip link set {name} up")))
     }
 
+    /// `ip link set <name> mtu <mtu>`.
+    pub async fn link_set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
+        let index = self.link_index(name).await?;
+        self.rt
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(self.fail(format!("ip link set {name} mtu {mtu}")))
+    }
+
     /// `ip link add <name> type veth peer name <peer> netns <peer_ns>`: the peer is created
     /// directly in its namespace, so neither end ever appears anywhere else.
     pub async fn veth_add(&self, name: &str, peer: &str, peer_ns: &Netns) -> Result<()> {

@@ -7,7 +7,41 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
+use super::lb::LbTotals;
 use crate::workload::accounting::Tally;
+
+/// Everything a variant measured: the flows' tally, and what the LB programs counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Measures {
+    /// The flows.
+    pub tally: Tally,
+    /// The LB and decap programs' counters, when the scenario runs an LB.
+    pub lb: Option<LbTotals>,
+    /// Backend weights the LB was given (to judge how flows spread), when it runs one.
+    pub weights: BTreeMap<String, u32>,
+}
+
+impl Measures {
+    /// The largest relative deviation, in percent, of a backend's share of flows from its
+    /// weight's share (0 without weights).
+    pub fn share_error_pct(&self) -> u64 {
+        let total_weight: u32 = self.weights.values().sum();
+        let total_flows: u64 = self.tally.owners.values().sum();
+        if total_weight == 0 || total_flows == 0 {
+            return 0;
+        }
+        self.weights
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .map(|(node, w)| {
+                let expected = f64::from(*w) / f64::from(total_weight);
+                let observed = self.tally.owners.get(node).copied().unwrap_or(0) as f64 / total_flows as f64;
+                ((observed - expected).abs() / expected * 100.0).round() as u64
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// What an expectation measures (see `workload::accounting` for the definitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -31,11 +65,41 @@ pub enum Metric {
     ExcusedDrops,
     /// Distinct backends that owned a flow.
     Backends,
+    /// Largest deviation (percent) of a backend's share of flows from its weight's share.
+    ShareErrorPct,
+    /// Packets the LB nodes encapsulated.
+    LbTx,
+    /// Packets the LB nodes routed by the ring.
+    LbRingRouted,
+    /// Connection-table hits on the LB nodes.
+    LbTableHits,
+    /// TCP packets routed by server id.
+    LbTcpIdRouted,
+    /// QUIC packets routed by server id.
+    LbQuicIdRouted,
+    /// Packets the backends decapsulated.
+    Decapsulated,
 }
 
 impl Metric {
-    /// The metric's value in `tally`.
-    pub fn of(self, tally: &Tally) -> u64 {
+    /// Whether the metric needs an LB in the scenario.
+    pub fn needs_lb(self) -> bool {
+        matches!(
+            self,
+            Self::ShareErrorPct
+                | Self::LbTx
+                | Self::LbRingRouted
+                | Self::LbTableHits
+                | Self::LbTcpIdRouted
+                | Self::LbQuicIdRouted
+                | Self::Decapsulated
+        )
+    }
+
+    /// The metric's value in `measures`.
+    pub fn of(self, measures: &Measures) -> u64 {
+        let tally = &measures.tally;
+        let lb = measures.lb.unwrap_or_default();
         match self {
             Self::Flows => tally.counted.flows,
             Self::Resets => tally.counted.resets,
@@ -45,7 +109,14 @@ impl Metric {
             Self::ExcusedResets => tally.excused.resets,
             Self::ExcusedMisroutes => tally.excused.misroutes,
             Self::ExcusedDrops => tally.excused.drops,
-            Self::Backends => tally.backends.len() as u64,
+            Self::Backends => tally.owners.len() as u64,
+            Self::ShareErrorPct => measures.share_error_pct(),
+            Self::LbTx => lb.tx,
+            Self::LbRingRouted => lb.ring_routed,
+            Self::LbTableHits => lb.table_hits,
+            Self::LbTcpIdRouted => lb.tcp_id_routed,
+            Self::LbQuicIdRouted => lb.quic_id_routed,
+            Self::Decapsulated => lb.decapsulated,
         }
     }
 }
@@ -152,11 +223,11 @@ pub struct Check {
 }
 
 /// Evaluates every expectation against `tally`.
-pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, tally: &Tally) -> Vec<Check> {
+pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures) -> Vec<Check> {
     expect
         .iter()
         .map(|(metric, cmp)| {
-            let actual = metric.of(tally);
+            let actual = metric.of(measures);
             Check { expect: format!("{metric} {cmp}"), actual, ok: cmp.holds(actual) }
         })
         .collect()

@@ -1,6 +1,7 @@
 //! Scenarios: files ([`spec`]), expectations ([`expect`]) and running them ([`runner`]).
 
 pub mod expect;
+pub mod lb;
 pub mod runner;
 pub mod spec;
 

@@ -22,7 +22,8 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use super::{
-    expect::{Check, evaluate},
+    expect::{Check, Measures, evaluate},
+    lb::Deployment,
     spec::{EventSpec, Scenario, Variant},
 };
 use crate::{
@@ -61,6 +62,8 @@ pub enum Verdict {
 pub struct VariantOutcome {
     /// The tally of its flows.
     pub tally: Tally,
+    /// Everything measured (the tally and the LB programs' counters).
+    pub measures: Measures,
     /// Its expectations, evaluated.
     pub checks: Vec<Check>,
     /// Topology set-up time.
@@ -155,6 +158,16 @@ async fn run_variant(
         wait_for_phase(spawned.stdout, Phase::Ready, timing.phase_timeout(), backend).await?;
     }
 
+    // Declared after the lab, so dropped before it: the programs detach while their
+    // namespaces still exist.
+    let mut deployment = match &variant.lb {
+        Some(spec) => {
+            step("deploying the load balancer");
+            Some(Deployment::start(&lab, spec, workload, &server_ids)?)
+        }
+        None => None,
+    };
+
     step("warming up");
     let client = Client::start(
         &lab.node(&workload.client)?.netns,
@@ -170,26 +183,12 @@ async fn run_variant(
         },
     )?;
     let book = client.book();
+    // A flow may also end before its first reply (a control that breaks flows at once): that
+    // is tallied like any other failure, not treated as a broken lab.
     book.wait_until("every flow to get its first reply", timing.phase_timeout(), |flows| {
         flows.iter().all(|f| f.owner.is_some() || !f.live())
     })
     .await?;
-    let failed: Vec<String> = book
-        .snapshot()
-        .iter()
-        .filter(|f| f.owner.is_none())
-        .map(|f| format!("flow {} ({:?}): {:?}", f.id, f.proto, f.ending))
-        .collect();
-    if !failed.is_empty() {
-        return Err(LabError::Service {
-            name: "warm-up".into(),
-            message: format!(
-                "{} flows never got a reply: {}",
-                failed.len(),
-                failed.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
-            ),
-        });
-    }
     wait_rounds(&client, timing.warmup_rounds, timing.phase_timeout(), "warm-up rounds").await?;
 
     let mut down = BTreeSet::new();
@@ -197,7 +196,7 @@ async fn run_variant(
         wait_rounds(&client, timing.rounds_between_events, timing.phase_timeout(), "rounds before the next event")
             .await?;
         step(&format!("event {}", describe(event)));
-        apply(&mut lab, event).await?;
+        apply(&mut lab, deployment.as_mut(), event).await?;
         if let Some(node) = event.takes_down() {
             down.insert(node.to_owned());
         }
@@ -205,13 +204,22 @@ async fn run_variant(
     step("settling");
     wait_rounds(&client, timing.settle_rounds, timing.phase_timeout(), "rounds after the last event").await?;
     let flows = client.stop()?;
-    let tally = Tally::of(&flows, &down);
-    let checks = evaluate(&variant.expect, &tally);
+    let measures = Measures {
+        tally: Tally::of(&flows, &down),
+        lb: deployment.as_ref().map(Deployment::totals).transpose()?,
+        weights: variant
+            .lb
+            .as_ref()
+            .map(|lb| workload.backends.iter().map(|b| (b.clone(), lb.weights.get(b).copied().unwrap_or(1))).collect())
+            .unwrap_or_default(),
+    };
+    let checks = evaluate(&variant.expect, &measures);
+    drop(deployment);
 
     step("tearing down");
     let kept = keep.then(|| lab.run_id().to_string());
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome { tally, checks, setup, teardown, flows, kept })
+    Ok(VariantOutcome { tally: measures.tally.clone(), measures, checks, setup, teardown, flows, kept })
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.
@@ -250,11 +258,15 @@ async fn wait_for_phase(
     }
 }
 
-async fn apply(lab: &mut Lab, event: &EventSpec) -> Result<()> {
+async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &EventSpec) -> Result<()> {
     match event {
         EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
         EventSpec::ReplaceMember { group, member, with } => lab.replace_member(group, member, with).await,
         EventSpec::AddMember { group, member } => lab.add_member(group, member).await,
+        EventSpec::DrainBackend { backend } => match deployment {
+            Some(deployment) => deployment.drain(backend),
+            None => Err(LabError::Unsupported("drain-backend without a load balancer".into())),
+        },
     }
 }
 
@@ -263,6 +275,7 @@ fn describe(event: &EventSpec) -> String {
         EventSpec::RemoveMember { group, member } => format!("remove {member} from {group}"),
         EventSpec::ReplaceMember { group, member, with } => format!("replace {member} by {with} in {group}"),
         EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
+        EventSpec::DrainBackend { backend } => format!("drain {backend} from the LB rings"),
     }
 }
 

@@ -181,6 +181,9 @@ mod defaults {
     pub(super) fn enabled() -> bool {
         true
     }
+    pub(super) fn ring_size() -> u32 {
+        zrlab_common::lb::MAX_RING
+    }
 }
 
 /// An event of the timeline.
@@ -210,6 +213,12 @@ pub enum EventSpec {
         /// The member node.
         member: String,
     },
+    /// Take `backend` out of every LB node's rings (a health change: the backend stays up and
+    /// keeps serving the flows the LBs' connection tables still send it).
+    DrainBackend {
+        /// The backend node.
+        backend: String,
+    },
 }
 
 impl EventSpec {
@@ -217,9 +226,36 @@ impl EventSpec {
     pub fn takes_down(&self) -> Option<&str> {
         match self {
             Self::RemoveMember { member, .. } | Self::ReplaceMember { member, .. } => Some(member),
-            Self::AddMember { .. } => None,
+            Self::AddMember { .. } | Self::DrainBackend { .. } => None,
         }
     }
+}
+
+/// The XDP load balancer of a scenario: which nodes run it and how it balances the workload's
+/// VIP (TCP and UDP ports) over the workload's backends.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbSpec {
+    /// LB nodes (role `lb`, one link each, towards the router).
+    pub nodes: Vec<String>,
+    /// Route TCP by the server id in the TPR option.
+    #[serde(default)]
+    pub tcp_id_routing: bool,
+    /// Route QUIC by the server id in the connection id.
+    #[serde(default)]
+    pub quic_id_routing: bool,
+    /// No connection table (negative controls).
+    #[serde(default)]
+    pub no_lru: bool,
+    /// A random hash per packet (negative controls).
+    #[serde(default)]
+    pub hash_per_packet: bool,
+    /// Maglev ring size (a prime, at most 65537).
+    #[serde(default = "defaults::ring_size")]
+    pub ring_size: u32,
+    /// Backend weights (default 1).
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +271,8 @@ struct VariantSpec {
     events: Vec<EventSpec>,
     #[serde(default)]
     timing: TimingSpec,
+    #[serde(default)]
+    lb: Option<LbSpec>,
     // Keyed by text and converted after: serde_path_to_error cannot name enum map keys, and the
     // error must say which expectation is wrong.
     expect: BTreeMap<String, Comparison>,
@@ -262,6 +300,8 @@ pub struct Variant {
     pub events: Vec<EventSpec>,
     /// Pacing.
     pub timing: TimingSpec,
+    /// The XDP load balancer, if the scenario runs one.
+    pub lb: Option<LbSpec>,
     /// Expectations.
     pub expect: BTreeMap<Metric, Comparison>,
 }
@@ -414,12 +454,30 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         .iter()
         .map(|g| (g.name.as_str(), g.members.iter().map(String::as_str).collect()))
         .collect();
+    let mut drained: Vec<String> = Vec::new();
     for (i, event) in spec.events.iter().enumerate() {
         let field = format!("event[{i}]");
         let (group, leaving, joining) = match event {
             EventSpec::RemoveMember { group, member } => (group, Some(member), None),
             EventSpec::AddMember { group, member } => (group, None, Some(member)),
             EventSpec::ReplaceMember { group, member, with } => (group, Some(member), Some(with)),
+            EventSpec::DrainBackend { backend } => {
+                let Some(lb) = &spec.lb else {
+                    return Err(err(field, "drain-backend needs an [lb] section".into()));
+                };
+                if !w.backends.contains(backend) {
+                    return Err(err(
+                        format!("{field}.backend"),
+                        format!("{backend:?} is not one of the workload's backends"),
+                    ));
+                }
+                let weight = |b: &String| lb.weights.get(b).copied().unwrap_or(1);
+                if !w.backends.iter().any(|b| b != backend && !drained.contains(b) && weight(b) > 0) {
+                    return Err(err(field, format!("draining {backend:?} would leave no backend in the rings")));
+                }
+                drained.push(backend.clone());
+                continue;
+            }
         };
         let (Some(group_spec), Some(current)) = (topology.group(group), members.get_mut(group.as_str())) else {
             return Err(err(format!("{field}.group"), format!("no group {group:?} in {}", topology_path.display())));
@@ -443,6 +501,9 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
             return Err(err(field, format!("the event would leave group {group:?} empty")));
         }
     }
+    if let Some(lb) = &spec.lb {
+        validate_lb(lb, w, &topology).map_err(|(f, m)| err(format!("lb{f}"), m))?;
+    }
     if spec.expect.is_empty() {
         return Err(err("expect".into(), "at least one expectation is needed".into()));
     }
@@ -450,6 +511,9 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     for (key, comparison) in spec.expect {
         let metric = Metric::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&key))
             .map_err(|e| err(format!("expect.{key}"), e.to_string().replace("variant", "metric")))?;
+        if metric.needs_lb() && spec.lb.is_none() {
+            return Err(err(format!("expect.{key}"), "this metric needs an [lb] section".into()));
+        }
         expectations.insert(metric, comparison);
     }
     Ok(Variant {
@@ -458,8 +522,44 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         workload: spec.workload,
         events: spec.events,
         timing: spec.timing,
+        lb: spec.lb,
         expect: expectations,
     })
+}
+
+fn validate_lb(lb: &LbSpec, w: &WorkloadSpec, topology: &Topology) -> Result<(), (String, String)> {
+    if lb.nodes.is_empty() {
+        return Err((".nodes".into(), "at least one LB node is needed".into()));
+    }
+    for (i, node) in lb.nodes.iter().enumerate() {
+        match topology.node(node).map(|n| n.role) {
+            Some(Role::Lb) => {}
+            Some(role) => return Err((format!(".nodes[{i}]"), format!("{node:?} is a {role} node, not an lb"))),
+            None => return Err((format!(".nodes[{i}]"), format!("no node {node:?} in the topology"))),
+        }
+        let links = topology.spec.links.iter().filter(|l| l.a.node == *node || l.b.node == *node).count();
+        if links != 1 {
+            return Err((
+                format!(".nodes[{i}]"),
+                format!("{node:?} has {links} links; an LB node has exactly one, to the router"),
+            ));
+        }
+    }
+    for name in lb.weights.keys() {
+        if !w.backends.contains(name) {
+            return Err((format!(".weights.{name}"), format!("{name:?} is not one of the workload's backends")));
+        }
+    }
+    if !w.backends.iter().any(|b| lb.weights.get(b).copied().unwrap_or(1) > 0) {
+        return Err((".weights".into(), "every backend has weight 0".into()));
+    }
+    if !crate::lb::maglev::is_prime(lb.ring_size) || lb.ring_size > zrlab_common::lb::MAX_RING {
+        return Err((
+            ".ring_size".into(),
+            format!("{} is not a prime up to {}", lb.ring_size, zrlab_common::lb::MAX_RING),
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `[groups.<name>]` overrides to a topology table; errors name the group.

@@ -121,6 +121,16 @@ impl Lab {
                 for addr in &end.addrs {
                     node.nl.addr_add(&end.ifname, *addr).await?;
                 }
+                if let Some(mtu) = link.mtu {
+                    node.nl.link_set_mtu(&end.ifname, mtu).await?;
+                }
+                if node.role == Role::Client {
+                    // Clients compute their own checksums: veth would otherwise leave them to
+                    // an offload that never happens, and a load balancer that forwards the
+                    // packet in a tunnel would deliver a wrong checksum to the backend.
+                    let ifname = end.ifname.clone();
+                    node.netns.run(move || crate::ethtool::disable_tx_checksum(&ifname))??;
+                }
                 node.nl.link_up(&end.ifname).await?;
             }
         }
@@ -382,7 +392,9 @@ fn configure_sysctls(node: &Node) -> Result<()> {
         ("net/ipv4/conf/all/rp_filter", "0".into()),
         ("net/ipv4/conf/default/rp_filter", "0".into()),
     ];
-    if node.role == Role::Router || node.role == Role::Lb {
+    // LB nodes do not forward: what their XDP program passes (fragments, options) is not theirs
+    // to route, and forwarding it back to the router would loop it until its TTL ran out.
+    if node.role == Role::Router {
         settings.extend([("net/ipv4/ip_forward", "1".into()), ("net/ipv6/conf/all/forwarding", "1".into())]);
     }
     let router = node.role == Role::Router;

@@ -14,6 +14,7 @@
 //! [[link]]
 //! a = { node = "router", ifname = "b1", addrs = ["192.0.2.1/30"] }
 //! b = { node = "be1", ifname = "eth0", addrs = ["192.0.2.2/30"] }
+//! mtu = 1600         # optional: room for an IPIP header
 //!
 //! [[group]]          # a nexthop group on `node`; members are its neighbours
 //! name = "vip"
@@ -133,6 +134,8 @@ pub struct LinkSpec {
     pub a: EndSpec,
     /// The other end.
     pub b: EndSpec,
+    /// MTU of both ends (links that carry IPIP need room for the outer header).
+    pub mtu: Option<u32>,
 }
 
 /// A nexthop group on a node (for ECMP routes).
@@ -286,6 +289,11 @@ impl Topology {
                 }
                 for (j, addr) in end.addrs.iter().enumerate() {
                     check_documentation(addr).map_err(|m| self.err(format!("{field}.addrs[{j}]"), m))?;
+                }
+            }
+            if let Some(mtu) = link.mtu {
+                if !(1280..=9000).contains(&mtu) {
+                    return Err(self.err(format!("link[{i}].mtu"), format!("{mtu} is outside 1280..=9000")));
                 }
             }
             if link.a.node == link.b.node {

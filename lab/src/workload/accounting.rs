@@ -5,7 +5,8 @@
 //!   flow was established. Counted once per flow.
 //! - A **misroute** is a reply from any socket other than the flow's owner (the socket that
 //!   answered its first request). Counted per reply.
-//! - A **drop** is a request that got no answer in time. Counted per request.
+//! - A **drop** is a request that got no answer in time. Counted per request; a connection that
+//!   could not be opened, or a reply that was not a valid one, counts as one drop too.
 //!
 //! Consistent routing is required "unless that socket's host is down": flows whose owner is on a
 //! node a scenario took down are tallied apart as *excused*, so a verdict can demand zero on the
@@ -13,7 +14,7 @@
 //!
 //! Pure logic: no I/O, no clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -125,7 +126,9 @@ impl Counts {
         self.flows += 1;
         self.resets += u64::from(flow.was_reset());
         self.misroutes += flow.misroutes;
-        self.drops += flow.drops;
+        // A connection never opened, or a reply that was not one: its request went unanswered.
+        let unanswered = matches!(flow.ending, Some(Ending::ConnectFailed(_) | Ending::Protocol(_)));
+        self.drops += flow.drops + u64::from(unanswered);
     }
 }
 
@@ -136,8 +139,8 @@ pub struct Tally {
     pub counted: Counts,
     /// Flows whose owner's host was taken down.
     pub excused: Counts,
-    /// Nodes that owned at least one flow.
-    pub backends: BTreeSet<String>,
+    /// Flows owned by each node.
+    pub owners: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -147,7 +150,7 @@ impl Tally {
         for flow in flows {
             let owner = flow.owner.as_ref().map(|o| o.node.as_str());
             if let Some(node) = owner {
-                tally.backends.insert(node.to_owned());
+                *tally.owners.entry(node.to_owned()).or_default() += 1;
             }
             if owner.is_some_and(|node| down.contains(node)) {
                 tally.excused.add(flow);

@@ -1,0 +1,171 @@
+//! Deploying a scenario's XDP load balancer into a built lab, and changing it during the run.
+//!
+//! - every LB node gets its own `xdp_lb` (its own maps, as separate machines would), attached
+//!   in native mode to its one interface, with the workload's TCP and UDP VIPs over the
+//!   backends' addresses and, with id routing, the live server-id table;
+//! - the router's interfaces towards the LB nodes get `xdp_pass`: a veth only receives frames
+//!   another veth's XDP program transmits if it runs XDP itself (DESIGN.md section 3);
+//! - every backend gets `xdp_decap` on its interfaces, for its own addresses.
+//!
+//! The programs stay attached as long as the [`Deployment`] lives; drop it before the lab.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use zrlab_common::lb::counter;
+
+use super::spec::{LbSpec, WorkloadSpec};
+use crate::{
+    bpf::{Loaded, Object},
+    error::{LabError, Result},
+    lb::{Balancer, Decap, Proto, RealSpec, Settings, VipSpec},
+    topology::Lab,
+};
+
+/// What the LB and decap programs counted during a run, summed over nodes and CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LbTotals {
+    /// Packets encapsulated and transmitted.
+    pub tx: u64,
+    /// Packets routed by the ring.
+    pub ring_routed: u64,
+    /// Connection-table hits (per-CPU and fallback).
+    pub table_hits: u64,
+    /// TCP packets routed by server id.
+    pub tcp_id_routed: u64,
+    /// QUIC packets routed by server id.
+    pub quic_id_routed: u64,
+    /// Packets the backends decapsulated.
+    pub decapsulated: u64,
+}
+
+/// A deployed LB.
+pub struct Deployment {
+    balancers: Vec<(String, Balancer)>,
+    decaps: Vec<Decap>,
+    _passes: Loaded,
+    vips: Vec<VipSpec>,
+    reals: Vec<(String, IpAddr, u32)>,
+}
+
+impl Deployment {
+    /// Loads, configures and attaches every program of `spec` in `lab`.
+    pub fn start(
+        lab: &Lab,
+        spec: &LbSpec,
+        workload: &WorkloadSpec,
+        server_ids: &BTreeMap<String, u32>,
+    ) -> Result<Self> {
+        let topology = lab.topology();
+        let reals: Vec<(String, IpAddr, u32)> = workload
+            .backends
+            .iter()
+            .map(|b| {
+                let addr = backend_address(lab, b, workload.vip.is_ipv4())?;
+                Ok((b.clone(), addr, spec.weights.get(b).copied().unwrap_or(1)))
+            })
+            .collect::<Result<_>>()?;
+        let vip = |port: u16, proto: Proto| VipSpec {
+            addr: workload.vip,
+            port,
+            proto,
+            tcp_id_routing: spec.tcp_id_routing,
+            quic_id_routing: spec.quic_id_routing,
+            no_lru: spec.no_lru,
+            hash_per_packet: spec.hash_per_packet,
+            ring_size: spec.ring_size,
+        };
+        let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
+        let live: BTreeMap<u32, IpAddr> =
+            reals.iter().filter_map(|(node, addr, _)| Some((*server_ids.get(node)?, *addr))).collect();
+        let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
+        let mut balancers = Vec::new();
+        for node in &spec.nodes {
+            let link = topology
+                .spec
+                .links
+                .iter()
+                .find(|l| l.a.node == *node || l.b.node == *node)
+                .ok_or_else(|| LabError::Unsupported(format!("LB node {node:?} has no link")))?;
+            let (mine, theirs) = if link.a.node == *node { (&link.a, &link.b) } else { (&link.b, &link.a) };
+            let mut balancer = Balancer::load(&Settings::default())?;
+            for v in &vips {
+                balancer.set_vip(v, &real_specs(&reals))?;
+            }
+            balancer.sync_server_ids(&live)?;
+            balancer.attach(&lab.node(node)?.netns, &mine.ifname)?;
+            passes.attach_xdp("xdp_pass", &lab.node(&theirs.node)?.netns, &theirs.ifname)?;
+            balancers.push((node.clone(), balancer));
+        }
+        let mut decaps = Vec::new();
+        for backend in &workload.backends {
+            let ends: Vec<_> =
+                topology.spec.links.iter().flat_map(|l| [&l.a, &l.b]).filter(|e| e.node == *backend).collect();
+            let addrs: Vec<IpAddr> = ends.iter().flat_map(|e| e.addrs.iter().map(|a| a.addr())).collect();
+            let mut decap = Decap::load(&addrs)?;
+            for end in ends {
+                decap.attach(&lab.node(backend)?.netns, &end.ifname)?;
+            }
+            decaps.push(decap);
+        }
+        Ok(Self { balancers, decaps, _passes: passes, vips, reals })
+    }
+
+    /// Takes `backend` out of every LB node's rings (weight 0); its flows in the connection
+    /// tables keep going to it.
+    pub fn drain(&mut self, backend: &str) -> Result<()> {
+        for (node, _, weight) in &mut self.reals {
+            if node == backend {
+                *weight = 0;
+            }
+        }
+        let reals = real_specs(&self.reals);
+        for (_, balancer) in &mut self.balancers {
+            for vip in &self.vips {
+                balancer.set_vip(vip, &reals)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters of every LB and decap program.
+    pub fn totals(&self) -> Result<LbTotals> {
+        let mut totals = LbTotals::default();
+        for (_, balancer) in &self.balancers {
+            let c = balancer.counters()?;
+            totals.tx += c.get(counter::TX);
+            totals.ring_routed += c.get(counter::RING_ROUTED);
+            totals.table_hits += c.get(counter::LRU_HIT) + c.get(counter::LRU_FALLBACK_HIT);
+            totals.tcp_id_routed += c.get(counter::TCP_ID_ROUTED);
+            totals.quic_id_routed += c.get(counter::QUIC_ID_ROUTED);
+        }
+        for decap in &self.decaps {
+            let c = decap.counters()?;
+            totals.decapsulated += c.v4_in_v4 + c.v6_in_v6 + c.v4_in_v6 + c.v6_in_v4;
+        }
+        Ok(totals)
+    }
+}
+
+fn real_specs(reals: &[(String, IpAddr, u32)]) -> Vec<RealSpec> {
+    reals.iter().map(|(_, addr, weight)| RealSpec { addr: *addr, weight: *weight }).collect()
+}
+
+/// A backend's address of the VIP's family on its links (the outer destination the LB uses);
+/// any family if it has none of the VIP's.
+fn backend_address(lab: &Lab, backend: &str, v4: bool) -> Result<IpAddr> {
+    let addrs: Vec<IpAddr> = lab
+        .topology()
+        .spec
+        .links
+        .iter()
+        .flat_map(|l| [&l.a, &l.b])
+        .filter(|e| e.node == backend)
+        .flat_map(|e| e.addrs.iter().map(|a| a.addr()))
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == v4)
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| LabError::Unsupported(format!("backend {backend:?} has no address for the LB to tunnel to")))
+}
