@@ -29,7 +29,8 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     exec::exec(
         Command::new(env!("CARGO"))
             .current_dir(exec::workspace_root())
-            .arg("test")
+            // Every failing suite, not just the first one.
+            .args(["test", "--no-fail-fast"])
             .args(&opts.args)
             .env("ZRLAB_EXE", binary),
     )
