@@ -70,6 +70,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// XDP load balancer cost per packet by category (ratio to an empty program), Maglev build
+    /// time and disruption.
+    Xdp {
+        /// Iterations per BPF_PROG_TEST_RUN call.
+        #[arg(long, default_value_t = 200_000)]
+        repeat: u32,
+        /// Calls per case (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
     /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).
     Bind443 {
         /// Socket counts (the first is the baseline).
@@ -139,6 +149,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
     match bench {
+        Bench::Xdp { repeat, rounds } => {
+            eprintln!("measuring xdp_lb by category (repeat {repeat}, {rounds} rounds each)...");
+            let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds })?;
+            print!("{}", report.table());
+            write_json(out, "xdp.json", &report)?;
+        }
         Bench::Bind443 { sizes, repeats } => {
             let opts = zrlab::port443::scaling::Options { sizes, repeats };
             eprintln!("measuring bind and lookup scaling on port 443 (N = {:?})...", opts.sizes);

@@ -316,10 +316,10 @@ fn decap_of_every_variant() {
 
 fn with_payload(frame: Vec<u8>) -> Vec<u8> {
     let mut repr = packet::FrameRepr::parse(&frame).unwrap();
-    if let packet::EthPayload::Ip(ip) = &mut repr.payload {
-        if let packet::IpPayload::Tcp(tcp) = &mut ip.payload {
-            tcp.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-        }
+    if let packet::EthPayload::Ip(ip) = &mut repr.payload
+        && let packet::IpPayload::Tcp(tcp) = &mut ip.payload
+    {
+        tcp.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     }
     repr.emit()
 }

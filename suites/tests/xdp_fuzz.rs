@@ -165,10 +165,10 @@ fn valid(rng: &mut ChaCha8Rng) -> Vec<u8> {
         let mut frame = tcp(src, sport, dst, dport, flags, options);
         if rng.random_ratio(1, 10) {
             let mut repr = FrameRepr::parse(&frame).unwrap();
-            if let packet::EthPayload::Ip(ip) = &mut repr.payload {
-                if let IpPayload::Tcp(tcp) = &mut ip.payload {
-                    tcp.payload = (0..rng.random_range(1..300)).map(|_| rng.random()).collect();
-                }
+            if let packet::EthPayload::Ip(ip) = &mut repr.payload
+                && let IpPayload::Tcp(tcp) = &mut ip.payload
+            {
+                tcp.payload = (0..rng.random_range(1..300)).map(|_| rng.random()).collect();
             }
             frame = repr.emit();
         }

@@ -26,6 +26,8 @@ pub(crate) struct Options {
 enum Name {
     /// Bind and listener-lookup scaling with many sockets on port 443.
     Bind443,
+    /// The XDP load balancer per packet (ratio to an empty program) and Maglev.
+    Xdp,
 }
 
 /// Entry point of `cargo xtask bench`.
@@ -34,6 +36,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let binary = build::lab_binary(build::Profile::Release)?;
     let name = match opts.name {
         Name::Bind443 => "bind443",
+        Name::Xdp => "xdp",
     };
     let out = exec::workspace_root().join("target/bench");
     exec::exec(Command::new(binary).arg("bench").arg(name).arg("--out").arg(out).args(&opts.args))

@@ -21,7 +21,7 @@ pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
 pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
 /// Name of the one-entry configuration array.
 pub const CONFIG_MAP: &str = "LB_CONFIG";
-/// Name of the per-CPU global counters (`COUNTER_*` slots).
+/// Name of the per-CPU global counters: one entry, an array of `counter::SLOTS` values.
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 /// Name of the per-CPU per-VIP counters (indexed by `VipMeta::vip_num`).
 pub const VIP_STATS_MAP: &str = "LB_VIP_STATS";
@@ -120,12 +120,17 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
-/// A connection-table entry.
+/// A connection-table entry: everything an established flow's packet needs, so that a table
+/// hit costs no VIP lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
     /// The real index the flow goes to.
     pub real: u32,
+    /// The flow's VIP (`VipMeta::vip_num`), for its counters.
+    pub vip_num: u32,
+    /// The VIP's flags when the entry was written (`VIP_F_*`).
+    pub flags: u32,
     /// Padding (zero).
     pub pad: u32,
 }
@@ -236,6 +241,19 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     h = murmur_round(h, (u32::from(key.ports[0]) << 16) | u32::from(key.ports[1]));
     h = murmur_round(h, u32::from(key.proto));
     fmix32(h ^ 40)
+}
+
+/// A cheap per-flow hash for the outer header (the host bits of the outer IPv4 source, the
+/// outer IPv6 source's last word and flow label), so that a backend's receive-side hashing
+/// spreads flows. Not the ring's hash: it only needs to differ between flows, and it runs on
+/// every packet, table hits included.
+#[inline(always)]
+pub fn encap_hash(key: &FlowKey) -> u32 {
+    let mut h =
+        key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3] ^ ((u32::from(key.ports[0]) << 16) | u32::from(key.ports[1]));
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x045d_9f3b);
+    h ^ (h >> 16)
 }
 
 #[inline(always)]

@@ -144,6 +144,76 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, ()> {
     Ok(ptr as *mut T)
 }
 
+/// Loads the 4 bytes at `ptr` as one word, bytes in memory order (the maps' address words).
+///
+/// One instruction even when `ptr` is not 4-byte aligned (header fields after the 14-byte
+/// Ethernet header are only 2-byte aligned): Rust would split such a read into single bytes,
+/// while the verifier accepts unaligned packet access on architectures that handle it (x86-64,
+/// arm64).
+///
+/// # Safety
+/// `ptr` must point at 4 bytes the verifier knows to be inside the packet.
+#[inline(always)]
+pub unsafe fn load32(ptr: usize) -> u32 {
+    let value: u64;
+    // SAFETY: the caller guarantees the 4 bytes are readable.
+    unsafe { core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) value, in(reg) ptr, options(readonly, nostack)) };
+    value as u32
+}
+
+/// Loads the 2 bytes at `ptr` as one half-word, bytes in memory order.
+///
+/// # Safety
+/// As [`load32`], for 2 bytes.
+#[inline(always)]
+pub unsafe fn load16(ptr: usize) -> u16 {
+    let value: u64;
+    // SAFETY: the caller guarantees the 2 bytes are readable.
+    unsafe { core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) value, in(reg) ptr, options(readonly, nostack)) };
+    value as u16
+}
+
+/// Stores `value` (bytes in memory order) into the 4 bytes at `ptr`, in one instruction.
+///
+/// # Safety
+/// `ptr` must point at 4 bytes the verifier knows to be inside the packet.
+#[inline(always)]
+pub unsafe fn store32(ptr: usize, value: u32) {
+    // SAFETY: the caller guarantees the 4 bytes are writable.
+    unsafe { core::arch::asm!("*(u32 *)({0} + 0) = {1}", in(reg) ptr, in(reg) u64::from(value), options(nostack)) };
+}
+
+/// Stores `value` (bytes in memory order) into the 2 bytes at `ptr`.
+///
+/// # Safety
+/// As [`store32`], for 2 bytes.
+#[inline(always)]
+pub unsafe fn store16(ptr: usize, value: u16) {
+    // SAFETY: the caller guarantees the 2 bytes are writable.
+    unsafe { core::arch::asm!("*(u16 *)({0} + 0) = {1}", in(reg) ptr, in(reg) u64::from(value), options(nostack)) };
+}
+
+/// A bounds-checked base address of `len` packet bytes at `offset` (for the word accessors).
+#[inline(always)]
+pub fn span(ctx: &XdpContext, offset: usize, len: usize) -> Result<usize, ()> {
+    let ptr = opaque(ctx.data() + offset);
+    let access_end = opaque(ptr + len);
+    if access_end > ctx.data_end() {
+        return Err(());
+    }
+    Ok(ptr)
+}
+
+/// Folds a one's-complement sum of 16-bit words into the checksum field value (bytes in memory
+/// order when the words were summed in memory order: the Internet checksum does not depend on
+/// byte order).
+#[inline(always)]
+pub fn fold_csum(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
 /// Returns `x` unchanged, hidden from the optimiser (an empty `asm!` with `x` in a register).
 #[inline(always)]
 pub fn opaque(mut x: usize) -> usize {

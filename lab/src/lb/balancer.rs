@@ -22,7 +22,7 @@ use zrlab_common::lb::{
 
 use super::maglev::{self, Backend};
 use crate::{
-    bpf::{Loaded, Object, map_err, sum_counters},
+    bpf::{Loaded, Object, map_err},
     error::{LabError, Result},
     netns::Netns,
 };
@@ -129,6 +129,17 @@ impl Default for Settings {
     }
 }
 
+/// Deletes the entries of VIP `num` from one connection table.
+fn flush<T: std::borrow::BorrowMut<MapData>>(table: &mut HashMap<T, FlowKey, ConnEntry>, num: u32) -> Result<()> {
+    let stale: Vec<FlowKey> =
+        table.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
+    for key in stale {
+        // An entry evicted meanwhile is gone already.
+        let _ = table.remove(&key);
+    }
+    Ok(())
+}
+
 /// The address words the maps use: the address's bytes in network order, read as native words.
 pub fn words(addr: IpAddr) -> [u32; 4] {
     let mut out = [0u32; 4];
@@ -164,12 +175,16 @@ impl Counters {
 #[derive(Debug)]
 struct VipState {
     num: u32,
+    flags: u32,
 }
 
 /// A loaded LB.
 #[derive(Debug)]
 pub struct Balancer {
     bpf: Loaded,
+    /// The per-CPU connection tables (the outer array holds them too; these handles are for
+    /// flushing entries).
+    tables: Vec<HashMap<MapData, FlowKey, ConnEntry>>,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
 }
@@ -178,7 +193,7 @@ impl Balancer {
     /// Loads and verifies the LB programs and creates the per-CPU connection tables.
     pub fn load(settings: &Settings) -> Result<Self> {
         let bpf = Loaded::load(Object::XdpLb, &["xdp_lb", "xdp_lb_bench"])?;
-        let mut balancer = Self { bpf, vips: BTreeMap::new(), reals: BTreeMap::new() };
+        let mut balancer = Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new() };
         balancer.write_settings(settings)?;
         balancer.create_connection_tables()?;
         Ok(balancer)
@@ -199,8 +214,9 @@ impl Balancer {
 
     fn create_connection_tables(&mut self) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
-        let mut outer: ArrayOfMaps<_, MapData> =
-            ArrayOfMaps::try_from(self.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
+        let mut outer: ArrayOfMaps<_, HashMap<MapData, FlowKey, ConnEntry>> =
+            ArrayOfMaps::try_from(self.bpf.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
+        let mut tables = Vec::new();
         for cpu in 0..cpus.min(MAX_CPUS) {
             let def = aya_obj::Map::new_from_params(
                 aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
@@ -209,9 +225,26 @@ impl Balancer {
                 LRU_PER_CPU_SIZE,
                 0,
             );
-            let inner =
+            let data =
                 MapData::create(def, &format!("lb_lru_cpu{cpu}"), None).map_err(map_err("create a per-CPU LRU"))?;
-            outer.set(cpu, &inner, 0).map_err(map_err("install a per-CPU LRU"))?;
+            let table: HashMap<MapData, FlowKey, ConnEntry> =
+                HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err("a per-CPU LRU"))?;
+            outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
+            tables.push(table);
+        }
+        self.tables = tables;
+        Ok(())
+    }
+
+    /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
+    /// longer hold).
+    fn flush_vip(&mut self, num: u32) -> Result<()> {
+        let fallback = self.bpf.map_mut(zrlab_common::lb::LRU_FALLBACK_MAP)?;
+        let mut table: HashMap<_, FlowKey, ConnEntry> =
+            HashMap::try_from(fallback).map_err(map_err("LB_LRU_FALLBACK"))?;
+        flush(&mut table, num)?;
+        for table in &mut self.tables {
+            flush(table, num)?;
         }
         Ok(())
     }
@@ -277,7 +310,10 @@ impl Balancer {
         let mut addrs: HashMap<_, [u32; 4], u32> =
             HashMap::try_from(self.map_mut(VIP_ADDRS_MAP)?).map_err(map_err("LB_VIP_ADDRS"))?;
         addrs.insert(key.addr, 1, 0).map_err(map_err("write LB_VIP_ADDRS"))?;
-        self.vips.insert(key, VipState { num });
+        if self.vips.get(&key).is_some_and(|old| old.flags != meta.flags) {
+            self.flush_vip(num)?;
+        }
+        self.vips.insert(key, VipState { num, flags: meta.flags });
         Ok(())
     }
 
@@ -310,10 +346,14 @@ impl Balancer {
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let mut out = Counters {
-            global: sum_counters(self.map(COUNTERS_MAP)?, counter::SLOTS, "read LB_COUNTERS")?,
-            ..Counters::default()
-        };
+        let global: PerCpuArray<_, [u64; counter::SLOTS as usize]> =
+            PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_err("LB_COUNTERS"))?;
+        let mut out = Counters { global: vec![0; counter::SLOTS as usize], ..Counters::default() };
+        for cpu in global.get(&0, 0).map_err(map_err("read LB_COUNTERS"))?.iter() {
+            for (total, value) in out.global.iter_mut().zip(cpu) {
+                *total += value;
+            }
+        }
         let vip_stats: PerCpuArray<_, VipStats> =
             PerCpuArray::try_from(self.map(VIP_STATS_MAP)?).map_err(map_err("LB_VIP_STATS"))?;
         for (key, state) in &self.vips {

@@ -88,7 +88,7 @@ pub fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while d.saturating_mul(d) <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -150,7 +150,7 @@ mod tests {
         let after = build(&rest, 65_537).unwrap();
         let keys = |set: &[Backend]| set.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
         let moved = changed_fraction(&before, &keys(&all), &after, &keys(&rest));
-        assert!(moved >= 0.1 && moved < 0.11, "moved {moved}");
+        assert!((0.1..0.11).contains(&moved), "moved {moved}");
     }
 
     #[test]

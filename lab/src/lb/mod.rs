@@ -3,6 +3,7 @@
 //! model of the data path ([`model`]) the suites diff the BPF program against.
 
 pub mod balancer;
+pub mod bench;
 pub mod decap;
 pub mod maglev;
 pub mod model;

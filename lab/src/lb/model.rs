@@ -15,7 +15,7 @@ use std::{
     net::IpAddr,
 };
 
-use zrlab_common::lb::{FlowKey, QUIC_MIN_CID, VipKey, flow_hash, quic_server_id};
+use zrlab_common::lb::{FlowKey, QUIC_MIN_CID, VipKey, encap_hash, flow_hash, quic_server_id};
 
 use super::{
     balancer::{RealSpec, Settings, VipSpec, words},
@@ -250,13 +250,13 @@ impl Model {
         } else {
             None
         };
-        if let Some((id, path)) = id {
-            if let Some(real) = self.server_ids.get(&id).copied() {
-                if !spec.no_lru {
-                    self.table.insert(pkt.flow, real);
-                }
-                return (real, path);
+        if let Some((id, path)) = id
+            && let Some(real) = self.server_ids.get(&id).copied()
+        {
+            if !spec.no_lru {
+                self.table.insert(pkt.flow, real);
             }
+            return (real, path);
         }
         let ring_real = |hash: u32| {
             let vip = &self.vips[&pkt.vip];
@@ -270,10 +270,8 @@ impl Model {
             return (ring_real(hash), Path::Ring);
         }
         let syn = pkt.flow.proto == 6 && pkt.tcp_flags & 0x12 == 0x02;
-        if !syn {
-            if let Some(real) = self.table.get(&pkt.flow) {
-                return (*real, Path::Table);
-            }
+        if !syn && let Some(real) = self.table.get(&pkt.flow) {
+            return (*real, Path::Table);
         }
         let real = ring_real(hash);
         self.table.insert(pkt.flow, real);
@@ -281,7 +279,7 @@ impl Model {
     }
 
     fn encap(&self, f: &[u8], pkt: &Pkt, real: IpAddr) -> Vec<u8> {
-        let hash = flow_hash(&pkt.flow, self.settings.hash_seed);
+        let hash = encap_hash(&pkt.flow);
         let inner = &f[ETH..ETH + pkt.ip_len];
         let inner_proto = if pkt.v6 { 41 } else { 4 };
         let mut out = Vec::with_capacity(ETH + 40 + inner.len());

@@ -202,7 +202,7 @@ impl TcpRepr {
             dport: packet.get_destination(),
             seq: packet.get_sequence(),
             ack: packet.get_acknowledgement(),
-            flags: packet.get_flags() as u8,
+            flags: packet.get_flags(),
             options,
             raw_options,
             payload: bytes[hdr_len..].to_vec(),

@@ -291,10 +291,10 @@ impl Topology {
                     check_documentation(addr).map_err(|m| self.err(format!("{field}.addrs[{j}]"), m))?;
                 }
             }
-            if let Some(mtu) = link.mtu {
-                if !(1280..=9000).contains(&mtu) {
-                    return Err(self.err(format!("link[{i}].mtu"), format!("{mtu} is outside 1280..=9000")));
-                }
+            if let Some(mtu) = link.mtu
+                && !(1280..=9000).contains(&mtu)
+            {
+                return Err(self.err(format!("link[{i}].mtu"), format!("{mtu} is outside 1280..=9000")));
             }
             if link.a.node == link.b.node {
                 return Err(self.err(format!("link[{i}].b.node"), "a link must join two different nodes"));

@@ -2,42 +2,57 @@
 //!
 //! The outer header is IPv4 for an IPv4 real (protocol 4 for IPv4 inside, 41 for IPv6 inside)
 //! and IPv6 for an IPv6 real (next header 4 or 41). Its source comes from the configured prefix
-//! with host bits from the flow hash, so a backend's receive-side hashing (RSS) spreads flows;
-//! IPv6 also carries the hash in the flow label. MACs are swapped: the frame goes back to the
-//! router it came from, which routes the outer packet to the real.
+//! with host bits from a cheap flow hash (`encap_hash`), so a backend's receive-side hashing
+//! (RSS) spreads flows; IPv6 also carries that hash in the flow label. MACs are swapped: the
+//! frame goes back to the router it came from, which routes the outer packet to the real.
+//!
+//! Headers are written as words ([`store32`], [`store16`]), bytes in memory order; the IPv4
+//! checksum is summed over the same words (the Internet checksum does not depend on byte order).
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use zrlab_common::lb::{Config, REAL_F_IPV6, Real, VipStats, counter, flow_hash};
+use zrlab_common::lb::{Config, REAL_F_IPV6, Real, VipStats, counter, encap_hash};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, ipv4_csum,
-    ptr_at, read_at,
+    ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, fold_csum, load32, span, store16,
+    store32,
 };
 
 use super::{
-    maps::{CONFIG, REAL_STATS, REALS, VIP_STATS, count},
+    maps::{CONFIG, REAL_STATS, REALS, Stats, VIP_STATS},
     parse::Pkt,
 };
+
+/// The Ethernet addresses of a frame, as words in memory order: `[dst 0..4, dst 4..6 | src
+/// 0..2, src 2..6]`.
+type Macs = [u32; 3];
 
 /// Encapsulates `pkt` towards real `real` and returns `XDP_TX`; with `RESTORE`, undoes it
 /// again before returning (benchmark variant).
 #[inline(always)]
-pub fn encap<const RESTORE: bool>(ctx: &XdpContext, pkt: &Pkt, real: u32) -> Result<u32, ()> {
+pub fn encap<const RESTORE: bool>(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    real: u32,
+    vip_num: u32,
+    stats: &Stats,
+) -> Result<u32, ()> {
     let Some(target) = REALS.get(real).copied() else {
-        count(counter::ENCAP_FAILED);
+        stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_DROP);
     };
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    let eth = read_at::<EthHdr>(ctx, 0)?;
+    let eth = span(ctx, 0, ETH_LEN)?;
+    // SAFETY: `span` checked the 14 bytes.
+    let macs: Macs = unsafe { [load32(eth), load32(eth + 4), load32(eth + 8)] };
     // A padded minimum-size frame: cut the padding, so the inner packet is exactly the IP packet.
     if pkt.frame_ip_len > pkt.ip_len {
         let cut = (pkt.frame_ip_len - pkt.ip_len) as i32;
         // SAFETY: shrinking the tail of the frame we own; pointers are re-derived below.
         if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -cut) } != 0 {
-            count(counter::ENCAP_FAILED);
+            stats.add(counter::ENCAP_FAILED);
             return Ok(xdp_action::XDP_ABORTED);
         }
     }
@@ -45,87 +60,102 @@ pub fn encap<const RESTORE: bool>(ctx: &XdpContext, pkt: &Pkt, real: u32) -> Res
     let outer_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
     // SAFETY: growing the head; every packet pointer is invalid afterwards and re-derived.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
-        count(counter::ENCAP_FAILED);
+        stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_ABORTED);
     }
-    let hash = flow_hash(&pkt.flow, config.hash_seed);
+    let hash = encap_hash(&pkt.flow);
     let inner_proto = if pkt.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-    let new_eth =
-        EthHdr { dst: eth.src, src: eth.dst, proto: if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes() };
-    // SAFETY: ptr_at checked the bounds of each header written; all are byte structs.
-    unsafe {
-        *ptr_at::<EthHdr>(ctx, 0)? = new_eth;
-        if outer_v6 {
-            *ptr_at::<Ipv6Hdr>(ctx, ETH_LEN)? = outer_v6_header(&config, &target, pkt, hash, inner_proto);
-        } else {
-            *ptr_at::<Ipv4Hdr>(ctx, ETH_LEN)? = outer_v4_header(&config, &target, pkt, hash, inner_proto);
-        }
+    // The frame goes back where it came from: the old source MAC becomes the destination.
+    let swapped = swap(macs);
+    if outer_v6 {
+        let frame = span(ctx, 0, ETH_LEN + IPV6_LEN)?;
+        write_eth(frame, swapped, ETH_P_IPV6);
+        write_v6(frame + ETH_LEN, &config, &target, pkt, hash, inner_proto);
+    } else {
+        let frame = span(ctx, 0, ETH_LEN + IPV4_LEN)?;
+        write_eth(frame, swapped, ETH_P_IP);
+        write_v4(frame + ETH_LEN, &config, &target, pkt, hash, inner_proto);
     }
-    account(pkt, real);
+    account(pkt, real, vip_num, stats);
     if RESTORE {
         // SAFETY: shrinking the head by what was just added; pointers re-derived.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
             return Ok(xdp_action::XDP_ABORTED);
         }
-        // SAFETY: as above.
-        unsafe { *ptr_at::<EthHdr>(ctx, 0)? = eth };
+        let frame = span(ctx, 0, ETH_LEN)?;
+        let proto = if pkt.v6 { ETH_P_IPV6 } else { ETH_P_IP };
+        write_eth(frame, macs, proto);
     }
     Ok(xdp_action::XDP_TX)
 }
 
+/// The MAC words with source and destination exchanged.
 #[inline(always)]
-fn outer_v4_header(config: &Config, target: &Real, pkt: &Pkt, hash: u32, proto: u8) -> Ipv4Hdr {
+fn swap(m: Macs) -> Macs {
+    let [d0, d1, d2, d3] = m[0].to_ne_bytes();
+    let [d4, d5, s0, s1] = m[1].to_ne_bytes();
+    let [s2, s3, s4, s5] = m[2].to_ne_bytes();
+    [u32::from_ne_bytes([s0, s1, s2, s3]), u32::from_ne_bytes([s4, s5, d0, d1]), u32::from_ne_bytes([d2, d3, d4, d5])]
+}
+
+/// Writes an Ethernet header at `at` (14 bytes the caller bounds-checked).
+#[inline(always)]
+fn write_eth(at: usize, macs: Macs, proto: u16) {
+    // SAFETY: the caller checked the 14 bytes.
+    unsafe {
+        store32(at, macs[0]);
+        store32(at + 4, macs[1]);
+        store32(at + 8, macs[2]);
+        store16(at + 12, proto.to_be());
+    }
+}
+
+/// Writes the outer IPv4 header at `at` (20 bytes the caller bounds-checked).
+#[inline(always)]
+fn write_v4(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
     let src = (config.encap_src_v4 & config.encap_src_v4_mask) | (hash & !config.encap_src_v4_mask);
-    let mut hdr = Ipv4Hdr {
-        vihl: 0x45,
-        tos: pkt.tos,
-        tot_len: ((IPV4_LEN + pkt.ip_len) as u16).to_be_bytes(),
-        id: [0, 0],
-        // Don't fragment: the path MTU is the operator's business (katran does the same).
-        frag: 0x4000u16.to_be_bytes(),
-        ttl: 64,
-        proto,
-        csum: [0, 0],
-        src: src.to_ne_bytes(),
-        dst: target.addr[0].to_ne_bytes(),
-    };
-    hdr.csum = ipv4_csum(&hdr);
-    hdr
+    let tot = ((IPV4_LEN + pkt.ip_len) as u16).to_be_bytes();
+    let w0 = u32::from_ne_bytes([0x45, pkt.tos, tot[0], tot[1]]);
+    // Identification 0; don't fragment (the path MTU is the operator's business, as in katran).
+    let w1 = u32::from_ne_bytes([0, 0, 0x40, 0]);
+    let ttl_proto = u16::from_ne_bytes([64, proto]);
+    let dst = target.addr[0];
+    let sum = [w0, w1, src, dst].iter().fold(u32::from(ttl_proto), |acc, w| acc + (w & 0xffff) + (w >> 16));
+    // SAFETY: the caller checked the 20 bytes.
+    unsafe {
+        store32(at, w0);
+        store32(at + 4, w1);
+        store16(at + 8, ttl_proto);
+        store16(at + 10, fold_csum(sum));
+        store32(at + 12, src);
+        store32(at + 16, dst);
+    }
 }
 
+/// Writes the outer IPv6 header at `at` (40 bytes the caller bounds-checked).
 #[inline(always)]
-fn outer_v6_header(config: &Config, target: &Real, pkt: &Pkt, hash: u32, next: u8) -> Ipv6Hdr {
-    let flow_label = hash & 0x000f_ffff;
-    let vtcfl = (6u32 << 28) | (u32::from(pkt.tos) << 20) | flow_label;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    let src_words = [config.encap_src_v6[0], config.encap_src_v6[1], config.encap_src_v6[2], hash];
-    let mut i = 0;
-    while i < 4 {
-        let s = src_words[i].to_ne_bytes();
-        let d = target.addr[i].to_ne_bytes();
-        let mut j = 0;
-        while j < 4 {
-            src[i * 4 + j] = s[j];
-            dst[i * 4 + j] = d[j];
-            j += 1;
-        }
-        i += 1;
-    }
-    Ipv6Hdr {
-        vtcfl: vtcfl.to_be_bytes(),
-        payload_len: (pkt.ip_len as u16).to_be_bytes(),
-        nexthdr: next,
-        hop: 64,
-        src,
-        dst,
+fn write_v6(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, next: u8) {
+    let vtcfl = (6u32 << 28) | (u32::from(pkt.tos) << 20) | (hash & 0x000f_ffff);
+    let len = (pkt.ip_len as u16).to_be_bytes();
+    // SAFETY: the caller checked the 40 bytes.
+    unsafe {
+        store32(at, vtcfl.to_be());
+        store32(at + 4, u32::from_ne_bytes([len[0], len[1], next, 64]));
+        store32(at + 8, config.encap_src_v6[0]);
+        store32(at + 12, config.encap_src_v6[1]);
+        store32(at + 16, config.encap_src_v6[2]);
+        store32(at + 20, hash);
+        store32(at + 24, target.addr[0]);
+        store32(at + 28, target.addr[1]);
+        store32(at + 32, target.addr[2]);
+        store32(at + 36, target.addr[3]);
     }
 }
 
 #[inline(always)]
-fn account(pkt: &Pkt, real: u32) {
-    count(counter::TX);
-    if let Some(stats) = VIP_STATS.get_ptr_mut(pkt.vip.vip_num) {
+fn account(pkt: &Pkt, real: u32, vip_num: u32, stats: &Stats) {
+    stats.add(counter::TX);
+    if let Some(stats) = VIP_STATS.get_ptr_mut(vip_num) {
         // SAFETY: a per-CPU slot: no other CPU writes it.
         unsafe {
             (*stats).packets += 1;

@@ -1,8 +1,8 @@
 //! `xdp_lb`: the L4 load balancer (katran-class). See `zrlab_common::lb` for the maps.
 //!
 //! Path of a packet: [`parse`] validates it and builds the flow (or decides pass/drop),
-//! [`route`] picks the real (server id, connection table, Maglev ring), [`encap`] wraps it in
-//! IPIP towards the real and transmits it back out (`XDP_TX`).
+//! [`route`] picks the real (connection table, server id, VIP and Maglev ring), [`encap`] wraps
+//! it in IPIP towards the real and transmits it back out (`XDP_TX`).
 //!
 //! Policy for what is not a clean VIP packet (documented in the README, tested by the
 //! conformance suite): non-IP frames and packets to non-VIP addresses pass untouched; to a VIP
@@ -26,7 +26,7 @@ mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use zrlab_common::lb::counter;
 
-    use super::{encap, maps::count, parse, route};
+    use super::{encap, maps::Stats, parse, route};
 
     #[xdp]
     pub fn xdp_lb(ctx: XdpContext) -> u32 {
@@ -42,15 +42,24 @@ mod prog {
 
     #[inline(always)]
     fn try_lb<const RESTORE: bool>(ctx: &XdpContext) -> Result<u32, ()> {
-        let pkt = match parse::parse(ctx)? {
+        let stats = Stats::get();
+        let pkt = match parse::parse(ctx, &stats)? {
             parse::Parsed::Vip(pkt) => pkt,
             parse::Parsed::Verdict(verdict) => return Ok(verdict),
         };
-        let Some(real) = route::pick(ctx, &pkt) else {
-            count(counter::ENCAP_FAILED);
-            return Ok(xdp_action::XDP_DROP);
-        };
-        encap::encap::<RESTORE>(ctx, &pkt, real)
+        match route::pick(ctx, &pkt, &stats) {
+            route::Route::Real { real, vip_num } => encap::encap::<RESTORE>(ctx, &pkt, real, vip_num, &stats),
+            route::Route::NoService => {
+                match parse::refuse(&stats, &pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS)? {
+                    parse::Parsed::Verdict(verdict) => Ok(verdict),
+                    parse::Parsed::Vip(_) => Ok(xdp_action::XDP_PASS),
+                }
+            }
+            route::Route::NoReal => {
+                stats.add(counter::ENCAP_FAILED);
+                Ok(xdp_action::XDP_DROP)
+            }
+        }
     }
 
     #[unsafe(link_section = "license")]

@@ -45,8 +45,10 @@ pub static LRU_FALLBACK: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_e
 #[map(name = "LB_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// One per-CPU entry holding every global counter: one map lookup per packet, however many
+/// counters the packet moves.
 #[map(name = "LB_COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
+pub static COUNTERS: PerCpuArray<[u64; counter::SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "LB_VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
@@ -54,11 +56,24 @@ pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_
 #[map(name = "LB_REAL_STATS")]
 pub static REAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
-/// Adds one to global counter `slot`.
-#[inline(always)]
-pub fn count(slot: u32) {
-    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot: no other CPU writes it.
-        unsafe { *value += 1 };
+/// This CPU's global counters, looked up once per packet.
+pub struct Stats(Option<*mut [u64; counter::SLOTS as usize]>);
+
+impl Stats {
+    /// Looks up this CPU's counters.
+    #[inline(always)]
+    pub fn get() -> Self {
+        Self(COUNTERS.get_ptr_mut(0))
+    }
+
+    /// Adds one to counter `slot`.
+    #[inline(always)]
+    pub fn add(&self, slot: u32) {
+        if let Some(counters) = self.0 {
+            if let Some(value) = unsafe { (*counters).get_mut(slot as usize) } {
+                // SAFETY: a per-CPU entry: no other CPU writes it.
+                *value += 1;
+            }
+        }
     }
 }

@@ -1,20 +1,20 @@
 //! Validation of a frame: is it a VIP packet we may forward, and what is its flow?
 //!
-//! Order matters: the destination address is checked against the VIP addresses first, so
-//! traffic for anything else (the LB host itself, transit) passes untouched even if malformed.
-//! Only VIP traffic is validated strictly, and only validated packets come out as
+//! Traffic for anything but a VIP address (the LB host itself, transit) passes untouched even
+//! if malformed: a packet that fails a check is dropped or passed per the policy only once its
+//! destination is known to be a VIP address ([`refuse`]). Only validated packets come out as
 //! [`Parsed::Vip`].
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use zrlab_common::lb::{FlowKey, VipKey, VipMeta, counter};
+use zrlab_common::lb::{FlowKey, counter};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, Ipv4Hdr,
-    Ipv6Hdr, TCP_LEN, TcpHdr, UDP_LEN, UdpHdr, frame_len, read_at, words_v4, words_v6,
+    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, TCP_LEN, UDP_LEN,
+    frame_len, load16, load32, span,
 };
 
-use super::maps::{VIP_ADDRS, VIPS, count};
+use super::maps::{Stats, VIP_ADDRS};
 
-/// A validated packet to a VIP.
+/// A validated TCP or UDP packet (whether a VIP serves its port is decided by routing).
 pub struct Pkt {
     /// IPv6 (else IPv4).
     pub v6: bool,
@@ -32,13 +32,11 @@ pub struct Pkt {
     pub tcp_hdr_len: usize,
     /// The flow.
     pub flow: FlowKey,
-    /// The VIP it belongs to.
-    pub vip: VipMeta,
 }
 
 /// The outcome of parsing.
 pub enum Parsed {
-    /// A valid packet for a VIP: route it.
+    /// A valid TCP or UDP packet that may be a VIP's: route it.
     Vip(Pkt),
     /// Decided already: pass or drop.
     Verdict(u32),
@@ -48,9 +46,21 @@ const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
 
 #[inline(always)]
-fn verdict(slot: u32, action: u32) -> Result<Parsed, ()> {
-    count(slot);
+fn verdict(stats: &Stats, slot: u32, action: u32) -> Result<Parsed, ()> {
+    stats.add(slot);
     Ok(Parsed::Verdict(action))
+}
+
+/// A packet that is not a clean VIP packet: if its destination is not a VIP address at all, it
+/// passes untouched (whatever is wrong with it is not the LB's business); otherwise `action`.
+/// Checked only here, off the hot path: a clean VIP packet needs one lookup, the VIP's.
+#[inline(always)]
+pub fn refuse(stats: &Stats, dst: &[u32; 4], slot: u32, action: u32) -> Result<Parsed, ()> {
+    // SAFETY (verifier): a plain map lookup.
+    if unsafe { VIP_ADDRS.get(dst) }.is_none() {
+        return verdict(stats, counter::NON_VIP, PASS);
+    }
+    verdict(stats, slot, action)
 }
 
 /// IPv6 extension headers and fragments: not parsed by the LB.
@@ -59,101 +69,94 @@ fn is_ipv6_extension(nexthdr: u8) -> bool {
     matches!(nexthdr, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
-/// Parses the frame in `ctx`.
+/// Parses the frame in `ctx`. Header fields are read as words ([`load32`], [`load16`]) off
+/// one bounds-checked base per header.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
-    let Ok(eth) = read_at::<EthHdr>(ctx, 0) else {
-        return verdict(counter::NOT_IP, PASS);
+pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
+    let Ok(eth) = span(ctx, 0, ETH_LEN) else {
+        return verdict(stats, counter::NOT_IP, PASS);
     };
     let frame_ip_len = frame_len(ctx) - ETH_LEN;
-    let (v6, dst, src, ip_len, proto, tos) = match u16::from_be_bytes(eth.proto) {
+    // SAFETY (every load below): `span` checked that its base holds the bytes read.
+    let ethertype = u16::from_be(unsafe { load16(eth + 12) });
+    let (v6, dst, src, ip_len, proto, tos) = match ethertype {
         ETH_P_IP => {
-            let Ok(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-                return verdict(counter::NOT_IP, PASS);
+            let Ok(ip) = span(ctx, ETH_LEN, IPV4_LEN) else {
+                return verdict(stats, counter::NOT_IP, PASS);
             };
-            let dst = words_v4(ip.dst);
-            // SAFETY (verifier): a plain map lookup.
-            if unsafe { VIP_ADDRS.get(&dst) }.is_none() {
-                return verdict(counter::NON_VIP, PASS);
-            }
-            let ihl = usize::from(ip.vihl & 0x0f) * 4;
-            if ip.vihl >> 4 != 4 || ihl < IPV4_LEN {
-                return verdict(counter::MALFORMED, DROP);
+            let (head, frag_word, proto_word) = unsafe { (load32(ip), load32(ip + 4), load16(ip + 8)) };
+            let dst = [unsafe { load32(ip + 16) }, 0, 0, 0];
+            let [vihl, tos, tot_hi, tot_lo] = head.to_ne_bytes();
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < IPV4_LEN {
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
             if ihl > IPV4_LEN {
-                return verdict(counter::IP_OPTIONS, PASS);
+                return refuse(stats, &dst, counter::IP_OPTIONS, PASS);
             }
-            let tot = usize::from(u16::from_be_bytes(ip.tot_len));
+            let tot = usize::from(u16::from_be_bytes([tot_hi, tot_lo]));
             if tot < IPV4_LEN || !fits_frame(tot, frame_ip_len) {
-                return verdict(counter::MALFORMED, DROP);
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
             // MF set or a non-zero offset: a fragment.
-            if u16::from_be_bytes(ip.frag) & 0x3fff != 0 {
-                return verdict(counter::FRAGMENTS, PASS);
+            let [_, _, frag_hi, frag_lo] = frag_word.to_ne_bytes();
+            if u16::from_be_bytes([frag_hi, frag_lo]) & 0x3fff != 0 {
+                return refuse(stats, &dst, counter::FRAGMENTS, PASS);
             }
-            (false, dst, words_v4(ip.src), tot, ip.proto, ip.tos)
+            let src = [unsafe { load32(ip + 12) }, 0, 0, 0];
+            (false, dst, src, tot, proto_word.to_ne_bytes()[1], tos)
         }
         ETH_P_IPV6 => {
-            let Ok(ip) = read_at::<Ipv6Hdr>(ctx, ETH_LEN) else {
-                return verdict(counter::NOT_IP, PASS);
+            let Ok(ip) = span(ctx, ETH_LEN, IPV6_LEN) else {
+                return verdict(stats, counter::NOT_IP, PASS);
             };
-            let dst = words_v6(ip.dst);
-            // SAFETY (verifier): a plain map lookup.
-            if unsafe { VIP_ADDRS.get(&dst) }.is_none() {
-                return verdict(counter::NON_VIP, PASS);
+            let (head, lengths) = unsafe { (load32(ip), load32(ip + 4)) };
+            let dst = unsafe { [load32(ip + 24), load32(ip + 28), load32(ip + 32), load32(ip + 36)] };
+            let [b0, b1, _, _] = head.to_ne_bytes();
+            if b0 >> 4 != 6 {
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            if ip.vtcfl[0] >> 4 != 6 {
-                return verdict(counter::MALFORMED, DROP);
-            }
-            let tot = IPV6_LEN + usize::from(u16::from_be_bytes(ip.payload_len));
+            let [len_hi, len_lo, nexthdr, _] = lengths.to_ne_bytes();
+            let tot = IPV6_LEN + usize::from(u16::from_be_bytes([len_hi, len_lo]));
             if !fits_frame(tot, frame_ip_len) {
-                return verdict(counter::MALFORMED, DROP);
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            if is_ipv6_extension(ip.nexthdr) {
-                return verdict(counter::FRAGMENTS, PASS);
+            if is_ipv6_extension(nexthdr) {
+                return refuse(stats, &dst, counter::FRAGMENTS, PASS);
             }
-            let tclass = (ip.vtcfl[0] << 4) | (ip.vtcfl[1] >> 4);
-            (true, dst, words_v6(ip.src), tot, ip.nexthdr, tclass)
+            let src = unsafe { [load32(ip + 8), load32(ip + 12), load32(ip + 16), load32(ip + 20)] };
+            (true, dst, src, tot, nexthdr, (b0 << 4) | (b1 >> 4))
         }
-        _ => return verdict(counter::NOT_IP, PASS),
+        _ => return verdict(stats, counter::NOT_IP, PASS),
     };
     let l4_off = ETH_LEN + if v6 { IPV6_LEN } else { IPV4_LEN };
     let l4_len = ip_len - (l4_off - ETH_LEN);
     let (ports, tcp_flags, tcp_hdr_len) = match proto {
         IPPROTO_TCP => {
             if l4_len < TCP_LEN {
-                return verdict(counter::MALFORMED, DROP);
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            let tcp = read_at::<TcpHdr>(ctx, l4_off)?;
-            let hdr_len = usize::from(tcp.doff >> 4) * 4;
+            let tcp = span(ctx, l4_off, TCP_LEN)?;
+            let (ports, offset_flags) = unsafe { (load32(tcp), load16(tcp + 12)) };
+            let [doff, flags] = offset_flags.to_ne_bytes();
+            let hdr_len = usize::from(doff >> 4) * 4;
             if hdr_len < TCP_LEN || hdr_len > l4_len {
-                return verdict(counter::MALFORMED, DROP);
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            ([u16::from_ne_bytes(tcp.sport), u16::from_ne_bytes(tcp.dport)], tcp.flags, hdr_len)
+            (split_ports(ports), flags, hdr_len)
         }
         IPPROTO_UDP => {
             if l4_len < UDP_LEN {
-                return verdict(counter::MALFORMED, DROP);
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            let udp = read_at::<UdpHdr>(ctx, l4_off)?;
-            if usize::from(u16::from_be_bytes(udp.len)) != l4_len {
-                return verdict(counter::MALFORMED, DROP);
+            let udp = span(ctx, l4_off, UDP_LEN)?;
+            let (ports, len) = unsafe { (load32(udp), load16(udp + 4)) };
+            if usize::from(u16::from_be(len)) != l4_len {
+                return refuse(stats, &dst, counter::MALFORMED, DROP);
             }
-            ([u16::from_ne_bytes(udp.sport), u16::from_ne_bytes(udp.dport)], 0, 0)
+            (split_ports(ports), 0, 0)
         }
-        _ => return verdict(counter::OTHER_PROTO, PASS),
-    };
-    let mut key = VipKey { addr: dst, port: ports[1], proto, pad: 0 };
-    // SAFETY (verifier): plain map lookups; the value is copied out at once.
-    let vip = match unsafe { VIPS.get(&key) } {
-        Some(meta) => *meta,
-        None => {
-            key.port = 0;
-            match unsafe { VIPS.get(&key) } {
-                Some(meta) => *meta,
-                None => return verdict(counter::NO_SERVICE, PASS),
-            }
-        }
+        _ => return refuse(stats, &dst, counter::OTHER_PROTO, PASS),
     };
     Ok(Parsed::Vip(Pkt {
         v6,
@@ -164,8 +167,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ()> {
         tcp_flags,
         tcp_hdr_len,
         flow: FlowKey { src, dst, ports, proto, pad: [0; 3] },
-        vip,
     }))
+}
+
+/// Source and destination port, each as its two bytes in memory order, from the first word of
+/// a TCP or UDP header.
+#[inline(always)]
+fn split_ports(word: u32) -> [u16; 2] {
+    let [a, b, c, d] = word.to_ne_bytes();
+    [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
 }
 
 /// Whether an IP packet of `ip_len` bytes agrees with the `frame_ip_len` bytes the frame holds

@@ -1,12 +1,17 @@
-//! Picking the real: server id (TCP option or QUIC connection id), connection table, ring.
+//! Picking the real: connection table, server id (TCP option or QUIC connection id), ring.
 //!
-//! Order (DESIGN.md section 1, katran's order):
-//! 1. TCP non-SYN packets of a VIP with id routing: the first well-formed TPR option's id, if
-//!    live, picks the real and corrects the connection table;
-//! 2. QUIC packets of a VIP with id routing: the destination CID's id, if routable and live;
-//! 3. the connection table (per-CPU, then the shared fallback), except for SYNs, which always
-//!    hash (a new connection);
-//! 4. the VIP's active Maglev ring, and the result is remembered in the connection table.
+//! The fast path is a connection-table hit: the entry carries the real and the VIP's number and
+//! flags, so an established flow costs one table lookup and no VIP lookup. In order:
+//! 1. unless it is a SYN (a new connection always hashes), the connection table (this CPU's,
+//!    then the shared fallback);
+//! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
+//!    option's id, for QUIC the destination CID's id; a live id picks the real (whatever the
+//!    table said) and corrects the table;
+//! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
+//!    result is remembered in the connection tables.
+//!
+//! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
+//! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
 
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
@@ -14,68 +19,108 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{
     ConnEntry, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET,
-    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, counter, flow_hash, quic_server_id,
+    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
-use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, ptr_at};
+use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
-    maps::{CONFIG, LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, count},
+    maps::{CONFIG, LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, Stats, VIPS},
     parse::Pkt,
 };
 
-/// The real index for `pkt`, or `None` if the VIP has no usable ring.
+/// Where a packet goes.
+pub enum Route {
+    /// Encapsulate to real `real`, counting it for VIP `vip_num`.
+    Real {
+        /// The real's index.
+        real: u32,
+        /// The VIP's number.
+        vip_num: u32,
+    },
+    /// The destination is no VIP's (port or protocol): not the LB's business.
+    NoService,
+    /// The VIP has no usable ring.
+    NoReal,
+}
+
+/// Where `pkt` goes.
 #[inline(always)]
-pub fn pick(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
-    let flags = pkt.vip.flags;
-    let id = if pkt.flow.proto == IPPROTO_TCP && flags & VIP_F_TCP_ID_ROUTING != 0 && pkt.tcp_flags & TCP_SYN == 0 {
-        tpr_id(ctx, pkt)
-    } else if pkt.flow.proto == IPPROTO_UDP && flags & VIP_F_QUIC_ID_ROUTING != 0 {
-        quic_id(ctx, pkt)
-    } else {
-        None
-    };
-    if let Some(id) = id {
-        // SAFETY (verifier): a plain map lookup, copied out at once.
-        match unsafe { SERVER_IDS.get(&id) } {
-            Some(real) => {
-                let real = *real;
-                count(if pkt.flow.proto == IPPROTO_TCP { counter::TCP_ID_ROUTED } else { counter::QUIC_ID_ROUTED });
-                if flags & VIP_F_NO_LRU == 0 {
-                    remember(&pkt.flow, real);
-                }
-                return Some(real);
-            }
-            None => count(counter::ID_UNKNOWN),
-        }
-    }
-    if flags & VIP_F_HASH_PER_PACKET != 0 {
-        // SAFETY: a helper without preconditions.
-        return ring(pkt, flow_hash(&pkt.flow, unsafe { bpf_get_prandom_u32() }));
-    }
-    let seed = CONFIG.get(0).map_or(0, |c| c.hash_seed);
-    if flags & VIP_F_NO_LRU != 0 {
-        return ring(pkt, flow_hash(&pkt.flow, seed));
-    }
+pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn {
-        if let Some(real) = lookup(&pkt.flow) {
-            return Some(real);
+        if let Some(entry) = lookup(&pkt.flow, stats) {
+            let real = by_id(ctx, pkt, entry.flags, stats).unwrap_or(entry.real);
+            if real != entry.real {
+                remember(&pkt.flow, ConnEntry { real, ..entry });
+            }
+            return Route::Real { real, vip_num: entry.vip_num };
         }
     }
-    count(counter::LRU_MISS);
-    let real = ring(pkt, flow_hash(&pkt.flow, seed))?;
-    remember(&pkt.flow, real);
-    Some(real)
+    let Some(meta) = vip(pkt) else { return Route::NoService };
+    if let Some(real) = by_id(ctx, pkt, meta.flags, stats) {
+        if meta.flags & VIP_F_NO_LRU == 0 {
+            remember(&pkt.flow, ConnEntry { real, vip_num: meta.vip_num, flags: meta.flags, pad: 0 });
+        }
+        return Route::Real { real, vip_num: meta.vip_num };
+    }
+    let hash = if meta.flags & VIP_F_HASH_PER_PACKET != 0 {
+        // SAFETY: a helper without preconditions.
+        flow_hash(&pkt.flow, unsafe { bpf_get_prandom_u32() })
+    } else {
+        flow_hash(&pkt.flow, CONFIG.get(0).map_or(0, |c| c.hash_seed))
+    };
+    if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+        stats.add(counter::LRU_MISS);
+    }
+    let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
+    if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+        remember(&pkt.flow, ConnEntry { real, vip_num: meta.vip_num, flags: meta.flags, pad: 0 });
+    }
+    Route::Real { real, vip_num: meta.vip_num }
+}
+
+/// The VIP of `pkt`: exact port first, then any port.
+#[inline(always)]
+fn vip(pkt: &Pkt) -> Option<VipMeta> {
+    let mut key = VipKey { addr: pkt.flow.dst, port: pkt.flow.ports[1], proto: pkt.flow.proto, pad: 0 };
+    // SAFETY (verifier): plain map lookups; the value is copied out at once.
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(*meta);
+    }
+    key.port = 0;
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// The live real of the server id `pkt` carries, when `flags` turn id routing on for it.
+#[inline(always)]
+fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, stats: &Stats) -> Option<u32> {
+    let id = if pkt.flow.proto == IPPROTO_TCP && flags & VIP_F_TCP_ID_ROUTING != 0 && pkt.tcp_flags & TCP_SYN == 0 {
+        tpr_id(ctx, pkt, stats)?
+    } else if pkt.flow.proto == IPPROTO_UDP && flags & VIP_F_QUIC_ID_ROUTING != 0 {
+        quic_id(ctx, pkt, stats)?
+    } else {
+        return None;
+    };
+    // SAFETY (verifier): a plain map lookup, copied out at once.
+    match unsafe { SERVER_IDS.get(&id) } {
+        Some(real) => {
+            stats.add(if pkt.flow.proto == IPPROTO_TCP { counter::TCP_ID_ROUTED } else { counter::QUIC_ID_ROUTED });
+            Some(*real)
+        }
+        None => {
+            stats.add(counter::ID_UNKNOWN);
+            None
+        }
+    }
 }
 
 #[inline(always)]
-fn ring(pkt: &Pkt, hash: u32) -> Option<u32> {
-    let meta = &pkt.vip;
+fn ring(meta: &VipMeta, hash: u32, stats: &Stats) -> Option<u32> {
     if meta.ring_size == 0 || meta.ring_size > MAX_RING {
         return None;
     }
     let entry = RINGS.get_value_ptr_mut(meta.vip_num, &(hash % meta.ring_size))?;
-    count(counter::RING_ROUTED);
+    stats.add(counter::RING_ROUTED);
     // SAFETY: the kernel returned a valid pointer into the ring's value.
     Some(unsafe { *entry })
 }
@@ -87,24 +132,23 @@ fn cpu() -> u32 {
 }
 
 #[inline(always)]
-fn lookup(flow: &FlowKey) -> Option<u32> {
+fn lookup(flow: &FlowKey, stats: &Stats) -> Option<ConnEntry> {
     if let Some(entry) = LRU_PER_CPU.get_value_ptr_mut(cpu(), flow) {
-        count(counter::LRU_HIT);
+        stats.add(counter::LRU_HIT);
         // SAFETY: the kernel returned a valid pointer into the inner map's value.
-        return Some(unsafe { (*entry).real });
+        return Some(unsafe { *entry });
     }
     // SAFETY (verifier): a plain map lookup, copied out at once.
-    let real = unsafe { LRU_FALLBACK.get(flow) }.map(|e| e.real)?;
-    count(counter::LRU_FALLBACK_HIT);
+    let entry = unsafe { LRU_FALLBACK.get(flow) }.copied()?;
+    stats.add(counter::LRU_FALLBACK_HIT);
     if let Some(table) = LRU_PER_CPU.get(cpu()) {
-        let _ = table.insert(flow, ConnEntry { real, pad: 0 }, 0);
+        let _ = table.insert(flow, entry, 0);
     }
-    Some(real)
+    Some(entry)
 }
 
 #[inline(always)]
-fn remember(flow: &FlowKey, real: u32) {
-    let entry = ConnEntry { real, pad: 0 };
+fn remember(flow: &FlowKey, entry: ConnEntry) {
     if let Some(table) = LRU_PER_CPU.get(cpu()) {
         let _ = table.insert(flow, entry, 0);
     }
@@ -115,7 +159,7 @@ fn remember(flow: &FlowKey, real: u32) {
 /// the walk; a malformed option (length 0 or 1, past the header, wrong length for 0xB7) ends it
 /// and nothing after is trusted; at most [`TPR_MAX_OPTIONS`] options. Id 0 means none.
 #[inline(always)]
-fn tpr_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
+fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let end = pkt.l4_off + pkt.tcp_hdr_len;
     let mut off = pkt.l4_off + TCP_LEN;
     let mut i = 0;
@@ -134,17 +178,17 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
             _ => {}
         }
         if off + 1 >= end {
-            count(counter::OPT_MALFORMED);
+            stats.add(counter::OPT_MALFORMED);
             return None;
         }
         let len = usize::from(byte(ctx, off + 1)?);
         if len < 2 || off + len > end {
-            count(counter::OPT_MALFORMED);
+            stats.add(counter::OPT_MALFORMED);
             return None;
         }
         if kind == TPR_KIND {
             if len != usize::from(TPR_LEN) {
-                count(counter::OPT_MALFORMED);
+                stats.add(counter::OPT_MALFORMED);
                 return None;
             }
             let id = u32::from_be_bytes([
@@ -154,7 +198,7 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
                 byte(ctx, off + 5)?,
             ]);
             return (id != 0).then_some(id).or_else(|| {
-                count(counter::ID_UNKNOWN);
+                stats.add(counter::ID_UNKNOWN);
                 None
             });
         }
@@ -174,6 +218,9 @@ fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
     if off >= WALK_LIMIT {
         return None;
     }
+    // The mask changes nothing (off < WALK_LIMIT, a power of two) but gives the verifier both
+    // bounds, whatever form the compiler gave the comparison above.
+    let off = opaque(off) & (WALK_LIMIT - 1);
     // SAFETY: ptr_at checked that the byte lies inside the packet.
     ptr_at::<u8>(ctx, off).ok().map(|p| unsafe { *p })
 }
@@ -182,7 +229,7 @@ fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
 /// and Retry long headers with a destination CID of at least 8 bytes carry an id in it; short
 /// headers are assumed to carry an 8-byte CID.
 #[inline(always)]
-fn quic_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
+fn quic_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let payload = pkt.l4_off + UDP_LEN;
     let payload_len = pkt.ip_len - (pkt.l4_off - ETH_LEN) - UDP_LEN;
     let first = byte(ctx, payload)?;
@@ -190,18 +237,18 @@ fn quic_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
         // Long header: type in bits 4-5; version (4 bytes); DCID length; DCID.
         let kind = (first >> 4) & 0x3;
         if kind < 2 || payload_len < 6 {
-            count(counter::QUIC_HASHED);
+            stats.add(counter::QUIC_HASHED);
             return None;
         }
         let cid_len = u32::from(byte(ctx, payload + 5)?);
         if cid_len < QUIC_MIN_CID || payload_len < 6 + cid_len as usize {
-            count(counter::QUIC_HASHED);
+            stats.add(counter::QUIC_HASHED);
             return None;
         }
         payload + 6
     } else {
         if payload_len < 1 + QUIC_MIN_CID as usize {
-            count(counter::QUIC_HASHED);
+            stats.add(counter::QUIC_HASHED);
             return None;
         }
         payload + 1
@@ -216,11 +263,11 @@ fn quic_id(ctx: &XdpContext, pkt: &Pkt) -> Option<u32> {
     match quic_server_id(&cid) {
         Some(id) if id != 0 => Some(id),
         Some(_) => {
-            count(counter::ID_UNKNOWN);
+            stats.add(counter::ID_UNKNOWN);
             None
         }
         None => {
-            count(counter::QUIC_HASHED);
+            stats.add(counter::QUIC_HASHED);
             None
         }
     }

@@ -1,0 +1,343 @@
+//! `zrlab bench xdp`: the LB's cost per packet by conformance category, as a ratio to an empty
+//! XDP program measured the same way in the same run, and the Maglev control plane's build
+//! time and disruption.
+//!
+//! Two methods (DESIGN.md section 3), both with kernel-reported durations:
+//! - **restoring** (the headline numbers): `BPF_PROG_TEST_RUN` with a large repeat count
+//!   reuses one buffer, so the program measured is `xdp_lb_bench`, which runs the whole path
+//!   and then undoes the encapsulation: every iteration sees the original frame. Floor: about
+//!   the test loop's own cost per iteration.
+//! - **katran's** (for comparison with katran's published numbers): the unmodified `xdp_lb`
+//!   with repeat 1, called in a loop, averaging the reported durations. Its floor includes a
+//!   fixed per-call cost, so its ratios are much smaller.
+//!
+//! Each case is measured several times and the median kept; the floor (`xdp_empty`) is measured
+//! between the cases by the same method, and its median is the baseline.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Instant};
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use serde::Serialize;
+
+use super::{
+    Balancer, Proto, RealSpec, Settings, VipSpec,
+    maglev::{self, Backend},
+};
+use crate::{
+    bpf::{Loaded, Object},
+    error::{LabError, Result},
+    packet::{ACK, FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, UdpRepr, tcp_options::TcpOption},
+    workload::quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},
+};
+
+/// How to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Iterations per `BPF_PROG_TEST_RUN` call.
+    pub repeat: u32,
+    /// Calls per case (the median is reported).
+    pub rounds: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { repeat: 200_000, rounds: 7 }
+    }
+}
+
+/// One measured case.
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    /// Category.
+    pub name: String,
+    /// Median nanoseconds per packet.
+    pub ns_per_pkt: f64,
+    /// `ns_per_pkt / floor_ns`.
+    pub ratio_to_floor: f64,
+    /// The verdict the case produced (to show it took the intended path).
+    pub verdict: String,
+    /// Median nanoseconds per packet by katran's method (repeat 1 in a loop).
+    pub katran_ns_per_pkt: f64,
+    /// `katran_ns_per_pkt` over the floor measured the same way.
+    pub katran_ratio_to_floor: f64,
+}
+
+/// Disruption when `k` of `n` backends leave a table.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Disruption {
+    /// Backends before.
+    pub n: usize,
+    /// Backends that left.
+    pub k: usize,
+    /// Fraction of table entries whose owner changed.
+    pub moved: f64,
+    /// `k / n`: what only the leaving backends' entries would be.
+    pub ideal: f64,
+    /// `moved / ideal`.
+    pub ratio: f64,
+}
+
+/// The Maglev measurements.
+#[derive(Clone, Debug, Serialize)]
+pub struct MaglevReport {
+    /// Table size.
+    pub size: u32,
+    /// Backends in the timed build.
+    pub backends: usize,
+    /// Median build time, milliseconds.
+    pub build_ms: f64,
+    /// Disruption for several `k` of `n`.
+    pub disruption: Vec<Disruption>,
+}
+
+/// The whole report (`target/bench/xdp.json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Median nanoseconds per packet of `xdp_empty` (restoring method's loop).
+    pub floor_ns: f64,
+    /// The floor by katran's method.
+    pub katran_floor_ns: f64,
+    /// The LB's cases.
+    pub cases: Vec<Case>,
+    /// The Maglev control plane.
+    pub maglev: MaglevReport,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("valid address")
+}
+
+fn frame(src: &str, dst: &str, payload: IpPayload) -> Vec<u8> {
+    FrameRepr::with_ip(IpRepr::new(ip(src), ip(dst), payload)).emit()
+}
+
+fn tcp(src: &str, dst: &str, dport: u16, flags: u8, options: Vec<TcpOption>) -> Vec<u8> {
+    let mut tcp = TcpRepr::new(40000, dport, flags);
+    tcp.options = options;
+    frame(src, dst, IpPayload::Tcp(tcp))
+}
+
+fn udp(src: &str, dst: &str, dport: u16, payload: Vec<u8>) -> Vec<u8> {
+    frame(src, dst, IpPayload::Udp(UdpRepr { sport: 40000, dport, payload }))
+}
+
+/// The benchmark's LB: one VIP per path, four IPv4 reals, ids 1..=4 live.
+fn balancer() -> Result<Balancer> {
+    let mut lb = Balancer::load(&Settings::default())?;
+    let reals: Vec<RealSpec> = ["192.0.2.2", "192.0.2.6", "192.0.2.10", "192.0.2.14"]
+        .iter()
+        .map(|a| RealSpec { addr: ip(a), weight: 1 })
+        .collect();
+    let v6reals: Vec<RealSpec> =
+        ["2001:db8:1::2", "2001:db8:2::2"].iter().map(|a| RealSpec { addr: ip(a), weight: 1 }).collect();
+    let vip = |addr: &str, port: u16, proto: Proto| VipSpec {
+        addr: ip(addr),
+        port,
+        proto,
+        tcp_id_routing: false,
+        quic_id_routing: false,
+        no_lru: false,
+        hash_per_packet: false,
+        ring_size: zrlab_common::lb::MAX_RING,
+    };
+    lb.set_vip(&VipSpec { tcp_id_routing: true, ..vip("203.0.113.10", 80, Proto::Tcp) }, &reals)?;
+    lb.set_vip(&VipSpec { quic_id_routing: true, ..vip("203.0.113.10", 443, Proto::Udp) }, &reals)?;
+    lb.set_vip(&vip("203.0.113.10", 8080, Proto::Udp), &reals)?;
+    lb.set_vip(&vip("2001:db8:ffff::10", 80, Proto::Tcp), &v6reals)?;
+    lb.set_vip(&vip("203.0.113.20", 0, Proto::Tcp), &v6reals)?;
+    lb.set_vip(&VipSpec { no_lru: true, ..vip("203.0.113.40", 80, Proto::Tcp) }, &reals)?;
+    let ids: BTreeMap<u32, IpAddr> = reals.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.addr)).collect();
+    lb.sync_server_ids(&ids)?;
+    Ok(lb)
+}
+
+/// The categories: (name, frame). Table-hit cases are measured after the first iteration put
+/// the flow in the table.
+fn cases() -> Vec<(&'static str, Vec<u8>)> {
+    let short = |id: u32| {
+        let dcid = cid_for(CidVersion::V3, id, [0x5a; CID_LEN]).expect("fits");
+        Datagram { header: Header::Short { dcid }, payload: b"REQ 1 1\n".to_vec() }.emit()
+    };
+    let initial = Datagram {
+        header: Header::Long { kind: LongType::Initial, version: VERSION_1, dcid: vec![9; 8], scid: vec![7; 8] },
+        payload: b"REQ 1 0\n".to_vec(),
+    }
+    .emit();
+    let mut options = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+    options[14] = 0x46;
+    vec![
+        ("v4 tcp, table hit (4in4)", tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![])),
+        ("v4 udp, table hit", udp("198.51.100.2", "203.0.113.10", 8080, b"hello".to_vec())),
+        ("v6 tcp, table hit (6in6)", tcp("2001:db8:100::2", "2001:db8:ffff::10", 80, ACK, vec![])),
+        ("v4 tcp any-port vip, table hit (4in6)", tcp("198.51.100.2", "203.0.113.20", 22, ACK, vec![])),
+        ("v4 tcp syn, ring and table insert", tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![])),
+        ("v4 tcp, ring every packet (no table)", tcp("198.51.100.2", "203.0.113.40", 80, ACK, vec![])),
+        ("v4 tcp, routed by TPR option", tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![TcpOption::ServerId(2)])),
+        ("v4 quic short header, routed by id", udp("198.51.100.2", "203.0.113.10", 443, short(3))),
+        ("v4 quic initial, hashed", udp("198.51.100.2", "203.0.113.10", 443, initial)),
+        ("non-vip, passed", tcp("198.51.100.2", "203.0.113.99", 80, ACK, vec![])),
+        ("vip, ipv4 options, passed", options),
+        ("vip, truncated, dropped", {
+            let mut f = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+            f.truncate(40);
+            f
+        }),
+    ]
+}
+
+fn measure(program: &Xdp, frame: &[u8], opts: &Options) -> Result<(f64, u32)> {
+    let mut samples = Vec::with_capacity(opts.rounds);
+    let mut verdict = 0;
+    for _ in 0..opts.rounds {
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat: opts.repeat, ..TestRunOptions::new() })
+            .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+        samples.push(result.duration.as_nanos() as f64);
+        verdict = result.return_value;
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[samples.len() / 2], verdict))
+}
+
+/// Katran's method: repeat 1, `calls` times, mean of the reported durations; repeated
+/// `opts.rounds` times, median kept.
+fn measure_katran(program: &Xdp, frame: &[u8], opts: &Options) -> Result<f64> {
+    let calls = (opts.repeat / 10).max(1_000);
+    let mut samples = Vec::with_capacity(opts.rounds);
+    for _ in 0..opts.rounds {
+        let mut total = 0u128;
+        for _ in 0..calls {
+            let result = program
+                .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })
+                .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+            total += result.duration.as_nanos();
+        }
+        samples.push(total as f64 / f64::from(calls));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn verdict_name(v: u32) -> String {
+    match v {
+        0 => "ABORTED",
+        1 => "DROP",
+        2 => "PASS",
+        3 => "TX",
+        _ => "?",
+    }
+    .to_owned()
+}
+
+/// Runs the benchmark.
+pub fn run(opts: &Options) -> Result<Report> {
+    let lb = balancer()?;
+    let floor_object = Loaded::load(Object::XdpEmpty, &["xdp_empty"])?;
+    let floor_program = floor_object.xdp("xdp_empty")?;
+    let program = lb.program("xdp_lb_bench")?;
+    let unmodified = lb.program("xdp_lb")?;
+    let (mut floors, mut katran_floors) = (Vec::new(), Vec::new());
+    let mut raw = Vec::new();
+    for (name, frame) in cases() {
+        floors.push(measure(floor_program, &frame, opts)?.0);
+        katran_floors.push(measure_katran(floor_program, &frame, opts)?);
+        let (ns, verdict) = measure(program, &frame, opts)?;
+        let katran = measure_katran(unmodified, &frame, opts)?;
+        raw.push((name, ns, verdict, katran));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let floor_ns = median(floors);
+    let katran_floor_ns = median(katran_floors);
+    let cases = raw
+        .into_iter()
+        .map(|(name, ns, verdict, katran)| Case {
+            name: name.to_owned(),
+            ns_per_pkt: ns,
+            ratio_to_floor: ns / floor_ns,
+            verdict: verdict_name(verdict),
+            katran_ns_per_pkt: katran,
+            katran_ratio_to_floor: katran / katran_floor_ns,
+        })
+        .collect();
+    Ok(Report { kernel: crate::report::kernel_release(), floor_ns, katran_floor_ns, cases, maglev: maglev_report() })
+}
+
+fn backends(n: usize) -> Vec<Backend> {
+    (0..n).map(|i| Backend { key: format!("192.0.{}.{}", i / 250, i % 250 + 1).into_bytes(), weight: 1 }).collect()
+}
+
+fn maglev_report() -> MaglevReport {
+    const SIZE: u32 = zrlab_common::lb::MAX_RING;
+    let set = backends(1000);
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            let table = maglev::build(&set, SIZE).expect("valid backends");
+            std::hint::black_box(table);
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let mut disruption = Vec::new();
+    for (n, ks) in [(10, &[1, 2, 3][..]), (100, &[1, 5, 10][..]), (1000, &[1, 10, 100][..])] {
+        let all = backends(n);
+        let keys = |s: &[Backend]| s.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
+        let before = maglev::build(&all, SIZE).expect("valid");
+        for &k in ks {
+            // The k leaving backends are spread over the set, not the first k.
+            let rest: Vec<Backend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % (n / k) != 0 || i / (n / k) >= k)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let after = maglev::build(&rest, SIZE).expect("valid");
+            let moved = maglev::changed_fraction(&before, &keys(&all), &after, &keys(&rest));
+            let ideal = (n - rest.len()) as f64 / n as f64;
+            disruption.push(Disruption { n, k: n - rest.len(), moved, ideal, ratio: moved / ideal });
+        }
+    }
+    MaglevReport { size: SIZE, backends: set.len(), build_ms: times[times.len() / 2], disruption }
+}
+
+impl Report {
+    /// The printed table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "xdp_lb on kernel {} (BPF_PROG_TEST_RUN; restoring variant, and katran's repeat-1 method)\n",
+            self.kernel
+        );
+        out.push_str(&format!(
+            "{:<44}{:>10}{:>10}{:>12}{:>10}  {}\n",
+            "case", "ns/pkt", "x floor", "katran ns", "x floor", "verdict"
+        ));
+        out.push_str(&format!(
+            "{:<44}{:>10.1}{:>10.2}{:>12.1}{:>10.2}\n",
+            "floor: xdp_empty", self.floor_ns, 1.0, self.katran_floor_ns, 1.0
+        ));
+        for c in &self.cases {
+            out.push_str(&format!(
+                "{:<44}{:>10.1}{:>10.2}{:>12.1}{:>10.2}  {}\n",
+                c.name, c.ns_per_pkt, c.ratio_to_floor, c.katran_ns_per_pkt, c.katran_ratio_to_floor, c.verdict
+            ));
+        }
+        let m = &self.maglev;
+        out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
+        for d in &m.disruption {
+            out.push_str(&format!(
+                "maglev: {} of {} leave: {:.3}% of entries move, ideal {:.3}% ({:.3}x)\n",
+                d.k,
+                d.n,
+                d.moved * 100.0,
+                d.ideal * 100.0,
+                d.ratio
+            ));
+        }
+        out
+    }
+}
