@@ -79,6 +79,20 @@ fn default_ring_size() -> u32 {
 }
 
 impl VipSpec {
+    /// A VIP with the default policy: ring of 65537, no id routing, connection table on.
+    pub fn new(addr: IpAddr, port: u16, proto: Proto) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            tcp_id_routing: false,
+            quic_id_routing: false,
+            no_lru: false,
+            hash_per_packet: false,
+            ring_size: MAX_RING,
+        }
+    }
+
     fn key(&self) -> VipKey {
         VipKey { addr: words(self.addr), port: self.port.to_be(), proto: self.proto.number(), pad: 0 }
     }

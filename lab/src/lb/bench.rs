@@ -132,16 +132,7 @@ fn balancer() -> Result<Balancer> {
         .collect();
     let v6reals: Vec<RealSpec> =
         ["2001:db8:1::2", "2001:db8:2::2"].iter().map(|a| RealSpec { addr: ip(a), weight: 1 }).collect();
-    let vip = |addr: &str, port: u16, proto: Proto| VipSpec {
-        addr: ip(addr),
-        port,
-        proto,
-        tcp_id_routing: false,
-        quic_id_routing: false,
-        no_lru: false,
-        hash_per_packet: false,
-        ring_size: zrlab_common::lb::MAX_RING,
-    };
+    let vip = |addr: &str, port: u16, proto: Proto| VipSpec::new(ip(addr), port, proto);
     lb.set_vip(&VipSpec { tcp_id_routing: true, ..vip("203.0.113.10", 80, Proto::Tcp) }, &reals)?;
     lb.set_vip(&VipSpec { quic_id_routing: true, ..vip("203.0.113.10", 443, Proto::Udp) }, &reals)?;
     lb.set_vip(&vip("203.0.113.10", 8080, Proto::Udp), &reals)?;

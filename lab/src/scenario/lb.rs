@@ -64,15 +64,14 @@ impl Deployment {
                 Ok((b.clone(), addr, spec.weights.get(b).copied().unwrap_or(1)))
             })
             .collect::<Result<_>>()?;
+        // The [lb] section's policy fields are the VIP's (see `LbSpec`).
         let vip = |port: u16, proto: Proto| VipSpec {
-            addr: workload.vip,
-            port,
-            proto,
             tcp_id_routing: spec.tcp_id_routing,
             quic_id_routing: spec.quic_id_routing,
             no_lru: spec.no_lru,
             hash_per_packet: spec.hash_per_packet,
             ring_size: spec.ring_size,
+            ..VipSpec::new(workload.vip, port, proto)
         };
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
         let live: BTreeMap<u32, IpAddr> =

@@ -30,16 +30,7 @@ pub(crate) const CLIENT4: &str = "198.51.100.2";
 pub(crate) const CLIENT6: &str = "2001:db8:100::2";
 
 fn vip(addr: &str, port: u16, proto: Proto) -> VipSpec {
-    VipSpec {
-        addr: ip(addr),
-        port,
-        proto,
-        tcp_id_routing: false,
-        quic_id_routing: false,
-        no_lru: false,
-        hash_per_packet: false,
-        ring_size: 65_537,
-    }
+    VipSpec::new(ip(addr), port, proto)
 }
 
 fn reals(addrs: &[&str]) -> Vec<RealSpec> {
