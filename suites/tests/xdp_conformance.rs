@@ -102,6 +102,7 @@ fn base_paths() {
         ("any-port vip, port 22: 4in6", tcp(CLIENT4, 40000, "203.0.113.20", 22, SYN, vec![])),
         ("any-port vip, port 65535", tcp(CLIENT4, 40000, "203.0.113.20", 65535, SYN, vec![])),
         ("v6 udp to a v4 real: 6in4", udp(CLIENT6, 50000, "2001:db8:ffff::20", 443, b"x")),
+        ("v6 udp, same flow: table hit", udp(CLIENT6, 50000, "2001:db8:ffff::20", 443, b"y")),
         ("vip without a connection table: ring every time", tcp(CLIENT4, 40000, "203.0.113.40", 80, ACK, vec![])),
         ("vip without a connection table, again: ring", tcp(CLIENT4, 40000, "203.0.113.40", 80, ACK, vec![])),
         ("tos copied to the outer header", tos),
@@ -114,6 +115,27 @@ fn base_paths() {
         ("arp frame", arp()),
     ];
     insta::assert_snapshot!(run(cases));
+}
+
+#[test]
+fn weights_share_the_ring() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let program = fx.lb.program("xdp_lb").expect("program");
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for port in 0..2000u16 {
+        let frame = tcp(CLIENT4, 10_000 + port, "203.0.113.30", 80, SYN, vec![]);
+        let (verdict, output) = test_run(program, &frame);
+        assert_eq!(verdict, TX);
+        let Verdict::Tx { real, output: expected, .. } = fx.model.process(&frame) else { panic!("model: TX") };
+        assert_eq!(output, expected, "port {port}");
+        *counts.entry(real.to_string()).or_default() += 1;
+    }
+    let (heavy, light) = (counts[R1], counts[R2]);
+    let ratio = f64::from(heavy) / f64::from(light);
+    assert!((2.7..=3.3).contains(&ratio), "weights 3:1 gave {heavy}:{light}");
+    insta::assert_snapshot!(format!("{counts:?}"));
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub(crate) fn fixture_vips() -> Vec<(VipSpec, Vec<RealSpec>)> {
         (vip("203.0.113.20", 0, Proto::Tcp), reals(&[R6A])),
         (vip("2001:db8:ffff::20", 443, Proto::Udp), reals(&["192.0.2.14"])),
         (VipSpec { no_lru: true, ..vip("203.0.113.40", 80, Proto::Tcp) }, reals(&[R1, R2, R3])),
+        (
+            vip("203.0.113.30", 80, Proto::Tcp),
+            vec![RealSpec { addr: ip(R1), weight: 3 }, RealSpec { addr: ip(R2), weight: 1 }],
+        ),
     ]
 }
 
