@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod exec;
 mod lab;
+mod matrix;
 mod setup;
 mod test;
 
@@ -33,6 +34,9 @@ enum Command {
     Test(test::Options),
     /// Run a benchmark (release build); prints ratios to a baseline measured in the same run.
     Bench(bench::Options),
+    /// Boot Debian kernels under QEMU (and the host's natively) and run the kernel-sensitive
+    /// suites on each; writes target/matrix/report.{json,md}.
+    Matrix(matrix::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Lab(opts) => lab::run(opts),
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
+        Command::Matrix(opts) => matrix::run(opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
