@@ -184,14 +184,9 @@ pub(super) struct Rejected {
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The verifier's last complaint, without its statistics lines.
-        let complaint = self
-            .log
-            .lines()
-            .map(str::trim)
-            .filter(|l| {
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
-            })
-            .last();
+        let complaint = self.log.lines().map(str::trim).rfind(|l| {
+            !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+        });
         write!(f, "{}", self.error)?;
         if let Some(line) = complaint {
             let line: String = line.chars().take(80).collect();

@@ -52,7 +52,8 @@ const GUEST_CPUS: u32 = 2;
 /// Options of `cargo xtask matrix`.
 #[derive(clap::Args)]
 pub(crate) struct Options {
-    /// A kernel series of ci/kernels.toml to boot (repeatable) [default: every default one].
+    /// A kernel series of ci/kernels.toml to boot (repeatable) [default: every default one];
+    /// `host` alone runs only the host kernel.
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// Do not run the host kernel natively.
@@ -68,6 +69,10 @@ pub(crate) struct Options {
     /// (`INSTA_UPDATE=always` in the suites), to review and commit.
     #[arg(long)]
     record_snapshots: bool,
+    /// Merge report.json files of separate runs (CI shards) into target/matrix/report.*
+    /// instead of running anything.
+    #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["kernels", "no_host"])]
+    merge: Vec<PathBuf>,
 }
 
 /// The `--accel` choices.
@@ -92,8 +97,22 @@ enum Environment<'a> {
 /// Entry point of `cargo xtask matrix`.
 pub(crate) fn run(opts: Options) -> Result<()> {
     let workspace = exec::workspace_root();
+    let target = workspace.join("target/matrix");
+    if !opts.merge.is_empty() {
+        return merge(&opts.merge, &target);
+    }
     let all = config::kernels(&workspace.join("ci/kernels.toml"))?;
-    let kernels = config::pick(&all, &opts.kernels)?;
+    let series: Vec<String> = opts
+        .kernels
+        .iter()
+        .filter(|k| *k != "host")
+        .cloned()
+        .collect();
+    let kernels = if series.is_empty() && !opts.kernels.is_empty() {
+        Vec::new()
+    } else {
+        config::pick(&all, &series)?
+    };
     let selection = config::selection(&workspace.join("ci/matrix.toml"))?;
     if !exec::is_root() {
         bail!("the matrix needs root (namespaces, BPF, the lab's cgroups): run it as root");
@@ -102,7 +121,6 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     if !kernels.is_empty() {
         setup::ensure_matrix(true)?;
     }
-    let target = workspace.join("target/matrix");
     let runs = target.join("runs");
     let cache = target.join("cache");
 
@@ -164,8 +182,13 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         };
         report.kernels.push(column);
     }
+    finish(&report, &target, started)
+}
+
+/// Prints the table, writes the report files, and fails on any unexpected cell.
+fn finish(report: &Report, target: &Path, started: Instant) -> Result<()> {
     println!("\n{}", report.table());
-    report.write(&target)?;
+    report.write(target)?;
     println!(
         "report: {}/report.json, report.md ({:.0} s)",
         target.display(),
@@ -178,6 +201,19 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--merge`: one report from the shards' reports.
+fn merge(files: &[PathBuf], target: &Path) -> Result<()> {
+    let mut report = Report::default();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let shard: Report =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        report.kernels.extend(shard.kernels);
+    }
+    finish(&report, target, Instant::now())
 }
 
 /// The tools of VM runs.

@@ -189,9 +189,7 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
         .arg(boot.initrd)
         .args(["-append", KERNEL_ARGS])
         .arg("-fsdev")
-        .arg(format!(
-            "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap"
-        ))
+        .arg("local,id=root,path=/,security_model=none,readonly=on,multidevs=remap")
         .arg("-device")
         .arg(format!("virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}"))
         .arg("-fsdev")
