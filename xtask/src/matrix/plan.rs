@@ -83,6 +83,11 @@ pub(crate) fn build(
             "ZRLAB_EXE".into(),
             artifacts.zrlab.to_string_lossy().into_owned(),
         ),
+        // insta finds the workspace with `cargo metadata`; the steps have no cargo on PATH.
+        (
+            "INSTA_WORKSPACE_ROOT".into(),
+            workspace.to_string_lossy().into_owned(),
+        ),
         (
             "INSTA_UPDATE".into(),
             if opts.record_snapshots {
