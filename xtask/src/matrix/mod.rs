@@ -325,19 +325,46 @@ fn run_vm(
     };
     column.release = tree.release.clone();
     let started = Instant::now();
-    let booted = boot_and_run(
-        &tree, vm, selection, artifacts, workspace, &out, opts, &mut say,
-    );
+    // A panic before the init's first step is early boot, not the tests: under TCG, kernels
+    // occasionally trip over their own text patching there (an int3 oops in the idle loop was
+    // seen with 7.3). Boot once more, keep the first console log, and say so in the boot cell.
+    let mut first_panic: Option<(String, String)> = None;
+    let booted = loop {
+        let result = boot_and_run(
+            &tree, vm, selection, artifacts, workspace, &out, opts, &mut say,
+        );
+        let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
+        match result {
+            Err(e)
+                if first_panic.is_none()
+                    && format!("{e:#}").contains("the guest kernel reported")
+                    && !console.contains(zrlab_guest::STEP_MARKER) =>
+            {
+                say("the kernel panicked before the init started; booting once more");
+                first_panic = Some((format!("{e:#}"), console));
+            }
+            other => break other,
+        }
+    };
+    if let Some((_, console)) = &first_panic {
+        let _ = std::fs::write(out.join("console-first-boot.log"), console);
+    }
     column.wall_s = started.elapsed().as_secs_f64();
     let mut cells = match booted {
         Ok(booted) => {
             column.boot_s = booted.boot_s;
             let results = runner::read_results(&out).unwrap_or_default();
+            let retried = first_panic
+                .as_ref()
+                .map(|(e, _)| {
+                    format!("; the first boot panicked before init and was retried ({e})")
+                })
+                .unwrap_or_default();
             let mut cells = vec![Cell::new(
                 "boot",
                 Outcome::Pass,
                 format!(
-                    "init reached in {:.1} s; init: {}",
+                    "init reached in {:.1} s; init: {}{retried}",
                     booted.boot_s.unwrap_or_default(),
                     if booted.verdict == Some(true) {
                         "success"
