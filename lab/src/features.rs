@@ -1,11 +1,27 @@
 //! Kernel features the lab depends on, detected by trying them, never by reading the version.
 //!
 //! A scenario lists what it `requires`; a kernel that lacks one gets an explicit skip that names
-//! the feature and the kernel version that introduced it (DESIGN.md section 4).
+//! the feature and the kernel version that introduced it (DESIGN.md section 4). `zrlab features`
+//! (and the kernel matrix) probes every one and cross-checks the result against that table:
+//! a kernel whose probe disagrees with its version is a finding.
+//!
+//! How each is tried:
+//! - BPF features ([`bpf`]): load a tiny hand-assembled program of the type, with the attach
+//!   type, the helper or the context field the feature adds (and run or attach it where that is
+//!   the feature);
+//! - resilient nexthop groups: create one in a scratch namespace over netlink;
+//! - lhash2 and bhash2 cannot be loaded: they are hash tables inside the TCP stack. They are
+//!   detected by behaviour ([`timing`]): with thousands of sockets on port 443, connection
+//!   set-up (lhash2) and `bind()` (bhash2) cost the same as with a hundred.
+
+mod bpf;
+mod timing;
 
 use std::{collections::BTreeMap, sync::Mutex};
 
 use serde::{Deserialize, Serialize};
+
+pub use timing::{PORT443_SIZES_ENV, port443_scaling_options};
 
 use crate::{
     error::Result,
@@ -18,30 +34,224 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Feature {
-    /// Resilient nexthop groups (`ip nexthop add ... type resilient`).
+    /// `BPF_PROG_TEST_RUN`: run a program on a supplied packet (4.12).
+    BpfProgTestRun,
+    /// `BPF_PROG_TYPE_SOCK_OPS` (4.13).
+    SockOps,
+    /// The listener hash keyed by address and port (4.16/4.17).
+    Lhash2,
+    /// `BPF_PROG_TYPE_SK_REUSEPORT` with `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` (4.19).
+    SkReuseport,
+    /// The `bpf_sk_assign` helper (5.6).
+    SkAssign,
+    /// `BPF_PROG_TYPE_SK_LOOKUP` (5.9).
+    SkLookup,
+    /// `bpf_{load,store,reserve}_hdr_opt`: TCP header options from sock_ops (5.10).
+    TcpHeaderOptions,
+    /// `BPF_SK_REUSEPORT_SELECT_OR_MIGRATE`: TCP request migration (5.14).
+    SelectOrMigrate,
+    /// The bind hash keyed by address and port (6.1).
+    Bhash2,
+    /// Resilient nexthop groups (`ip nexthop add ... type resilient`, 5.13).
     ResilientNexthopGroups,
 }
 
 impl Feature {
+    /// Every feature, in the order of DESIGN.md section 4 (resilient groups last).
+    pub const ALL: [Feature; 10] = [
+        Self::BpfProgTestRun,
+        Self::SockOps,
+        Self::Lhash2,
+        Self::SkReuseport,
+        Self::SkAssign,
+        Self::SkLookup,
+        Self::TcpHeaderOptions,
+        Self::SelectOrMigrate,
+        Self::Bhash2,
+        Self::ResilientNexthopGroups,
+    ];
+
+    /// The feature's name in scenario files, plans and reports (`sk-lookup`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BpfProgTestRun => "bpf-prog-test-run",
+            Self::SockOps => "sock-ops",
+            Self::Lhash2 => "lhash2",
+            Self::SkReuseport => "sk-reuseport",
+            Self::SkAssign => "sk-assign",
+            Self::SkLookup => "sk-lookup",
+            Self::TcpHeaderOptions => "tcp-header-options",
+            Self::SelectOrMigrate => "select-or-migrate",
+            Self::Bhash2 => "bhash2",
+            Self::ResilientNexthopGroups => "resilient-nexthop-groups",
+        }
+    }
+
+    /// The first kernel `(major, minor)` with the feature, per DESIGN.md section 4.
+    pub fn since(self) -> (u32, u32) {
+        match self {
+            Self::BpfProgTestRun => (4, 12),
+            Self::SockOps => (4, 13),
+            Self::Lhash2 => (4, 17),
+            Self::SkReuseport => (4, 19),
+            Self::SkAssign => (5, 6),
+            Self::SkLookup => (5, 9),
+            Self::TcpHeaderOptions => (5, 10),
+            Self::SelectOrMigrate => (5, 14),
+            Self::Bhash2 => (6, 1),
+            Self::ResilientNexthopGroups => (5, 13),
+        }
+    }
+
     /// What the feature is, and since when the kernel has it.
     pub fn describe(self) -> &'static str {
         match self {
+            Self::BpfProgTestRun => "BPF_PROG_TEST_RUN (kernel 4.12+)",
+            Self::SockOps => "sock_ops programs (kernel 4.13+)",
+            Self::Lhash2 => "the lhash2 listener hash (kernel 4.16/4.17+)",
+            Self::SkReuseport => "SK_REUSEPORT programs with REUSEPORT_SOCKARRAY (kernel 4.19+)",
+            Self::SkAssign => "the bpf_sk_assign helper (kernel 5.6+)",
+            Self::SkLookup => "SK_LOOKUP programs (kernel 5.9+)",
+            Self::TcpHeaderOptions => "TCP header option helpers for sock_ops (kernel 5.10+)",
+            Self::SelectOrMigrate => {
+                "SK_REUSEPORT_SELECT_OR_MIGRATE, TCP request migration (kernel 5.14+)"
+            }
+            Self::Bhash2 => "the bhash2 bind hash (kernel 6.1+)",
             Self::ResilientNexthopGroups => "resilient nexthop groups (kernel 5.13+)",
+        }
+    }
+
+    /// How the probe tries the feature.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::BpfProgTestRun => "load an XDP program, run it with BPF_PROG_TEST_RUN",
+            Self::SockOps => "load a sock_ops program",
+            Self::Lhash2 => "timing: connection set-up with N listeners on 443 vs 100",
+            Self::SkReuseport => "load an sk_reuseport program selecting from a sockarray",
+            Self::SkAssign => "load a tc program calling bpf_sk_assign (verifier log)",
+            Self::SkLookup => "load an sk_lookup program, attach it to a scratch netns",
+            Self::TcpHeaderOptions => "load a sock_ops program calling bpf_reserve_hdr_opt",
+            Self::SelectOrMigrate => "load a SELECT_OR_MIGRATE program reading migrating_sk",
+            Self::Bhash2 => "timing: bind() with N sockets on 443 vs 100",
+            Self::ResilientNexthopGroups => "create a resilient group in a scratch netns",
         }
     }
 
     /// Whether the running kernel has the feature (probed once per process).
     pub async fn probe(self) -> Result<bool> {
-        static CACHE: Mutex<BTreeMap<Feature, bool>> = Mutex::new(BTreeMap::new());
-        if let Some(known) = CACHE.lock().expect("not poisoned").get(&self) {
-            return Ok(*known);
-        }
-        let present = match self {
-            Self::ResilientNexthopGroups => probe_resilient_groups().await?,
-        };
-        CACHE.lock().expect("not poisoned").insert(self, present);
-        Ok(present)
+        Ok(self.probe_with_detail().await?.0)
     }
+
+    /// Whether the running kernel has the feature, and what the probe saw (probed once per
+    /// process; the two timing probes share one measurement).
+    pub async fn probe_with_detail(self) -> Result<(bool, String)> {
+        static CACHE: Mutex<BTreeMap<Feature, (bool, String)>> = Mutex::new(BTreeMap::new());
+        if let Some(known) = CACHE.lock().expect("not poisoned").get(&self) {
+            return Ok(known.clone());
+        }
+        let verdict = match self {
+            Self::BpfProgTestRun => bpf::test_run(),
+            Self::SockOps => bpf::sock_ops(),
+            Self::SkReuseport => bpf::sk_reuseport(),
+            Self::SkAssign => bpf::sk_assign(),
+            Self::SkLookup => {
+                let netns = Netns::create(&RunId::new(false).name("probe"))?;
+                bpf::sk_lookup(&netns)
+            }
+            Self::TcpHeaderOptions => bpf::tcp_header_options(),
+            Self::SelectOrMigrate => bpf::select_or_migrate(),
+            Self::Lhash2 | Self::Bhash2 => {
+                let [lhash2, bhash2] = timing::probe().await?;
+                let mut cache = CACHE.lock().expect("not poisoned");
+                cache.insert(Self::Lhash2, lhash2.clone());
+                cache.insert(Self::Bhash2, bhash2.clone());
+                return Ok(if self == Self::Lhash2 { lhash2 } else { bhash2 });
+            }
+            Self::ResilientNexthopGroups => {
+                let present = probe_resilient_groups().await?;
+                let what = if present { "created" } else { "refused" };
+                (present, format!("a resilient group was {what}"))
+            }
+        };
+        CACHE
+            .lock()
+            .expect("not poisoned")
+            .insert(self, verdict.clone());
+        Ok(verdict)
+    }
+}
+
+/// One feature probed on the running kernel, with the version table's opinion.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    /// The feature.
+    pub feature: Feature,
+    /// What trying it showed.
+    pub present: bool,
+    /// The version table's first kernel, `major.minor`.
+    pub since: String,
+    /// Whether the table says this kernel has it (`None` when `uname -r` does not parse).
+    pub table_says: Option<bool>,
+    /// How it was tried.
+    pub method: String,
+    /// What the probe saw.
+    pub detail: String,
+}
+
+impl Probe {
+    /// Whether the probe and the version table agree (a disagreement is a finding).
+    pub fn agrees(&self) -> bool {
+        self.table_says
+            .is_none_or(|expected| expected == self.present)
+    }
+}
+
+/// Probes every feature of [`Feature::ALL`] on the running kernel.
+pub async fn probe_all() -> Result<Vec<Probe>> {
+    let version = kernel_version();
+    let mut probes = Vec::new();
+    for feature in Feature::ALL {
+        let (present, detail) = feature.probe_with_detail().await?;
+        let (major, minor) = feature.since();
+        probes.push(Probe {
+            feature,
+            present,
+            since: format!("{major}.{minor}"),
+            table_says: version.map(|v| v >= feature.since()),
+            method: feature.method().into(),
+            detail,
+        });
+    }
+    Ok(probes)
+}
+
+/// The probes as a fixed-width table.
+pub fn table(probes: &[Probe]) -> String {
+    let mut out = format!(
+        "kernel {}\n{:<26}{:<9}{:<7}{:<10}{}\n",
+        crate::report::kernel_release(),
+        "feature",
+        "probe",
+        "since",
+        "table",
+        "detail"
+    );
+    for p in probes {
+        let table = match (p.table_says, p.agrees()) {
+            (None, _) => "?",
+            (Some(_), true) => "agrees",
+            (Some(_), false) => "DIFFERS",
+        };
+        out.push_str(&format!(
+            "{:<26}{:<9}{:<7}{:<10}{}\n",
+            p.feature.name(),
+            if p.present { "present" } else { "absent" },
+            p.since,
+            table,
+            p.detail
+        ));
+    }
+    out
 }
 
 /// `(major, minor)` of the running kernel, from `uname -r`.

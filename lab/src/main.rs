@@ -63,6 +63,17 @@ enum Command {
         #[command(subcommand)]
         bench: Bench,
     },
+    /// Probe the kernel features the lab uses (each by trying it) and compare with the version
+    /// table of DESIGN.md section 4.
+    Features {
+        /// Also write the probes as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Also write one `NAME present|absent` line per feature to this file (what the kernel
+        /// matrix's step runner reads to skip steps that need a missing feature).
+        #[arg(long)]
+        list: Option<PathBuf>,
+    },
     /// Internal: the service process started on backends.
     #[command(hide = true)]
     Service(ServiceArgs),
@@ -143,6 +154,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime.block_on(run_files(&files, false, out))
         }
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, out)),
+        Some(Command::Features { json, list }) => {
+            runtime.block_on(run_features(json.as_deref(), list.as_deref()))
+        }
         Some(Command::Service(_)) => unreachable!("handled above"),
     }
 }
@@ -162,6 +176,26 @@ async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
             print!("{}", report.table());
             write_json(out, "bind443.json", &report)?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_features(json: Option<&Path>, list: Option<&Path>) -> Result<ExitCode> {
+    let probes = zrlab::features::probe_all().await?;
+    print!("{}", zrlab::features::table(&probes));
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&probes)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = list {
+        let lines: String = probes
+            .iter()
+            .map(|p| {
+                let state = if p.present { "present" } else { "absent" };
+                format!("{} {state}\n", p.feature.name())
+            })
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod build;
 mod exec;
 mod fuzz;
 mod lab;
+mod matrix;
 mod setup;
 mod test;
 
@@ -33,6 +34,9 @@ enum Command {
     Bench(bench::Options),
     /// Fuzz the XDP programs against the reference model (a million frames by default).
     Fuzz(fuzz::Options),
+    /// Boot Debian kernels under QEMU (and the host's natively) and run the kernel-sensitive
+    /// suites on each; writes target/matrix/report.{json,md}.
+    Matrix(matrix::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Matrix(opts) => matrix::run(opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -21,17 +21,48 @@ use crate::exec::{describe, exec, is_root, output};
 /// Debian packages every command needs: LLVM for bpf-linker (build and run time).
 const APT_BASE: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 
+/// Debian packages only the kernel matrix needs (installed when it runs, or with `--matrix`):
+/// QEMU, the decompressors of Debian's kernel modules, and glibc's static libraries for the
+/// initramfs's statically linked init.
+pub(crate) const APT_MATRIX: &[&str] = &["qemu-system-x86", "xz-utils", "zstd", "libc6-dev"];
+
 /// Options of `cargo xtask setup`.
 #[derive(clap::Args)]
 pub(crate) struct Options {
     /// Only report what is missing; install nothing (exit 1 if anything is missing).
     #[arg(long)]
     check: bool,
+    /// Also what `cargo xtask matrix` needs (QEMU and friends).
+    #[arg(long)]
+    matrix: bool,
 }
 
 /// Entry point of `cargo xtask setup`.
 pub(crate) fn run(opts: &Options) -> Result<()> {
-    ensure(!opts.check)
+    ensure(!opts.check)?;
+    if opts.matrix {
+        ensure_matrix(!opts.check)?;
+    }
+    Ok(())
+}
+
+/// Checks (and installs, if `install`) the kernel matrix's packages.
+pub(crate) fn ensure_matrix(install: bool) -> Result<()> {
+    let packages = missing_packages(APT_MATRIX)?;
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !install {
+        bail!(
+            "missing apt packages for the kernel matrix: {}; `cargo xtask setup --matrix` installs them",
+            packages.join(" ")
+        );
+    }
+    eprintln!(
+        "[setup] the kernel matrix needs {} (`cargo xtask setup --matrix` installs them)",
+        packages.join(" ")
+    );
+    install_packages(&packages)
 }
 
 /// Checks every requirement and installs the missing ones (or only reports them).

@@ -1,0 +1,59 @@
+//! lhash2 and bhash2 by behaviour: both are hash tables inside the TCP stack that no program
+//! can load or call, so the probe measures what they fix (the port-443 scaling patterns of
+//! [`crate::port443::scaling`], ratios to N = 100 in the same run):
+//! - **bhash2**: `bind()` stays flat as sockets pile up on 443 (the suite's verdict);
+//! - **lhash2**: connection set-up to one of N listeners on distinct addresses stays flat
+//!   (without lhash2, every SYN walks all listeners on the port).
+
+use crate::{
+    error::Result,
+    port443::scaling::{self, RATIO_LIMIT, Verdict},
+};
+
+/// Environment variable with the socket counts of the 443 measurements (`100,1000,8000`).
+///
+/// The kernel matrix sets it in TCG guests, where the CPU is 8-9x slower; unset, the full
+/// sizes of [`scaling::SIZES`] apply (24,000 sockets, as the kernel selftest binds).
+pub const PORT443_SIZES_ENV: &str = "ZRLAB_PORT443_SIZES";
+
+/// The scaling options to use: [`PORT443_SIZES_ENV`] if set (the first size is the baseline),
+/// else the defaults. A malformed value is ignored with a warning.
+pub fn port443_scaling_options() -> scaling::Options {
+    let mut opts = scaling::Options::default();
+    if let Ok(text) = std::env::var(PORT443_SIZES_ENV) {
+        let sizes: std::result::Result<Vec<usize>, _> =
+            text.split(',').map(|s| s.trim().parse()).collect();
+        match sizes {
+            Ok(sizes) if sizes.len() >= 2 => opts.sizes = sizes,
+            _ => tracing::warn!("{PORT443_SIZES_ENV}={text:?} is not a list of sizes; ignored"),
+        }
+    }
+    opts
+}
+
+/// `[lhash2, bhash2]`: present or not, with the ratios seen.
+pub(super) async fn probe() -> Result<[(bool, String); 2]> {
+    let opts = port443_scaling_options();
+    let report = scaling::run(&opts).await?;
+    let largest = opts.sizes.iter().copied().max().unwrap_or_default();
+    let lookup = report
+        .lookup
+        .iter()
+        .find(|p| p.n == largest)
+        .map_or(f64::INFINITY, |p| p.ratio);
+    let lhash2 = (
+        lookup <= RATIO_LIMIT,
+        format!(
+            "connection set-up with {largest} listeners on 443: {lookup:.2}x of N={} (limit {RATIO_LIMIT}x)",
+            opts.sizes[0]
+        ),
+    );
+    let bhash2 = (
+        report.verdict == Verdict::RegressionAbsent,
+        format!(
+            "bind() with {largest} sockets on 443: worst {:.2}x of N={} (limit {RATIO_LIMIT}x)",
+            report.worst_bind_ratio, opts.sizes[0]
+        ),
+    );
+    Ok([lhash2, bhash2])
+}
