@@ -54,9 +54,8 @@ impl BootConfig {
                 "module" => config.modules.push(value.into()),
                 "root" => config.root_tag = value.into(),
                 "share" => {
-                    let (tag, path) = value
-                        .split_once(' ')
-                        .ok_or_else(|| format!("line {}: share needs TAG PATH", i + 1))?;
+                    let (tag, path) =
+                        value.split_once(' ').ok_or_else(|| format!("line {}: share needs TAG PATH", i + 1))?;
                     config.shares.push((tag.into(), path.into()));
                 }
                 "plan" => config.plan = value.into(),

@@ -72,10 +72,7 @@ impl fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Plan {
@@ -84,10 +81,7 @@ impl Plan {
         let mut out = String::from("# zrlab matrix plan\n");
         let mut line = |key: &str, value: &str| -> Result<(), PlanError> {
             if value.contains('\n') {
-                return Err(PlanError {
-                    line: 0,
-                    message: format!("{key} value {value:?} holds a newline"),
-                });
+                return Err(PlanError { line: 0, message: format!("{key} value {value:?} holds a newline") });
             }
             out.push_str(key);
             if !value.is_empty() {
@@ -103,10 +97,7 @@ impl Plan {
         }
         for step in &self.steps {
             if !valid_name(&step.name) {
-                return Err(PlanError {
-                    line: 0,
-                    message: format!("bad step name {:?}", step.name),
-                });
+                return Err(PlanError { line: 0, message: format!("bad step name {:?}", step.name) });
             }
             line("step", &step.name)?;
             line("cwd", &step.cwd.to_string_lossy())?;
@@ -116,10 +107,7 @@ impl Plan {
             }
             for (key, value) in &step.env {
                 if key.contains('=') {
-                    return Err(PlanError {
-                        line: 0,
-                        message: format!("environment name {key:?} holds '='"),
-                    });
+                    return Err(PlanError { line: 0, message: format!("environment name {key:?} holds '='") });
                 }
                 line("env", &format!("{key}={value}"))?;
             }
@@ -136,10 +124,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut step: Option<Step> = None;
         for (i, raw) in text.lines().enumerate() {
-            let err = |message: String| PlanError {
-                line: i + 1,
-                message,
-            };
+            let err = |message: String| PlanError { line: i + 1, message };
             if raw.starts_with('#') || raw.trim().is_empty() {
                 continue;
             }
@@ -165,16 +150,12 @@ impl Plan {
                 }
                 ("cwd", Some(s)) => s.cwd = value.into(),
                 ("timeout", Some(s)) => {
-                    let secs = value
-                        .parse()
-                        .map_err(|_| err(format!("timeout {value:?} is not whole seconds")))?;
+                    let secs = value.parse().map_err(|_| err(format!("timeout {value:?} is not whole seconds")))?;
                     s.timeout = Duration::from_secs(secs);
                 }
                 ("needs", Some(s)) => s.needs.push(value.into()),
                 ("env", Some(s)) => {
-                    let (k, v) = value
-                        .split_once('=')
-                        .ok_or_else(|| err(format!("env {value:?} has no '='")))?;
+                    let (k, v) = value.split_once('=').ok_or_else(|| err(format!("env {value:?} has no '='")))?;
                     s.env.push((k.into(), v.into()));
                 }
                 ("arg", Some(s)) => s.argv.push(value.into()),
@@ -192,16 +173,10 @@ impl Plan {
             }
         }
         if let Some(s) = step {
-            return Err(PlanError {
-                line: text.lines().count(),
-                message: format!("step {:?} has no `end`", s.name),
-            });
+            return Err(PlanError { line: text.lines().count(), message: format!("step {:?} has no `end`", s.name) });
         }
         if plan.out.as_os_str().is_empty() {
-            return Err(PlanError {
-                line: 0,
-                message: "no `out` directory".into(),
-            });
+            return Err(PlanError { line: 0, message: "no `out` directory".into() });
         }
         Ok(plan)
     }

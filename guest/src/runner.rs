@@ -104,11 +104,7 @@ impl StepResult {
             "error" => Outcome::Error(rest.to_owned()),
             _ => return None,
         };
-        Some(Self {
-            name,
-            secs,
-            outcome,
-        })
+        Some(Self { name, secs, outcome })
     }
 }
 
@@ -141,11 +137,7 @@ pub enum Event<'a> {
 }
 
 /// Runs every step of `plan`; returns their results (also written to `results.txt`).
-pub fn run(
-    plan: &Plan,
-    opts: Options,
-    mut progress: impl FnMut(Event<'_>),
-) -> io::Result<Vec<StepResult>> {
+pub fn run(plan: &Plan, opts: Options, mut progress: impl FnMut(Event<'_>)) -> io::Result<Vec<StepResult>> {
     std::fs::create_dir_all(&plan.out)?;
     let mut results_file = File::create(plan.out.join(RESULTS_FILE))?;
     let mut results = Vec::new();
@@ -156,11 +148,7 @@ pub fn run(
             missing if !missing.is_empty() => Outcome::Skipped(missing),
             _ => run_step(plan, step, opts),
         };
-        let result = StepResult {
-            name: step.name.clone(),
-            secs: started.elapsed().as_secs_f64(),
-            outcome,
-        };
+        let result = StepResult { name: step.name.clone(), secs: started.elapsed().as_secs_f64(), outcome };
         writeln!(results_file, "{result}")?;
         results_file.sync_all()?;
         progress(Event::Done(&result));
@@ -173,26 +161,13 @@ fn missing_needs(plan: &Plan, step: &Step) -> Vec<String> {
     if step.needs.is_empty() {
         return Vec::new();
     }
-    let present = plan
-        .features
-        .as_deref()
-        .map(present_features)
-        .unwrap_or_default();
-    step.needs
-        .iter()
-        .filter(|need| !present.contains(*need))
-        .cloned()
-        .collect()
+    let present = plan.features.as_deref().map(present_features).unwrap_or_default();
+    step.needs.iter().filter(|need| !present.contains(*need)).cloned().collect()
 }
 
 fn run_step(plan: &Plan, step: &Step, opts: Options) -> Outcome {
     let log_path = plan.out.join(format!("{}.log", step.name));
-    let log = match OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&log_path)
-    {
+    let log = match OpenOptions::new().create(true).write(true).truncate(true).open(&log_path) {
         Ok(log) => log,
         Err(e) => return Outcome::Error(format!("creating {}: {e}", log_path.display())),
     };
@@ -216,11 +191,7 @@ fn run_step(plan: &Plan, step: &Step, opts: Options) -> Outcome {
     let pid = child.id() as libc::pid_t;
     let deadline = Instant::now() + step.timeout;
     let status = loop {
-        let finished = if opts.reap_orphans {
-            reap_until(pid)
-        } else {
-            child.try_wait().ok().flatten()
-        };
+        let finished = if opts.reap_orphans { reap_until(pid) } else { child.try_wait().ok().flatten() };
         if let Some(status) = finished {
             break Some(status);
         }
@@ -297,12 +268,7 @@ mod tests {
             out: out.clone(),
             features: Some(features),
             steps: vec![
-                step(
-                    "ok",
-                    &["/bin/sh", "-c", "echo hello; echo err >&2"],
-                    10,
-                    &["have"],
-                ),
+                step("ok", &["/bin/sh", "-c", "echo hello; echo err >&2"], 10, &["have"]),
                 step("fails", &["/bin/sh", "-c", "exit 3"], 10, &[]),
                 step("hangs", &["/bin/sleep", "30"], 1, &[]),
                 step("needs", &["/bin/true"], 10, &["have", "lack"]),

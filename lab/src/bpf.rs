@@ -122,9 +122,17 @@ fn missing(what: &str, name: &str) -> LabError {
     LabError::Bpf { what: format!("find {what} {name}"), message: "missing from the object".into() }
 }
 
-/// A map-access error as a lab error naming the step.
+/// A map-access error as a lab error naming the step, with the OS error behind it.
 pub fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
-    move |e| LabError::Bpf { what: what.into(), message: e.to_string() }
+    move |e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            message.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        LabError::Bpf { what: what.into(), message }
+    }
 }
 
 /// The error of a refused program, with the last lines of the verifier's log.

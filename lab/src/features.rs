@@ -113,9 +113,7 @@ impl Feature {
             Self::SkAssign => "the bpf_sk_assign helper (kernel 5.6+)",
             Self::SkLookup => "SK_LOOKUP programs (kernel 5.9+)",
             Self::TcpHeaderOptions => "TCP header option helpers for sock_ops (kernel 5.10+)",
-            Self::SelectOrMigrate => {
-                "SK_REUSEPORT_SELECT_OR_MIGRATE, TCP request migration (kernel 5.14+)"
-            }
+            Self::SelectOrMigrate => "SK_REUSEPORT_SELECT_OR_MIGRATE, TCP request migration (kernel 5.14+)",
             Self::Bhash2 => "the bhash2 bind hash (kernel 6.1+)",
             Self::ResilientNexthopGroups => "resilient nexthop groups (kernel 5.13+)",
         }
@@ -173,10 +171,7 @@ impl Feature {
                 (present, format!("a resilient group was {what}"))
             }
         };
-        CACHE
-            .lock()
-            .expect("not poisoned")
-            .insert(self, verdict.clone());
+        CACHE.lock().expect("not poisoned").insert(self, verdict.clone());
         Ok(verdict)
     }
 }
@@ -201,8 +196,7 @@ pub struct Probe {
 impl Probe {
     /// Whether the probe and the version table agree (a disagreement is a finding).
     pub fn agrees(&self) -> bool {
-        self.table_says
-            .is_none_or(|expected| expected == self.present)
+        self.table_says.is_none_or(|expected| expected == self.present)
     }
 }
 

@@ -154,9 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime.block_on(run_files(&files, false, out))
         }
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, out)),
-        Some(Command::Features { json, list }) => {
-            runtime.block_on(run_features(json.as_deref(), list.as_deref()))
-        }
+        Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Service(_)) => unreachable!("handled above"),
     }
 }

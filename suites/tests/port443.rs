@@ -95,14 +95,9 @@ fn bind_scaling_verdict_matches_the_kernel() {
     // The full sizes (up to 24,000 sockets) unless ZRLAB_PORT443_SIZES says otherwise: the
     // kernel matrix uses smaller ones in TCG guests.
     let opts = port443_scaling_options();
-    let report = runtime()
-        .block_on(scaling::run(&opts))
-        .expect("measurements");
+    let report = runtime().block_on(scaling::run(&opts)).expect("measurements");
     eprintln!("{}", report.table());
-    assert_eq!(
-        report.bind.iter().map(|p| p.n).collect::<Vec<_>>(),
-        opts.sizes
-    );
+    assert_eq!(report.bind.iter().map(|p| p.n).collect::<Vec<_>>(), opts.sizes);
     let version = kernel_version().expect("kernel version");
     if version >= (6, 1) {
         assert_eq!(

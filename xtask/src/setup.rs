@@ -58,10 +58,7 @@ pub(crate) fn ensure_matrix(install: bool) -> Result<()> {
             packages.join(" ")
         );
     }
-    eprintln!(
-        "[setup] the kernel matrix needs {} (`cargo xtask setup --matrix` installs them)",
-        packages.join(" ")
-    );
+    eprintln!("[setup] the kernel matrix needs {} (`cargo xtask setup --matrix` installs them)", packages.join(" "));
     install_packages(&packages)
 }
 

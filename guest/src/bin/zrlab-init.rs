@@ -59,13 +59,7 @@ fn boot_and_run() -> Result<bool, String> {
         load_module(module)?;
     }
     fs::create_dir_all(NEWROOT).map_err(|e| format!("mkdir {NEWROOT}: {e}"))?;
-    mount(
-        &config.root_tag,
-        NEWROOT,
-        "9p",
-        libc::MS_RDONLY,
-        &format!("{NINEP_OPTS},cache=loose"),
-    )?;
+    mount(&config.root_tag, NEWROOT, "9p", libc::MS_RDONLY, &format!("{NINEP_OPTS},cache=loose"))?;
     let inside = |p: &str| format!("{NEWROOT}{p}");
     mount("proc", &inside("/proc"), "proc", 0, "")?;
     mount("sysfs", &inside("/sys"), "sysfs", 0, "")?;
@@ -82,13 +76,7 @@ fn boot_and_run() -> Result<bool, String> {
     let _ = mount("debugfs", &inside("/sys/kernel/debug"), "debugfs", 0, "");
     let _ = mount("tracefs", &inside("/sys/kernel/tracing"), "tracefs", 0, "");
     for (tag, path) in &config.shares {
-        mount(
-            tag,
-            &inside(&path.to_string_lossy()),
-            "9p",
-            0,
-            &format!("{NINEP_OPTS},cache=none"),
-        )?;
+        mount(tag, &inside(&path.to_string_lossy()), "9p", 0, &format!("{NINEP_OPTS},cache=none"))?;
     }
     let root = CString::new(NEWROOT).expect("no NUL");
     // SAFETY: valid C strings; chroot/chdir have no other preconditions.
@@ -99,50 +87,26 @@ fn boot_and_run() -> Result<bool, String> {
     }
     loopback_up()?;
     raise_limits()?;
-    let plan_text = fs::read_to_string(&config.plan)
-        .map_err(|e| format!("reading the plan {}: {e}", config.plan.display()))?;
+    let plan_text =
+        fs::read_to_string(&config.plan).map_err(|e| format!("reading the plan {}: {e}", config.plan.display()))?;
     let plan = Plan::parse(&plan_text).map_err(|e| e.to_string())?;
-    let results = runner::run(
-        &plan,
-        runner::Options { reap_orphans: true },
-        |event| match event {
-            Event::Start(step) => println!("{STEP_MARKER}{} start", step.name),
-            Event::Done(result) => {
-                println!(
-                    "{STEP_MARKER}{} {} ({:.1} s)",
-                    result.name, result.outcome, result.secs
-                )
-            }
-        },
-    )
+    let results = runner::run(&plan, runner::Options { reap_orphans: true }, |event| match event {
+        Event::Start(step) => println!("{STEP_MARKER}{} start", step.name),
+        Event::Done(result) => {
+            println!("{STEP_MARKER}{} {} ({:.1} s)", result.name, result.outcome, result.secs)
+        }
+    })
     .map_err(|e| format!("running the plan: {e}"))?;
     Ok(results.iter().all(|r| r.ok()))
 }
 
-fn mount(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> Result<(), String> {
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), String> {
     let c = |s: &str| CString::new(s).map_err(|_| format!("NUL in {s:?}"));
     let (src, tgt, fs, dat) = (c(source)?, c(target)?, c(fstype)?, c(data)?);
     // SAFETY: valid C strings that outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fs.as_ptr(),
-            flags,
-            dat.as_ptr().cast(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), flags, dat.as_ptr().cast()) };
     if rc != 0 {
-        return Err(format!(
-            "mount -t {fstype} {source} {target}: {}",
-            io::Error::last_os_error()
-        ));
+        return Err(format!("mount -t {fstype} {source} {target}: {}", io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -165,14 +129,10 @@ fn load_module(path: &Path) -> Result<(), String> {
 /// login session has more. The 443 patterns hold 8,000 sockets per helper process and kernels
 /// before 5.11 charge BPF maps to memlock, so raise both (root may) for every step.
 fn raise_limits() -> Result<(), String> {
-    for (resource, name, value) in [
-        (libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", 65_536),
-        (libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", libc::RLIM_INFINITY),
-    ] {
-        let limit = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
+    for (resource, name, value) in
+        [(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", 65_536), (libc::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK", libc::RLIM_INFINITY)]
+    {
+        let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
         // SAFETY: setrlimit reads the struct we own.
         if unsafe { libc::setrlimit(resource, &limit) } != 0 {
             return Err(format!("setrlimit {name}: {}", io::Error::last_os_error()));

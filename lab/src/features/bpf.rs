@@ -57,12 +57,7 @@ struct Insn {
 }
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: (src << 4) | dst,
-        off,
-        imm,
-    }
+    Insn { code, regs: (src << 4) | dst, off, imm }
 }
 
 /// `dst = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
@@ -154,19 +149,8 @@ struct LinkCreateAttr {
 fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union bpf_attr` whose size
     // is passed along; the kernel zero-extends it and writes only within it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
 }
 
 fn fd_from(rc: libc::c_long) -> OwnedFd {
@@ -184,9 +168,11 @@ pub(super) struct Rejected {
 impl std::fmt::Display for Rejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The verifier's last complaint, without its statistics lines.
-        let complaint = self.log.lines().map(str::trim).rfind(|l| {
-            !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
-        });
+        let complaint = self
+            .log
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"));
         write!(f, "{}", self.error)?;
         if let Some(line) = complaint {
             let line: String = line.chars().take(80).collect();
@@ -215,9 +201,7 @@ fn load(prog_type: u32, attach: u32, insns: &[Insn]) -> Result<OwnedFd, Rejected
         Ok(fd) => Ok(fd_from(fd)),
         Err(error) => Err(Rejected {
             error,
-            log: CStr::from_bytes_until_nul(&log)
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            log: CStr::from_bytes_until_nul(&log).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
         }),
     }
 }
@@ -239,10 +223,7 @@ fn helper_known(result: Result<OwnedFd, Rejected>, helper: &str) -> Verdict {
         Err(r) if r.log.contains("invalid func") || r.log.contains("unknown func") => {
             (false, format!("the verifier does not know {helper}: {r}"))
         }
-        Err(r) => (
-            true,
-            format!("the verifier knows {helper} (rejected only its dummy arguments: {r})"),
-        ),
+        Err(r) => (true, format!("the verifier knows {helper} (rejected only its dummy arguments: {r})")),
     }
 }
 
@@ -261,35 +242,22 @@ pub(super) fn test_run() -> Verdict {
         ..Default::default()
     };
     match sys_bpf(BPF_PROG_TEST_RUN, &mut attr) {
-        Ok(_) if attr.retval == XDP_PASS as u32 => {
-            (true, "XDP_PASS program ran, returned 2".into())
-        }
-        Ok(_) => (
-            false,
-            format!("test run returned {} instead of 2", attr.retval),
-        ),
+        Ok(_) if attr.retval == XDP_PASS as u32 => (true, "XDP_PASS program ran, returned 2".into()),
+        Ok(_) => (false, format!("test run returned {} instead of 2", attr.retval)),
         Err(e) => (false, format!("BPF_PROG_TEST_RUN: {e}")),
     }
 }
 
 /// `BPF_PROG_TYPE_SOCK_OPS`: a program returning 1 loads.
 pub(super) fn sock_ops() -> Verdict {
-    loaded(
-        load(PROG_SOCK_OPS, 0, &[mov_imm(0, 1), exit()]),
-        "sock_ops program",
-    )
+    loaded(load(PROG_SOCK_OPS, 0, &[mov_imm(0, 1), exit()]), "sock_ops program")
 }
 
 /// `BPF_PROG_TYPE_SK_REUSEPORT` with a `REUSEPORT_SOCKARRAY`: a program that calls
 /// `bpf_sk_select_reuseport(ctx, map, &key, 0)` on the map loads.
 pub(super) fn sk_reuseport() -> Verdict {
-    let mut attr = MapCreateAttr {
-        map_type: MAP_REUSEPORT_SOCKARRAY,
-        key_size: 4,
-        value_size: 8,
-        max_entries: 1,
-        map_flags: 0,
-    };
+    let mut attr =
+        MapCreateAttr { map_type: MAP_REUSEPORT_SOCKARRAY, key_size: 4, value_size: 8, max_entries: 1, map_flags: 0 };
     let map = match sys_bpf(BPF_MAP_CREATE, &mut attr) {
         Ok(fd) => fd_from(fd),
         Err(e) => return (false, format!("REUSEPORT_SOCKARRAY map: {e}")),
@@ -306,32 +274,19 @@ pub(super) fn sk_reuseport() -> Verdict {
         mov_imm(0, SK_PASS),
         exit(),
     ];
-    loaded(
-        load(PROG_SK_REUSEPORT, 0, &prog),
-        "sk_reuseport program selecting from a REUSEPORT_SOCKARRAY",
-    )
+    loaded(load(PROG_SK_REUSEPORT, 0, &prog), "sk_reuseport program selecting from a REUSEPORT_SOCKARRAY")
 }
 
 /// `bpf_sk_assign` (a tc program calling it).
 pub(super) fn sk_assign() -> Verdict {
-    let prog = [
-        mov_imm(2, 0),
-        mov_imm(3, 0),
-        call(FN_SK_ASSIGN),
-        mov_imm(0, 0),
-        exit(),
-    ];
+    let prog = [mov_imm(2, 0), mov_imm(3, 0), call(FN_SK_ASSIGN), mov_imm(0, 0), exit()];
     helper_known(load(PROG_SCHED_CLS, 0, &prog), "bpf_sk_assign")
 }
 
 /// `BPF_PROG_TYPE_SK_LOOKUP`: a program returning `SK_PASS` loads and attaches (`BPF_LINK_CREATE`)
 /// to `netns` (a scratch namespace; the link is closed at once).
 pub(super) fn sk_lookup(netns: impl AsFd) -> Verdict {
-    let prog = match load(
-        PROG_SK_LOOKUP,
-        ATTACH_SK_LOOKUP,
-        &[mov_imm(0, SK_PASS), exit()],
-    ) {
+    let prog = match load(PROG_SK_LOOKUP, ATTACH_SK_LOOKUP, &[mov_imm(0, SK_PASS), exit()]) {
         Ok(fd) => fd,
         Err(r) => return (false, format!("sk_lookup program rejected: {r}")),
     };
@@ -344,10 +299,7 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> Verdict {
     match sys_bpf(BPF_LINK_CREATE, &mut attr) {
         Ok(link) => {
             drop(fd_from(link));
-            (
-                true,
-                "sk_lookup program loaded and attached to a namespace".into(),
-            )
+            (true, "sk_lookup program loaded and attached to a namespace".into())
         }
         Err(e) => (false, format!("sk_lookup attach: {e}")),
     }
@@ -355,18 +307,9 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> Verdict {
 
 /// TCP header option helpers: a sock_ops program calling `bpf_reserve_hdr_opt(ctx, 0, 0)` loads.
 pub(super) fn tcp_header_options() -> Verdict {
-    let prog = [
-        mov_imm(2, 0),
-        mov_imm(3, 0),
-        call(FN_RESERVE_HDR_OPT),
-        mov_imm(0, 1),
-        exit(),
-    ];
+    let prog = [mov_imm(2, 0), mov_imm(3, 0), call(FN_RESERVE_HDR_OPT), mov_imm(0, 1), exit()];
     match load(PROG_SOCK_OPS, 0, &prog) {
-        Ok(_) => (
-            true,
-            "sock_ops program calling bpf_reserve_hdr_opt loaded".into(),
-        ),
+        Ok(_) => (true, "sock_ops program calling bpf_reserve_hdr_opt loaded".into()),
         Err(r) => (false, format!("bpf_reserve_hdr_opt: {r}")),
     }
 }
@@ -375,17 +318,9 @@ pub(super) fn tcp_header_options() -> Verdict {
 /// `ctx->migrating_sk` loads (kernels before 5.14 accept any attach type here but have no
 /// such field, so the context read is what proves it).
 pub(super) fn select_or_migrate() -> Verdict {
-    let prog = [
-        load_u64(2, 1, SK_REUSEPORT_MD_MIGRATING_SK),
-        mov_imm(0, SK_PASS),
-        exit(),
-    ];
+    let prog = [load_u64(2, 1, SK_REUSEPORT_MD_MIGRATING_SK), mov_imm(0, SK_PASS), exit()];
     loaded(
-        load(
-            PROG_SK_REUSEPORT,
-            ATTACH_SK_REUSEPORT_SELECT_OR_MIGRATE,
-            &prog,
-        ),
+        load(PROG_SK_REUSEPORT, ATTACH_SK_REUSEPORT_SELECT_OR_MIGRATE, &prog),
         "SELECT_OR_MIGRATE program reading migrating_sk",
     )
 }

@@ -21,8 +21,7 @@ pub const PORT443_SIZES_ENV: &str = "ZRLAB_PORT443_SIZES";
 pub fn port443_scaling_options() -> scaling::Options {
     let mut opts = scaling::Options::default();
     if let Ok(text) = std::env::var(PORT443_SIZES_ENV) {
-        let sizes: std::result::Result<Vec<usize>, _> =
-            text.split(',').map(|s| s.trim().parse()).collect();
+        let sizes: std::result::Result<Vec<usize>, _> = text.split(',').map(|s| s.trim().parse()).collect();
         match sizes {
             Ok(sizes) if sizes.len() >= 2 => opts.sizes = sizes,
             _ => tracing::warn!("{PORT443_SIZES_ENV}={text:?} is not a list of sizes; ignored"),
@@ -36,11 +35,7 @@ pub(super) async fn probe() -> Result<[(bool, String); 2]> {
     let opts = port443_scaling_options();
     let report = scaling::run(&opts).await?;
     let largest = opts.sizes.iter().copied().max().unwrap_or_default();
-    let lookup = report
-        .lookup
-        .iter()
-        .find(|p| p.n == largest)
-        .map_or(f64::INFINITY, |p| p.ratio);
+    let lookup = report.lookup.iter().find(|p| p.n == largest).map_or(f64::INFINITY, |p| p.ratio);
     let lhash2 = (
         lookup <= RATIO_LIMIT,
         format!(

@@ -14,10 +14,10 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS,
-    MAX_RING, MAX_VIPS, REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
-    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey,
-    VipMeta, VipStats, counter,
+    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS,
+    REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
+    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats,
+    counter,
 };
 
 use super::maglev::{self, Backend};
@@ -232,17 +232,9 @@ impl Balancer {
             ArrayOfMaps::try_from(self.bpf.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
         let mut tables = Vec::new();
         for cpu in 0..cpus.min(MAX_CPUS) {
-            let def = aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
-                size_of::<FlowKey>() as u32,
-                size_of::<ConnEntry>() as u32,
-                LRU_PER_CPU_SIZE,
-                0,
-            );
-            let data =
-                MapData::create(def, &format!("lb_lru_cpu{cpu}"), None).map_err(map_err("create a per-CPU LRU"))?;
             let table: HashMap<MapData, FlowKey, ConnEntry> =
-                HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(map_err("a per-CPU LRU"))?;
+                HashMap::try_from(super::inner::connection_table(&format!("lb_lru_cpu{cpu}"))?)
+                    .map_err(map_err("a per-CPU LRU"))?;
             outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
             tables.push(table);
         }
@@ -310,7 +302,8 @@ impl Balancer {
             }
         };
         // The new ring, complete before anything points at it.
-        let mut ring: Array<MapData, u32> = Array::create(MAX_RING, 0).map_err(map_err("create a ring"))?;
+        let mut ring: Array<MapData, u32> =
+            Array::try_from(super::inner::ring(&format!("lb_ring{num}"))?).map_err(map_err("a ring"))?;
         for (slot, owner) in table.iter().enumerate() {
             ring.set(slot as u32, indices[*owner as usize], 0).map_err(map_err("fill a ring"))?;
         }

@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod bench;
 pub mod decap;
+mod inner;
 pub mod maglev;
 pub mod model;
 

@@ -88,18 +88,12 @@ pub(crate) fn parse_one_line(text: &str) -> Vec<Source> {
             let Some((opts, after)) = opts.split_once(']') else {
                 continue;
             };
-            signed_by = opts
-                .split_whitespace()
-                .find_map(|o| o.strip_prefix("signed-by=").map(str::to_owned));
+            signed_by = opts.split_whitespace().find_map(|o| o.strip_prefix("signed-by=").map(str::to_owned));
             rest = after.trim();
         }
         let mut words = rest.split_whitespace();
         if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
-            sources.push(Source {
-                uri: uri.to_owned(),
-                suites: vec![suite.to_owned()],
-                signed_by,
-            });
+            sources.push(Source { uri: uri.to_owned(), suites: vec![suite.to_owned()], signed_by });
         }
     }
     sources
@@ -108,21 +102,10 @@ pub(crate) fn parse_one_line(text: &str) -> Vec<Source> {
 /// Picks the main and security archives among the machine's sources.
 pub(crate) fn archives(sources: &[Source]) -> Result<Archives> {
     let is_security = |s: &Source| s.suites.iter().any(|suite| suite.ends_with("-security"));
-    let main = sources
-        .iter()
-        .find(|s| !is_security(s))
-        .context("no Debian archive among the machine's apt sources")?;
+    let main = sources.iter().find(|s| !is_security(s)).context("no Debian archive among the machine's apt sources")?;
     let security = sources.iter().find(|s| is_security(s));
-    let keyring = main
-        .signed_by
-        .clone()
-        .filter(|k| k.starts_with('/'))
-        .unwrap_or_else(|| DEFAULT_KEYRING.to_owned());
-    Ok(Archives {
-        main: main.uri.clone(),
-        security: security.map(|s| s.uri.clone()),
-        keyring,
-    })
+    let keyring = main.signed_by.clone().filter(|k| k.starts_with('/')).unwrap_or_else(|| DEFAULT_KEYRING.to_owned());
+    Ok(Archives { main: main.uri.clone(), security: security.map(|s| s.uri.clone()), keyring })
 }
 
 /// The machine's sources, read from the system's apt configuration files (read only).
@@ -133,12 +116,10 @@ pub(crate) fn system_sources() -> Result<Vec<Source>> {
         files.sort();
         for file in files {
             if file.extension().is_some_and(|x| x == "sources") {
-                let text = fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
+                let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
                 sources.extend(parse_deb822(&text));
             } else if file.extension().is_some_and(|x| x == "list") {
-                let text = fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
+                let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
                 sources.extend(parse_one_line(&text));
             }
         }
@@ -158,10 +139,7 @@ pub(crate) fn sources_list(archives: &Archives, suites: &[String]) -> String {
             (None, true) => continue,
             _ => &archives.main,
         };
-        out.push_str(&format!(
-            "deb [signed-by={}] {uri} {suite} main\n",
-            archives.keyring
-        ));
+        out.push_str(&format!("deb [signed-by={}] {uri} {suite} main\n", archives.keyring));
     }
     out
 }
@@ -175,15 +153,10 @@ impl Apt {
     /// Writes (or rewrites) the configuration under `dir` for `suites`.
     pub(crate) fn prepare(dir: &Path, suites: &[String]) -> Result<Self> {
         let archives = archives(&system_sources()?)?;
-        for sub in [
-            "etc/apt.conf.d",
-            "etc/sources.list.d",
-            "etc/preferences.d",
-            "lists/partial",
-            "cache/archives/partial",
-        ] {
-            fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        for sub in
+            ["etc/apt.conf.d", "etc/sources.list.d", "etc/preferences.d", "lists/partial", "cache/archives/partial"]
+        {
+            fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
         let status = dir.join("status");
         if !status.exists() {
@@ -212,16 +185,12 @@ impl Apt {
         );
         fs::write(dir.join("etc/apt.conf"), "").context("writing the empty main apt.conf")?;
         write_if_changed(&dir.join("apt.conf"), &conf)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Self { dir: dir.to_path_buf() })
     }
 
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env("APT_CONFIG", self.dir.join("apt.conf"))
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C");
+        cmd.env("APT_CONFIG", self.dir.join("apt.conf")).env("DEBIAN_FRONTEND", "noninteractive").env("LC_ALL", "C");
         cmd
     }
 
@@ -231,17 +200,8 @@ impl Apt {
         cmd.args(["update", "-q"]);
         let out = output(&mut cmd)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success()
-            || stderr
-                .lines()
-                .any(|l| l.starts_with("E:") || l.starts_with("W: Failed"))
-        {
-            bail!(
-                "{} failed ({}): {}",
-                describe(&cmd),
-                out.status,
-                stderr.trim()
-            );
+        if !out.status.success() || stderr.lines().any(|l| l.starts_with("E:") || l.starts_with("W: Failed")) {
+            bail!("{} failed ({}): {}", describe(&cmd), out.status, stderr.trim());
         }
         Ok(())
     }
@@ -261,12 +221,7 @@ impl Apt {
         cmd.args(args);
         let out = output(&mut cmd)?;
         if !out.status.success() {
-            bail!(
-                "{} failed ({}): {}",
-                describe(&cmd),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("{} failed ({}): {}", describe(&cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -310,10 +265,7 @@ pub(crate) fn newest_in_series(versions: &[(String, String)], series: &str) -> O
         .map(|(v, _)| v)
         .filter(|v| {
             let upstream = upstream_of(v);
-            upstream == series
-                || upstream
-                    .strip_prefix(series)
-                    .is_some_and(|rest| rest.starts_with(['.', '~', '+']))
+            upstream == series || upstream.strip_prefix(series).is_some_and(|rest| rest.starts_with(['.', '~', '+']))
         })
         .max_by(|a, b| compare_versions(a, b))
         .cloned()
@@ -340,9 +292,7 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
     };
     let (ea, ua, ra) = split(a);
     let (eb, ub, rb) = split(b);
-    ea.cmp(&eb)
-        .then_with(|| compare_part(&ua, &ub))
-        .then_with(|| compare_part(&ra, &rb))
+    ea.cmp(&eb).then_with(|| compare_part(&ua, &ub)).then_with(|| compare_part(&ra, &rb))
 }
 
 fn compare_part(a: &str, b: &str) -> Ordering {
@@ -357,9 +307,7 @@ fn compare_part(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     while !a.is_empty() || !b.is_empty() {
         // Non-digit run.
-        while a.first().is_some_and(|c| !c.is_ascii_digit())
-            || b.first().is_some_and(|c| !c.is_ascii_digit())
-        {
+        while a.first().is_some_and(|c| !c.is_ascii_digit()) || b.first().is_some_and(|c| !c.is_ascii_digit()) {
             let ca = a.first().copied().filter(|c| !c.is_ascii_digit());
             let cb = b.first().copied().filter(|c| !c.is_ascii_digit());
             let (oa, ob) = (order(ca), order(cb));
@@ -376,12 +324,7 @@ fn compare_part(a: &str, b: &str) -> Ordering {
         // Digit run, numerically.
         let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
         let (na, nb) = (digits(a), digits(b));
-        let num = |s: &[u8]| -> u128 {
-            std::str::from_utf8(s)
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0)
-        };
+        let num = |s: &[u8]| -> u128 { std::str::from_utf8(s).ok().and_then(|t| t.parse().ok()).unwrap_or(0) };
         let ord = num(&a[..na]).cmp(&num(&b[..nb]));
         if ord != Ordering::Equal {
             return ord;
@@ -396,12 +339,7 @@ fn compare_part(a: &str, b: &str) -> Ordering {
 pub(crate) fn depends(show: &str) -> Vec<String> {
     show.lines()
         .find_map(|l| l.strip_prefix("Depends:"))
-        .map(|deps| {
-            deps.split([',', '|'])
-                .filter_map(|d| d.split_whitespace().next())
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|deps| deps.split([',', '|']).filter_map(|d| d.split_whitespace().next()).map(str::to_owned).collect())
         .unwrap_or_default()
 }
 
@@ -470,10 +408,7 @@ Components: main
         assert_eq!(sources.len(), 2);
         let archives = archives(&sources).unwrap();
         assert_eq!(archives.main, "http://archive.example/debian");
-        assert_eq!(
-            archives.security.as_deref(),
-            Some("http://security.example/debian-security")
-        );
+        assert_eq!(archives.security.as_deref(), Some("http://security.example/debian-security"));
         let list = sources_list(&archives, &["bullseye-security".into(), "sid".into()]);
         assert_eq!(
             list,

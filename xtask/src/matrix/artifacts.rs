@@ -18,12 +18,8 @@ const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Runs a cargo command with `--message-format=json-render-diagnostics`; returns the
 /// `compiler-artifact` messages.
 fn artifacts(cmd: &mut Command) -> Result<Vec<serde_json::Value>> {
-    cmd.current_dir(workspace_root())
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("failed to run {}", describe(cmd)))?;
+    cmd.current_dir(workspace_root()).arg("--message-format=json-render-diagnostics").stdout(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("failed to run {}", describe(cmd)))?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut found = Vec::new();
     for line in BufReader::new(stdout).lines() {
@@ -47,13 +43,8 @@ pub(crate) fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
     cmd.args(["test", "--no-run", "--package", "zrlab-suites"]);
     let mut tests = BTreeMap::new();
     for msg in artifacts(&mut cmd)? {
-        let is_test = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
-        if is_test
-            && let (Some(name), Some(exe)) =
-                (msg["target"]["name"].as_str(), msg["executable"].as_str())
-        {
+        let is_test = msg["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == "test"));
+        if is_test && let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str()) {
             tests.insert(name.to_owned(), PathBuf::from(exe));
         }
     }
@@ -66,19 +57,10 @@ pub(crate) fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
 /// Builds `zrlab-init` statically linked (release, crt-static) and returns its path.
 pub(crate) fn static_init() -> Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "--release",
-        "--package",
-        "zrlab-guest",
-        "--bin",
-        "zrlab-init",
-        "--target",
-        INIT_TARGET,
-    ])
-    // With an explicit --target, RUSTFLAGS reach only the target's artifacts (not build
-    // scripts), and they live in target/<triple>/: the host builds' cache is untouched.
-    .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    cmd.args(["build", "--release", "--package", "zrlab-guest", "--bin", "zrlab-init", "--target", INIT_TARGET])
+        // With an explicit --target, RUSTFLAGS reach only the target's artifacts (not build
+        // scripts), and they live in target/<triple>/: the host builds' cache is untouched.
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
     let exe = artifacts(&mut cmd)?
         .into_iter()
         .filter(|m| m["target"]["name"] == "zrlab-init")
@@ -102,8 +84,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
         v[..n].copy_from_slice(b);
         Some(u64::from_le_bytes(v))
     };
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (read(0x20, 8), read(0x36, 2), read(0x38, 2))
-    else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (read(0x20, 8), read(0x36, 2), read(0x38, 2)) else {
         return true;
     };
     (0..phnum).any(|i| read((phoff + i * phentsize) as usize, 4) == Some(3))

@@ -22,11 +22,7 @@ pub(crate) fn cells(
     for row in &selection.row {
         let name = step_name(&row.name);
         let cell = match results.iter().find(|r| r.name == name) {
-            None => Cell::new(
-                &row.name,
-                Outcome::Fail,
-                "not run: the kernel's run stopped before this row",
-            ),
+            None => Cell::new(&row.name, Outcome::Fail, "not run: the kernel's run stopped before this row"),
             Some(result) => row_cell(row, out, result, kernel),
         };
         cells.push(cell);
@@ -56,13 +52,8 @@ fn failure_excerpt(log: &str) -> String {
         }
     }
     if picked.is_empty() {
-        let mut tail: Vec<String> = lines
-            .iter()
-            .rev()
-            .filter(|l| !l.trim().is_empty())
-            .take(3)
-            .map(|l| l.trim().to_owned())
-            .collect();
+        let mut tail: Vec<String> =
+            lines.iter().rev().filter(|l| !l.trim().is_empty()).take(3).map(|l| l.trim().to_owned()).collect();
         tail.reverse();
         picked = tail;
     }
@@ -86,11 +77,7 @@ fn not_ok(row: &str, result: &StepResult, log: &str) -> Cell {
         StepOutcome::Error(e) => return Cell::new(row, Outcome::Fail, format!("not started: {e}")),
         StepOutcome::Skipped(_) => unreachable!("handled by the callers"),
     };
-    Cell::new(
-        row,
-        Outcome::Fail,
-        format!("{why}: {}", failure_excerpt(log)),
-    )
+    Cell::new(row, Outcome::Fail, format!("{why}: {}", failure_excerpt(log)))
 }
 
 fn feature_cells(out: &Path, results: &[StepResult]) -> Vec<Cell> {
@@ -104,11 +91,7 @@ fn feature_cells(out: &Path, results: &[StepResult]) -> Vec<Cell> {
     }
     let json = std::fs::read_to_string(out.join(FEATURES_JSON)).unwrap_or_default();
     let Ok(serde_json::Value::Array(probes)) = serde_json::from_str(&json) else {
-        return vec![Cell::new(
-            row,
-            Outcome::Fail,
-            format!("no readable {FEATURES_JSON}"),
-        )];
+        return vec![Cell::new(row, Outcome::Fail, format!("no readable {FEATURES_JSON}"))];
     };
     probes
         .iter()
@@ -140,11 +123,7 @@ fn feature_cells(out: &Path, results: &[StepResult]) -> Vec<Cell> {
 fn row_cell(row: &Row, out: &Path, result: &StepResult, kernel: Option<(u32, u32)>) -> Cell {
     let name = step_name(&row.name);
     if let StepOutcome::Skipped(missing) = &result.outcome {
-        return Cell::new(
-            &row.name,
-            Outcome::Skip,
-            format!("needs {} (absent on this kernel)", missing.join(", ")),
-        );
+        return Cell::new(&row.name, Outcome::Skip, format!("needs {} (absent on this kernel)", missing.join(", ")));
     }
     let log = log_of(out, &name);
     if row.scenario.is_some() {
@@ -154,11 +133,7 @@ fn row_cell(row: &Row, out: &Path, result: &StepResult, kernel: Option<(u32, u32
         return not_ok(&row.name, result, &log);
     }
     if log.contains("running 0 tests") && !log.contains("running 1") {
-        return Cell::new(
-            &row.name,
-            Outcome::Fail,
-            "no test matched the row's arguments",
-        );
+        return Cell::new(&row.name, Outcome::Fail, "no test matched the row's arguments");
     }
     let summary = log
         .lines()
@@ -181,41 +156,23 @@ fn row_cell(row: &Row, out: &Path, result: &StepResult, kernel: Option<(u32, u32
                 return Cell::new(
                     &row.name,
                     Outcome::Fail,
-                    format!(
-                        "unexpected finding on a kernel from {} on: {}",
-                        finding.before,
-                        line.trim()
-                    ),
+                    format!("unexpected finding on a kernel from {} on: {}", finding.before, line.trim()),
                 );
             }
             (None, true) => {
                 return Cell::new(
                     &row.name,
                     Outcome::Fail,
-                    format!(
-                        "expected finding ({}) missing on a kernel before {}",
-                        finding.marker, finding.before
-                    ),
+                    format!("expected finding ({}) missing on a kernel before {}", finding.marker, finding.before),
                 );
             }
             (None, false) => {}
         }
     }
-    let skipped: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.find("SKIPPED").map(|at| &l[at..]))
-        .collect();
+    let skipped: Vec<&str> = log.lines().filter_map(|l| l.find("SKIPPED").map(|at| &l[at..])).collect();
     if let Some(first) = skipped.first() {
-        let more = if skipped.len() > 1 {
-            format!(" ({} tests skipped alike)", skipped.len())
-        } else {
-            String::new()
-        };
-        return Cell::new(
-            &row.name,
-            Outcome::Skip,
-            format!("{}{more}", shorten(first.trim(), 200)),
-        );
+        let more = if skipped.len() > 1 { format!(" ({} tests skipped alike)", skipped.len()) } else { String::new() };
+        return Cell::new(&row.name, Outcome::Skip, format!("{}{more}", shorten(first.trim(), 200)));
     }
     Cell::new(&row.name, Outcome::Pass, summary)
 }
@@ -235,11 +192,7 @@ fn scenario_cell(row: &Row, out: &Path, result: &StepResult, log: &str) -> Cell 
                     Outcome::Pass,
                     format!(
                         "resets {} misroutes {} drops {}; control resets {} misroutes {}",
-                        s["resets"],
-                        s["misroutes"],
-                        s["drops"],
-                        s["control"]["resets"],
-                        s["control"]["misroutes"]
+                        s["resets"], s["misroutes"], s["drops"], s["control"]["resets"], s["control"]["misroutes"]
                     ),
                 ),
                 "skip" => Cell::new(&row.name, Outcome::Skip, reason),
@@ -263,19 +216,12 @@ mod tests {
             args: vec![],
             needs: vec![],
             timeout_s: 10,
-            finding: finding.then(|| Finding {
-                marker: "EXPECTED FINDING".into(),
-                before: "6.1".into(),
-            }),
+            finding: finding.then(|| Finding { marker: "EXPECTED FINDING".into(), before: "6.1".into() }),
         }
     }
 
     fn result(name: &str, outcome: StepOutcome) -> StepResult {
-        StepResult {
-            name: step_name(name),
-            secs: 1.0,
-            outcome,
-        }
+        StepResult { name: step_name(name), secs: 1.0, outcome }
     }
 
     #[test]
@@ -283,9 +229,8 @@ mod tests {
         let out = std::env::temp_dir().join(format!("zrlab-cells-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         std::fs::create_dir_all(&out).unwrap();
-        let write = |step: &str, text: &str| {
-            std::fs::write(out.join(format!("{}.log", step_name(step))), text).unwrap()
-        };
+        let write =
+            |step: &str, text: &str| std::fs::write(out.join(format!("{}.log", step_name(step))), text).unwrap();
         std::fs::write(
             out.join(FEATURES_JSON),
             r#"[{"feature":"select-or-migrate","present":false,"since":"5.14","table_says":false,"detail":"rejected"},
@@ -301,10 +246,7 @@ mod tests {
             "suite:skips",
             "running 2 tests\nSKIPPED comparison: no recorded outcomes for 5.10\nSKIPPED comparison: again\ntest result: ok. 2 passed; 0 failed\n",
         );
-        write(
-            "suite:fails",
-            "running 1 test\nthread 'x' panicked at suites/tests/a.rs:1:1:\nboom\n",
-        );
+        write("suite:fails", "running 1 test\nthread 'x' panicked at suites/tests/a.rs:1:1:\nboom\n");
         write("suite:none", "running 0 tests\ntest result: ok. 0 passed\n");
         let selection = Selection {
             vm_env: Default::default(),
@@ -318,18 +260,11 @@ mod tests {
             ],
         };
         let results = vec![
-            StepResult {
-                name: FEATURES_STEP.into(),
-                secs: 1.0,
-                outcome: StepOutcome::Exit(0),
-            },
+            StepResult { name: FEATURES_STEP.into(), secs: 1.0, outcome: StepOutcome::Exit(0) },
             result("suite:finding", StepOutcome::Exit(0)),
             result("suite:skips", StepOutcome::Exit(0)),
             result("suite:fails", StepOutcome::Exit(101)),
-            result(
-                "suite:needs",
-                StepOutcome::Skipped(vec!["sk-lookup".into()]),
-            ),
+            result("suite:needs", StepOutcome::Skipped(vec!["sk-lookup".into()])),
             result("suite:none", StepOutcome::Exit(0)),
         ];
         let cells = cells(&selection, &out, &results, Some((5, 10)));
@@ -348,11 +283,7 @@ mod tests {
             ]
         );
         assert!(cells[1].detail.contains("disagree"), "{}", cells[1].detail);
-        assert!(
-            cells[3].detail.contains("2 tests skipped alike"),
-            "{}",
-            cells[3].detail
-        );
+        assert!(cells[3].detail.contains("2 tests skipped alike"), "{}", cells[3].detail);
         assert!(cells[4].detail.contains("boom"), "{}", cells[4].detail);
         assert!(cells[5].detail.contains("sk-lookup"), "{}", cells[5].detail);
         // The same finding on 6.1 is unexpected.

@@ -77,8 +77,7 @@ pub(crate) struct Selection {
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -98,21 +97,12 @@ pub(crate) fn selection(path: &Path) -> Result<Selection> {
         }
         seen.push(&row.name);
         if row.test.is_some() == row.scenario.is_some() {
-            bail!(
-                "{}: row {:?} needs exactly one of `test` and `scenario`",
-                path.display(),
-                row.name
-            );
+            bail!("{}: row {:?} needs exactly one of `test` and `scenario`", path.display(), row.name);
         }
         if let Some(finding) = &row.finding
             && parse_series(&finding.before).is_none()
         {
-            bail!(
-                "{}: row {:?}: `before = {:?}` is not major.minor",
-                path.display(),
-                row.name,
-                finding.before
-            );
+            bail!("{}: row {:?}: `before = {:?}` is not major.minor", path.display(), row.name, finding.before);
         }
     }
     Ok(selection)
@@ -135,10 +125,7 @@ pub(crate) fn pick<'a>(all: &'a [Kernel], wanted: &[String]) -> Result<Vec<&'a K
             all.iter().find(|k| &k.series == series).with_context(|| {
                 format!(
                     "unknown kernel series {series:?}: ci/kernels.toml lists {}",
-                    all.iter()
-                        .map(|k| k.series.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    all.iter().map(|k| k.series.as_str()).collect::<Vec<_>>().join(", ")
                 )
             })
         })
@@ -153,21 +140,12 @@ mod tests {
     #[test]
     fn shipped_files_parse() {
         let kernels = kernels(&workspace_root().join("ci/kernels.toml")).unwrap();
-        let defaults: Vec<&str> = pick(&kernels, &[])
-            .unwrap()
-            .iter()
-            .map(|k| k.series.as_str())
-            .collect();
+        let defaults: Vec<&str> = pick(&kernels, &[]).unwrap().iter().map(|k| k.series.as_str()).collect();
         assert_eq!(defaults, ["5.10", "6.1", "6.12", "7.2", "7.3"]);
         let err = pick(&kernels, &["4.19".into()]).unwrap_err().to_string();
         assert!(err.contains("unknown kernel series \"4.19\""), "{err}");
         let selection = selection(&workspace_root().join("ci/matrix.toml")).unwrap();
-        assert!(
-            selection
-                .row
-                .iter()
-                .any(|r| r.name == "suite:port443-scaling")
-        );
+        assert!(selection.row.iter().any(|r| r.name == "suite:port443-scaling"));
         assert_eq!(parse_series("6.1.0-37-amd64"), Some((6, 1)));
         assert_eq!(parse_series("7"), None);
     }

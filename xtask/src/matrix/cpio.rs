@@ -19,10 +19,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new() -> Self {
-        Self {
-            buf: Vec::new(),
-            next_ino: 1,
-        }
+        Self { buf: Vec::new(), next_ino: 1 }
     }
 
     /// A directory (parents must come first).
@@ -69,8 +66,7 @@ impl Writer {
         ];
         self.buf.extend_from_slice(MAGIC.as_bytes());
         for field in fields {
-            self.buf
-                .extend_from_slice(format!("{field:08x}").as_bytes());
+            self.buf.extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.push(0);
@@ -107,16 +103,13 @@ pub(crate) fn read(mut bytes: &[u8]) -> Result<Vec<Entry>, String> {
             return Err(format!("bad header at offset {offset}"));
         }
         let field = |i: usize| -> Result<u32, String> {
-            let text =
-                std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).map_err(|e| e.to_string())?;
+            let text = std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).map_err(|e| e.to_string())?;
             u32::from_str_radix(text, 16).map_err(|e| e.to_string())
         };
         let (mode, size, namesize) = (field(1)?, field(6)? as usize, field(11)? as usize);
         let rdev = (field(9)?, field(10)?);
         let name_end = 110 + namesize;
-        let name = std::str::from_utf8(&bytes[110..name_end - 1])
-            .map_err(|e| e.to_string())?
-            .to_owned();
+        let name = std::str::from_utf8(&bytes[110..name_end - 1]).map_err(|e| e.to_string())?.to_owned();
         let data_start = align(name_end);
         let data = bytes[data_start..data_start + size].to_vec();
         let next = align(data_start + size);
@@ -125,12 +118,7 @@ pub(crate) fn read(mut bytes: &[u8]) -> Result<Vec<Entry>, String> {
         if name == TRAILER {
             return Ok(entries);
         }
-        entries.push(Entry {
-            name,
-            mode,
-            rdev,
-            data,
-        });
+        entries.push(Entry { name, mode, rdev, data });
     }
 }
 
@@ -151,10 +139,7 @@ mod tests {
         assert_eq!(bytes.len() % 4, 0);
         let entries = read(&bytes).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [".", "dev", "dev/console", "init", "boot.conf", "empty"]
-        );
+        assert_eq!(names, [".", "dev", "dev/console", "init", "boot.conf", "empty"]);
         assert_eq!(entries[2].mode, S_IFCHR | 0o600);
         assert_eq!(entries[2].rdev, (5, 1));
         assert_eq!(entries[3].mode, S_IFREG | 0o755);

@@ -19,12 +19,7 @@ pub(crate) const ROOT_TAG: &str = "hostroot";
 pub(crate) const WORK_TAG: &str = "work";
 
 /// Builds the archive for a kernel's modules, with the plan at `plan` (a path the guest sees).
-pub(crate) fn build(
-    init: &Path,
-    modules: &Index,
-    workspace: &Path,
-    plan: &Path,
-) -> Result<Vec<u8>> {
+pub(crate) fn build(init: &Path, modules: &Index, workspace: &Path, plan: &Path) -> Result<Vec<u8>> {
     let init = std::fs::read(init).with_context(|| format!("reading {}", init.display()))?;
     let resolved = modules.resolve(MODULES)?;
     let mut w = cpio::Writer::new();

@@ -50,12 +50,7 @@ pub(crate) struct AptState {
 
 impl AptState {
     pub(crate) fn new(dir: PathBuf, suites: Vec<String>) -> Self {
-        Self {
-            dir,
-            suites,
-            apt: None,
-            updated: false,
-        }
+        Self { dir, suites, apt: None, updated: false }
     }
 
     fn get(&mut self, say: &mut dyn FnMut(&str)) -> Result<&Apt> {
@@ -83,18 +78,10 @@ impl Drop for Partial {
 }
 
 /// The cached kernel of `kernel.series`, fetching it first if needed.
-pub(crate) fn ensure(
-    cache: &Path,
-    apt: &mut AptState,
-    kernel: &Kernel,
-    say: &mut dyn FnMut(&str),
-) -> Result<Tree> {
+pub(crate) fn ensure(cache: &Path, apt: &mut AptState, kernel: &Kernel, say: &mut dyn FnMut(&str)) -> Result<Tree> {
     let dir = cache.join("kernels").join(&kernel.series);
     if let Some(tree) = cached(&dir) {
-        say(&format!(
-            "cached: Debian {} ({})",
-            tree.version, tree.release
-        ));
+        say(&format!("cached: Debian {} ({})", tree.version, tree.release));
         return Ok(tree);
     }
     let apt = apt.get(say)?;
@@ -104,11 +91,7 @@ pub(crate) fn ensure(
             "Debian has no {META_PACKAGE} of series {} in {} (versions seen: {})",
             kernel.series,
             kernel.suites.join(", "),
-            versions
-                .iter()
-                .map(|(v, _)| v.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            versions.iter().map(|(v, _)| v.as_str()).collect::<Vec<_>>().join(", ")
         )
     })?;
     let image = apt::depends(&apt.show(META_PACKAGE, &version)?)
@@ -119,28 +102,16 @@ pub(crate) fn ensure(
     let split: Vec<String> = apt::depends(&apt.show(&image, &version)?)
         .into_iter()
         .filter(|d| {
-            ["linux-binary-", "linux-modules-", "linux-base-"]
-                .iter()
-                .any(|p| d.strip_prefix(p) == Some(abi.as_str()))
+            ["linux-binary-", "linux-modules-", "linux-base-"].iter().any(|p| d.strip_prefix(p) == Some(abi.as_str()))
         })
         .collect();
-    let packages = if split.is_empty() {
-        vec![format!("{image}-unsigned")]
-    } else {
-        split
-    };
-    say(&format!(
-        "downloading Debian {version}: {}",
-        packages.join(" ")
-    ));
+    let packages = if split.is_empty() { vec![format!("{image}-unsigned")] } else { split };
+    say(&format!("downloading Debian {version}: {}", packages.join(" ")));
     let debs = cache.join("debs").join(&kernel.series);
     let _ = fs::remove_dir_all(&debs);
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let mut debs_guard = Partial(Some(debs.clone()));
-    let wanted: Vec<(String, String)> = packages
-        .iter()
-        .map(|p| (p.clone(), version.clone()))
-        .collect();
+    let wanted: Vec<(String, String)> = packages.iter().map(|p| (p.clone(), version.clone())).collect();
     apt.download(&debs, &wanted)?;
 
     say("extracting and indexing modules");
@@ -155,28 +126,19 @@ pub(crate) fn ensure(
         .collect();
     files.sort();
     if files.len() != packages.len() {
-        bail!(
-            "apt-get download left {} .deb files in {} for {} packages",
-            files.len(),
-            debs.display(),
-            packages.len()
-        );
+        bail!("apt-get download left {} .deb files in {} for {} packages", files.len(), debs.display(), packages.len());
     }
     for deb in &files {
         exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))?;
     }
     let (release, modules_rel) = find_modules(&partial)?;
-    let vmlinuz_rel = [
-        PathBuf::from(format!("boot/vmlinuz-{release}")),
-        modules_rel.join("vmlinuz"),
-    ]
-    .into_iter()
-    .find(|p| partial.join(p).is_file())
-    .with_context(|| format!("no vmlinuz for {release} in {}", partial.display()))?;
+    let vmlinuz_rel = [PathBuf::from(format!("boot/vmlinuz-{release}")), modules_rel.join("vmlinuz")]
+        .into_iter()
+        .find(|p| partial.join(p).is_file())
+        .with_context(|| format!("no vmlinuz for {release} in {}", partial.display()))?;
     let index = Index::load(&partial.join(&modules_rel))?;
     say(&format!("{} modules indexed", index.len()));
-    fs::rename(&partial, &dir)
-        .with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
+    fs::rename(&partial, &dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
     tree_guard.0 = None;
     debs_guard.0 = None;
     let tree = Tree {

@@ -88,10 +88,7 @@ enum Environment<'a> {
     /// The running kernel, natively (as root).
     Local,
     /// A Debian kernel under QEMU.
-    Vm {
-        kernel: &'a Kernel,
-        cache_dir: PathBuf,
-    },
+    Vm { kernel: &'a Kernel, cache_dir: PathBuf },
 }
 
 /// Entry point of `cargo xtask matrix`.
@@ -102,17 +99,8 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         return merge(&opts.merge, &target);
     }
     let all = config::kernels(&workspace.join("ci/kernels.toml"))?;
-    let series: Vec<String> = opts
-        .kernels
-        .iter()
-        .filter(|k| *k != "host")
-        .cloned()
-        .collect();
-    let kernels = if series.is_empty() && !opts.kernels.is_empty() {
-        Vec::new()
-    } else {
-        config::pick(&all, &series)?
-    };
+    let series: Vec<String> = opts.kernels.iter().filter(|k| *k != "host").cloned().collect();
+    let kernels = if series.is_empty() && !opts.kernels.is_empty() { Vec::new() } else { config::pick(&all, &series)? };
     let selection = config::selection(&workspace.join("ci/matrix.toml"))?;
     if !exec::is_root() {
         bail!("the matrix needs root (namespaces, BPF, the lab's cgroups): run it as root");
@@ -125,10 +113,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let cache = target.join("cache");
 
     eprintln!("[matrix] building the lab, the suites' test binaries and the static init");
-    let artifacts = Artifacts {
-        zrlab: build::lab_binary(build::Profile::Dev)?,
-        tests: artifacts::test_binaries()?,
-    };
+    let artifacts = Artifacts { zrlab: build::lab_binary(build::Profile::Dev)?, tests: artifacts::test_binaries()? };
     let vm = if kernels.is_empty() {
         None
     } else {
@@ -156,14 +141,8 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     if !opts.no_host {
         environments.push(Environment::Local);
     }
-    environments.extend(kernels.iter().map(|kernel| Environment::Vm {
-        kernel,
-        cache_dir: cache.clone(),
-    }));
-    let mut apt = kernel::AptState::new(
-        cache.join("apt"),
-        all.iter().flat_map(|k| k.suites.clone()).collect(),
-    );
+    environments.extend(kernels.iter().map(|kernel| Environment::Vm { kernel, cache_dir: cache.clone() }));
+    let mut apt = kernel::AptState::new(cache.join("apt"), all.iter().flat_map(|k| k.suites.clone()).collect());
     for environment in &environments {
         let column = match environment {
             Environment::Local => run_local(&selection, &artifacts, &workspace, &runs, &opts)?,
@@ -171,8 +150,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
                 kernel,
                 cache_dir,
                 &mut apt,
-                vm.as_ref()
-                    .expect("VM tools exist when there are VM kernels"),
+                vm.as_ref().expect("VM tools exist when there are VM kernels"),
                 &selection,
                 &artifacts,
                 &workspace,
@@ -189,16 +167,9 @@ pub(crate) fn run(opts: Options) -> Result<()> {
 fn finish(report: &Report, target: &Path, started: Instant) -> Result<()> {
     println!("\n{}", report.table());
     report.write(target)?;
-    println!(
-        "report: {}/report.json, report.md ({:.0} s)",
-        target.display(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("report: {}/report.json, report.md ({:.0} s)", target.display(), started.elapsed().as_secs_f64());
     if !report.ok() {
-        bail!(
-            "{} unexpected result(s) in the kernel matrix (the FAIL cells above)",
-            report.unexpected()
-        );
+        bail!("{} unexpected result(s) in the kernel matrix (the FAIL cells above)", report.unexpected());
     }
     Ok(())
 }
@@ -207,10 +178,8 @@ fn finish(report: &Report, target: &Path, started: Instant) -> Result<()> {
 fn merge(files: &[PathBuf], target: &Path) -> Result<()> {
     let mut report = Report::default();
     for file in files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let shard: Report =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let shard: Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         report.kernels.extend(shard.kernels);
     }
     finish(&report, target, Instant::now())
@@ -258,18 +227,11 @@ fn run_local(
         selection,
         artifacts,
         workspace,
-        &PlanOptions {
-            out: out.clone(),
-            place: Where::Host,
-            record_snapshots: opts.record_snapshots,
-        },
+        &PlanOptions { out: out.clone(), place: Where::Host, record_snapshots: opts.record_snapshots },
     )?;
     let results = runner::run(&plan, runner::Options::default(), |event| {
         if let Event::Done(result) = event {
-            eprintln!(
-                "[matrix {label}] {} {} ({:.1} s)",
-                result.name, result.outcome, result.secs
-            );
+            eprintln!("[matrix {label}] {} {} ({:.1} s)", result.name, result.outcome, result.secs);
         }
     })
     .context("running the plan on the host")?;
@@ -285,10 +247,7 @@ fn run_local(
     })
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of a VM run"
-)]
+#[expect(clippy::too_many_arguments, reason = "one call site; the pieces of a VM run")]
 fn run_vm(
     kernel: &Kernel,
     cache: &Path,
@@ -315,11 +274,7 @@ fn run_vm(
     let tree = match kernel::ensure(cache, apt, kernel, &mut say) {
         Ok(tree) => tree,
         Err(e) => {
-            column.cells.push(Cell::new(
-                "boot",
-                Outcome::Fail,
-                format!("fetching the kernel failed: {e:#}"),
-            ));
+            column.cells.push(Cell::new("boot", Outcome::Fail, format!("fetching the kernel failed: {e:#}")));
             return column;
         }
     };
@@ -330,9 +285,7 @@ fn run_vm(
     // seen with 7.3). Boot once more, keep the first console log, and say so in the boot cell.
     let mut first_panic: Option<(String, String)> = None;
     let booted = loop {
-        let result = boot_and_run(
-            &tree, vm, selection, artifacts, workspace, &out, opts, &mut say,
-        );
+        let result = boot_and_run(&tree, vm, selection, artifacts, workspace, &out, opts, &mut say);
         let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
         match result {
             Err(e)
@@ -356,9 +309,7 @@ fn run_vm(
             let results = runner::read_results(&out).unwrap_or_default();
             let retried = first_panic
                 .as_ref()
-                .map(|(e, _)| {
-                    format!("; the first boot panicked before init and was retried ({e})")
-                })
+                .map(|(e, _)| format!("; the first boot panicked before init and was retried ({e})"))
                 .unwrap_or_default();
             let mut cells = vec![Cell::new(
                 "boot",
@@ -366,31 +317,17 @@ fn run_vm(
                 format!(
                     "init reached in {:.1} s; init: {}{retried}",
                     booted.boot_s.unwrap_or_default(),
-                    if booted.verdict == Some(true) {
-                        "success"
-                    } else {
-                        "failure"
-                    }
+                    if booted.verdict == Some(true) { "success" } else { "failure" }
                 ),
             )];
-            cells.extend(cells::cells(
-                selection,
-                &out,
-                &results,
-                config::parse_series(&tree.release),
-            ));
+            cells.extend(cells::cells(selection, &out, &results, config::parse_series(&tree.release)));
             cells
         }
         Err(e) => {
             let mut cells = vec![Cell::new("boot", Outcome::Fail, format!("{e:#}"))];
             // Whatever ran before the failure still counts; the rest is "not run".
             let results = runner::read_results(&out).unwrap_or_default();
-            cells.extend(cells::cells(
-                selection,
-                &out,
-                &results,
-                config::parse_series(&tree.release),
-            ));
+            cells.extend(cells::cells(selection, &out, &results, config::parse_series(&tree.release)));
             cells
         }
     };
@@ -400,10 +337,7 @@ fn run_vm(
     column
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of a VM run"
-)]
+#[expect(clippy::too_many_arguments, reason = "one call site; the pieces of a VM run")]
 fn boot_and_run(
     tree: &kernel::Tree,
     vm: &Vm,
@@ -419,15 +353,10 @@ fn boot_and_run(
         selection,
         artifacts,
         workspace,
-        &PlanOptions {
-            out: out.to_path_buf(),
-            place: Where::Vm,
-            record_snapshots: opts.record_snapshots,
-        },
+        &PlanOptions { out: out.to_path_buf(), place: Where::Vm, record_snapshots: opts.record_snapshots },
     )?;
     let plan_path = out.join("plan.txt");
-    std::fs::write(&plan_path, plan.render()?)
-        .with_context(|| format!("writing {}", plan_path.display()))?;
+    std::fs::write(&plan_path, plan.render()?).with_context(|| format!("writing {}", plan_path.display()))?;
     let index = modules::Index::load(&tree.modules_dir)?;
     let initrd = out.join("initramfs.cpio");
     let archive = initramfs::build(&vm.init, &index, workspace, &plan_path)?;

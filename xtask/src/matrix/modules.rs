@@ -33,9 +33,7 @@ fn normalise(name: &str) -> String {
 
 fn module_name(file: &Path) -> Option<String> {
     let name = file.file_name()?.to_str()?;
-    let stem = ["ko", "ko.xz", "ko.zst", "ko.gz"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(&format!(".{ext}")))?;
+    let stem = ["ko", "ko.xz", "ko.zst", "ko.gz"].iter().find_map(|ext| name.strip_suffix(&format!(".{ext}")))?;
     Some(normalise(stem))
 }
 
@@ -56,10 +54,7 @@ impl Index {
             if files.is_empty() {
                 bail!("no kernel modules under {}", modules_dir.display());
             }
-            let text: String = files
-                .iter()
-                .map(|(name, path)| format!("{name} {}\n", path.display()))
-                .collect();
+            let text: String = files.iter().map(|(name, path)| format!("{name} {}\n", path.display())).collect();
             fs::write(&cached, text).with_context(|| format!("writing {}", cached.display()))?;
         }
         let builtin = fs::read_to_string(modules_dir.join("modules.builtin"))
@@ -67,11 +62,7 @@ impl Index {
             .lines()
             .filter_map(|l| module_name(Path::new(l)))
             .collect();
-        Ok(Self {
-            dir: modules_dir.to_path_buf(),
-            files,
-            builtin,
-        })
+        Ok(Self { dir: modules_dir.to_path_buf(), files, builtin })
     }
 
     /// Number of modules indexed.
@@ -89,12 +80,7 @@ impl Index {
         Ok(order)
     }
 
-    fn visit(
-        &self,
-        name: &str,
-        order: &mut Vec<(String, Vec<u8>)>,
-        stack: &mut Vec<String>,
-    ) -> Result<()> {
+    fn visit(&self, name: &str, order: &mut Vec<(String, Vec<u8>)>, stack: &mut Vec<String>) -> Result<()> {
         if order.iter().any(|(n, _)| n == name) {
             return Ok(());
         }
@@ -105,14 +91,10 @@ impl Index {
             if self.builtin.iter().any(|b| b == name) {
                 return Ok(());
             }
-            bail!(
-                "kernel module {name} is neither in {} nor built in",
-                self.dir.display()
-            );
+            bail!("kernel module {name} is neither in {} nor built in", self.dir.display());
         };
         let bytes = decompress(&self.dir.join(rel))?;
-        let info = modinfo(&bytes)
-            .with_context(|| format!("reading .modinfo of {}", self.dir.join(rel).display()))?;
+        let info = modinfo(&bytes).with_context(|| format!("reading .modinfo of {}", self.dir.join(rel).display()))?;
         stack.push(name.to_owned());
         for dep in info
             .iter()
@@ -161,33 +143,19 @@ fn decompress(path: &Path) -> Result<Vec<u8>> {
     cmd.args(["-d", "-c", "-q"]).arg(path);
     let out = output(&mut cmd)?;
     if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}",
-            describe(&cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{} failed ({}): {}", describe(&cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out.stdout)
 }
 
 /// The `key=value` strings of an ELF64 little-endian module's `.modinfo` section.
 pub(crate) fn modinfo(elf: &[u8]) -> Result<Vec<String>> {
-    let u16_at = |o: usize| -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            elf.get(o..o + 2).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    let u32_at = |o: usize| -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            elf.get(o..o + 4).context("truncated ELF")?.try_into()?,
-        ))
-    };
-    let u64_at = |o: usize| -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            elf.get(o..o + 8).context("truncated ELF")?.try_into()?,
-        ))
-    };
+    let u16_at =
+        |o: usize| -> Result<u16> { Ok(u16::from_le_bytes(elf.get(o..o + 2).context("truncated ELF")?.try_into()?)) };
+    let u32_at =
+        |o: usize| -> Result<u32> { Ok(u32::from_le_bytes(elf.get(o..o + 4).context("truncated ELF")?.try_into()?)) };
+    let u64_at =
+        |o: usize| -> Result<u64> { Ok(u64::from_le_bytes(elf.get(o..o + 8).context("truncated ELF")?.try_into()?)) };
     if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
         bail!("not a little-endian ELF64 file");
     }
@@ -197,22 +165,13 @@ pub(crate) fn modinfo(elf: &[u8]) -> Result<Vec<String>> {
     let shstrndx = usize::from(u16_at(0x3e)?);
     let section = |i: usize| -> Result<(u32, usize, usize)> {
         let base = shoff + i * shentsize;
-        Ok((
-            u32_at(base)?,
-            u64_at(base + 0x18)? as usize,
-            u64_at(base + 0x20)? as usize,
-        ))
+        Ok((u32_at(base)?, u64_at(base + 0x18)? as usize, u64_at(base + 0x20)? as usize))
     };
     let (_, names_off, names_len) = section(shstrndx)?;
-    let names = elf
-        .get(names_off..names_off + names_len)
-        .context("section names out of bounds")?;
+    let names = elf.get(names_off..names_off + names_len).context("section names out of bounds")?;
     for i in 0..shnum {
         let (name_off, off, len) = section(i)?;
-        let name = names
-            .get(name_off as usize..)
-            .and_then(|n| n.split(|b| *b == 0).next())
-            .unwrap_or_default();
+        let name = names.get(name_off as usize..).and_then(|n| n.split(|b| *b == 0).next()).unwrap_or_default();
         if name == b".modinfo" {
             let data = elf.get(off..off + len).context(".modinfo out of bounds")?;
             return Ok(data
@@ -265,42 +224,19 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("kernel/fs/9p")).unwrap();
         fs::create_dir_all(dir.join("kernel/net/9p")).unwrap();
-        fs::write(
-            dir.join("kernel/fs/9p/9p.ko"),
-            tiny_module(b"license=GPL\0depends=9pnet,netfs\0name=9p\0"),
-        )
-        .unwrap();
-        fs::write(
-            dir.join("kernel/net/9p/9pnet.ko"),
-            tiny_module(b"depends=\0name=9pnet\0"),
-        )
-        .unwrap();
-        fs::write(
-            dir.join("kernel/net/9p/9pnet_virtio.ko"),
-            tiny_module(b"depends=9pnet,virtio-ring\0"),
-        )
-        .unwrap();
-        fs::write(
-            dir.join("modules.builtin"),
-            "kernel/drivers/virtio/virtio_ring.ko\nkernel/fs/netfs/netfs.ko\n",
-        )
-        .unwrap();
+        fs::write(dir.join("kernel/fs/9p/9p.ko"), tiny_module(b"license=GPL\0depends=9pnet,netfs\0name=9p\0")).unwrap();
+        fs::write(dir.join("kernel/net/9p/9pnet.ko"), tiny_module(b"depends=\0name=9pnet\0")).unwrap();
+        fs::write(dir.join("kernel/net/9p/9pnet_virtio.ko"), tiny_module(b"depends=9pnet,virtio-ring\0")).unwrap();
+        fs::write(dir.join("modules.builtin"), "kernel/drivers/virtio/virtio_ring.ko\nkernel/fs/netfs/netfs.ko\n")
+            .unwrap();
         let index = Index::load(&dir).unwrap();
         assert_eq!(index.len(), 3);
-        let order: Vec<String> = index
-            .resolve(&["9pnet_virtio", "9p"])
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let order: Vec<String> = index.resolve(&["9pnet_virtio", "9p"]).unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(order, ["9pnet", "9pnet_virtio", "9p"]);
         assert!(index.resolve(&["veth"]).is_err());
         // The cached index gives the same answer.
         assert_eq!(Index::load(&dir).unwrap().len(), 3);
-        assert_eq!(
-            modinfo(&tiny_module(b"a=1\0b=2\0")).unwrap(),
-            ["a=1", "b=2"]
-        );
+        assert_eq!(modinfo(&tiny_module(b"a=1\0b=2\0")).unwrap(), ["a=1", "b=2"]);
         assert!(modinfo(b"not an elf").is_err());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -42,15 +42,7 @@ pub(crate) enum Where {
 
 /// A row's step name (and log file stem): `suite:port443` becomes `suite-port443`.
 pub(crate) fn step_name(row: &str) -> String {
-    row.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
+    row.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' }).collect()
 }
 
 /// Where a scenario row's `zrlab run --out` goes.
@@ -79,24 +71,10 @@ pub(crate) fn build(
         ("PATH".into(), PATH.into()),
         ("HOME".into(), "/root".into()),
         ("RUST_BACKTRACE".into(), "1".into()),
-        (
-            "ZRLAB_EXE".into(),
-            artifacts.zrlab.to_string_lossy().into_owned(),
-        ),
+        ("ZRLAB_EXE".into(), artifacts.zrlab.to_string_lossy().into_owned()),
         // insta finds the workspace with `cargo metadata`; the steps have no cargo on PATH.
-        (
-            "INSTA_WORKSPACE_ROOT".into(),
-            workspace.to_string_lossy().into_owned(),
-        ),
-        (
-            "INSTA_UPDATE".into(),
-            if opts.record_snapshots {
-                "always"
-            } else {
-                "no"
-            }
-            .into(),
-        ),
+        ("INSTA_WORKSPACE_ROOT".into(), workspace.to_string_lossy().into_owned()),
+        ("INSTA_UPDATE".into(), if opts.record_snapshots { "always" } else { "no" }.into()),
     ];
     if opts.place == Where::Vm {
         env.extend(selection.vm_env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -121,12 +99,10 @@ pub(crate) fn build(
     }];
     for row in &selection.row {
         let argv = if let Some(test) = &row.test {
-            let exe = artifacts.tests.get(test).with_context(|| {
-                format!(
-                    "row {:?}: no test binary {test:?} (suites/tests/{test}.rs)",
-                    row.name
-                )
-            })?;
+            let exe = artifacts
+                .tests
+                .get(test)
+                .with_context(|| format!("row {:?}: no test binary {test:?} (suites/tests/{test}.rs)", row.name))?;
             let mut argv = vec![path(exe)];
             argv.extend(row.args.iter().cloned());
             // One thread: the rows share kernel state and time things; output kept in order.
@@ -151,9 +127,5 @@ pub(crate) fn build(
             needs: row.needs.clone(),
         });
     }
-    Ok(Plan {
-        out: out.clone(),
-        features: Some(out.join(FEATURES_LIST)),
-        steps,
-    })
+    Ok(Plan { out: out.clone(), features: Some(out.join(FEATURES_LIST)), steps })
 }

@@ -66,11 +66,7 @@ pub(crate) fn qemu() -> Result<PathBuf> {
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(QEMU))
         .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "{QEMU} not found on PATH: `cargo xtask setup --matrix` installs qemu-system-x86"
-            )
-        })
+        .with_context(|| format!("{QEMU} not found on PATH: `cargo xtask setup --matrix` installs qemu-system-x86"))
 }
 
 /// Kills and reaps QEMU when dropped.
@@ -86,14 +82,7 @@ impl Drop for Guard {
 fn command(qemu: &Path, accel: Accel) -> Command {
     let mut cmd = Command::new(qemu);
     cmd.args(accel.args())
-        .args([
-            "-M",
-            "pc",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-        ])
+        .args(["-M", "pc", "-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-no-reboot", "-serial", "stdio"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -111,20 +100,14 @@ fn command(qemu: &Path, accel: Accel) -> Command {
 /// Whether KVM runs a guest here: a 64 KiB firmware whose reset vector writes `K` to the
 /// serial port must print it within a few seconds.
 pub(crate) fn kvm_works(qemu: &Path, scratch: &Path) -> bool {
-    let Ok(kvm) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    else {
+    let Ok(kvm) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else {
         return false;
     };
     drop(kvm);
     let mut bios = vec![0u8; 64 * 1024];
     // At the reset vector (the image's last 16 bytes): mov dx,0x3f8; mov al,'K'; out dx,al;
     // mov al,'\n'; out dx,al; cli; hlt; jmp back to hlt.
-    let code = [
-        0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, b'\n', 0xee, 0xfa, 0xf4, 0xeb, 0xfd,
-    ];
+    let code = [0xba, 0xf8, 0x03, 0xb0, b'K', 0xee, 0xb0, b'\n', 0xee, 0xfa, 0xf4, 0xeb, 0xfd];
     bios[0xfff0..0xfff0 + code.len()].copy_from_slice(&code);
     let path = scratch.join("kvm-probe.bin");
     if std::fs::write(&path, &bios).is_err() {
@@ -193,16 +176,11 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
         .arg("-device")
         .arg(format!("virtio-9p-pci,fsdev=root,mount_tag={ROOT_TAG}"))
         .arg("-fsdev")
-        .arg(format!(
-            "local,id=work,path={},security_model=none,multidevs=remap",
-            boot.workspace.display()
-        ))
+        .arg(format!("local,id=work,path={},security_model=none,multidevs=remap", boot.workspace.display()))
         .arg("-device")
         .arg(format!("virtio-9p-pci,fsdev=work,mount_tag={WORK_TAG}"));
     let line = describe(&cmd);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("failed to run {line}"))?;
+    let child = cmd.spawn().with_context(|| format!("failed to run {line}"))?;
     let mut guard = Guard(child);
     let started = Instant::now();
     let stdout = guard.0.stdout.take().expect("piped");
@@ -219,9 +197,7 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
                     return;
                 }
                 Ok(_) => {
-                    let text = String::from_utf8_lossy(&buf)
-                        .trim_end_matches(['\n', '\r'])
-                        .replace('\r', "");
+                    let text = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).replace('\r', "");
                     if tx.send(Line::Console(text)).is_err() {
                         return;
                     }
@@ -234,14 +210,10 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
         let _ = stderr.read_to_string(&mut text);
         text
     });
-    let mut log = File::create(boot.console_log)
-        .with_context(|| format!("creating {}", boot.console_log.display()))?;
+    let mut log = File::create(boot.console_log).with_context(|| format!("creating {}", boot.console_log.display()))?;
     let log_path = boot.console_log.display();
     let deadline = started + boot.timeout;
-    let mut booted = Booted {
-        verdict: None,
-        boot_s: None,
-    };
+    let mut booted = Booted { verdict: None, boot_s: None };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match rx.recv_timeout(left) {
@@ -258,17 +230,12 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
         writeln!(log, "{line}").context("writing the console log")?;
         if let Some(marker) = PANIC_MARKERS.iter().find(|m| line.contains(**m)) {
             drop(guard);
-            bail!(
-                "the guest kernel reported {marker:?}: {line:?}; QEMU stopped; console log: {log_path}"
-            );
+            bail!("the guest kernel reported {marker:?}: {line:?}; QEMU stopped; console log: {log_path}");
         }
         if let Some(step) = line.strip_prefix(STEP_MARKER) {
             if booted.boot_s.is_none() {
                 booted.boot_s = Some(started.elapsed().as_secs_f64());
-                say(&format!(
-                    "booted in {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ));
+                say(&format!("booted in {:.1} s", started.elapsed().as_secs_f64()));
             }
             if !step.ends_with(" start") {
                 say(step);
@@ -286,11 +253,7 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
     if booted.verdict.is_none() {
         bail!(
             "the guest stopped without an init verdict (QEMU {status}{}); console log: {log_path}",
-            if stderr_text.trim().is_empty() {
-                String::new()
-            } else {
-                format!(": {}", stderr_text.trim())
-            }
+            if stderr_text.trim().is_empty() { String::new() } else { format!(": {}", stderr_text.trim()) }
         );
     }
     Ok(booted)

@@ -44,11 +44,7 @@ pub(crate) struct Cell {
 
 impl Cell {
     pub(crate) fn new(row: impl Into<String>, result: Outcome, detail: impl Into<String>) -> Self {
-        Self {
-            row: row.into(),
-            result,
-            detail: detail.into(),
-        }
+        Self { row: row.into(), result, detail: detail.into() }
     }
 }
 
@@ -84,22 +80,13 @@ impl Report {
 
     /// Number of `fail` cells.
     pub(crate) fn unexpected(&self) -> usize {
-        self.kernels
-            .iter()
-            .flat_map(|k| &k.cells)
-            .filter(|c| c.result == Outcome::Fail)
-            .count()
+        self.kernels.iter().flat_map(|k| &k.cells).filter(|c| c.result == Outcome::Fail).count()
     }
 
     /// Row names in first-seen order, `boot` first.
     fn rows(&self) -> Vec<&str> {
         let mut rows: Vec<&str> = vec![];
-        if self
-            .kernels
-            .iter()
-            .flat_map(|k| &k.cells)
-            .any(|c| c.row == "boot")
-        {
+        if self.kernels.iter().flat_map(|k| &k.cells).any(|c| c.row == "boot") {
             rows.push("boot");
         }
         for cell in self.kernels.iter().flat_map(|k| &k.cells) {
@@ -149,14 +136,8 @@ impl Report {
         }
         out.push('\n');
         for (kernel, label) in self.kernels.iter().zip(&labels) {
-            let boot = kernel
-                .boot_s
-                .map(|b| format!(", boot {b:.0} s"))
-                .unwrap_or_default();
-            out.push_str(&format!(
-                "{label}: {} ({}){boot}, {:.0} s\n",
-                kernel.release, kernel.accel, kernel.wall_s
-            ));
+            let boot = kernel.boot_s.map(|b| format!(", boot {b:.0} s")).unwrap_or_default();
+            out.push_str(&format!("{label}: {} ({}){boot}, {:.0} s\n", kernel.release, kernel.accel, kernel.wall_s));
         }
         let notes: Vec<String> = self
             .kernels
@@ -200,10 +181,7 @@ impl Report {
             out.push('\n');
         }
         for (kernel, label) in self.kernels.iter().zip(&labels) {
-            let boot = kernel
-                .boot_s
-                .map(|b| format!(", boot {b:.0} s"))
-                .unwrap_or_default();
+            let boot = kernel.boot_s.map(|b| format!(", boot {b:.0} s")).unwrap_or_default();
             out.push_str(&format!(
                 "\n## {label}: {} ({}){boot}, {:.0} s\n\n",
                 kernel.release, kernel.accel, kernel.wall_s
@@ -244,11 +222,7 @@ mod tests {
                     release: "6.18.44-fc".into(),
                     accel: "native".into(),
                     cells: vec![
-                        cell(
-                            "feature:select-or-migrate",
-                            Outcome::Pass,
-                            "present (table: 5.14+)",
-                        ),
+                        cell("feature:select-or-migrate", Outcome::Pass, "present (table: 5.14+)"),
                         cell("suite:port443-scaling", Outcome::Pass, "1 passed"),
                     ],
                     boot_s: None,
@@ -260,11 +234,7 @@ mod tests {
                     accel: "tcg".into(),
                     cells: vec![
                         cell("boot", Outcome::Pass, "init reached in 9.8 s"),
-                        cell(
-                            "feature:select-or-migrate",
-                            Outcome::Skip,
-                            "absent (table: 5.14+)",
-                        ),
+                        cell("feature:select-or-migrate", Outcome::Skip, "absent (table: 5.14+)"),
                         cell(
                             "suite:port443-scaling",
                             Outcome::ExpectedFinding,

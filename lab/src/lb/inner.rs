@@ -1,0 +1,150 @@
+//! The inner maps of the LB's map-in-map tables (per-CPU connection tables, rings), created with
+//! BTF for their keys and values, as the loader creates the outer maps' templates.
+//!
+//! Why not plain maps: an inner map must equal its outer map's template, and kernels of the 6.1
+//! series compare `timer_off`, which is -ENOENT for a map created with BTF (the loader's
+//! template) and -EINVAL for one created without (`kernel/bpf/map_in_map.c`,
+//! `bpf_map_meta_equal`). A plain inner map is refused there with EINVAL. So these maps carry a
+//! small BTF of their own: `u32`, a 40-byte `flow_key` and a 16-byte `conn_entry`, each as wide
+//! as the program's types (the kernel checks sizes, not member names).
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use aya::maps::{Map, MapData};
+use zrlab_common::lb::{ConnEntry, FlowKey, LRU_PER_CPU_SIZE, MAX_RING};
+
+use crate::error::{LabError, Result};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_BTF_LOAD: libc::c_long = 18;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// BTF type ids in [`btf_blob`].
+const TYPE_U32: u32 = 1;
+const TYPE_FLOW_KEY: u32 = 2;
+const TYPE_CONN_ENTRY: u32 = 3;
+
+#[repr(C)]
+#[derive(Default)]
+struct BtfLoadAttr {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+    /// `btf_flags` on newer kernels; explicit so that the struct's tail is zeroes, which the
+    /// kernel requires of every byte past the fields it knows (implicit padding is not).
+    btf_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T, what: &'static str) -> Result<OwnedFd> {
+    // SAFETY: attr is a valid bpf_attr prefix of size_of::<T>() bytes; the kernel zero-extends.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as u32) };
+    if fd < 0 {
+        return Err(LabError::last_os(what, "inner map of xdp_lb"));
+    }
+    // SAFETY: the kernel returned a new file descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The BTF of the inner maps' keys and values.
+fn btf_blob() -> Vec<u8> {
+    let mut strings = vec![0u8];
+    let mut name = |s: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        off
+    };
+    let mut types: Vec<u32> = Vec::new();
+    // [1] INT "u32": 4 bytes, 32 bits, unsigned.
+    types.extend([name("u32"), 1 << 24, 4, 32]);
+    for (type_name, words) in [("flow_key", size_of::<FlowKey>() / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
+        // STRUCT of `words` u32 members.
+        types.extend([name(type_name), (4 << 24) | words as u32, (words * 4) as u32]);
+        for i in 0..words {
+            types.extend([name(&format!("w{i}")), TYPE_U32, (i * 32) as u32]);
+        }
+    }
+    let type_bytes: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let mut blob = Vec::new();
+    blob.extend_from_slice(&0xeb9fu16.to_ne_bytes());
+    blob.extend_from_slice(&[1, 0]);
+    for word in [24u32, 0, type_bytes.len() as u32, type_bytes.len() as u32, strings.len() as u32] {
+        blob.extend_from_slice(&word.to_ne_bytes());
+    }
+    blob.extend_from_slice(&type_bytes);
+    blob.extend_from_slice(&strings);
+    blob
+}
+
+fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, name: &str) -> Result<MapData> {
+    let blob = btf_blob();
+    let mut log = vec![0u8; 4096];
+    let attr = BtfLoadAttr {
+        btf: blob.as_ptr() as u64,
+        btf_size: blob.len() as u32,
+        btf_log_buf: log.as_mut_ptr() as u64,
+        btf_log_size: log.len() as u32,
+        btf_log_level: 1,
+        btf_flags: 0,
+    };
+    let btf = bpf(BPF_BTF_LOAD, &attr, "load the BTF of").map_err(|e| {
+        let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).trim().to_owned();
+        LabError::Bpf { what: format!("load the BTF of inner map {name}"), message: format!("{e}; BTF log: {text}") }
+    })?;
+    let mut map_name = [0u8; 16];
+    for (dst, src) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src;
+    }
+    use std::os::fd::AsRawFd as _;
+    let attr = MapCreateAttr {
+        map_type,
+        key_size: key.1,
+        value_size: value.1,
+        max_entries,
+        map_name,
+        btf_fd: btf.as_raw_fd() as u32,
+        btf_key_type_id: key.0,
+        btf_value_type_id: value.0,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_MAP_CREATE, &attr, "create")?;
+    MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
+}
+
+/// A per-CPU connection table (LRU hash, `FlowKey` -> `ConnEntry`).
+pub(super) fn connection_table(name: &str) -> Result<Map> {
+    let data = create(
+        BPF_MAP_TYPE_LRU_HASH,
+        (TYPE_FLOW_KEY, size_of::<FlowKey>() as u32),
+        (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
+        LRU_PER_CPU_SIZE,
+        name,
+    )?;
+    Ok(Map::LruHashMap(data))
+}
+
+/// An empty ring (array of `MAX_RING` real indices).
+pub(super) fn ring(name: &str) -> Result<Map> {
+    let data = create(BPF_MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), MAX_RING, name)?;
+    Ok(Map::Array(data))
+}
