@@ -302,11 +302,9 @@ impl Balancer {
             }
         };
         // The new ring, complete before anything points at it.
-        let mut ring: Array<MapData, u32> =
-            Array::try_from(super::inner::ring(&format!("lb_ring{num}"))?).map_err(map_err("a ring"))?;
-        for (slot, owner) in table.iter().enumerate() {
-            ring.set(slot as u32, indices[*owner as usize], 0).map_err(map_err("fill a ring"))?;
-        }
+        let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
+        let ring: Array<MapData, u32> =
+            Array::try_from(super::inner::ring(&format!("lb_ring{num}"), &entries)?).map_err(map_err("a ring"))?;
         let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
             ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
         rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;

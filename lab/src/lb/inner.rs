@@ -17,6 +17,7 @@ use crate::error::{LabError, Result};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_BTF_LOAD: libc::c_long = 18;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
@@ -53,6 +54,20 @@ struct MapCreateAttr {
     btf_fd: u32,
     btf_key_type_id: u32,
     btf_value_type_id: u32,
+}
+
+/// The batch part of `union bpf_attr` (kernel 5.6+).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &T, what: &'static str) -> Result<OwnedFd> {
@@ -143,8 +158,25 @@ pub(super) fn connection_table(name: &str) -> Result<Map> {
     Ok(Map::LruHashMap(data))
 }
 
-/// An empty ring (array of `MAX_RING` real indices).
-pub(super) fn ring(name: &str) -> Result<Map> {
+/// A ring (array of `MAX_RING` real indices) holding `entries` from index 0, written with one
+/// batch update (a ring change costs one system call, not 65537).
+pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
     let data = create(BPF_MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), MAX_RING, name)?;
+    let keys: Vec<u32> = (0..entries.len() as u32).collect();
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: entries.as_ptr() as u64,
+        count: entries.len() as u32,
+        map_fd: data.fd().as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid batch attr; keys and values hold `count` u32 each.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
+    };
+    if rc != 0 || attr.count as usize != entries.len() {
+        return Err(LabError::last_os("fill (batch update)", format!("ring {name}")));
+    }
     Ok(Map::Array(data))
 }
