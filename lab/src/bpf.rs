@@ -75,12 +75,18 @@ impl Loaded {
         })?;
         let mut loaded = Self { object, ebpf };
         for name in programs {
-            loaded
-                .xdp_mut(name)?
-                .load()
-                .map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+            loaded.verify(name)?;
         }
         Ok(loaded)
+    }
+
+    /// Verifies and loads the XDP program `name` of the object (if it is not loaded yet).
+    pub fn verify(&mut self, name: &str) -> Result<()> {
+        let program = self.xdp_mut(name)?;
+        if program.fd().is_ok() {
+            return Ok(());
+        }
+        program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })
     }
 
     /// The XDP program `name`.

@@ -206,7 +206,8 @@ pub struct Balancer {
 impl Balancer {
     /// Loads and verifies the LB programs and creates the per-CPU connection tables.
     pub fn load(settings: &Settings) -> Result<Self> {
-        let bpf = Loaded::load(Object::XdpLb, &["xdp_lb", "xdp_lb_bench"])?;
+        // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
+        let bpf = Loaded::load(Object::XdpLb, &["xdp_lb"])?;
         let mut balancer = Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new() };
         balancer.write_settings(settings)?;
         balancer.create_connection_tables()?;
@@ -344,7 +345,14 @@ impl Balancer {
         self.bpf.attach_xdp("xdp_lb", netns, ifname)
     }
 
-    /// The loaded program `name` (`xdp_lb` or `xdp_lb_bench`), e.g. for `BPF_PROG_TEST_RUN`.
+    /// Verifies and loads `xdp_lb_bench`, the variant that undoes its encapsulation (for
+    /// `BPF_PROG_TEST_RUN` with a repeat count).
+    pub fn load_bench(&mut self) -> Result<()> {
+        self.bpf.verify("xdp_lb_bench")
+    }
+
+    /// The loaded program `name` (`xdp_lb`, or `xdp_lb_bench` after [`Balancer::load_bench`]),
+    /// e.g. for `BPF_PROG_TEST_RUN`.
     pub fn program(&self, name: &str) -> Result<&Xdp> {
         self.bpf.xdp(name)
     }

@@ -224,7 +224,8 @@ fn verdict_name(v: u32) -> String {
 
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> Result<Report> {
-    let lb = balancer()?;
+    let mut lb = balancer()?;
+    lb.load_bench()?;
     let floor_object = Loaded::load(Object::XdpEmpty, &["xdp_empty"])?;
     let floor_program = floor_object.xdp("xdp_empty")?;
     let program = lb.program("xdp_lb_bench")?;
