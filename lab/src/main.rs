@@ -168,7 +168,7 @@ async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
             write_json(out, "xdp.json", &report)?;
         }
         Bench::Bind443 { sizes, repeats } => {
-            let opts = zrlab::port443::scaling::Options { sizes, repeats };
+            let opts = zrlab::port443::scaling::Options { sizes, repeats, ..Default::default() };
             eprintln!("measuring bind and lookup scaling on port 443 (N = {:?})...", opts.sizes);
             let report = zrlab::port443::scaling::run(&opts).await?;
             print!("{}", report.table());

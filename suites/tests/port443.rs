@@ -103,8 +103,9 @@ fn bind_scaling_verdict_matches_the_kernel() {
         assert_eq!(
             report.verdict,
             Verdict::RegressionAbsent,
-            "kernel {version:?} has bhash2: bind must scale (worst ratio {:.2})",
-            report.worst_bind_ratio
+            "kernel {version:?} has bhash2: bind must scale (worst ratio {:.2}, limit {:.1})",
+            report.worst_bind_ratio,
+            report.ratio_limit
         );
     } else {
         // Before bhash2 the regression is the expected finding, reported by the matrix.

@@ -19,7 +19,13 @@
 //! definition, so no packet can leave it.
 //!
 //! Verdict: on a kernel whose bind hash is keyed by address and port (bhash2, 6.1), the bind
-//! ratios at the largest N stay within [`RATIO_LIMIT`]; above it the regression is present.
+//! ratios at the largest N stay within [`Options::ratio_limit`]; above it the regression is
+//! present. On the host, with the full sizes, the limit is the issue's [`RATIO_LIMIT`] (2x at
+//! 24,000). Reduced sizes for slow TCG guests ([`Options::reduced`]) ask the coarser question
+//! of which mechanism is there: a TCG guest on two busy cores jitters by more than 2x (6.12 and
+//! 7.2 have measured 2.3-2.6x with bhash2), while a chain of every socket on the port grows with
+//! N (5.10: 70-110x at 8000 of 100). Their limit is the geometric middle of flat (1x) and
+//! linear (`largest / smallest`), so noise must be that factor either way to flip the verdict.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -55,11 +61,24 @@ pub struct Options {
     pub sizes: Vec<usize>,
     /// Repetitions of each timed operation (the median is reported).
     pub repeats: usize,
+    /// Largest ratio at the largest N that counts as "scales".
+    pub ratio_limit: f64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { sizes: SIZES.to_vec(), repeats: 51 }
+        Self { sizes: SIZES.to_vec(), repeats: 51, ratio_limit: RATIO_LIMIT }
+    }
+}
+
+impl Options {
+    /// Reduced sizes for slow guests, judged by mechanism (see the module docs): the limit is
+    /// `sqrt(largest / smallest)`, never below [`RATIO_LIMIT`].
+    pub fn reduced(sizes: Vec<usize>) -> Self {
+        let smallest = sizes.iter().copied().min().unwrap_or(1).max(1) as f64;
+        let largest = sizes.iter().copied().max().unwrap_or(1) as f64;
+        let ratio_limit = (largest / smallest).sqrt().max(RATIO_LIMIT);
+        Self { sizes, ratio_limit, ..Self::default() }
     }
 }
 
@@ -110,6 +129,8 @@ pub struct Report {
     pub ping: PingReport,
     /// The largest bind ratio at the largest N, over all bind patterns.
     pub worst_bind_ratio: f64,
+    /// The limit the verdict applied ([`Options::ratio_limit`]).
+    pub ratio_limit: f64,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -141,7 +162,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .filter_map(|points| points.iter().find(|p| p.n == largest))
         .map(|p| p.ratio)
         .fold(0.0, f64::max);
-    let verdict = if worst <= RATIO_LIMIT { Verdict::RegressionAbsent } else { Verdict::RegressionPresent };
+    let verdict = if worst <= opts.ratio_limit { Verdict::RegressionAbsent } else { Verdict::RegressionPresent };
     Ok(Report {
         kernel: kernel_release(),
         bind,
@@ -150,6 +171,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         lookup,
         ping: PingReport { baseline, binding },
         worst_bind_ratio: worst,
+        ratio_limit: opts.ratio_limit,
         verdict,
     })
 }
@@ -180,8 +202,8 @@ impl Report {
             Verdict::RegressionPresent => "regression PRESENT",
         };
         out.push_str(&format!(
-            "verdict: {verdict} (worst bind ratio {:.2}x at the largest N; limit {RATIO_LIMIT}x)\n",
-            self.worst_bind_ratio
+            "verdict: {verdict} (worst bind ratio {:.2}x at the largest N; limit {:.1}x)\n",
+            self.worst_bind_ratio, self.ratio_limit
         ));
         out
     }
@@ -293,4 +315,18 @@ async fn lookup_pattern(n: usize, repeats: usize) -> Result<(usize, f64)> {
         Ok::<_, LabError>(median_us(samples))
     })??;
     Ok((n, us))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduced_sizes_are_judged_by_the_middle_of_flat_and_linear() {
+        assert!((Options::reduced(vec![100, 1_000, 8_000]).ratio_limit - 80f64.sqrt()).abs() < 1e-9);
+        assert!((Options::reduced(vec![100, 10_000]).ratio_limit - 10.0).abs() < 1e-9);
+        // Sizes too close together to tell the two apart keep the budget.
+        assert_eq!(Options::reduced(vec![100, 200]).ratio_limit, RATIO_LIMIT);
+        assert_eq!(Options::default().ratio_limit, RATIO_LIMIT);
+    }
 }
