@@ -3,7 +3,13 @@
 //! JSON layout (stable; consumers may rely on it):
 //! `{"kernel", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
-//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}]}]}`.
+//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
+//! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
+//! "losses": [{"node", "counter", "count"}]}]}`.
+//! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
+//! misrouted or dropped, whether or not their owner stayed up: where to start reading when a
+//! verdict fails. `losses` are the kernel's nonzero drop counters in the main run's namespaces
+//! (see `topology::Loss`): at which hop packets were lost.
 //! Figures are those of flows whose owner stayed up (see `workload::accounting`); set-up and
 //! teardown times are the main variant's topology.
 
@@ -14,7 +20,12 @@ use serde::Serialize;
 use crate::{
     error::{LabError, Result},
     scenario::{Outcome, Verdict},
+    topology::Loss,
+    workload::accounting::FlowRecord,
 };
+
+/// How many anomalous flows a scenario's report lists.
+pub const MAX_ANOMALIES: usize = 12;
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
@@ -74,6 +85,10 @@ pub struct ScenarioReport {
     pub teardown_ms: u64,
     /// Every expectation of both runs.
     pub checks: Vec<CheckReport>,
+    /// The main run's first flows with a reset, misroute or drop.
+    pub anomalies: Vec<FlowRecord>,
+    /// The main run's nonzero kernel drop counters.
+    pub losses: Vec<Loss>,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -102,6 +117,14 @@ impl From<&Outcome> for ScenarioReport {
             setup_ms: main.map_or(0, |m| m.setup.as_millis() as u64),
             teardown_ms: main.map_or(0, |m| m.teardown.as_millis() as u64),
             checks,
+            anomalies: main
+                .map(|m| {
+                    let mut flows: Vec<&FlowRecord> = m.flows.iter().filter(|f| f.anomalous()).collect();
+                    flows.sort_by_key(|f| (f.proto as u8, f.id));
+                    flows.into_iter().take(MAX_ANOMALIES).cloned().collect()
+                })
+                .unwrap_or_default(),
+            losses: main.map(|m| m.losses.clone()).unwrap_or_default(),
         }
     }
 }
@@ -162,6 +185,27 @@ impl Report {
             for c in &s.checks {
                 let mark = if c.ok { "ok" } else { "FAILED" };
                 let _ = writeln!(out, "- {} `{}`: {} ({mark})", c.variant, c.expect, c.actual);
+            }
+            if !s.anomalies.is_empty() {
+                let _ = writeln!(out, "\nFirst flows of the main run with a reset, misroute or drop:\n");
+                for f in &s.anomalies {
+                    let owner = f.owner.as_ref().map_or("-".to_owned(), |o| o.to_string());
+                    let ending = f.ending.as_ref().map_or("running".to_owned(), |e| format!("{e:?}"));
+                    let _ = writeln!(
+                        out,
+                        "- {:?} flow {}: owner {owner}, {} replies, {} misroutes, {} drops in {} rounds, {ending}",
+                        f.proto, f.id, f.replies, f.misroutes, f.drops, f.rounds
+                    );
+                }
+            }
+            if !s.losses.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\nKernel drop counters of the main run (packets in flight when the flows stopped count too):\n"
+                );
+                for l in &s.losses {
+                    let _ = writeln!(out, "- {} `{}`: {}", l.node, l.counter, l.count);
+                }
             }
         }
         out

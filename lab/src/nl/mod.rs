@@ -49,6 +49,11 @@ pub struct LinkState {
     pub up: bool,
     /// The link kind (`veth`, ...), if any.
     pub kind: Option<String>,
+    /// Packets dropped on receive (for a veth: also frames its XDP program sent back that the
+    /// peer had no room for).
+    pub rx_dropped: u64,
+    /// Packets dropped on transmit (for a veth: also a full peer ring).
+    pub tx_dropped: u64,
 }
 
 /// A route as read back from the kernel (main table only).
@@ -266,10 +271,16 @@ impl Nl {
                     name: String::new(),
                     up: link.header.flags.contains(LinkFlags::Up),
                     kind: None,
+                    rx_dropped: 0,
+                    tx_dropped: 0,
                 };
                 for attr in link.attributes {
                     match attr {
                         LinkAttribute::IfName(name) => state.name = name,
+                        LinkAttribute::Stats64(stats) => {
+                            state.rx_dropped = stats.rx_dropped;
+                            state.tx_dropped = stats.tx_dropped;
+                        }
                         LinkAttribute::LinkInfo(infos) => {
                             for info in infos {
                                 if let netlink_packet_route::link::LinkInfo::Kind(kind) = info {

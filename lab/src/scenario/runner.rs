@@ -28,7 +28,7 @@ use super::{
 };
 use crate::{
     error::{LabError, Result},
-    topology::Lab,
+    topology::{Lab, Loss},
     workload::{
         accounting::{FlowRecord, Tally},
         client::{Client, ClientSpec},
@@ -72,6 +72,8 @@ pub struct VariantOutcome {
     pub teardown: Duration,
     /// Every flow's record.
     pub flows: Vec<FlowRecord>,
+    /// The kernel's nonzero drop counters in the lab's namespaces when the flows stopped.
+    pub losses: Vec<Loss>,
     /// The run prefix of a kept topology.
     pub kept: Option<String>,
 }
@@ -204,6 +206,7 @@ async fn run_variant(
     step("settling");
     wait_rounds(&client, timing.settle_rounds, timing.phase_timeout(), "rounds after the last event").await?;
     let flows = client.stop()?;
+    let losses = lab.losses().await?;
     let measures = Measures {
         tally: Tally::of(&flows, &down),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
@@ -219,7 +222,7 @@ async fn run_variant(
     step("tearing down");
     let kept = keep.then(|| lab.run_id().to_string());
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome { tally: measures.tally.clone(), measures, checks, setup, teardown, flows, kept })
+    Ok(VariantOutcome { tally: measures.tally.clone(), measures, checks, setup, teardown, flows, losses, kept })
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.

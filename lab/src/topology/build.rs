@@ -225,6 +225,15 @@ impl Lab {
         Ok(())
     }
 
+    /// Every nonzero drop counter of the lab's namespaces, node by node.
+    pub async fn losses(&self) -> Result<Vec<super::Loss>> {
+        let mut losses = Vec::new();
+        for (name, node) in &self.nodes {
+            losses.extend(super::losses::of_node(name, node).await?);
+        }
+        Ok(losses)
+    }
+
     /// The members of `group`, in slot order.
     pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
         Some(self.groups.get(group)?.members.iter().map(|(name, _)| name.clone()).collect())

@@ -102,6 +102,11 @@ impl FlowRecord {
         self.ending.is_none()
     }
 
+    /// Whether the flow saw anything a verdict counts: a reset, a misroute or a drop.
+    pub fn anomalous(&self) -> bool {
+        self.misroutes > 0 || self.drops > 0 || self.ending.is_some()
+    }
+
     /// Whether the flow ended by a reset (see the module docs).
     pub fn was_reset(&self) -> bool {
         matches!(self.ending, Some(Ending::Reset | Ending::Refused))
@@ -174,10 +179,12 @@ mod tests {
     fn owner_is_the_first_replier_and_others_are_misroutes() {
         let mut flow = FlowRecord::new(Proto::Udp, 0);
         flow.reply(&who("be1"));
+        assert!(!flow.anomalous());
         flow.reply(&who("be2"));
         flow.reply(&who("be1"));
         flow.drop_request();
         assert_eq!((flow.replies, flow.misroutes, flow.drops, flow.rounds), (3, 1, 1, 4));
+        assert!(flow.anomalous());
         assert_eq!(flow.owner, Some(who("be1")));
     }
 
