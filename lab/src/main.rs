@@ -41,6 +41,11 @@ struct Cli {
     /// Where reports are written [default: target/lab, or target/bench for benchmarks].
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// Multiply every duration of a scenario (request period, reply and phase timeouts) for a
+    /// slow or emulated machine; rounds stay as written. The kernel matrix sets 5 in TCG guests.
+    #[arg(long, global = true, env = "ZRLAB_TIME_SCALE", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    time_scale: u32,
 }
 
 #[derive(Subcommand)]
@@ -148,10 +153,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Run { files, keep }) => runtime.block_on(run_files(&files, keep, out)),
+        Some(Command::Run { files, keep }) => runtime.block_on(run_files(&files, keep, cli.time_scale, out)),
         None => {
             let files = default_scenarios(&cli.fixtures.join("scenarios"))?;
-            runtime.block_on(run_files(&files, false, out))
+            runtime.block_on(run_files(&files, false, cli.time_scale, out))
         }
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, out)),
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
@@ -236,12 +241,12 @@ fn default_scenarios(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(defaults)
 }
 
-async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode> {
+async fn run_files(files: &[PathBuf], keep: bool, time_scale: u32, out: &Path) -> Result<ExitCode> {
     // Parse everything first: a bad file fails before any topology is built.
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     let cleaned = clean::clean(Scope::Crashed)?;
     print_cleaned(&cleaned, "cleaned up after a killed run:");
-    let opts = RunOptions { keep, service_exe: std::env::current_exe().context("locating zrlab")? };
+    let opts = RunOptions { keep, service_exe: std::env::current_exe().context("locating zrlab")?, time_scale };
 
     let bar = ProgressBar::new(scenarios.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:20} {pos}/{len} {elapsed} {msg}").expect("valid template"));
@@ -273,7 +278,7 @@ async fn run_files(files: &[PathBuf], keep: bool, out: &Path) -> Result<ExitCode
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let report = Report::new(&outcomes);
+    let report = Report::new(&outcomes, opts.time_scale);
     print!("{}", report.table());
     report.write(out)?;
     println!("report: {}/report.json, report.md", out.display());

@@ -1,7 +1,7 @@
 //! The lab's report: a terminal table, `report.json` and `report.md`.
 //!
 //! JSON layout (stable; consumers may rely on it):
-//! `{"kernel", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
+//! `{"kernel", "time_scale", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
 //! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
@@ -32,6 +32,8 @@ pub const MAX_ANOMALIES: usize = 12;
 pub struct Report {
     /// `uname -r` of the kernel the lab ran on.
     pub kernel: String,
+    /// The durations' multiplier the scenarios ran with (`--time-scale`).
+    pub time_scale: u32,
     /// One entry per scenario, in run order.
     pub scenarios: Vec<ScenarioReport>,
 }
@@ -130,9 +132,9 @@ impl From<&Outcome> for ScenarioReport {
 }
 
 impl Report {
-    /// A report of `outcomes` on the running kernel.
-    pub fn new(outcomes: &[Outcome]) -> Self {
-        Self { kernel: kernel_release(), scenarios: outcomes.iter().map(ScenarioReport::from).collect() }
+    /// A report of `outcomes` on the running kernel, run with `time_scale`.
+    pub fn new(outcomes: &[Outcome], time_scale: u32) -> Self {
+        Self { kernel: kernel_release(), time_scale, scenarios: outcomes.iter().map(ScenarioReport::from).collect() }
     }
 
     /// Whether every scenario passed or was skipped.
@@ -175,7 +177,7 @@ impl Report {
 
     /// The Markdown report: the table, then each scenario's checks and reason.
     pub fn markdown(&self) -> String {
-        let mut out = format!("# Lab report\n\nKernel: `{}`\n\n", self.kernel);
+        let mut out = format!("# Lab report\n\nKernel: `{}`, time scale {}\n\n", self.kernel, self.time_scale);
         out.push_str(&self.table());
         for s in &self.scenarios {
             let _ = write!(out, "\n## {}\n\n", s.name);

@@ -20,7 +20,7 @@ use zrlab::{
 fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool) {
     common::require_root();
     let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
-    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe() };
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1 };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
     if outcome.verdict == Verdict::Skip {

@@ -43,6 +43,12 @@ pub struct RunOptions {
     pub keep: bool,
     /// The `zrlab` binary, started as `zrlab service ...` on backends.
     pub service_exe: PathBuf,
+    /// Multiplies every duration of a scenario: the request period and the reply and phase
+    /// timeouts. Rounds stay as written, so a scaled scenario asks the same question at a lower
+    /// packet rate with more patience: for emulated machines (the kernel matrix sets 5 in TCG
+    /// guests, which run 8-9x slower), where 4,000 requests a second with a 1 s reply budget
+    /// would measure the emulator. 1 means as written; 0 counts as 1.
+    pub time_scale: u32,
 }
 
 /// A scenario's verdict.
@@ -138,6 +144,8 @@ async fn run_variant(
 ) -> Result<VariantOutcome> {
     let timing = &variant.timing;
     let workload = &variant.workload;
+    let scale = opts.time_scale.max(1);
+    let phase_timeout = timing.phase_timeout() * scale;
     step("building topology");
     let mut lab = Lab::build(&variant.topology, keep).await?;
     let setup = lab.setup_time();
@@ -157,7 +165,7 @@ async fn run_variant(
             ),
         ];
         let spawned = lab.spawn(backend, &opts.service_exe, &args)?;
-        wait_for_phase(spawned.stdout, Phase::Ready, timing.phase_timeout(), backend).await?;
+        wait_for_phase(spawned.stdout, Phase::Ready, phase_timeout, backend).await?;
     }
 
     // Declared after the lab, so dropped before it: the programs detach while their
@@ -179,24 +187,23 @@ async fn run_variant(
             udp_port: workload.udp_port,
             tcp_flows: workload.tcp_flows,
             udp_flows: workload.udp_flows,
-            period: Duration::from_millis(workload.period_ms),
-            reply_timeout: timing.reply_timeout(),
+            period: Duration::from_millis(workload.period_ms) * scale,
+            reply_timeout: timing.reply_timeout() * scale,
             seed: workload.seed,
         },
     )?;
     let book = client.book();
     // A flow may also end before its first reply (a control that breaks flows at once): that
     // is tallied like any other failure, not treated as a broken lab.
-    book.wait_until("every flow to get its first reply", timing.phase_timeout(), |flows| {
+    book.wait_until("every flow to get its first reply", phase_timeout, |flows| {
         flows.iter().all(|f| f.owner.is_some() || !f.live())
     })
     .await?;
-    wait_rounds(&client, timing.warmup_rounds, timing.phase_timeout(), "warm-up rounds").await?;
+    wait_rounds(&client, timing.warmup_rounds, phase_timeout, "warm-up rounds").await?;
 
     let mut down = BTreeSet::new();
     for event in &variant.events {
-        wait_rounds(&client, timing.rounds_between_events, timing.phase_timeout(), "rounds before the next event")
-            .await?;
+        wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
         step(&format!("event {}", describe(event)));
         apply(&mut lab, deployment.as_mut(), event).await?;
         if let Some(node) = event.takes_down() {
@@ -204,7 +211,7 @@ async fn run_variant(
         }
     }
     step("settling");
-    wait_rounds(&client, timing.settle_rounds, timing.phase_timeout(), "rounds after the last event").await?;
+    wait_rounds(&client, timing.settle_rounds, phase_timeout, "rounds after the last event").await?;
     let flows = client.stop()?;
     let losses = lab.losses().await?;
     let measures = Measures {
