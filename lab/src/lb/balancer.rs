@@ -118,8 +118,18 @@ impl VipSpec {
 pub struct RealSpec {
     /// Its address (the outer destination).
     pub addr: IpAddr,
-    /// Its weight in the ring (0: in no ring slot, e.g. draining).
+    /// Its weight in the configuration ring (0: not a member).
     pub weight: u32,
+    /// Its health: a down real's slots go to up reals and nothing else moves
+    /// (see [`super::maglev`]).
+    pub up: bool,
+}
+
+impl RealSpec {
+    /// Its entry in a Maglev build: keyed by address, so every LB node derives the same ring.
+    pub(crate) fn backend(&self) -> Backend {
+        Backend { key: self.addr.to_string().into_bytes(), weight: self.weight, up: self.up }
+    }
 }
 
 /// Node-wide settings of the LB.
@@ -286,8 +296,7 @@ impl Balancer {
         if !maglev::is_prime(vip.ring_size) || vip.ring_size > MAX_RING {
             return Err(LabError::Unsupported(format!("ring size {} is not a prime up to {MAX_RING}", vip.ring_size)));
         }
-        let backends: Vec<Backend> =
-            reals.iter().map(|r| Backend { key: r.addr.to_string().into_bytes(), weight: r.weight }).collect();
+        let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
         let table = maglev::build(&backends, vip.ring_size)
             .map_err(|e| LabError::Unsupported(format!("VIP {}:{}: {e}", vip.addr, vip.port)))?;
         let indices: Vec<u32> = reals.iter().map(|r| self.real_index(r.addr)).collect::<Result<_>>()?;

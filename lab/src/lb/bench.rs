@@ -13,6 +13,10 @@
 //!
 //! Each case is measured several times and the median kept; the floor (`xdp_empty`) is measured
 //! between the cases by the same method, and its median is the baseline.
+//!
+//! Maglev disruption is measured for both ways a backend leaves (see [`super::maglev`]): a
+//! health change (marked down: the control plane's path for health checks and drains) and a
+//! removal from the configuration (plain Maglev's rebuild), each with the balance it leaves.
 
 use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 
@@ -65,6 +69,9 @@ pub struct Case {
 /// Disruption when `k` of `n` backends leave a table.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Disruption {
+    /// How they leave: `"health"` (marked down: the control plane's path for health checks and
+    /// drains) or `"removal"` (taken out of the configuration: plain Maglev's rebuild).
+    pub change: &'static str,
     /// Backends before.
     pub n: usize,
     /// Backends that left.
@@ -75,6 +82,10 @@ pub struct Disruption {
     pub ideal: f64,
     /// `moved / ideal`.
     pub ratio: f64,
+    /// The most slots a remaining backend owns afterwards, over the mean: 1.0 is perfect balance.
+    pub peak_load: f64,
+    /// Time to build the table after the change, milliseconds (one build).
+    pub build_ms: f64,
 }
 
 /// The Maglev measurements.
@@ -128,10 +139,10 @@ fn balancer() -> Result<Balancer> {
     let mut lb = Balancer::load(&Settings::default())?;
     let reals: Vec<RealSpec> = ["192.0.2.2", "192.0.2.6", "192.0.2.10", "192.0.2.14"]
         .iter()
-        .map(|a| RealSpec { addr: ip(a), weight: 1 })
+        .map(|a| RealSpec { addr: ip(a), weight: 1, up: true })
         .collect();
     let v6reals: Vec<RealSpec> =
-        ["2001:db8:1::2", "2001:db8:2::2"].iter().map(|a| RealSpec { addr: ip(a), weight: 1 }).collect();
+        ["2001:db8:1::2", "2001:db8:2::2"].iter().map(|a| RealSpec { addr: ip(a), weight: 1, up: true }).collect();
     let vip = |addr: &str, port: u16, proto: Proto| VipSpec::new(ip(addr), port, proto);
     lb.set_vip(&VipSpec { tcp_id_routing: true, ..vip("203.0.113.10", 80, Proto::Tcp) }, &reals)?;
     lb.set_vip(&VipSpec { quic_id_routing: true, ..vip("203.0.113.10", 443, Proto::Udp) }, &reals)?;
@@ -260,7 +271,9 @@ pub fn run(opts: &Options) -> Result<Report> {
 }
 
 fn backends(n: usize) -> Vec<Backend> {
-    (0..n).map(|i| Backend { key: format!("192.0.{}.{}", i / 250, i % 250 + 1).into_bytes(), weight: 1 }).collect()
+    (0..n)
+        .map(|i| Backend { key: format!("192.0.{}.{}", i / 250, i % 250 + 1).into_bytes(), weight: 1, up: true })
+        .collect()
 }
 
 fn maglev_report() -> MaglevReport {
@@ -276,22 +289,33 @@ fn maglev_report() -> MaglevReport {
         .collect();
     times.sort_by(f64::total_cmp);
     let mut disruption = Vec::new();
-    for (n, ks) in [(10, &[1, 2, 3][..]), (100, &[1, 5, 10][..]), (1000, &[1, 10, 100][..])] {
-        let all = backends(n);
-        let keys = |s: &[Backend]| s.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
-        let before = maglev::build(&all, SIZE).expect("valid");
-        for &k in ks {
-            // The k leaving backends are spread over the set, not the first k.
-            let rest: Vec<Backend> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % (n / k) != 0 || i / (n / k) >= k)
-                .map(|(_, b)| b.clone())
-                .collect();
-            let after = maglev::build(&rest, SIZE).expect("valid");
-            let moved = maglev::changed_fraction(&before, &keys(&all), &after, &keys(&rest));
-            let ideal = (n - rest.len()) as f64 / n as f64;
-            disruption.push(Disruption { n, k: n - rest.len(), moved, ideal, ratio: moved / ideal });
+    for change in ["health", "removal"] {
+        for (n, ks) in [(10, &[1, 2, 3][..]), (100, &[1, 5, 10][..]), (1000, &[1, 10, 100][..])] {
+            let all = backends(n);
+            let before = maglev::build(&all, SIZE).expect("valid");
+            for &k in ks {
+                // The k leaving backends are spread over the set, not the first k.
+                let leaves = |i: usize| i % (n / k) == 0 && i / (n / k) < k;
+                let after: Vec<Backend> = all
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| change == "health" || !leaves(*i))
+                    .map(|(i, b)| Backend { up: !leaves(i), ..b.clone() })
+                    .collect();
+                let started = Instant::now();
+                let table = maglev::build(&after, SIZE).expect("valid");
+                let build_ms = started.elapsed().as_secs_f64() * 1e3;
+                let keys = |s: &[Backend]| s.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
+                let moved = maglev::changed_fraction(&before, &keys(&all), &table, &keys(&after));
+                let ideal = k as f64 / n as f64;
+                let mut owned = vec![0u32; after.len()];
+                for owner in &table {
+                    owned[*owner as usize] += 1;
+                }
+                let peak = f64::from(*owned.iter().max().expect("backends"));
+                let peak_load = peak / (f64::from(SIZE) / (n - k) as f64);
+                disruption.push(Disruption { change, n, k, moved, ideal, ratio: moved / ideal, peak_load, build_ms });
+            }
         }
     }
     MaglevReport { size: SIZE, backends: set.len(), build_ms: times[times.len() / 2], disruption }
@@ -322,12 +346,15 @@ impl Report {
         out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
         for d in &m.disruption {
             out.push_str(&format!(
-                "maglev: {} of {} leave: {:.3}% of entries move, ideal {:.3}% ({:.3}x)\n",
+                "maglev: {} of {} leave by {:<7}: {:>7.3}% of entries move, ideal {:.3}% ({:.3}x); peak load {:.3}x mean; build {:.1} ms\n",
                 d.k,
                 d.n,
+                d.change,
                 d.moved * 100.0,
                 d.ideal * 100.0,
-                d.ratio
+                d.ratio,
+                d.peak_load,
+                d.build_ms
             ));
         }
         out

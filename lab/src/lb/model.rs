@@ -120,8 +120,7 @@ impl Model {
 
     /// As [`super::Balancer::set_vip`].
     pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<(), maglev::MaglevError> {
-        let backends: Vec<Backend> =
-            reals.iter().map(|r| Backend { key: r.addr.to_string().into_bytes(), weight: r.weight }).collect();
+        let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
         let ring = maglev::build(&backends, vip.ring_size)?;
         let key = VipKey { addr: words(vip.addr), port: vip.port.to_be(), proto: vip.proto.number(), pad: 0 };
         self.vips.insert(key, Vip { spec: vip.clone(), reals: reals.to_vec(), ring });

@@ -34,7 +34,7 @@ fn vip(addr: &str, port: u16, proto: Proto) -> VipSpec {
 }
 
 fn reals(addrs: &[&str]) -> Vec<RealSpec> {
-    addrs.iter().map(|a| RealSpec { addr: ip(a), weight: 1 }).collect()
+    addrs.iter().map(|a| RealSpec { addr: ip(a), weight: 1, up: true }).collect()
 }
 
 /// The fixture's VIPs and reals (README's conformance section lists them).
@@ -49,7 +49,7 @@ pub(crate) fn fixture_vips() -> Vec<(VipSpec, Vec<RealSpec>)> {
         (VipSpec { no_lru: true, ..vip("203.0.113.40", 80, Proto::Tcp) }, reals(&[R1, R2, R3])),
         (
             vip("203.0.113.30", 80, Proto::Tcp),
-            vec![RealSpec { addr: ip(R1), weight: 3 }, RealSpec { addr: ip(R2), weight: 1 }],
+            vec![RealSpec { addr: ip(R1), weight: 3, up: true }, RealSpec { addr: ip(R2), weight: 1, up: true }],
         ),
     ]
 }
