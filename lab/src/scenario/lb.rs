@@ -44,7 +44,7 @@ pub struct Deployment {
     decaps: Vec<Decap>,
     _passes: Loaded,
     vips: Vec<VipSpec>,
-    reals: Vec<(String, IpAddr, u32)>,
+    reals: Vec<(String, RealSpec)>,
 }
 
 impl Deployment {
@@ -56,12 +56,12 @@ impl Deployment {
         server_ids: &BTreeMap<String, u32>,
     ) -> Result<Self> {
         let topology = lab.topology();
-        let reals: Vec<(String, IpAddr, u32)> = workload
+        let reals: Vec<(String, RealSpec)> = workload
             .backends
             .iter()
             .map(|b| {
                 let addr = backend_address(lab, b, workload.vip.is_ipv4())?;
-                Ok((b.clone(), addr, spec.weights.get(b).copied().unwrap_or(1)))
+                Ok((b.clone(), RealSpec { addr, weight: spec.weights.get(b).copied().unwrap_or(1), up: true }))
             })
             .collect::<Result<_>>()?;
         // The [lb] section's policy fields are the VIP's (see `LbSpec`).
@@ -75,7 +75,7 @@ impl Deployment {
         };
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
         let live: BTreeMap<u32, IpAddr> =
-            reals.iter().filter_map(|(node, addr, _)| Some((*server_ids.get(node)?, *addr))).collect();
+            reals.iter().filter_map(|(node, real)| Some((*server_ids.get(node)?, real.addr))).collect();
         let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
         let mut balancers = Vec::new();
         for node in &spec.nodes {
@@ -109,12 +109,12 @@ impl Deployment {
         Ok(Self { balancers, decaps, _passes: passes, vips, reals })
     }
 
-    /// Takes `backend` out of every LB node's rings (weight 0); its flows in the connection
-    /// tables keep going to it.
+    /// Marks `backend` down in every LB node's rings (a health change: only its slots move);
+    /// its flows in the connection tables keep going to it.
     pub fn drain(&mut self, backend: &str) -> Result<()> {
-        for (node, _, weight) in &mut self.reals {
+        for (node, real) in &mut self.reals {
             if node == backend {
-                *weight = 0;
+                real.up = false;
             }
         }
         let reals = real_specs(&self.reals);
@@ -145,8 +145,8 @@ impl Deployment {
     }
 }
 
-fn real_specs(reals: &[(String, IpAddr, u32)]) -> Vec<RealSpec> {
-    reals.iter().map(|(_, addr, weight)| RealSpec { addr: *addr, weight: *weight }).collect()
+fn real_specs(reals: &[(String, RealSpec)]) -> Vec<RealSpec> {
+    reals.iter().map(|(_, real)| real.clone()).collect()
 }
 
 /// A backend's address of the VIP's family on its links (the outer destination the LB uses);

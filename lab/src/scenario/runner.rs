@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    os::unix::process::ExitStatusExt as _,
     path::PathBuf,
     time::Duration,
 };
@@ -165,7 +166,20 @@ async fn run_variant(
             ),
         ];
         let spawned = lab.spawn(backend, &opts.service_exe, &args)?;
-        wait_for_phase(spawned.stdout, Phase::Ready, phase_timeout, backend).await?;
+        if !wait_for_phase(spawned.stdout, Phase::Ready, phase_timeout, backend).await? {
+            let ended = match lab.exit_status(spawned.pid, Duration::from_secs(5)).await {
+                Some(status) => match (status.code(), status.signal()) {
+                    (Some(code), _) => format!("exit code {code}; its stderr is in this run's output"),
+                    (_, Some(signal)) => format!("killed by signal {signal}"),
+                    _ => status.to_string(),
+                },
+                None => "closed its stdout but still runs".to_owned(),
+            };
+            return Err(LabError::Service {
+                name: format!("{backend}/a"),
+                message: format!("exited before it was {} ({ended})", Phase::Ready),
+            });
+        }
     }
 
     // Declared after the lab, so dropped before it: the programs detach while their
@@ -243,12 +257,13 @@ async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str
         .await
 }
 
+/// Reads the service's phases until `wanted`: `Ok(false)` if its stdout ended first.
 async fn wait_for_phase(
     stdout: tokio::process::ChildStdout,
     wanted: Phase,
     timeout: Duration,
     node: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let mut lines = BufReader::new(stdout).lines();
     let reached = async {
         while let Some(line) = lines.next_line().await.map_err(|e| LabError::os("read phases of", node, e))? {
@@ -259,11 +274,7 @@ async fn wait_for_phase(
         Ok::<_, LabError>(false)
     };
     match tokio::time::timeout(timeout, reached).await {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => {
-            Err(LabError::Service { name: format!("{node}/a"), message: format!("exited before it was {wanted}") })
-        }
-        Ok(Err(e)) => Err(e),
+        Ok(reached) => reached,
         Err(_) => Err(LabError::Timeout { what: format!("the service on {node} to be {wanted}"), after: timeout }),
     }
 }

@@ -14,7 +14,7 @@ use std::{
         unix::process::CommandExt as _,
     },
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -327,6 +327,22 @@ impl Lab {
         let stdout = tokio::process::ChildStdout::from_std(stdout)
             .map_err(|e| LabError::os("register stdout of", pid.to_string(), e))?;
         Ok(Spawned { pid, stdout })
+    }
+
+    /// How child `pid` ended, once it has (polled every 10 ms for up to `within`): for the error
+    /// of a service that closed its stdout early. `None` if it is still running or not ours.
+    pub async fn exit_status(&mut self, pid: u32, within: Duration) -> Option<ExitStatus> {
+        let child = &mut self.children.iter_mut().find(|(_, c)| c.id() == pid)?.1;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Kills the child `pid` now (SIGKILL) and reaps it.

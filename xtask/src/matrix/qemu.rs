@@ -31,7 +31,8 @@ use super::initramfs::{ROOT_TAG, WORK_TAG};
 const QEMU: &str = "qemu-system-x86_64";
 /// Console lines that mean the guest kernel is gone or wedged.
 const PANIC_MARKERS: &[&str] = &["Kernel panic", "soft lockup", "BUG: "];
-const KERNEL_ARGS: &str = "console=ttyS0 quiet loglevel=3 panic=-1 oops=panic rdinit=/init";
+/// `loglevel=4`: errors and worse reach `console.log`, so an OOM kill or a BPF splat is on record.
+const KERNEL_ARGS: &str = "console=ttyS0 quiet loglevel=4 panic=-1 oops=panic rdinit=/init";
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The accelerator.
