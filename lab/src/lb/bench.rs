@@ -295,7 +295,7 @@ fn maglev_report() -> MaglevReport {
             let before = maglev::build(&all, SIZE).expect("valid");
             for &k in ks {
                 // The k leaving backends are spread over the set, not the first k.
-                let leaves = |i: usize| i % (n / k) == 0 && i / (n / k) < k;
+                let leaves = |i: usize| i.is_multiple_of(n / k) && i / (n / k) < k;
                 let after: Vec<Backend> = all
                     .iter()
                     .enumerate()
