@@ -235,6 +235,24 @@ fn tcp_option_routing() {
     insta::assert_snapshot!(run(cases));
 }
 
+/// The connection table's key folds each IPv6 address to one word (`ConnKey`): flows whose
+/// keys collide must never share an entry. A and B differ only in the order of their source
+/// address words, so they fold alike; A's entry points at a real B's ring could never pick.
+#[test]
+fn folded_key_collisions() {
+    const A: &str = "2001:db8:100::2";
+    const B: &str = "100:0:2001:db8::2";
+    let ack = |src: &str, opts: Vec<TcpOption>| tcp(src, 41020, VIP6, 80, ACK, opts);
+    let cases = vec![
+        ("flow a, live id 200: routed by id, the table remembers a v4 real", ack(A, vec![TcpOption::ServerId(200)])),
+        ("flow b, same key: a's entry is not b's, ring", ack(B, vec![])),
+        ("flow b again: its own entry, table hit", ack(B, vec![])),
+        ("flow a again: b's entry replaced a's, ring", ack(A, vec![])),
+        ("flow a once more: table hit", ack(A, vec![])),
+    ];
+    insta::assert_snapshot!(run(cases));
+}
+
 #[test]
 fn quic_connection_id_routing() {
     let q = |port: u16, payload: Vec<u8>| udp(CLIENT4, port, VIP4, 443, &payload);

@@ -14,7 +14,7 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, FlowKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS,
+    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS,
     REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
     VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats,
     counter,
@@ -154,8 +154,8 @@ impl Default for Settings {
 }
 
 /// Deletes the entries of VIP `num` from one connection table.
-fn flush<T: std::borrow::BorrowMut<MapData>>(table: &mut HashMap<T, FlowKey, ConnEntry>, num: u32) -> Result<()> {
-    let stale: Vec<FlowKey> =
+fn flush<T: std::borrow::BorrowMut<MapData>>(table: &mut HashMap<T, ConnKey, ConnEntry>, num: u32) -> Result<()> {
+    let stale: Vec<ConnKey> =
         table.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
     for key in stale {
         // An entry evicted meanwhile is gone already.
@@ -208,7 +208,7 @@ pub struct Balancer {
     bpf: Loaded,
     /// The per-CPU connection tables (the outer array holds them too; these handles are for
     /// flushing entries).
-    tables: Vec<HashMap<MapData, FlowKey, ConnEntry>>,
+    tables: Vec<HashMap<MapData, ConnKey, ConnEntry>>,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
 }
@@ -239,11 +239,11 @@ impl Balancer {
 
     fn create_connection_tables(&mut self) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
-        let mut outer: ArrayOfMaps<_, HashMap<MapData, FlowKey, ConnEntry>> =
+        let mut outer: ArrayOfMaps<_, HashMap<MapData, ConnKey, ConnEntry>> =
             ArrayOfMaps::try_from(self.bpf.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
         let mut tables = Vec::new();
         for cpu in 0..cpus.min(MAX_CPUS) {
-            let table: HashMap<MapData, FlowKey, ConnEntry> =
+            let table: HashMap<MapData, ConnKey, ConnEntry> =
                 HashMap::try_from(super::inner::connection_table(&format!("lb_lru_cpu{cpu}"))?)
                     .map_err(map_err("a per-CPU LRU"))?;
             outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
@@ -257,7 +257,7 @@ impl Balancer {
     /// longer hold).
     fn flush_vip(&mut self, num: u32) -> Result<()> {
         let fallback = self.bpf.map_mut(zrlab_common::lb::LRU_FALLBACK_MAP)?;
-        let mut table: HashMap<_, FlowKey, ConnEntry> =
+        let mut table: HashMap<_, ConnKey, ConnEntry> =
             HashMap::try_from(fallback).map_err(map_err("LB_LRU_FALLBACK"))?;
         flush(&mut table, num)?;
         for table in &mut self.tables {

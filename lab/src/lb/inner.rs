@@ -11,7 +11,7 @@
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::{ConnEntry, FlowKey, LRU_PER_CPU_SIZE, MAX_RING};
+use zrlab_common::lb::{ConnEntry, ConnKey, LRU_PER_CPU_SIZE, MAX_RING};
 
 use crate::error::{LabError, Result};
 
@@ -23,7 +23,7 @@ const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 
 /// BTF type ids in [`btf_blob`].
 const TYPE_U32: u32 = 1;
-const TYPE_FLOW_KEY: u32 = 2;
+const TYPE_CONN_KEY: u32 = 2;
 const TYPE_CONN_ENTRY: u32 = 3;
 
 #[repr(C)]
@@ -92,7 +92,7 @@ fn btf_blob() -> Vec<u8> {
     let mut types: Vec<u32> = Vec::new();
     // [1] INT "u32": 4 bytes, 32 bits, unsigned.
     types.extend([name("u32"), 1 << 24, 4, 32]);
-    for (type_name, words) in [("flow_key", size_of::<FlowKey>() / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
+    for (type_name, words) in [("conn_key", size_of::<ConnKey>() / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
         // STRUCT of `words` u32 members.
         types.extend([name(type_name), (4 << 24) | words as u32, (words * 4) as u32]);
         for i in 0..words {
@@ -146,11 +146,11 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
-/// A per-CPU connection table (LRU hash, `FlowKey` -> `ConnEntry`).
+/// A per-CPU connection table (LRU hash, `ConnKey` -> `ConnEntry`).
 pub(super) fn connection_table(name: &str) -> Result<Map> {
     let data = create(
         BPF_MAP_TYPE_LRU_HASH,
-        (TYPE_FLOW_KEY, size_of::<FlowKey>() as u32),
+        (TYPE_CONN_KEY, size_of::<ConnKey>() as u32),
         (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
         LRU_PER_CPU_SIZE,
         name,

@@ -6,7 +6,9 @@
 //! same for a million random and mutated frames. Two independent implementations of one
 //! specification (DESIGN.md section 1 and the policy in the program's docs) catch what neither
 //! catches alone. The model keeps one connection table (the union of the BPF per-CPU tables and
-//! their fallback) and never evicts: the suites stay far below the tables' sizes.
+//! their fallback) under the program's folded key ([`ConnKey`]), so flows whose keys collide
+//! replace each other's entries as in the kernel; it never evicts otherwise: the suites stay far
+//! below the tables' sizes.
 //!
 //! Pure: no I/O, no clock.
 
@@ -15,7 +17,7 @@ use std::{
     net::IpAddr,
 };
 
-use zrlab_common::lb::{FlowKey, QUIC_MIN_CID, VipKey, encap_hash, flow_hash, quic_server_id};
+use zrlab_common::lb::{ConnKey, FlowKey, QUIC_MIN_CID, VipKey, encap_hash, flow_hash, quic_server_id};
 
 use super::{
     balancer::{RealSpec, Settings, VipSpec, words},
@@ -88,7 +90,7 @@ pub struct Model {
     settings: Settings,
     vips: BTreeMap<VipKey, Vip>,
     server_ids: BTreeMap<u32, IpAddr>,
-    table: HashMap<FlowKey, IpAddr>,
+    table: HashMap<ConnKey, (FlowKey, IpAddr)>,
 }
 
 const ETH: usize = 14;
@@ -232,7 +234,7 @@ impl Model {
                 return Err(Verdict::Pass(Why::NoService));
             }
         }
-        let flow = FlowKey { src, dst, ports, proto, pad: [0; 3] };
+        let flow = FlowKey { src, dst, ports, proto };
         Ok(Pkt { v6, l4, ip_len, tos, tcp_flags, tcp_hdr_len, flow, vip })
     }
 
@@ -253,7 +255,7 @@ impl Model {
             && let Some(real) = self.server_ids.get(&id).copied()
         {
             if !spec.no_lru {
-                self.table.insert(pkt.flow, real);
+                self.remember(&pkt.flow, real);
             }
             return (real, path);
         }
@@ -269,12 +271,21 @@ impl Model {
             return (ring_real(hash), Path::Ring);
         }
         let syn = pkt.flow.proto == 6 && pkt.tcp_flags & 0x12 == 0x02;
-        if !syn && let Some(real) = self.table.get(&pkt.flow) {
-            return (*real, Path::Table);
+        if !syn && let Some(real) = self.remembered(&pkt.flow) {
+            return (real, Path::Table);
         }
         let real = ring_real(hash);
-        self.table.insert(pkt.flow, real);
+        self.remember(&pkt.flow, real);
         (real, Path::Ring)
+    }
+
+    /// The table's real for `flow`: an entry under its key that holds other addresses is a miss.
+    fn remembered(&self, flow: &FlowKey) -> Option<IpAddr> {
+        self.table.get(&ConnKey::of(flow)).filter(|(owner, _)| owner == flow).map(|(_, real)| *real)
+    }
+
+    fn remember(&mut self, flow: &FlowKey, real: IpAddr) {
+        self.table.insert(ConnKey::of(flow), (*flow, real));
     }
 
     fn encap(&self, f: &[u8], pkt: &Pkt, real: IpAddr) -> Vec<u8> {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, FlowKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS,
+    Config, ConnEntry, ConnKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS,
     MAX_VIPS, Real, VipKey, VipMeta, VipStats, counter,
 };
 
@@ -33,14 +33,14 @@ pub static SERVER_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVER_
 /// uses the fallback alone.
 #[btf_map(name = "LB_LRU_PER_CPU")]
 pub static LRU_PER_CPU: ArrayOfMaps<
-    BtfLruHashMap<FlowKey, ConnEntry, { LRU_PER_CPU_SIZE as usize }>,
+    BtfLruHashMap<ConnKey, ConnEntry, { LRU_PER_CPU_SIZE as usize }>,
     { MAX_CPUS as usize },
 > = ArrayOfMaps::new();
 
 /// Shared by all CPUs: consulted on a per-CPU miss, so a flow whose packets reach another CPU
 /// (veth has no RSS to pin them) still finds its real.
 #[map(name = "LB_LRU_FALLBACK")]
-pub static LRU_FALLBACK: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
+pub static LRU_FALLBACK: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
 
 #[map(name = "LB_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -166,7 +166,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
         tos,
         tcp_flags,
         tcp_hdr_len,
-        flow: FlowKey { src, dst, ports, proto, pad: [0; 3] },
+        flow: FlowKey { src, dst, ports, proto },
     }))
 }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET,
+    ConnEntry, ConnKey, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET,
     VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
@@ -47,19 +47,20 @@ pub enum Route {
 #[inline(always)]
 pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let key = ConnKey::of(&pkt.flow);
     if !syn {
-        if let Some(entry) = lookup(&pkt.flow, stats) {
-            let real = by_id(ctx, pkt, entry.flags, stats).unwrap_or(entry.real);
-            if real != entry.real {
-                remember(&pkt.flow, ConnEntry { real, ..entry });
+        if let Some(hit) = lookup(&key, &pkt.flow, stats) {
+            let real = by_id(ctx, pkt, hit.flags, stats).unwrap_or(hit.real);
+            if real != hit.real {
+                remember(&key, ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
             }
-            return Route::Real { real, vip_num: entry.vip_num };
+            return Route::Real { real, vip_num: hit.vip_num };
         }
     }
     let Some(meta) = vip(pkt) else { return Route::NoService };
     if let Some(real) = by_id(ctx, pkt, meta.flags, stats) {
         if meta.flags & VIP_F_NO_LRU == 0 {
-            remember(&pkt.flow, ConnEntry { real, vip_num: meta.vip_num, flags: meta.flags, pad: 0 });
+            remember(&key, ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
         }
         return Route::Real { real, vip_num: meta.vip_num };
     }
@@ -74,7 +75,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     }
     let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
-        remember(&pkt.flow, ConnEntry { real, vip_num: meta.vip_num, flags: meta.flags, pad: 0 });
+        remember(&key, ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
     }
     Route::Real { real, vip_num: meta.vip_num }
 }
@@ -131,28 +132,48 @@ fn cpu() -> u32 {
     unsafe { bpf_get_smp_processor_id() }
 }
 
-#[inline(always)]
-fn lookup(flow: &FlowKey, stats: &Stats) -> Option<ConnEntry> {
-    if let Some(entry) = LRU_PER_CPU.get_value_ptr_mut(cpu(), flow) {
-        stats.add(counter::LRU_HIT);
-        // SAFETY: the kernel returned a valid pointer into the inner map's value.
-        return Some(unsafe { *entry });
+/// What a table hit says about a flow.
+struct Hit {
+    real: u32,
+    vip_num: u32,
+    flags: u32,
+}
+
+impl Hit {
+    #[inline(always)]
+    fn of(entry: &ConnEntry) -> Self {
+        Self { real: entry.real, vip_num: entry.vip_num, flags: entry.flags }
     }
-    // SAFETY (verifier): a plain map lookup, copied out at once.
-    let entry = unsafe { LRU_FALLBACK.get(flow) }.copied()?;
+}
+
+/// `flow`'s entry (under `key`, its [`ConnKey`]): this CPU's table, then the fallback. An entry
+/// under the same key for other addresses (a folded-key collision) is a miss. Only the fields a
+/// hit needs are read: the entry stays in the map.
+#[inline(always)]
+fn lookup(key: &ConnKey, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
+    if let Some(entry) = LRU_PER_CPU.get_value_ptr_mut(cpu(), key) {
+        // SAFETY: the kernel returned a valid pointer into the inner map's value.
+        let entry = unsafe { &*entry };
+        if entry.matches(flow) {
+            stats.add(counter::LRU_HIT);
+            return Some(Hit::of(entry));
+        }
+    }
+    // SAFETY (verifier): a plain map lookup, read at once.
+    let entry = unsafe { LRU_FALLBACK.get(key) }.filter(|e| e.matches(flow))?;
     stats.add(counter::LRU_FALLBACK_HIT);
     if let Some(table) = LRU_PER_CPU.get(cpu()) {
-        let _ = table.insert(flow, entry, 0);
+        let _ = table.insert(key, entry, 0);
     }
-    Some(entry)
+    Some(Hit::of(entry))
 }
 
 #[inline(always)]
-fn remember(flow: &FlowKey, entry: ConnEntry) {
+fn remember(key: &ConnKey, entry: ConnEntry) {
     if let Some(table) = LRU_PER_CPU.get(cpu()) {
-        let _ = table.insert(flow, entry, 0);
+        let _ = table.insert(key, entry, 0);
     }
-    let _ = LRU_FALLBACK.insert(flow, &entry, 0);
+    let _ = LRU_FALLBACK.insert(key, &entry, 0);
 }
 
 /// Walks the TCP options for the first well-formed TPR option (DESIGN.md wire rules): EOL ends
