@@ -92,7 +92,7 @@ enum Bench {
         /// Iterations per BPF_PROG_TEST_RUN call.
         #[arg(long, default_value_t = 200_000)]
         repeat: u32,
-        /// Calls per case (the median is reported).
+        /// Paired rounds (floor, then the program) per case; medians are reported.
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },

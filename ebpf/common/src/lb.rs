@@ -112,10 +112,21 @@ pub struct FlowKey {
     pub src: [u32; 4],
     /// Destination address words.
     pub dst: [u32; 4],
-    /// Source and destination port, network order, as on the wire.
-    pub ports: [u16; 2],
+    /// Source and destination port: the first word of the TCP or UDP header, as in memory. One
+    /// word, not two halves: BPF code that stored two `u16`s and then read the word back (for
+    /// the keys and hashes) stalled on store forwarding on every packet.
+    pub ports: u32,
     /// IP protocol.
     pub proto: u8,
+}
+
+impl FlowKey {
+    /// Source and destination port, each in network order as on the wire.
+    #[inline(always)]
+    pub fn port_pair(&self) -> [u16; 2] {
+        let [a, b, c, d] = self.ports.to_ne_bytes();
+        [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
+    }
 }
 
 /// The connection table's key: three words. The kernel hashes and compares the whole key on
@@ -135,8 +146,8 @@ pub struct ConnKey {
     pub src: u32,
     /// Destination address, folded, XOR the IP protocol.
     pub dst_proto: u32,
-    /// Source and destination port, network order, as on the wire.
-    pub ports: [u16; 2],
+    /// Source and destination port, as [`FlowKey::ports`].
+    pub ports: u32,
 }
 
 impl ConnKey {
@@ -291,7 +302,8 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
         h = murmur_round(h, key.dst[i]);
         i += 1;
     }
-    h = murmur_round(h, (u32::from(key.ports[0]) << 16) | u32::from(key.ports[1]));
+    let [sport, dport] = key.port_pair();
+    h = murmur_round(h, (u32::from(sport) << 16) | u32::from(dport));
     h = murmur_round(h, u32::from(key.proto));
     fmix32(h ^ 40)
 }
@@ -302,8 +314,8 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
 /// every packet, table hits included.
 #[inline(always)]
 pub fn encap_hash(key: &FlowKey) -> u32 {
-    let mut h =
-        key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3] ^ ((u32::from(key.ports[0]) << 16) | u32::from(key.ports[1]));
+    let [sport, dport] = key.port_pair();
+    let mut h = key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3] ^ ((u32::from(sport) << 16) | u32::from(dport));
     h ^= h >> 16;
     h = h.wrapping_mul(0x045d_9f3b);
     h ^ (h >> 16)

@@ -11,8 +11,9 @@
 //!   with repeat 1, called in a loop, averaging the reported durations. Its floor includes a
 //!   fixed per-call cost, so its ratios are much smaller.
 //!
-//! Each case is measured several times and the median kept; the floor (`xdp_empty`) is measured
-//! between the cases by the same method, and its median is the baseline.
+//! Each case is measured in rounds, each a floor (`xdp_empty`) sample taken right before a
+//! program sample by the same method; a case's ratio is the median of its rounds' ratios, its
+//! ns/packet the median of its samples, and the printed floor the median of every floor sample.
 //!
 //! Maglev disruption is measured for both ways a backend leaves (see [`super::maglev`]): a
 //! health change (marked down: the control plane's path for health checks and drains) and a
@@ -39,7 +40,7 @@ use crate::{
 pub struct Options {
     /// Iterations per `BPF_PROG_TEST_RUN` call.
     pub repeat: u32,
-    /// Calls per case (the median is reported).
+    /// Paired rounds per case (medians are reported).
     pub rounds: usize,
 }
 
@@ -56,13 +57,13 @@ pub struct Case {
     pub name: String,
     /// Median nanoseconds per packet.
     pub ns_per_pkt: f64,
-    /// `ns_per_pkt / floor_ns`.
+    /// Median over the rounds of the program's sample over the floor sample taken just before.
     pub ratio_to_floor: f64,
     /// The verdict the case produced (to show it took the intended path).
     pub verdict: String,
     /// Median nanoseconds per packet by katran's method (repeat 1 in a loop).
     pub katran_ns_per_pkt: f64,
-    /// `katran_ns_per_pkt` over the floor measured the same way.
+    /// As `ratio_to_floor`, by katran's method.
     pub katran_ratio_to_floor: f64,
 }
 
@@ -157,7 +158,7 @@ fn balancer() -> Result<Balancer> {
 
 /// The categories: (name, frame). Table-hit cases are measured after the first iteration put
 /// the flow in the table.
-fn cases() -> Vec<(&'static str, Vec<u8>)> {
+fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
     let short = |id: u32| {
         let dcid = cid_for(CidVersion::V3, id, [0x5a; CID_LEN]).expect("fits");
         Datagram { header: Header::Short { dcid }, payload: b"REQ 1 1\n".to_vec() }.emit()
@@ -189,37 +190,59 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn measure(program: &Xdp, frame: &[u8], opts: &Options) -> Result<(f64, u32)> {
-    let mut samples = Vec::with_capacity(opts.rounds);
-    let mut verdict = 0;
-    for _ in 0..opts.rounds {
-        let result = program
-            .test_run(TestRunOptions { data_in: Some(frame), repeat: opts.repeat, ..TestRunOptions::new() })
-            .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
-        samples.push(result.duration.as_nanos() as f64);
-        verdict = result.return_value;
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok((samples[samples.len() / 2], verdict))
+/// One sample of the restoring method: `repeat` iterations in one call, ns per iteration, and
+/// the verdict.
+fn sample(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+        .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+    Ok((result.duration.as_nanos() as f64, result.return_value))
 }
 
-/// Katran's method: repeat 1, `calls` times, mean of the reported durations; repeated
-/// `opts.rounds` times, median kept.
-fn measure_katran(program: &Xdp, frame: &[u8], opts: &Options) -> Result<f64> {
-    let calls = (opts.repeat / 10).max(1_000);
-    let mut samples = Vec::with_capacity(opts.rounds);
-    for _ in 0..opts.rounds {
-        let mut total = 0u128;
-        for _ in 0..calls {
-            let result = program
-                .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })
-                .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
-            total += result.duration.as_nanos();
-        }
-        samples.push(total as f64 / f64::from(calls));
+/// One sample of katran's method: repeat 1, `calls` times, mean of the reported durations.
+fn sample_katran(program: &Xdp, frame: &[u8], calls: u32) -> Result<f64> {
+    let mut total = 0u128;
+    for _ in 0..calls {
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat: 1, ..TestRunOptions::new() })
+            .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+        total += result.duration.as_nanos();
     }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples[samples.len() / 2])
+    Ok(total as f64 / f64::from(calls))
+}
+
+/// A case measured against the floor in pairs.
+struct Paired {
+    /// Every floor sample.
+    floors: Vec<f64>,
+    /// Median of the program's samples.
+    ns: f64,
+    /// Median of each round's program sample over the floor sample taken just before it.
+    ratio: f64,
+}
+
+/// Runs `rounds` rounds of a floor sample followed at once by a program sample: a slow spell
+/// of a busy machine then slows both, and the median of the rounds' ratios sees through it,
+/// where medians taken seconds apart did not (ratios swung by a third between runs).
+fn paired(
+    rounds: usize,
+    mut floor: impl FnMut() -> Result<f64>,
+    mut program: impl FnMut() -> Result<f64>,
+) -> Result<Paired> {
+    let (mut floors, mut samples, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let f = floor()?;
+        let p = program()?;
+        floors.push(f);
+        samples.push(p);
+        ratios.push(p / f);
+    }
+    Ok(Paired { floors, ns: median(samples), ratio: median(ratios) })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn verdict_name(v: u32) -> String {
@@ -242,31 +265,34 @@ pub fn run(opts: &Options) -> Result<Report> {
     let program = lb.program("xdp_lb_bench")?;
     let unmodified = lb.program("xdp_lb")?;
     let (mut floors, mut katran_floors) = (Vec::new(), Vec::new());
-    let mut raw = Vec::new();
-    for (name, frame) in cases() {
-        floors.push(measure(floor_program, &frame, opts)?.0);
-        katran_floors.push(measure_katran(floor_program, &frame, opts)?);
-        let (ns, verdict) = measure(program, &frame, opts)?;
-        let katran = measure_katran(unmodified, &frame, opts)?;
-        raw.push((name, ns, verdict, katran));
+    let calls = (opts.repeat / 10).max(1_000);
+    let mut cases = Vec::new();
+    for (name, frame) in bench_cases() {
+        // The table-hit cases need the flow in the table before the first timed round.
+        let (_, verdict) = sample(program, &frame, 1)?;
+        let restoring = paired(
+            opts.rounds,
+            || Ok(sample(floor_program, &frame, opts.repeat)?.0),
+            || Ok(sample(program, &frame, opts.repeat)?.0),
+        )?;
+        let katran = paired(
+            opts.rounds,
+            || sample_katran(floor_program, &frame, calls),
+            || sample_katran(unmodified, &frame, calls),
+        )?;
+        floors.extend(restoring.floors);
+        katran_floors.extend(katran.floors);
+        cases.push(Case {
+            name: name.to_owned(),
+            ns_per_pkt: restoring.ns,
+            ratio_to_floor: restoring.ratio,
+            verdict: verdict_name(verdict),
+            katran_ns_per_pkt: katran.ns,
+            katran_ratio_to_floor: katran.ratio,
+        });
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let floor_ns = median(floors);
     let katran_floor_ns = median(katran_floors);
-    let cases = raw
-        .into_iter()
-        .map(|(name, ns, verdict, katran)| Case {
-            name: name.to_owned(),
-            ns_per_pkt: ns,
-            ratio_to_floor: ns / floor_ns,
-            verdict: verdict_name(verdict),
-            katran_ns_per_pkt: katran,
-            katran_ratio_to_floor: katran / katran_floor_ns,
-        })
-        .collect();
     Ok(Report { kernel: crate::report::kernel_release(), floor_ns, katran_floor_ns, cases, maglev: maglev_report() })
 }
 

@@ -227,14 +227,14 @@ impl Model {
             }
             _ => return Err(Verdict::Pass(Why::OtherProto)),
         };
-        let mut vip = VipKey { addr: dst, port: ports[1], proto, pad: 0 };
+        let flow = FlowKey { src, dst, ports, proto };
+        let mut vip = VipKey { addr: dst, port: flow.port_pair()[1], proto, pad: 0 };
         if !self.vips.contains_key(&vip) {
             vip.port = 0;
             if !self.vips.contains_key(&vip) {
                 return Err(Verdict::Pass(Why::NoService));
             }
         }
-        let flow = FlowKey { src, dst, ports, proto };
         Ok(Pkt { v6, l4, ip_len, tos, tcp_flags, tcp_hdr_len, flow, vip })
     }
 
@@ -343,8 +343,8 @@ fn words_of(bytes: &[u8]) -> [u32; 4] {
     out
 }
 
-fn ports_of(f: &[u8], l4: usize) -> [u16; 2] {
-    [u16::from_ne_bytes([f[l4], f[l4 + 1]]), u16::from_ne_bytes([f[l4 + 2], f[l4 + 3]])]
+fn ports_of(f: &[u8], l4: usize) -> u32 {
+    u32::from_ne_bytes([f[l4], f[l4 + 1], f[l4 + 2], f[l4 + 3]])
 }
 
 /// The server id of a QUIC datagram (the rules of `xdp_lb`'s `quic_id`); `None` when it carries

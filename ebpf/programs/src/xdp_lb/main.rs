@@ -50,7 +50,7 @@ mod prog {
         match route::pick(ctx, &pkt, &stats) {
             route::Route::Real { real, vip_num } => encap::encap::<RESTORE>(ctx, &pkt, real, vip_num, &stats),
             route::Route::NoService => {
-                match parse::refuse(&stats, &pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS)? {
+                match parse::refuse(&stats, pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS)? {
                     parse::Parsed::Verdict(verdict) => Ok(verdict),
                     parse::Parsed::Vip(_) => Ok(xdp_action::XDP_PASS),
                 }

@@ -54,10 +54,13 @@ fn verdict(stats: &Stats, slot: u32, action: u32) -> Result<Parsed, ()> {
 /// A packet that is not a clean VIP packet: if its destination is not a VIP address at all, it
 /// passes untouched (whatever is wrong with it is not the LB's business); otherwise `action`.
 /// Checked only here, off the hot path: a clean VIP packet needs one lookup, the VIP's.
+/// `dst` comes by value: taking a reference kept the parsed address in a stack slot of its own
+/// on every path, and copying it from there into the flow (4-byte stores read back as 8-byte
+/// loads) stalled store forwarding on every packet.
 #[inline(always)]
-pub fn refuse(stats: &Stats, dst: &[u32; 4], slot: u32, action: u32) -> Result<Parsed, ()> {
+pub fn refuse(stats: &Stats, dst: [u32; 4], slot: u32, action: u32) -> Result<Parsed, ()> {
     // SAFETY (verifier): a plain map lookup.
-    if unsafe { VIP_ADDRS.get(dst) }.is_none() {
+    if unsafe { VIP_ADDRS.get(&dst) }.is_none() {
         return verdict(stats, counter::NON_VIP, PASS);
     }
     verdict(stats, slot, action)
@@ -89,19 +92,19 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
             let [vihl, tos, tot_hi, tot_lo] = head.to_ne_bytes();
             let ihl = usize::from(vihl & 0x0f) * 4;
             if vihl >> 4 != 4 || ihl < IPV4_LEN {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             if ihl > IPV4_LEN {
-                return refuse(stats, &dst, counter::IP_OPTIONS, PASS);
+                return refuse(stats, dst, counter::IP_OPTIONS, PASS);
             }
             let tot = usize::from(u16::from_be_bytes([tot_hi, tot_lo]));
             if tot < IPV4_LEN || !fits_frame(tot, frame_ip_len) {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             // MF set or a non-zero offset: a fragment.
             let [_, _, frag_hi, frag_lo] = frag_word.to_ne_bytes();
             if u16::from_be_bytes([frag_hi, frag_lo]) & 0x3fff != 0 {
-                return refuse(stats, &dst, counter::FRAGMENTS, PASS);
+                return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = [unsafe { load32(ip + 12) }, 0, 0, 0];
             (false, dst, src, tot, proto_word.to_ne_bytes()[1], tos)
@@ -114,15 +117,15 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
             let dst = unsafe { [load32(ip + 24), load32(ip + 28), load32(ip + 32), load32(ip + 36)] };
             let [b0, b1, _, _] = head.to_ne_bytes();
             if b0 >> 4 != 6 {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             let [len_hi, len_lo, nexthdr, _] = lengths.to_ne_bytes();
             let tot = IPV6_LEN + usize::from(u16::from_be_bytes([len_hi, len_lo]));
             if !fits_frame(tot, frame_ip_len) {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             if is_ipv6_extension(nexthdr) {
-                return refuse(stats, &dst, counter::FRAGMENTS, PASS);
+                return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = unsafe { [load32(ip + 8), load32(ip + 12), load32(ip + 16), load32(ip + 20)] };
             (true, dst, src, tot, nexthdr, (b0 << 4) | (b1 >> 4))
@@ -134,29 +137,29 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
     let (ports, tcp_flags, tcp_hdr_len) = match proto {
         IPPROTO_TCP => {
             if l4_len < TCP_LEN {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             let tcp = span(ctx, l4_off, TCP_LEN)?;
             let (ports, offset_flags) = unsafe { (load32(tcp), load16(tcp + 12)) };
             let [doff, flags] = offset_flags.to_ne_bytes();
             let hdr_len = usize::from(doff >> 4) * 4;
             if hdr_len < TCP_LEN || hdr_len > l4_len {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
-            (split_ports(ports), flags, hdr_len)
+            (ports, flags, hdr_len)
         }
         IPPROTO_UDP => {
             if l4_len < UDP_LEN {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             let udp = span(ctx, l4_off, UDP_LEN)?;
             let (ports, len) = unsafe { (load32(udp), load16(udp + 4)) };
             if usize::from(u16::from_be(len)) != l4_len {
-                return refuse(stats, &dst, counter::MALFORMED, DROP);
+                return refuse(stats, dst, counter::MALFORMED, DROP);
             }
-            (split_ports(ports), 0, 0)
+            (ports, 0, 0)
         }
-        _ => return refuse(stats, &dst, counter::OTHER_PROTO, PASS),
+        _ => return refuse(stats, dst, counter::OTHER_PROTO, PASS),
     };
     Ok(Parsed::Vip(Pkt {
         v6,
@@ -168,14 +171,6 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
         tcp_hdr_len,
         flow: FlowKey { src, dst, ports, proto },
     }))
-}
-
-/// Source and destination port, each as its two bytes in memory order, from the first word of
-/// a TCP or UDP header.
-#[inline(always)]
-fn split_ports(word: u32) -> [u16; 2] {
-    let [a, b, c, d] = word.to_ne_bytes();
-    [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
 }
 
 /// Whether an IP packet of `ip_len` bytes agrees with the `frame_ip_len` bytes the frame holds

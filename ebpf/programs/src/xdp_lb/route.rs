@@ -83,7 +83,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
 /// The VIP of `pkt`: exact port first, then any port.
 #[inline(always)]
 fn vip(pkt: &Pkt) -> Option<VipMeta> {
-    let mut key = VipKey { addr: pkt.flow.dst, port: pkt.flow.ports[1], proto: pkt.flow.proto, pad: 0 };
+    let mut key = VipKey { addr: pkt.flow.dst, port: pkt.flow.port_pair()[1], proto: pkt.flow.proto, pad: 0 };
     // SAFETY (verifier): plain map lookups; the value is copied out at once.
     if let Some(meta) = unsafe { VIPS.get(&key) } {
         return Some(*meta);
