@@ -90,10 +90,10 @@ enum Bench {
     /// time and disruption.
     Xdp {
         /// Iterations per BPF_PROG_TEST_RUN call.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = zrlab::lb::bench::Options::default().repeat)]
         repeat: u32,
         /// Paired rounds (floor, then the program) per case; medians are reported.
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = zrlab::lb::bench::Options::default().rounds)]
         rounds: usize,
     },
     /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).

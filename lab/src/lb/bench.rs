@@ -46,7 +46,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { repeat: 200_000, rounds: 7 }
+        Self { repeat: 200_000, rounds: 11 }
     }
 }
 
