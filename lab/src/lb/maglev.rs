@@ -120,15 +120,18 @@ fn fill(backends: &[Backend], size: u32) -> Vec<u32> {
 }
 
 /// The up backend (index, seed, weight) with the highest weighted rendezvous score for `slot`.
-/// With equal weights the score is monotonic in the hash, so the logarithm is skipped.
+/// With equal weights the score is monotonic in the hash, so the logarithm is skipped; with
+/// unequal weights it comes from the platform's `ln`, so LB nodes that must agree bit for bit
+/// should run the same build (the lab's do).
 fn rendezvous(up: &[(u32, u64, u32)], slot: u64, equal: bool) -> u32 {
     let draw = |seed: u64| mix(seed ^ slot.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     if equal {
         return up.iter().max_by_key(|b| draw(b.1)).expect("not empty").0;
     }
     let score = |b: &(u32, u64, u32)| {
-        // u in (0, 1]: 53 bits of the draw, never 0, so ln(u) <= 0 and the score is finite or +inf.
-        let u = ((draw(b.1) >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        // u in [0, 1) from 53 bits of the draw: ln(u) < 0, so the score is finite, from 0 (u = 0)
+        // upwards, and grows with the draw, as the equal-weight comparison does.
+        let u = (draw(b.1) >> 11) as f64 / (1u64 << 53) as f64;
         -f64::from(b.2) / u.ln()
     };
     up.iter().max_by(|a, b| score(a).total_cmp(&score(b))).expect("not empty").0
