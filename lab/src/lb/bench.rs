@@ -156,8 +156,8 @@ fn balancer() -> Result<Balancer> {
     Ok(lb)
 }
 
-/// The categories: (name, frame). Table-hit cases are measured after the first iteration put
-/// the flow in the table.
+/// The categories: (name, frame). Each case gets one untimed warm-up call first, which puts the
+/// flow of the table-hit cases in the table and gives the verdict printed.
 fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
     let short = |id: u32| {
         let dcid = cid_for(CidVersion::V3, id, [0x5a; CID_LEN]).expect("fits");
