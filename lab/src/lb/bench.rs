@@ -386,3 +386,38 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine that slows to a third for a spell: samples are taken one after another on a
+    /// shared clock, and the spell covers the second half of the run.
+    struct Machine {
+        clock: std::cell::Cell<usize>,
+    }
+
+    impl Machine {
+        fn sample(&self, cost: f64) -> f64 {
+            let t = self.clock.get();
+            self.clock.set(t + 1);
+            if t >= 11 { cost * 3.0 } else { cost }
+        }
+    }
+
+    #[test]
+    fn paired_rounds_see_through_a_slow_spell() {
+        // The true ratio is 3. Control: every floor sample first, then every program sample
+        // (medians taken at different times) puts the floors before the spell and the
+        // program inside it.
+        let machine = Machine { clock: std::cell::Cell::new(0) };
+        let floors: Vec<f64> = (0..11).map(|_| machine.sample(10.0)).collect();
+        let programs: Vec<f64> = (0..11).map(|_| machine.sample(30.0)).collect();
+        assert_eq!(median(programs) / median(floors), 9.0);
+
+        let machine = Machine { clock: std::cell::Cell::new(0) };
+        let paired = paired(11, || Ok(machine.sample(10.0)), || Ok(machine.sample(30.0))).unwrap();
+        assert_eq!(paired.ratio, 3.0);
+        assert_eq!(paired.floors.len(), 11);
+    }
+}
