@@ -15,6 +15,7 @@
 //! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
 pub mod bpf;
+mod bpf_sys;
 pub mod cgroup;
 pub mod clean;
 pub mod error;

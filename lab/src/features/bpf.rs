@@ -10,14 +10,12 @@
 use std::{
     ffi::CStr,
     io,
-    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, OwnedFd},
 };
 
-// bpf(2) commands.
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use crate::bpf_sys::{
+    LINK_CREATE, MAP_CREATE, MAP_TYPE_REUSEPORT_SOCKARRAY, MapCreateAttr, PROG_LOAD, PROG_TEST_RUN, fd_from, sys_bpf,
+};
 
 /// Program types.
 const PROG_SCHED_CLS: u32 = 3;
@@ -25,9 +23,6 @@ const PROG_XDP: u32 = 6;
 const PROG_SOCK_OPS: u32 = 13;
 const PROG_SK_REUSEPORT: u32 = 21;
 const PROG_SK_LOOKUP: u32 = 30;
-
-/// Map types.
-const MAP_REUSEPORT_SOCKARRAY: u32 = 20;
 
 /// Attach types.
 const ATTACH_SK_LOOKUP: u32 = 36;
@@ -111,17 +106,6 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// The `BPF_MAP_CREATE` part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
 /// The `BPF_PROG_TEST_RUN` part of `union bpf_attr` (the 4.12 layout).
 #[repr(C)]
 #[derive(Default)]
@@ -144,18 +128,6 @@ struct LinkCreateAttr {
     target_fd: u32,
     attach_type: u32,
     flags: u32,
-}
-
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union bpf_attr` whose size
-    // is passed along; the kernel zero-extends it and writes only within it.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
-fn fd_from(rc: libc::c_long) -> OwnedFd {
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(rc as i32) }
 }
 
 /// A rejected load: the error and the first lines of the verifier log.
@@ -197,7 +169,7 @@ fn load(prog_type: u32, attach: u32, insns: &[Insn]) -> Result<OwnedFd, Rejected
         expected_attach_type: attach,
         ..Default::default()
     };
-    match sys_bpf(BPF_PROG_LOAD, &mut attr) {
+    match sys_bpf(PROG_LOAD, &mut attr) {
         Ok(fd) => Ok(fd_from(fd)),
         Err(error) => Err(Rejected {
             error,
@@ -241,7 +213,7 @@ pub(super) fn test_run() -> Verdict {
         repeat: 1,
         ..Default::default()
     };
-    match sys_bpf(BPF_PROG_TEST_RUN, &mut attr) {
+    match sys_bpf(PROG_TEST_RUN, &mut attr) {
         Ok(_) if attr.retval == XDP_PASS as u32 => (true, "XDP_PASS program ran, returned 2".into()),
         Ok(_) => (false, format!("test run returned {} instead of 2", attr.retval)),
         Err(e) => (false, format!("BPF_PROG_TEST_RUN: {e}")),
@@ -256,9 +228,14 @@ pub(super) fn sock_ops() -> Verdict {
 /// `BPF_PROG_TYPE_SK_REUSEPORT` with a `REUSEPORT_SOCKARRAY`: a program that calls
 /// `bpf_sk_select_reuseport(ctx, map, &key, 0)` on the map loads.
 pub(super) fn sk_reuseport() -> Verdict {
-    let mut attr =
-        MapCreateAttr { map_type: MAP_REUSEPORT_SOCKARRAY, key_size: 4, value_size: 8, max_entries: 1, map_flags: 0 };
-    let map = match sys_bpf(BPF_MAP_CREATE, &mut attr) {
+    let mut attr = MapCreateAttr {
+        map_type: MAP_TYPE_REUSEPORT_SOCKARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        ..Default::default()
+    };
+    let map = match sys_bpf(MAP_CREATE, &mut attr) {
         Ok(fd) => fd_from(fd),
         Err(e) => return (false, format!("REUSEPORT_SOCKARRAY map: {e}")),
     };
@@ -296,7 +273,7 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> Verdict {
         attach_type: ATTACH_SK_LOOKUP,
         flags: 0,
     };
-    match sys_bpf(BPF_LINK_CREATE, &mut attr) {
+    match sys_bpf(LINK_CREATE, &mut attr) {
         Ok(link) => {
             drop(fd_from(link));
             (true, "sk_lookup program loaded and attached to a namespace".into())

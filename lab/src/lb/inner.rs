@@ -5,21 +5,20 @@
 //! series compare `timer_off`, which is -ENOENT for a map created with BTF (the loader's
 //! template) and -EINVAL for one created without (`kernel/bpf/map_in_map.c`,
 //! `bpf_map_meta_equal`). A plain inner map is refused there with EINVAL. So these maps carry a
-//! small BTF of their own: `u32`, a 40-byte `flow_key` and a 16-byte `conn_entry`, each as wide
-//! as the program's types (the kernel checks sizes, not member names).
+//! small BTF of their own: `u32`, `conn_key` and `conn_entry`, each as wide as the program's
+//! types (the kernel checks sizes, not member names).
 
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
 use zrlab_common::lb::{ConnEntry, ConnKey, LRU_PER_CPU_SIZE, MAX_RING};
 
-use crate::error::{LabError, Result};
-
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_BTF_LOAD: libc::c_long = 18;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+use crate::{
+    bpf_sys::{
+        BTF_LOAD, MAP_CREATE, MAP_TYPE_ARRAY, MAP_TYPE_LRU_HASH, MAP_UPDATE_BATCH, MapCreateAttr, fd_from, sys_bpf,
+    },
+    error::{LabError, Result},
+};
 
 /// BTF type ids in [`btf_blob`].
 const TYPE_U32: u32 = 1;
@@ -39,23 +38,6 @@ struct BtfLoadAttr {
     btf_flags: u32,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-    map_ifindex: u32,
-    btf_fd: u32,
-    btf_key_type_id: u32,
-    btf_value_type_id: u32,
-}
-
 /// The batch part of `union bpf_attr` (kernel 5.6+).
 #[repr(C)]
 #[derive(Default)]
@@ -68,16 +50,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &T, what: &'static str) -> Result<OwnedFd> {
-    // SAFETY: attr is a valid bpf_attr prefix of size_of::<T>() bytes; the kernel zero-extends.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as u32) };
-    if fd < 0 {
-        return Err(LabError::last_os(what, "inner map of xdp_lb"));
-    }
-    // SAFETY: the kernel returned a new file descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The BTF of the inner maps' keys and values.
@@ -114,7 +86,7 @@ fn btf_blob() -> Vec<u8> {
 fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, name: &str) -> Result<MapData> {
     let blob = btf_blob();
     let mut log = vec![0u8; 4096];
-    let attr = BtfLoadAttr {
+    let mut attr = BtfLoadAttr {
         btf: blob.as_ptr() as u64,
         btf_size: blob.len() as u32,
         btf_log_buf: log.as_mut_ptr() as u64,
@@ -122,7 +94,7 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
         btf_log_level: 1,
         btf_flags: 0,
     };
-    let btf = bpf(BPF_BTF_LOAD, &attr, "load the BTF of").map_err(|e| {
+    let btf = sys_bpf(BTF_LOAD, &mut attr).map(fd_from).map_err(|e| {
         let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(0)]).trim().to_owned();
         LabError::Bpf { what: format!("load the BTF of inner map {name}"), message: format!("{e}; BTF log: {text}") }
     })?;
@@ -130,8 +102,7 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
     for (dst, src) in map_name.iter_mut().zip(name.bytes().take(15)) {
         *dst = src;
     }
-    use std::os::fd::AsRawFd as _;
-    let attr = MapCreateAttr {
+    let mut attr = MapCreateAttr {
         map_type,
         key_size: key.1,
         value_size: value.1,
@@ -142,14 +113,16 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
         btf_value_type_id: value.0,
         ..Default::default()
     };
-    let fd = bpf(BPF_MAP_CREATE, &attr, "create")?;
+    let fd = sys_bpf(MAP_CREATE, &mut attr)
+        .map(fd_from)
+        .map_err(|e| LabError::Bpf { what: format!("create inner map {name}"), message: e.to_string() })?;
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
 /// A per-CPU connection table (LRU hash, `ConnKey` -> `ConnEntry`).
 pub(super) fn connection_table(name: &str) -> Result<Map> {
     let data = create(
-        BPF_MAP_TYPE_LRU_HASH,
+        MAP_TYPE_LRU_HASH,
         (TYPE_CONN_KEY, size_of::<ConnKey>() as u32),
         (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
         LRU_PER_CPU_SIZE,
@@ -161,9 +134,8 @@ pub(super) fn connection_table(name: &str) -> Result<Map> {
 /// A ring (array of `MAX_RING` real indices) holding `entries` from index 0, written with one
 /// batch update (a ring change costs one system call, not 65537).
 pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
-    let data = create(BPF_MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), MAX_RING, name)?;
+    let data = create(MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), MAX_RING, name)?;
     let keys: Vec<u32> = (0..entries.len() as u32).collect();
-    use std::os::fd::{AsFd as _, AsRawFd as _};
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: entries.as_ptr() as u64,
@@ -171,12 +143,13 @@ pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
         map_fd: data.fd().as_fd().as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: attr is a valid batch attr; keys and values hold `count` u32 each.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32)
-    };
-    if rc != 0 || attr.count as usize != entries.len() {
-        return Err(LabError::last_os("fill (batch update)", format!("ring {name}")));
+    // `keys` and `values` hold `count` u32 each; the kernel reads them during the call.
+    let filled = sys_bpf(MAP_UPDATE_BATCH, &mut attr);
+    if filled.is_err() || attr.count as usize != entries.len() {
+        return Err(LabError::Bpf {
+            what: format!("fill ring {name} (batch update)"),
+            message: format!("{} of {} entries written: {filled:?}", attr.count, entries.len()),
+        });
     }
     Ok(Map::Array(data))
 }
