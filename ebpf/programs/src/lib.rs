@@ -12,6 +12,13 @@
 #[cfg(target_arch = "bpf")]
 pub mod net;
 
+/// The license every object declares (GPL: some helpers the programs call are GPL-only); it
+/// lives here, with the panic handler, because every program links this crate.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {

@@ -126,10 +126,6 @@ mod prog {
         count(tunnel.slot);
         Ok(xdp_action::XDP_PASS)
     }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
 #[cfg(target_arch = "bpf")]

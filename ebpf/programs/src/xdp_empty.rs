@@ -11,10 +11,6 @@ mod prog {
     pub fn xdp_empty(_ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
 #[cfg(target_arch = "bpf")]

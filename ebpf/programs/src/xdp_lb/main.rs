@@ -61,10 +61,6 @@ mod prog {
             }
         }
     }
-
-    #[unsafe(link_section = "license")]
-    #[unsafe(no_mangle)]
-    static LICENSE: [u8; 4] = *b"GPL\0";
 }
 
 #[cfg(target_arch = "bpf")]
