@@ -134,7 +134,7 @@ fn rendezvous(up: &[(u32, u64, u32)], slot: u64, equal: bool) -> u32 {
         let u = (draw(b.1) >> 11) as f64 / (1u64 << 53) as f64;
         -f64::from(b.2) / u.ln()
     };
-    up.iter().max_by(|a, b| score(a).total_cmp(&score(b))).expect("not empty").0
+    up.iter().map(|b| (score(b), b.0)).max_by(|a, b| a.0.total_cmp(&b.0)).expect("not empty").1
 }
 
 /// Whether `n` is prime (trial division: table sizes are at most a few million).
