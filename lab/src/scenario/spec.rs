@@ -233,6 +233,10 @@ impl EventSpec {
 
 /// The XDP load balancer of a scenario: which nodes run it and how it balances the workload's
 /// VIP (TCP and UDP ports) over the workload's backends.
+///
+/// The policy fields repeat `lb::VipSpec`'s on purpose: sharing them through `#[serde(flatten)]`
+/// would lose `deny_unknown_fields` (serde does not support the two together), and a misspelt
+/// key in a scenario file must be an error, not a silently default policy.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LbSpec {
