@@ -28,7 +28,11 @@ mod prog {
 
     use super::{encap, maps::Stats, parse, route};
 
+    // `inline(always)` reaches the function the macro nests inside the program's entry point.
+    // Without it the compiler kept the whole path as a function of its own (two programs call
+    // it), and every packet paid a BPF-to-BPF call and a second prologue and return.
     #[xdp]
+    #[inline(always)]
     pub fn xdp_lb(ctx: XdpContext) -> u32 {
         try_lb::<false>(&ctx).unwrap_or(xdp_action::XDP_PASS)
     }
@@ -36,6 +40,7 @@ mod prog {
     /// The same path, then the encapsulation is undone, so that `BPF_PROG_TEST_RUN` with a
     /// repeat count (which reuses one buffer) measures the full path every iteration.
     #[xdp]
+    #[inline(always)]
     pub fn xdp_lb_bench(ctx: XdpContext) -> u32 {
         try_lb::<true>(&ctx).unwrap_or(xdp_action::XDP_PASS)
     }
@@ -43,18 +48,22 @@ mod prog {
     #[inline(always)]
     fn try_lb<const RESTORE: bool>(ctx: &XdpContext) -> Result<u32, ()> {
         let stats = Stats::get();
-        let pkt = match parse::parse(ctx, &stats)? {
-            parse::Parsed::Vip(pkt) => pkt,
-            parse::Parsed::Verdict(verdict) => return Ok(verdict),
-        };
-        match route::pick(ctx, &pkt, &stats) {
-            route::Route::Real { real, vip_num } => encap::encap::<RESTORE>(ctx, &pkt, real, vip_num, &stats),
-            route::Route::NoService => {
-                match parse::refuse(&stats, pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS)? {
-                    parse::Parsed::Verdict(verdict) => Ok(verdict),
-                    parse::Parsed::Vip(_) => Ok(xdp_action::XDP_PASS),
-                }
-            }
+        // Called from the IPv4 and the IPv6 branch of `parse`: without `inline(always)` the
+        // compiler made the route-and-encap path a BPF-to-BPF function, the packet passed
+        // through the stack, and the two families shared one copy again.
+        parse::parse(
+            ctx,
+            &stats,
+            #[inline(always)]
+            |pkt| forward::<RESTORE>(ctx, &pkt, &stats),
+        )
+    }
+
+    #[inline(always)]
+    fn forward<const RESTORE: bool>(ctx: &XdpContext, pkt: &parse::Pkt, stats: &Stats) -> Result<u32, ()> {
+        match route::pick(ctx, pkt, stats) {
+            route::Route::Real { real, vip_num } => encap::encap::<RESTORE>(ctx, pkt, real, vip_num, stats),
+            route::Route::NoService => parse::refuse(stats, pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS),
             route::Route::NoReal => {
                 stats.add(counter::ENCAP_FAILED);
                 Ok(xdp_action::XDP_DROP)

@@ -2,14 +2,20 @@
 //!
 //! Traffic for anything but a VIP address (the LB host itself, transit) passes untouched even
 //! if malformed: a packet that fails a check is dropped or passed per the policy only once its
-//! destination is known to be a VIP address ([`refuse`]). Only validated packets come out as
-//! [`Parsed::Vip`].
+//! destination is known to be a VIP address ([`refuse`]). Only validated packets reach the
+//! caller's continuation.
+//!
+//! [`parse`] hands the packet on by calling the continuation from the IPv4 and from the IPv6
+//! branch separately, so that everything after parsing is compiled once per family: in the IPv4
+//! copy the address words that are zero and the family flag are constants. With one shared copy
+//! the two families' values merged, and all eight address words stayed live (in stack slots)
+//! through the lookup and the encapsulation of every IPv4 packet.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use zrlab_common::lb::{FlowKey, counter};
 use zrlab_ebpf::net::{
     ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, TCP_LEN, UDP_LEN,
-    frame_len, load16, load32, span,
+    frame_len, load16, load32, opaque, span,
 };
 
 use super::maps::{Stats, VIP_ADDRS};
@@ -34,33 +40,29 @@ pub struct Pkt {
     pub flow: FlowKey,
 }
 
-/// The outcome of parsing.
-pub enum Parsed {
-    /// A valid TCP or UDP packet that may be a VIP's: route it.
-    Vip(Pkt),
-    /// Decided already: pass or drop.
-    Verdict(u32),
-}
-
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
 
 #[inline(always)]
-fn verdict(stats: &Stats, slot: u32, action: u32) -> Result<Parsed, ()> {
+fn verdict(stats: &Stats, slot: u32, action: u32) -> Result<u32, ()> {
     stats.add(slot);
-    Ok(Parsed::Verdict(action))
+    Ok(action)
 }
 
 /// A packet that is not a clean VIP packet: if its destination is not a VIP address at all, it
 /// passes untouched (whatever is wrong with it is not the LB's business); otherwise `action`.
 /// Checked only here, off the hot path: a clean VIP packet needs one lookup, the VIP's.
-/// `dst` comes by value: taking a reference kept the parsed address in a stack slot of its own
-/// on every path, and copying it from there into the flow (4-byte stores read back as 8-byte
-/// loads) stalled store forwarding on every packet.
+///
+/// The lookup key is a fresh array whose first word went through [`opaque`]: when the key was
+/// the caller's address array, taken by value or by reference, the compiler let the map helper
+/// see the caller's own array, which then had to live in memory on every path, the hot one
+/// included: the IPv4 copy of the path stored the three zero words and loaded them back for
+/// the table key, and copied the array into the flow.
 #[inline(always)]
-pub fn refuse(stats: &Stats, dst: [u32; 4], slot: u32, action: u32) -> Result<Parsed, ()> {
+pub fn refuse(stats: &Stats, dst: [u32; 4], slot: u32, action: u32) -> Result<u32, ()> {
+    let key = [opaque(dst[0] as usize) as u32, dst[1], dst[2], dst[3]];
     // SAFETY (verifier): a plain map lookup.
-    if unsafe { VIP_ADDRS.get(&dst) }.is_none() {
+    if unsafe { VIP_ADDRS.get(&key) }.is_none() {
         return verdict(stats, counter::NON_VIP, PASS);
     }
     verdict(stats, slot, action)
@@ -72,17 +74,18 @@ fn is_ipv6_extension(nexthdr: u8) -> bool {
     matches!(nexthdr, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
-/// Parses the frame in `ctx`. Header fields are read as words ([`load32`], [`load16`]) off
-/// one bounds-checked base per header.
+/// Parses the frame in `ctx`: the verdict for what is not a clean TCP or UDP packet, else what
+/// `route` returns for it. Header fields are read as words ([`load32`], [`load16`]) off one
+/// bounds-checked base per header.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
+pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<u32, ()>) -> Result<u32, ()> {
     let Ok(eth) = span(ctx, 0, ETH_LEN) else {
         return verdict(stats, counter::NOT_IP, PASS);
     };
     let frame_ip_len = frame_len(ctx) - ETH_LEN;
     // SAFETY (every load below): `span` checked that its base holds the bytes read.
     let ethertype = u16::from_be(unsafe { load16(eth + 12) });
-    let (v6, dst, src, ip_len, proto, tos) = match ethertype {
+    match ethertype {
         ETH_P_IP => {
             let Ok(ip) = span(ctx, ETH_LEN, IPV4_LEN) else {
                 return verdict(stats, counter::NOT_IP, PASS);
@@ -107,7 +110,8 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = [unsafe { load32(ip + 12) }, 0, 0, 0];
-            (false, dst, src, tot, proto_word.to_ne_bytes()[1], tos)
+            let ip = Ip { v6: false, src, dst, len: tot, proto: proto_word.to_ne_bytes()[1], tos };
+            l4(ctx, stats, ip, frame_ip_len, route)
         }
         ETH_P_IPV6 => {
             let Ok(ip) = span(ctx, ETH_LEN, IPV6_LEN) else {
@@ -128,10 +132,34 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = unsafe { [load32(ip + 8), load32(ip + 12), load32(ip + 16), load32(ip + 20)] };
-            (true, dst, src, tot, nexthdr, (b0 << 4) | (b1 >> 4))
+            let ip = Ip { v6: true, src, dst, len: tot, proto: nexthdr, tos: (b0 << 4) | (b1 >> 4) };
+            l4(ctx, stats, ip, frame_ip_len, route)
         }
-        _ => return verdict(stats, counter::NOT_IP, PASS),
-    };
+        _ => verdict(stats, counter::NOT_IP, PASS),
+    }
+}
+
+/// What the IP header said.
+struct Ip {
+    v6: bool,
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// Header and payload.
+    len: usize,
+    proto: u8,
+    tos: u8,
+}
+
+/// Parses the TCP or UDP header after `ip` and hands the packet to `route`.
+#[inline(always)]
+fn l4(
+    ctx: &XdpContext,
+    stats: &Stats,
+    ip: Ip,
+    frame_ip_len: usize,
+    route: impl FnOnce(Pkt) -> Result<u32, ()>,
+) -> Result<u32, ()> {
+    let Ip { v6, src, dst, len: ip_len, proto, tos } = ip;
     let l4_off = ETH_LEN + if v6 { IPV6_LEN } else { IPV4_LEN };
     let l4_len = ip_len - (l4_off - ETH_LEN);
     let (ports, tcp_flags, tcp_hdr_len) = match proto {
@@ -161,7 +189,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
         }
         _ => return refuse(stats, dst, counter::OTHER_PROTO, PASS),
     };
-    Ok(Parsed::Vip(Pkt {
+    route(Pkt {
         v6,
         l4_off,
         ip_len,
@@ -170,7 +198,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats) -> Result<Parsed, ()> {
         tcp_flags,
         tcp_hdr_len,
         flow: FlowKey { src, dst, ports, proto },
-    }))
+    })
 }
 
 /// Whether an IP packet of `ip_len` bytes agrees with the `frame_ip_len` bytes the frame holds
