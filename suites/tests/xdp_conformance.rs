@@ -8,10 +8,12 @@
 
 mod common;
 
+use std::net::IpAddr;
+
 use common::xdp::*;
 use zrlab::{
     lb::{
-        Decap,
+        Counters, Decap,
         model::{Path, Verdict},
     },
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
@@ -26,9 +28,9 @@ fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
     let program = fx.lb.program("xdp_lb").expect("program");
     let mut out = String::new();
     for (name, frame) in cases {
-        let before = fx.lb.counters().expect("counters").global;
+        let before = fx.lb.counters().expect("counters");
         let (verdict, output) = test_run(program, &frame);
-        let after = fx.lb.counters().expect("counters").global;
+        let after = fx.lb.counters().expect("counters");
         let expected = fx.model.process(&frame);
         let line = match &expected {
             Verdict::Pass(why) => {
@@ -54,7 +56,13 @@ fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
                 format!("TX via {path:?} to {real}")
             }
         };
-        let moved = counter_delta(&before, &after);
+        let sent = match &expected {
+            Verdict::Tx { path: Path::Random, .. } => Some((None, inner_len(&output))),
+            Verdict::Tx { real, .. } => Some((Some(*real), inner_len(&output))),
+            _ => None,
+        };
+        assert_traffic_counters(name, &before, &after, sent);
+        let moved = counter_delta(&before.global, &after.global);
         out.push_str(&format!("## {name}\n{line}\ncounters: {moved}\n"));
         if verdict == TX {
             out.push_str(&packet::describe(&output));
@@ -62,6 +70,40 @@ fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The inner packet's length in an encapsulated frame (what the per-VIP byte counter adds).
+fn inner_len(output: &[u8]) -> u64 {
+    let outer = if output[12..14] == [0x08, 0x00] { 20 } else { 40 };
+    (output.len() - 14 - outer) as u64
+}
+
+/// The per-VIP and per-real counters moved by exactly one packet of `sent.1` bytes to the
+/// real `sent.0` (any one real when `None`: a per-packet random pick), or not at all.
+fn assert_traffic_counters(name: &str, before: &Counters, after: &Counters, sent: Option<(Option<IpAddr>, u64)>) {
+    let vip_sum = |c: &Counters| c.vips.iter().fold((0, 0), |(p, b), (_, s)| (p + s.packets, b + s.bytes));
+    let (vp0, vb0) = vip_sum(before);
+    let (vp1, vb1) = vip_sum(after);
+    let real_moves: Vec<_> = after
+        .reals
+        .iter()
+        .filter(|(addr, n)| before.reals.get(addr) != Some(n))
+        .map(|(a, n)| (*a, n - before.reals[a]))
+        .collect();
+    match sent {
+        None => {
+            assert_eq!((vp1 - vp0, vb1 - vb0), (0, 0), "{name}: VIP counters moved without a packet sent");
+            assert!(real_moves.is_empty(), "{name}: real counters moved without a packet sent: {real_moves:?}");
+        }
+        Some((real, bytes)) => {
+            assert_eq!((vp1 - vp0, vb1 - vb0), (1, bytes), "{name}: VIP packets and bytes");
+            assert_eq!(real_moves.len(), 1, "{name}: one real's counter moves: {real_moves:?}");
+            assert_eq!(real_moves[0].1, 1, "{name}: by one packet");
+            if let Some(real) = real {
+                assert_eq!(real_moves[0].0, real, "{name}: the chosen real's counter");
+            }
+        }
+    }
 }
 
 const VIP4: &str = "203.0.113.10";

@@ -21,12 +21,8 @@ pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
 pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
 /// Name of the one-entry configuration array.
 pub const CONFIG_MAP: &str = "LB_CONFIG";
-/// Name of the per-CPU global counters: one entry, an array of `counter::SLOTS` values.
+/// Name of the per-CPU counters: one entry, a [`CounterBlock`].
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
-/// Name of the per-CPU per-VIP counters (indexed by `VipMeta::vip_num`).
-pub const VIP_STATS_MAP: &str = "LB_VIP_STATS";
-/// Name of the per-CPU per-real packet counters (indexed by real index).
-pub const REAL_STATS_MAP: &str = "LB_REAL_STATS";
 
 /// Largest ring (a prime, as Maglev wants); the default size of every VIP's ring.
 pub const MAX_RING: u32 = 65_537;
@@ -225,7 +221,22 @@ pub struct VipStats {
     pub bytes: u64,
 }
 
-/// Global counter slots (`COUNTERS_MAP`). Each says which path a packet took, so a report can
+/// Every counter of the LB on one CPU: the single entry of the per-CPU array `COUNTERS_MAP`.
+/// One entry, so that a packet costs one counter lookup however many counters it moves (a
+/// forwarded packet moves a global slot, its VIP's and its real's: with one map each, the three
+/// lookups cost about 3% of a table hit). 8.6 KB per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterBlock {
+    /// Global slots ([`counter`]).
+    pub global: [u64; counter::SLOTS as usize],
+    /// Per VIP, by `VipMeta::vip_num`.
+    pub vips: [VipStats; MAX_VIPS as usize],
+    /// Packets per real, by real index.
+    pub reals: [u64; MAX_REALS as usize],
+}
+
+/// Global counter slots (`CounterBlock::global`). Each says which path a packet took, so a report can
 /// tell "our program chose" apart from "the kernel's default happened".
 pub mod counter {
     /// Not IPv4/IPv6, or too short for an IP header: passed.
@@ -364,4 +375,5 @@ mod pod {
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for CounterBlock {}
 }

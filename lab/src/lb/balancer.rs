@@ -14,10 +14,9 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_VIPS,
-    REAL_F_IPV6, REAL_STATS_MAP, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
-    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_STATS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats,
-    counter,
+    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING,
+    MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
+    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
 };
 
 use super::maglev::{self, Backend};
@@ -368,28 +367,25 @@ impl Balancer {
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let global: PerCpuArray<_, [u64; counter::SLOTS as usize]> =
+        let blocks: PerCpuArray<_, CounterBlock> =
             PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_err("LB_COUNTERS"))?;
+        let blocks = blocks.get(&0, 0).map_err(map_err("read LB_COUNTERS"))?;
         let mut out = Counters { global: vec![0; counter::SLOTS as usize], ..Counters::default() };
-        for cpu in global.get(&0, 0).map_err(map_err("read LB_COUNTERS"))?.iter() {
-            for (total, value) in out.global.iter_mut().zip(cpu) {
+        for block in blocks.iter() {
+            for (total, value) in out.global.iter_mut().zip(&block.global) {
                 *total += value;
             }
         }
-        let vip_stats: PerCpuArray<_, VipStats> =
-            PerCpuArray::try_from(self.map(VIP_STATS_MAP)?).map_err(map_err("LB_VIP_STATS"))?;
         for (key, state) in &self.vips {
-            let per_cpu = vip_stats.get(&state.num, 0).map_err(map_err("read LB_VIP_STATS"))?;
-            let sum = per_cpu.iter().fold(VipStats::default(), |acc, s| VipStats {
-                packets: acc.packets + s.packets,
-                bytes: acc.bytes + s.bytes,
-            });
+            let sum =
+                blocks.iter().filter_map(|b| b.vips.get(state.num as usize)).fold(VipStats::default(), |acc, s| {
+                    VipStats { packets: acc.packets + s.packets, bytes: acc.bytes + s.bytes }
+                });
             out.vips.push((*key, sum));
         }
-        let real_stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map(REAL_STATS_MAP)?).map_err(map_err("LB_REAL_STATS"))?;
         for (addr, index) in &self.reals {
-            out.reals.insert(*addr, real_stats.get(index, 0).map_err(map_err("read LB_REAL_STATS"))?.iter().sum());
+            let sum = blocks.iter().filter_map(|b| b.reals.get(*index as usize)).sum();
+            out.reals.insert(*addr, sum);
         }
         Ok(out)
     }

@@ -14,14 +14,14 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use zrlab_common::lb::{Config, REAL_F_IPV6, Real, VipStats, counter, encap_hash};
+use zrlab_common::lb::{Config, REAL_F_IPV6, Real, counter, encap_hash};
 use zrlab_ebpf::net::{
     ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, fold_csum, load32, span, store16,
     store32,
 };
 
 use super::{
-    maps::{CONFIG, REAL_STATS, REALS, Stats, VIP_STATS},
+    maps::{CONFIG, REALS, Stats},
     parse::Pkt,
 };
 
@@ -43,7 +43,11 @@ pub fn encap<const RESTORE: bool>(
         stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_DROP);
     };
-    let config = CONFIG.get(0).copied().unwrap_or_default();
+    // Read in place, not copied: the copy lived in stack slots across the helper call below.
+    let Some(config) = CONFIG.get(0) else {
+        stats.add(counter::ENCAP_FAILED);
+        return Ok(xdp_action::XDP_DROP);
+    };
     let eth = span(ctx, 0, ETH_LEN)?;
     // SAFETY: `span` checked the 14 bytes.
     let macs: Macs = unsafe { [load32(eth), load32(eth + 4), load32(eth + 8)] };
@@ -70,13 +74,13 @@ pub fn encap<const RESTORE: bool>(
     if outer_v6 {
         let frame = span(ctx, 0, ETH_LEN + IPV6_LEN)?;
         write_eth(frame, swapped, ETH_P_IPV6);
-        write_v6(frame + ETH_LEN, &config, &target, pkt, hash, inner_proto);
+        write_v6(frame + ETH_LEN, config, &target, pkt, hash, inner_proto);
     } else {
         let frame = span(ctx, 0, ETH_LEN + IPV4_LEN)?;
         write_eth(frame, swapped, ETH_P_IP);
-        write_v4(frame + ETH_LEN, &config, &target, pkt, hash, inner_proto);
+        write_v4(frame + ETH_LEN, config, &target, pkt, hash, inner_proto);
     }
-    account(pkt, real, vip_num, stats);
+    stats.sent(vip_num, real, pkt.ip_len as u64);
     if RESTORE {
         // SAFETY: shrinking the head by what was just added; pointers re-derived.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
@@ -151,21 +155,3 @@ fn write_v6(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, nex
         store32(at + 36, target.addr[3]);
     }
 }
-
-#[inline(always)]
-fn account(pkt: &Pkt, real: u32, vip_num: u32, stats: &Stats) {
-    stats.add(counter::TX);
-    if let Some(stats) = VIP_STATS.get_ptr_mut(vip_num) {
-        // SAFETY: a per-CPU slot: no other CPU writes it.
-        unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += pkt.ip_len as u64;
-        }
-    }
-    if let Some(packets) = REAL_STATS.get_ptr_mut(real) {
-        // SAFETY: as above.
-        unsafe { *packets += 1 };
-    }
-}
-
-const _: () = assert!(core::mem::size_of::<VipStats>() == 16);

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS,
-    MAX_VIPS, Real, VipKey, VipMeta, VipStats, counter,
+    Config, ConnEntry, ConnKey, CounterBlock, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING,
+    MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
 
 #[map(name = "LB_VIPS")]
@@ -45,19 +45,12 @@ pub static LRU_FALLBACK: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_e
 #[map(name = "LB_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// One per-CPU entry holding every global counter: one map lookup per packet, however many
-/// counters the packet moves.
+/// One per-CPU entry holding every counter: one map lookup per packet.
 #[map(name = "LB_COUNTERS")]
-pub static COUNTERS: PerCpuArray<[u64; counter::SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
+pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
-#[map(name = "LB_VIP_STATS")]
-pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
-
-#[map(name = "LB_REAL_STATS")]
-pub static REAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_REALS, 0);
-
-/// This CPU's global counters, looked up once per packet.
-pub struct Stats(Option<*mut [u64; counter::SLOTS as usize]>);
+/// This CPU's counters, looked up once per packet.
+pub struct Stats(Option<*mut CounterBlock>);
 
 impl Stats {
     /// Looks up this CPU's counters.
@@ -66,14 +59,30 @@ impl Stats {
         Self(COUNTERS.get_ptr_mut(0))
     }
 
-    /// Adds one to counter `slot`.
+    /// Adds one to global counter `slot`.
     #[inline(always)]
     pub fn add(&self, slot: u32) {
-        if let Some(counters) = self.0 {
-            if let Some(value) = unsafe { (*counters).get_mut(slot as usize) } {
-                // SAFETY: a per-CPU entry: no other CPU writes it.
+        if let Some(block) = self.0 {
+            // SAFETY: a per-CPU entry: no other CPU writes it.
+            if let Some(value) = unsafe { (*block).global.get_mut(slot as usize) } {
                 *value += 1;
             }
+        }
+    }
+
+    /// Counts a packet of `bytes` bytes sent for VIP `vip_num` to real `real`.
+    #[inline(always)]
+    pub fn sent(&self, vip_num: u32, real: u32, bytes: u64) {
+        let Some(block) = self.0 else { return };
+        // SAFETY: as in `add`.
+        let block = unsafe { &mut *block };
+        block.global[counter::TX as usize] += 1;
+        if let Some(vip) = block.vips.get_mut(vip_num as usize) {
+            vip.packets += 1;
+            vip.bytes += bytes;
+        }
+        if let Some(packets) = block.reals.get_mut(real as usize) {
+            *packets += 1;
         }
     }
 }
