@@ -3,7 +3,7 @@
 //! Each program of `ebpf/programs` is its own object, so a node loads only what it runs.
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
     programs::{ProgramError, Xdp, XdpMode},
 };
@@ -51,6 +51,12 @@ impl Object {
     pub fn load(self) -> Result<Ebpf, EbpfError> {
         Ebpf::load(self.bytes())
     }
+
+    /// As [`Object::load`], with the read-only global `name` set to `value` first (load-time
+    /// configuration). The global must exist.
+    pub fn load_with<T: Pod>(self, name: &str, value: &T) -> Result<Ebpf, EbpfError> {
+        EbpfLoader::new().override_global(name, value, true).load(self.bytes())
+    }
 }
 
 /// An embedded object, loaded, with its XDP programs verified.
@@ -69,7 +75,16 @@ impl Loaded {
     /// Loads `object` and verifies its XDP programs `programs`; a refusal carries the end of
     /// the verifier's log.
     pub fn load(object: Object, programs: &[&str]) -> Result<Self> {
-        let ebpf = object.load().map_err(|e| LabError::Bpf {
+        Self::verified(object, object.load(), programs)
+    }
+
+    /// As [`Loaded::load`], with the read-only global `global.0` set to `global.1`.
+    pub fn load_with<T: Pod>(object: Object, global: (&str, &T), programs: &[&str]) -> Result<Self> {
+        Self::verified(object, object.load_with(global.0, global.1), programs)
+    }
+
+    fn verified(object: Object, ebpf: Result<Ebpf, EbpfError>, programs: &[&str]) -> Result<Self> {
+        let ebpf = ebpf.map_err(|e| LabError::Bpf {
             what: format!("load the {} object", object.name()),
             message: format!("{e:#}"),
         })?;

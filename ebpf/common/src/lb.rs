@@ -19,8 +19,8 @@ pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
 pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
 /// Name of the shared fallback connection table.
 pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
-/// Name of the one-entry configuration array.
-pub const CONFIG_MAP: &str = "LB_CONFIG";
+/// Name of the program's read-only global holding its [`Config`], set when the object is loaded.
+pub const CONFIG_GLOBAL: &str = "LB_CONFIG";
 /// Name of the per-CPU counters: one entry, a [`CounterBlock`].
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 
@@ -195,7 +195,10 @@ impl ConnEntry {
     }
 }
 
-/// The LB's global configuration (entry 0 of `CONFIG_MAP`).
+/// The LB's configuration: fixed when the object is loaded, so it is a read-only global of the
+/// program (`CONFIG_GLOBAL`, in `.rodata`), as Cilium configures its programs, not the entry
+/// of a one-entry array: reading a global is a load from an address the verifier fixed, where
+/// the array cost a map lookup on every forwarded packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {

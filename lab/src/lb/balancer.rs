@@ -14,8 +14,8 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING,
-    MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS,
+    MAX_RING, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
     VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
 };
 
@@ -177,6 +177,17 @@ pub fn words(addr: IpAddr) -> [u32; 4] {
     out
 }
 
+/// The program's configuration for `settings`.
+fn config(settings: &Settings) -> Config {
+    Config {
+        encap_src_v4: u32::from_ne_bytes(settings.encap_src_v4.network().octets()),
+        encap_src_v4_mask: u32::from_ne_bytes(settings.encap_src_v4.netmask().octets()),
+        encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
+        hash_seed: settings.hash_seed,
+        pad: 0,
+    }
+}
+
 /// Every counter of the LB, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -216,24 +227,10 @@ impl Balancer {
     /// Loads and verifies the LB programs and creates the per-CPU connection tables.
     pub fn load(settings: &Settings) -> Result<Self> {
         // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
-        let bpf = Loaded::load(Object::XdpLb, &["xdp_lb"])?;
+        let bpf = Loaded::load_with(Object::XdpLb, (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
         let mut balancer = Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new() };
-        balancer.write_settings(settings)?;
         balancer.create_connection_tables()?;
         Ok(balancer)
-    }
-
-    fn write_settings(&mut self, settings: &Settings) -> Result<()> {
-        let mask = u32::from_ne_bytes(settings.encap_src_v4.netmask().octets());
-        let config = Config {
-            encap_src_v4: u32::from_ne_bytes(settings.encap_src_v4.network().octets()),
-            encap_src_v4_mask: mask,
-            encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
-            hash_seed: settings.hash_seed,
-            pad: 0,
-        };
-        let mut map: Array<_, Config> = Array::try_from(self.map_mut(CONFIG_MAP)?).map_err(map_err("LB_CONFIG"))?;
-        map.set(0, config, 0).map_err(map_err("write LB_CONFIG"))
     }
 
     fn create_connection_tables(&mut self) -> Result<()> {

@@ -14,14 +14,14 @@ use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use zrlab_common::lb::{Config, REAL_F_IPV6, Real, counter, encap_hash};
+use zrlab_common::lb::{REAL_F_IPV6, Real, counter, encap_hash};
 use zrlab_ebpf::net::{
     ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, fold_csum, load32, span, store16,
     store32,
 };
 
 use super::{
-    maps::{CONFIG, REALS, Stats},
+    maps::{REALS, Stats, config},
     parse::Pkt,
 };
 
@@ -40,11 +40,6 @@ pub fn encap<const RESTORE: bool>(
     stats: &Stats,
 ) -> Result<u32, ()> {
     let Some(target) = REALS.get(real).copied() else {
-        stats.add(counter::ENCAP_FAILED);
-        return Ok(xdp_action::XDP_DROP);
-    };
-    // Read in place, not copied: the copy lived in stack slots across the helper call below.
-    let Some(config) = CONFIG.get(0) else {
         stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_DROP);
     };
@@ -74,11 +69,11 @@ pub fn encap<const RESTORE: bool>(
     if outer_v6 {
         let frame = span(ctx, 0, ETH_LEN + IPV6_LEN)?;
         write_eth(frame, swapped, ETH_P_IPV6);
-        write_v6(frame + ETH_LEN, config, &target, pkt, hash, inner_proto);
+        write_v6(frame + ETH_LEN, &target, pkt, hash, inner_proto);
     } else {
         let frame = span(ctx, 0, ETH_LEN + IPV4_LEN)?;
         write_eth(frame, swapped, ETH_P_IP);
-        write_v4(frame + ETH_LEN, config, &target, pkt, hash, inner_proto);
+        write_v4(frame + ETH_LEN, &target, pkt, hash, inner_proto);
     }
     stats.sent(vip_num, real, pkt.ip_len as u64);
     if RESTORE {
@@ -116,8 +111,9 @@ fn write_eth(at: usize, macs: Macs, proto: u16) {
 
 /// Writes the outer IPv4 header at `at` (20 bytes the caller bounds-checked).
 #[inline(always)]
-fn write_v4(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
-    let src = (config.encap_src_v4 & config.encap_src_v4_mask) | (hash & !config.encap_src_v4_mask);
+fn write_v4(at: usize, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
+    let mask = config(|c| &c.encap_src_v4_mask);
+    let src = (config(|c| &c.encap_src_v4) & mask) | (hash & !mask);
     let tot = ((IPV4_LEN + pkt.ip_len) as u16).to_be_bytes();
     let w0 = u32::from_ne_bytes([0x45, pkt.tos, tot[0], tot[1]]);
     // Identification 0; don't fragment (the path MTU is the operator's business, as in katran).
@@ -138,16 +134,16 @@ fn write_v4(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, pro
 
 /// Writes the outer IPv6 header at `at` (40 bytes the caller bounds-checked).
 #[inline(always)]
-fn write_v6(at: usize, config: &Config, target: &Real, pkt: &Pkt, hash: u32, next: u8) {
+fn write_v6(at: usize, target: &Real, pkt: &Pkt, hash: u32, next: u8) {
     let vtcfl = (6u32 << 28) | (u32::from(pkt.tos) << 20) | (hash & 0x000f_ffff);
     let len = (pkt.ip_len as u16).to_be_bytes();
     // SAFETY: the caller checked the 40 bytes.
     unsafe {
         store32(at, vtcfl.to_be());
         store32(at + 4, u32::from_ne_bytes([len[0], len[1], next, 64]));
-        store32(at + 8, config.encap_src_v6[0]);
-        store32(at + 12, config.encap_src_v6[1]);
-        store32(at + 16, config.encap_src_v6[2]);
+        store32(at + 8, config(|c| &c.encap_src_v6[0]));
+        store32(at + 12, config(|c| &c.encap_src_v6[1]));
+        store32(at + 16, config(|c| &c.encap_src_v6[2]));
         store32(at + 20, hash);
         store32(at + 24, target.addr[0]);
         store32(at + 28, target.addr[1]);

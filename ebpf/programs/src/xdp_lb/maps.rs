@@ -42,8 +42,18 @@ pub static LRU_PER_CPU: ArrayOfMaps<
 #[map(name = "LB_LRU_FALLBACK")]
 pub static LRU_FALLBACK: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
 
-#[map(name = "LB_CONFIG")]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// The configuration (`zrlab_common::lb::CONFIG_GLOBAL`): user space writes it into the
+/// object before loading it. Read only through [`config`].
+#[unsafe(no_mangle)]
+static LB_CONFIG: Config = Config { encap_src_v4: 0, encap_src_v4_mask: 0, encap_src_v6: [0; 4], hash_seed: 0, pad: 0 };
+
+/// One field of the configuration, e.g. `config(|c| &c.hash_seed)`. A volatile load: to the
+/// compiler the global is the zeros above, and it would fold them in.
+#[inline(always)]
+pub fn config<T: Copy + 'static>(field: impl FnOnce(&'static Config) -> &'static T) -> T {
+    // SAFETY: a field of a static: valid and aligned.
+    unsafe { core::ptr::read_volatile(field(&LB_CONFIG)) }
+}
 
 /// One per-CPU entry holding every counter: one map lookup per packet.
 #[map(name = "LB_COUNTERS")]

@@ -24,7 +24,7 @@ use zrlab_common::lb::{
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
-    maps::{CONFIG, LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, Stats, VIPS},
+    maps::{LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, Stats, VIPS, config},
     parse::Pkt,
 };
 
@@ -68,7 +68,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
         // SAFETY: a helper without preconditions.
         flow_hash(&pkt.flow, unsafe { bpf_get_prandom_u32() })
     } else {
-        flow_hash(&pkt.flow, CONFIG.get(0).map_or(0, |c| c.hash_seed))
+        flow_hash(&pkt.flow, config(|c| &c.hash_seed))
     };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
         stats.add(counter::LRU_MISS);
