@@ -45,7 +45,7 @@ pub fn encap<const RESTORE: bool>(
     };
     let eth = span(ctx, 0, ETH_LEN)?;
     // SAFETY: `span` checked the 14 bytes.
-    let macs: Macs = unsafe { [load32(eth), load32(eth + 4), load32(eth + 8)] };
+    let macs: Macs = unsafe { [load32::<0>(eth), load32::<4>(eth), load32::<8>(eth)] };
     // A padded minimum-size frame: cut the padding, so the inner packet is exactly the IP packet.
     if pkt.frame_ip_len > pkt.ip_len {
         let cut = (pkt.frame_ip_len - pkt.ip_len) as i32;
@@ -102,10 +102,10 @@ fn swap(m: Macs) -> Macs {
 fn write_eth(at: usize, macs: Macs, proto: u16) {
     // SAFETY: the caller checked the 14 bytes.
     unsafe {
-        store32(at, macs[0]);
-        store32(at + 4, macs[1]);
-        store32(at + 8, macs[2]);
-        store16(at + 12, proto.to_be());
+        store32::<0>(at, macs[0]);
+        store32::<4>(at, macs[1]);
+        store32::<8>(at, macs[2]);
+        store16::<12>(at, proto.to_be());
     }
 }
 
@@ -123,12 +123,12 @@ fn write_v4(at: usize, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
     let sum = [w0, w1, src, dst].iter().fold(u32::from(ttl_proto), |acc, w| acc + (w & 0xffff) + (w >> 16));
     // SAFETY: the caller checked the 20 bytes.
     unsafe {
-        store32(at, w0);
-        store32(at + 4, w1);
-        store16(at + 8, ttl_proto);
-        store16(at + 10, fold_csum(sum));
-        store32(at + 12, src);
-        store32(at + 16, dst);
+        store32::<0>(at, w0);
+        store32::<4>(at, w1);
+        store16::<8>(at, ttl_proto);
+        store16::<10>(at, fold_csum(sum));
+        store32::<12>(at, src);
+        store32::<16>(at, dst);
     }
 }
 
@@ -139,15 +139,15 @@ fn write_v6(at: usize, target: &Real, pkt: &Pkt, hash: u32, next: u8) {
     let len = (pkt.ip_len as u16).to_be_bytes();
     // SAFETY: the caller checked the 40 bytes.
     unsafe {
-        store32(at, vtcfl.to_be());
-        store32(at + 4, u32::from_ne_bytes([len[0], len[1], next, 64]));
-        store32(at + 8, config(|c| &c.encap_src_v6[0]));
-        store32(at + 12, config(|c| &c.encap_src_v6[1]));
-        store32(at + 16, config(|c| &c.encap_src_v6[2]));
-        store32(at + 20, hash);
-        store32(at + 24, target.addr[0]);
-        store32(at + 28, target.addr[1]);
-        store32(at + 32, target.addr[2]);
-        store32(at + 36, target.addr[3]);
+        store32::<0>(at, vtcfl.to_be());
+        store32::<4>(at, u32::from_ne_bytes([len[0], len[1], next, 64]));
+        store32::<8>(at, config(|c| &c.encap_src_v6[0]));
+        store32::<12>(at, config(|c| &c.encap_src_v6[1]));
+        store32::<16>(at, config(|c| &c.encap_src_v6[2]));
+        store32::<20>(at, hash);
+        store32::<24>(at, target.addr[0]);
+        store32::<28>(at, target.addr[1]);
+        store32::<32>(at, target.addr[2]);
+        store32::<36>(at, target.addr[3]);
     }
 }

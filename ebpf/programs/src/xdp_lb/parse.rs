@@ -84,14 +84,14 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
     };
     let frame_ip_len = frame_len(ctx) - ETH_LEN;
     // SAFETY (every load below): `span` checked that its base holds the bytes read.
-    let ethertype = u16::from_be(unsafe { load16(eth + 12) });
+    let ethertype = u16::from_be(unsafe { load16::<12>(eth) });
     match ethertype {
         ETH_P_IP => {
             let Ok(ip) = span(ctx, ETH_LEN, IPV4_LEN) else {
                 return verdict(stats, counter::NOT_IP, PASS);
             };
-            let (head, frag_word, proto_word) = unsafe { (load32(ip), load32(ip + 4), load16(ip + 8)) };
-            let dst = [unsafe { load32(ip + 16) }, 0, 0, 0];
+            let (head, frag_word, proto_word) = unsafe { (load32::<0>(ip), load32::<4>(ip), load16::<8>(ip)) };
+            let dst = [unsafe { load32::<16>(ip) }, 0, 0, 0];
             let [vihl, tos, tot_hi, tot_lo] = head.to_ne_bytes();
             let ihl = usize::from(vihl & 0x0f) * 4;
             if vihl >> 4 != 4 || ihl < IPV4_LEN {
@@ -109,7 +109,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
             if u16::from_be_bytes([frag_hi, frag_lo]) & 0x3fff != 0 {
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
-            let src = [unsafe { load32(ip + 12) }, 0, 0, 0];
+            let src = [unsafe { load32::<12>(ip) }, 0, 0, 0];
             let ip = Ip { v6: false, src, dst, len: tot, proto: proto_word.to_ne_bytes()[1], tos };
             l4(ctx, stats, ip, frame_ip_len, route)
         }
@@ -117,8 +117,8 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
             let Ok(ip) = span(ctx, ETH_LEN, IPV6_LEN) else {
                 return verdict(stats, counter::NOT_IP, PASS);
             };
-            let (head, lengths) = unsafe { (load32(ip), load32(ip + 4)) };
-            let dst = unsafe { [load32(ip + 24), load32(ip + 28), load32(ip + 32), load32(ip + 36)] };
+            let (head, lengths) = unsafe { (load32::<0>(ip), load32::<4>(ip)) };
+            let dst = unsafe { [load32::<24>(ip), load32::<28>(ip), load32::<32>(ip), load32::<36>(ip)] };
             let [b0, b1, _, _] = head.to_ne_bytes();
             if b0 >> 4 != 6 {
                 return refuse(stats, dst, counter::MALFORMED, DROP);
@@ -131,7 +131,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
             if is_ipv6_extension(nexthdr) {
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
-            let src = unsafe { [load32(ip + 8), load32(ip + 12), load32(ip + 16), load32(ip + 20)] };
+            let src = unsafe { [load32::<8>(ip), load32::<12>(ip), load32::<16>(ip), load32::<20>(ip)] };
             let ip = Ip { v6: true, src, dst, len: tot, proto: nexthdr, tos: (b0 << 4) | (b1 >> 4) };
             l4(ctx, stats, ip, frame_ip_len, route)
         }
@@ -168,7 +168,7 @@ fn l4(
                 return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             let tcp = span(ctx, l4_off, TCP_LEN)?;
-            let (ports, offset_flags) = unsafe { (load32(tcp), load16(tcp + 12)) };
+            let (ports, offset_flags) = unsafe { (load32::<0>(tcp), load16::<12>(tcp)) };
             let [doff, flags] = offset_flags.to_ne_bytes();
             let hdr_len = usize::from(doff >> 4) * 4;
             if hdr_len < TCP_LEN || hdr_len > l4_len {
@@ -181,7 +181,7 @@ fn l4(
                 return refuse(stats, dst, counter::MALFORMED, DROP);
             }
             let udp = span(ctx, l4_off, UDP_LEN)?;
-            let (ports, len) = unsafe { (load32(udp), load16(udp + 4)) };
+            let (ports, len) = unsafe { (load32::<0>(udp), load16::<4>(udp)) };
             if usize::from(u16::from_be(len)) != l4_len {
                 return refuse(stats, dst, counter::MALFORMED, DROP);
             }
