@@ -180,15 +180,15 @@ pub unsafe fn load16<const OFF: i16>(base: usize) -> u16 {
 }
 
 /// Stores `value` (bytes in memory order) into the 4 bytes at `base + OFF`, in one instruction.
+/// The value goes in as it is: the store takes its low 32 bits, so zero-extending it first (two
+/// shifts) would be wasted.
 ///
 /// # Safety
 /// The 4 bytes at `base + OFF` must be inside the packet, as the verifier knows it.
 #[inline(always)]
 pub unsafe fn store32<const OFF: i16>(base: usize, value: u32) {
     // SAFETY: the caller guarantees the 4 bytes are writable.
-    unsafe {
-        core::arch::asm!("*(u32 *)({0} + {1}) = {2}", in(reg) base, const OFF, in(reg) u64::from(value), options(nostack))
-    };
+    unsafe { core::arch::asm!("*(u32 *)({0} + {1}) = {2}", in(reg) base, const OFF, in(reg) value, options(nostack)) };
 }
 
 /// Stores `value` (bytes in memory order) into the 2 bytes at `base + OFF`.
@@ -198,9 +198,7 @@ pub unsafe fn store32<const OFF: i16>(base: usize, value: u32) {
 #[inline(always)]
 pub unsafe fn store16<const OFF: i16>(base: usize, value: u16) {
     // SAFETY: the caller guarantees the 2 bytes are writable.
-    unsafe {
-        core::arch::asm!("*(u16 *)({0} + {1}) = {2}", in(reg) base, const OFF, in(reg) u64::from(value), options(nostack))
-    };
+    unsafe { core::arch::asm!("*(u16 *)({0} + {1}) = {2}", in(reg) base, const OFF, in(reg) value, options(nostack)) };
 }
 
 /// A bounds-checked base address of `len` packet bytes at `offset` (for the word accessors).

@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{REAL_F_IPV6, Real, counter, encap_hash};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, fold_csum, load32, span, store16,
-    store32,
+    ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, fold_csum, load16, load32, span,
+    store16, store32,
 };
 
 use super::{
@@ -25,9 +25,52 @@ use super::{
     parse::Pkt,
 };
 
-/// The Ethernet addresses of a frame, as words in memory order: `[dst 0..4, dst 4..6 | src
-/// 0..2, src 2..6]`.
-type Macs = [u32; 3];
+/// The Ethernet addresses of a frame in memory order, split where a swap needs no shuffling:
+/// destination as bytes 0..4 and 4..6, source as bytes 6..8 and 8..12.
+#[derive(Clone, Copy)]
+struct Macs {
+    dst_hi: u32,
+    dst_lo: u16,
+    src_hi: u16,
+    src_lo: u32,
+}
+
+impl Macs {
+    /// The addresses of the Ethernet header at `eth` (14 bytes the caller bounds-checked).
+    #[inline(always)]
+    fn load(eth: usize) -> Self {
+        // SAFETY: the caller checked the 14 bytes.
+        unsafe {
+            Self {
+                dst_hi: load32::<0>(eth),
+                dst_lo: load16::<4>(eth),
+                src_hi: load16::<6>(eth),
+                src_lo: load32::<8>(eth),
+            }
+        }
+    }
+
+    /// Writes the Ethernet header at `at` (14 bytes the caller bounds-checked) with these
+    /// addresses, exchanged when `swapped` (the frame goes back where it came from).
+    #[inline(always)]
+    fn write(self, at: usize, swapped: bool, proto: u16) {
+        // SAFETY: the caller checked the 14 bytes.
+        unsafe {
+            if swapped {
+                store16::<0>(at, self.src_hi);
+                store32::<2>(at, self.src_lo);
+                store32::<6>(at, self.dst_hi);
+                store16::<10>(at, self.dst_lo);
+            } else {
+                store32::<0>(at, self.dst_hi);
+                store16::<4>(at, self.dst_lo);
+                store16::<6>(at, self.src_hi);
+                store32::<8>(at, self.src_lo);
+            }
+            store16::<12>(at, proto.to_be());
+        }
+    }
+}
 
 /// Encapsulates `pkt` towards real `real` and returns `XDP_TX`; with `RESTORE`, undoes it
 /// again before returning (benchmark variant).
@@ -43,9 +86,7 @@ pub fn encap<const RESTORE: bool>(
         stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_DROP);
     };
-    let eth = span(ctx, 0, ETH_LEN)?;
-    // SAFETY: `span` checked the 14 bytes.
-    let macs: Macs = unsafe { [load32::<0>(eth), load32::<4>(eth), load32::<8>(eth)] };
+    let macs = Macs::load(span(ctx, 0, ETH_LEN)?);
     // A padded minimum-size frame: cut the padding, so the inner packet is exactly the IP packet.
     if pkt.frame_ip_len > pkt.ip_len {
         let cut = (pkt.frame_ip_len - pkt.ip_len) as i32;
@@ -64,15 +105,13 @@ pub fn encap<const RESTORE: bool>(
     }
     let hash = encap_hash(&pkt.flow);
     let inner_proto = if pkt.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-    // The frame goes back where it came from: the old source MAC becomes the destination.
-    let swapped = swap(macs);
     if outer_v6 {
         let frame = span(ctx, 0, ETH_LEN + IPV6_LEN)?;
-        write_eth(frame, swapped, ETH_P_IPV6);
+        macs.write(frame, true, ETH_P_IPV6);
         write_v6(frame + ETH_LEN, &target, pkt, hash, inner_proto);
     } else {
         let frame = span(ctx, 0, ETH_LEN + IPV4_LEN)?;
-        write_eth(frame, swapped, ETH_P_IP);
+        macs.write(frame, true, ETH_P_IP);
         write_v4(frame + ETH_LEN, &target, pkt, hash, inner_proto);
     }
     stats.sent(vip_num, real, pkt.ip_len as u64);
@@ -81,32 +120,10 @@ pub fn encap<const RESTORE: bool>(
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
             return Ok(xdp_action::XDP_ABORTED);
         }
-        let frame = span(ctx, 0, ETH_LEN)?;
         let proto = if pkt.v6 { ETH_P_IPV6 } else { ETH_P_IP };
-        write_eth(frame, macs, proto);
+        macs.write(span(ctx, 0, ETH_LEN)?, false, proto);
     }
     Ok(xdp_action::XDP_TX)
-}
-
-/// The MAC words with source and destination exchanged.
-#[inline(always)]
-fn swap(m: Macs) -> Macs {
-    let [d0, d1, d2, d3] = m[0].to_ne_bytes();
-    let [d4, d5, s0, s1] = m[1].to_ne_bytes();
-    let [s2, s3, s4, s5] = m[2].to_ne_bytes();
-    [u32::from_ne_bytes([s0, s1, s2, s3]), u32::from_ne_bytes([s4, s5, d0, d1]), u32::from_ne_bytes([d2, d3, d4, d5])]
-}
-
-/// Writes an Ethernet header at `at` (14 bytes the caller bounds-checked).
-#[inline(always)]
-fn write_eth(at: usize, macs: Macs, proto: u16) {
-    // SAFETY: the caller checked the 14 bytes.
-    unsafe {
-        store32::<0>(at, macs[0]);
-        store32::<4>(at, macs[1]);
-        store32::<8>(at, macs[2]);
-        store16::<12>(at, proto.to_be());
-    }
 }
 
 /// Writes the outer IPv4 header at `at` (20 bytes the caller bounds-checked).

@@ -95,7 +95,12 @@ fn vip(pkt: &Pkt) -> Option<VipMeta> {
 /// The live real of the server id `pkt` carries, when `flags` turn id routing on for it.
 #[inline(always)]
 fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, stats: &Stats) -> Option<u32> {
-    let id = if pkt.flow.proto == IPPROTO_TCP && flags & VIP_F_TCP_ID_ROUTING != 0 && pkt.tcp_flags & TCP_SYN == 0 {
+    // A TCP header without options carries no id: skip the walk and its set-up.
+    let id = if pkt.flow.proto == IPPROTO_TCP
+        && pkt.tcp_hdr_len > TCP_LEN
+        && flags & VIP_F_TCP_ID_ROUTING != 0
+        && pkt.tcp_flags & TCP_SYN == 0
+    {
         tpr_id(ctx, pkt, stats)?
     } else if pkt.flow.proto == IPPROTO_UDP && flags & VIP_F_QUIC_ID_ROUTING != 0 {
         quic_id(ctx, pkt, stats)?
