@@ -137,7 +137,11 @@ fn write_v4(at: usize, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
     let w1 = u32::from_ne_bytes([0, 0, 0x40, 0]);
     let ttl_proto = u16::from_ne_bytes([64, proto]);
     let dst = target.addr[0];
-    let sum = [w0, w1, src, dst].iter().fold(u32::from(ttl_proto), |acc, w| acc + (w & 0xffff) + (w >> 16));
+    // One's-complement sum of the 32-bit words with 64-bit adds, folded at the end (RFC 1071):
+    // fewer operations than splitting every word into halves.
+    let sum = [w0, w1, src, dst].iter().fold(u64::from(ttl_proto), |acc, w| acc + u64::from(*w));
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
     // SAFETY: the caller checked the 20 bytes.
     unsafe {
         store32::<0>(at, w0);
