@@ -47,6 +47,9 @@ pub enum LabError {
     /// The kernel or machine lacks something the lab needs (not a feature a scenario may skip).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A command-line argument names something that does not exist.
+    #[error("{0}")]
+    Usage(String),
     /// A condition was not met in time.
     #[error("timed out after {after:?} waiting for {what}")]
     Timeout {

@@ -89,12 +89,16 @@ enum Bench {
     /// XDP load balancer cost per packet by category (ratio to an empty program), Maglev build
     /// time and disruption.
     Xdp {
-        /// Iterations per BPF_PROG_TEST_RUN call.
+        /// Iterations per BPF_PROG_TEST_RUN call (a tenth of it, at least 1000, is the number
+        /// of calls per sample of katran's method).
         #[arg(long, default_value_t = zrlab::lb::bench::Options::default().repeat)]
         repeat: u32,
         /// Paired rounds (floor, then the program) per case; medians are reported.
         #[arg(long, default_value_t = zrlab::lb::bench::Options::default().rounds)]
         rounds: usize,
+        /// Only the cases whose name contains this text (e.g. "table hit").
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).
     Bind443 {
@@ -166,9 +170,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
     match bench {
-        Bench::Xdp { repeat, rounds } => {
+        Bench::Xdp { repeat, rounds, only } => {
             eprintln!("measuring xdp_lb by category (repeat {repeat}, {rounds} rounds each)...");
-            let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds })?;
+            let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds, only })?;
             print!("{}", report.table());
             write_json(out, "xdp.json", &report)?;
         }
