@@ -156,8 +156,10 @@ impl ConnKey {
 }
 
 /// A connection-table entry: everything an established flow's packet needs, so that a table
-/// hit costs no VIP lookup, and what the folded key does not pin down.
-#[repr(C)]
+/// hit costs no VIP lookup, and what the folded key does not pin down. Aligned to 8 bytes (as
+/// the kernel aligns map values) so that [`ConnEntry::matches`] reads the addresses as 64-bit
+/// words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
     /// The real index the flow goes to.
@@ -181,18 +183,37 @@ impl ConnEntry {
         Self { real, vip_num, flags, proto: u32::from(flow.proto), src: flow.src, dst: flow.dst }
     }
 
-    /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already). Word by word
-    /// and without branches, so the compiler emits no `memcmp` (which BPF gets as a byte loop).
+    /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already). Without
+    /// branches, so the compiler emits no `memcmp` (which BPF gets as a byte loop), and with the
+    /// entry's addresses read as 64-bit words: half the loads of reading them word by word, and
+    /// for IPv4 the flow's side is its first word, zero-extended.
     #[inline(always)]
     pub fn matches(&self, flow: &FlowKey) -> bool {
-        let mut diff = self.proto ^ u32::from(flow.proto);
-        let mut i = 0;
-        while i < 4 {
-            diff |= (self.src[i] ^ flow.src[i]) | (self.dst[i] ^ flow.dst[i]);
-            i += 1;
-        }
+        // SAFETY: `src` and `dst` are 16 bytes each at offsets 16 and 32 (asserted below) of a
+        // struct aligned to 8: both are valid, aligned `[u64; 2]`.
+        let (src, dst) = unsafe { (*self.src.as_ptr().cast::<[u64; 2]>(), *self.dst.as_ptr().cast::<[u64; 2]>()) };
+        let pairs = |w: &[u32; 4]| [join(w[0], w[1]), join(w[2], w[3])];
+        let (flow_src, flow_dst) = (pairs(&flow.src), pairs(&flow.dst));
+        let diff = u64::from(self.proto ^ u32::from(flow.proto))
+            | (src[0] ^ flow_src[0])
+            | (src[1] ^ flow_src[1])
+            | (dst[0] ^ flow_dst[0])
+            | (dst[1] ^ flow_dst[1]);
         diff == 0
     }
+}
+
+const _: () = {
+    assert!(core::mem::offset_of!(ConnEntry, src) == 16);
+    assert!(core::mem::offset_of!(ConnEntry, dst) == 32);
+    assert!(core::mem::size_of::<ConnEntry>() == 48);
+};
+
+/// Two consecutive address words as the 64-bit word they make in memory.
+#[inline(always)]
+fn join(first: u32, second: u32) -> u64 {
+    let (a, b) = (first.to_ne_bytes(), second.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
 }
 
 /// The LB's configuration: fixed when the object is loaded, so it is a read-only global of the
