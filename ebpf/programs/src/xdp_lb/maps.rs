@@ -9,6 +9,7 @@ use zrlab_common::lb::{
     Config, ConnEntry, ConnKey, CounterBlock, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING,
     MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
+use zrlab_ebpf::net::opaque;
 
 #[map(name = "LB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
@@ -72,9 +73,10 @@ impl Stats {
     /// Adds one to global counter `slot`.
     #[inline(always)]
     pub fn add(&self, slot: u32) {
-        if let Some(block) = self.0 {
-            // SAFETY: a per-CPU entry: no other CPU writes it.
-            if let Some(value) = unsafe { (*block).global.get_mut(slot as usize) } {
+        if let (Some(block), Some(i)) = (self.0, index::<{ counter::SLOTS as usize }>(slot)) {
+            // SAFETY: a per-CPU entry: no other CPU writes it. (`get_mut`, not indexing: the
+            // compiler cannot see that the masked index is below 18, and BPF has no panics.)
+            if let Some(value) = unsafe { (*block).global.get_mut(i) } {
                 *value += 1;
             }
         }
@@ -87,12 +89,24 @@ impl Stats {
         // SAFETY: as in `add`.
         let block = unsafe { &mut *block };
         block.global[counter::TX as usize] += 1;
-        if let Some(vip) = block.vips.get_mut(vip_num as usize) {
+        if let Some(vip) = index::<{ MAX_VIPS as usize }>(vip_num).map(|i| &mut block.vips[i]) {
             vip.packets += 1;
             vip.bytes += bytes;
         }
-        if let Some(packets) = block.reals.get_mut(real as usize) {
-            *packets += 1;
+        if let Some(i) = index::<{ MAX_REALS as usize }>(real) {
+            block.reals[i] += 1;
         }
     }
+}
+
+/// `i` as an index below `N`, in a form every verifier follows: checked, then masked to the
+/// next power of two. The mask changes nothing, but the 5.10 and 6.1 verifiers lost the bound
+/// of the compiler's comparison (made on a copy of the register) and refused the access into
+/// the counter block as unbounded; [`opaque`] keeps the compiler from dropping the mask as
+/// redundant. (The masked bound stays inside the block: `global` is followed by `vips`, and
+/// the other two arrays have power-of-two lengths.)
+#[inline(always)]
+fn index<const N: usize>(i: u32) -> Option<usize> {
+    let i = i as usize;
+    (i < N).then(|| opaque(i) & (N.next_power_of_two() - 1))
 }
