@@ -162,6 +162,10 @@ pub unsafe fn load32<const OFF: i16>(base: usize) -> u32 {
     unsafe {
         core::arch::asm!("{0} = *(u32 *)({1} + {2})", out(reg) value, in(reg) base, const OFF, options(readonly, nostack))
     };
+    // SAFETY: a BPF 32-bit load zero-extends into its 64-bit register. Told so, the compiler
+    // drops the two shifts it would otherwise spend re-zero-extending the value wherever it is
+    // used as a 64-bit number (address words joined, keys folded).
+    unsafe { core::hint::assert_unchecked(value <= u64::from(u32::MAX)) };
     value as u32
 }
 
@@ -176,6 +180,8 @@ pub unsafe fn load16<const OFF: i16>(base: usize) -> u16 {
     unsafe {
         core::arch::asm!("{0} = *(u16 *)({1} + {2})", out(reg) value, in(reg) base, const OFF, options(readonly, nostack))
     };
+    // SAFETY: as in `load32`, for a 16-bit load.
+    unsafe { core::hint::assert_unchecked(value <= u64::from(u16::MAX)) };
     value as u16
 }
 

@@ -73,10 +73,11 @@ impl Stats {
     /// Adds one to global counter `slot`.
     #[inline(always)]
     pub fn add(&self, slot: u32) {
-        if let (Some(block), Some(i)) = (self.0, index::<{ counter::SLOTS as usize }>(slot)) {
-            // SAFETY: a per-CPU entry: no other CPU writes it. (`get_mut`, not indexing: the
-            // compiler cannot see that the masked index is below 18, and BPF has no panics.)
-            if let Some(value) = unsafe { (*block).global.get_mut(i) } {
+        // Every caller passes a constant slot: the access has a fixed offset, and needs no
+        // masking (see `index`).
+        if let Some(block) = self.0 {
+            // SAFETY: a per-CPU entry: no other CPU writes it.
+            if let Some(value) = unsafe { (*block).global.get_mut(slot as usize) } {
                 *value += 1;
             }
         }
@@ -99,14 +100,14 @@ impl Stats {
     }
 }
 
-/// `i` as an index below `N`, in a form every verifier follows: checked, then masked to the
-/// next power of two. The mask changes nothing, but the 5.10 and 6.1 verifiers lost the bound
-/// of the compiler's comparison (made on a copy of the register) and refused the access into
-/// the counter block as unbounded; [`opaque`] keeps the compiler from dropping the mask as
-/// redundant. (The masked bound stays inside the block: `global` is followed by `vips`, and
-/// the other two arrays have power-of-two lengths.)
+/// `i` as an index below `N` (a power of two), in a form every verifier follows: checked, then
+/// masked. The mask changes nothing, but the 5.10 and 6.1 verifiers lost the bound of the
+/// compiler's comparison (made on a copy of the register) and refused the access into the
+/// counter block as unbounded; [`opaque`] keeps the compiler from dropping the mask as
+/// redundant.
 #[inline(always)]
 fn index<const N: usize>(i: u32) -> Option<usize> {
+    const { assert!(N.is_power_of_two()) };
     let i = i as usize;
-    (i < N).then(|| opaque(i) & (N.next_power_of_two() - 1))
+    (i < N).then(|| opaque(i) & (N - 1))
 }
