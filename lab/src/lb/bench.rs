@@ -122,6 +122,11 @@ pub struct Report {
     pub kernel: String,
     /// Median nanoseconds per packet of `xdp_empty` (restoring method's loop).
     pub floor_ns: f64,
+    /// The floor samples' 90th percentile over their 10th: how busy the host was during the
+    /// run. The LB touches more cache lines than the empty program, so a busy host slows it
+    /// more and raises its ratios; on the benchmark VM runs in busy spells (floor 31-34 ns
+    /// instead of 27-29) read up to a fifth higher.
+    pub floor_spread: f64,
     /// The floor by katran's method.
     pub katran_floor_ns: f64,
     /// The LB's cases.
@@ -253,9 +258,15 @@ fn paired(
     Ok(Paired { floors, ns: median(samples), ratio: median(ratios) })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: Vec<f64>) -> f64 {
+    quantile(&v, 0.5)
+}
+
+/// The `q` quantile of `v` (nearest rank; `v` not empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
 fn verdict_name(v: u32) -> String {
@@ -322,9 +333,17 @@ pub fn run(opts: &Options) -> Result<Report> {
             katran_ratio_to_floor: katran.ratio,
         });
     }
+    let floor_spread = quantile(&floors, 0.9) / quantile(&floors, 0.1);
     let floor_ns = median(floors);
     let katran_floor_ns = median(katran_floors);
-    Ok(Report { kernel: crate::report::kernel_release(), floor_ns, katran_floor_ns, cases, maglev: maglev_report() })
+    Ok(Report {
+        kernel: crate::report::kernel_release(),
+        floor_ns,
+        floor_spread,
+        katran_floor_ns,
+        cases,
+        maglev: maglev_report(),
+    })
 }
 
 fn backends(n: usize) -> Vec<Backend> {
@@ -378,6 +397,10 @@ fn maglev_report() -> MaglevReport {
     MaglevReport { size: SIZE, backends: set.len(), build_ms: times[times.len() / 2], disruption }
 }
 
+/// A floor spread above this marks a run taken while the host was busy (see
+/// [`Report::floor_spread`]).
+const BUSY_SPREAD: f64 = 1.15;
+
 impl Report {
     /// The printed table.
     pub fn table(&self) -> String {
@@ -399,6 +422,11 @@ impl Report {
                 c.name, c.ns_per_pkt, c.ratio_to_floor, c.katran_ns_per_pkt, c.katran_ratio_to_floor, c.verdict
             ));
         }
+        out.push_str(&format!(
+            "floor spread {:.2} (90th percentile of the floor samples over the 10th){}\n",
+            self.floor_spread,
+            if self.floor_spread > BUSY_SPREAD { ": the host was busy, ratios read high" } else { "" }
+        ));
         let m = &self.maglev;
         out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
         for d in &m.disruption {
