@@ -73,8 +73,8 @@ impl Stats {
     /// Adds one to global counter `slot`.
     #[inline(always)]
     pub fn add(&self, slot: u32) {
-        // Every caller passes a constant slot: the access has a fixed offset, and needs no
-        // masking (see `index`).
+        // Every caller passes a constant slot (one call site picks one of two by a branch): the
+        // verifiers know the offset, and the access needs no masking (see `index`).
         if let Some(block) = self.0 {
             // SAFETY: a per-CPU entry: no other CPU writes it.
             if let Some(value) = unsafe { (*block).global.get_mut(slot as usize) } {
