@@ -47,7 +47,7 @@ pub enum LabError {
     /// The kernel or machine lacks something the lab needs (not a feature a scenario may skip).
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// A command-line argument names something that does not exist.
+    /// A command-line argument the command cannot use (an unknown name, an empty count).
     #[error("{0}")]
     Usage(String),
     /// A condition was not met in time.

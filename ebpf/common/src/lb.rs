@@ -123,15 +123,23 @@ impl FlowKey {
         let [a, b, c, d] = self.ports.to_ne_bytes();
         [u16::from_ne_bytes([a, b]), u16::from_ne_bytes([c, d])]
     }
+
+    /// The word the hashes mix for the ports: the source port (as [`FlowKey::port_pair`] gives
+    /// it) in the high half, the destination port in the low.
+    #[inline(always)]
+    pub fn hash_ports(&self) -> u32 {
+        let [sport, dport] = self.port_pair();
+        (u32::from(sport) << 16) | u32::from(dport)
+    }
 }
 
 /// The connection table's key: three words. The kernel hashes and compares the whole key on
 /// every lookup (`jhash2` mixes once per three words beyond the last three); with the 40-byte
 /// [`FlowKey`] as the key, whose padding bytes the compiler cleared with a call to BPF's
 /// byte-wise `memset`, a table hit cost about 18 ns (15%) more on the benchmark machine. Hence
-/// no padding fields here or in [`FlowKey`]. An address is folded to one word (the XOR of its words: exact for IPv4,
-/// whose other words are zero) and the protocol is XORed into the destination's; the ports are
-/// kept as they are. The entry carries the full addresses and the protocol, and a hit counts
+/// no padding fields here or in [`FlowKey`]. An address is folded to one word (the XOR of its
+/// words: exact for IPv4, whose other words are zero) and the protocol is XORed into the
+/// destination's; the ports are kept as they are. The entry carries the full addresses and the protocol, and a hit counts
 /// only if they match ([`ConnEntry::matches`]). Flows whose keys collide take each other's
 /// entry, as LRU eviction would: the loser's next packet is routed as a table miss (ring or
 /// server id).
@@ -260,8 +268,8 @@ pub struct CounterBlock {
     pub reals: [u64; MAX_REALS as usize],
 }
 
-/// Global counter slots (`CounterBlock::global`). Each says which path a packet took, so a report can
-/// tell "our program chose" apart from "the kernel's default happened".
+/// Global counter slots (`CounterBlock::global`). Each says which path a packet took, so a
+/// report can tell "our program chose" apart from "the kernel's default happened".
 pub mod counter {
     /// Not IPv4/IPv6, or too short for an IP header: passed.
     pub const NOT_IP: u32 = 0;
@@ -337,8 +345,7 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
         h = murmur_round(h, key.dst[i]);
         i += 1;
     }
-    let [sport, dport] = key.port_pair();
-    h = murmur_round(h, (u32::from(sport) << 16) | u32::from(dport));
+    h = murmur_round(h, key.hash_ports());
     h = murmur_round(h, u32::from(key.proto));
     fmix32(h ^ 40)
 }
@@ -349,8 +356,7 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
 /// every packet, table hits included.
 #[inline(always)]
 pub fn encap_hash(key: &FlowKey) -> u32 {
-    let [sport, dport] = key.port_pair();
-    let mut h = key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3] ^ ((u32::from(sport) << 16) | u32::from(dport));
+    let mut h = key.src[0] ^ key.src[1] ^ key.src[2] ^ key.src[3] ^ key.hash_ports();
     h ^= h >> 16;
     h = h.wrapping_mul(0x045d_9f3b);
     h ^ (h >> 16)
