@@ -255,11 +255,11 @@ fn paired(
         samples.push(p);
         ratios.push(p / f);
     }
-    Ok(Paired { floors, ns: median(samples), ratio: median(ratios) })
+    Ok(Paired { floors, ns: median(&samples), ratio: median(&ratios) })
 }
 
-fn median(v: Vec<f64>) -> f64 {
-    quantile(&v, 0.5)
+fn median(v: &[f64]) -> f64 {
+    quantile(v, 0.5)
 }
 
 /// The `q` quantile of `v` (nearest rank; `v` not empty).
@@ -334,8 +334,8 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
     }
     let floor_spread = quantile(&floors, 0.9) / quantile(&floors, 0.1);
-    let floor_ns = median(floors);
-    let katran_floor_ns = median(katran_floors);
+    let floor_ns = median(&floors);
+    let katran_floor_ns = median(&katran_floors);
     Ok(Report {
         kernel: crate::report::kernel_release(),
         floor_ns,
@@ -384,10 +384,7 @@ fn maglev_report() -> MaglevReport {
                 let keys = |s: &[Backend]| s.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
                 let moved = maglev::changed_fraction(&before, &keys(&all), &table, &keys(&after));
                 let ideal = k as f64 / n as f64;
-                let mut owned = vec![0u32; after.len()];
-                for owner in &table {
-                    owned[*owner as usize] += 1;
-                }
+                let owned = maglev::slots_per_backend(&table, after.len());
                 let peak = f64::from(*owned.iter().max().expect("backends"));
                 let peak_load = peak / (f64::from(SIZE) / (n - k) as f64);
                 disruption.push(Disruption { change, n, k, moved, ideal, ratio: moved / ideal, peak_load, build_ms });
@@ -472,7 +469,7 @@ mod tests {
         let machine = Machine { clock: std::cell::Cell::new(0) };
         let floors: Vec<f64> = (0..11).map(|_| machine.sample(10.0)).collect();
         let programs: Vec<f64> = (0..11).map(|_| machine.sample(30.0)).collect();
-        assert_eq!(median(programs) / median(floors), 9.0);
+        assert_eq!(median(&programs) / median(&floors), 9.0);
 
         let machine = Machine { clock: std::cell::Cell::new(0) };
         let paired = paired(11, || Ok(machine.sample(10.0)), || Ok(machine.sample(30.0))).unwrap();

@@ -137,6 +137,15 @@ fn rendezvous(up: &[(u32, u64, u32)], slot: u64, equal: bool) -> u32 {
     up.iter().map(|b| (score(b), b.0)).max_by(|a, b| a.0.total_cmp(&b.0)).expect("not empty").1
 }
 
+/// How many slots of `table` each of `n` backends owns (the balance a build leaves).
+pub fn slots_per_backend(table: &[u32], n: usize) -> Vec<u32> {
+    let mut counts = vec![0; n];
+    for owner in table {
+        counts[*owner as usize] += 1;
+    }
+    counts
+}
+
 /// Whether `n` is prime (trial division: table sizes are at most a few million).
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -191,7 +200,7 @@ mod tests {
     fn every_entry_is_owned_and_shares_follow_weights() {
         let mut set = backends(4);
         set[0].weight = 2;
-        let counts = owned(&build(&set, 65_537).unwrap(), 4);
+        let counts = slots_per_backend(&build(&set, 65_537).unwrap(), 4);
         let unit = 65_537.0 / 5.0;
         assert!((counts[0] as f64 / unit - 2.0).abs() < 0.02, "{counts:?}");
         for c in &counts[1..] {
@@ -208,14 +217,6 @@ mod tests {
         let keys = |set: &[Backend]| set.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
         let moved = changed_fraction(&before, &keys(&all), &after, &keys(&rest));
         assert!((0.1..0.11).contains(&moved), "moved {moved}");
-    }
-
-    fn owned(table: &[u32], n: usize) -> Vec<usize> {
-        let mut counts = vec![0; n];
-        for owner in table {
-            counts[*owner as usize] += 1;
-        }
-        counts
     }
 
     fn down(set: &[Backend], which: &[usize]) -> Vec<Backend> {
@@ -250,7 +251,7 @@ mod tests {
         let mut set = backends(3);
         set[0].weight = 2;
         set[2].up = false;
-        let counts = owned(&build(&set, 65_537).unwrap(), 3);
+        let counts = slots_per_backend(&build(&set, 65_537).unwrap(), 3);
         assert_eq!(counts[2], 0);
         let share = counts[0] as f64 / 65_537.0;
         assert!((share - 2.0 / 3.0).abs() < 0.01, "{counts:?}");
