@@ -5,7 +5,7 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{CgroupAttachMode, ProgramError, SockOps, Xdp, XdpMode},
 };
 
 use crate::{
@@ -24,6 +24,8 @@ pub enum Object {
     XdpDecap,
     /// `xdp_empty`: the benchmark floor.
     XdpEmpty,
+    /// `tpr_server` and `tpr_client`: the server id in a TCP header option (`zrlab_common::tpr`).
+    Tpr,
 }
 
 impl Object {
@@ -34,6 +36,7 @@ impl Object {
             Self::XdpLb => "xdp_lb",
             Self::XdpDecap => "xdp_decap",
             Self::XdpEmpty => "xdp_empty",
+            Self::Tpr => "tpr",
         }
     }
 
@@ -44,6 +47,7 @@ impl Object {
             Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
             Self::XdpDecap => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_decap")),
             Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
+            Self::Tpr => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr")),
         }
     }
 
@@ -128,6 +132,25 @@ impl Loaded {
         })
     }
 
+    /// Verifies the sock_ops program `name` (if it is not loaded yet) and attaches it to the
+    /// cgroup v2 directory `cgroup`. It stays attached until this value is dropped. On 5.7+
+    /// aya attaches through a BPF link, which coexists with other programs of the cgroup (the
+    /// kernel treats links as `BPF_F_ALLOW_MULTI`; it refuses explicit flags on them).
+    pub fn attach_sock_ops(&mut self, name: &str, cgroup: &std::path::Path) -> Result<()> {
+        let program: &mut SockOps =
+            self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
+                |e: ProgramError| LabError::Bpf { what: format!("{name} as a sock_ops program"), message: e.to_string() },
+            )?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+        }
+        let dir = std::fs::File::open(cgroup).map_err(|e| LabError::os("open", cgroup.display().to_string(), e))?;
+        program.attach(&dir, CgroupAttachMode::Single).map(drop).map_err(|e| LabError::Bpf {
+            what: format!("attach {name} to cgroup {}", cgroup.display()),
+            message: error_chain(&e),
+        })
+    }
+
     /// The map `name`.
     pub fn map(&self, name: &str) -> Result<&Map> {
         self.ebpf.map(name).ok_or_else(|| missing("map", name))
@@ -145,15 +168,18 @@ fn missing(what: &str, name: &str) -> LabError {
 
 /// A map-access error as a lab error naming the step, with the OS error behind it.
 pub fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
-    move |e| {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            message.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        LabError::Bpf { what: what.into(), message }
+    move |e| LabError::Bpf { what: what.into(), message: error_chain(&e) }
+}
+
+/// An error and its causes, `: `-separated (aya's messages leave the OS error to the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
     }
+    message
 }
 
 /// The error of a refused program, with the last lines of the verifier's log.

@@ -11,3 +11,4 @@
 pub mod decap;
 pub mod lb;
 pub mod pass;
+pub mod tpr;
