@@ -12,6 +12,8 @@
 //! - [`report`]: table, JSON and Markdown;
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left;
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
+//! - [`server_id`]: which backend carries which server id, and which ids are live;
+//! - [`tpr`]: the sock_ops programs that put the server id in a TCP header option;
 //! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
 pub mod bpf;
@@ -29,8 +31,10 @@ pub mod port443;
 pub mod report;
 pub mod run_id;
 pub mod scenario;
+pub mod server_id;
 pub mod spec;
 pub mod topology;
+pub mod tpr;
 pub mod workload;
 
 pub use error::{LabError, Result};

@@ -1,9 +1,12 @@
 //! The run's cgroup v2 subtree: `<cgroup2 mount>/<run prefix>/<node>`.
 //!
-//! Service processes start inside their node's leaf (later issues attach sock_ops programs to
-//! it). Removal kills everything in the subtree (`cgroup.kill`, or SIGKILL per process on kernels
+//! Service processes start inside their node's leaf, where scenarios attach their sock_ops
+//! programs. Removal kills everything in the subtree (`cgroup.kill`, or SIGKILL per process on kernels
 //! before 5.14), waits until the kernel reports it unpopulated, then removes the directories
 //! bottom-up. Nothing outside the run's own subtree is touched.
+//!
+//! [`sockets_in`] makes sockets that belong to one of these cgroups for a process outside them
+//! (cgroup-attached programs such as sock_ops act on a socket by its creator's cgroup).
 
 use std::{
     io,
@@ -12,6 +15,10 @@ use std::{
 };
 
 use crate::error::{LabError, Result};
+
+mod sockets;
+
+pub use sockets::sockets_in;
 
 /// How long removal waits for killed processes to leave a cgroup.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

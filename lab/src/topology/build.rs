@@ -169,6 +169,13 @@ impl Lab {
         self.nodes.get(name).ok_or_else(|| LabError::Unsupported(format!("no node {name:?} in this lab")))
     }
 
+    /// The cgroup of `node` (created on first use): where its services run and where programs
+    /// that act on its sockets (sock_ops) attach.
+    pub fn cgroup_of(&self, node: &str) -> Result<std::path::PathBuf> {
+        self.node(node)?;
+        self.cgroup.as_ref().expect("built labs have a cgroup").leaf(node)
+    }
+
     /// All nodes, by name.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &Node)> {
         self.nodes.iter().map(|(name, node)| (name.as_str(), node))
@@ -283,7 +290,7 @@ impl Lab {
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| LabError::os("dup namespace fd of", node, e))?;
-        let cgroup = self.cgroup.as_ref().expect("built labs have a cgroup").leaf(node)?;
+        let cgroup = self.cgroup_of(node)?;
         let procs = CString::new(cgroup.join("cgroup.procs").into_os_string().into_encoded_bytes())
             .map_err(|_| LabError::Path { what: "cgroup path contains NUL", path: cgroup.clone() })?;
         let die_with_parent = !self.run.kept;
