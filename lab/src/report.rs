@@ -5,7 +5,10 @@
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
 //! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
-//! "losses": [{"node", "counter", "count"}]}]}`.
+//! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
+//! "client": {...}} | null}]}`.
+//! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
+//! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
 //! misrouted or dropped, whether or not their owner stayed up: where to start reading when a
 //! verdict fails. `losses` are the kernel's nonzero drop counters in the main run's namespaces
@@ -19,7 +22,10 @@ use serde::Serialize;
 
 use crate::{
     error::{LabError, Result},
-    scenario::{Outcome, Verdict},
+    scenario::{
+        Outcome, Verdict,
+        measures::{LbTotals, TprTotals},
+    },
     topology::Loss,
     workload::accounting::FlowRecord,
 };
@@ -91,6 +97,10 @@ pub struct ScenarioReport {
     pub anomalies: Vec<FlowRecord>,
     /// The main run's nonzero kernel drop counters.
     pub losses: Vec<Loss>,
+    /// The main run's LB and decap counters.
+    pub lb: Option<LbTotals>,
+    /// The main run's sock_ops counters.
+    pub tpr: Option<TprTotals>,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -127,6 +137,8 @@ impl From<&Outcome> for ScenarioReport {
                 })
                 .unwrap_or_default(),
             losses: main.map(|m| m.losses.clone()).unwrap_or_default(),
+            lb: main.and_then(|m| m.measures.lb),
+            tpr: main.and_then(|m| m.measures.tpr),
         }
     }
 }
@@ -208,6 +220,17 @@ impl Report {
                 for l in &s.losses {
                     let _ = writeln!(out, "- {} `{}`: {}", l.node, l.counter, l.count);
                 }
+            }
+            if let Some(lb) = &s.lb {
+                let _ = writeln!(out, "\nLB counters of the main run: `{}`", serde_json::to_string(lb).expect("serialisable"));
+            }
+            if let Some(tpr) = &s.tpr {
+                let _ = writeln!(
+                    out,
+                    "\nsock_ops counters of the main run: server `{}`, client `{}`",
+                    serde_json::to_string(&tpr.server).expect("serialisable"),
+                    serde_json::to_string(&tpr.client).expect("serialisable")
+                );
             }
         }
         out

@@ -152,10 +152,16 @@ impl Default for Settings {
     }
 }
 
+/// Every entry of one connection table. An entry evicted while the walk runs ends the walk
+/// early in the kernel (`ENOENT` on the next key), which is what any reader of a live LRU gets;
+/// any other error is reported.
+fn entries<T: std::borrow::Borrow<MapData>>(table: &HashMap<T, ConnKey, ConnEntry>) -> Result<Vec<(ConnKey, ConnEntry)>> {
+    table.iter().collect::<Result<_, _>>().map_err(map_err("walk a connection table"))
+}
+
 /// Deletes the entries of VIP `num` from one connection table.
 fn flush<T: std::borrow::BorrowMut<MapData>>(table: &mut HashMap<T, ConnKey, ConnEntry>, num: u32) -> Result<()> {
-    let stale: Vec<ConnKey> =
-        table.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
+    let stale: Vec<ConnKey> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
     for key in stale {
         // An entry evicted meanwhile is gone already.
         let _ = table.remove(&key);
@@ -262,6 +268,17 @@ impl Balancer {
         Ok(())
     }
 
+    /// The keys of every flow in this node's connection tables (per-CPU and fallback).
+    pub fn connections(&self) -> Result<std::collections::HashSet<ConnKey>> {
+        let fallback: HashMap<_, ConnKey, ConnEntry> =
+            HashMap::try_from(self.map(zrlab_common::lb::LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        let mut keys: std::collections::HashSet<ConnKey> = entries(&fallback)?.into_iter().map(|(k, _)| k).collect();
+        for table in &self.tables {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| k));
+        }
+        Ok(keys)
+    }
+
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
         self.bpf.map_mut(name)
     }
@@ -335,7 +352,7 @@ impl Balancer {
             live.iter().map(|(id, addr)| Ok((*id, self.real_index(*addr)?))).collect::<Result<_>>()?;
         let mut ids: HashMap<_, u32, u32> =
             HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
-        let present: Vec<u32> = ids.keys().filter_map(|k| k.ok()).collect();
+        let present: Vec<u32> = ids.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
         for (id, real) in &wanted {
             ids.insert(id, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
         }

@@ -7,41 +7,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::lb::LbTotals;
-use crate::workload::accounting::Tally;
-
-/// Everything a variant measured: the flows' tally, and what the LB programs counted.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Measures {
-    /// The flows.
-    pub tally: Tally,
-    /// The LB and decap programs' counters, when the scenario runs an LB.
-    pub lb: Option<LbTotals>,
-    /// Backend weights the LB was given (to judge how flows spread), when it runs one.
-    pub weights: BTreeMap<String, u32>,
-}
-
-impl Measures {
-    /// The largest relative deviation, in percent, of a backend's share of flows from its
-    /// weight's share (0 without weights).
-    pub fn share_error_pct(&self) -> u64 {
-        let total_weight: u32 = self.weights.values().sum();
-        let total_flows: u64 = self.tally.owners.values().sum();
-        if total_weight == 0 || total_flows == 0 {
-            return 0;
-        }
-        self.weights
-            .iter()
-            .filter(|(_, w)| **w > 0)
-            .map(|(node, w)| {
-                let expected = f64::from(*w) / f64::from(total_weight);
-                let observed = self.tally.owners.get(node).copied().unwrap_or(0) as f64 / total_flows as f64;
-                ((observed - expected).abs() / expected * 100.0).round() as u64
-            })
-            .max()
-            .unwrap_or(0)
-    }
-}
+use super::measures::Measures;
 
 /// What an expectation measures (see `workload::accounting` for the definitions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
@@ -79,6 +45,30 @@ pub enum Metric {
     LbQuicIdRouted,
     /// Packets the backends decapsulated.
     Decapsulated,
+    /// Connection-table misses on the LB nodes (flows an LB node had not seen).
+    LbTableMisses,
+    /// Packets whose server id was not live on the LB node (fell back to table and ring).
+    LbIdUnknown,
+    /// Flows in more than one LB node's connection table: flows a node inherited.
+    LbInheritedFlows,
+    /// Flows opened after the first event.
+    LateFlows,
+    /// Flows opened after a backend's drain that landed on that backend.
+    LateFlowsOnDrained,
+    /// Server ids written on SYN-ACKs by the backends' sock_ops programs.
+    TprWritten,
+    /// Server ids the client's sock_ops program read from SYN-ACKs.
+    TprParsed,
+    /// Client segments that carried the echoed id.
+    TprEchoed,
+    /// Connections whose first echo carried the backend's own id.
+    TprEchoOk,
+    /// Connections whose first echo carried another id.
+    TprWrongId,
+    /// Segments (either side) that went without the option: no room.
+    TprNoSpace,
+    /// Nothing to carry (server id 0, or a SYN-ACK without an id).
+    TprSkipped,
 }
 
 impl Metric {
@@ -93,6 +83,37 @@ impl Metric {
                 | Self::LbTcpIdRouted
                 | Self::LbQuicIdRouted
                 | Self::Decapsulated
+                | Self::LbTableMisses
+                | Self::LbIdUnknown
+                | Self::LbInheritedFlows
+        )
+    }
+
+    /// Whether the metric needs the scenario's sock_ops programs (`[tpr]`).
+    pub fn needs_tpr(self) -> bool {
+        matches!(
+            self,
+            Self::TprWritten
+                | Self::TprParsed
+                | Self::TprEchoed
+                | Self::TprEchoOk
+                | Self::TprWrongId
+                | Self::TprNoSpace
+                | Self::TprSkipped
+        )
+    }
+
+    /// Whether the metric counts a failure (what a control run must show).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Self::Resets
+                | Self::Misroutes
+                | Self::Drops
+                | Self::ExcusedResets
+                | Self::ExcusedMisroutes
+                | Self::ExcusedDrops
+                | Self::LateFlowsOnDrained
         )
     }
 
@@ -100,6 +121,7 @@ impl Metric {
     pub fn of(self, measures: &Measures) -> u64 {
         let tally = &measures.tally;
         let lb = measures.lb.unwrap_or_default();
+        let tpr = measures.tpr.unwrap_or_default();
         match self {
             Self::Flows => tally.counted.flows,
             Self::Resets => tally.counted.resets,
@@ -117,6 +139,18 @@ impl Metric {
             Self::LbTcpIdRouted => lb.tcp_id_routed,
             Self::LbQuicIdRouted => lb.quic_id_routed,
             Self::Decapsulated => lb.decapsulated,
+            Self::LbTableMisses => lb.table_misses,
+            Self::LbIdUnknown => lb.id_unknown,
+            Self::LbInheritedFlows => lb.inherited_flows,
+            Self::LateFlows => tally.late_flows,
+            Self::LateFlowsOnDrained => tally.late_on_drained,
+            Self::TprWritten => tpr.server.written,
+            Self::TprParsed => tpr.client.parsed,
+            Self::TprEchoed => tpr.client.echoed,
+            Self::TprEchoOk => tpr.server.echo_ok,
+            Self::TprWrongId => tpr.server.wrong_id,
+            Self::TprNoSpace => tpr.server.no_space + tpr.client.no_space,
+            Self::TprSkipped => tpr.server.skipped + tpr.client.skipped,
         }
     }
 }
@@ -184,6 +218,11 @@ impl TryFrom<RawComparison> for Comparison {
 }
 
 impl Comparison {
+    /// Whether the comparison can only hold for a value above zero.
+    pub fn requires_positive(&self) -> bool {
+        !self.holds(0)
+    }
+
     /// Whether `actual <op> value` holds.
     pub fn holds(&self, actual: u64) -> bool {
         match self.op {
@@ -250,6 +289,16 @@ mod tests {
         assert_eq!(parse("!= 1").map(|c| c.holds(2)), Ok(true));
         for bad in ["0", "=> 1", "> -1", "> x", ""] {
             assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_comparisons_that_exclude_zero_require_a_failure() {
+        for text in ["> 0", ">= 1", "== 3", "!= 0"] {
+            assert!(parse(text).unwrap().requires_positive(), "{text}");
+        }
+        for text in ["== 0", ">= 0", "< 5", "<= 1", "!= 1"] {
+            assert!(!parse(text).unwrap().requires_positive(), "{text}");
         }
     }
 }

@@ -5,7 +5,9 @@
 //!   backends' addresses and, with id routing, the live server-id table;
 //! - the router's interfaces towards the LB nodes get `xdp_pass`: a veth only receives frames
 //!   another veth's XDP program transmits if it runs XDP itself (DESIGN.md section 3);
-//! - every backend gets `xdp_decap` on its interfaces, for its own addresses.
+//! - every backend gets `xdp_decap` on its interfaces, for its own addresses;
+//! - the server-id registry's live table goes to every LB node at the start and after every
+//!   change of a backend's membership (drain, weight), so all LB nodes agree on it.
 //!
 //! The programs stay attached as long as the [`Deployment`] lives; drop it before the lab.
 
@@ -13,30 +15,17 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use zrlab_common::lb::counter;
 
-use super::spec::{LbSpec, WorkloadSpec};
+use super::{
+    measures::LbTotals,
+    spec::{LbSpec, WorkloadSpec},
+};
 use crate::{
     bpf::{Loaded, Object},
     error::{LabError, Result},
     lb::{Balancer, Decap, Proto, RealSpec, Settings, VipSpec},
+    server_id::{Membership, Registry},
     topology::Lab,
 };
-
-/// What the LB and decap programs counted during a run, summed over nodes and CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LbTotals {
-    /// Packets encapsulated and transmitted.
-    pub tx: u64,
-    /// Packets routed by the ring.
-    pub ring_routed: u64,
-    /// Connection-table hits (per-CPU and fallback).
-    pub table_hits: u64,
-    /// TCP packets routed by server id.
-    pub tcp_id_routed: u64,
-    /// QUIC packets routed by server id.
-    pub quic_id_routed: u64,
-    /// Packets the backends decapsulated.
-    pub decapsulated: u64,
-}
 
 /// A deployed LB.
 pub struct Deployment {
@@ -45,16 +34,13 @@ pub struct Deployment {
     _passes: Loaded,
     vips: Vec<VipSpec>,
     reals: Vec<(String, RealSpec)>,
+    registry: Registry,
 }
 
 impl Deployment {
-    /// Loads, configures and attaches every program of `spec` in `lab`.
-    pub fn start(
-        lab: &Lab,
-        spec: &LbSpec,
-        workload: &WorkloadSpec,
-        server_ids: &BTreeMap<String, u32>,
-    ) -> Result<Self> {
+    /// Loads, configures and attaches every program of `spec` in `lab`; `registry` holds the
+    /// backends' server ids (backends of weight 0 start as removed from the configuration).
+    pub fn start(lab: &Lab, spec: &LbSpec, workload: &WorkloadSpec, mut registry: Registry) -> Result<Self> {
         let topology = lab.topology();
         let reals: Vec<(String, RealSpec)> = workload
             .backends
@@ -74,8 +60,12 @@ impl Deployment {
             ..VipSpec::new(workload.vip, port, proto)
         };
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
-        let live: BTreeMap<u32, IpAddr> =
-            reals.iter().filter_map(|(node, real)| Some((*server_ids.get(node)?, real.addr))).collect();
+        for (node, real) in &reals {
+            if real.weight == 0 {
+                registry.set(node, Membership::Removed);
+            }
+        }
+        let live = live_table(&registry, &reals);
         let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
         let mut balancers = Vec::new();
         for node in &spec.nodes {
@@ -106,22 +96,51 @@ impl Deployment {
             }
             decaps.push(decap);
         }
-        Ok(Self { balancers, decaps, _passes: passes, vips, reals })
+        Ok(Self { balancers, decaps, _passes: passes, vips, reals, registry })
     }
 
     /// Marks `backend` down in every LB node's rings (a health change: only its slots move);
-    /// its flows in the connection tables keep going to it.
+    /// its flows in the connection tables keep going to it, and its server id stays live.
     pub fn drain(&mut self, backend: &str) -> Result<()> {
-        for (node, real) in &mut self.reals {
-            if node == backend {
-                real.up = false;
-            }
-        }
+        self.change(backend, |real| real.up = false)
+    }
+
+    /// Sets `backend`'s weight in every LB node's configuration (the rings are rebuilt); weight
+    /// 0 removes it, and its server id leaves the live table.
+    pub fn set_weight(&mut self, backend: &str, weight: u32) -> Result<()> {
+        self.change(backend, |real| real.weight = weight)
+    }
+
+    /// Applies `edit` to `backend`'s real, then brings the registry, every ring and every
+    /// live-id table in line with it.
+    fn change(&mut self, backend: &str, edit: impl FnOnce(&mut RealSpec)) -> Result<()> {
+        let real = self
+            .reals
+            .iter_mut()
+            .find(|(node, _)| node == backend)
+            .map(|(_, real)| real)
+            .ok_or_else(|| LabError::Unsupported(format!("{backend:?} is not a backend of the LB")))?;
+        edit(real);
+        let membership = match (real.weight, real.up) {
+            (0, _) => Membership::Removed,
+            (_, false) => Membership::Drained,
+            (_, true) => Membership::Serving,
+        };
+        let before = live_table(&self.registry, &self.reals);
+        self.registry.set(backend, membership);
         let reals = real_specs(&self.reals);
+        let live = live_table(&self.registry, &self.reals);
+        // An id that becomes live is live before the rings can send a flow to its backend, and
+        // one that leaves stays until they no longer do: no packet of a flow the new ring
+        // placed finds its backend's id unknown.
+        let mut during = before;
+        during.extend(live.iter().map(|(id, addr)| (*id, *addr)));
         for (_, balancer) in &mut self.balancers {
+            balancer.sync_server_ids(&during)?;
             for vip in &self.vips {
                 balancer.set_vip(vip, &reals)?;
             }
+            balancer.sync_server_ids(&live)?;
         }
         Ok(())
     }
@@ -134,6 +153,8 @@ impl Deployment {
             totals.tx += c.get(counter::TX);
             totals.ring_routed += c.get(counter::RING_ROUTED);
             totals.table_hits += c.get(counter::LRU_HIT) + c.get(counter::LRU_FALLBACK_HIT);
+            totals.table_misses += c.get(counter::LRU_MISS);
+            totals.id_unknown += c.get(counter::ID_UNKNOWN);
             totals.tcp_id_routed += c.get(counter::TCP_ID_ROUTED);
             totals.quic_id_routed += c.get(counter::QUIC_ID_ROUTED);
         }
@@ -141,8 +162,24 @@ impl Deployment {
             let c = decap.counters()?;
             totals.decapsulated += c.v4_in_v4 + c.v6_in_v6 + c.v4_in_v6 + c.v6_in_v4;
         }
+        let mut nodes_per_flow = std::collections::HashMap::new();
+        for (_, balancer) in &self.balancers {
+            for key in balancer.connections()? {
+                *nodes_per_flow.entry(key).or_insert(0u32) += 1;
+            }
+        }
+        totals.inherited_flows = nodes_per_flow.values().filter(|n| **n > 1).count() as u64;
         Ok(totals)
     }
+}
+
+/// The registry's live ids with the addresses the LB tunnels to.
+fn live_table(registry: &Registry, reals: &[(String, RealSpec)]) -> BTreeMap<u32, IpAddr> {
+    registry
+        .live()
+        .into_iter()
+        .filter_map(|(id, node)| Some((id, reals.iter().find(|(n, _)| *n == node)?.1.addr)))
+        .collect()
 }
 
 fn real_specs(reals: &[(String, RealSpec)]) -> Vec<RealSpec> {

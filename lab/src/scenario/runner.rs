@@ -1,9 +1,13 @@
 //! Running a scenario: control first, then the main variant, each in a topology of its own.
 //!
 //! A variant's life, every step a wait on a condition with a timeout (never a sleep):
-//! 1. build the topology; start the service on every backend and wait until each says `ready`;
+//! 1. build the topology; draw the backends' server ids; attach the sock_ops programs
+//!    (`[tpr]`); start the service on every backend and wait until each says `ready`; deploy
+//!    the LB (`[lb]`);
 //! 2. start the client flows; wait until every flow has an owner and `warmup_rounds` rounds;
-//! 3. fire each event after every live flow made `rounds_between_events` more rounds;
+//!    from then on new flows open if the workload asks for them;
+//! 3. fire each event after every live flow made `rounds_between_events` more rounds (0: right
+//!    after the previous one, so several events act as one change);
 //! 4. wait `settle_rounds` more rounds, stop the flows, tally, tear down.
 //!
 //! The verdict passes only if both variants meet their expectations: the main one shows the
@@ -17,18 +21,19 @@ use std::{
     time::Duration,
 };
 
-use rand::{Rng as _, SeedableRng as _};
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use super::{
-    expect::{Check, Measures, evaluate},
+    expect::{Check, evaluate},
     lb::Deployment,
+    measures::Measures,
     spec::{EventSpec, Scenario, Variant},
+    tpr::TprDeployment,
 };
 use crate::{
     error::{LabError, Result},
+    server_id::Registry,
     topology::{Lab, Loss},
     workload::{
         accounting::{FlowRecord, Tally},
@@ -151,15 +156,23 @@ async fn run_variant(
     let mut lab = Lab::build(&variant.topology, keep).await?;
     let setup = lab.setup_time();
 
+    let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
+    // Declared after the lab, so dropped before it (as the LB deployment below).
+    let tpr = match &variant.tpr {
+        Some(spec) => {
+            step("attaching the sock_ops programs");
+            Some(TprDeployment::start(&lab, spec, workload, &registry)?)
+        }
+        None => None,
+    };
     step("starting services");
-    let server_ids = assign_server_ids(workload.seed, &workload.backends, workload.cid_version.max_id());
     for backend in &workload.backends {
         let args = vec![
             "service".to_owned(),
             format!("--node={backend}"),
             format!("--tcp={}", SocketAddr::new(workload.vip, workload.tcp_port)),
             format!("--udp={}", SocketAddr::new(workload.vip, workload.udp_port)),
-            format!("--server-id={}", server_ids[backend]),
+            format!("--server-id={}", registry.id(backend).expect("every backend has an id")),
             format!(
                 "--cid-version={}",
                 serde_json::to_value(workload.cid_version).expect("serialisable").as_str().expect("string")
@@ -187,7 +200,7 @@ async fn run_variant(
     let mut deployment = match &variant.lb {
         Some(spec) => {
             step("deploying the load balancer");
-            Some(Deployment::start(&lab, spec, workload, &server_ids)?)
+            Some(Deployment::start(&lab, spec, workload, registry.clone())?)
         }
         None => None,
     };
@@ -204,6 +217,8 @@ async fn run_variant(
             period: Duration::from_millis(workload.period_ms) * scale,
             reply_timeout: timing.reply_timeout() * scale,
             seed: workload.seed,
+            cgroup: Some(lab.cgroup_of(&workload.client)?),
+            open_tcp_per_period: workload.open_tcp_per_period,
         },
     )?;
     let book = client.book();
@@ -214,14 +229,21 @@ async fn run_variant(
     })
     .await?;
     wait_rounds(&client, timing.warmup_rounds, phase_timeout, "warm-up rounds").await?;
+    client.start_opening();
 
     let mut down = BTreeSet::new();
+    let mut drained = BTreeMap::new();
     for event in &variant.events {
         wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
         step(&format!("event {}", describe(event)));
         apply(&mut lab, deployment.as_mut(), event).await?;
+        // Flows that open from here on were routed by the changed configuration.
+        let epoch = client.book().advance_epoch();
         if let Some(node) = event.takes_down() {
             down.insert(node.to_owned());
+        }
+        if let EventSpec::DrainBackend { backend } = event {
+            drained.insert(backend.clone(), epoch);
         }
     }
     step("settling");
@@ -229,8 +251,9 @@ async fn run_variant(
     let flows = client.stop()?;
     let losses = lab.losses().await?;
     let measures = Measures {
-        tally: Tally::of(&flows, &down),
+        tally: Tally::of(&flows, &down, &drained),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
+        tpr: tpr.as_ref().map(TprDeployment::totals).transpose()?,
         weights: variant
             .lb
             .as_ref()
@@ -239,6 +262,7 @@ async fn run_variant(
     };
     let checks = evaluate(&variant.expect, &measures);
     drop(deployment);
+    drop(tpr);
 
     step("tearing down");
     let kept = keep.then(|| lab.run_id().to_string());
@@ -288,6 +312,10 @@ async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &Event
             Some(deployment) => deployment.drain(backend),
             None => Err(LabError::Unsupported("drain-backend without a load balancer".into())),
         },
+        EventSpec::SetWeight { backend, weight } => match deployment {
+            Some(deployment) => deployment.set_weight(backend, *weight),
+            None => Err(LabError::Unsupported("set-weight without a load balancer".into())),
+        },
     }
 }
 
@@ -297,24 +325,6 @@ fn describe(event: &EventSpec) -> String {
         EventSpec::ReplaceMember { group, member, with } => format!("replace {member} by {with} in {group}"),
         EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
         EventSpec::DrainBackend { backend } => format!("drain {backend} from the LB rings"),
+        EventSpec::SetWeight { backend, weight } => format!("set {backend}'s weight to {weight}"),
     }
-}
-
-/// Distinct, non-zero, seeded random server ids (DESIGN.md: an out-of-band job assigns random
-/// ids to hosts).
-fn assign_server_ids(seed: u64, backends: &[String], max: u32) -> BTreeMap<String, u32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e4e_e41d);
-    let mut used = BTreeSet::new();
-    backends
-        .iter()
-        .map(|backend| {
-            let id = loop {
-                let id = rng.random_range(1..=max);
-                if used.insert(id) {
-                    break id;
-                }
-            };
-            (backend.clone(), id)
-        })
-        .collect()
 }

@@ -94,6 +94,21 @@ pub struct WorkloadSpec {
     /// Layout of server ids in QUIC connection ids.
     #[serde(default = "defaults::cid_version")]
     pub cid_version: CidVersion,
+    /// New long-lived TCP flows opened every period from the end of the warm-up on (0: none).
+    #[serde(default)]
+    pub open_tcp_per_period: u32,
+}
+
+/// The scenario's sock_ops programs that carry the server id in a TCP option (`crate::tpr`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TprSpec {
+    /// Attach `tpr_server` to every backend's cgroup (writes the id on SYN-ACKs).
+    #[serde(default = "defaults::enabled")]
+    pub server: bool,
+    /// Attach `tpr_client` to the client's cgroup (echoes the id).
+    #[serde(default = "defaults::enabled")]
+    pub client: bool,
 }
 
 /// Pacing of a scenario, in rounds (one request per flow) rather than seconds, so that a slow
@@ -214,10 +229,20 @@ pub enum EventSpec {
         member: String,
     },
     /// Take `backend` out of every LB node's rings (a health change: the backend stays up and
-    /// keeps serving the flows the LBs' connection tables still send it).
+    /// keeps serving the flows the LBs' connection tables still send it; its server id stays
+    /// live).
     DrainBackend {
         /// The backend node.
         backend: String,
+    },
+    /// Change `backend`'s weight in the LB configuration: every ring is rebuilt (plain
+    /// Maglev). Weight 0 removes it from the configuration (its server id leaves the live
+    /// table); from 0 to more, it joins.
+    SetWeight {
+        /// The backend node.
+        backend: String,
+        /// The new weight.
+        weight: u32,
     },
 }
 
@@ -226,7 +251,7 @@ impl EventSpec {
     pub fn takes_down(&self) -> Option<&str> {
         match self {
             Self::RemoveMember { member, .. } | Self::ReplaceMember { member, .. } => Some(member),
-            Self::AddMember { .. } | Self::DrainBackend { .. } => None,
+            Self::AddMember { .. } | Self::DrainBackend { .. } | Self::SetWeight { .. } => None,
         }
     }
 }
@@ -277,6 +302,8 @@ struct VariantSpec {
     timing: TimingSpec,
     #[serde(default)]
     lb: Option<LbSpec>,
+    #[serde(default)]
+    tpr: Option<TprSpec>,
     // Keyed by text and converted after: serde_path_to_error cannot name enum map keys, and the
     // error must say which expectation is wrong.
     expect: BTreeMap<String, Comparison>,
@@ -306,6 +333,8 @@ pub struct Variant {
     pub timing: TimingSpec,
     /// The XDP load balancer, if the scenario runs one.
     pub lb: Option<LbSpec>,
+    /// The server-id sock_ops programs, if the scenario attaches them.
+    pub tpr: Option<TprSpec>,
     /// Expectations.
     pub expect: BTreeMap<Metric, Comparison>,
 }
@@ -458,28 +487,37 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         .iter()
         .map(|g| (g.name.as_str(), g.members.iter().map(String::as_str).collect()))
         .collect();
-    let mut drained: Vec<String> = Vec::new();
+    // The LB's weights and drains through the timeline, so that no event leaves the rings empty.
+    let mut weights: BTreeMap<&str, u32> = BTreeMap::new();
+    if let Some(lb) = &spec.lb {
+        weights = w.backends.iter().map(|b| (b.as_str(), lb.weights.get(b).copied().unwrap_or(1))).collect();
+    }
+    let mut drained: Vec<&str> = Vec::new();
     for (i, event) in spec.events.iter().enumerate() {
         let field = format!("event[{i}]");
         let (group, leaving, joining) = match event {
             EventSpec::RemoveMember { group, member } => (group, Some(member), None),
             EventSpec::AddMember { group, member } => (group, None, Some(member)),
             EventSpec::ReplaceMember { group, member, with } => (group, Some(member), Some(with)),
-            EventSpec::DrainBackend { backend } => {
-                let Some(lb) = &spec.lb else {
-                    return Err(err(field, "drain-backend needs an [lb] section".into()));
-                };
+            EventSpec::DrainBackend { backend } | EventSpec::SetWeight { backend, .. } => {
+                if spec.lb.is_none() {
+                    return Err(err(field, "LB events need an [lb] section".into()));
+                }
                 if !w.backends.contains(backend) {
                     return Err(err(
                         format!("{field}.backend"),
                         format!("{backend:?} is not one of the workload's backends"),
                     ));
                 }
-                let weight = |b: &String| lb.weights.get(b).copied().unwrap_or(1);
-                if !w.backends.iter().any(|b| b != backend && !drained.contains(b) && weight(b) > 0) {
-                    return Err(err(field, format!("draining {backend:?} would leave no backend in the rings")));
+                match event {
+                    EventSpec::SetWeight { weight, .. } => {
+                        weights.insert(backend, *weight);
+                    }
+                    _ => drained.push(backend),
                 }
-                drained.push(backend.clone());
+                if !weights.iter().any(|(b, weight)| *weight > 0 && !drained.contains(b)) {
+                    return Err(err(field, "the event would leave no backend in the rings".into()));
+                }
                 continue;
             }
         };
@@ -511,6 +549,9 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     if spec.expect.is_empty() {
         return Err(err("expect".into(), "at least one expectation is needed".into()));
     }
+    if w.open_tcp_per_period > 0 && w.tcp_flows >= 20_000 {
+        return Err(err("workload.open_tcp_per_period".into(), "no TCP ports left for new flows".into()));
+    }
     let mut expectations = BTreeMap::new();
     for (key, comparison) in spec.expect {
         let metric = Metric::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&key))
@@ -518,7 +559,21 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         if metric.needs_lb() && spec.lb.is_none() {
             return Err(err(format!("expect.{key}"), "this metric needs an [lb] section".into()));
         }
+        if metric.needs_tpr() && spec.tpr.is_none() {
+            return Err(err(format!("expect.{key}"), "this metric needs a [tpr] section".into()));
+        }
         expectations.insert(metric, comparison);
+    }
+    // A control must show a failure: an expectation that a failure count is above zero.
+    if prefix == "control."
+        && !expectations.iter().any(|(metric, comparison)| metric.is_failure() && comparison.requires_positive())
+    {
+        return Err(err(
+            "expect".into(),
+            "a control must expect a failure: resets, misroutes, drops (or their excused_ forms, or \
+             late_flows_on_drained) above zero, e.g. resets = \"> 0\""
+                .into(),
+        ));
     }
     Ok(Variant {
         description: spec.description,
@@ -527,6 +582,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         events: spec.events,
         timing: spec.timing,
         lb: spec.lb,
+        tpr: spec.tpr,
         expect: expectations,
     })
 }

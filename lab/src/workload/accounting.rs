@@ -67,12 +67,15 @@ pub struct FlowRecord {
     pub rounds: u64,
     /// Why it ended, if it did.
     pub ending: Option<Ending>,
+    /// How many of the timeline's events had been applied when the flow opened (0: it opened
+    /// before the first). Lets a verdict ask where flows opened after an event went.
+    pub epoch: u64,
 }
 
 impl FlowRecord {
-    /// A flow that has not sent anything yet.
-    pub fn new(proto: Proto, id: u32) -> Self {
-        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None }
+    /// A flow that has not sent anything yet, opened after `epoch` events.
+    pub fn new(proto: Proto, id: u32, epoch: u64) -> Self {
+        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None, epoch }
     }
 
     /// Records a reply from `who`.
@@ -146,16 +149,27 @@ pub struct Tally {
     pub excused: Counts,
     /// Flows owned by each node.
     pub owners: BTreeMap<String, u64>,
+    /// Flows opened after the first event.
+    pub late_flows: u64,
+    /// Flows opened after a backend was drained whose owner is that backend: the rings must
+    /// not send new flows to a drained backend.
+    pub late_on_drained: u64,
 }
 
 impl Tally {
-    /// Tallies `flows`, excusing those owned by a node in `down`.
-    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>) -> Self {
+    /// Tallies `flows`, excusing those owned by a node in `down`; `drained` maps each drained
+    /// backend to the epoch its drain completed in (flows opened in that epoch or later must not
+    /// land on it).
+    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>, drained: &BTreeMap<String, u64>) -> Self {
         let mut tally = Self::default();
         for flow in flows {
             let owner = flow.owner.as_ref().map(|o| o.node.as_str());
             if let Some(node) = owner {
                 *tally.owners.entry(node.to_owned()).or_default() += 1;
+            }
+            tally.late_flows += u64::from(flow.epoch > 0);
+            if owner.and_then(|node| drained.get(node)).is_some_and(|drained_in| flow.epoch >= *drained_in) {
+                tally.late_on_drained += 1;
             }
             if owner.is_some_and(|node| down.contains(node)) {
                 tally.excused.add(flow);
@@ -177,7 +191,7 @@ mod tests {
 
     #[test]
     fn owner_is_the_first_replier_and_others_are_misroutes() {
-        let mut flow = FlowRecord::new(Proto::Udp, 0);
+        let mut flow = FlowRecord::new(Proto::Udp, 0, 0);
         flow.reply(&who("be1"));
         assert!(!flow.anomalous());
         flow.reply(&who("be2"));
@@ -190,16 +204,31 @@ mod tests {
 
     #[test]
     fn flows_of_downed_hosts_are_excused() {
-        let mut kept = FlowRecord::new(Proto::Tcp, 0);
+        let mut kept = FlowRecord::new(Proto::Tcp, 0, 0);
         kept.reply(&who("be1"));
         kept.end(Ending::Reset);
-        let mut gone = FlowRecord::new(Proto::Tcp, 1);
+        let mut gone = FlowRecord::new(Proto::Tcp, 1, 0);
         gone.reply(&who("be4"));
         gone.end(Ending::Reset);
         gone.end(Ending::Closed);
-        let tally = Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]));
+        let tally = Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]), &BTreeMap::new());
         assert_eq!(tally.counted, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
         assert_eq!(tally.excused, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
         assert_eq!(gone.ending, Some(Ending::Reset), "the first cause wins");
+    }
+
+    #[test]
+    fn flows_opened_after_a_drain_must_not_land_on_the_drained_backend() {
+        let flow = |epoch: u64, node: &str| {
+            let mut flow = FlowRecord::new(Proto::Tcp, 0, epoch);
+            flow.reply(&who(node));
+            flow
+        };
+        // be4 was drained by the second event (epoch 2 from then on).
+        let drained = BTreeMap::from([("be4".to_owned(), 2)]);
+        let flows = [flow(0, "be4"), flow(1, "be4"), flow(2, "be1"), flow(2, "be4"), flow(3, "be4")];
+        let tally = Tally::of(&flows, &BTreeSet::new(), &drained);
+        assert_eq!(tally.late_flows, 4);
+        assert_eq!(tally.late_on_drained, 2, "flows opened in epoch 2 and 3 on be4");
     }
 }

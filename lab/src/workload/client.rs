@@ -6,11 +6,24 @@
 //! completed two more rounds"), never on wall-clock sleeps. Source ports are fixed per flow
 //! (TCP from [`TCP_BASE_PORT`], UDP from [`UDP_BASE_PORT`]) and everything random (start offsets,
 //! connection ids) comes from the seed, so a rerun sends the same 5-tuples.
+//!
+//! Two options shape a run further:
+//! - `cgroup`: TCP sockets are created as members of the client node's cgroup
+//!   ([`crate::cgroup::sockets_in`]), so the sock_ops programs attached there act on them;
+//! - `open_tcp_per_period`: once [`Client::start_opening`] is called, that many new long-lived
+//!   TCP flows open every period (ports after the initial flows', until the TCP port range is
+//!   used up), each recording how many events had been applied when it opened
+//!   ([`FlowBook::advance_epoch`]).
 
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -40,6 +53,8 @@ use crate::{
 pub const TCP_BASE_PORT: u16 = 20000;
 /// First source port of UDP flows.
 pub const UDP_BASE_PORT: u16 = 40000;
+/// Seed salt of the flows opened during a run (their offsets), apart from the initial flows'.
+const LATE_SEED_SALT: u64 = 0x1a7e;
 
 /// What the client runs.
 #[derive(Clone, Debug)]
@@ -60,6 +75,11 @@ pub struct ClientSpec {
     pub reply_timeout: Duration,
     /// Seed of every random choice.
     pub seed: u64,
+    /// Create TCP sockets in this cgroup (the client node's), so its sock_ops programs act on
+    /// them.
+    pub cgroup: Option<PathBuf>,
+    /// New TCP flows opened every period once [`Client::start_opening`] was called.
+    pub open_tcp_per_period: u32,
 }
 
 /// The record of every flow, shared between the flow tasks and the scenario.
@@ -67,13 +87,28 @@ pub struct ClientSpec {
 pub struct FlowBook {
     flows: Mutex<Vec<FlowRecord>>,
     progress: watch::Sender<u64>,
+    epoch: AtomicU64,
 }
 
 impl FlowBook {
     fn new(spec: &ClientSpec) -> Self {
-        let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i));
-        let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i));
-        Self { flows: Mutex::new(tcp.chain(udp).collect()), progress: watch::Sender::new(0) }
+        let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i, 0));
+        let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i, 0));
+        Self { flows: Mutex::new(tcp.chain(udp).collect()), progress: watch::Sender::new(0), epoch: AtomicU64::new(0) }
+    }
+
+    /// Records that one more event was applied; returns the new epoch (flows opened from now on
+    /// carry it).
+    pub fn advance_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Adds a flow opened now; returns its id.
+    fn open(&self, proto: Proto) -> u32 {
+        let mut flows = self.flows.lock().expect("not poisoned");
+        let id = flows.len() as u32;
+        flows.push(FlowRecord::new(proto, id, self.epoch.load(Ordering::SeqCst)));
+        id
     }
 
     /// A copy of every flow's record.
@@ -111,6 +146,7 @@ impl FlowBook {
 pub struct Client {
     book: Arc<FlowBook>,
     stop: watch::Sender<bool>,
+    opening: watch::Sender<bool>,
     thread: Option<JoinHandle<Result<io::Result<()>>>>,
 }
 
@@ -119,13 +155,18 @@ impl Client {
     pub fn start(netns: &Netns, spec: ClientSpec) -> Result<Self> {
         let book = Arc::new(FlowBook::new(&spec));
         let (stop, stop_rx) = watch::channel(false);
+        let (opening, opening_rx) = watch::channel(false);
         let thread_book = book.clone();
         let thread = netns.spawn(format!("client-{}", netns.name()), move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(run_flows(spec, thread_book, stop_rx));
-            Ok(())
+            runtime.block_on(run_flows(spec, thread_book, stop_rx, opening_rx))
         })?;
-        Ok(Self { book, stop, thread: Some(thread) })
+        Ok(Self { book, stop, opening, thread: Some(thread) })
+    }
+
+    /// Starts opening `open_tcp_per_period` new TCP flows every period.
+    pub fn start_opening(&self) {
+        let _ = self.opening.send(true);
     }
 
     /// The flows' records.
@@ -167,7 +208,15 @@ struct FlowPlan {
     initial_dcid: [u8; CID_LEN],
 }
 
-async fn run_flows(spec: ClientSpec, book: Arc<FlowBook>, stop: watch::Receiver<bool>) {
+async fn run_flows(
+    spec: ClientSpec,
+    book: Arc<FlowBook>,
+    stop: watch::Receiver<bool>,
+    opening: watch::Receiver<bool>,
+) -> io::Result<()> {
+    // Made before any flow starts: a helper that cannot join the cgroup fails the client, not
+    // each flow on its own.
+    let mut sockets = tcp_sockets(&spec, spec.tcp_flows as usize)?.into_iter();
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let period_us = spec.period.as_micros().max(1) as u64;
     let mut plan = |id: u32, port: u16| FlowPlan {
@@ -181,18 +230,83 @@ async fn run_flows(spec: ClientSpec, book: Arc<FlowBook>, stop: watch::Receiver<
     let mut tasks = JoinSet::new();
     for i in 0..spec.tcp_flows {
         let plan = plan(i, TCP_BASE_PORT + i as u16);
-        tasks.spawn(tcp_flow(plan, spec.clone(), book.clone(), stop.clone()));
+        tasks.spawn(tcp_flow(plan, sockets.next(), spec.clone(), book.clone(), stop.clone()));
     }
     for i in 0..spec.udp_flows {
         let plan = plan(spec.tcp_flows + i, UDP_BASE_PORT + i as u16);
         tasks.spawn(udp_flow(plan, spec.clone(), book.clone(), stop.clone()));
     }
+    if spec.open_tcp_per_period > 0 {
+        tasks.spawn(open_flows(spec.clone(), book.clone(), stop.clone(), opening));
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// `count` unbound TCP sockets for the flows, made in the client's cgroup when it has one;
+/// none without (each flow then makes its own).
+fn tcp_sockets(spec: &ClientSpec, count: usize) -> io::Result<Vec<OwnedFd>> {
+    match &spec.cgroup {
+        Some(cgroup) if count > 0 => {
+            let domain = if spec.vip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            crate::cgroup::sockets_in(cgroup, domain, libc::SOCK_STREAM, count)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Opens `open_tcp_per_period` TCP flows per period once opening starts, until stopped or the
+/// TCP port range is used up.
+async fn open_flows(
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+    mut opening: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = opening.wait_for(|o| *o) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATE_SEED_SALT);
+    let period_us = spec.period.as_micros().max(1) as u64;
+    let mut next_port = u32::from(TCP_BASE_PORT) + spec.tcp_flows;
+    let mut interval = tokio::time::interval(spec.period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tasks = JoinSet::new();
+    while next_port + spec.open_tcp_per_period <= u32::from(UDP_BASE_PORT) {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            break;
+        }
+        let sockets = match tcp_sockets(&spec, spec.open_tcp_per_period as usize) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                tracing::warn!("client: no sockets for new flows: {e}");
+                Vec::new()
+            }
+        };
+        let mut sockets = sockets.into_iter();
+        for _ in 0..spec.open_tcp_per_period {
+            let plan = FlowPlan {
+                id: book.open(Proto::Tcp),
+                port: next_port as u16,
+                start_offset: Duration::from_micros(rng.random_range(0..period_us)),
+                client_cid: [0; CID_LEN],
+                initial_dcid: [0; CID_LEN],
+            };
+            next_port += 1;
+            tasks.spawn(tcp_flow(plan, sockets.next(), spec.clone(), book.clone(), stop.clone()));
+        }
+    }
     while tasks.join_next().await.is_some() {}
 }
 
-fn bound_socket(vip: IpAddr, port: u16, ty: Type) -> io::Result<Socket> {
+/// A socket of type `ty` (`premade` if given) bound to the wildcard address and `port`.
+fn bound_socket(vip: IpAddr, port: u16, ty: Type, premade: Option<OwnedFd>) -> io::Result<Socket> {
     let protocol = if ty == Type::STREAM { Protocol::TCP } else { Protocol::UDP };
-    let socket = Socket::new(Domain::for_address(SocketAddr::new(vip, 0)), ty, Some(protocol))?;
+    let socket = match premade {
+        Some(fd) => Socket::from(fd),
+        None => Socket::new(Domain::for_address(SocketAddr::new(vip, 0)), ty, Some(protocol))?,
+    };
     socket.set_reuse_address(true)?;
     let any: IpAddr = if vip.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
     socket.bind(&SocketAddr::new(any, port).into())?;
@@ -222,11 +336,17 @@ fn ending_of(err: &io::Error) -> Ending {
     }
 }
 
-async fn tcp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
+async fn tcp_flow(
+    plan: FlowPlan,
+    premade: Option<OwnedFd>,
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+) {
     let id = plan.id;
     let end = |ending: Ending| book.update(id, |f| f.end(ending));
     let target = SocketAddr::new(spec.vip, spec.tcp_port);
-    let socket = match bound_socket(spec.vip, plan.port, Type::STREAM) {
+    let socket = match bound_socket(spec.vip, plan.port, Type::STREAM, premade) {
         Ok(s) => TcpSocket::from_std_stream(s.into()),
         Err(e) => {
             return end(Ending::ConnectFailed(format!("bind port {}: {e}", plan.port)));
@@ -279,7 +399,7 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
     let id = plan.id;
     let end = |ending: Ending| book.update(id, |f| f.end(ending));
     let target = SocketAddr::new(spec.vip, spec.udp_port);
-    let socket = match bound_socket(spec.vip, plan.port, Type::DGRAM)
+    let socket = match bound_socket(spec.vip, plan.port, Type::DGRAM, None)
         .and_then(|s| s.connect(&target.into()).map(|()| s))
         .and_then(|s| UdpSocket::from_std(s.into()))
     {

@@ -1,0 +1,54 @@
+//! Deploying a scenario's `tpr` sock_ops programs (`[tpr]`): `tpr_server` on every backend's
+//! cgroup with the id the server-id registry gave it, `tpr_client` on the client's cgroup.
+//!
+//! Deployed before the services start and the client connects: a listener only writes options
+//! if the program was there when it started listening, and a socket is subject to the programs
+//! of the cgroup it was created in.
+
+use super::{
+    measures::TprTotals,
+    spec::{TprSpec, WorkloadSpec},
+};
+use crate::{
+    error::{LabError, Result},
+    server_id::Registry,
+    topology::Lab,
+    tpr::{Side, SockOpsTpr},
+};
+
+/// The attached programs; detached when dropped.
+pub struct TprDeployment {
+    programs: Vec<SockOpsTpr>,
+}
+
+impl TprDeployment {
+    /// Attaches the sides `spec` asks for.
+    pub fn start(lab: &Lab, spec: &TprSpec, workload: &WorkloadSpec, registry: &Registry) -> Result<Self> {
+        let mut programs = Vec::new();
+        if spec.server {
+            for backend in &workload.backends {
+                let id = registry
+                    .id(backend)
+                    .ok_or_else(|| LabError::Unsupported(format!("backend {backend:?} has no server id")))?;
+                programs.push(SockOpsTpr::attach(Side::Server, &lab.cgroup_of(backend)?, id)?);
+            }
+        }
+        if spec.client {
+            programs.push(SockOpsTpr::attach(Side::Client, &lab.cgroup_of(&workload.client)?, 0)?);
+        }
+        Ok(Self { programs })
+    }
+
+    /// Both sides' counters, summed over nodes.
+    pub fn totals(&self) -> Result<TprTotals> {
+        let mut totals = TprTotals::default();
+        for program in &self.programs {
+            let counters = program.counters()?;
+            match program.side() {
+                Side::Server => totals.server += counters,
+                Side::Client => totals.client += counters,
+            }
+        }
+        Ok(totals)
+    }
+}
