@@ -12,12 +12,23 @@ use zrlab::{
     scenario::{RunOptions, Scenario, Verdict, run_scenario},
 };
 
-#[test_case("ecmp-hash-threshold", true)]
-#[test_case("ecmp-resilient", true)]
-#[test_case("lb-basic", false)]
-#[test_case("lb-backend-drain", false)]
-#[test_case("lb-failover-no-id-routing", false)]
-fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool) {
+/// What a control run must show on flows whose backend stayed up.
+#[derive(Clone, Copy, Debug)]
+enum Failure {
+    /// TCP resets.
+    Resets,
+    /// UDP misroutes.
+    Misroutes,
+}
+
+#[test_case("ecmp-hash-threshold", true, Failure::Resets)]
+#[test_case("ecmp-resilient", true, Failure::Resets)]
+#[test_case("lb-basic", false, Failure::Resets)]
+#[test_case("lb-backend-drain", false, Failure::Resets)]
+#[test_case("lb-failover-no-id-routing", false, Failure::Resets)]
+#[test_case("tpr-failover-ring-change", false, Failure::Resets)]
+#[test_case("quic-cid-failover-ring-change", false, Failure::Misroutes)]
+fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool, failure: Failure) {
     common::require_root();
     let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
     let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1 };
@@ -28,15 +39,34 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_dow
         return;
     }
     assert_eq!(outcome.verdict, Verdict::Pass, "{name}: {}", outcome.reason);
-    let main = outcome.main.expect("main ran").tally;
+    let main = outcome.main.expect("main ran");
     let control = outcome.control.expect("control ran").tally;
     // Restated here so that a scenario file edited into a test that cannot fail is caught.
-    assert_eq!(main.counted.resets, 0, "{name}: main run resets");
-    assert!(control.counted.resets > 0, "{name}: the control shows resets on flows whose backend stayed up");
-    if takes_a_backend_down {
-        assert!(main.excused.flows > 0, "{name}: the event did take a backend's flows away");
+    let counted = main.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
+    match failure {
+        Failure::Resets => assert!(control.counted.resets > 0, "{name}: the control shows resets"),
+        Failure::Misroutes => assert!(control.counted.misroutes > 0, "{name}: the control shows misroutes"),
     }
-    assert!(main.counted.flows + main.excused.flows >= 400, "{name}: at least 200 TCP and 200 UDP flows");
+    if takes_a_backend_down {
+        assert!(main.tally.excused.flows > 0, "{name}: the event did take a backend's flows away");
+    }
+    assert!(counted.flows + main.tally.excused.flows >= 400, "{name}: at least 400 flows");
+    // The id-routing scenarios: the ids were on the wire and the LBs routed by them.
+    if let Some(tpr) = main.measures.tpr {
+        assert!(tpr.server.written > 0 && tpr.client.echoed > 0, "{name}: options written and echoed: {tpr:?}");
+        assert_eq!(tpr.server.wrong_id, 0, "{name}: every echo carried its server's id");
+    }
+    if name.contains("failover") {
+        let lb = main.measures.lb.expect("an LB scenario");
+        assert!(lb.inherited_flows > 0, "{name}: LB nodes inherited flows: {lb:?}");
+        if name.starts_with("tpr") {
+            assert!(lb.tcp_id_routed > 0, "{name}: TCP packets routed by id: {lb:?}");
+        }
+        if name.starts_with("quic") {
+            assert!(lb.quic_id_routed > 0, "{name}: QUIC packets routed by id: {lb:?}");
+        }
+    }
 }
 
 #[test]
