@@ -9,6 +9,7 @@
 //! - [`workload`]: the service, the client flows, their accounting;
 //! - [`scenario`]: scenario files, expectations, the runner;
 //! - [`packet`]: typed test packets (emit, parse, describe) for conformance and fuzzing;
+//! - [`capture`]: `AF_PACKET` captures inside the lab, written as pcap files;
 //! - [`report`]: table, JSON and Markdown;
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left;
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
@@ -18,6 +19,7 @@
 
 pub mod bpf;
 mod bpf_sys;
+pub mod capture;
 pub mod cgroup;
 pub mod clean;
 pub mod error;

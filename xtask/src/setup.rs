@@ -18,8 +18,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::exec::{describe, exec, is_root, output};
 
-/// Debian packages every command needs: LLVM for bpf-linker (build and run time).
-const APT_BASE: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
+/// Debian packages every command needs: LLVM for bpf-linker (build and run time), and tcpdump,
+/// which the suites use to prove that the lab's pcap captures read as pcaps elsewhere.
+const APT_BASE: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "tcpdump"];
 
 /// Debian packages only the kernel matrix needs (installed when it runs, or with `--matrix`):
 /// QEMU, the decompressors of Debian's kernel modules, and glibc's static libraries for the
