@@ -26,6 +26,8 @@ pub enum Object {
     XdpEmpty,
     /// `tpr_server` and `tpr_client`: the server id in a TCP header option (`zrlab_common::tpr`).
     Tpr,
+    /// `tpr_fill`: a test fixture that fills the TCP option space.
+    TprFill,
 }
 
 impl Object {
@@ -37,6 +39,7 @@ impl Object {
             Self::XdpDecap => "xdp_decap",
             Self::XdpEmpty => "xdp_empty",
             Self::Tpr => "tpr",
+            Self::TprFill => "tpr_fill",
         }
     }
 
@@ -48,6 +51,7 @@ impl Object {
             Self::XdpDecap => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_decap")),
             Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
             Self::Tpr => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr")),
+            Self::TprFill => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr_fill")),
         }
     }
 

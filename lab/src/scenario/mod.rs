@@ -8,5 +8,5 @@ pub mod runner;
 pub mod spec;
 pub mod tpr;
 
-pub use runner::{Outcome, RunOptions, VariantOutcome, Verdict, run_scenario};
+pub use runner::{Outcome, RunOptions, VariantOutcome, Verdict, run_scenario, service_args, start_service};
 pub use spec::Scenario;

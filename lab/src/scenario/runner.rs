@@ -28,7 +28,7 @@ use super::{
     expect::{Check, evaluate},
     lb::Deployment,
     measures::Measures,
-    spec::{EventSpec, Scenario, Variant},
+    spec::{EventSpec, Scenario, Variant, WorkloadSpec},
     tpr::TprDeployment,
 };
 use crate::{
@@ -167,32 +167,8 @@ async fn run_variant(
     };
     step("starting services");
     for backend in &workload.backends {
-        let args = vec![
-            "service".to_owned(),
-            format!("--node={backend}"),
-            format!("--tcp={}", SocketAddr::new(workload.vip, workload.tcp_port)),
-            format!("--udp={}", SocketAddr::new(workload.vip, workload.udp_port)),
-            format!("--server-id={}", registry.id(backend).expect("every backend has an id")),
-            format!(
-                "--cid-version={}",
-                serde_json::to_value(workload.cid_version).expect("serialisable").as_str().expect("string")
-            ),
-        ];
-        let spawned = lab.spawn(backend, &opts.service_exe, &args)?;
-        if !wait_for_phase(spawned.stdout, Phase::Ready, phase_timeout, backend).await? {
-            let ended = match lab.exit_status(spawned.pid, Duration::from_secs(5)).await {
-                Some(status) => match (status.code(), status.signal()) {
-                    (Some(code), _) => format!("exit code {code}; its stderr is in this run's output"),
-                    (_, Some(signal)) => format!("killed by signal {signal}"),
-                    _ => status.to_string(),
-                },
-                None => "closed its stdout but still runs".to_owned(),
-            };
-            return Err(LabError::Service {
-                name: format!("{backend}/a"),
-                message: format!("exited before it was {} ({ended})", Phase::Ready),
-            });
-        }
+        let id = registry.id(backend).expect("every backend has an id");
+        start_service(&mut lab, backend, &opts.service_exe, &service_args(workload, backend, id), phase_timeout).await?;
     }
 
     // Declared after the lab, so dropped before it: the programs detach while their
@@ -268,6 +244,39 @@ async fn run_variant(
     let kept = keep.then(|| lab.run_id().to_string());
     let teardown = lab.teardown()?;
     Ok(VariantOutcome { tally: measures.tally.clone(), measures, checks, setup, teardown, flows, losses, kept })
+}
+
+/// The arguments of `zrlab service` for `backend` serving `workload` with server id `id`.
+pub fn service_args(workload: &WorkloadSpec, backend: &str, id: u32) -> Vec<String> {
+    vec![
+        "service".to_owned(),
+        format!("--node={backend}"),
+        format!("--tcp={}", SocketAddr::new(workload.vip, workload.tcp_port)),
+        format!("--udp={}", SocketAddr::new(workload.vip, workload.udp_port)),
+        format!("--server-id={id}"),
+        format!(
+            "--cid-version={}",
+            serde_json::to_value(workload.cid_version).expect("serialisable").as_str().expect("string")
+        ),
+    ]
+}
+
+/// Starts `exe args` (a `zrlab service`) in `node` and waits until it reports
+/// [`Phase::Ready`]; an error says how it ended if it exited first.
+pub async fn start_service(lab: &mut Lab, node: &str, exe: &std::path::Path, args: &[String], timeout: Duration) -> Result<()> {
+    let spawned = lab.spawn(node, exe, args)?;
+    if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
+        return Ok(());
+    }
+    let ended = match lab.exit_status(spawned.pid, Duration::from_secs(5)).await {
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit code {code}; its stderr is in this run's output"),
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            _ => status.to_string(),
+        },
+        None => "closed its stdout but still runs".to_owned(),
+    };
+    Err(LabError::Service { name: format!("{node}/a"), message: format!("exited before it was {} ({ended})", Phase::Ready) })
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.

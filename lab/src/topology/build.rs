@@ -241,6 +241,14 @@ impl Lab {
         Ok(losses)
     }
 
+    /// The kernel's protocol counter `name` (`"TcpExt:SyncookiesSent"`, as the kernel writes
+    /// it in `/proc/net/{snmp,netstat}`) in `node`'s namespace; 0 if the kernel has no such
+    /// counter.
+    pub fn protocol_counter(&self, node: &str, name: &str) -> Result<u64> {
+        let counters = super::losses::protocol_counters_of(self.node(node)?)?;
+        Ok(counters.into_iter().find(|(counter, _)| counter == name).map_or(0, |(_, value)| value))
+    }
+
     /// The members of `group`, in slot order.
     pub fn group_members(&self, group: &str) -> Option<Vec<String>> {
         Some(self.groups.get(group)?.members.iter().map(|(name, _)| name.clone()).collect())

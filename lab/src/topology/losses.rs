@@ -53,20 +53,28 @@ pub(super) async fn of_node(name: &str, node: &Node) -> Result<Vec<Loss>> {
         push(format!("{}:rx_dropped", link.name), link.rx_dropped);
         push(format!("{}:tx_dropped", link.name), link.tx_dropped);
     }
+    for (counter, count) in protocol_counters_of(node)? {
+        if PROTOCOL_DROPS.contains(&counter.as_str()) {
+            push(counter, count);
+        }
+    }
+    Ok(losses)
+}
+
+/// Every protocol counter of `node` (`/proc/thread-self/net/{snmp,netstat}`), as
+/// `("Proto:Name", value)`.
+pub(super) fn protocol_counters_of(node: &Node) -> Result<Vec<(String, u64)>> {
     let texts = node.netns.run(|| {
         ["snmp", "netstat"].map(|file| {
             let path = format!("/proc/thread-self/net/{file}");
             std::fs::read_to_string(&path).map_err(|e| LabError::os("read", path, e))
         })
     })?;
+    let mut counters = Vec::new();
     for text in texts {
-        for (counter, count) in protocol_counters(&text?) {
-            if PROTOCOL_DROPS.contains(&counter.as_str()) {
-                push(counter, count);
-            }
-        }
+        counters.extend(protocol_counters(&text?));
     }
-    Ok(losses)
+    Ok(counters)
 }
 
 /// The counters of a `/proc/net/snmp`-style file: pairs of lines `Proto: names...` and

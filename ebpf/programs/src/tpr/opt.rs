@@ -42,14 +42,18 @@ pub fn reserve(ctx: &SockOpsContext) {
     }
 }
 
-/// Writes `{kind, OPT_LEN, id}` into the reserved space; whether it did.
+/// Writes `{kind, OPT_LEN, id}` into the segment's reserved space; whether it did. The space
+/// is shared by every program of the cgroup: when others filled it (our reservation may have
+/// failed), the store fails with `-ENOSPC`, counted as no space.
 #[inline(always)]
 pub fn store(ctx: &SockOpsContext, kind: u8, id: u32) -> bool {
     let id = id.to_be_bytes();
     let opt = [kind, OPT_LEN, id[0], id[1], id[2], id[3]];
     // SAFETY: `opt` is a live local of the length passed.
     let ret = unsafe { bpf_store_hdr_opt(ops(ctx), opt.as_ptr().cast(), u32::from(OPT_LEN), 0) };
-    if ret != 0 {
+    if ret == ENOSPC {
+        count(counter::NO_SPACE);
+    } else if ret != 0 {
         count(counter::WRITE_ERRORS);
     }
     ret == 0
