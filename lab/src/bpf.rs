@@ -143,7 +143,10 @@ impl Loaded {
     pub fn attach_sock_ops(&mut self, name: &str, cgroup: &std::path::Path) -> Result<()> {
         let program: &mut SockOps =
             self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
-                |e: ProgramError| LabError::Bpf { what: format!("{name} as a sock_ops program"), message: e.to_string() },
+                |e: ProgramError| LabError::Bpf {
+                    what: format!("{name} as a sock_ops program"),
+                    message: e.to_string(),
+                },
             )?;
         if program.fd().is_err() {
             program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;

@@ -222,7 +222,11 @@ impl Report {
                 }
             }
             if let Some(lb) = &s.lb {
-                let _ = writeln!(out, "\nLB counters of the main run: `{}`", serde_json::to_string(lb).expect("serialisable"));
+                let _ = writeln!(
+                    out,
+                    "\nLB counters of the main run: `{}`",
+                    serde_json::to_string(lb).expect("serialisable")
+                );
             }
             if let Some(tpr) = &s.tpr {
                 let _ = writeln!(

@@ -22,10 +22,8 @@ use std::{
 use zrlab::{
     bpf::{Loaded, Object},
     capture::{self, Capture, Frame},
-    packet::{
-        FrameRepr, IpPayload, IpRepr, SYN, TcpRepr,
-        tcp_options::TcpOption,
-    },
+    features::Feature,
+    packet::{FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, tcp_options::TcpOption},
     scenario::{
         lb::Deployment,
         measures::LbTotals,
@@ -83,10 +81,21 @@ struct Bed {
 }
 
 impl Bed {
-    /// Builds the bed; `sysctls` are written in the named nodes before anything starts.
-    fn new(case: Case, sysctls: &[(&str, &str, &str)]) -> Self {
+    /// Builds the bed; `sysctls` are written in the named nodes before anything starts. `None`
+    /// (after saying so) on a kernel without the TCP header-option helpers.
+    fn new(case: Case, sysctls: &[(&str, &str, &str)]) -> Option<Self> {
         common::require_root();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let feature = Feature::TcpHeaderOptions;
+        if !runtime.block_on(feature.probe()).expect("probe") {
+            eprintln!(
+                "SKIPPED: the kernel lacks {} ({}.{}+)",
+                feature.describe(),
+                feature.since().0,
+                feature.since().1
+            );
+            return None;
+        }
         let topology = Topology::load(&common::fixtures().join("topologies/lb-ecmp.toml")).expect("topology");
         let mut lab = runtime.block_on(Lab::build(&topology, false)).expect("lab");
         let workload: WorkloadSpec = toml::from_str(&format!(
@@ -134,7 +143,7 @@ impl Bed {
                 .expect("service ready");
         }
         let lb = Deployment::start(&lab, &lb_spec, &workload, registry.clone()).expect("LB deployed");
-        Self { programs, _fill: fill, lb, registry, workload, lab, _runtime: runtime }
+        Some(Self { programs, _fill: fill, lb, registry, workload, lab, _runtime: runtime })
     }
 
     /// One connection from the client's cgroup: `rounds` requests, their replies.
@@ -227,13 +236,13 @@ impl Conn {
 fn one_backend(replies: &[Reply]) -> String {
     assert_eq!(replies.len() as u64, ROUNDS, "every request answered");
     let node = &replies[0].who.node;
-    assert!(replies.iter().all(|r| &r.who == &replies[0].who), "one socket answered all: {replies:?}");
+    assert!(replies.iter().all(|r| r.who == replies[0].who), "one socket answered all: {replies:?}");
     node.clone()
 }
 
 #[test]
 fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
-    let bed = Bed::new(BOTH, &[]);
+    let Some(bed) = Bed::new(BOTH, &[]) else { return };
     let client_if = Capture::start(&bed.lab.node("client").expect("client").netns, "eth0").expect("capture");
     let router = &bed.lab.node("router").expect("router").netns;
     let lb_side: Vec<Capture> =
@@ -266,8 +275,11 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
             }
         } else if ip.src == vip && tcp.sport == port && tcp.flags & SYN != 0 {
             synacks += 1;
-            let announced: Vec<&TcpOption> =
-                tcp.options.iter().filter(|o| matches!(o, TcpOption::Unknown { kind, .. } if *kind == SERVER_KIND)).collect();
+            let announced: Vec<&TcpOption> = tcp
+                .options
+                .iter()
+                .filter(|o| matches!(o, TcpOption::Unknown { kind, .. } if *kind == SERVER_KIND))
+                .collect();
             assert_eq!(
                 announced,
                 vec![&TcpOption::Unknown { kind: SERVER_KIND, data: id.to_be_bytes().to_vec() }],
@@ -333,7 +345,7 @@ fn assert_option_bytes(frame: &[u8], kind: u8, id: u32) {
 
 #[test]
 fn server_id_zero_writes_nothing_and_the_connection_works() {
-    let bed = Bed::new(Case { server: Some(Ids::Fixed(0)), ..BOTH }, &[]);
+    let Some(bed) = Bed::new(Case { server: Some(Ids::Fixed(0)), ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!((server.written, server.skipped), (0, 1), "server: nothing written, skipped counted: {server:?}");
@@ -346,7 +358,7 @@ fn unknown_id_falls_back_to_the_table_and_ring() {
     // An id no LB node knows: the registry draws random 32-bit ids, 1 is not among them.
     let registry = Registry::assign(7, &BACKENDS.map(String::from), u32::MAX);
     assert!(registry.ids().all(|(_, id)| id != 1));
-    let bed = Bed::new(Case { server: Some(Ids::Fixed(1)), ..BOTH }, &[]);
+    let Some(bed) = Bed::new(Case { server: Some(Ids::Fixed(1)), ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!(server.written, 1, "{server:?}");
@@ -358,7 +370,7 @@ fn unknown_id_falls_back_to_the_table_and_ring() {
 
 #[test]
 fn dead_id_falls_back_and_the_flow_keeps_its_backend() {
-    let mut bed = Bed::new(BOTH, &[]);
+    let Some(mut bed) = Bed::new(BOTH, &[]) else { return };
     let mut conn = bed.connect(false);
     let backend = one_backend(&conn.rounds(ROUNDS));
     assert!(bed.lb().tcp_id_routed >= ROUNDS, "routed by id while live");
@@ -376,7 +388,7 @@ fn dead_id_falls_back_and_the_flow_keeps_its_backend() {
 
 #[test]
 fn full_option_space_costs_the_echo_not_the_connection() {
-    let bed = Bed::new(Case { fill: true, ..BOTH }, &[]);
+    let Some(bed) = Bed::new(Case { fill: true, ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!(client.parsed, 1, "the id arrived: {client:?}");
@@ -388,7 +400,10 @@ fn full_option_space_costs_the_echo_not_the_connection() {
 
 #[test]
 fn syn_cookies_still_deliver_the_id() {
-    let bed = Bed::new(BOTH, &[("be1", "net/ipv4/tcp_syncookies", "2"), ("be2", "net/ipv4/tcp_syncookies", "2")]);
+    let Some(bed) = Bed::new(BOTH, &[("be1", "net/ipv4/tcp_syncookies", "2"), ("be2", "net/ipv4/tcp_syncookies", "2")])
+    else {
+        return;
+    };
     let backend = one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!((server.written, server.written_cookie), (1, 1), "a SYN-cookie SYN-ACK carried it: {server:?}");
@@ -403,7 +418,11 @@ fn tcp_fast_open_still_delivers_the_id() {
     // Server: Fast Open for every listener (0x400), no cookie needed (0x200); client: no cookie
     // needed (0x4) with the client side on (0x1).
     let server = ("net/ipv4/tcp_fastopen", "1539");
-    let bed = Bed::new(BOTH, &[("be1", server.0, server.1), ("be2", server.0, server.1), ("client", server.0, "5")]);
+    let Some(bed) =
+        Bed::new(BOTH, &[("be1", server.0, server.1), ("be2", server.0, server.1), ("client", server.0, "5")])
+    else {
+        return;
+    };
     let backend = one_backend(&bed.exchange(ROUNDS, true));
     assert!(bed.tcp_ext(&backend, "TCPFastOpenPassive") >= 1, "the connection was opened with Fast Open");
     let (server, client) = bed.counters();
@@ -414,7 +433,7 @@ fn tcp_fast_open_still_delivers_the_id() {
 
 #[test]
 fn client_without_the_program_sends_no_echo_and_nothing_breaks() {
-    let bed = Bed::new(Case { client: false, ..BOTH }, &[]);
+    let Some(bed) = Bed::new(Case { client: false, ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!(server.written, 1, "{server:?}");
@@ -427,7 +446,7 @@ fn client_without_the_program_sends_no_echo_and_nothing_breaks() {
 
 #[test]
 fn server_without_the_program_leaves_the_client_nothing_to_echo() {
-    let bed = Bed::new(Case { server: None, ..BOTH }, &[]);
+    let Some(bed) = Bed::new(Case { server: None, ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (_, client) = bed.counters();
     assert_eq!((client.parsed, client.skipped, client.echoed), (0, 1, 0), "{client:?}");

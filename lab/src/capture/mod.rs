@@ -138,11 +138,8 @@ fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: the pointers and lengths describe live locals.
     unsafe {
-        if libc::bind(
-            socket.as_raw_fd(),
-            (&raw const addr).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        ) != 0
+        if libc::bind(socket.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+            != 0
             || libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,

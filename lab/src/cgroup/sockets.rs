@@ -28,7 +28,8 @@ pub fn sockets_in(cgroup: &Path, domain: i32, kind: i32, count: usize) -> io::Re
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cgroup path contains NUL"))?;
     let mut pair = [0 as RawFd; 2];
     // SAFETY: `pair` has room for the two descriptors.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0 {
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fresh descriptors, owned from here on.
@@ -54,7 +55,8 @@ pub fn sockets_in(cgroup: &Path, domain: i32, kind: i32, count: usize) -> io::Re
     let fds = received?;
     if fds.len() != count {
         let errno = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 0 };
-        let cause = if errno > 0 { io::Error::from_raw_os_error(errno).to_string() } else { format!("status {status}") };
+        let cause =
+            if errno > 0 { io::Error::from_raw_os_error(errno).to_string() } else { format!("status {status}") };
         return Err(io::Error::other(format!(
             "a helper in cgroup {} made {} of {count} sockets: {cause}",
             cgroup.display(),

@@ -155,7 +155,9 @@ impl Default for Settings {
 /// Every entry of one connection table. An entry evicted while the walk runs ends the walk
 /// early in the kernel (`ENOENT` on the next key), which is what any reader of a live LRU gets;
 /// any other error is reported.
-fn entries<T: std::borrow::Borrow<MapData>>(table: &HashMap<T, ConnKey, ConnEntry>) -> Result<Vec<(ConnKey, ConnEntry)>> {
+fn entries<T: std::borrow::Borrow<MapData>>(
+    table: &HashMap<T, ConnKey, ConnEntry>,
+) -> Result<Vec<(ConnKey, ConnEntry)>> {
     table.iter().collect::<Result<_, _>>().map_err(map_err("walk a connection table"))
 }
 

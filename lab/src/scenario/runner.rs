@@ -168,7 +168,8 @@ async fn run_variant(
     step("starting services");
     for backend in &workload.backends {
         let id = registry.id(backend).expect("every backend has an id");
-        start_service(&mut lab, backend, &opts.service_exe, &service_args(workload, backend, id), phase_timeout).await?;
+        start_service(&mut lab, backend, &opts.service_exe, &service_args(workload, backend, id), phase_timeout)
+            .await?;
     }
 
     // Declared after the lab, so dropped before it: the programs detach while their
@@ -263,7 +264,13 @@ pub fn service_args(workload: &WorkloadSpec, backend: &str, id: u32) -> Vec<Stri
 
 /// Starts `exe args` (a `zrlab service`) in `node` and waits until it reports
 /// [`Phase::Ready`]; an error says how it ended if it exited first.
-pub async fn start_service(lab: &mut Lab, node: &str, exe: &std::path::Path, args: &[String], timeout: Duration) -> Result<()> {
+pub async fn start_service(
+    lab: &mut Lab,
+    node: &str,
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<()> {
     let spawned = lab.spawn(node, exe, args)?;
     if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
         return Ok(());
@@ -276,7 +283,10 @@ pub async fn start_service(lab: &mut Lab, node: &str, exe: &std::path::Path, arg
         },
         None => "closed its stdout but still runs".to_owned(),
     };
-    Err(LabError::Service { name: format!("{node}/a"), message: format!("exited before it was {} ({ended})", Phase::Ready) })
+    Err(LabError::Service {
+        name: format!("{node}/a"),
+        message: format!("exited before it was {} ({ended})", Phase::Ready),
+    })
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.

@@ -35,9 +35,8 @@ fn peer_id(ctx: &SockOpsContext, create: bool) -> Option<*mut u32> {
     }
     let flags = if create { u64::from(BPF_SK_STORAGE_GET_F_CREATE) } else { 0 };
     // SAFETY: the map is a socket storage map and `sk` a socket the kernel passed.
-    let slot = unsafe {
-        bpf_sk_storage_get(ptr::from_ref(&PEER_ID).cast_mut().cast(), sk.cast(), ptr::null_mut(), flags)
-    };
+    let slot =
+        unsafe { bpf_sk_storage_get(ptr::from_ref(&PEER_ID).cast_mut().cast(), sk.cast(), ptr::null_mut(), flags) };
     (!slot.is_null()).then_some(slot.cast())
 }
 
