@@ -100,6 +100,22 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// What routing by the TCP option costs: the LB per packet (id routing on vs off) and the
+    /// hosts' connection set-up and request latency (sock_ops attached vs detached).
+    Tpr {
+        /// Iterations per BPF_PROG_TEST_RUN call (the LB part).
+        #[arg(long, default_value_t = zrlab::tpr::bench::Options::default().repeat)]
+        repeat: u32,
+        /// Paired rounds (baseline, then the measured configuration); medians are reported.
+        #[arg(long, default_value_t = zrlab::tpr::bench::Options::default().rounds)]
+        rounds: usize,
+        /// Connections per set-up sample.
+        #[arg(long, default_value_t = zrlab::tpr::bench::Options::default().connections)]
+        connections: usize,
+        /// Request round trips per latency sample.
+        #[arg(long, default_value_t = zrlab::tpr::bench::Options::default().requests)]
+        requests: usize,
+    },
     /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).
     Bind443 {
         /// Socket counts (the first is the baseline).
@@ -162,14 +178,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let files = default_scenarios(&cli.fixtures.join("scenarios"))?;
             runtime.block_on(run_files(&files, false, cli.time_scale, out))
         }
-        Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, out)),
+        Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, &cli.fixtures, out)),
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Service(_)) => unreachable!("handled above"),
     }
 }
 
-async fn run_bench(bench: Bench, out: &Path) -> Result<ExitCode> {
+async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode> {
     match bench {
+        Bench::Tpr { repeat, rounds, connections, requests } => {
+            let opts =
+                zrlab::tpr::bench::Options { repeat, rounds, connections, requests, fixtures: fixtures.to_owned() };
+            eprintln!(
+                "measuring the TCP option's cost: the LB (repeat {repeat}), then {connections} connections and \
+                 {requests} round trips per sample, {rounds} paired rounds per configuration..."
+            );
+            let report = zrlab::tpr::bench::run(&opts).await?;
+            print!("{}", report.table());
+            write_json(out, "tpr.json", &report)?;
+        }
         Bench::Xdp { repeat, rounds, only } => {
             eprintln!("measuring xdp_lb by category (repeat {repeat}, {rounds} rounds each)...");
             let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds, only })?;

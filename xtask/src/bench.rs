@@ -28,6 +28,9 @@ enum Name {
     Bind443,
     /// The XDP load balancer per packet (ratio to an empty program) and Maglev.
     Xdp,
+    /// Routing by the TCP option: the LB with id routing on vs off, hosts with sock_ops
+    /// attached vs detached.
+    Tpr,
 }
 
 /// Entry point of `cargo xtask bench`.
@@ -37,6 +40,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let name = match opts.name {
         Name::Bind443 => "bind443",
         Name::Xdp => "xdp",
+        Name::Tpr => "tpr",
     };
     let out = exec::workspace_root().join("target/bench");
     exec::exec(Command::new(binary).arg("bench").arg(name).arg("--out").arg(out).args(&opts.args))

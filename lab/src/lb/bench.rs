@@ -143,7 +143,7 @@ fn frame(src: &str, dst: &str, payload: IpPayload) -> Vec<u8> {
     FrameRepr::with_ip(IpRepr::new(ip(src), ip(dst), payload)).emit()
 }
 
-fn tcp(src: &str, dst: &str, dport: u16, flags: u8, options: Vec<TcpOption>) -> Vec<u8> {
+pub(crate) fn tcp(src: &str, dst: &str, dport: u16, flags: u8, options: Vec<TcpOption>) -> Vec<u8> {
     let mut tcp = TcpRepr::new(40000, dport, flags);
     tcp.options = options;
     frame(src, dst, IpPayload::Tcp(tcp))
@@ -154,7 +154,7 @@ fn udp(src: &str, dst: &str, dport: u16, payload: Vec<u8>) -> Vec<u8> {
 }
 
 /// The benchmark's LB: one VIP per path, four IPv4 reals, ids 1..=4 live.
-fn balancer() -> Result<Balancer> {
+pub(crate) fn balancer() -> Result<Balancer> {
     let mut lb = Balancer::load(&Settings::default())?;
     let reals: Vec<RealSpec> = ["192.0.2.2", "192.0.2.6", "192.0.2.10", "192.0.2.14"]
         .iter()
@@ -210,7 +210,7 @@ fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
 
 /// One sample of the restoring method: `repeat` iterations in one call, ns per iteration (the
 /// kernel's whole nanoseconds, plus half of one for its rounding down), and the verdict.
-fn sample(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
+pub(crate) fn sample(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(f64, u32)> {
     let result = program
         .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
         .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
@@ -230,19 +230,19 @@ fn sample_katran(program: &Xdp, frame: &[u8], calls: u32) -> Result<f64> {
 }
 
 /// A case measured against the floor in pairs.
-struct Paired {
+pub(crate) struct Paired {
     /// Every floor sample.
-    floors: Vec<f64>,
+    pub(crate) floors: Vec<f64>,
     /// Median of the program's samples.
-    ns: f64,
+    pub(crate) ns: f64,
     /// Median of each round's program sample over the floor sample taken just before it.
-    ratio: f64,
+    pub(crate) ratio: f64,
 }
 
 /// Runs `rounds` rounds of a floor sample followed at once by a program sample: a slow spell
 /// of a busy machine then slows both, and the median of the rounds' ratios sees through it,
 /// where medians taken seconds apart did not (ratios swung by a third between runs).
-fn paired(
+pub(crate) fn paired(
     rounds: usize,
     mut floor: impl FnMut() -> Result<f64>,
     mut program: impl FnMut() -> Result<f64>,
@@ -258,7 +258,7 @@ fn paired(
     Ok(Paired { floors, ns: median(&samples), ratio: median(&ratios) })
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     quantile(v, 0.5)
 }
 

@@ -2,9 +2,10 @@
 //! option; wire format in `zrlab_common::tpr`), loaded and attached to a node's cgroup.
 //!
 //! Public surface: [`Side`], [`SockOpsTpr`] (one side attached to one cgroup, with its id and
-//! counters) and [`TprCounters`]. Which id a backend carries is the server-id registry's
+//! counters) and [`TprCounters`]; [`bench`] measures what the mechanism costs. Which id a backend carries is the server-id registry's
 //! business (`crate::server_id`); this module only programs what it is told.
 
+pub mod bench;
 mod sockops;
 
 pub use sockops::{Side, SockOpsTpr, TprCounters};
