@@ -6,7 +6,7 @@
 //! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
-//! "client": {...}} | null}]}`.
+//! "client": {...}} | null, "ecmp_reproducible"}]}`.
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
@@ -101,6 +101,9 @@ pub struct ScenarioReport {
     pub lb: Option<LbTotals>,
     /// The main run's sock_ops counters.
     pub tpr: Option<TprTotals>,
+    /// Whether the routers' ECMP hash was seeded (6.11+): only then does a rerun route the same
+    /// flows the same way. Expectations count flows, not which ones, so they hold either way.
+    pub ecmp_reproducible: bool,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -139,6 +142,7 @@ impl From<&Outcome> for ScenarioReport {
             losses: main.map(|m| m.losses.clone()).unwrap_or_default(),
             lb: main.and_then(|m| m.measures.lb),
             tpr: main.and_then(|m| m.measures.tpr),
+            ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
         }
     }
 }
@@ -159,12 +163,12 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| {:<28} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+            "| {:<30} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
             "scenario", "verdict", "flows", "resets", "misroutes", "drops", "control r/m/d", "setup ms", "teardown ms"
         );
         let _ = writeln!(
             out,
-            "|{:-<30}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
+            "|{:-<32}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
             "", "", "", "", "", "", "", "", ""
         );
         for s in &self.scenarios {
@@ -172,7 +176,7 @@ impl Report {
             let verdict = serde_json::to_value(s.verdict).expect("serialisable");
             let _ = writeln!(
                 out,
-                "| {:<28} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+                "| {:<30} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
                 s.name,
                 verdict.as_str().unwrap_or("?"),
                 s.flows,
@@ -220,6 +224,13 @@ impl Report {
                 for l in &s.losses {
                     let _ = writeln!(out, "- {} `{}`: {}", l.node, l.counter, l.count);
                 }
+            }
+            if !s.ecmp_reproducible {
+                let _ = writeln!(
+                    out,
+                    "\nThis kernel cannot seed the routers' ECMP hash (fib_multipath_hash_seed, 6.11+): \
+                     a rerun moves the same number of flows, not the same flows."
+                );
             }
             if let Some(lb) = &s.lb {
                 let _ = writeln!(

@@ -88,6 +88,9 @@ pub struct VariantOutcome {
     pub losses: Vec<Loss>,
     /// The run prefix of a kept topology.
     pub kept: Option<String>,
+    /// Routers whose ECMP hash could not be seeded on this kernel (see `Lab::ecmp_unseeded`):
+    /// the run is not reproducible flow for flow.
+    pub ecmp_unseeded: Vec<String>,
 }
 
 /// A scenario's result.
@@ -243,8 +246,19 @@ async fn run_variant(
 
     step("tearing down");
     let kept = keep.then(|| lab.run_id().to_string());
+    let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome { tally: measures.tally.clone(), measures, checks, setup, teardown, flows, losses, kept })
+    Ok(VariantOutcome {
+        tally: measures.tally.clone(),
+        measures,
+        checks,
+        setup,
+        teardown,
+        flows,
+        losses,
+        kept,
+        ecmp_unseeded,
+    })
 }
 
 /// The arguments of `zrlab service` for `backend` serving `workload` with server id `id`.

@@ -82,6 +82,7 @@ pub struct Lab {
     children: Vec<(String, Child)>,
     setup: Duration,
     torn_down: bool,
+    ecmp_unseeded: Vec<String>,
 }
 
 impl Lab {
@@ -99,6 +100,7 @@ impl Lab {
             children: Vec::new(),
             setup: Duration::ZERO,
             torn_down: false,
+            ecmp_unseeded: Vec::new(),
         };
         // From here on, an error drops `lab`, which removes whatever was already made.
         lab.cgroup = Some(Cgroup::create(cgroup2_root()?.join(run.to_string()))?);
@@ -108,7 +110,9 @@ impl Lab {
             lab.nodes.insert(node.name.clone(), Node { role: node.role, netns, nl });
             let node_ref = &lab.nodes[&node.name];
             node_ref.nl.link_up("lo").await?;
-            configure_sysctls(node_ref)?;
+            if !configure_sysctls(node_ref)? {
+                lab.ecmp_unseeded.push(node.name.clone());
+            }
             for addr in &node.loopback {
                 node_ref.nl.addr_add("lo", *addr).await?;
             }
@@ -157,6 +161,13 @@ impl Lab {
     /// The topology this lab was built from.
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Routers whose ECMP hash could not be seeded (`fib_multipath_hash_seed` is 6.11+): their
+    /// hash key is random per namespace, so which flows a member change moves differs from run
+    /// to run (the counts of a scenario's expectations must not depend on which).
+    pub fn ecmp_unseeded(&self) -> &[String] {
+        &self.ecmp_unseeded
     }
 
     /// How long [`Lab::build`] took.
@@ -424,8 +435,9 @@ impl Drop for Lab {
 }
 
 /// Per-role sysctls, written from a thread inside the node's namespace (`/proc/sys/net` shows
-/// the namespace of the thread that opens it).
-fn configure_sysctls(node: &Node) -> Result<()> {
+/// the namespace of the thread that opens it). False when the node is a router whose ECMP hash
+/// seed could not be set (kernels before 6.11 have no `fib_multipath_hash_seed`).
+fn configure_sysctls(node: &Node) -> Result<bool> {
     let mut settings: Vec<(&str, String)> = vec![
         // Backends receive packets for a VIP on lo and routers see asymmetric paths: strict
         // reverse-path filtering (inherited from the host by new namespaces) would drop them.
@@ -459,9 +471,9 @@ fn configure_sysctls(node: &Node) -> Result<()> {
                     write(&format!("net/{family}/fib_multipath_hash_policy"), "1")?;
                 }
             }
-            // Optional: kernels before 6.11 have no seed and hash with a random key.
-            let _ = write("net/ipv4/fib_multipath_hash_seed", &MULTIPATH_HASH_SEED.to_string());
+            // Kernels before 6.11 have no seed and hash with a random key: reported, not fatal.
+            return Ok(write("net/ipv4/fib_multipath_hash_seed", &MULTIPATH_HASH_SEED.to_string()).is_ok());
         }
-        Ok(())
+        Ok(true)
     })?
 }

@@ -89,6 +89,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Receive errors in a row after which a UDP socket is given up (each receive either succeeds
+/// or fails at once, so a persistent error would otherwise spin a core).
+const MAX_RECV_FAILURES: u32 = 100;
+
 fn announce(phase: Phase) {
     let mut out = std::io::stdout().lock();
     // The lab reads these lines; a lab that went away (kept runs) is no reason to stop serving.
@@ -195,9 +199,23 @@ async fn serve_datagrams(
     issued: Arc<Mutex<HashSet<[u8; CID_LEN]>>>,
 ) {
     let mut buf = vec![0u8; 2048];
+    let mut failures = 0;
     loop {
-        let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
-            continue;
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => {
+                failures = 0;
+                received
+            }
+            // An unconnected UDP socket reports ICMP errors for earlier sends (a client that
+            // went away): one is no reason to stop. A persistent error is, instead of spinning.
+            Err(e) => {
+                failures += 1;
+                if failures >= MAX_RECV_FAILURES {
+                    eprintln!("service {identity}: giving up on UDP after {failures} receive errors in a row: {e}");
+                    return;
+                }
+                continue;
+            }
         };
         let Ok(datagram) = Datagram::parse(&buf[..len]) else {
             continue;

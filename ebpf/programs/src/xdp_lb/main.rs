@@ -8,7 +8,8 @@
 //! conformance suite): non-IP frames and packets to non-VIP addresses pass untouched; to a VIP
 //! address, IPv4 options, fragments, IPv6 extension headers, ICMP and other protocols pass to
 //! the stack (which does not own the VIP and drops them); lengths that disagree with the frame,
-//! bad header lengths and truncated headers are dropped. Nothing unvalidated is forwarded.
+//! bad header lengths and truncated headers are dropped. What is validated is structure (see the
+//! README): not checksums or TTL, which the tunnel carries unchanged to the backend's stack.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
