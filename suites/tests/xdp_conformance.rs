@@ -17,7 +17,7 @@ use zrlab::{
         model::{Path, Verdict},
     },
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
-    workload::quic::{CidVersion, LongType},
+    workload::quic::{CidVersion, LongType, VERSION_2},
 };
 
 /// Runs `cases` in order through the fixture; returns the snapshot text.
@@ -271,7 +271,12 @@ fn tcp_option_routing() {
             flow(41016, ACK, vec![TcpOption::Unknown { kind: 30, data: vec![0; 32] }, tpr(200)]),
         ),
         ("length byte missing at the end of the options", raw(41017, &[1, 1, 1, 8])),
-        ("v6 ack with live id 200", tcp(CLIENT6, 41018, VIP6, 80, ACK, vec![tpr(200)])),
+        ("v6 ack with live id 600: routed", tcp(CLIENT6, 41018, VIP6, 80, ACK, vec![tpr(600)])),
+        (
+            "v6 ack with id 200, live but a real of v4 VIPs only: falls back",
+            tcp(CLIENT6, 41021, VIP6, 80, ACK, vec![tpr(200)]),
+        ),
+        ("v4 ack with id 600, live but a real of the v6 VIP only: falls back", flow(41022, ACK, vec![tpr(600)])),
         ("vip without id routing: option ignored", tcp(CLIENT4, 41019, "203.0.113.20", 80, ACK, vec![tpr(200)])),
     ];
     insta::assert_snapshot!(run(cases));
@@ -279,14 +284,17 @@ fn tcp_option_routing() {
 
 /// The connection table's key folds each IPv6 address to one word (`ConnKey`): flows whose
 /// keys collide must never share an entry. A and B differ only in the order of their source
-/// address words, so they fold alike; A's entry points at a real B's ring could never pick.
+/// address words, so they fold alike; A's entry points at a real B's ring does not pick.
 #[test]
 fn folded_key_collisions() {
     const A: &str = "2001:db8:100::2";
     const B: &str = "100:0:2001:db8::2";
     let ack = |src: &str, opts: Vec<TcpOption>| tcp(src, 41020, VIP6, 80, ACK, opts);
     let cases = vec![
-        ("flow a, live id 200: routed by id, the table remembers a v4 real", ack(A, vec![TcpOption::ServerId(200)])),
+        (
+            "flow a, live id 600: routed by id, the table remembers a real b's ring does not pick",
+            ack(A, vec![TcpOption::ServerId(600)]),
+        ),
         ("flow b, same key: a's entry is not b's, ring", ack(B, vec![])),
         ("flow b again: its own entry, table hit", ack(B, vec![])),
         ("flow a again: b's entry replaced a's, ring", ack(A, vec![])),
@@ -298,6 +306,8 @@ fn folded_key_collisions() {
 #[test]
 fn quic_connection_id_routing() {
     let q = |port: u16, payload: Vec<u8>| udp(CLIENT4, port, VIP4, 443, &payload);
+    // An 8-byte destination CID carrying `id` in the v1 layout.
+    let id_cid = |id: u32| quic_short(CidVersion::V1, id)[1..9].to_vec();
     let cases = vec![
         ("initial: hashed", q(42000, quic_long(LongType::Initial, vec![0xc0, 0, 0, 1, 44, 0, 0, 0]))),
         ("0-rtt: hashed", q(42001, quic_long(LongType::ZeroRtt, vec![0xc0, 0, 0, 1, 44, 0, 0, 0]))),
@@ -334,6 +344,22 @@ fn quic_connection_id_routing() {
         ("short header cut to 5 bytes: hashed", q(42012, quic_short(CidVersion::V3, 300)[..5].to_vec())),
         ("long header cut to 4 bytes: hashed", q(42013, quic_long(LongType::Handshake, vec![0; 8])[..4].to_vec())),
         ("empty datagram: hashed", q(42014, vec![])),
+        // QUIC v2 (RFC 9369) numbers the long-header types differently.
+        ("quic v2 initial: hashed", q(42015, quic_long_in(VERSION_2, LongType::Initial, id_cid(100)))),
+        (
+            "quic v2 0-rtt (v1's handshake bits): hashed",
+            q(42016, quic_long_in(VERSION_2, LongType::ZeroRtt, id_cid(100))),
+        ),
+        ("quic v2 handshake, v1 id 100: routed", q(42017, quic_long_in(VERSION_2, LongType::Handshake, id_cid(100)))),
+        (
+            "quic v2 retry (v1's initial bits), id 100: routed",
+            q(42018, quic_long_in(VERSION_2, LongType::Retry, id_cid(100))),
+        ),
+        (
+            "unknown version with handshake bits: hashed",
+            q(42019, quic_long_in(0xff00_001d, LongType::Handshake, id_cid(100))),
+        ),
+        ("version negotiation (version 0): hashed", q(42020, quic_long_in(0, LongType::Handshake, id_cid(100)))),
     ];
     insta::assert_snapshot!(run(cases));
 }

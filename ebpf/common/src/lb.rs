@@ -13,7 +13,9 @@ pub const VIP_ADDRS_MAP: &str = "LB_VIP_ADDRS";
 pub const RINGS_MAP: &str = "LB_RINGS";
 /// Name of the real (backend) table: index -> `Real`.
 pub const REALS_MAP: &str = "LB_REALS";
-/// Name of the live server-id table: server id -> real index.
+/// Name of the live server-id table: [`IdKey`] (a server id within a VIP) -> real index. An id
+/// routes only within the VIPs its real is a member of (up or drained): a packet to VIP A
+/// carrying the id of a real that serves only VIP B falls back to the table and ring.
 pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
 /// Name of the per-CPU connection tables (array of LRU maps, one per CPU).
 pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
@@ -30,8 +32,8 @@ pub const MAX_RING: u32 = 65_537;
 pub const MAX_VIPS: u32 = 16;
 /// Reals the maps hold.
 pub const MAX_REALS: u32 = 1024;
-/// Server ids the live-id table holds.
-pub const MAX_SERVER_IDS: u32 = 4096;
+/// Entries of the live-id table: (VIP, server id) pairs.
+pub const MAX_SERVER_IDS: u32 = 16_384;
 /// CPUs the per-CPU connection tables cover; CPUs beyond use the fallback table.
 pub const MAX_CPUS: u32 = 128;
 /// Entries of each per-CPU connection table.
@@ -61,6 +63,21 @@ pub const TPR_MAX_OPTIONS: u32 = 15;
 
 /// Shortest QUIC connection id that is routed by id.
 pub const QUIC_MIN_CID: u32 = 8;
+
+/// Key of the live-id table: a server id within a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdKey {
+    /// The VIP's number (`VipMeta::vip_num`).
+    pub vip_num: u32,
+    /// The server id.
+    pub id: u32,
+}
+
+/// QUIC version 1 (RFC 9000): long-header types Initial 0, 0-RTT 1, Handshake 2, Retry 3.
+pub const QUIC_VERSION_1: u32 = 1;
+/// QUIC version 2 (RFC 9369): long-header types Retry 0, Initial 1, 0-RTT 2, Handshake 3.
+pub const QUIC_VERSION_2: u32 = 0x6b33_43cf;
 
 /// A VIP: address, port (0 for any port) and protocol.
 #[repr(C)]
@@ -402,6 +419,7 @@ mod pod {
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for IdKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipStats {}

@@ -14,9 +14,10 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS,
-    MAX_RING, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET,
-    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, IdKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS,
+    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
+    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta,
+    VipStats, counter,
 };
 
 use super::maglev::{self, Backend};
@@ -218,6 +219,8 @@ impl Counters {
 struct VipState {
     num: u32,
     flags: u32,
+    /// Its reals with a weight (up or down): the reals whose ids route within it.
+    members: Vec<IpAddr>,
 }
 
 /// A loaded LB.
@@ -229,6 +232,8 @@ pub struct Balancer {
     tables: Vec<HashMap<MapData, ConnKey, ConnEntry>>,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
+    /// The live ids (id -> real), as last synced.
+    live: BTreeMap<u32, IpAddr>,
 }
 
 impl Balancer {
@@ -236,7 +241,8 @@ impl Balancer {
     pub fn load(settings: &Settings) -> Result<Self> {
         // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
         let bpf = Loaded::load_with(Object::XdpLb, (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
-        let mut balancer = Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new() };
+        let mut balancer =
+            Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new(), live: BTreeMap::new() };
         balancer.create_connection_tables()?;
         Ok(balancer)
     }
@@ -343,23 +349,44 @@ impl Balancer {
         if self.vips.get(&key).is_some_and(|old| old.flags != meta.flags) {
             self.flush_vip(num)?;
         }
-        self.vips.insert(key, VipState { num, flags: meta.flags });
-        Ok(())
+        let members = reals.iter().filter(|r| r.weight > 0).map(|r| r.addr).collect();
+        self.vips.insert(key, VipState { num, flags: meta.flags, members });
+        self.write_ids()
     }
 
-    /// Makes the live-id table exactly `live` (server id -> real address): ids not in it are
-    /// removed, so packets carrying them fall back to the ring.
+    /// Makes the live ids exactly `live` (server id -> real address): ids not in it are
+    /// removed, so packets carrying them fall back to the table and ring. Each id routes only
+    /// within the VIPs its real is a member of.
     pub fn sync_server_ids(&mut self, live: &BTreeMap<u32, IpAddr>) -> Result<()> {
-        let wanted: Vec<(u32, u32)> =
-            live.iter().map(|(id, addr)| Ok((*id, self.real_index(*addr)?))).collect::<Result<_>>()?;
-        let mut ids: HashMap<_, u32, u32> =
-            HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
-        let present: Vec<u32> = ids.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
-        for (id, real) in &wanted {
-            ids.insert(id, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
+        self.live = live.clone();
+        self.write_ids()
+    }
+
+    /// Writes the live-id table from the live ids and the VIPs' members.
+    fn write_ids(&mut self) -> Result<()> {
+        let pairs: Vec<(IdKey, IpAddr)> = self
+            .vips
+            .values()
+            .flat_map(|vip| {
+                self.live
+                    .iter()
+                    .filter(|(_, addr)| vip.members.contains(addr))
+                    .map(|(id, addr)| (IdKey { vip_num: vip.num, id: *id }, *addr))
+            })
+            .collect();
+        let wanted: BTreeMap<IdKey, u32> =
+            pairs.into_iter().map(|(key, addr)| Ok((key, self.real_index(addr)?))).collect::<Result<_>>()?;
+        if wanted.len() > MAX_SERVER_IDS as usize {
+            return Err(LabError::Unsupported(format!("more than {MAX_SERVER_IDS} (VIP, server id) pairs")));
         }
-        for id in present.iter().filter(|id| !live.contains_key(id)) {
-            ids.remove(id).map_err(map_err("remove from LB_SERVER_IDS"))?;
+        let mut ids: HashMap<_, IdKey, u32> =
+            HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
+        let present: Vec<IdKey> = ids.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
+        for (key, real) in &wanted {
+            ids.insert(key, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
+        }
+        for key in present.iter().filter(|key| !wanted.contains_key(key)) {
+            ids.remove(key).map_err(map_err("remove from LB_SERVER_IDS"))?;
         }
         Ok(())
     }

@@ -10,6 +10,13 @@
 //! replace each other's entries as in the kernel; it never evicts otherwise: the suites stay far
 //! below the tables' sizes.
 //!
+//! What it still shares with the program (issue "Make the existing proofs trustworthy" tracks
+//! the rest): the flow and encapsulation hashes and the folded key. QUIC connection ids are
+//! decoded by the workload's codec (`workload::quic::server_id_of`, checked against hand-made
+//! known answers), not by the program's `quic_server_id`; long-header types by RFC 9000 and
+//! RFC 9369's tables (`LongType::of_bits`); the live-id check within a VIP from the VIP's own
+//! reals.
+//!
 //! Pure: no I/O, no clock.
 
 use std::{
@@ -17,7 +24,7 @@ use std::{
     net::IpAddr,
 };
 
-use zrlab_common::lb::{ConnKey, FlowKey, QUIC_MIN_CID, VipKey, encap_hash, flow_hash, quic_server_id};
+use zrlab_common::lb::{ConnKey, FlowKey, QUIC_MIN_CID, VipKey, encap_hash, flow_hash};
 
 use super::{
     balancer::{RealSpec, Settings, VipSpec, words},
@@ -251,8 +258,10 @@ impl Model {
         } else {
             None
         };
+        // A live id routes only within the VIPs its real is a member of (a weight, up or not).
         if let Some((id, path)) = id
             && let Some(real) = self.server_ids.get(&id).copied()
+            && vip.reals.iter().any(|r| r.addr == real && r.weight > 0)
         {
             if !spec.no_lru {
                 self.remember(&pkt.flow, real);
@@ -348,14 +357,19 @@ fn ports_of(f: &[u8], l4: usize) -> u32 {
 }
 
 /// The server id of a QUIC datagram (the rules of `xdp_lb`'s `quic_id`); `None` when it carries
-/// no routable id.
+/// no routable id. The connection id is decoded by the workload's codec (`workload::quic`), not
+/// by the program's, and the long-header type by RFC 9000 / RFC 9369's tables.
 fn quic_id(f: &[u8], pkt: &Pkt) -> Option<u32> {
     let payload = pkt.l4 + 8;
     let payload_len = pkt.ip_len - (pkt.l4 - ETH) - 8;
     let first = *f.get(payload)?;
     let cid_off = if first & 0x80 != 0 {
-        let kind = (first >> 4) & 0x3;
-        if kind < 2 || payload_len < 6 {
+        if payload_len < 6 {
+            return None;
+        }
+        let version = u32::from_be_bytes(f[payload + 1..payload + 5].try_into().expect("4 bytes"));
+        let kind = crate::workload::quic::LongType::of_bits((first >> 4) & 0x3, version)?;
+        if !matches!(kind, crate::workload::quic::LongType::Handshake | crate::workload::quic::LongType::Retry) {
             return None;
         }
         let cid_len = u32::from(f[payload + 5]);
@@ -369,8 +383,7 @@ fn quic_id(f: &[u8], pkt: &Pkt) -> Option<u32> {
         }
         payload + 1
     };
-    let cid: [u8; 5] = f[cid_off..cid_off + 5].try_into().expect("5 bytes");
-    quic_server_id(&cid).filter(|id| *id != 0)
+    crate::workload::quic::server_id_of(&f[cid_off..cid_off + QUIC_MIN_CID as usize]).filter(|id| *id != 0)
 }
 
 /// The IPv4 header checksum (over a header whose checksum field is zero).

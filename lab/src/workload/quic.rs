@@ -62,8 +62,36 @@ pub struct Datagram {
     pub payload: Vec<u8>,
 }
 
-/// QUIC version 1.
+/// QUIC version 1 (RFC 9000).
 pub const VERSION_1: u32 = 1;
+/// QUIC version 2 (RFC 9369), which numbers the long-header types differently.
+pub const VERSION_2: u32 = 0x6b33_43cf;
+
+impl LongType {
+    /// The type a long header's type bits (`first byte >> 4 & 3`) mean in `version`: RFC 9000
+    /// section 17.2 for v1, RFC 9369 section 3.2 for v2; `None` for any other version (type
+    /// bits are version-specific, and version negotiation has none).
+    pub fn of_bits(bits: u8, version: u32) -> Option<Self> {
+        let v1 = [Self::Initial, Self::ZeroRtt, Self::Handshake, Self::Retry];
+        let v2 = [Self::Retry, Self::Initial, Self::ZeroRtt, Self::Handshake];
+        match version {
+            VERSION_1 => Some(v1[usize::from(bits & 3)]),
+            VERSION_2 => Some(v2[usize::from(bits & 3)]),
+            _ => None,
+        }
+    }
+
+    /// The type bits of this type in `version` (v1's numbering for versions other than 2).
+    pub fn bits(self, version: u32) -> u8 {
+        let v1 = match self {
+            Self::Initial => 0,
+            Self::ZeroRtt => 1,
+            Self::Handshake => 2,
+            Self::Retry => 3,
+        };
+        if version == VERSION_2 { (v1 + 1) & 3 } else { v1 }
+    }
+}
 const MAX_CID: usize = 20;
 
 impl Datagram {
@@ -81,13 +109,7 @@ impl Datagram {
         let mut out = Vec::with_capacity(self.buffer_len());
         match &self.header {
             Header::Long { kind, version, dcid, scid } => {
-                let bits = match kind {
-                    LongType::Initial => 0,
-                    LongType::ZeroRtt => 1,
-                    LongType::Handshake => 2,
-                    LongType::Retry => 3,
-                };
-                out.push(0xc0 | (bits << 4));
+                out.push(0xc0 | (kind.bits(*version) << 4));
                 out.extend_from_slice(&version.to_be_bytes());
                 out.push(dcid.len() as u8);
                 out.extend_from_slice(dcid);
@@ -116,13 +138,11 @@ impl Datagram {
                 payload: buf[1 + CID_LEN..].to_vec(),
             });
         }
-        let kind = match (first >> 4) & 0x3 {
-            0 => LongType::Initial,
-            1 => LongType::ZeroRtt,
-            2 => LongType::Handshake,
-            _ => LongType::Retry,
-        };
         let version = u32::from_be_bytes(buf.get(1..5).ok_or(QuicError("version truncated"))?.try_into().expect("4"));
+        // Versions other than 1 and 2 are read with v1's type numbers (the lab speaks v1).
+        let kind = LongType::of_bits((first >> 4) & 0x3, version)
+            .or_else(|| LongType::of_bits((first >> 4) & 0x3, VERSION_1))
+            .expect("v1 types every bit pattern");
         let mut at = 5;
         let mut cid = |buf: &[u8]| -> Result<Vec<u8>, QuicError> {
             let len = usize::from(*buf.get(at).ok_or(QuicError("CID length truncated"))?);
@@ -219,6 +239,36 @@ mod tests {
         for version in [CidVersion::V1, CidVersion::V2] {
             assert_eq!(cid_for(version, version.max_id() + 1, [0; CID_LEN]), None, "{version:?}");
         }
+    }
+
+    /// Known answers from the layouts of DESIGN.md, computed by hand (not by `cid_for`).
+    #[test]
+    fn server_ids_decode_from_hand_made_cids() {
+        // v1: 0b01 then 16 id bits: id 0x1234 = 0001 0010 0011 0100 -> 01 000100 | 10001101 | 00 ...
+        assert_eq!(server_id_of(&[0x44, 0x8d, 0x00, 0, 0, 0, 0, 0]), Some(0x1234));
+        // v2: 0b10 then 6 free bits; id in bytes 1..=3.
+        assert_eq!(server_id_of(&[0xbf, 0xab, 0xcd, 0xef, 0xff, 0, 0, 0]), Some(0xab_cdef));
+        // v3: 0b11; id in bytes 1..=4.
+        assert_eq!(server_id_of(&[0xc0, 0x01, 0x02, 0x03, 0x04, 0xff, 0xff, 0xff]), Some(0x0102_0304));
+        // Version 0 carries none; fewer than 8 bytes are no CID the LB routes by.
+        assert_eq!(server_id_of(&[0x3f, 1, 2, 3, 4, 5, 6, 7]), None);
+        assert_eq!(server_id_of(&[0xc0, 1, 2, 3, 4, 5, 6]), None);
+    }
+
+    #[test]
+    fn long_header_types_follow_the_version() {
+        use LongType::*;
+        // RFC 9000 17.2 and RFC 9369 3.2.
+        let v1 = [Initial, ZeroRtt, Handshake, Retry];
+        let v2 = [Retry, Initial, ZeroRtt, Handshake];
+        for bits in 0..4u8 {
+            assert_eq!(LongType::of_bits(bits, VERSION_1), Some(v1[usize::from(bits)]));
+            assert_eq!(LongType::of_bits(bits, VERSION_2), Some(v2[usize::from(bits)]));
+            assert_eq!(v1[usize::from(bits)].bits(VERSION_1), bits);
+            assert_eq!(v2[usize::from(bits)].bits(VERSION_2), bits);
+        }
+        assert_eq!(LongType::of_bits(2, 0), None, "version negotiation has no types");
+        assert_eq!(LongType::of_bits(2, 0xff00_001d), None, "a draft version's types are unknown");
     }
 
     #[test]

@@ -54,9 +54,18 @@ pub(crate) fn fixture_vips() -> Vec<(VipSpec, Vec<RealSpec>)> {
     ]
 }
 
-/// Live server ids of the fixture (400 is a dead id: not in the table).
+/// Live server ids of the fixture (400 is a dead id: not in the table). 500 and 600 belong to
+/// the IPv6 reals, which serve other VIPs than the IPv4 reals' ids do.
 pub(crate) fn fixture_ids() -> BTreeMap<u32, IpAddr> {
-    BTreeMap::from([(100, ip(R1)), (200, ip(R2)), (300, ip(R3)), (0x12_3456, ip(R1)), (0x89ab_cdef, ip(R2))])
+    BTreeMap::from([
+        (100, ip(R1)),
+        (200, ip(R2)),
+        (300, ip(R3)),
+        (500, ip(R6A)),
+        (600, ip(R6B)),
+        (0x12_3456, ip(R1)),
+        (0x89ab_cdef, ip(R2)),
+    ])
 }
 
 /// The BPF LB and the model, configured alike.
@@ -135,11 +144,12 @@ pub(crate) fn quic_short(version: CidVersion, id: u32) -> Vec<u8> {
     Datagram { header: Header::Short { dcid }, payload: b"REQ 1 1\n".to_vec() }.emit()
 }
 
-/// A QUIC long header of `kind` with destination CID `dcid`.
+/// A QUIC v1 long header of `kind` with destination CID `dcid`.
 pub(crate) fn quic_long(kind: LongType, dcid: Vec<u8>) -> Vec<u8> {
-    Datagram {
-        header: Header::Long { kind, version: VERSION_1, dcid, scid: vec![7; 8] },
-        payload: b"REQ 1 0\n".to_vec(),
-    }
-    .emit()
+    quic_long_in(VERSION_1, kind, dcid)
+}
+
+/// A QUIC long header of `kind` in `version` (type bits as that version numbers them).
+pub(crate) fn quic_long_in(version: u32, kind: LongType, dcid: Vec<u8>) -> Vec<u8> {
+    Datagram { header: Header::Long { kind, version, dcid, scid: vec![7; 8] }, payload: b"REQ 1 0\n".to_vec() }.emit()
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, CounterBlock, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS, MAX_RING,
-    MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
+    Config, ConnEntry, ConnKey, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS,
+    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -28,7 +28,7 @@ pub static RINGS: ArrayOfMaps<BtfArray<u32, { MAX_RING as usize }>, { MAX_VIPS a
 pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 
 #[map(name = "LB_SERVER_IDS")]
-pub static SERVER_IDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
+pub static SERVER_IDS: HashMap<IdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
 
 /// One connection table per CPU (as katran): the control plane creates them; a CPU without one
 /// uses the fallback alone.

@@ -5,8 +5,8 @@
 //! 1. unless it is a SYN (a new connection always hashes), the connection table (this CPU's,
 //!    then the shared fallback);
 //! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
-//!    option's id, for QUIC the destination CID's id; a live id picks the real (whatever the
-//!    table said) and corrects the table;
+//!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
+//!    member of the VIP) picks the real (whatever the table said) and corrects the table;
 //! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
 //!    result is remembered in the connection tables.
 //!
@@ -18,8 +18,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, FlowKey, MAX_RING, QUIC_MIN_CID, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET,
-    VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
+    ConnEntry, ConnKey, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND, TPR_LEN,
+    TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta,
+    counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
@@ -50,7 +51,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     let key = ConnKey::of(&pkt.flow);
     if !syn {
         if let Some(hit) = lookup(&key, &pkt.flow, stats) {
-            let real = by_id(ctx, pkt, hit.flags, stats).unwrap_or(hit.real);
+            let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
             if real != hit.real {
                 remember(&key, ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
             }
@@ -58,7 +59,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
         }
     }
     let Some(meta) = vip(pkt) else { return Route::NoService };
-    if let Some(real) = by_id(ctx, pkt, meta.flags, stats) {
+    if let Some(real) = by_id(ctx, pkt, meta.flags, meta.vip_num, stats) {
         if meta.flags & VIP_F_NO_LRU == 0 {
             remember(&key, ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
         }
@@ -92,9 +93,10 @@ fn vip(pkt: &Pkt) -> Option<VipMeta> {
     unsafe { VIPS.get(&key) }.copied()
 }
 
-/// The live real of the server id `pkt` carries, when `flags` turn id routing on for it.
+/// The live real of the server id `pkt` carries within VIP `vip_num`, when `flags` turn id
+/// routing on for it.
 #[inline(always)]
-fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, stats: &Stats) -> Option<u32> {
+fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, vip_num: u32, stats: &Stats) -> Option<u32> {
     // A TCP header without options carries no id: skip the walk and its set-up.
     let id = if pkt.flow.proto == IPPROTO_TCP
         && pkt.tcp_hdr_len > TCP_LEN
@@ -108,7 +110,7 @@ fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, stats: &Stats) -> Option<u32> 
         return None;
     };
     // SAFETY (verifier): a plain map lookup, copied out at once.
-    match unsafe { SERVER_IDS.get(&id) } {
+    match unsafe { SERVER_IDS.get(&IdKey { vip_num, id }) } {
         Some(real) => {
             stats.add(if pkt.flow.proto == IPPROTO_TCP { counter::TCP_ID_ROUTED } else { counter::QUIC_ID_ROUTED });
             Some(*real)
@@ -253,7 +255,9 @@ fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
 
 /// The server id of a QUIC datagram, per katran: Initial and 0-RTT long headers hash; Handshake
 /// and Retry long headers with a destination CID of at least 8 bytes carry an id in it; short
-/// headers are assumed to carry an 8-byte CID.
+/// headers are assumed to carry an 8-byte CID. A long header's type bits mean different types
+/// in QUIC v1 and v2 (RFC 9369), so they are read by version; any other version (version
+/// negotiation included) hashes.
 #[inline(always)]
 fn quic_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let payload = pkt.l4_off + UDP_LEN;
@@ -261,8 +265,24 @@ fn quic_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let first = byte(ctx, payload)?;
     let cid_off = if first & 0x80 != 0 {
         // Long header: type in bits 4-5; version (4 bytes); DCID length; DCID.
+        if payload_len < 6 {
+            stats.add(counter::QUIC_HASHED);
+            return None;
+        }
+        let version = u32::from_be_bytes([
+            byte(ctx, payload + 1)?,
+            byte(ctx, payload + 2)?,
+            byte(ctx, payload + 3)?,
+            byte(ctx, payload + 4)?,
+        ]);
         let kind = (first >> 4) & 0x3;
-        if kind < 2 || payload_len < 6 {
+        // Handshake or Retry: v1 numbers them 2 and 3, v2 3 and 0.
+        let routable = match version {
+            QUIC_VERSION_1 => kind >= 2,
+            QUIC_VERSION_2 => kind == 3 || kind == 0,
+            _ => false,
+        };
+        if !routable {
             stats.add(counter::QUIC_HASHED);
             return None;
         }
