@@ -132,7 +132,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
                 }
             }
         };
-        Some(Vm { qemu, init, accel })
+        Some(Vm { qemu, init, accel: std::cell::Cell::new(accel) })
     };
 
     let started = Instant::now();
@@ -189,8 +189,13 @@ fn merge(files: &[PathBuf], target: &Path) -> Result<()> {
 struct Vm {
     qemu: PathBuf,
     init: PathBuf,
-    accel: Accel,
+    /// KVM until a KVM boot shows no sign of life; TCG from then on.
+    accel: std::cell::Cell<Accel>,
 }
+
+/// How long a KVM boot may keep the console silent before it counts as hung (a KVM boot reaches
+/// the init in seconds; TCG ones take up to about 10 s, and are not held to this).
+const KVM_SIGN_OF_LIFE: Duration = Duration::from_secs(60);
 
 fn fresh_dir(dir: &Path) -> Result<()> {
     if dir.exists() {
@@ -265,7 +270,7 @@ fn run_vm(
     let mut column = report::Kernel {
         series: series.clone(),
         release: String::new(),
-        accel: vm.accel.name().into(),
+        accel: vm.accel.get().name().into(),
         cells: Vec::new(),
         boot_s: None,
         wall_s: 0.0,
@@ -288,6 +293,12 @@ fn run_vm(
         let result = boot_and_run(&tree, vm, selection, artifacts, workspace, &out, opts, &mut say);
         let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
         match result {
+            // The probe's firmware ran under this KVM, a kernel does not: TCG from now on.
+            Err(e) if vm.accel.get() == Accel::Kvm && format!("{e:#}").contains(qemu::NO_SIGN_OF_LIFE) => {
+                say("KVM runs the probe but this kernel stays silent under it: TCG from now on");
+                vm.accel.set(Accel::Tcg);
+                column.accel = Accel::Tcg.name().into();
+            }
             Err(e)
                 if first_panic.is_none()
                     && format!("{e:#}").contains("the guest kernel reported")
@@ -361,11 +372,12 @@ fn boot_and_run(
     let initrd = out.join("initramfs.cpio");
     let archive = initramfs::build(&vm.init, &index, workspace, &plan_path)?;
     std::fs::write(&initrd, archive).with_context(|| format!("writing {}", initrd.display()))?;
-    say(&format!("booting {} ({})", tree.release, vm.accel.name()));
+    let accel = vm.accel.get();
+    say(&format!("booting {} ({})", tree.release, accel.name()));
     qemu::run(
         &qemu::Boot {
             qemu: &vm.qemu,
-            accel: vm.accel,
+            accel,
             vmlinuz: &tree.vmlinuz,
             initrd: &initrd,
             workspace,
@@ -373,6 +385,7 @@ fn boot_and_run(
             cpus: GUEST_CPUS,
             timeout: Duration::from_secs(opts.timeout),
             console_log: &out.join("console.log"),
+            sign_of_life: (accel == Accel::Kvm).then_some(KVM_SIGN_OF_LIFE),
         },
         say,
     )

@@ -148,7 +148,13 @@ pub(crate) struct Boot<'a> {
     pub(crate) cpus: u32,
     pub(crate) timeout: Duration,
     pub(crate) console_log: &'a Path,
+    /// Stop with [`NO_SIGN_OF_LIFE`] when the console stays silent this long (KVM boots: a
+    /// paravirtual KVM that runs the probe's firmware can still hang a Linux kernel silently).
+    pub(crate) sign_of_life: Option<Duration>,
 }
+
+/// The error text of a boot stopped for a silent console (see [`Boot::sign_of_life`]).
+pub(crate) const NO_SIGN_OF_LIFE: &str = "no sign of life on the console";
 
 /// What the boot showed.
 pub(crate) struct Booted {
@@ -214,12 +220,21 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
     let mut log = File::create(boot.console_log).with_context(|| format!("creating {}", boot.console_log.display()))?;
     let log_path = boot.console_log.display();
     let deadline = started + boot.timeout;
+    let silent_until = boot.sign_of_life.map(|d| started + d);
+    let mut heard = false;
     let mut booted = Booted { verdict: None, boot_s: None };
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
+        let until = match silent_until {
+            Some(limit) if !heard => limit.min(deadline),
+            _ => deadline,
+        };
+        let line = match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(Line::Console(line)) => line,
             Ok(Line::Eof) => break,
+            Err(_) if !heard && silent_until.is_some_and(|limit| Instant::now() >= limit) => {
+                drop(guard);
+                bail!("{NO_SIGN_OF_LIFE} after {} s; QEMU stopped", started.elapsed().as_secs());
+            }
             Err(_) => {
                 drop(guard);
                 bail!(
@@ -228,6 +243,7 @@ pub(crate) fn run(boot: &Boot<'_>, say: &mut dyn FnMut(&str)) -> Result<Booted> 
                 );
             }
         };
+        heard = true;
         writeln!(log, "{line}").context("writing the console log")?;
         if let Some(marker) = PANIC_MARKERS.iter().find(|m| line.contains(**m)) {
             drop(guard);
