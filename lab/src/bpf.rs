@@ -5,7 +5,7 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
-    programs::{CgroupAttachMode, ProgramError, SockOps, Xdp, XdpMode},
+    programs::{CgroupAttachMode, ProgramError, SkReuseport, SockOps, Xdp, XdpMode},
 };
 
 use crate::{
@@ -28,6 +28,11 @@ pub enum Object {
     Tpr,
     /// `tpr_fill`: a test fixture that fills the TCP option space.
     TprFill,
+    /// `rs_select` and `rs_select_or_migrate`: a release's socket dispatcher
+    /// (`zrlab_common::reuseport`).
+    ReuseportSelect,
+    /// `xdp_drop_ack`: a test fixture that drops handshakes' final ACKs to one port.
+    XdpDropAck,
 }
 
 impl Object {
@@ -40,6 +45,8 @@ impl Object {
             Self::XdpEmpty => "xdp_empty",
             Self::Tpr => "tpr",
             Self::TprFill => "tpr_fill",
+            Self::ReuseportSelect => "reuseport_select",
+            Self::XdpDropAck => "xdp_drop_ack",
         }
     }
 
@@ -52,6 +59,8 @@ impl Object {
             Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
             Self::Tpr => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr")),
             Self::TprFill => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr_fill")),
+            Self::ReuseportSelect => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport_select")),
+            Self::XdpDropAck => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_drop_ack")),
         }
     }
 
@@ -129,8 +138,14 @@ impl Loaded {
     /// Attaches XDP program `name` in native mode to `ifname` inside `netns`. It stays attached
     /// until this value is dropped or the namespace is removed.
     pub fn attach_xdp(&mut self, name: &str, netns: &Netns, ifname: &str) -> Result<()> {
+        self.attach_xdp_in(name, netns, ifname, XdpMode::Driver)
+    }
+
+    /// As [`Loaded::attach_xdp`], in `mode` (`XdpMode::Skb` for devices without native XDP,
+    /// such as `lo`).
+    pub fn attach_xdp_in(&mut self, name: &str, netns: &Netns, ifname: &str, mode: XdpMode) -> Result<()> {
         let program = self.xdp_mut(name)?;
-        netns.run(|| program.attach(ifname, XdpMode::Driver).map(drop))?.map_err(|e| LabError::Bpf {
+        netns.run(|| program.attach(ifname, mode).map(drop))?.map_err(|e| LabError::Bpf {
             what: format!("attach {name} to {ifname} in {}", netns.name()),
             message: e.to_string(),
         })
@@ -156,6 +171,21 @@ impl Loaded {
             what: format!("attach {name} to cgroup {}", cgroup.display()),
             message: error_chain(&e),
         })
+    }
+
+    /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
+    pub fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
+        let program: &mut SkReuseport =
+            self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
+                |e: ProgramError| LabError::Bpf {
+                    what: format!("{name} as an sk_reuseport program"),
+                    message: e.to_string(),
+                },
+            )?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+        }
+        Ok(program)
     }
 
     /// The map `name`.

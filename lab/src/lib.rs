@@ -14,6 +14,7 @@
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left;
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
 //! - [`server_id`]: which backend carries which server id, and which ids are live;
+//! - [`release`]: how old and new process of a service hand over its sockets;
 //! - [`tpr`]: the sock_ops programs that put the server id in a TCP header option;
 //! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
@@ -30,6 +31,7 @@ pub mod netns;
 pub mod nl;
 pub mod packet;
 pub mod port443;
+pub mod release;
 pub mod report;
 pub mod run_id;
 pub mod scenario;

@@ -11,4 +11,5 @@
 pub mod decap;
 pub mod lb;
 pub mod pass;
+pub mod reuseport;
 pub mod tpr;
