@@ -22,6 +22,23 @@ use zrlab::{
     workload::service::{ServiceArgs, serve},
 };
 
+/// `print!` that treats a closed standard output (`zrlab ... | head`) as the end of the
+/// reader's interest, not as a reason to panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `println!`, as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const DEFAULT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures");
 const DEFAULT_TARGET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
 
@@ -79,9 +96,76 @@ enum Command {
         #[arg(long)]
         list: Option<PathBuf>,
     },
+    /// Packet traces: generate seeded ones.
+    Trace {
+        #[command(subcommand)]
+        trace: Trace,
+    },
+    /// Replay a packet trace.
+    Replay {
+        #[command(subcommand)]
+        replay: Replay,
+    },
     /// Internal: the service process started on backends.
     #[command(hide = true)]
     Service(ServiceArgs),
+}
+
+#[derive(Subcommand)]
+enum Trace {
+    /// Write a seeded trace of what an LB node receives from clients (classic pcap).
+    Gen {
+        /// What the trace holds.
+        #[arg(long, value_enum)]
+        kind: zrlab::replay::generate::Kind,
+        /// The pcap file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Seed of every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Flows.
+        #[arg(long, default_value_t = 20)]
+        flows: u32,
+        /// Packets per flow (SYN bursts send one).
+        #[arg(long, default_value_t = 6)]
+        packets: u32,
+        /// The client's address.
+        #[arg(long, default_value = "198.51.100.2")]
+        client: std::net::IpAddr,
+        /// The VIP.
+        #[arg(long, default_value = "203.0.113.10")]
+        vip: std::net::IpAddr,
+        /// The VIP's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Each flow carries the server id of the real an LB with this configuration sends its
+        /// first packet to (what a capture of a real fleet shows).
+        #[arg(long, conflicts_with = "server_ids")]
+        config: Option<PathBuf>,
+        /// Or: each flow carries one of these ids, drawn at random (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        server_ids: Vec<u32>,
+        /// Percent of frames replaced by malformed ones.
+        #[arg(long, default_value_t = 0)]
+        malformed_pct: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum Replay {
+    /// Every frame through the XDP LB with BPF_PROG_TEST_RUN (no lab): verdicts, the frames it
+    /// sent, and which real each flow went to. Exits 1 when a flow was split between reals.
+    Offline {
+        /// The trace (classic pcap, Ethernet).
+        trace: PathBuf,
+        /// The LB configuration (VIPs, reals, states, server ids; see `zrlab::replay::config`).
+        #[arg(long)]
+        config: PathBuf,
+        /// Write what the LB sent (the encapsulated frames) to this pcap.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,13 +247,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let cleaned = clean::clean(Scope::AllDead)?;
             print_cleaned(&cleaned, "removed");
             if cleaned.is_empty() {
-                println!("nothing to clean");
+                outln!("nothing to clean");
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::List) => {
             for item in clean::inventory()? {
-                println!("{item}");
+                outln!("{item}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -180,6 +264,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, &cli.fixtures, out)),
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
+        Some(Command::Trace { trace }) => run_trace(trace),
+        Some(Command::Replay { replay }) => run_replay(replay, out),
         Some(Command::Service(_)) => unreachable!("handled above"),
     }
 }
@@ -194,20 +280,20 @@ async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode
                  {requests} round trips per sample, {rounds} paired rounds per configuration..."
             );
             let report = zrlab::tpr::bench::run(&opts).await?;
-            print!("{}", report.table());
+            out!("{}", report.table());
             write_json(out, "tpr.json", &report)?;
         }
         Bench::Xdp { repeat, rounds, only } => {
             eprintln!("measuring xdp_lb by category (repeat {repeat}, {rounds} rounds each)...");
             let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds, only })?;
-            print!("{}", report.table());
+            out!("{}", report.table());
             write_json(out, "xdp.json", &report)?;
         }
         Bench::Bind443 { sizes, repeats } => {
             let opts = zrlab::port443::scaling::Options { sizes, repeats, ..Default::default() };
             eprintln!("measuring bind and lookup scaling on port 443 (N = {:?})...", opts.sizes);
             let report = zrlab::port443::scaling::run(&opts).await?;
-            print!("{}", report.table());
+            out!("{}", report.table());
             write_json(out, "bind443.json", &report)?;
         }
     }
@@ -216,7 +302,7 @@ async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode
 
 async fn run_features(json: Option<&Path>, list: Option<&Path>) -> Result<ExitCode> {
     let probes = zrlab::features::probe_all().await?;
-    print!("{}", zrlab::features::table(&probes));
+    out!("{}", zrlab::features::table(&probes));
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&probes)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -234,21 +320,67 @@ async fn run_features(json: Option<&Path>, list: Option<&Path>) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_trace(trace: Trace) -> Result<ExitCode> {
+    match trace {
+        Trace::Gen { kind, output, seed, flows, packets, client, vip, port, config, server_ids, malformed_pct } => {
+            use zrlab::replay::generate::Ids;
+            let ids = match config {
+                Some(path) => Ids::AsRouted(Box::new(zrlab::replay::config::LbConfig::load(&path)?)),
+                None if server_ids.is_empty() => Ids::None,
+                None => Ids::Random(server_ids),
+            };
+            let opts = zrlab::replay::generate::GenOptions {
+                kind,
+                seed,
+                flows,
+                packets,
+                client,
+                vip,
+                port,
+                ids,
+                malformed_pct,
+            };
+            let frames = zrlab::replay::generate::generate(&opts)?;
+            zrlab::pcap::write(&output, &frames).with_context(|| format!("writing {}", output.display()))?;
+            outln!("wrote {} ({} frames)", output.display(), frames.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {
+    match replay {
+        Replay::Offline { trace, config, output } => {
+            let frames = zrlab::pcap::read(&trace)?;
+            let config = zrlab::replay::config::LbConfig::load(&config)?;
+            eprintln!("replaying {} frames of {} through xdp_lb...", frames.len(), trace.display());
+            let replay = zrlab::replay::offline::run(&frames, &config)?;
+            out!("{}", replay.summary());
+            if let Some(path) = output {
+                zrlab::pcap::write(&path, &replay.outputs).with_context(|| format!("writing {}", path.display()))?;
+                outln!("wrote {} ({} frames the LB sent)", path.display(), replay.outputs.len());
+            }
+            write_json(&out.join("replay"), "offline.json", &replay)?;
+            Ok(if replay.split_flows() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
 fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     std::fs::write(&path, serde_json::to_string_pretty(value)?)
         .with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
+    outln!("wrote {}", path.display());
     Ok(())
 }
 
 fn print_cleaned(cleaned: &clean::Cleaned, verb: &str) {
     for ns in &cleaned.namespaces {
-        println!("{verb} namespace {ns}");
+        outln!("{verb} namespace {ns}");
     }
     for dir in cleaned.cgroups.iter().chain(&cleaned.pins) {
-        println!("{verb} {}", dir.display());
+        outln!("{verb} {}", dir.display());
     }
 }
 
@@ -310,9 +442,9 @@ async fn run_files(files: &[PathBuf], keep: bool, time_scale: u32, out: &Path) -
     }
     bar.finish_and_clear();
     let report = Report::new(&outcomes, opts.time_scale);
-    print!("{}", report.table());
+    out!("{}", report.table());
     report.write(out)?;
-    println!("report: {}/report.json, report.md", out.display());
+    outln!("report: {}/report.json, report.md", out.display());
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
@@ -327,7 +459,7 @@ fn print_kept(scenario: &Scenario, prefix: &str, bar: &ProgressBar) {
 /// Prints a line to stdout around the progress bar (`ProgressBar::println` prints nothing when
 /// the bar is hidden, as it is when stderr is not a terminal: in CI).
 fn say(bar: &ProgressBar, line: impl AsRef<str>) {
-    bar.suspend(|| println!("{}", line.as_ref()));
+    bar.suspend(|| outln!("{}", line.as_ref()));
 }
 
 fn interrupted(bar: &ProgressBar) -> Result<ExitCode> {

@@ -21,7 +21,7 @@ use std::{
 
 use zrlab::{
     bpf::{Loaded, Object},
-    capture::{self, Capture, Frame},
+    capture::{Capture, Frame},
     features::Feature,
     packet::{FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, tcp_options::TcpOption},
     scenario::{
@@ -256,8 +256,8 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let client_pcap = dir.join("tpr-wire-client.pcap");
     let lb_pcap = dir.join("tpr-wire-lb-side.pcap");
-    capture::write_pcap(&client_pcap, &client_frames).expect("write pcap");
-    capture::write_pcap(&lb_pcap, &lb_frames).expect("write pcap");
+    zrlab::pcap::write(&client_pcap, &client_frames).expect("write pcap");
+    zrlab::pcap::write(&lb_pcap, &lb_frames).expect("write pcap");
 
     let vip = bed.workload.vip;
     let port = bed.workload.tcp_port;

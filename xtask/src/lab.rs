@@ -2,6 +2,8 @@
 //!
 //! With no arguments it runs the default scenarios; `run FILE [--keep]` runs one scenario and
 //! `clean` removes what a killed run left (`cargo xtask lab --help` lists them all).
+//! `cargo xtask trace ...` and `cargo xtask replay ...` are the lab binary's `trace` and
+//! `replay` subcommands, run the same way.
 
 use std::process::Command;
 
@@ -18,11 +20,11 @@ pub(crate) struct Options {
     args: Vec<String>,
 }
 
-/// Entry point of `cargo xtask lab`.
-pub(crate) fn run(opts: Options) -> Result<()> {
+/// Entry point of `cargo xtask lab`, and (with `subcommand`) of `trace` and `replay`.
+pub(crate) fn run(subcommand: Option<&str>, opts: Options) -> Result<()> {
     setup::ensure(true)?;
     let binary = build::lab_binary(build::Profile::Dev)?;
-    let status = exec::status(Command::new(binary).args(&opts.args))?;
+    let status = exec::status(Command::new(binary).args(subcommand).args(&opts.args))?;
     // The lab's exit code is the verdict: pass it through unchanged.
     std::process::exit(status.code().unwrap_or(1));
 }

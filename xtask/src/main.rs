@@ -28,6 +28,10 @@ enum Command {
     Setup(setup::Options),
     /// Run the lab: the default scenarios, one scenario file, or `clean`.
     Lab(lab::Options),
+    /// Packet traces: `trace gen --kind tcp|quic|syn-burst --output FILE.pcap ...`.
+    Trace(lab::Options),
+    /// Replay a trace: `replay offline FILE.pcap --config LB.toml [--output OUT.pcap]`.
+    Replay(lab::Options),
     /// Run the test suites (set-up first).
     Test(test::Options),
     /// Run a benchmark (release build); prints ratios to a baseline measured in the same run.
@@ -42,7 +46,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Setup(opts) => setup::run(&opts),
-        Command::Lab(opts) => lab::run(opts),
+        Command::Lab(opts) => lab::run(None, opts),
+        Command::Trace(opts) => lab::run(Some("trace"), opts),
+        Command::Replay(opts) => lab::run(Some("replay"), opts),
         Command::Test(opts) => test::run(opts),
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(&opts),

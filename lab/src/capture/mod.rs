@@ -1,6 +1,6 @@
-//! Packet captures inside the lab: an `AF_PACKET` socket on one interface of one node, the
-//! frames it saw written as a classic pcap file (Ethernet link type) that tcpdump and Wireshark
-//! read.
+//! Packet captures inside the lab: an `AF_PACKET` socket on one interface of one node; the
+//! frames it saw are written with [`crate::pcap::write`] as a classic pcap file (Ethernet link
+//! type) that tcpdump and Wireshark read.
 //!
 //! What a capture sees is what the kernel's packet taps see on that interface: frames the
 //! interface receives (after its XDP program passed them) and frames the stack sends through it.
@@ -12,7 +12,6 @@
 
 use std::{
     io,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -21,11 +20,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use pcap_file::{
-    DataLink,
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-};
-
+pub use crate::pcap::Frame;
 use crate::{
     error::{LabError, Result},
     netns::Netns,
@@ -35,15 +30,6 @@ use crate::{
 const POLL: Duration = Duration::from_millis(20);
 /// Largest frame kept whole (the lab's MTUs are at most 1600).
 const SNAPLEN: usize = 4096;
-
-/// One captured frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// When it was captured, since the Unix epoch.
-    pub at: Duration,
-    /// Its bytes, from the Ethernet header on.
-    pub data: Vec<u8>,
-}
 
 /// A running capture; [`Capture::stop`] returns what it saw.
 #[derive(Debug)]
@@ -97,18 +83,6 @@ impl Drop for Capture {
             let _ = thread.join();
         }
     }
-}
-
-/// Writes `frames` to `path` as a pcap file (microsecond timestamps, Ethernet).
-pub fn write_pcap(path: &Path, frames: &[Frame]) -> Result<()> {
-    let err = |e: pcap_file::PcapError| LabError::os("write pcap", path.display().to_string(), io::Error::other(e));
-    let file = std::fs::File::create(path).map_err(|e| LabError::os("create", path.display().to_string(), e))?;
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: SNAPLEN as u32, ..PcapHeader::default() };
-    let mut writer = PcapWriter::with_header(io::BufWriter::new(file), header).map_err(err)?;
-    for frame in frames {
-        writer.write_packet(&PcapPacket::new(frame.at, frame.data.len() as u32, &frame.data)).map_err(err)?;
-    }
-    Ok(())
 }
 
 /// A packet socket for every protocol, bound to `ifname`, with a receive timeout of [`POLL`].

@@ -433,3 +433,16 @@ impl Balancer {
         Ok(out)
     }
 }
+
+/// Runs `frame` through `program` once with `BPF_PROG_TEST_RUN`: its verdict and the frame it
+/// left (the input when it passed or dropped it, the encapsulated packet when it sent it).
+pub fn run_once(program: &Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    // Room for the largest outer header the program adds (IPv6: 40 bytes), and then some.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya::programs::Xdp;
 use zrlab::{
     lb::{Balancer, Proto, RealSpec, Settings, VipSpec, model::Model},
     packet::{FrameRepr, IpPayload, IpRepr, TcpRepr, UdpRepr, tcp_options::TcpOption},
@@ -101,12 +101,7 @@ pub(crate) fn pin_to_cpu0() {
 
 /// Runs `frame` through `program` once; returns the verdict and the output frame.
 pub(crate) fn test_run(program: &Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    zrlab::lb::run_once(program, frame).expect("BPF_PROG_TEST_RUN")
 }
 
 /// The names of the global counters that moved between two readings, with their deltas.

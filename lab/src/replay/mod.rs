@@ -1,0 +1,17 @@
+//! Packet-trace replay: incidents reproduced from a pcap.
+//!
+//! - traces are classic pcap files, read and written by [`crate::pcap`];
+//! - [`generate`]: seeded traces of what an LB node receives: long-lived TCP flows with handshakes
+//!   (and the server-id echo), QUIC-like UDP flows that switch to server-issued connection ids,
+//!   SYN bursts, a share of malformed frames;
+//! - [`config`]: the LB configuration a replay runs with (VIPs, reals, health, server ids);
+//! - [`offline`]: every packet of a trace through `xdp_lb` with `BPF_PROG_TEST_RUN` (the
+//!   connection table carries over from packet to packet), the frames it emitted, and a
+//!   per-flow summary of which real each flow went to.
+//!
+//! Replay into the lab (injection from the client namespaces, events at packet offsets,
+//! per-hop captures) is not built yet.
+
+pub mod config;
+pub mod generate;
+pub mod offline;

@@ -1,0 +1,168 @@
+//! Packet-trace replay: the committed traces are what the generator writes, their offline
+//! replays through `xdp_lb` (`BPF_PROG_TEST_RUN`) are snapshotted per flow, the output pcap reads
+//! in tcpdump, and bad traces and configurations fail with the file and the offset or field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use zrlab::{
+    pcap,
+    replay::{
+        config::LbConfig,
+        generate::{GenOptions, Ids, Kind, generate},
+        offline,
+    },
+};
+
+/// The committed traces and the options that generate them (`cargo xtask trace gen` with the
+/// same options writes the same bytes).
+fn committed() -> Vec<(&'static str, GenOptions)> {
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let base = |kind: Kind, seed: u64| GenOptions {
+        kind,
+        seed,
+        flows: 20,
+        packets: 6,
+        client: "198.51.100.2".parse().expect("valid"),
+        vip: "203.0.113.10".parse().expect("valid"),
+        port: 8080,
+        ids: Ids::AsRouted(Box::new(config.clone())),
+        malformed_pct: 0,
+    };
+    vec![
+        ("tcp-tpr.pcap", base(Kind::Tcp, 1)),
+        ("quic.pcap", base(Kind::Quic, 2)),
+        ("syn-burst.pcap", GenOptions { flows: 200, ids: Ids::None, ..base(Kind::SynBurst, 3) }),
+        ("tcp-malformed.pcap", GenOptions { flows: 10, malformed_pct: 20, ..base(Kind::Tcp, 4) }),
+    ]
+}
+
+fn trace(name: &str) -> PathBuf {
+    common::fixtures().join("traces").join(name)
+}
+
+#[test]
+fn committed_traces_are_what_the_generator_writes() {
+    for (name, opts) in committed() {
+        let generated = generate(&opts).expect("generate");
+        let read = pcap::read(&trace(name)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read, generated, "{name}: regenerate it with `cargo xtask trace gen` and these options: {opts:?}");
+        let size = std::fs::metadata(trace(name)).expect("size").len();
+        assert!(size < 64 * 1024, "{name}: committed traces stay small ({size} bytes)");
+    }
+}
+
+#[test]
+fn offline_replay_of_each_committed_trace() {
+    common::require_root();
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).unwrap_or_else(|e| panic!("{e}"));
+    for (name, _) in committed() {
+        let frames = pcap::read(&trace(name)).expect("trace");
+        let replay = offline::run(&frames, &config).expect("replay");
+        assert_eq!(replay.split_flows(), 0, "{name}: no event, so no flow may be split:\n{}", replay.summary());
+        insta::assert_snapshot!(name, replay.summary());
+    }
+}
+
+#[test]
+fn id_routing_keeps_drained_backends_flows_after_a_ring_change() {
+    common::require_root();
+    // The flows placed by one configuration, then the rest of the trace after a ring change
+    // (a real drained, another down), on a second LB node that never saw them (a failover):
+    // flows carrying a live id keep their real; the down real's flows fall back to the ring.
+    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace");
+    let before = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
+    let after = LbConfig::load(&common::fixtures().join("lb/replay-drained.toml")).expect("config");
+    let half = frames.len() / 2;
+    let first = offline::run(&frames[..half], &before).expect("replay");
+    let second = offline::run(&frames[half..], &after).expect("replay");
+    let real_of = |r: &offline::Offline, flow: &str| r.flows.iter().find(|f| f.flow == flow).map(|f| f.reals.clone());
+    let mut kept = 0;
+    let mut moved = Vec::new();
+    for flow in &first.flows {
+        let (Some(a), Some(b)) = (real_of(&first, &flow.flow), real_of(&second, &flow.flow)) else { continue };
+        if a == b {
+            kept += 1;
+        } else {
+            moved.push((flow.flow.clone(), a, b));
+        }
+    }
+    let down: std::net::IpAddr = "192.0.2.6".parse().expect("valid");
+    let drained: std::net::IpAddr = "192.0.2.14".parse().expect("valid");
+    assert!(kept > 0, "flows kept their real");
+    assert!(
+        moved.iter().all(|(_, a, _)| a == &vec![down]),
+        "only the down real's flows moved (their id is dead): {moved:?}"
+    );
+    assert!(first.flows.iter().any(|f| f.reals == vec![drained]), "the drained real had flows to keep");
+
+    // Control: the same failover without id routing: the drained real's flows move too.
+    let mut blind = after.clone();
+    for vip in &mut blind.vip {
+        vip.tcp_id_routing = false;
+    }
+    let second = offline::run(&frames[half..], &blind).expect("replay");
+    let lost = first
+        .flows
+        .iter()
+        .filter(|f| f.reals == vec![drained])
+        .filter(|f| real_of(&second, &f.flow).is_some_and(|b| b != f.reals))
+        .count();
+    assert!(lost > 0, "without id routing the drained real's flows land elsewhere");
+}
+
+#[test]
+fn output_pcap_reads_in_tcpdump() {
+    common::require_root();
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
+    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace");
+    let replay = offline::run(&frames, &config).expect("replay");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-offline-out.pcap");
+    pcap::write(&out, &replay.outputs).expect("write");
+    let tcpdump = std::process::Command::new("tcpdump").args(["-nn", "-r"]).arg(&out).output().expect("tcpdump");
+    let text = String::from_utf8_lossy(&tcpdump.stdout);
+    assert!(tcpdump.status.success(), "tcpdump: {}", String::from_utf8_lossy(&tcpdump.stderr));
+    assert_eq!(text.lines().count(), replay.outputs.len(), "one line per frame the LB sent");
+    assert!(text.contains("198.51.100.2.20000 > 203.0.113.10.8080"), "the inner packets show:\n{text}");
+}
+
+/// Every bad trace and configuration fails with the file and the offset or field.
+#[test]
+fn bad_traces_and_configs_name_file_and_offset() {
+    let mut out = String::new();
+    let dir = common::fixtures().join("invalid/traces");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    for file in files {
+        let message = match pcap::read(&file) {
+            Ok(frames) => format!("read {} frames", frames.len()),
+            Err(e) => e.to_string(),
+        };
+        out.push_str(&format!("{}\n    {}\n", file.file_name().expect("name").to_string_lossy(), message));
+    }
+    let dir = common::fixtures().join("invalid/lb");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    for file in files {
+        let message = match LbConfig::load(&file) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        };
+        out.push_str(&format!("{}\n    {}\n", file.file_name().expect("name").to_string_lossy(), message));
+    }
+    let fixtures = common::fixtures().display().to_string();
+    insta::assert_snapshot!(out.replace(&fixtures, "<fixtures>"));
+}
+
+#[test]
+fn non_ip_frames_are_counted_not_replayed() {
+    common::require_root();
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
+    let frames = pcap::read(&trace("tcp-malformed.pcap")).expect("trace");
+    let replay = offline::run(&frames, &config).expect("replay");
+    let non_ip = frames.iter().filter(|f| f.data.get(12..14) == Some(&[0x08, 0x06])).count() as u64;
+    assert!(non_ip > 0, "the malformed trace has non-IP frames");
+    assert_eq!(replay.skipped_non_ip, non_ip);
+    assert_eq!(replay.verdicts.values().sum::<u64>() + non_ip, frames.len() as u64, "every other frame replayed");
+}
