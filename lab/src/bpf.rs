@@ -156,16 +156,7 @@ impl Loaded {
     /// aya attaches through a BPF link, which coexists with other programs of the cgroup (the
     /// kernel treats links as `BPF_F_ALLOW_MULTI`; it refuses explicit flags on them).
     pub fn attach_sock_ops(&mut self, name: &str, cgroup: &std::path::Path) -> Result<()> {
-        let program: &mut SockOps =
-            self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
-                |e: ProgramError| LabError::Bpf {
-                    what: format!("{name} as a sock_ops program"),
-                    message: e.to_string(),
-                },
-            )?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
-        }
+        let program = self.loaded_program::<SockOps>(name, "a sock_ops", SockOps::load)?;
         let dir = std::fs::File::open(cgroup).map_err(|e| LabError::os("open", cgroup.display().to_string(), e))?;
         program.attach(&dir, CgroupAttachMode::Single).map(drop).map_err(|e| LabError::Bpf {
             what: format!("attach {name} to cgroup {}", cgroup.display()),
@@ -175,15 +166,26 @@ impl Loaded {
 
     /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
     pub fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
-        let program: &mut SkReuseport =
-            self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
-                |e: ProgramError| LabError::Bpf {
-                    what: format!("{name} as an sk_reuseport program"),
-                    message: e.to_string(),
-                },
-            )?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+        Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
+    }
+
+    /// Program `name` as a `T` (`kind` names the type in errors), loaded with `load` unless it
+    /// is already.
+    fn loaded_program<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        load: impl FnOnce(&mut T) -> Result<(), ProgramError>,
+    ) -> Result<&mut T>
+    where
+        for<'p> &'p mut T: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+        T: AsFdProgram,
+    {
+        let program: &mut T = self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
+            |e: ProgramError| LabError::Bpf { what: format!("{name} as {kind} program"), message: e.to_string() },
+        )?;
+        if !program.is_loaded() {
+            load(program).map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
         }
         Ok(program)
     }
@@ -196,6 +198,23 @@ impl Loaded {
     /// The map `name`, mutably.
     pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf.map_mut(name).ok_or_else(|| missing("map", name))
+    }
+}
+
+/// Whether a program of an object is loaded in the kernel yet.
+trait AsFdProgram {
+    fn is_loaded(&self) -> bool;
+}
+
+impl AsFdProgram for SockOps {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+impl AsFdProgram for SkReuseport {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
     }
 }
 

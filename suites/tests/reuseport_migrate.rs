@@ -49,8 +49,6 @@ const PORT: u16 = 8443;
 const TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the control waits for accepts that must not come (one SYN-ACK retransmission).
 const CONTROL_WAIT: Duration = Duration::from_secs(2);
-/// `TCP_FASTOPEN_CONNECT` (linux/tcp.h).
-const TCP_FASTOPEN_CONNECT: i32 = 30;
 
 /// Where the clients' requests are when the old listeners go away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,7 +178,7 @@ fn listen(addr: SocketAddr, state: State) -> std::io::Result<TcpListener> {
     }
     socket.bind(&addr.into())?;
     if state == State::FastOpenSynRecv {
-        set_tcp_option(&socket, libc::TCP_FASTOPEN, CLIENTS as i32 * 2)?;
+        common::set_tcp_option(&socket, libc::TCP_FASTOPEN, CLIENTS as i32 * 2)?;
     }
     socket.listen(CLIENTS as i32 * 2)?;
     socket.set_nonblocking(true)?;
@@ -191,7 +189,7 @@ fn listen(addr: SocketAddr, state: State) -> std::io::Result<TcpListener> {
 fn connect(addr: SocketAddr, state: State) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     if state == State::FastOpenSynRecv {
-        set_tcp_option(&socket, TCP_FASTOPEN_CONNECT, 1)?;
+        common::set_tcp_option(&socket, common::TCP_FASTOPEN_CONNECT, 1)?;
     }
     socket.connect_timeout(&addr.into(), TIMEOUT)?;
     let mut stream: TcpStream = socket.into();
@@ -200,21 +198,6 @@ fn connect(addr: SocketAddr, state: State) -> std::io::Result<TcpStream> {
         stream.write_all(b"x")?;
     }
     Ok(stream)
-}
-
-/// Sets the TCP-level socket option `option` to `value`.
-fn set_tcp_option(socket: &socket2::Socket, option: i32, value: i32) -> std::io::Result<()> {
-    // SAFETY: a valid socket and a live int of the length passed.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            option,
-            (&raw const value).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Accepts on `listener` until `CLIENTS` arrived or `limit` passed; how many.

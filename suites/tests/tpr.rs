@@ -14,7 +14,6 @@ mod common;
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     time::Duration,
 };
@@ -44,8 +43,6 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const ROUNDS: u64 = 5;
 /// The backends of the test bed.
 const BACKENDS: [&str; 2] = ["be1", "be2"];
-/// `TCP_FASTOPEN_CONNECT` (linux/tcp.h): the first write goes out in the SYN.
-const TCP_FASTOPEN_CONNECT: i32 = 30;
 
 /// Which programs a case attaches, and how.
 #[derive(Clone, Copy, Debug)]
@@ -162,20 +159,7 @@ impl Bed {
                 let fd = zrlab::cgroup::sockets_in(&cgroup, libc::AF_INET, libc::SOCK_STREAM, 1)?.remove(0);
                 let socket = socket2::Socket::from(fd);
                 if fast_open {
-                    let on: i32 = 1;
-                    // SAFETY: a valid socket and a live int of the length passed.
-                    let ret = unsafe {
-                        libc::setsockopt(
-                            socket.as_raw_fd(),
-                            libc::IPPROTO_TCP,
-                            TCP_FASTOPEN_CONNECT,
-                            (&raw const on).cast(),
-                            size_of::<i32>() as libc::socklen_t,
-                        )
-                    };
-                    if ret != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    common::set_tcp_option(&socket, common::TCP_FASTOPEN_CONNECT, 1)?;
                 }
                 socket.connect_timeout(&target.into(), TIMEOUT)?;
                 let stream = TcpStream::from(socket);

@@ -34,7 +34,9 @@ use crate::{
     spec::{SpecError, from_table, read_table},
 };
 
-/// A VIP and its reals.
+/// A VIP and its reals. The policy fields repeat `lb::VipSpec`'s on purpose (as the scenario's
+/// `LbSpec` does): `#[serde(flatten)]` would lose `deny_unknown_fields`, and a misspelt key must
+/// be an error.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipEntry {

@@ -65,4 +65,22 @@ pub(crate) fn objects_with_prefix(prefix: &str) -> Vec<String> {
         .filter(|item| item.rsplit(['/', ' ']).next().is_some_and(|name| name.starts_with(prefix)))
         .collect()
 }
+/// Sets the TCP-level socket option `option` (`libc::TCP_*`) of `socket` to `value`.
+pub(crate) fn set_tcp_option(socket: &impl std::os::fd::AsRawFd, option: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: a valid socket and a live int of the length passed.
+    let ret = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            (&raw const value).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// `TCP_FASTOPEN_CONNECT` (linux/tcp.h): the first write goes out in the SYN.
+pub(crate) const TCP_FASTOPEN_CONNECT: i32 = 30;
+
 pub(crate) mod xdp;
