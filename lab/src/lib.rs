@@ -12,7 +12,8 @@
 //! - [`capture`]: `AF_PACKET` captures inside the lab; [`pcap`]: reading and writing pcap files;
 //! - [`replay`]: packet traces: generated, replayed offline through the LB;
 //! - [`report`]: table, JSON and Markdown;
-//! - [`clean`], [`run_id`]: finding and removing what killed runs left;
+//! - [`clean`], [`run_id`]: finding and removing what killed runs left; [`keep`]: a kept run's
+//!   live data path (the keeper process, `status`, `event`);
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
 //! - [`server_id`]: which backend carries which server id, and which ids are live;
 //! - [`release`]: how old and new process of a service hand over its sockets;
@@ -27,6 +28,7 @@ pub mod clean;
 pub mod error;
 pub mod ethtool;
 pub mod features;
+pub mod keep;
 pub mod lb;
 pub mod netns;
 pub mod nl;

@@ -106,9 +106,33 @@ enum Command {
         #[command(subcommand)]
         replay: Replay,
     },
+    /// What a kept run holds: nodes, processes, attached programs, the LB's VIPs, reals and live
+    /// ids, and the programs' counters (from its keeper process).
+    Status {
+        /// The kept run (its prefix); default: the only one.
+        run: Option<String>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a timeline action to a kept run: `event drain-backend backend=be4`,
+    /// `event restore-backend backend=be4`, `event set-weight backend=be5 weight=2`,
+    /// `event remove-member group=lbs member=lb1`, `event add-member group=lbs member=lb1`.
+    Event {
+        /// The kept run (its prefix); default: the only one.
+        #[arg(long)]
+        run: Option<String>,
+        /// The action (as a scenario's `action`).
+        action: String,
+        /// Its fields, `key=value` (as in a scenario's `[[event]]`).
+        fields: Vec<String>,
+    },
     /// Internal: the service process started on backends.
     #[command(hide = true)]
     Service(ServiceArgs),
+    /// Internal: the process that keeps a kept run's data path (see `zrlab::keep`).
+    #[command(hide = true)]
+    Keeper(zrlab::keep::KeeperArgs),
 }
 
 #[derive(Subcommand)]
@@ -238,6 +262,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         runtime.block_on(serve(args)).context("service")?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(Command::Keeper(args)) = cli.command {
+        runtime.block_on(zrlab::keep::keep(args)).context("keeper")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(zrlab::LabError::NotPrivileged("run it as root (or through sudo)".into()));
@@ -266,7 +294,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Trace { trace }) => run_trace(trace),
         Some(Command::Replay { replay }) => run_replay(replay, out),
-        Some(Command::Service(_)) => unreachable!("handled above"),
+        Some(Command::Status { run, json }) => run_status(run.as_deref(), json),
+        Some(Command::Event { run, action, fields }) => run_event(run.as_deref(), &action, &fields),
+        Some(Command::Service(_) | Command::Keeper(_)) => unreachable!("handled above"),
     }
 }
 
@@ -316,6 +346,41 @@ async fn run_features(json: Option<&Path>, list: Option<&Path>) -> Result<ExitCo
             })
             .collect();
         std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_status(run: Option<&str>, json: bool) -> Result<ExitCode> {
+    use zrlab::keep::control::{Request, pick_run, request};
+    let run = pick_run(run)?;
+    let response = request(&run, &Request::Status)?;
+    show(response, json)
+}
+
+fn run_event(run: Option<&str>, action: &str, fields: &[String]) -> Result<ExitCode> {
+    use zrlab::keep::control::{Request, pick_run, request};
+    let mut table = toml::Table::new();
+    table.insert("action".into(), action.into());
+    for field in fields {
+        let (key, value) = field.split_once('=').with_context(|| format!("event field {field:?} is not key=value"))?;
+        let value = value.parse::<i64>().map(toml::Value::from).unwrap_or_else(|_| value.into());
+        table.insert(key.to_owned(), value);
+    }
+    let event: zrlab::scenario::spec::EventSpec =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let field = e.path().to_string();
+            anyhow::anyhow!("event field {field}: {}", e.into_inner().message().trim())
+        })?;
+    let run = pick_run(run)?;
+    let response = request(&run, &Request::Event { event })?;
+    show(response, false)
+}
+
+fn show(response: zrlab::keep::control::Response, json: bool) -> Result<ExitCode> {
+    match (response.status, response.error) {
+        (Some(status), _) if json => outln!("{}", serde_json::to_string_pretty(&status)?),
+        (Some(status), _) => out!("{}", status.table()),
+        (None, error) => bail!("the keeper refused: {}", error.unwrap_or_default()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -453,6 +518,8 @@ fn print_kept(scenario: &Scenario, prefix: &str, bar: &ProgressBar) {
     for node in &scenario.main.topology.spec.nodes {
         say(bar, format!("  ip netns exec {prefix}-{} bash    # {:?}", node.name, node.role));
     }
+    say(bar, "its data path is held by a keeper process: `cargo xtask lab status` shows it,");
+    say(bar, "`cargo xtask lab event drain-backend backend=be4` (any timeline action) changes it;");
     say(bar, "remove it with: cargo xtask lab clean");
 }
 

@@ -53,6 +53,15 @@ impl Cgroup {
         Ok(Self { path, kept: false })
     }
 
+    /// The existing cgroup at `path`, never removed by this handle (a kept run's, adopted by
+    /// the process that keeps its data path).
+    pub fn existing(path: PathBuf) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(LabError::Path { what: "no such cgroup", path });
+        }
+        Ok(Self { path, kept: true })
+    }
+
     /// Creates the child cgroup `name` below this one and returns its path. The child is removed
     /// with this cgroup.
     pub fn leaf(&self, name: &str) -> Result<PathBuf> {

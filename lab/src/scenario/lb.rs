@@ -27,8 +27,22 @@ use crate::{
     topology::Lab,
 };
 
+/// What a deployed LB holds, for a kept run's status.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LbStatus {
+    /// `node ifname program` for every attached XDP program.
+    pub programs: Vec<String>,
+    /// `addr:port/proto`, with id routing if on.
+    pub vips: Vec<String>,
+    /// Per backend: address, weight, whether up in the rings.
+    pub reals: Vec<(String, IpAddr, u32, bool)>,
+    /// The live-id table: id -> backend.
+    pub live_ids: BTreeMap<u32, String>,
+}
+
 /// A deployed LB.
 pub struct Deployment {
+    programs: Vec<String>,
     balancers: Vec<(String, Balancer)>,
     decaps: Vec<Decap>,
     _passes: Loaded,
@@ -67,6 +81,7 @@ impl Deployment {
         }
         let live = live_table(&registry, &reals);
         let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
+        let mut programs = Vec::new();
         let mut balancers = Vec::new();
         for node in &spec.nodes {
             let link = topology
@@ -83,6 +98,8 @@ impl Deployment {
             balancer.sync_server_ids(&live)?;
             balancer.attach(&lab.node(node)?.netns, &mine.ifname)?;
             passes.attach_xdp("xdp_pass", &lab.node(&theirs.node)?.netns, &theirs.ifname)?;
+            programs.push(format!("{node} {} xdp_lb", mine.ifname));
+            programs.push(format!("{} {} xdp_pass", theirs.node, theirs.ifname));
             balancers.push((node.clone(), balancer));
         }
         let mut decaps = Vec::new();
@@ -93,16 +110,22 @@ impl Deployment {
             let mut decap = Decap::load(&addrs)?;
             for end in ends {
                 decap.attach(&lab.node(backend)?.netns, &end.ifname)?;
+                programs.push(format!("{backend} {} xdp_decap", end.ifname));
             }
             decaps.push(decap);
         }
-        Ok(Self { balancers, decaps, _passes: passes, vips, reals, registry })
+        Ok(Self { programs, balancers, decaps, _passes: passes, vips, reals, registry })
     }
 
     /// Marks `backend` down in every LB node's rings (a health change: only its slots move);
     /// its flows in the connection tables keep going to it, and its server id stays live.
     pub fn drain(&mut self, backend: &str) -> Result<()> {
         self.change(backend, |real| real.up = false)
+    }
+
+    /// Puts a drained `backend` back into every LB node's rings.
+    pub fn restore(&mut self, backend: &str) -> Result<()> {
+        self.change(backend, |real| real.up = true)
     }
 
     /// Sets `backend`'s weight in every LB node's configuration (the rings are rebuilt); weight
@@ -143,6 +166,23 @@ impl Deployment {
             balancer.sync_server_ids(&live)?;
         }
         Ok(())
+    }
+
+    /// What the deployment holds now.
+    pub fn status(&self) -> LbStatus {
+        LbStatus {
+            programs: self.programs.clone(),
+            vips: self
+                .vips
+                .iter()
+                .map(|v| {
+                    let ids = if v.tcp_id_routing || v.quic_id_routing { ", id routing" } else { "" };
+                    format!("{}:{}/{:?}{ids}", v.addr, v.port, v.proto)
+                })
+                .collect(),
+            reals: self.reals.iter().map(|(node, r)| (node.clone(), r.addr, r.weight, r.up)).collect(),
+            live_ids: self.registry.live(),
+        }
     }
 
     /// The counters of every LB and decap program.

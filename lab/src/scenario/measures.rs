@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{tpr::TprCounters, workload::accounting::Tally};
 
 /// What the LB and decap programs counted during a run, summed over nodes and CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LbTotals {
     /// Packets encapsulated and transmitted.
     pub tx: u64,
@@ -33,7 +33,7 @@ pub struct LbTotals {
 }
 
 /// What the `tpr` sock_ops programs counted, per side, summed over nodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TprTotals {
     /// The backends' `tpr_server` programs.
     pub server: TprCounters,

@@ -127,6 +127,7 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions, progress: &mut
     let mut reasons = Vec::new();
     for (label, variant, keep) in [("control", &scenario.control, false), ("main", &scenario.main, opts.keep)] {
         let mut step = |what: &str| progress(format!("{} [{label}]: {what}", scenario.name));
+        let keep = keep.then_some(scenario.file.as_path());
         match run_variant(variant, keep, opts, &mut step).await {
             Ok(result) => {
                 for check in result.checks.iter().filter(|c| !c.ok) {
@@ -145,9 +146,11 @@ pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions, progress: &mut
     Ok(outcome)
 }
 
+/// Runs one variant; `keep` (the scenario file) keeps its topology and hands its data path to
+/// a keeper process (`crate::keep`).
 async fn run_variant(
     variant: &Variant,
-    keep: bool,
+    keep: Option<&std::path::Path>,
     opts: &RunOptions,
     step: &mut dyn FnMut(&str),
 ) -> Result<VariantOutcome> {
@@ -156,7 +159,7 @@ async fn run_variant(
     let scale = opts.time_scale.max(1);
     let phase_timeout = timing.phase_timeout() * scale;
     step("building topology");
-    let mut lab = Lab::build(&variant.topology, keep).await?;
+    let mut lab = Lab::build(&variant.topology, keep.is_some()).await?;
     let setup = lab.setup_time();
 
     let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
@@ -243,9 +246,13 @@ async fn run_variant(
     let checks = evaluate(&variant.expect, &measures);
     drop(deployment);
     drop(tpr);
+    if let Some(file) = keep {
+        step("handing the data path to a keeper process");
+        crate::keep::start_keeper(&mut lab, &workload.client, &opts.service_exe, file, phase_timeout).await?;
+    }
 
     step("tearing down");
-    let kept = keep.then(|| lab.run_id().to_string());
+    let kept = keep.map(|_| lab.run_id().to_string());
     let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
     Ok(VariantOutcome {
@@ -315,7 +322,7 @@ async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str
 }
 
 /// Reads the service's phases until `wanted`: `Ok(false)` if its stdout ended first.
-async fn wait_for_phase(
+pub(crate) async fn wait_for_phase(
     stdout: tokio::process::ChildStdout,
     wanted: Phase,
     timeout: Duration,
@@ -336,7 +343,8 @@ async fn wait_for_phase(
     }
 }
 
-async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &EventSpec) -> Result<()> {
+/// Applies `event` to `lab` and its LB `deployment`.
+pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &EventSpec) -> Result<()> {
     match event {
         EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
         EventSpec::ReplaceMember { group, member, with } => lab.replace_member(group, member, with).await,
@@ -349,15 +357,21 @@ async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &Event
             Some(deployment) => deployment.set_weight(backend, *weight),
             None => Err(LabError::Unsupported("set-weight without a load balancer".into())),
         },
+        EventSpec::RestoreBackend { backend } => match deployment {
+            Some(deployment) => deployment.restore(backend),
+            None => Err(LabError::Unsupported("restore-backend without a load balancer".into())),
+        },
     }
 }
 
-fn describe(event: &EventSpec) -> String {
+/// A line describing `event`.
+pub fn describe(event: &EventSpec) -> String {
     match event {
         EventSpec::RemoveMember { group, member } => format!("remove {member} from {group}"),
         EventSpec::ReplaceMember { group, member, with } => format!("replace {member} by {with} in {group}"),
         EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
         EventSpec::DrainBackend { backend } => format!("drain {backend} from the LB rings"),
         EventSpec::SetWeight { backend, weight } => format!("set {backend}'s weight to {weight}"),
+        EventSpec::RestoreBackend { backend } => format!("restore {backend} to the LB rings"),
     }
 }

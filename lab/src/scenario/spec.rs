@@ -202,7 +202,7 @@ mod defaults {
 }
 
 /// An event of the timeline.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EventSpec {
     /// Take `member` out of `group` (its host counts as down from then on).
@@ -235,6 +235,11 @@ pub enum EventSpec {
         /// The backend node.
         backend: String,
     },
+    /// Put a drained `backend` back into every LB node's rings (its slots come back to it).
+    RestoreBackend {
+        /// The backend node.
+        backend: String,
+    },
     /// Change `backend`'s weight in the LB configuration: every ring is rebuilt (plain
     /// Maglev). Weight 0 removes it from the configuration (its server id leaves the live
     /// table); from 0 to more, it joins.
@@ -251,7 +256,10 @@ impl EventSpec {
     pub fn takes_down(&self) -> Option<&str> {
         match self {
             Self::RemoveMember { member, .. } | Self::ReplaceMember { member, .. } => Some(member),
-            Self::AddMember { .. } | Self::DrainBackend { .. } | Self::SetWeight { .. } => None,
+            Self::AddMember { .. }
+            | Self::DrainBackend { .. }
+            | Self::RestoreBackend { .. }
+            | Self::SetWeight { .. } => None,
         }
     }
 }
@@ -499,7 +507,9 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
             EventSpec::RemoveMember { group, member } => (group, Some(member), None),
             EventSpec::AddMember { group, member } => (group, None, Some(member)),
             EventSpec::ReplaceMember { group, member, with } => (group, Some(member), Some(with)),
-            EventSpec::DrainBackend { backend } | EventSpec::SetWeight { backend, .. } => {
+            EventSpec::DrainBackend { backend }
+            | EventSpec::RestoreBackend { backend }
+            | EventSpec::SetWeight { backend, .. } => {
                 if spec.lb.is_none() {
                     return Err(err(field, "LB events need an [lb] section".into()));
                 }
@@ -513,6 +523,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
                     EventSpec::SetWeight { weight, .. } => {
                         weights.insert(backend, *weight);
                     }
+                    EventSpec::RestoreBackend { .. } => drained.retain(|b| b != backend),
                     _ => drained.push(backend),
                 }
                 if !weights.iter().any(|(b, weight)| *weight > 0 && !drained.contains(b)) {

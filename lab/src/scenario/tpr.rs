@@ -19,24 +19,33 @@ use crate::{
 /// The attached programs; detached when dropped.
 pub struct TprDeployment {
     programs: Vec<SockOpsTpr>,
+    attachments: Vec<String>,
 }
 
 impl TprDeployment {
     /// Attaches the sides `spec` asks for.
     pub fn start(lab: &Lab, spec: &TprSpec, workload: &WorkloadSpec, registry: &Registry) -> Result<Self> {
         let mut programs = Vec::new();
+        let mut attachments = Vec::new();
         if spec.server {
             for backend in &workload.backends {
                 let id = registry
                     .id(backend)
                     .ok_or_else(|| LabError::Unsupported(format!("backend {backend:?} has no server id")))?;
                 programs.push(SockOpsTpr::attach(Side::Server, &lab.cgroup_of(backend)?, id)?);
+                attachments.push(format!("{backend} cgroup tpr_server (server id {id})"));
             }
         }
         if spec.client {
             programs.push(SockOpsTpr::attach(Side::Client, &lab.cgroup_of(&workload.client)?, 0)?);
+            attachments.push(format!("{} cgroup tpr_client", workload.client));
         }
-        Ok(Self { programs })
+        Ok(Self { programs, attachments })
+    }
+
+    /// `node cgroup program` for every attached program.
+    pub fn attachments(&self) -> Vec<String> {
+        self.attachments.clone()
     }
 
     /// Both sides' counters, summed over nodes.

@@ -153,6 +153,80 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Adopts the kept run `run` (built from `topology`, then changed by the ECMP events
+    /// `applied`, in order): opens its namespaces and cgroup without creating anything and
+    /// reconstructs the nexthop groups' state (their ids follow from the build and the events),
+    /// so that further group events work. The adopted lab never tears anything down.
+    pub async fn adopt(run: RunId, topology: &Topology, applied: &[crate::scenario::spec::EventSpec]) -> Result<Self> {
+        use crate::scenario::spec::EventSpec;
+        if !run.kept {
+            return Err(LabError::Usage(format!("{run} is not a kept run")));
+        }
+        let mut lab = Self {
+            run,
+            topology: topology.clone(),
+            nodes: BTreeMap::new(),
+            cgroup: Some(Cgroup::existing(cgroup2_root()?.join(run.to_string()))?),
+            groups: BTreeMap::new(),
+            next_nexthop: FIRST_NEXTHOP_ID,
+            children: Vec::new(),
+            setup: Duration::ZERO,
+            torn_down: false,
+            ecmp_unseeded: Vec::new(),
+        };
+        for node in &topology.spec.nodes {
+            let netns = Netns::open(&run.name(&node.name))?;
+            let nl = Nl::connect(&netns)?;
+            lab.nodes.insert(node.name.clone(), Node { role: node.role, netns, nl });
+        }
+        // The ids Lab::build and the group events handed out, in the same order.
+        for (i, group) in topology.spec.groups.iter().enumerate() {
+            let members = group
+                .members
+                .iter()
+                .map(|member| {
+                    let id = lab.next_nexthop;
+                    lab.next_nexthop += 1;
+                    (member.clone(), id)
+                })
+                .collect();
+            let state = GroupState {
+                node: group.node.clone(),
+                id: FIRST_GROUP_ID + i as u32,
+                kind: group.kind,
+                buckets: group.buckets.unwrap_or(0),
+                family: group.family,
+                members,
+            };
+            lab.groups.insert(group.name.clone(), state);
+        }
+        for event in applied {
+            let (EventSpec::RemoveMember { group, .. }
+            | EventSpec::ReplaceMember { group, .. }
+            | EventSpec::AddMember { group, .. }) = event
+            else {
+                continue;
+            };
+            let id = lab.next_nexthop;
+            let Some(state) = lab.groups.get_mut(group) else { continue };
+            match event {
+                EventSpec::RemoveMember { member, .. } => state.members.retain(|(m, _)| m != member),
+                EventSpec::ReplaceMember { member, with, .. } => {
+                    if let Some(slot) = state.members.iter_mut().find(|(m, _)| m == member) {
+                        *slot = (with.clone(), id);
+                        lab.next_nexthop += 1;
+                    }
+                }
+                EventSpec::AddMember { member, .. } => {
+                    state.members.push((member.clone(), id));
+                    lab.next_nexthop += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(lab)
+    }
+
     /// The run's id (its prefix names every object of the run).
     pub fn run_id(&self) -> RunId {
         self.run

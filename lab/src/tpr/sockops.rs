@@ -35,7 +35,7 @@ impl Side {
 }
 
 /// What a `tpr` program counted (`zrlab_common::tpr::counter`), summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TprCounters {
     /// Server: options written on SYN-ACKs.
     pub written: u64,

@@ -1,0 +1,169 @@
+//! The keeper process (`zrlab keeper`), and starting it from a kept run.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::{linux::net::SocketAddrExt as _, unix::net::UnixListener},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::control::{NodeStatus, Request, Response, Status, socket_name};
+use crate::{
+    error::{LabError, Result},
+    run_id::RunId,
+    scenario::{
+        Scenario,
+        lb::Deployment,
+        runner::{apply, describe, wait_for_phase},
+        tpr::TprDeployment,
+    },
+    server_id::Registry,
+    topology::Lab,
+    workload::phase::Phase,
+};
+
+/// Arguments of `zrlab keeper`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KeeperArgs {
+    /// The kept run's prefix (`zrlabk-...`).
+    #[arg(long)]
+    pub run: String,
+    /// The scenario it ran (its main variant is what the keeper deploys).
+    #[arg(long)]
+    pub scenario: PathBuf,
+}
+
+/// Starts the keeper of `lab` (a kept run) in `node` and waits until it is ready.
+pub async fn start_keeper(lab: &mut Lab, node: &str, exe: &Path, scenario: &Path, timeout: Duration) -> Result<()> {
+    let scenario = scenario.canonicalize().map_err(|e| LabError::os("resolve", scenario.display().to_string(), e))?;
+    let args =
+        vec!["keeper".to_owned(), format!("--run={}", lab.run_id()), format!("--scenario={}", scenario.display())];
+    let spawned = lab.spawn(node, exe, &args)?;
+    if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
+        Ok(())
+    } else {
+        Err(LabError::Service { name: format!("{node}/keeper"), message: "exited before it was ready".into() })
+    }
+}
+
+/// What the keeper holds.
+struct Held {
+    run: String,
+    scenario: String,
+    lab: Lab,
+    deployment: Option<Deployment>,
+    tpr: Option<TprDeployment>,
+    events: Vec<String>,
+}
+
+impl Held {
+    fn status(&self) -> Result<Status> {
+        let mut programs = self.deployment.as_ref().map(|d| d.status().programs).unwrap_or_default();
+        if let Some(tpr) = &self.tpr {
+            programs.extend(tpr.attachments());
+        }
+        let nodes = self
+            .lab
+            .nodes()
+            .map(|(name, node)| {
+                let pids = self.lab.cgroup_of(name).map(|dir| pids_in(&dir)).unwrap_or_default();
+                NodeStatus { name: name.to_owned(), netns: node.netns.name().to_owned(), pids }
+            })
+            .collect();
+        Ok(Status {
+            run: self.run.clone(),
+            scenario: self.scenario.clone(),
+            keeper: std::process::id(),
+            nodes,
+            programs,
+            lb: self.deployment.as_ref().map(|d| d.status().into()),
+            lb_counters: self.deployment.as_ref().map(Deployment::totals).transpose()?,
+            tpr_counters: self.tpr.as_ref().map(TprDeployment::totals).transpose()?,
+            events: self.events.clone(),
+        })
+    }
+
+    async fn handle(&mut self, request: Request) -> Result<Status> {
+        if let Request::Event { event } = &request {
+            apply(&mut self.lab, self.deployment.as_mut(), event).await?;
+            self.events.push(describe(event));
+        }
+        self.status()
+    }
+}
+
+/// The pids in cgroup `dir`.
+fn pids_in(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// The keeper: adopts the run, deploys its data path, serves requests until killed.
+pub async fn keep(args: KeeperArgs) -> Result<()> {
+    let scenario = Scenario::load(&args.scenario)?;
+    let variant = &scenario.main;
+    let (run, _) =
+        RunId::parse(&args.run).ok_or_else(|| LabError::Usage(format!("{} is not a run prefix", args.run)))?;
+    let lab = Lab::adopt(run, &variant.topology, &variant.events).await?;
+    let workload = &variant.workload;
+    let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
+    let tpr = variant.tpr.as_ref().map(|spec| TprDeployment::start(&lab, spec, workload, &registry)).transpose()?;
+    let mut held = Held {
+        run: args.run.clone(),
+        scenario: scenario.name.clone(),
+        deployment: variant
+            .lb
+            .as_ref()
+            .map(|spec| Deployment::start(&lab, spec, workload, registry.clone()))
+            .transpose()?,
+        tpr,
+        lab,
+        events: Vec::new(),
+    };
+    // The rings and live ids as the run left them: its LB events again (ECMP ones are in the
+    // kernel already, and in the adopted groups' state).
+    for event in &variant.events {
+        if let Some(deployment) = held.deployment.as_mut() {
+            apply_lb(deployment, event)?;
+        }
+        held.events.push(describe(event));
+    }
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name(&args.run).as_bytes())
+        .map_err(|e| LabError::os("name", "the keeper's socket", e))?;
+    let listener = UnixListener::bind_addr(&addr).map_err(|e| LabError::os("bind", "the keeper's socket", e))?;
+    let mut out = std::io::stdout();
+    // Whoever started us may be gone already: a closed stdout is no reason to stop.
+    let _ = out.write_all(Phase::Ready.emit().as_bytes()).and_then(|()| out.flush());
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            continue;
+        }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => match held.handle(request).await {
+                Ok(status) => Response { status: Some(status), error: None },
+                Err(e) => Response { status: None, error: Some(e.to_string()) },
+            },
+            Err(e) => Response { status: None, error: Some(format!("bad request {line:?}: {e}")) },
+        };
+        let mut writer = &stream;
+        let _ = writer.write_all((serde_json::to_string(&response).expect("serialisable") + "\n").as_bytes());
+    }
+    Ok(())
+}
+
+/// Applies one of the timeline's LB events to `deployment` (ECMP events are the kernel's).
+fn apply_lb(deployment: &mut Deployment, event: &crate::scenario::spec::EventSpec) -> Result<()> {
+    use crate::scenario::spec::EventSpec;
+    match event {
+        EventSpec::DrainBackend { backend } => deployment.drain(backend),
+        EventSpec::RestoreBackend { backend } => deployment.restore(backend),
+        EventSpec::SetWeight { backend, weight } => deployment.set_weight(backend, *weight),
+        EventSpec::RemoveMember { .. } | EventSpec::ReplaceMember { .. } | EventSpec::AddMember { .. } => Ok(()),
+    }
+}
