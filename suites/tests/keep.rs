@@ -87,6 +87,10 @@ fn check_live_and_clean(prefix: &str) {
     let reals = status["lb"]["reals"].as_array().expect("reals");
     let entry = reals.iter().find(|r| r[0] == backend.as_str()).expect("the backend in the status");
     assert_eq!(entry[3], false, "status shows {backend} out of the rings: {entry}");
+    for ring in status["lb"]["rings"].as_array().expect("rings") {
+        let slots = ring[1].as_array().expect("shares").iter().find(|s| s[0] == backend.as_str()).expect("a share");
+        assert_eq!(slots[1], 0, "{backend} owns no slot of {} after the drain", ring[0]);
+    }
     assert!(
         status["programs"]
             .as_array()

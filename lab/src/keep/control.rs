@@ -81,11 +81,13 @@ pub struct LbStatusOut {
     pub reals: Vec<(String, std::net::IpAddr, u32, bool)>,
     /// Live ids: id -> backend.
     pub live_ids: std::collections::BTreeMap<u32, String>,
+    /// Per VIP, ring slots per backend.
+    pub rings: Vec<(String, Vec<(String, u32)>)>,
 }
 
 impl From<LbStatus> for LbStatusOut {
     fn from(s: LbStatus) -> Self {
-        Self { vips: s.vips, reals: s.reals, live_ids: s.live_ids }
+        Self { vips: s.vips, reals: s.reals, live_ids: s.live_ids, rings: s.rings }
     }
 }
 
@@ -123,6 +125,10 @@ impl Status {
             }
             let ids: Vec<String> = lb.live_ids.iter().map(|(id, node)| format!("{id} {node}")).collect();
             out.push_str(&format!("  live ids: {}\n", ids.join(", ")));
+            for (vip, shares) in &lb.rings {
+                let shares: Vec<String> = shares.iter().map(|(node, slots)| format!("{node} {slots}")).collect();
+                out.push_str(&format!("  ring {vip}: {}\n", shares.join(", ")));
+            }
         }
         if let Some(c) = &self.lb_counters {
             out.push_str(&format!("\nLB counters: {}\n", serde_json::to_string(c).expect("serialisable")));

@@ -38,6 +38,9 @@ pub struct LbStatus {
     pub reals: Vec<(String, IpAddr, u32, bool)>,
     /// The live-id table: id -> backend.
     pub live_ids: BTreeMap<u32, String>,
+    /// Per VIP, the ring's slots per backend (the same pure function of configuration and
+    /// health every LB node computed).
+    pub rings: Vec<(String, Vec<(String, u32)>)>,
 }
 
 /// A deployed LB.
@@ -182,6 +185,18 @@ impl Deployment {
                 .collect(),
             reals: self.reals.iter().map(|(node, r)| (node.clone(), r.addr, r.weight, r.up)).collect(),
             live_ids: self.registry.live(),
+            rings: self
+                .vips
+                .iter()
+                .map(|v| {
+                    let backends: Vec<_> = self.reals.iter().map(|(_, r)| r.backend()).collect();
+                    let slots = crate::lb::maglev::build(&backends, v.ring_size)
+                        .map(|ring| crate::lb::maglev::slots_per_backend(&ring, backends.len()))
+                        .unwrap_or_default();
+                    let shares = self.reals.iter().map(|(node, _)| node.clone()).zip(slots).collect();
+                    (format!("{}:{}/{:?}", v.addr, v.port, v.proto), shares)
+                })
+                .collect(),
         }
     }
 
