@@ -25,6 +25,11 @@
 //! stands for anything in [27, 28)); half a nanosecond is added back to every restoring
 //! sample, without which the ratio to a 27 ns floor is biased up by about 1.5%.
 //!
+//! The SYN flood: distinct SYNs (each a new flow: ring, then a table insert) through the
+//! unmodified `xdp_lb`, one call each on one pinned core, as a rate next to the same loop over
+//! the empty program; and how many of 1,000 flows placed before it still have their entry after
+//! 16k, 64k, 128k and 256k new flows (the per-CPU table holds 16,384, the fallback 65,536).
+//!
 //! Maglev disruption is measured for both ways a backend leaves (see [`super::maglev`]): a
 //! health change (marked down: the control plane's path for health checks and drains) and a
 //! removal from the configuration (plain Maglev's rebuild), each with the balance it leaves.
@@ -133,6 +138,101 @@ pub struct Report {
     pub cases: Vec<Case>,
     /// The Maglev control plane.
     pub maglev: MaglevReport,
+    /// New flows one core pushes through, and what a table under pressure keeps.
+    pub syn_flood: SynFlood,
+}
+
+/// A SYN flood: distinct SYNs, each a new flow that the program routes by the ring and inserts
+/// into its connection tables.
+#[derive(Clone, Debug, Serialize)]
+pub struct SynFlood {
+    /// Distinct SYNs sent.
+    pub syns: u64,
+    /// SYNs per second through `xdp_lb` on one core, one `BPF_PROG_TEST_RUN` call each (wall
+    /// clock, the call's own cost included).
+    pub syns_per_s: f64,
+    /// The same loop over `xdp_empty`: the ceiling of the loop itself.
+    pub floor_calls_per_s: f64,
+    /// Entries of the per-CPU connection table and of the shared fallback.
+    pub table_sizes: (u32, u32),
+    /// Established flows that kept their entry after so many new flows.
+    pub survival: Vec<Survival>,
+}
+
+/// Established flows' entries after a number of new flows.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Survival {
+    /// New flows (distinct SYNs) since the established ones were placed.
+    pub new_flows: u64,
+    /// Established flows.
+    pub established: u64,
+    /// Of those, flows still in a table (per-CPU or fallback).
+    pub kept: u64,
+}
+
+/// Established flows placed before the flood.
+const ESTABLISHED: u64 = 1_000;
+
+/// The `n`-th distinct SYN to the benchmark's TCP VIP (source address and port vary).
+fn nth_syn(template: &[u8], n: u64) -> Vec<u8> {
+    let mut frame = template.to_vec();
+    // IPv4 source's last byte (offset 14 + 15) and the TCP source port (14 + 20): 256 x 64,000
+    // distinct flows. The LB checks no checksum.
+    frame[29] = (n % 256) as u8;
+    frame[34..36].copy_from_slice(&(1_024 + (n / 256) as u16).to_be_bytes());
+    frame
+}
+
+/// Pins the calling thread to CPU 0: the flood fills one per-CPU table (and the fallback).
+fn pin_to_cpu0() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
+    let ret = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if ret == 0 { Ok(()) } else { Err(LabError::os("pin to", "CPU 0", std::io::Error::last_os_error())) }
+}
+
+fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
+    use zrlab_common::lb::{LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE};
+    pin_to_cpu0()?;
+    let lb = balancer()?;
+    let program = lb.program("xdp_lb")?;
+    let template = tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![]);
+    let before = lb.connections()?;
+    for n in 0..ESTABLISHED {
+        sample(program, &nth_syn(&template, n), 1)?;
+    }
+    let established: Vec<_> = lb.connections()?.into_iter().filter(|k| !before.contains(k)).collect();
+    let mut sent = ESTABLISHED;
+    let mut survival = Vec::new();
+    let mut flood_time = 0.0;
+    for total in [LRU_PER_CPU_SIZE, LRU_FALLBACK_SIZE, 2 * LRU_FALLBACK_SIZE, 4 * LRU_FALLBACK_SIZE] {
+        let frames: Vec<Vec<u8>> = (sent..ESTABLISHED + u64::from(total)).map(|n| nth_syn(&template, n)).collect();
+        let started = Instant::now();
+        for frame in &frames {
+            sample(program, frame, 1)?;
+        }
+        flood_time += started.elapsed().as_secs_f64();
+        sent += frames.len() as u64;
+        let now = lb.connections()?;
+        let kept = established.iter().filter(|k| now.contains(k)).count() as u64;
+        survival.push(Survival { new_flows: sent - ESTABLISHED, established: established.len() as u64, kept });
+    }
+    let flood = sent - ESTABLISHED;
+    let started = Instant::now();
+    for _ in 0..flood {
+        sample(floor_program, &template, 1)?;
+    }
+    let floor_time = started.elapsed().as_secs_f64();
+    Ok(SynFlood {
+        syns: flood,
+        syns_per_s: flood as f64 / flood_time,
+        floor_calls_per_s: flood as f64 / floor_time,
+        table_sizes: (LRU_PER_CPU_SIZE, LRU_FALLBACK_SIZE),
+        survival,
+    })
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -343,6 +443,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         katran_floor_ns,
         cases,
         maglev: maglev_report(),
+        syn_flood: syn_flood(floor_program)?,
     })
 }
 
@@ -424,6 +525,21 @@ impl Report {
             self.floor_spread,
             if self.floor_spread > BUSY_SPREAD { ": the host was busy, ratios read high" } else { "" }
         ));
+        let f = &self.syn_flood;
+        out.push_str(&format!(
+            "syn flood: {} distinct SYNs at {:.0}/s on one core (the same loop over the empty program: {:.0} calls/s), tables {} per CPU + {} shared\n",
+            f.syns,
+            f.syns_per_s,
+            f.floor_calls_per_s,
+            f.table_sizes.0,
+            f.table_sizes.1
+        ));
+        for s in &f.survival {
+            out.push_str(&format!(
+                "syn flood: after {:>7} new flows, {:>4} of {} established flows keep their entry\n",
+                s.new_flows, s.kept, s.established
+            ));
+        }
         let m = &self.maglev;
         out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
         for d in &m.disruption {
