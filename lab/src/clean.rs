@@ -1,7 +1,9 @@
 //! Finding and removing what lab runs left behind.
 //!
 //! A run whose owner died without tearing down (SIGKILL, a power cut) leaves namespaces in
-//! `/run/netns`, a cgroup subtree and perhaps pinned BPF objects, all named with its [`RunId`].
+//! `/run/netns` and a cgroup subtree, named with its [`RunId`]. The lab pins no BPF object:
+//! programs live as long as the process (or the kept run's keeper) holding them, or the
+//! namespace or cgroup they are attached to.
 //! [`clean`] removes those of runs whose owner is gone; a live run is never touched.
 //! Kept runs (`--keep`) are removed only when asked for explicitly.
 
@@ -13,9 +15,6 @@ use crate::{
     netns,
     run_id::RunId,
 };
-
-/// Where the lab pins BPF objects, one directory per run.
-pub const BPFFS_DIR: &str = "/sys/fs/bpf";
 
 /// Which dead runs to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,14 +32,12 @@ pub struct Cleaned {
     pub namespaces: Vec<String>,
     /// Cgroup subtrees removed.
     pub cgroups: Vec<PathBuf>,
-    /// BPF pin directories removed.
-    pub pins: Vec<PathBuf>,
 }
 
 impl Cleaned {
     /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
-        self.namespaces.is_empty() && self.cgroups.is_empty() && self.pins.is_empty()
+        self.namespaces.is_empty() && self.cgroups.is_empty()
     }
 }
 
@@ -73,12 +70,6 @@ pub fn clean(scope: Scope) -> Result<Cleaned> {
             }
         }
     }
-    for dir in lab_dirs(Path::new(BPFFS_DIR), scope) {
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => cleaned.pins.push(dir),
-            Err(e) => errors.push(LabError::os("rm -r", dir.display().to_string(), e)),
-        }
-    }
     if errors.is_empty() { Ok(cleaned) } else { Err(LabError::Teardown(errors)) }
 }
 
@@ -96,15 +87,12 @@ fn lab_dirs(root: &Path, scope: Scope) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every object of any lab run (live or dead) that exists now: for tests and `zrlab list`.
+/// Every object of any lab run (live or dead) that exists now (namespaces, cgroup subtrees):
+/// for tests and `zrlab list`.
 pub fn inventory() -> Result<Vec<String>> {
     let mut found: Vec<String> =
         netns::list()?.into_iter().filter(|n| RunId::is_lab_name(n)).map(|n| format!("netns {n}")).collect();
-    let mut roots = vec![PathBuf::from(BPFFS_DIR)];
-    if let Ok(root) = cgroup2_root() {
-        roots.push(root);
-    }
-    for root in roots {
+    for root in cgroup2_root().into_iter() {
         if let Ok(entries) = std::fs::read_dir(&root) {
             for entry in entries.flatten() {
                 if let Ok(name) = entry.file_name().into_string()

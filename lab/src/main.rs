@@ -76,7 +76,7 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Remove what killed or kept runs left (namespaces, cgroups, BPF pins); live runs stay.
+    /// Remove what killed or kept runs left (namespaces, cgroups, keepers); live runs stay.
     Clean,
     /// List the lab objects present on this machine (live and dead runs).
     List,
@@ -444,7 +444,7 @@ fn print_cleaned(cleaned: &clean::Cleaned, verb: &str) {
     for ns in &cleaned.namespaces {
         outln!("{verb} namespace {ns}");
     }
-    for dir in cleaned.cgroups.iter().chain(&cleaned.pins) {
+    for dir in &cleaned.cgroups {
         outln!("{verb} {}", dir.display());
     }
 }

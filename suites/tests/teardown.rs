@@ -1,6 +1,8 @@
 //! Nothing leaks: a run stopped by SIGTERM or SIGINT tears its topology down itself; a run
 //! killed with SIGKILL leaves state behind (shown, so the test can fail) that `zrlab clean`
-//! removes completely.
+//! removes completely; a 443 benchmark killed mid-run leaves no process holding its namespace
+//! (checked by namespace inode, not by name: a name can be gone while a process keeps the
+//! namespace alive).
 
 mod common;
 
@@ -76,6 +78,59 @@ fn sigkill_leftovers_are_removed_by_clean() {
     let stdout = String::from_utf8_lossy(&clean.stdout);
     assert!(stdout.contains(&prefix), "clean names what it removed: {stdout}");
     assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "clean removed everything");
+}
+
+#[test]
+fn a_443_benchmark_killed_mid_run_leaves_no_namespace_alive() {
+    common::require_root();
+    let _lock = common::exclusive();
+    let out = tempdir("bench443");
+    let mut child = Command::new(common::zrlab_exe())
+        .args(["bench", "bind443", "--sizes", "100,8000", "--repeats", "51", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start zrlab bench bind443");
+    // Mid-run: one of its namespaces exists and a helper process holds sockets in it.
+    let prefix = format!("zrlab-{}-", child.id());
+    let mut inodes = Vec::new();
+    common::wait_for("a benchmark namespace with its socket helpers", BUILD_TIMEOUT, || {
+        inodes = namespace_inodes(&prefix);
+        !inodes.is_empty() && !holders_of(&inodes).is_empty()
+    });
+    signal(&child, libc::SIGKILL);
+    child.wait().expect("wait for zrlab");
+    let clean = Command::new(common::zrlab_exe()).arg("clean").output().expect("zrlab clean");
+    assert!(clean.status.success(), "zrlab clean: {}", String::from_utf8_lossy(&clean.stderr));
+    // The helpers die with the benchmark (PDEATHSIG), possibly a moment after it.
+    common::wait_for("the helpers to die", BUILD_TIMEOUT, || holders_of(&inodes).is_empty());
+    assert_eq!(common::objects_with_prefix(&prefix), Vec::<String>::new(), "clean removed the names");
+}
+
+/// The inodes of the namespaces named `prefix...` now.
+fn namespace_inodes(prefix: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .filter_map(|e| e.metadata().ok().map(|m| m.ino()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pids of processes (other than threads of ours) whose network namespace is one of
+/// `inodes`.
+fn holders_of(inodes: &[u64]) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino())))
+        .collect()
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

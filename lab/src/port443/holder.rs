@@ -7,6 +7,11 @@
 //! thread's network namespace), creates and binds its sockets in the `pre_exec` hook with
 //! nothing but system calls, then executes `sleep infinity`, which keeps the inherited
 //! descriptors open. Dropping the [`Holder`] kills the helpers, which closes their sockets.
+//!
+//! Helpers get `PR_SET_PDEATHSIG=SIGKILL`, as the lab's services do: a benchmark, probe or test
+//! killed mid-run (SIGKILL included) takes its helpers along, so no `sleep` keeps a removed
+//! namespace alive behind its sockets. The signal follows the thread that forked them, which
+//! here is the thread that also uses and drops them.
 
 use std::{
     net::SocketAddr,
@@ -32,14 +37,21 @@ impl Holder {
     /// calling thread's network namespace.
     pub(crate) fn spawn(addrs: &[SocketAddr], flags: Flags, listen: bool) -> Result<Self> {
         let mut holder = Self { children: Vec::new() };
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
         for chunk in addrs.chunks(PER_PROCESS) {
             let addrs: Vec<SockAddr> = chunk.iter().map(|a| SockAddr::from(*a)).collect();
             let mut cmd = Command::new("sleep");
             cmd.arg("infinity").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            // SAFETY: the hook only makes system calls (socket, setsockopt, bind, listen) on
-            // data prepared before the fork; it allocates nothing.
+            // SAFETY: the hook only makes system calls (prctl, getppid, socket, setsockopt,
+            // bind, listen) on data prepared before the fork; it allocates nothing.
             unsafe {
                 cmd.pre_exec(move || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    // The parent may have died before prctl: then nobody would kill us.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
                     for addr in &addrs {
                         bind_raw(addr, flags, listen)?;
                     }
