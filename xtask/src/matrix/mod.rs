@@ -65,10 +65,6 @@ pub(crate) struct Options {
     /// Time limit of one VM kernel's boot and plan, in seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
-    /// Record the 443 bind-conflict snapshots of kernel series that have none
-    /// (`INSTA_UPDATE=always` in the suites), to review and commit.
-    #[arg(long)]
-    record_snapshots: bool,
     /// Merge report.json files of separate runs (CI shards) into target/matrix/report.*
     /// instead of running anything.
     #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["kernels", "no_host"])]
@@ -228,12 +224,7 @@ fn run_local(
     eprintln!("[matrix {label}] running natively on {release}");
     let out = runs.join(label);
     fresh_dir(&out)?;
-    let plan = plan::build(
-        selection,
-        artifacts,
-        workspace,
-        &PlanOptions { out: out.clone(), place: Where::Host, record_snapshots: opts.record_snapshots },
-    )?;
+    let plan = plan::build(selection, artifacts, workspace, &PlanOptions { out: out.clone(), place: Where::Host })?;
     let results = runner::run(&plan, runner::Options::default(), |event| {
         if let Event::Done(result) = event {
             eprintln!("[matrix {label}] {} {} ({:.1} s)", result.name, result.outcome, result.secs);
@@ -360,12 +351,7 @@ fn boot_and_run(
     say: &mut dyn FnMut(&str),
 ) -> Result<qemu::Booted> {
     fresh_dir(out)?;
-    let plan = plan::build(
-        selection,
-        artifacts,
-        workspace,
-        &PlanOptions { out: out.to_path_buf(), place: Where::Vm, record_snapshots: opts.record_snapshots },
-    )?;
+    let plan = plan::build(selection, artifacts, workspace, &PlanOptions { out: out.to_path_buf(), place: Where::Vm })?;
     let plan_path = out.join("plan.txt");
     std::fs::write(&plan_path, plan.render()?).with_context(|| format!("writing {}", plan_path.display()))?;
     let index = modules::Index::load(&tree.modules_dir)?;
