@@ -141,7 +141,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let mut apt = kernel::AptState::new(cache.join("apt"), all.iter().flat_map(|k| k.suites.clone()).collect());
     for environment in &environments {
         let column = match environment {
-            Environment::Local => run_local(&selection, &artifacts, &workspace, &runs, &opts)?,
+            Environment::Local => run_local(&selection, &artifacts, &workspace, &runs)?,
             Environment::Vm { kernel, cache_dir } => run_vm(
                 kernel,
                 cache_dir,
@@ -211,13 +211,7 @@ fn finish_run_dir(dir: &Path, cells: &mut [Cell]) {
     }
 }
 
-fn run_local(
-    selection: &Selection,
-    artifacts: &Artifacts,
-    workspace: &Path,
-    runs: &Path,
-    opts: &Options,
-) -> Result<report::Kernel> {
+fn run_local(selection: &Selection, artifacts: &Artifacts, workspace: &Path, runs: &Path) -> Result<report::Kernel> {
     let started = Instant::now();
     let release = uname_release();
     let label = "host";
