@@ -64,6 +64,7 @@ mod prog {
     fn forward<const RESTORE: bool>(ctx: &XdpContext, pkt: &parse::Pkt, stats: &Stats) -> Result<u32, ()> {
         match route::pick(ctx, pkt, stats) {
             route::Route::Real { real, vip_num } => encap::encap::<RESTORE>(ctx, pkt, real, vip_num, stats),
+            route::Route::NotVip => parse::pass_non_vip(stats),
             route::Route::NoService => parse::refuse(stats, pkt.flow.dst, counter::NO_SERVICE, xdp_action::XDP_PASS),
             route::Route::NoReal => {
                 stats.add(counter::ENCAP_FAILED);

@@ -60,12 +60,24 @@ fn verdict(stats: &Stats, slot: u32, action: u32) -> Result<u32, ()> {
 /// the table key, and copied the array into the flow.
 #[inline(always)]
 pub fn refuse(stats: &Stats, dst: [u32; 4], slot: u32, action: u32) -> Result<u32, ()> {
-    let key = [opaque(dst[0] as usize) as u32, dst[1], dst[2], dst[3]];
-    // SAFETY (verifier): a plain map lookup.
-    if unsafe { VIP_ADDRS.get(&key) }.is_none() {
-        return verdict(stats, counter::NON_VIP, PASS);
+    if !is_vip_addr(dst) {
+        return pass_non_vip(stats);
     }
     verdict(stats, slot, action)
+}
+
+/// Whether `dst` carries at least one VIP (see [`refuse`] for the key's form).
+#[inline(always)]
+pub fn is_vip_addr(dst: [u32; 4]) -> bool {
+    let key = [opaque(dst[0] as usize) as u32, dst[1], dst[2], dst[3]];
+    // SAFETY (verifier): a plain map lookup.
+    unsafe { VIP_ADDRS.get(&key) }.is_some()
+}
+
+/// A packet to an address that carries no VIP: passed untouched, counted.
+#[inline(always)]
+pub fn pass_non_vip(stats: &Stats) -> Result<u32, ()> {
+    verdict(stats, counter::NON_VIP, PASS)
 }
 
 /// IPv6 extension headers and fragments: not parsed by the LB.

@@ -3,7 +3,7 @@
 //! The fast path is a connection-table hit: the entry carries the real and the VIP's number and
 //! flags, so an established flow costs one table lookup and no VIP lookup. In order:
 //! 1. unless it is a SYN (a new connection always hashes), the connection table (this CPU's,
-//!    then the shared fallback);
+//!    then, if the destination carries a VIP at all, the shared fallback);
 //! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
@@ -26,7 +26,7 @@ use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_S
 
 use super::{
     maps::{LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, Stats, VIPS, config},
-    parse::Pkt,
+    parse::{Pkt, is_vip_addr},
 };
 
 /// Where a packet goes.
@@ -38,6 +38,8 @@ pub enum Route {
         /// The VIP's number.
         vip_num: u32,
     },
+    /// The destination address carries no VIP at all: not the LB's business.
+    NotVip,
     /// The destination is no VIP's (port or protocol): not the LB's business.
     NoService,
     /// The VIP has no usable ring.
@@ -50,12 +52,16 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let key = ConnKey::of(&pkt.flow);
     if !syn {
-        if let Some(hit) = lookup(&key, &pkt.flow, stats) {
-            let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
-            if real != hit.real {
-                remember(&key, ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
+        match lookup(&key, &pkt.flow, stats) {
+            Lookup::Hit(hit) => {
+                let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
+                if real != hit.real {
+                    remember(&key, ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
+                }
+                return Route::Real { real, vip_num: hit.vip_num };
             }
-            return Route::Real { real, vip_num: hit.vip_num };
+            Lookup::NotVip => return Route::NotVip,
+            Lookup::Miss => {}
         }
     }
     let Some(meta) = vip(pkt) else { return Route::NoService };
@@ -153,26 +159,44 @@ impl Hit {
     }
 }
 
+/// What the connection tables say about a flow.
+enum Lookup {
+    /// Its entry.
+    Hit(Hit),
+    /// No entry: route it as a new flow.
+    Miss,
+    /// No entry, and its destination carries no VIP: not the LB's business.
+    NotVip,
+}
+
 /// `flow`'s entry (under `key`, its [`ConnKey`]): this CPU's table, then the fallback. An entry
 /// under the same key for other addresses (a folded-key collision) is a miss. Only the fields a
 /// hit needs are read: the entry stays in the map.
+///
+/// Between the two tables, a packet whose destination carries no VIP stops: it cannot have an
+/// entry (entries are made for VIP packets only), and checking the address set there, after the
+/// hit path's one lookup, saves such packets the fallback and both VIP lookups (an LB sharing a
+/// host sees every packet of the host, most of them not for a VIP).
 #[inline(always)]
-fn lookup(key: &ConnKey, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
+fn lookup(key: &ConnKey, flow: &FlowKey, stats: &Stats) -> Lookup {
     if let Some(entry) = LRU_PER_CPU.get_value_ptr_mut(cpu(), key) {
         // SAFETY: the kernel returned a valid pointer into the inner map's value.
         let entry = unsafe { &*entry };
         if entry.matches(flow) {
             stats.add(counter::LRU_HIT);
-            return Some(Hit::of(entry));
+            return Lookup::Hit(Hit::of(entry));
         }
     }
+    if !is_vip_addr(flow.dst) {
+        return Lookup::NotVip;
+    }
     // SAFETY (verifier): a plain map lookup, read at once.
-    let entry = unsafe { LRU_FALLBACK.get(key) }.filter(|e| e.matches(flow))?;
+    let Some(entry) = unsafe { LRU_FALLBACK.get(key) }.filter(|e| e.matches(flow)) else { return Lookup::Miss };
     stats.add(counter::LRU_FALLBACK_HIT);
     if let Some(table) = LRU_PER_CPU.get(cpu()) {
         let _ = table.insert(key, entry, 0);
     }
-    Some(Hit::of(entry))
+    Lookup::Hit(Hit::of(entry))
 }
 
 #[inline(always)]
