@@ -107,7 +107,8 @@ pub async fn keep(args: KeeperArgs) -> Result<()> {
     let variant = &scenario.main;
     let (run, _) =
         RunId::parse(&args.run).ok_or_else(|| LabError::Usage(format!("{} is not a run prefix", args.run)))?;
-    let lab = Lab::adopt(run, &variant.topology, &variant.events).await?;
+    let changes: Vec<_> = variant.events.iter().filter_map(|e| e.group_change()).collect();
+    let lab = Lab::adopt(run, &variant.topology, &changes).await?;
     let workload = &variant.workload;
     let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
     let tpr = variant.tpr.as_ref().map(|spec| TprDeployment::start(&lab, spec, workload, &registry)).transpose()?;

@@ -252,6 +252,23 @@ pub enum EventSpec {
 }
 
 impl EventSpec {
+    /// The nexthop-group change this event makes, if it is a group event.
+    pub fn group_change(&self) -> Option<crate::topology::GroupChange> {
+        use crate::topology::GroupChange;
+        match self {
+            Self::RemoveMember { group, member } => {
+                Some(GroupChange::Remove { group: group.clone(), member: member.clone() })
+            }
+            Self::ReplaceMember { group, member, with } => {
+                Some(GroupChange::Replace { group: group.clone(), member: member.clone(), with: with.clone() })
+            }
+            Self::AddMember { group, member } => {
+                Some(GroupChange::Add { group: group.clone(), member: member.clone() })
+            }
+            Self::DrainBackend { .. } | Self::RestoreBackend { .. } | Self::SetWeight { .. } => None,
+        }
+    }
+
     /// The node this event takes down, if any.
     pub fn takes_down(&self) -> Option<&str> {
         match self {

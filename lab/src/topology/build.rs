@@ -18,7 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::spec::{Family, GroupSpec, Role, Topology};
+use super::{
+    GroupChange,
+    node::Node,
+    spec::{Family, GroupSpec, Role, Topology},
+};
 use crate::{
     cgroup::{Cgroup, cgroup2_root},
     error::{LabError, Result},
@@ -37,17 +41,6 @@ const MULTIPATH_HASH_SEED: u32 = 0x5eed;
 /// `fib_multipath_hash_fields` for the 5-tuple: source and destination address, protocol,
 /// source and destination port.
 const MULTIPATH_HASH_FIELDS: &str = "0x0037";
-
-/// One node of the lab.
-#[derive(Debug)]
-pub struct Node {
-    /// Its role in the topology.
-    pub role: Role,
-    /// Its namespace.
-    pub netns: Netns,
-    /// Netlink inside that namespace.
-    pub nl: Nl,
-}
 
 /// A nexthop group as it currently is in the kernel.
 #[derive(Clone, Debug)]
@@ -153,12 +146,11 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Adopts the kept run `run` (built from `topology`, then changed by the ECMP events
+    /// Adopts the kept run `run` (built from `topology`, then changed by the group changes
     /// `applied`, in order): opens its namespaces and cgroup without creating anything and
-    /// reconstructs the nexthop groups' state (their ids follow from the build and the events),
-    /// so that further group events work. The adopted lab never tears anything down.
-    pub async fn adopt(run: RunId, topology: &Topology, applied: &[crate::scenario::spec::EventSpec]) -> Result<Self> {
-        use crate::scenario::spec::EventSpec;
+    /// reconstructs the nexthop groups' state (their ids follow from the build and the changes),
+    /// so that further group changes work. The adopted lab never tears anything down.
+    pub async fn adopt(run: RunId, topology: &Topology, applied: &[GroupChange]) -> Result<Self> {
         if !run.kept {
             return Err(LabError::Usage(format!("{run} is not a kept run")));
         }
@@ -200,28 +192,21 @@ impl Lab {
             };
             lab.groups.insert(group.name.clone(), state);
         }
-        for event in applied {
-            let (EventSpec::RemoveMember { group, .. }
-            | EventSpec::ReplaceMember { group, .. }
-            | EventSpec::AddMember { group, .. }) = event
-            else {
-                continue;
-            };
+        for change in applied {
             let id = lab.next_nexthop;
-            let Some(state) = lab.groups.get_mut(group) else { continue };
-            match event {
-                EventSpec::RemoveMember { member, .. } => state.members.retain(|(m, _)| m != member),
-                EventSpec::ReplaceMember { member, with, .. } => {
+            let Some(state) = lab.groups.get_mut(change.group()) else { continue };
+            match change {
+                GroupChange::Remove { member, .. } => state.members.retain(|(m, _)| m != member),
+                GroupChange::Replace { member, with, .. } => {
                     if let Some(slot) = state.members.iter_mut().find(|(m, _)| m == member) {
                         *slot = (with.clone(), id);
                         lab.next_nexthop += 1;
                     }
                 }
-                EventSpec::AddMember { member, .. } => {
+                GroupChange::Add { member, .. } => {
                     state.members.push((member.clone(), id));
                     lab.next_nexthop += 1;
                 }
-                _ => {}
             }
         }
         Ok(lab)

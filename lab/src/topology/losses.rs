@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use super::build::Node;
+use super::node::Node;
 use crate::error::{LabError, Result};
 
 /// The protocol counters that mean a packet was lost (`Proto:Name` as the kernel writes them).
