@@ -83,18 +83,7 @@ impl Lab {
     pub async fn build(topology: &Topology, keep: bool) -> Result<Self> {
         let started = Instant::now();
         let run = RunId::new(keep);
-        let mut lab = Self {
-            run,
-            topology: topology.clone(),
-            nodes: BTreeMap::new(),
-            cgroup: None,
-            groups: BTreeMap::new(),
-            next_nexthop: FIRST_NEXTHOP_ID,
-            children: Vec::new(),
-            setup: Duration::ZERO,
-            torn_down: false,
-            ecmp_unseeded: Vec::new(),
-        };
+        let mut lab = Self::empty(run, topology);
         // From here on, an error drops `lab`, which removes whatever was already made.
         lab.cgroup = Some(Cgroup::create(cgroup2_root()?.join(run.to_string()))?);
         for node in &topology.spec.nodes {
@@ -146,6 +135,22 @@ impl Lab {
         Ok(lab)
     }
 
+    /// A lab of `topology` under `run` that holds nothing yet.
+    fn empty(run: RunId, topology: &Topology) -> Self {
+        Self {
+            run,
+            topology: topology.clone(),
+            nodes: BTreeMap::new(),
+            cgroup: None,
+            groups: BTreeMap::new(),
+            next_nexthop: FIRST_NEXTHOP_ID,
+            children: Vec::new(),
+            setup: Duration::ZERO,
+            torn_down: false,
+            ecmp_unseeded: Vec::new(),
+        }
+    }
+
     /// Adopts the kept run `run` (built from `topology`, then changed by the group changes
     /// `applied`, in order): opens its namespaces and cgroup without creating anything and
     /// reconstructs the nexthop groups' state (their ids follow from the build and the changes),
@@ -154,18 +159,8 @@ impl Lab {
         if !run.kept {
             return Err(LabError::Usage(format!("{run} is not a kept run")));
         }
-        let mut lab = Self {
-            run,
-            topology: topology.clone(),
-            nodes: BTreeMap::new(),
-            cgroup: Some(Cgroup::existing(cgroup2_root()?.join(run.to_string()))?),
-            groups: BTreeMap::new(),
-            next_nexthop: FIRST_NEXTHOP_ID,
-            children: Vec::new(),
-            setup: Duration::ZERO,
-            torn_down: false,
-            ecmp_unseeded: Vec::new(),
-        };
+        let mut lab = Self::empty(run, topology);
+        lab.cgroup = Some(Cgroup::existing(cgroup2_root()?.join(run.to_string()))?);
         for node in &topology.spec.nodes {
             let netns = Netns::open(&run.name(&node.name))?;
             let nl = Nl::connect(&netns)?;
