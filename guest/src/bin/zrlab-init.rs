@@ -76,7 +76,11 @@ fn boot_and_run() -> Result<bool, String> {
     let _ = mount("debugfs", &inside("/sys/kernel/debug"), "debugfs", 0, "");
     let _ = mount("tracefs", &inside("/sys/kernel/tracing"), "tracefs", 0, "");
     for (tag, path) in &config.shares {
-        mount(tag, &inside(&path.to_string_lossy()), "9p", 0, &format!("{NINEP_OPTS},cache=none"))?;
+        let target = inside(&path.to_string_lossy());
+        // A share under /tmp or /run (a workspace cloned to /tmp) needs its mount point made in
+        // the fresh tmpfs; elsewhere it exists on the host's root already.
+        let _ = fs::create_dir_all(&target);
+        mount(tag, &target, "9p", 0, &format!("{NINEP_OPTS},cache=none"))?;
     }
     let root = CString::new(NEWROOT).expect("no NUL");
     // SAFETY: valid C strings; chroot/chdir have no other preconditions.
