@@ -62,33 +62,14 @@ pub struct Status {
     pub nodes: Vec<NodeStatus>,
     /// Every program the keeper holds attached: `node ifname program`, `node cgroup program`.
     pub programs: Vec<String>,
-    /// VIPs, reals and live ids, when the scenario runs an LB.
-    pub lb: Option<LbStatusOut>,
+    /// VIPs, reals, live ids and rings (and the LB's own programs), when the scenario runs an LB.
+    pub lb: Option<LbStatus>,
     /// The LB and decap programs' counters since the keeper attached them.
     pub lb_counters: Option<LbTotals>,
     /// The sock_ops programs' counters since the keeper attached them.
     pub tpr_counters: Option<TprTotals>,
     /// The events applied: the timeline's, then those sent with `zrlab event`.
     pub events: Vec<String>,
-}
-
-/// [`LbStatus`] as it travels.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LbStatusOut {
-    /// `addr:port/proto`.
-    pub vips: Vec<String>,
-    /// Backend, address, weight, up in the rings.
-    pub reals: Vec<(String, std::net::IpAddr, u32, bool)>,
-    /// Live ids: id -> backend.
-    pub live_ids: std::collections::BTreeMap<u32, String>,
-    /// Per VIP, ring slots per backend.
-    pub rings: Vec<(String, Vec<(String, u32)>)>,
-}
-
-impl From<LbStatus> for LbStatusOut {
-    fn from(s: LbStatus) -> Self {
-        Self { vips: s.vips, reals: s.reals, live_ids: s.live_ids, rings: s.rings }
-    }
 }
 
 /// A response.

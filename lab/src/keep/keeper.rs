@@ -76,7 +76,7 @@ impl Held {
             keeper: std::process::id(),
             nodes,
             programs,
-            lb: self.deployment.as_ref().map(|d| d.status().into()),
+            lb: self.deployment.as_ref().map(Deployment::status),
             lb_counters: self.deployment.as_ref().map(Deployment::totals).transpose()?,
             tpr_counters: self.tpr.as_ref().map(TprDeployment::totals).transpose()?,
             events: self.events.clone(),

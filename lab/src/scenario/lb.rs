@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// What a deployed LB holds, for a kept run's status.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LbStatus {
     /// `node ifname program` for every attached XDP program.
     pub programs: Vec<String>,
