@@ -46,6 +46,7 @@ fn random_and_mutated_frames_agree_with_the_model() {
     let mut tx = 0u64;
     for i in 0..packets {
         if i > 0 && i % EPOCH == 0 {
+            assert_no_internal_errors(&fx, &decap);
             fx = Fixture::new();
         }
         let frame = generate(&mut rng);
@@ -74,8 +75,17 @@ fn random_and_mutated_frames_agree_with_the_model() {
             assert_eq!(&output[14..], &frame[14 + outer..], "decap kept the inner bytes; {}", context());
         }
     }
+    assert_no_internal_errors(&fx, &decap);
     eprintln!("fuzzed {packets} frames (seed {seed:#x}), {tx} encapsulated");
     assert!(tx > packets / 10, "the generator reaches the encapsulation path ({tx} of {packets})");
+}
+
+/// Neither program took its internal-error exit (a failed check that earlier checks should
+/// have made impossible: the packet passes, counted).
+fn assert_no_internal_errors(fx: &Fixture, decap: &Decap) {
+    let lb = fx.lb.counters().expect("LB counters").get(zrlab_common::lb::counter::INTERNAL);
+    let decap = decap.counters().expect("decap counters").internal;
+    assert_eq!((lb, decap), (0, 0), "internal errors (xdp_lb, xdp_decap)");
 }
 
 /// Checks an `XDP_TX` output: outer IPv4/IPv6 with protocol 4/41 matching the inner version,

@@ -23,6 +23,9 @@ pub mod counter {
     pub const PASSED: u32 = 4;
     /// A tunnel packet for this host whose outer header is malformed: dropped.
     pub const MALFORMED: u32 = 5;
+    /// A bounds check the program's own earlier checks should have made impossible failed: the
+    /// packet passed. Never moves in the suites.
+    pub const INTERNAL: u32 = 6;
     /// Number of slots.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 7;
 }

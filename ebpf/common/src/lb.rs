@@ -21,6 +21,10 @@ pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
 pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
 /// Name of the shared fallback connection table.
 pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
+/// Outer array of the IPv6 flows' per-CPU connection tables (keys [`ConnKeyV6`]).
+pub const LRU6_PER_CPU_MAP: &str = "LB_LRU6_PER_CPU";
+/// The IPv6 flows' shared fallback table (the kernel keeps the name's first 15 bytes).
+pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
 /// Name of the program's read-only global holding its [`Config`], set when the object is loaded.
 pub const CONFIG_GLOBAL: &str = "LB_CONFIG";
 /// Name of the per-CPU counters: one entry, a [`CounterBlock`].
@@ -150,40 +154,66 @@ impl FlowKey {
     }
 }
 
-/// The connection table's key: three words. The kernel hashes and compares the whole key on
-/// every lookup (`jhash2` mixes once per three words beyond the last three); with the 40-byte
-/// [`FlowKey`] as the key, whose padding bytes the compiler cleared with a call to BPF's
-/// byte-wise `memset`, a table hit cost about 18 ns (15%) more on the benchmark machine. Hence
-/// no padding fields here or in [`FlowKey`]. An address is folded to one word (the XOR of its
-/// words: exact for IPv4, whose other words are zero) and the protocol is XORed into the
-/// destination's; the ports are kept as they are. The entry carries the full addresses and the protocol, and a hit counts
-/// only if they match ([`ConnEntry::matches`]). Flows whose keys collide take each other's
-/// entry, as LRU eviction would: the loser's next packet is routed as a table miss (ring or
-/// server id).
+/// The IPv4 connection table's key: three words, exact. The kernel hashes and compares the
+/// whole key on every lookup (`jhash2` mixes once per three words beyond the last three); with
+/// the 40-byte [`FlowKey`] as the key, whose padding bytes the compiler cleared with a call to
+/// BPF's byte-wise `memset`, a table hit cost about 18 ns (15%) more on the benchmark machine.
+/// Hence no padding fields here or in [`FlowKey`]. The protocol is XORed into the destination
+/// word, so two flows that differ only in destination and protocol can share a key: the entry
+/// carries the full addresses and the protocol, and a hit counts only if they match
+/// ([`ConnEntry::matches`]). Such flows would need two VIP addresses 6 ^ 17 apart, one served
+/// over TCP and the other over UDP, and the same source address and ports.
+///
+/// IPv6 flows have a table of their own under the exact [`ConnKeyV6`]: an IPv6 address folded
+/// to one word would let a sender that picks the low bits of its own address overwrite another
+/// flow's entry with one spoofed packet (the victim is then reset after the next ring change).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnKey {
-    /// Source address, folded.
+    /// Source address (the IPv4 address's word).
     pub src: u32,
-    /// Destination address, folded, XOR the IP protocol.
+    /// Destination address, XOR the IP protocol.
     pub dst_proto: u32,
     /// Source and destination port, as [`FlowKey::ports`].
     pub ports: u32,
 }
 
 impl ConnKey {
-    /// The key of `flow`.
+    /// The key of IPv4 flow `flow`.
     #[inline(always)]
     pub fn of(flow: &FlowKey) -> Self {
-        let fold = |w: &[u32; 4]| w[0] ^ w[1] ^ w[2] ^ w[3];
-        Self { src: fold(&flow.src), dst_proto: fold(&flow.dst) ^ u32::from(flow.proto), ports: flow.ports }
+        Self { src: flow.src[0], dst_proto: flow.dst[0] ^ u32::from(flow.proto), ports: flow.ports }
+    }
+}
+
+/// The IPv6 connection table's key: the whole 5-tuple, as katran keys its flows, with no
+/// padding bytes (the protocol takes a word of its own). Exact: two flows never share an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKeyV6 {
+    /// Source address words.
+    pub src: [u32; 4],
+    /// Destination address words.
+    pub dst: [u32; 4],
+    /// Source and destination port, as [`FlowKey::ports`].
+    pub ports: u32,
+    /// IP protocol.
+    pub proto: u32,
+}
+
+impl ConnKeyV6 {
+    /// The key of IPv6 flow `flow`.
+    #[inline(always)]
+    pub fn of(flow: &FlowKey) -> Self {
+        Self { src: flow.src, dst: flow.dst, ports: flow.ports, proto: u32::from(flow.proto) }
     }
 }
 
 /// A connection-table entry: everything an established flow's packet needs, so that a table
-/// hit costs no VIP lookup, and what the folded key does not pin down. Aligned to 8 bytes (as
-/// the kernel aligns map values) so that [`ConnEntry::matches`] reads the addresses as 64-bit
-/// words.
+/// hit costs no VIP lookup, and what the IPv4 key does not pin down. The IPv6 tables hold it
+/// too (one value type for both families; their exact key needs no match check). Aligned to 8
+/// bytes (as the kernel aligns map values) so that [`ConnEntry::matches`] reads the addresses
+/// as 64-bit words.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
@@ -324,8 +354,12 @@ pub mod counter {
     pub const ENCAP_FAILED: u32 = 16;
     /// Hits in the shared fallback connection table.
     pub const LRU_FALLBACK_HIT: u32 = 17;
+    /// A bounds check the program's own earlier checks should have made impossible failed (a
+    /// bug, or a kernel that lays the frame out differently): the packet passed. Never moves
+    /// in the suites; the fuzz suite asserts it.
+    pub const INTERNAL: u32 = 18;
     /// Number of slots.
-    pub const SLOTS: u32 = 18;
+    pub const SLOTS: u32 = 19;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -346,6 +380,7 @@ pub mod counter {
         "tx",
         "encap_failed",
         "lru_fallback_hit",
+        "internal",
     ];
 }
 
@@ -419,6 +454,7 @@ mod pod {
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for IdKey {}
     unsafe impl aya::Pod for ConnEntry {}
     unsafe impl aya::Pod for Config {}

@@ -39,7 +39,10 @@ mod prog {
 
     #[xdp]
     pub fn xdp_decap(ctx: XdpContext) -> u32 {
-        try_decap(&ctx).unwrap_or(xdp_action::XDP_PASS)
+        try_decap(&ctx).unwrap_or_else(|()| {
+            count(counter::INTERNAL);
+            xdp_action::XDP_PASS
+        })
     }
 
     /// What the outer header says: (outer length, inner is IPv6, counter slot).
@@ -54,17 +57,25 @@ mod prog {
         unsafe { DSTS.get(dst) }.is_some()
     }
 
+    /// Not a tunnel packet for this host: passed untouched, counted.
+    fn passed() -> u32 {
+        count(counter::PASSED);
+        xdp_action::XDP_PASS
+    }
+
     fn fits_frame(ip_len: usize, frame_ip_len: usize) -> bool {
         ip_len == frame_ip_len || (ip_len < frame_ip_len && frame_ip_len + ETH_LEN <= ETH_MIN_FRAME)
     }
 
     #[inline(always)]
     fn try_decap(ctx: &XdpContext) -> Result<u32, ()> {
-        let eth = read_at::<EthHdr>(ctx, 0)?;
+        // A frame too short for the headers read is no tunnel packet: passed, counted as such
+        // (it used to leave through the error exit, uncounted).
+        let Ok(eth) = read_at::<EthHdr>(ctx, 0) else { return Ok(passed()) };
         let frame_ip_len = frame_len(ctx) - ETH_LEN;
         let tunnel = match u16::from_be_bytes(eth.proto) {
             ETH_P_IP => {
-                let ip = read_at::<Ipv4Hdr>(ctx, ETH_LEN)?;
+                let Ok(ip) = read_at::<Ipv4Hdr>(ctx, ETH_LEN) else { return Ok(passed()) };
                 if (ip.proto != IPPROTO_IPIP && ip.proto != IPPROTO_IPV6) || !for_us(&words_v4(ip.dst)) {
                     count(counter::PASSED);
                     return Ok(xdp_action::XDP_PASS);
@@ -82,7 +93,7 @@ mod prog {
                 }
             }
             ETH_P_IPV6 => {
-                let ip = read_at::<Ipv6Hdr>(ctx, ETH_LEN)?;
+                let Ok(ip) = read_at::<Ipv6Hdr>(ctx, ETH_LEN) else { return Ok(passed()) };
                 if (ip.nexthdr != IPPROTO_IPIP && ip.nexthdr != IPPROTO_IPV6) || !for_us(&words_v6(ip.dst)) {
                     count(counter::PASSED);
                     return Ok(xdp_action::XDP_PASS);

@@ -5,7 +5,10 @@
 //! fresh inner map, then swaps it in with one update of the outer array (see the LB's maps).
 //! Per-CPU connection tables are created here, one per possible CPU, as katran does.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
 
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
@@ -14,10 +17,10 @@ use aya::{
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use zrlab_common::lb::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, CounterBlock, IdKey, LRU_PER_CPU_MAP, MAX_CPUS, MAX_REALS,
-    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
-    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta,
-    VipStats, counter,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
+    LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
+    REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
+    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
 };
 
 use super::maglev::{self, Backend};
@@ -156,15 +159,18 @@ impl Default for Settings {
 /// Every entry of one connection table. An entry evicted while the walk runs ends the walk
 /// early in the kernel (`ENOENT` on the next key), which is what any reader of a live LRU gets;
 /// any other error is reported.
-fn entries<T: std::borrow::Borrow<MapData>>(
-    table: &HashMap<T, ConnKey, ConnEntry>,
-) -> Result<Vec<(ConnKey, ConnEntry)>> {
+fn entries<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
+    table: &HashMap<T, K, ConnEntry>,
+) -> Result<Vec<(K, ConnEntry)>> {
     table.iter().collect::<Result<_, _>>().map_err(map_err("walk a connection table"))
 }
 
 /// Deletes the entries of VIP `num` from one connection table.
-fn flush<T: std::borrow::BorrowMut<MapData>>(table: &mut HashMap<T, ConnKey, ConnEntry>, num: u32) -> Result<()> {
-    let stale: Vec<ConnKey> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
+fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
+    table: &mut HashMap<T, K, ConnEntry>,
+    num: u32,
+) -> Result<()> {
+    let stale: Vec<K> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
     for key in stale {
         // An entry evicted meanwhile is gone already.
         let _ = table.remove(&key);
@@ -197,6 +203,15 @@ fn config(settings: &Settings) -> Config {
     }
 }
 
+/// A flow's key in the connection tables of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKey {
+    /// An IPv4 flow's.
+    V4(ConnKey),
+    /// An IPv6 flow's.
+    V6(ConnKeyV6),
+}
+
 /// Every counter of the LB, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -227,9 +242,11 @@ struct VipState {
 #[derive(Debug)]
 pub struct Balancer {
     bpf: Loaded,
-    /// The per-CPU connection tables (the outer array holds them too; these handles are for
-    /// flushing entries).
+    /// The per-CPU connection tables of IPv4 flows (the outer array holds them too; these
+    /// handles are for flushing entries).
     tables: Vec<HashMap<MapData, ConnKey, ConnEntry>>,
+    /// The same for IPv6 flows.
+    tables6: Vec<HashMap<MapData, ConnKeyV6, ConnEntry>>,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
     /// The live ids (id -> real), as last synced.
@@ -241,48 +258,77 @@ impl Balancer {
     pub fn load(settings: &Settings) -> Result<Self> {
         // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
         let bpf = Loaded::load_with(Object::XdpLb, (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
-        let mut balancer =
-            Self { bpf, tables: Vec::new(), vips: BTreeMap::new(), reals: BTreeMap::new(), live: BTreeMap::new() };
+        let mut balancer = Self {
+            bpf,
+            tables: Vec::new(),
+            tables6: Vec::new(),
+            vips: BTreeMap::new(),
+            reals: BTreeMap::new(),
+            live: BTreeMap::new(),
+        };
         balancer.create_connection_tables()?;
         Ok(balancer)
     }
 
     fn create_connection_tables(&mut self) -> Result<()> {
+        self.tables = self.per_cpu_tables(LRU_PER_CPU_MAP, "lb_lru_cpu")?;
+        self.tables6 = self.per_cpu_tables(LRU6_PER_CPU_MAP, "lb_lru6_cpu")?;
+        Ok(())
+    }
+
+    /// Creates one table per CPU and installs them in outer array `outer_name`.
+    fn per_cpu_tables<K: aya::Pod>(
+        &mut self,
+        outer_name: &str,
+        prefix: &str,
+    ) -> Result<Vec<HashMap<MapData, K, ConnEntry>>> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
-        let mut outer: ArrayOfMaps<_, HashMap<MapData, ConnKey, ConnEntry>> =
-            ArrayOfMaps::try_from(self.bpf.map_mut(LRU_PER_CPU_MAP)?).map_err(map_err("LB_LRU_PER_CPU"))?;
+        let mut outer: ArrayOfMaps<_, HashMap<MapData, K, ConnEntry>> =
+            ArrayOfMaps::try_from(self.bpf.map_mut(outer_name)?).map_err(map_err("a per-CPU table array"))?;
         let mut tables = Vec::new();
         for cpu in 0..cpus.min(MAX_CPUS) {
-            let table: HashMap<MapData, ConnKey, ConnEntry> =
-                HashMap::try_from(super::inner::connection_table(&format!("lb_lru_cpu{cpu}"))?)
+            let table: HashMap<MapData, K, ConnEntry> =
+                HashMap::try_from(super::inner::connection_table::<K>(&format!("{prefix}{cpu}"))?)
                     .map_err(map_err("a per-CPU LRU"))?;
             outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
             tables.push(table);
         }
-        self.tables = tables;
-        Ok(())
+        Ok(tables)
     }
 
     /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
     /// longer hold).
     fn flush_vip(&mut self, num: u32) -> Result<()> {
-        let fallback = self.bpf.map_mut(zrlab_common::lb::LRU_FALLBACK_MAP)?;
         let mut table: HashMap<_, ConnKey, ConnEntry> =
-            HashMap::try_from(fallback).map_err(map_err("LB_LRU_FALLBACK"))?;
+            HashMap::try_from(self.bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        flush(&mut table, num)?;
+        let mut table: HashMap<_, ConnKeyV6, ConnEntry> =
+            HashMap::try_from(self.bpf.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
         flush(&mut table, num)?;
         for table in &mut self.tables {
+            flush(table, num)?;
+        }
+        for table in &mut self.tables6 {
             flush(table, num)?;
         }
         Ok(())
     }
 
-    /// The keys of every flow in this node's connection tables (per-CPU and fallback).
-    pub fn connections(&self) -> Result<std::collections::HashSet<ConnKey>> {
+    /// The keys of every flow in this node's connection tables (per-CPU and fallback, both
+    /// families).
+    pub fn connections(&self) -> Result<HashSet<TableKey>> {
         let fallback: HashMap<_, ConnKey, ConnEntry> =
-            HashMap::try_from(self.map(zrlab_common::lb::LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
-        let mut keys: std::collections::HashSet<ConnKey> = entries(&fallback)?.into_iter().map(|(k, _)| k).collect();
+            HashMap::try_from(self.map(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        let fallback6: HashMap<_, ConnKeyV6, ConnEntry> =
+            HashMap::try_from(self.map(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
+        let mut keys = HashSet::new();
+        keys.extend(entries(&fallback)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        keys.extend(entries(&fallback6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
         for table in &self.tables {
-            keys.extend(entries(table)?.into_iter().map(|(k, _)| k));
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        }
+        for table in &self.tables6 {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V6(k)));
         }
         Ok(keys)
     }

@@ -33,6 +33,8 @@ pub struct DecapCounters {
     pub passed: u64,
     /// Dropped as malformed.
     pub malformed: u64,
+    /// Passed after a check that should not fail failed (`counter::INTERNAL`).
+    pub internal: u64,
 }
 
 impl Decap {
@@ -67,6 +69,7 @@ impl Decap {
             v6_in_v4: c[counter::V6_IN_V4 as usize],
             passed: c[counter::PASSED as usize],
             malformed: c[counter::MALFORMED as usize],
+            internal: c[counter::INTERNAL as usize],
         })
     }
 }

@@ -6,12 +6,12 @@
 //! template) and -EINVAL for one created without (`kernel/bpf/map_in_map.c`,
 //! `bpf_map_meta_equal`). A plain inner map is refused there with EINVAL. So these maps carry a
 //! small BTF of their own: `u32`, `conn_key` and `conn_entry`, each as wide as the program's
-//! types (the kernel checks sizes, not member names).
+//! types (the kernel checks sizes, not member names; `conn_key` is as wide as the family's key).
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::{ConnEntry, ConnKey, LRU_PER_CPU_SIZE, MAX_RING};
+use zrlab_common::lb::{ConnEntry, LRU_PER_CPU_SIZE, MAX_RING};
 
 use crate::{
     bpf_sys::{
@@ -52,8 +52,8 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// The BTF of the inner maps' keys and values.
-fn btf_blob() -> Vec<u8> {
+/// The BTF of the inner maps' keys and values, with a connection key of `key_size` bytes.
+fn btf_blob(key_size: usize) -> Vec<u8> {
     let mut strings = vec![0u8];
     let mut name = |s: &str| {
         let off = strings.len() as u32;
@@ -64,7 +64,7 @@ fn btf_blob() -> Vec<u8> {
     let mut types: Vec<u32> = Vec::new();
     // [1] INT "u32": 4 bytes, 32 bits, unsigned.
     types.extend([name("u32"), 1 << 24, 4, 32]);
-    for (type_name, words) in [("conn_key", size_of::<ConnKey>() / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
+    for (type_name, words) in [("conn_key", key_size / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
         // STRUCT of `words` u32 members.
         types.extend([name(type_name), (4 << 24) | words as u32, (words * 4) as u32]);
         for i in 0..words {
@@ -84,7 +84,7 @@ fn btf_blob() -> Vec<u8> {
 }
 
 fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, name: &str) -> Result<MapData> {
-    let blob = btf_blob();
+    let blob = btf_blob(if key.0 == TYPE_CONN_KEY { key.1 as usize } else { 4 });
     let mut log = vec![0u8; 4096];
     let mut attr = BtfLoadAttr {
         btf: blob.as_ptr() as u64,
@@ -119,11 +119,11 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
-/// A per-CPU connection table (LRU hash, `ConnKey` -> `ConnEntry`).
-pub(super) fn connection_table(name: &str) -> Result<Map> {
+/// A per-CPU connection table (LRU hash, `K` -> `ConnEntry`; `K` is one family's key).
+pub(super) fn connection_table<K>(name: &str) -> Result<Map> {
     let data = create(
         MAP_TYPE_LRU_HASH,
-        (TYPE_CONN_KEY, size_of::<ConnKey>() as u32),
+        (TYPE_CONN_KEY, size_of::<K>() as u32),
         (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
         LRU_PER_CPU_SIZE,
         name,

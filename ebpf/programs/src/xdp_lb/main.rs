@@ -35,7 +35,8 @@ mod prog {
     #[xdp]
     #[inline(always)]
     pub fn xdp_lb(ctx: XdpContext) -> u32 {
-        try_lb::<false>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+        let stats = Stats::get();
+        try_lb::<false>(&ctx, &stats).unwrap_or_else(|()| internal(&stats))
     }
 
     /// The same path, then the encapsulation is undone, so that `BPF_PROG_TEST_RUN` with a
@@ -43,20 +44,28 @@ mod prog {
     #[xdp]
     #[inline(always)]
     pub fn xdp_lb_bench(ctx: XdpContext) -> u32 {
-        try_lb::<true>(&ctx).unwrap_or(xdp_action::XDP_PASS)
+        let stats = Stats::get();
+        try_lb::<true>(&ctx, &stats).unwrap_or_else(|()| internal(&stats))
+    }
+
+    /// A check the earlier ones should have made impossible failed: pass the packet, counted
+    /// (`counter::INTERNAL`), never silently.
+    #[inline(always)]
+    fn internal(stats: &Stats) -> u32 {
+        stats.add(counter::INTERNAL);
+        xdp_action::XDP_PASS
     }
 
     #[inline(always)]
-    fn try_lb<const RESTORE: bool>(ctx: &XdpContext) -> Result<u32, ()> {
-        let stats = Stats::get();
+    fn try_lb<const RESTORE: bool>(ctx: &XdpContext, stats: &Stats) -> Result<u32, ()> {
         // Called from the IPv4 and the IPv6 branch of `parse`: without `inline(always)` the
         // compiler made the route-and-encap path a BPF-to-BPF function, the packet passed
         // through the stack, and the two families shared one copy again.
         parse::parse(
             ctx,
-            &stats,
+            stats,
             #[inline(always)]
-            |pkt| forward::<RESTORE>(ctx, &pkt, &stats),
+            |pkt| forward::<RESTORE>(ctx, &pkt, stats),
         )
     }
 

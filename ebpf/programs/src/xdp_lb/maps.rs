@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS, MAX_REALS,
-    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
+    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS,
+    MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -30,18 +30,27 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 #[map(name = "LB_SERVER_IDS")]
 pub static SERVER_IDS: HashMap<IdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
 
-/// One connection table per CPU (as katran): the control plane creates them; a CPU without one
-/// uses the fallback alone.
-#[btf_map(name = "LB_LRU_PER_CPU")]
-pub static LRU_PER_CPU: ArrayOfMaps<
-    BtfLruHashMap<ConnKey, ConnEntry, { LRU_PER_CPU_SIZE as usize }>,
-    { MAX_CPUS as usize },
-> = ArrayOfMaps::new();
+/// One family's per-CPU connection tables: an outer array with one inner table per CPU.
+pub type PerCpuTables<K> =
+    ArrayOfMaps<BtfLruHashMap<K, ConnEntry, { LRU_PER_CPU_SIZE as usize }>, { MAX_CPUS as usize }>;
 
-/// Shared by all CPUs: consulted on a per-CPU miss, so a flow whose packets reach another CPU
-/// (veth has no RSS to pin them) still finds its real.
+/// One connection table per CPU (as katran), for IPv4 flows: the control plane creates them; a
+/// CPU without one uses the fallback alone.
+#[btf_map(name = "LB_LRU_PER_CPU")]
+pub static LRU_PER_CPU: PerCpuTables<ConnKey> = ArrayOfMaps::new();
+
+/// Shared by all CPUs, for IPv4 flows: consulted on a per-CPU miss, so a flow whose packets
+/// reach another CPU (veth has no RSS to pin them) still finds its real.
 #[map(name = "LB_LRU_FALLBACK")]
 pub static LRU_FALLBACK: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
+
+/// As [`LRU_PER_CPU`], for IPv6 flows under their exact key.
+#[btf_map(name = "LB_LRU6_PER_CPU")]
+pub static LRU6_PER_CPU: PerCpuTables<ConnKeyV6> = ArrayOfMaps::new();
+
+/// As [`LRU_FALLBACK`], for IPv6 flows under their exact key.
+#[map(name = "LB_LRU6_FALLBACK")]
+pub static LRU6_FALLBACK: LruHashMap<ConnKeyV6, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
 
 /// The configuration (`zrlab_common::lb::CONFIG_GLOBAL`): user space writes it into the
 /// object before loading it. Read only through [`config`].

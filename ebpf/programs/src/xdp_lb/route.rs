@@ -2,8 +2,9 @@
 //!
 //! The fast path is a connection-table hit: the entry carries the real and the VIP's number and
 //! flags, so an established flow costs one table lookup and no VIP lookup. In order:
-//! 1. unless it is a SYN (a new connection always hashes), the connection table (this CPU's,
-//!    then, if the destination carries a VIP at all, the shared fallback);
+//! 1. unless it is a SYN (a new connection always hashes), the family's connection table (this
+//!    CPU's, then, if the destination carries a VIP at all, the shared fallback; IPv6 flows
+//!    have tables of their own under an exact key, `zrlab_common::lb::ConnKeyV6`);
 //! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
@@ -13,19 +14,22 @@
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
 
+use aya_ebpf::maps::LruHashMap;
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND, TPR_LEN,
-    TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta,
-    counter, flow_hash, quic_server_id,
+    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND,
+    TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey,
+    VipMeta, counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
-    maps::{LRU_FALLBACK, LRU_PER_CPU, RINGS, SERVER_IDS, Stats, VIPS, config},
+    maps::{
+        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, RINGS, SERVER_IDS, Stats, VIPS, config,
+    },
     parse::{Pkt, is_vip_addr},
 };
 
@@ -49,14 +53,26 @@ pub enum Route {
 /// Where `pkt` goes.
 #[inline(always)]
 pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
+    // `pkt.v6` is a constant in each family's copy of the path (see `parse`): each copy keeps
+    // one branch.
+    if pkt.v6 {
+        let tables = Tables { per_cpu: &LRU6_PER_CPU, fallback: &LRU6_FALLBACK, key: ConnKeyV6::of(&pkt.flow) };
+        pick_with(ctx, pkt, stats, &tables)
+    } else {
+        let tables = Tables { per_cpu: &LRU_PER_CPU, fallback: &LRU_FALLBACK, key: ConnKey::of(&pkt.flow) };
+        pick_with(ctx, pkt, stats, &tables)
+    }
+}
+
+#[inline(always)]
+fn pick_with<K: 'static>(ctx: &XdpContext, pkt: &Pkt, stats: &Stats, tables: &Tables<K>) -> Route {
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let key = ConnKey::of(&pkt.flow);
     if !syn {
-        match lookup(&key, &pkt.flow, stats) {
+        match tables.lookup(&pkt.flow, stats) {
             Lookup::Hit(hit) => {
                 let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
                 if real != hit.real {
-                    remember(&key, ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
+                    tables.remember(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
                 }
                 return Route::Real { real, vip_num: hit.vip_num };
             }
@@ -67,7 +83,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     let Some(meta) = vip(pkt) else { return Route::NoService };
     if let Some(real) = by_id(ctx, pkt, meta.flags, meta.vip_num, stats) {
         if meta.flags & VIP_F_NO_LRU == 0 {
-            remember(&key, ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+            tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
         }
         return Route::Real { real, vip_num: meta.vip_num };
     }
@@ -82,7 +98,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     }
     let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
-        remember(&key, ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+        tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
     }
     Route::Real { real, vip_num: meta.vip_num }
 }
@@ -169,42 +185,54 @@ enum Lookup {
     NotVip,
 }
 
-/// `flow`'s entry (under `key`, its [`ConnKey`]): this CPU's table, then the fallback. An entry
-/// under the same key for other addresses (a folded-key collision) is a miss. Only the fields a
-/// hit needs are read: the entry stays in the map.
-///
-/// Between the two tables, a packet whose destination carries no VIP stops: it cannot have an
-/// entry (entries are made for VIP packets only), and checking the address set there, after the
-/// hit path's one lookup, saves such packets the fallback and both VIP lookups (an LB sharing a
-/// host sees every packet of the host, most of them not for a VIP).
-#[inline(always)]
-fn lookup(key: &ConnKey, flow: &FlowKey, stats: &Stats) -> Lookup {
-    if let Some(entry) = LRU_PER_CPU.get_value_ptr_mut(cpu(), key) {
-        // SAFETY: the kernel returned a valid pointer into the inner map's value.
-        let entry = unsafe { &*entry };
-        if entry.matches(flow) {
-            stats.add(counter::LRU_HIT);
-            return Lookup::Hit(Hit::of(entry));
-        }
-    }
-    if !is_vip_addr(flow.dst) {
-        return Lookup::NotVip;
-    }
-    // SAFETY (verifier): a plain map lookup, read at once.
-    let Some(entry) = unsafe { LRU_FALLBACK.get(key) }.filter(|e| e.matches(flow)) else { return Lookup::Miss };
-    stats.add(counter::LRU_FALLBACK_HIT);
-    if let Some(table) = LRU_PER_CPU.get(cpu()) {
-        let _ = table.insert(key, entry, 0);
-    }
-    Lookup::Hit(Hit::of(entry))
+/// One family's connection tables, and a packet's key in them.
+struct Tables<K: 'static> {
+    per_cpu: &'static PerCpuTables<K>,
+    fallback: &'static LruHashMap<K, ConnEntry>,
+    key: K,
 }
 
-#[inline(always)]
-fn remember(key: &ConnKey, entry: ConnEntry) {
-    if let Some(table) = LRU_PER_CPU.get(cpu()) {
-        let _ = table.insert(key, entry, 0);
+impl<K: 'static> Tables<K> {
+    /// `flow`'s entry: this CPU's table, then the fallback. An entry under the same key for
+    /// other addresses (an IPv4 key shared through the protocol bits, see `ConnKey`) is a miss;
+    /// IPv6 keys are exact, and the check always holds for them. Only the fields a hit needs
+    /// are read: the entry stays in the map.
+    ///
+    /// Between the two tables, a packet whose destination carries no VIP stops: it cannot have
+    /// an entry (entries are made for VIP packets only), and checking the address set there,
+    /// after the hit path's one lookup, saves such packets the fallback and both VIP lookups (an
+    /// LB sharing a host sees every packet of the host, most of them not for a VIP).
+    #[inline(always)]
+    fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Lookup {
+        if let Some(entry) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) {
+            // SAFETY: the kernel returned a valid pointer into the inner map's value.
+            let entry = unsafe { &*entry };
+            if entry.matches(flow) {
+                stats.add(counter::LRU_HIT);
+                return Lookup::Hit(Hit::of(entry));
+            }
+        }
+        if !is_vip_addr(flow.dst) {
+            return Lookup::NotVip;
+        }
+        // SAFETY (verifier): a plain map lookup, read at once.
+        let Some(entry) = unsafe { self.fallback.get(&self.key) }.filter(|e| e.matches(flow)) else {
+            return Lookup::Miss;
+        };
+        stats.add(counter::LRU_FALLBACK_HIT);
+        if let Some(table) = self.per_cpu.get(cpu()) {
+            let _ = table.insert(&self.key, entry, 0);
+        }
+        Lookup::Hit(Hit::of(entry))
     }
-    let _ = LRU_FALLBACK.insert(key, &entry, 0);
+
+    #[inline(always)]
+    fn remember(&self, entry: ConnEntry) {
+        if let Some(table) = self.per_cpu.get(cpu()) {
+            let _ = table.insert(&self.key, &entry, 0);
+        }
+        let _ = self.fallback.insert(&self.key, &entry, 0);
+    }
 }
 
 /// Walks the TCP options for the first well-formed TPR option (DESIGN.md wire rules): EOL ends
