@@ -56,16 +56,23 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     // `pkt.v6` is a constant in each family's copy of the path (see `parse`): each copy keeps
     // one branch.
     if pkt.v6 {
-        let tables = Tables { per_cpu: &LRU6_PER_CPU, fallback: &LRU6_FALLBACK, key: ConnKeyV6::of(&pkt.flow) };
+        let tables: Tables<_, true> =
+            Tables { per_cpu: &LRU6_PER_CPU, fallback: &LRU6_FALLBACK, key: ConnKeyV6::of(&pkt.flow) };
         pick_with(ctx, pkt, stats, &tables)
     } else {
-        let tables = Tables { per_cpu: &LRU_PER_CPU, fallback: &LRU_FALLBACK, key: ConnKey::of(&pkt.flow) };
+        let tables: Tables<_, false> =
+            Tables { per_cpu: &LRU_PER_CPU, fallback: &LRU_FALLBACK, key: ConnKey::of(&pkt.flow) };
         pick_with(ctx, pkt, stats, &tables)
     }
 }
 
 #[inline(always)]
-fn pick_with<K: 'static>(ctx: &XdpContext, pkt: &Pkt, stats: &Stats, tables: &Tables<K>) -> Route {
+fn pick_with<K: 'static, const EXACT: bool>(
+    ctx: &XdpContext,
+    pkt: &Pkt,
+    stats: &Stats,
+    tables: &Tables<K, EXACT>,
+) -> Route {
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn {
         match tables.lookup(&pkt.flow, stats) {
@@ -185,18 +192,19 @@ enum Lookup {
     NotVip,
 }
 
-/// One family's connection tables, and a packet's key in them.
-struct Tables<K: 'static> {
+/// One family's connection tables, and a packet's key in them; `EXACT` when the key is the
+/// whole 5-tuple (IPv6), so that any entry under it is the flow's and needs no check.
+struct Tables<K: 'static, const EXACT: bool> {
     per_cpu: &'static PerCpuTables<K>,
     fallback: &'static LruHashMap<K, ConnEntry>,
     key: K,
 }
 
-impl<K: 'static> Tables<K> {
+impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
     /// `flow`'s entry: this CPU's table, then the fallback. An entry under the same key for
     /// other addresses (an IPv4 key shared through the protocol bits, see `ConnKey`) is a miss;
-    /// IPv6 keys are exact, and the check always holds for them. Only the fields a hit needs
-    /// are read: the entry stays in the map.
+    /// IPv6 keys are exact and skip the check. Only the fields a hit needs are read: the entry
+    /// stays in the map.
     ///
     /// Between the two tables, a packet whose destination carries no VIP stops: it cannot have
     /// an entry (entries are made for VIP packets only), and checking the address set there,
@@ -207,7 +215,7 @@ impl<K: 'static> Tables<K> {
         if let Some(entry) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) {
             // SAFETY: the kernel returned a valid pointer into the inner map's value.
             let entry = unsafe { &*entry };
-            if entry.matches(flow) {
+            if EXACT || entry.matches(flow) {
                 stats.add(counter::LRU_HIT);
                 return Lookup::Hit(Hit::of(entry));
             }
@@ -216,7 +224,7 @@ impl<K: 'static> Tables<K> {
             return Lookup::NotVip;
         }
         // SAFETY (verifier): a plain map lookup, read at once.
-        let Some(entry) = unsafe { self.fallback.get(&self.key) }.filter(|e| e.matches(flow)) else {
+        let Some(entry) = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow)) else {
             return Lookup::Miss;
         };
         stats.add(counter::LRU_FALLBACK_HIT);
