@@ -5,7 +5,7 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
-    programs::{CgroupAttachMode, ProgramError, SkReuseport, SockOps, Xdp, XdpMode},
+    programs::{CgroupAttachMode, ProgramError, SkLookup, SkReuseport, SockOps, Xdp, XdpMode},
 };
 
 use crate::{
@@ -33,6 +33,8 @@ pub enum Object {
     ReuseportSelect,
     /// `xdp_drop_ack`: a test fixture that drops handshakes' final ACKs to one port.
     XdpDropAck,
+    /// `sk_lookup_steer`: a release's alternative dispatcher (`zrlab_common::sklookup`).
+    SkLookupSteer,
 }
 
 impl Object {
@@ -47,6 +49,7 @@ impl Object {
             Self::TprFill => "tpr_fill",
             Self::ReuseportSelect => "reuseport_select",
             Self::XdpDropAck => "xdp_drop_ack",
+            Self::SkLookupSteer => "sk_lookup_steer",
         }
     }
 
@@ -61,6 +64,7 @@ impl Object {
             Self::TprFill => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr_fill")),
             Self::ReuseportSelect => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport_select")),
             Self::XdpDropAck => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_drop_ack")),
+            Self::SkLookupSteer => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup_steer")),
         }
     }
 
@@ -169,6 +173,11 @@ impl Loaded {
         Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
     }
 
+    /// The `SK_LOOKUP` program `name`, verified (if it is not loaded yet).
+    pub fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
+        self.loaded_program::<SkLookup>(name, "an sk_lookup", SkLookup::load)
+    }
+
     /// Program `name` as a `T` (`kind` names the type in errors), loaded with `load` unless it
     /// is already.
     fn loaded_program<T>(
@@ -213,6 +222,12 @@ impl AsFdProgram for SockOps {
 }
 
 impl AsFdProgram for SkReuseport {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+impl AsFdProgram for SkLookup {
     fn is_loaded(&self) -> bool {
         self.fd().is_ok()
     }

@@ -17,6 +17,7 @@
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
 //! - [`server_id`]: which backend carries which server id, and which ids are live;
 //! - [`release`]: how old and new process of a service hand over its sockets;
+//! - [`timeline`]: a run's per-second view (capacity, failures, releases) and its SVG plot;
 //! - [`tpr`]: the sock_ops programs that put the server id in a TCP header option;
 //! - [`features`]: kernel feature probes; [`bpf`]: the embedded eBPF objects.
 
@@ -43,6 +44,7 @@ pub mod scenario;
 pub mod server_id;
 pub mod spec;
 pub mod topology;
+pub mod timeline;
 pub mod tpr;
 pub mod workload;
 

@@ -6,7 +6,9 @@
 //! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
-//! "client": {...}} | null, "ecmp_reproducible"}]}`.
+//! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
+//! "capacity_dip_pct"} | null, "timelines": [[variant, {"seconds": [{"replies", "resets",
+//! "misroutes", "drops"}], "marks": [{"at_s", "label", "released"}]}]]}]}`.
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
@@ -22,10 +24,12 @@ use serde::Serialize;
 
 use crate::{
     error::{LabError, Result},
+    release::FleetCounters,
     scenario::{
         Outcome, Verdict,
         measures::{LbTotals, TprTotals},
     },
+    timeline::Timeline,
     topology::Loss,
     workload::accounting::FlowRecord,
 };
@@ -104,6 +108,20 @@ pub struct ScenarioReport {
     /// Whether the routers' ECMP hash was seeded (6.11+): only then does a rerun route the same
     /// flows the same way. Expectations count flows, not which ones, so they hold either way.
     pub ecmp_reproducible: bool,
+    /// The main run's release counters and capacity dip, for release scenarios.
+    pub release: Option<ReleaseFigures>,
+    /// Per variant (`main`, `control`), the run's timeline, for release scenarios: plotted
+    /// next to the report as `timelines/<scenario>-<variant>.svg`.
+    pub timelines: Vec<(String, Timeline)>,
+}
+
+/// A release scenario's figures (main run).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReleaseFigures {
+    /// The dispatchers' counters.
+    pub counters: FleetCounters,
+    /// How far requests answered per second fell below the rate before the first release.
+    pub capacity_dip_pct: Option<u64>,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -143,6 +161,16 @@ impl From<&Outcome> for ScenarioReport {
             lb: main.and_then(|m| m.measures.lb),
             tpr: main.and_then(|m| m.measures.tpr),
             ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
+            release: main.and_then(|m| {
+                Some(ReleaseFigures { counters: m.measures.release?, capacity_dip_pct: m.measures.capacity_dip_pct })
+            }),
+            timelines: [("main", &outcome.main), ("control", &outcome.control)]
+                .into_iter()
+                .filter_map(|(label, v)| {
+                    let v = v.as_ref().filter(|v| v.measures.release.is_some())?;
+                    Some((label.to_owned(), v.timeline.clone()))
+                })
+                .collect(),
         }
     }
 }
@@ -239,6 +267,22 @@ impl Report {
                     serde_json::to_string(lb).expect("serialisable")
                 );
             }
+            if let Some(release) = &s.release {
+                let dip = release.capacity_dip_pct.map_or("not measurable".to_owned(), |d| format!("{d}%"));
+                let _ = writeln!(
+                    out,
+                    "\nRelease counters of the main run: `{}`; capacity dip {dip}",
+                    serde_json::to_string(&release.counters).expect("serialisable")
+                );
+            }
+            if !s.timelines.is_empty() {
+                let links: Vec<String> = s
+                    .timelines
+                    .iter()
+                    .map(|(variant, _)| format!("[{variant}](timelines/{}-{variant}.svg)", s.name))
+                    .collect();
+                let _ = writeln!(out, "\nTimelines: {}", links.join(", "));
+            }
             if let Some(tpr) = &s.tpr {
                 let _ = writeln!(
                     out,
@@ -251,12 +295,24 @@ impl Report {
         out
     }
 
-    /// Writes `report.json` and `report.md` into `dir` (created if needed).
+    /// Writes `report.json`, `report.md` and the release scenarios' timelines
+    /// (`timelines/<scenario>-<variant>.svg`) into `dir` (created if needed).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| LabError::os("mkdir", dir.display().to_string(), e))?;
-        let json = serde_json::to_string_pretty(self).expect("serialisable");
-        for (name, text) in [("report.json", json), ("report.md", self.markdown())] {
-            let path = dir.join(name);
+        let mut files = vec![
+            (dir.join("report.json"), serde_json::to_string_pretty(self).expect("serialisable")),
+            (dir.join("report.md"), self.markdown()),
+        ];
+        for s in &self.scenarios {
+            for (variant, timeline) in &s.timelines {
+                let title = format!("{} ({variant})", s.name);
+                let svg = crate::timeline::svg::render(timeline, &title)
+                    .map_err(|message| LabError::Usage(format!("timeline of {title}: {message}")))?;
+                files.push((dir.join("timelines").join(format!("{}-{variant}.svg", s.name)), svg));
+            }
+        }
+        for (path, text) in files {
+            let parent = path.parent().unwrap_or(dir);
+            std::fs::create_dir_all(parent).map_err(|e| LabError::os("mkdir", parent.display().to_string(), e))?;
             std::fs::write(&path, text).map_err(|e| LabError::os("write", path.display().to_string(), e))?;
         }
         Ok(())

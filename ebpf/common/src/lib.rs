@@ -12,4 +12,5 @@ pub mod decap;
 pub mod lb;
 pub mod pass;
 pub mod reuseport;
+pub mod sklookup;
 pub mod tpr;

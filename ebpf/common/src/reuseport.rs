@@ -7,6 +7,13 @@
 //! ([`Generation`]) names the range that takes new flows. A new process flips it when it is
 //! ready, not when it has bound. With the migrate variant (5.14+), requests still queued on a
 //! listener that closes are handed to the same range instead of being reset.
+//!
+//! A process owns one **slot** (0..[`MAX_SLOTS`]): its TCP listener sits at index `slot`, its UDP
+//! socket at `UDP_BASE + slot`. A generation is a range of slots. Existing UDP flows stay with
+//! their process: the service writes its slot into the free low six bits of the first byte of
+//! every connection id it issues (layouts v2 and v3: the server id lives in the bytes after),
+//! and a short-header datagram goes to the socket of the slot its id names, whatever the
+//! generation says.
 
 /// Name of the socket array (index -> socket).
 pub const SOCKETS_MAP: &str = "RS_SOCKETS";
@@ -16,6 +23,16 @@ pub const GENERATION_MAP: &str = "RS_GENERATION";
 pub const COUNTERS_MAP: &str = "RS_COUNTERS";
 /// Slots of the socket array.
 pub const MAX_SOCKETS: u32 = 64;
+/// Index of slot 0's UDP socket (TCP listeners sit below).
+pub const UDP_BASE: u32 = MAX_SOCKETS / 2;
+/// Process slots (one TCP and one UDP index each); a slot fits the six free bits of a CID.
+pub const MAX_SLOTS: u32 = UDP_BASE;
+/// The slot a connection id names: the low six bits of its first byte, for layouts that leave
+/// them free (v2 `10` and v3 `11` in the top bits); `None` for v1 and version 0.
+#[inline(always)]
+pub fn slot_of_cid(first: u8) -> Option<u32> {
+    (first >> 7 == 1).then_some(u32::from(first & 0x3f)).filter(|slot| *slot < MAX_SLOTS)
+}
 
 /// The sockets that take new flows: indices `first .. first + count` of the socket array.
 #[repr(C)]
@@ -42,8 +59,13 @@ pub mod counter {
     /// The generation's socket could not be selected (empty slot, wrong protocol): the kernel's
     /// choice stood.
     pub const SELECT_FAILED: u32 = 5;
+    /// A datagram of an existing UDP flow sent to the socket its connection id names.
+    pub const BY_CID: u32 = 6;
+    /// A connection id named a slot without a socket (its process is gone): sent to the
+    /// generation instead.
+    pub const CID_ORPHANED: u32 = 7;
     /// Number of slots.
-    pub const SLOTS: u32 = 6;
+    pub const SLOTS: u32 = 8;
     /// Slot names, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "selected",
@@ -52,6 +74,8 @@ pub mod counter {
         "migrated_request_timer",
         "migrated_request_ack",
         "select_failed",
+        "by_cid",
+        "cid_orphaned",
     ];
 }
 

@@ -9,6 +9,11 @@
 //!   request of a closing listener (`migrating_sk` set), which it moves to the generation.
 //!
 //! Both return `SK_PASS` on every path: a failed selection leaves the kernel's own choice.
+//!
+//! UDP: a short-header datagram whose connection id names a slot (`slot_of_cid`) goes to that
+//! slot's socket, so an existing flow stays with the process that issued its id; everything
+//! else (Initial packets, ids without a slot, a slot whose process is gone) goes to the
+//! generation.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -16,11 +21,15 @@
 mod prog {
     use aya_ebpf::{
         bindings::{BPF_TCP_ESTABLISHED, BPF_TCP_NEW_SYN_RECV, BPF_TCP_SYN_RECV, sk_action::SK_PASS},
+        helpers::bpf_skb_load_bytes,
         macros::{map, sk_reuseport},
         maps::{Array, PerCpuArray, ReusePortSockArray},
         programs::SkReuseportContext,
     };
-    use zrlab_common::reuseport::{Generation, MAX_SOCKETS, counter};
+    use zrlab_common::reuseport::{Generation, MAX_SOCKETS, UDP_BASE, counter, slot_of_cid};
+
+    const IPPROTO_UDP: u32 = 17;
+    const UDP_HEADER: u32 = 8;
 
     #[map(name = "RS_SOCKETS")]
     static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SOCKETS, 0);
@@ -39,15 +48,45 @@ mod prog {
         }
     }
 
-    /// Selects a socket of the generation by the flow's hash; whether it did.
+    /// For a UDP datagram of an existing flow: the slot its connection id names. The context's
+    /// data starts at the UDP header (`sk_reuseport_md`); the payload after it starts with the
+    /// QUIC header: a short header's first byte has bit 7 clear, and its connection id follows.
     #[inline(always)]
-    fn select(ctx: &SkReuseportContext) -> bool {
+    fn cid_slot(ctx: &SkReuseportContext) -> Option<u32> {
+        if ctx.ip_protocol() != IPPROTO_UDP {
+            return None;
+        }
+        let mut head = [0u8; 2];
+        // SAFETY: copies two bytes of the packet into `head`; the helper checks the bounds.
+        let loaded = unsafe { bpf_skb_load_bytes(ctx.md.cast(), UDP_HEADER, head.as_mut_ptr().cast(), 2) };
+        if loaded != 0 || head[0] & 0x80 != 0 {
+            return None;
+        }
+        slot_of_cid(head[1])
+    }
+
+    /// Selects a socket: a UDP flow's own (see [`cid_slot`]), else one of the generation by the
+    /// flow's hash; whether it did. `migrating`: for a closing listener's request (counted by
+    /// the caller, by its state), not a new flow.
+    #[inline(always)]
+    fn select(ctx: &SkReuseportContext, migrating: bool) -> bool {
+        let base = if ctx.ip_protocol() == IPPROTO_UDP { UDP_BASE } else { 0 };
+        if let Some(slot) = cid_slot(ctx) {
+            if SOCKETS.select_reuseport(ctx, base + slot).is_ok() {
+                count(counter::BY_CID);
+                return true;
+            }
+            count(counter::CID_ORPHANED);
+        }
         let Some(generation) = GENERATION.get(0).copied() else { return false };
         if generation.count == 0 {
             return false;
         }
-        let index = generation.first + ctx.hash() % generation.count;
+        let index = base + generation.first + ctx.hash() % generation.count;
         if SOCKETS.select_reuseport(ctx, index).is_ok() {
+            if !migrating {
+                count(counter::SELECTED);
+            }
             true
         } else {
             count(counter::SELECT_FAILED);
@@ -57,9 +96,7 @@ mod prog {
 
     #[sk_reuseport]
     pub fn rs_select(ctx: SkReuseportContext) -> u32 {
-        if select(&ctx) {
-            count(counter::SELECTED);
-        }
+        select(&ctx, false);
         SK_PASS
     }
 
@@ -67,11 +104,7 @@ mod prog {
     pub fn rs_select_or_migrate(ctx: SkReuseportContext) -> u32 {
         // SAFETY: a field of the context the kernel passed.
         let migrating = unsafe { (*ctx.md).__bindgen_anon_4.migrating_sk };
-        if !select(&ctx) {
-            return SK_PASS;
-        }
-        if migrating.is_null() {
-            count(counter::SELECTED);
+        if !select(&ctx, !migrating.is_null()) || migrating.is_null() {
             return SK_PASS;
         }
         // SAFETY: a socket the kernel passed, non-null.

@@ -165,6 +165,10 @@ fn apply_lb(deployment: &mut Deployment, event: &crate::scenario::spec::EventSpe
         EventSpec::DrainBackend { backend } => deployment.drain(backend),
         EventSpec::RestoreBackend { backend } => deployment.restore(backend),
         EventSpec::SetWeight { backend, weight } => deployment.set_weight(backend, *weight),
-        EventSpec::RemoveMember { .. } | EventSpec::ReplaceMember { .. } | EventSpec::AddMember { .. } => Ok(()),
+        // A release leaves the rings as they were (a drain release puts the backend back).
+        EventSpec::RemoveMember { .. }
+        | EventSpec::ReplaceMember { .. }
+        | EventSpec::AddMember { .. }
+        | EventSpec::Release { .. } => Ok(()),
     }
 }

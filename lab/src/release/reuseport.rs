@@ -1,16 +1,18 @@
 //! The `SK_REUSEPORT` dispatcher of a release (`reuseport_select`; layouts in
 //! `zrlab_common::reuseport`).
 //!
-//! A process puts its sockets at indices of the dispatcher's socket array (one generation: a
-//! consecutive range), attaches the dispatcher to its `SO_REUSEPORT` group through any of them
-//! (it then serves the whole group), and flips the generation that takes new flows when the new
-//! process is ready.
+//! A process's sockets go at its slot's indices of the dispatcher's socket array (a generation
+//! is a consecutive range of slots); the dispatcher is attached to each `SO_REUSEPORT` group
+//! (TCP and UDP) through any of its sockets (it then serves the whole group), and the
+//! generation that takes new flows flips when the new process is ready.
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{Array, ReusePortSockArray};
 use serde::Serialize;
-use zrlab_common::reuseport::{COUNTERS_MAP, GENERATION_MAP, Generation, MAX_SOCKETS, SOCKETS_MAP, counter};
+use zrlab_common::reuseport::{
+    COUNTERS_MAP, GENERATION_MAP, Generation, MAX_SLOTS, MAX_SOCKETS, SOCKETS_MAP, UDP_BASE, counter,
+};
 
 use crate::{
     bpf::{Loaded, Object, map_err, sum_counters},
@@ -50,6 +52,10 @@ pub struct ReuseportCounters {
     pub migrated_request_ack: u64,
     /// Selections that failed (the kernel's choice stood).
     pub select_failed: u64,
+    /// Datagrams of existing UDP flows sent to the socket their connection id names.
+    pub by_cid: u64,
+    /// Connection ids naming a slot without a socket (sent to the generation).
+    pub cid_orphaned: u64,
 }
 
 impl ReuseportCounters {
@@ -84,7 +90,22 @@ impl ReuseportDispatch {
         sockets.set(index, socket, 0).map_err(map_err("write RS_SOCKETS"))
     }
 
-    /// Makes indices `first .. first + count` the generation that takes new flows.
+    /// Puts a process's sockets at its `slot`: its TCP listener and its UDP socket.
+    pub fn set_slot(&mut self, slot: u32, tcp: Option<&impl AsRawFd>, udp: Option<&impl AsRawFd>) -> Result<()> {
+        if slot >= MAX_SLOTS {
+            return Err(LabError::Usage(format!("slot {slot} beyond the dispatcher's {MAX_SLOTS}")));
+        }
+        if let Some(tcp) = tcp {
+            self.set_socket(slot, tcp)?;
+        }
+        if let Some(udp) = udp {
+            self.set_socket(UDP_BASE + slot, udp)?;
+        }
+        Ok(())
+    }
+
+    /// Makes slots `first .. first + count` the generation that takes new flows (a listener's
+    /// index is its slot; a UDP socket's, `UDP_BASE` above).
     pub fn set_generation(&mut self, first: u32, count: u32) -> Result<()> {
         if first.saturating_add(count) > MAX_SOCKETS {
             return Err(LabError::Usage(format!("generation {first}+{count} beyond the array's {MAX_SOCKETS}")));
@@ -115,6 +136,8 @@ impl ReuseportDispatch {
             migrated_request_timer: at(counter::MIGRATED_REQUEST_TIMER),
             migrated_request_ack: at(counter::MIGRATED_REQUEST_ACK),
             select_failed: at(counter::SELECT_FAILED),
+            by_cid: at(counter::BY_CID),
+            cid_orphaned: at(counter::CID_ORPHANED),
         })
     }
 }

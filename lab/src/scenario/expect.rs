@@ -69,6 +69,22 @@ pub enum Metric {
     TprNoSpace,
     /// Nothing to carry (server id 0, or a SYN-ACK without an id).
     TprSkipped,
+    /// Service processes started by releases.
+    Released,
+    /// New flows the `SK_REUSEPORT` dispatchers sent to the ready generation.
+    ReuseportSelected,
+    /// Datagrams of existing UDP flows the `SK_REUSEPORT` dispatchers sent to the socket their
+    /// connection id names.
+    ReuseportByCid,
+    /// Requests of closing listeners the `SK_REUSEPORT` dispatchers moved (every state).
+    ReuseportMigrated,
+    /// New flows the `SK_LOOKUP` dispatchers sent to the ready process.
+    SkLookupSteeredNew,
+    /// Datagrams of remembered UDP flows the `SK_LOOKUP` dispatchers sent to their process.
+    SkLookupSteeredFlow,
+    /// How far (percent) requests answered per second fell below the rate before the first
+    /// release (`timeline::Timeline::capacity_dip_pct`).
+    CapacityDipPct,
 }
 
 impl Metric {
@@ -103,6 +119,20 @@ impl Metric {
         )
     }
 
+    /// Whether the metric needs a `[release]` section.
+    pub fn needs_release(self) -> bool {
+        matches!(
+            self,
+            Self::Released
+                | Self::ReuseportSelected
+                | Self::ReuseportByCid
+                | Self::ReuseportMigrated
+                | Self::SkLookupSteeredNew
+                | Self::SkLookupSteeredFlow
+                | Self::CapacityDipPct
+        )
+    }
+
     /// Whether the metric counts a failure (what a control run must show).
     pub fn is_failure(self) -> bool {
         matches!(
@@ -122,6 +152,7 @@ impl Metric {
         let tally = &measures.tally;
         let lb = measures.lb.unwrap_or_default();
         let tpr = measures.tpr.unwrap_or_default();
+        let release = measures.release.unwrap_or_default();
         match self {
             Self::Flows => tally.counted.flows,
             Self::Resets => tally.counted.resets,
@@ -151,6 +182,14 @@ impl Metric {
             Self::TprWrongId => tpr.server.wrong_id,
             Self::TprNoSpace => tpr.server.no_space + tpr.client.no_space,
             Self::TprSkipped => tpr.server.skipped + tpr.client.skipped,
+            Self::Released => release.released,
+            Self::ReuseportSelected => release.reuseport.selected,
+            Self::ReuseportByCid => release.reuseport.by_cid,
+            Self::ReuseportMigrated => release.reuseport.migrated(),
+            Self::SkLookupSteeredNew => release.sk_lookup.steered_new,
+            Self::SkLookupSteeredFlow => release.sk_lookup.steered_flow,
+            // Unmeasurable (no whole second before or after) reads as a full dip: never a pass.
+            Self::CapacityDipPct => measures.capacity_dip_pct.unwrap_or(100),
         }
     }
 }

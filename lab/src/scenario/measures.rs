@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{tpr::TprCounters, workload::accounting::Tally};
+use crate::{release::FleetCounters, tpr::TprCounters, workload::accounting::Tally};
 
 /// What the LB and decap programs counted during a run, summed over nodes and CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -52,6 +52,10 @@ pub struct Measures {
     pub tpr: Option<TprTotals>,
     /// Backend weights the LB was given (to judge how flows spread), when it runs one.
     pub weights: BTreeMap<String, u32>,
+    /// The release dispatchers' counters, when the scenario releases.
+    pub release: Option<FleetCounters>,
+    /// The capacity dip around releases (`timeline::Timeline::capacity_dip_pct`).
+    pub capacity_dip_pct: Option<u64>,
 }
 
 impl Measures {

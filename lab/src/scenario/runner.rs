@@ -16,7 +16,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    os::unix::process::ExitStatusExt as _,
     path::PathBuf,
     time::Duration,
 };
@@ -33,7 +32,9 @@ use super::{
 };
 use crate::{
     error::{LabError, Result},
+    release::{Fleet, launch},
     server_id::Registry,
+    timeline::Timeline,
     topology::{Lab, Loss},
     workload::{
         accounting::{FlowRecord, Tally},
@@ -86,6 +87,8 @@ pub struct VariantOutcome {
     pub flows: Vec<FlowRecord>,
     /// The kernel's nonzero drop counters in the lab's namespaces when the flows stopped.
     pub losses: Vec<Loss>,
+    /// What the client saw per second, and when the events happened.
+    pub timeline: Timeline,
     /// The run prefix of a kept topology.
     pub kept: Option<String>,
     /// Routers whose ECMP hash could not be seeded on this kernel (see `Lab::ecmp_unseeded`):
@@ -172,11 +175,12 @@ async fn run_variant(
         None => None,
     };
     step("starting services");
-    for backend in &workload.backends {
-        let id = registry.id(backend).expect("every backend has an id");
-        start_service(&mut lab, backend, &opts.service_exe, &service_args(workload, backend, id), phase_timeout)
-            .await?;
-    }
+    let args = workload
+        .backends
+        .iter()
+        .map(|b| (b.clone(), service_args(workload, b, registry.id(b).expect("every backend has an id"))))
+        .collect();
+    let mut fleet = Fleet::start(&mut lab, variant.release, &opts.service_exe, args, phase_timeout).await?;
 
     // Declared after the lab, so dropped before it: the programs detach while their
     // namespaces still exist.
@@ -219,7 +223,26 @@ async fn run_variant(
     for event in &variant.events {
         wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
         step(&format!("event {}", describe(event)));
-        apply(&mut lab, deployment.as_mut(), event).await?;
+        // Marked when it starts (a release's failures begin with it), with the share of
+        // instances released once it is done.
+        let released = match event {
+            EventSpec::Release { backends } => {
+                let done = fleet.counters()?.released + backends.len() as u64;
+                Some(done as f64 / fleet.len().max(1) as f64)
+            }
+            _ => None,
+        };
+        client.book().mark(describe(event), released);
+        if let EventSpec::Release { backends } = event {
+            let mut health = |backend: &str, up: bool| match deployment.as_mut() {
+                Some(d) if up => d.restore(backend),
+                Some(d) => d.drain(backend),
+                None => Err(LabError::Unsupported("a health change without a load balancer".into())),
+            };
+            fleet.release(&mut lab, backends, &mut health).await?;
+        } else {
+            apply(&mut lab, deployment.as_mut(), event).await?;
+        }
         // Flows that open from here on were routed by the changed configuration.
         let epoch = client.book().advance_epoch();
         if let Some(node) = event.takes_down() {
@@ -231,6 +254,7 @@ async fn run_variant(
     }
     step("settling");
     wait_rounds(&client, timing.settle_rounds, phase_timeout, "rounds after the last event").await?;
+    let timeline = client.book().timeline();
     let flows = client.stop()?;
     let losses = lab.losses().await?;
     let measures = Measures {
@@ -242,6 +266,8 @@ async fn run_variant(
             .as_ref()
             .map(|lb| workload.backends.iter().map(|b| (b.clone(), lb.weights.get(b).copied().unwrap_or(1))).collect())
             .unwrap_or_default(),
+        release: variant.release.map(|_| fleet.counters()).transpose()?,
+        capacity_dip_pct: variant.release.and_then(|_| timeline.capacity_dip_pct()),
     };
     let checks = evaluate(&variant.expect, &measures);
     drop(deployment);
@@ -263,6 +289,7 @@ async fn run_variant(
         teardown,
         flows,
         losses,
+        timeline,
         kept,
         ecmp_unseeded,
     })
@@ -292,22 +319,7 @@ pub async fn start_service(
     args: &[String],
     timeout: Duration,
 ) -> Result<()> {
-    let spawned = lab.spawn(node, exe, args)?;
-    if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
-        return Ok(());
-    }
-    let ended = match lab.exit_status(spawned.pid, Duration::from_secs(5)).await {
-        Some(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit code {code}; its stderr is in this run's output"),
-            (_, Some(signal)) => format!("killed by signal {signal}"),
-            _ => status.to_string(),
-        },
-        None => "closed its stdout but still runs".to_owned(),
-    };
-    Err(LabError::Service {
-        name: format!("{node}/a"),
-        message: format!("exited before it was {} ({ended})", Phase::Ready),
-    })
+    launch(lab, node, exe, args, timeout).await.map(drop)
 }
 
 /// Waits until every live flow has completed `rounds` more rounds than it had on entry.
@@ -361,6 +373,9 @@ pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &E
             Some(deployment) => deployment.restore(backend),
             None => Err(LabError::Unsupported("restore-backend without a load balancer".into())),
         },
+        // Releases need the scenario's service processes (`release::Fleet`): the runner fires
+        // them itself.
+        EventSpec::Release { .. } => Err(LabError::Unsupported("a release outside a scenario run".into())),
     }
 }
 
@@ -373,5 +388,6 @@ pub fn describe(event: &EventSpec) -> String {
         EventSpec::DrainBackend { backend } => format!("drain {backend} from the LB rings"),
         EventSpec::SetWeight { backend, weight } => format!("set {backend}'s weight to {weight}"),
         EventSpec::RestoreBackend { backend } => format!("restore {backend} to the LB rings"),
+        EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
     }
 }

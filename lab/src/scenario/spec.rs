@@ -47,6 +47,7 @@ use super::expect::{Comparison, Metric};
 use crate::{
     features::Feature,
     nl::nexthop::GroupType,
+    release::{ReleaseSpec, Strategy},
     spec::{SpecError, from_table, read_table},
     topology::{Role, Topology},
     workload::quic::CidVersion,
@@ -249,6 +250,12 @@ pub enum EventSpec {
         /// The new weight.
         weight: u32,
     },
+    /// Release the service on `backends` (one batch, one after the other) by the variant's
+    /// `[release]` strategy: a new process replaces the running one.
+    Release {
+        /// The backend nodes.
+        backends: Vec<String>,
+    },
 }
 
 impl EventSpec {
@@ -265,7 +272,9 @@ impl EventSpec {
             Self::AddMember { group, member } => {
                 Some(GroupChange::Add { group: group.clone(), member: member.clone() })
             }
-            Self::DrainBackend { .. } | Self::RestoreBackend { .. } | Self::SetWeight { .. } => None,
+            Self::DrainBackend { .. } | Self::RestoreBackend { .. } | Self::SetWeight { .. } | Self::Release { .. } => {
+                None
+            }
         }
     }
 
@@ -276,7 +285,8 @@ impl EventSpec {
             Self::AddMember { .. }
             | Self::DrainBackend { .. }
             | Self::RestoreBackend { .. }
-            | Self::SetWeight { .. } => None,
+            | Self::SetWeight { .. }
+            | Self::Release { .. } => None,
         }
     }
 }
@@ -329,6 +339,8 @@ struct VariantSpec {
     lb: Option<LbSpec>,
     #[serde(default)]
     tpr: Option<TprSpec>,
+    #[serde(default)]
+    release: Option<ReleaseSpec>,
     // Keyed by text and converted after: serde_path_to_error cannot name enum map keys, and the
     // error must say which expectation is wrong.
     expect: BTreeMap<String, Comparison>,
@@ -360,6 +372,8 @@ pub struct Variant {
     pub lb: Option<LbSpec>,
     /// The server-id sock_ops programs, if the scenario attaches them.
     pub tpr: Option<TprSpec>,
+    /// How `release` events release a backend's service, if the scenario has them.
+    pub release: Option<ReleaseSpec>,
     /// Expectations.
     pub expect: BTreeMap<Metric, Comparison>,
 }
@@ -418,14 +432,18 @@ impl Scenario {
         merge(&mut merged, control_table);
         let control_spec: VariantSpec = from_table(path, "control", merged)?;
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario").to_owned();
-        Ok(Self {
-            file: path.to_owned(),
-            name,
-            requires: file.requires,
-            default: file.default,
-            main: resolve(path, "", main_spec)?,
-            control: resolve(path, "control.", control_spec)?,
-        })
+        let main = resolve(path, "", main_spec)?;
+        let control = resolve(path, "control.", control_spec)?;
+        // A release strategy brings the kernel features it needs.
+        let mut requires = file.requires;
+        for release in [&main.release, &control.release].into_iter().flatten() {
+            for feature in release.strategy.requires() {
+                if !requires.contains(feature) {
+                    requires.push(*feature);
+                }
+            }
+        }
+        Ok(Self { file: path.to_owned(), name, requires, default: file.default, main, control })
     }
 }
 
@@ -521,6 +539,29 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     for (i, event) in spec.events.iter().enumerate() {
         let field = format!("event[{i}]");
         let (group, leaving, joining) = match event {
+            EventSpec::Release { backends } => {
+                let Some(release) = &spec.release else {
+                    return Err(err(field, "release events need a [release] section".into()));
+                };
+                if release.strategy == Strategy::Drain && spec.lb.is_none() {
+                    return Err(err(
+                        "release.strategy".into(),
+                        "drain takes backends out of the LB's rings: it needs an [lb] section".into(),
+                    ));
+                }
+                if backends.is_empty() {
+                    return Err(err(format!("{field}.backends"), "at least one backend".into()));
+                }
+                for (j, backend) in backends.iter().enumerate() {
+                    if !w.backends.contains(backend) {
+                        return Err(err(
+                            format!("{field}.backends[{j}]"),
+                            format!("{backend:?} is not one of the workload's backends"),
+                        ));
+                    }
+                }
+                continue;
+            }
             EventSpec::RemoveMember { group, member } => (group, Some(member), None),
             EventSpec::AddMember { group, member } => (group, None, Some(member)),
             EventSpec::ReplaceMember { group, member, with } => (group, Some(member), Some(with)),
@@ -590,6 +631,9 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         if metric.needs_tpr() && spec.tpr.is_none() {
             return Err(err(format!("expect.{key}"), "this metric needs a [tpr] section".into()));
         }
+        if metric.needs_release() && spec.release.is_none() {
+            return Err(err(format!("expect.{key}"), "this metric needs a [release] section".into()));
+        }
         expectations.insert(metric, comparison);
     }
     // A control must show a failure: an expectation that a failure count is above zero.
@@ -611,6 +655,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         timing: spec.timing,
         lb: spec.lb,
         tpr: spec.tpr,
+        release: spec.release,
         expect: expectations,
     })
 }

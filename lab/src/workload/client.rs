@@ -47,6 +47,7 @@ use super::{
 use crate::{
     error::{LabError, Result},
     netns::Netns,
+    timeline::Timeline,
 };
 
 /// First source port of TCP flows (flow `i` uses `TCP_BASE_PORT + i`).
@@ -82,19 +83,40 @@ pub struct ClientSpec {
     pub open_tcp_per_period: u32,
 }
 
-/// The record of every flow, shared between the flow tasks and the scenario.
+/// The record of every flow, shared between the flow tasks and the scenario, and the run's
+/// per-second [`Timeline`].
 #[derive(Debug)]
 pub struct FlowBook {
     flows: Mutex<Vec<FlowRecord>>,
     progress: watch::Sender<u64>,
     epoch: AtomicU64,
+    started: Instant,
+    timeline: Mutex<Timeline>,
 }
 
 impl FlowBook {
     fn new(spec: &ClientSpec) -> Self {
         let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i, 0));
         let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i, 0));
-        Self { flows: Mutex::new(tcp.chain(udp).collect()), progress: watch::Sender::new(0), epoch: AtomicU64::new(0) }
+        Self {
+            flows: Mutex::new(tcp.chain(udp).collect()),
+            progress: watch::Sender::new(0),
+            epoch: AtomicU64::new(0),
+            started: Instant::now(),
+            timeline: Mutex::new(Timeline::default()),
+        }
+    }
+
+    /// Marks an event on the timeline now (`released`: the share of service instances released
+    /// once it happened, for releases).
+    pub fn mark(&self, label: impl Into<String>, released: Option<f64>) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.timeline.lock().expect("not poisoned").mark(at, label, released);
+    }
+
+    /// A copy of the timeline so far.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.lock().expect("not poisoned").clone()
     }
 
     /// Records that one more event was applied; returns the new epoch (flows opened from now on
@@ -117,7 +139,19 @@ impl FlowBook {
     }
 
     fn update(&self, id: u32, f: impl FnOnce(&mut FlowRecord)) {
-        f(&mut self.flows.lock().expect("not poisoned")[id as usize]);
+        let mut flows = self.flows.lock().expect("not poisoned");
+        let flow = &mut flows[id as usize];
+        let before = (flow.replies, flow.misroutes, flow.drops, flow.was_reset());
+        f(flow);
+        let after = (flow.replies, flow.misroutes, flow.drops, flow.was_reset());
+        drop(flows);
+        let at = self.started.elapsed().as_secs_f64();
+        self.timeline.lock().expect("not poisoned").add(at, |s| {
+            s.replies += after.0 - before.0;
+            s.misroutes += after.1 - before.1;
+            s.drops += after.2 - before.2;
+            s.resets += u64::from(after.3 && !before.3);
+        });
         self.progress.send_modify(|n| *n += 1);
     }
 

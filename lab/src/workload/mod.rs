@@ -5,6 +5,7 @@
 
 pub mod accounting;
 pub mod client;
+pub mod handover;
 pub mod phase;
 pub mod quic;
 pub mod service;
