@@ -224,6 +224,22 @@ enum Bench {
         #[arg(long, default_value_t = zrlab::tpr::bench::Options::default().requests)]
         requests: usize,
     },
+    /// Dispatch capacity under load while a release happens: takeover (user-space forwarding),
+    /// reuseport-bpf and sk-lookup, against the generator's own ceiling (an echo socket).
+    Release {
+        /// Requests per second of the 1x step.
+        #[arg(long, default_value_t = zrlab::release::bench::Options::default().base_rate)]
+        base_rate: u64,
+        /// Multiples of the base rate, one step each.
+        #[arg(long, value_delimiter = ',', default_values_t = zrlab::release::bench::Options::default().steps)]
+        steps: Vec<u64>,
+        /// Seconds per step.
+        #[arg(long, default_value_t = zrlab::release::bench::Options::default().step_s)]
+        step_s: f64,
+        /// Concurrent UDP flows.
+        #[arg(long, default_value_t = zrlab::release::bench::Options::default().flows)]
+        flows: u32,
+    },
     /// Bind and listener-lookup scaling on port 443 (ratios to the smallest N).
     Bind443 {
         /// Socket counts (the first is the baseline).
@@ -318,6 +334,13 @@ async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode
             let report = zrlab::lb::bench::run(&zrlab::lb::bench::Options { repeat, rounds, only })?;
             out!("{}", report.table());
             write_json(out, "xdp.json", &report)?;
+        }
+        Bench::Release { base_rate, steps, step_s, flows } => {
+            let opts = zrlab::release::bench::Options { base_rate, steps, step_s, flows, fixtures: fixtures.to_owned() };
+            let exe = std::env::current_exe().context("the zrlab binary's path")?;
+            let report = zrlab::release::bench::run(&opts, &exe).await?;
+            out!("{}", report.table());
+            write_json(out, "release.json", &report)?;
         }
         Bench::Bind443 { sizes, repeats } => {
             let opts = zrlab::port443::scaling::Options { sizes, repeats, ..Default::default() };

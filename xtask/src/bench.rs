@@ -31,6 +31,9 @@ enum Name {
     /// Routing by the TCP option: the LB with id routing on vs off, hosts with sock_ops
     /// attached vs detached.
     Tpr,
+    /// Dispatch capacity under load while a release happens (takeover, reuseport-bpf,
+    /// sk-lookup) against the load generator's own ceiling.
+    Release,
 }
 
 /// Entry point of `cargo xtask bench`.
@@ -41,6 +44,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         Name::Bind443 => "bind443",
         Name::Xdp => "xdp",
         Name::Tpr => "tpr",
+        Name::Release => "release",
     };
     let out = exec::workspace_root().join("target/bench");
     exec::exec(Command::new(binary).arg("bench").arg(name).arg("--out").arg(out).args(&opts.args))

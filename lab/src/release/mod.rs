@@ -8,6 +8,7 @@
 //! the migrate variant moves a closing listener's requests) and [`SkLookupDispatch`]
 //! (`SK_LOOKUP`, the ready slot takes new flows, UDP flows stay by 4-tuple).
 
+pub mod bench;
 mod fds;
 mod fleet;
 mod reuseport;
