@@ -43,8 +43,8 @@ pub mod run_id;
 pub mod scenario;
 pub mod server_id;
 pub mod spec;
-pub mod topology;
 pub mod timeline;
+pub mod topology;
 pub mod tpr;
 pub mod workload;
 

@@ -101,10 +101,26 @@ enum Command {
         #[command(subcommand)]
         trace: Trace,
     },
-    /// Replay a packet trace.
+    /// Replay a packet trace into the lab (`replay TRACE.pcap [--scenario FILE]`: through the
+    /// router, LB nodes and backends, with events at packet numbers and captures at every hop;
+    /// exits 1 when a flow was split between backends), or through the LB alone (`replay
+    /// offline ...`).
+    #[command(args_conflicts_with_subcommands = true)]
     Replay {
         #[command(subcommand)]
-        replay: Replay,
+        replay: Option<Replay>,
+        /// The trace (classic pcap, Ethernet).
+        trace: Option<PathBuf>,
+        /// The replay scenario: topology, LB nodes, LB configuration, events by packet number
+        /// (see `zrlab::replay::lab`) [default: <fixtures>/replay/lab.toml].
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Replay at the recorded pacing divided by this factor.
+        #[arg(long, default_value_t = 1.0, conflicts_with = "top")]
+        speed: f64,
+        /// Replay as fast as frames can be sent.
+        #[arg(long)]
+        top: bool,
     },
     /// What a kept run holds: nodes, processes, attached programs, the LB's VIPs, reals and live
     /// ids, and the programs' counters (from its keeper process).
@@ -309,7 +325,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, &cli.fixtures, out)),
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Trace { trace }) => run_trace(trace),
-        Some(Command::Replay { replay }) => run_replay(replay, out),
+        Some(Command::Replay { replay: Some(replay), .. }) => run_replay(replay, out),
+        Some(Command::Replay { replay: None, trace, scenario, speed, top }) => {
+            let trace = trace.ok_or_else(|| anyhow::anyhow!("replay needs a trace file (or `offline ...`)"))?;
+            let scenario = scenario.unwrap_or_else(|| cli.fixtures.join("replay/lab.toml"));
+            let pacing = if top {
+                zrlab::replay::lab::Pacing::Top
+            } else if speed > 0.0 && speed.is_finite() {
+                zrlab::replay::lab::Pacing::Speed(speed)
+            } else {
+                anyhow::bail!("--speed must be a positive number, not {speed}");
+            };
+            runtime.block_on(run_lab_replay(&trace, &scenario, pacing, out))
+        }
         Some(Command::Status { run, json }) => run_status(run.as_deref(), json),
         Some(Command::Event { run, action, fields }) => run_event(run.as_deref(), &action, &fields),
         Some(Command::Service(_) | Command::Keeper(_)) => unreachable!("handled above"),
@@ -336,7 +364,8 @@ async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode
             write_json(out, "xdp.json", &report)?;
         }
         Bench::Release { base_rate, steps, step_s, flows } => {
-            let opts = zrlab::release::bench::Options { base_rate, steps, step_s, flows, fixtures: fixtures.to_owned() };
+            let opts =
+                zrlab::release::bench::Options { base_rate, steps, step_s, flows, fixtures: fixtures.to_owned() };
             let exe = std::env::current_exe().context("the zrlab binary's path")?;
             let report = zrlab::release::bench::run(&opts, &exe).await?;
             out!("{}", report.table());
@@ -434,6 +463,24 @@ fn run_trace(trace: Trace) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_lab_replay(
+    trace: &Path,
+    scenario: &Path,
+    pacing: zrlab::replay::lab::Pacing,
+    out: &Path,
+) -> Result<ExitCode> {
+    let frames = zrlab::pcap::read(trace)?;
+    let spec = zrlab::replay::lab::ReplaySpec::load(scenario)?;
+    let dir = out.join("replay");
+    let mut progress = |step: String| eprintln!("replay: {step}");
+    let replay = zrlab::replay::lab::run(trace, &frames, &spec, pacing, &dir, &mut progress).await?;
+    let markdown = replay.markdown();
+    out!("{markdown}");
+    std::fs::write(dir.join("report.md"), &markdown).with_context(|| format!("writing {}", dir.display()))?;
+    write_json(&dir, "report.json", &replay)?;
+    Ok(if replay.split_flows() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {

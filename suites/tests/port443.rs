@@ -18,9 +18,7 @@ use zrlab::{
     },
 };
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
+use common::runtime;
 
 /// Every case the test-case list below names, to catch a case added without its test.
 const COVERED: &[&str] = &[

@@ -1,6 +1,9 @@
 //! Packet-trace replay: the committed traces are what the generator writes, their offline
 //! replays through `xdp_lb` (`BPF_PROG_TEST_RUN`) are snapshotted per flow, the output pcap reads
 //! in tcpdump, and bad traces and configurations fail with the file and the offset or field.
+//! In the lab: every committed trace keeps every flow on one backend; without events the lab's
+//! backend choices are the offline replay's; a failover at a packet offset splits flows with id
+//! routing off (the control) and none with it on.
 
 mod common;
 
@@ -11,6 +14,7 @@ use zrlab::{
     replay::{
         config::LbConfig,
         generate::{GenOptions, Ids, Kind, generate},
+        lab::{LabReplay, Pacing, ReplaySpec},
         offline,
     },
 };
@@ -35,6 +39,8 @@ fn committed() -> Vec<(&'static str, GenOptions)> {
         ("quic.pcap", base(Kind::Quic, 2)),
         ("syn-burst.pcap", GenOptions { flows: 200, ids: Ids::None, ..base(Kind::SynBurst, 3) }),
         ("tcp-malformed.pcap", GenOptions { flows: 10, malformed_pct: 20, ..base(Kind::Tcp, 4) }),
+        // The lab replay's failover: enough flows that some certainly change LB node and backend.
+        ("tcp-failover.pcap", GenOptions { flows: 60, ..base(Kind::Tcp, 5) }),
     ]
 }
 
@@ -165,4 +171,66 @@ fn non_ip_frames_are_counted_not_replayed() {
     assert!(non_ip > 0, "the malformed trace has non-IP frames");
     assert_eq!(replay.skipped_non_ip, non_ip);
     assert_eq!(replay.verdicts.values().sum::<u64>() + non_ip, frames.len() as u64, "every other frame replayed");
+}
+
+/// `trace` replayed in the lab with replay scenario `scenario` (under `fixtures/replay/`).
+fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
+    common::require_root();
+    let spec = ReplaySpec::load(&common::fixtures().join("replay").join(scenario)).unwrap_or_else(|e| panic!("{e}"));
+    let path = trace(trace_name);
+    let frames = pcap::read(&path).expect("trace");
+    let out = std::env::temp_dir().join(format!("zrlab-replay-{}-{trace_name}-{scenario}", std::process::id()));
+    let replay = common::runtime()
+        .block_on(zrlab::replay::lab::run(&path, &frames, &spec, Pacing::Speed(1.0), &out, &mut |_| {}))
+        .unwrap_or_else(|e| panic!("{trace_name} with {scenario}: {e}"));
+    for (file, _) in &replay.captures {
+        assert!(out.join(file).exists(), "capture {file} written");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    replay
+}
+
+#[test]
+fn lab_replay_of_each_committed_trace_keeps_flows_on_one_backend() {
+    for (name, _) in committed() {
+        let replay = lab_replay(name, "lab.toml");
+        assert_eq!(replay.split_flows(), 0, "{name}:\n{}", replay.markdown());
+        assert!(replay.flows.iter().all(|f| f.backends.len() == 1), "{name}: every flow reached its backend");
+    }
+}
+
+/// Without events, the lab's three LB nodes choose what the offline replay's one program
+/// chooses, flow by flow (the same configuration, the same ring, the same ids).
+#[test]
+fn lab_replay_matches_offline_replay_without_events() {
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).unwrap_or_else(|e| panic!("{e}"));
+    for name in ["tcp-tpr.pcap", "quic.pcap"] {
+        let lab = lab_replay(name, "lab.toml");
+        let offline = offline::run(&pcap::read(&trace(name)).expect("trace"), &config).expect("offline");
+        let offline_reals: std::collections::BTreeMap<&str, &Vec<std::net::IpAddr>> =
+            offline.flows.iter().filter(|f| !f.reals.is_empty()).map(|f| (f.flow.as_str(), &f.reals)).collect();
+        assert_eq!(lab.flows.len(), offline_reals.len(), "{name}: the same flows reach a real");
+        for flow in &lab.flows {
+            assert_eq!(Some(&&flow.reals), offline_reals.get(flow.flow.as_str()), "{name}: {}", flow.flow);
+        }
+    }
+}
+
+/// A failover after packet 180 of 360 (be4 drained, two of three LB nodes leave ECMP): with
+/// id routing every flow stays; without it (the control) flows split, and the report names
+/// them with their frames in each capture.
+#[test]
+fn lab_replay_failover_splits_flows_only_without_id_routing() {
+    let with_ids = lab_replay("tcp-failover.pcap", "failover-ids.toml");
+    assert!(
+        with_ids.flows.iter().any(|f| f.lb_nodes.len() > 1),
+        "the failover moved flows to another LB node:\n{}",
+        with_ids.markdown()
+    );
+    assert_eq!(with_ids.split_flows(), 0, "{}", with_ids.markdown());
+    let without = lab_replay("tcp-failover.pcap", "failover-no-ids.toml");
+    assert!(without.split_flows() > 0, "the control splits flows:\n{}", without.markdown());
+    for flow in without.flows.iter().filter(|f| f.split) {
+        assert!(flow.frames.keys().filter(|c| c.starts_with("backend-in-")).count() > 1, "{}", flow.flow);
+    }
 }

@@ -19,9 +19,7 @@ fn net(text: &str) -> IpNet {
     text.parse().expect("valid prefix")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
+use common::runtime;
 
 #[test]
 fn builder_creates_what_the_file_says() {

@@ -45,6 +45,13 @@ pub const LRU_PER_CPU_SIZE: u32 = 16_384;
 /// Entries of the shared fallback connection table.
 pub const LRU_FALLBACK_SIZE: u32 = 65_536;
 
+/// A connection-table entry's flag (in `ConnEntry::flags`, above the `VIP_F_*` bits): the
+/// flow is in the shared fallback table too. A SYN's entry goes to this CPU's table only; the
+/// flow's first later packet that finds it there also writes the fallback, so a flood of SYNs
+/// that never complete does not churn the table every CPU shares (and a SYN costs one table
+/// insert, as in katran, instead of two).
+pub const ENTRY_F_SHARED: u32 = 1 << 31;
+
 /// VIP flag: route TCP by the server id in the TPR header option.
 pub const VIP_F_TCP_ID_ROUTING: u32 = 1 << 0;
 /// VIP flag: route QUIC by the server id in the connection id.
@@ -221,7 +228,7 @@ pub struct ConnEntry {
     pub real: u32,
     /// The flow's VIP (`VipMeta::vip_num`), for its counters.
     pub vip_num: u32,
-    /// The VIP's flags when the entry was written (`VIP_F_*`).
+    /// The VIP's flags when the entry was written (`VIP_F_*`), and [`ENTRY_F_SHARED`].
     pub flags: u32,
     /// The flow's IP protocol.
     pub proto: u32,

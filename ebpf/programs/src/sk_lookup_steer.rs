@@ -79,7 +79,8 @@ mod prog {
                 } else {
                     [field(&lookup.remote_ip4), 0, 0, 0]
                 };
-                let flow = UdpFlow { remote, remote_port: u32::from(lookup.remote_port), local_port: lookup.local_port };
+                let flow =
+                    UdpFlow { remote, remote_port: u32::from(lookup.remote_port), local_port: lookup.local_port };
                 // SAFETY (verifier): a plain map lookup, copied out at once.
                 if let Some(slot) = unsafe { FLOWS.get(&flow) }.copied() {
                     if assign(&ctx, UDP_BASE, slot) {

@@ -9,6 +9,11 @@
 //! interface towards the LB node).
 //!
 //! [`Capture::start`] returns once the socket is bound: nothing sent after it is missed.
+//! [`Injector`] sends frames out of an interface through the same kind of socket (replays).
+
+mod inject;
+
+pub use inject::Injector;
 
 use std::{
     io,
@@ -35,6 +40,7 @@ const SNAPLEN: usize = 4096;
 #[derive(Debug)]
 pub struct Capture {
     stop: Arc<AtomicBool>,
+    seen: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<Result<io::Result<Vec<Frame>>>>>,
     what: String,
 }
@@ -47,6 +53,8 @@ impl Capture {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let ifname_owned = ifname.to_owned();
         let thread_stop = stop.clone();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread_seen = seen.clone();
         let thread = netns.spawn(format!("capture-{ifname}"), move || {
             let socket = match open(&ifname_owned) {
                 Ok(socket) => {
@@ -58,13 +66,18 @@ impl Capture {
                     return Ok(Vec::new());
                 }
             };
-            read_until(&socket, &thread_stop)
+            read_until(&socket, &thread_stop, &thread_seen)
         })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { stop, thread: Some(thread), what }),
+            Ok(Ok(())) => Ok(Self { stop, seen, thread: Some(thread), what }),
             Ok(Err(e)) => Err(LabError::os("open a packet socket on", what, e)),
             Err(_) => Err(LabError::os("start a capture on", what, io::Error::other("the capture thread died"))),
         }
+    }
+
+    /// How many frames it has seen so far.
+    pub fn seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
     }
 
     /// Stops the capture and returns every frame it saw, in order.
@@ -86,7 +99,7 @@ impl Drop for Capture {
 }
 
 /// A packet socket for every protocol, bound to `ifname`, with a receive timeout of [`POLL`].
-fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
+pub(crate) fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
     let name = std::ffi::CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a valid C string.
@@ -128,8 +141,12 @@ fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     Ok(socket)
 }
 
-/// Reads frames until `stop` is set.
-fn read_until(socket: &std::os::fd::OwnedFd, stop: &AtomicBool) -> io::Result<Vec<Frame>> {
+/// Reads frames until `stop` is set, counting them in `seen`.
+fn read_until(
+    socket: &std::os::fd::OwnedFd,
+    stop: &AtomicBool,
+    seen: &std::sync::atomic::AtomicUsize,
+) -> io::Result<Vec<Frame>> {
     use std::os::fd::AsRawFd as _;
     let mut frames = Vec::new();
     let mut buf = vec![0u8; SNAPLEN];
@@ -153,5 +170,6 @@ fn read_until(socket: &std::os::fd::OwnedFd, stop: &AtomicBool) -> io::Result<Ve
         }
         let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         frames.push(Frame { at, data: buf[..n as usize].to_vec() });
+        seen.fetch_add(1, Ordering::SeqCst);
     }
 }

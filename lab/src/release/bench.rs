@@ -58,7 +58,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { base_rate: 1000, steps: vec![1, 3, 10, 30], step_s: 2.0, flows: 100, fixtures: PathBuf::from("fixtures") }
+        Self {
+            base_rate: 1000,
+            steps: vec![1, 3, 10, 30],
+            step_s: 2.0,
+            flows: 100,
+            fixtures: PathBuf::from("fixtures"),
+        }
     }
 }
 
@@ -156,7 +162,13 @@ pub async fn run(opts: &Options, exe: &Path) -> Result<Report> {
         eprintln!("{}: steps with a release in each, then the flood...", strategy.name());
         paths.push(measure(&topology, opts, exe, Some(strategy)).await?);
     }
-    Ok(Report { kernel: crate::report::kernel_release(), base_rate: opts.base_rate, flows: opts.flows, generator, paths })
+    Ok(Report {
+        kernel: crate::report::kernel_release(),
+        base_rate: opts.base_rate,
+        flows: opts.flows,
+        generator,
+        paths,
+    })
 }
 
 /// The server's address in the pair topology.
@@ -176,7 +188,10 @@ async fn measure(topology: &Topology, opts: &Options, exe: &Path, strategy: Opti
                 "--cid-version=v3".to_owned(),
             ];
             let spec = ReleaseSpec { strategy, drain_ms: 0, forward: true };
-            Some(Fleet::start(&mut lab, Some(spec), exe, vec![("be1".to_owned(), args)], Duration::from_secs(30)).await?)
+            Some(
+                Fleet::start(&mut lab, Some(spec), exe, vec![("be1".to_owned(), args)], Duration::from_secs(30))
+                    .await?,
+            )
         }
         None => None,
     };

@@ -76,7 +76,10 @@ pub async fn launch(lab: &mut Lab, node: &str, exe: &Path, args: &[String], time
     let ready = match tokio::time::timeout(timeout, reached).await {
         Ok(ready) => ready?,
         Err(_) => {
-            return Err(LabError::Timeout { what: format!("the service on {node} to be {}", Phase::Ready), after: timeout });
+            return Err(LabError::Timeout {
+                what: format!("the service on {node} to be {}", Phase::Ready),
+                after: timeout,
+            });
         }
     };
     if ready {
@@ -93,7 +96,10 @@ pub async fn launch(lab: &mut Lab, node: &str, exe: &Path, args: &[String], time
         }
         None => "closed its stdout but still runs".to_owned(),
     };
-    Err(LabError::Service { name: node.to_owned(), message: format!("exited before it was {} ({ended})", Phase::Ready) })
+    Err(LabError::Service {
+        name: node.to_owned(),
+        message: format!("exited before it was {} ({ended})", Phase::Ready),
+    })
 }
 
 /// A backend's dispatcher.
@@ -326,26 +332,8 @@ impl Fleet {
         let mut out = FleetCounters { released: self.released, ..Default::default() };
         for backend in self.backends.values() {
             match &backend.dispatcher {
-                Some(Dispatcher::Reuseport(d)) => {
-                    let c = d.counters()?;
-                    let r = &mut out.reuseport;
-                    r.selected += c.selected;
-                    r.migrated_established += c.migrated_established;
-                    r.migrated_syn_recv += c.migrated_syn_recv;
-                    r.migrated_request_timer += c.migrated_request_timer;
-                    r.migrated_request_ack += c.migrated_request_ack;
-                    r.select_failed += c.select_failed;
-                    r.by_cid += c.by_cid;
-                    r.cid_orphaned += c.cid_orphaned;
-                }
-                Some(Dispatcher::SkLookup(d)) => {
-                    let c = d.counters()?;
-                    let s = &mut out.sk_lookup;
-                    s.steered_new += c.steered_new;
-                    s.steered_flow += c.steered_flow;
-                    s.flow_orphaned += c.flow_orphaned;
-                    s.assign_failed += c.assign_failed;
-                }
+                Some(Dispatcher::Reuseport(d)) => out.reuseport.absorb(&d.counters()?),
+                Some(Dispatcher::SkLookup(d)) => out.sk_lookup.absorb(&d.counters()?),
                 None => {}
             }
         }

@@ -59,6 +59,18 @@ pub struct ReuseportCounters {
 }
 
 impl ReuseportCounters {
+    /// Adds `other`'s counts (another dispatcher's) to these.
+    pub fn absorb(&mut self, other: &Self) {
+        self.selected += other.selected;
+        self.migrated_established += other.migrated_established;
+        self.migrated_syn_recv += other.migrated_syn_recv;
+        self.migrated_request_timer += other.migrated_request_timer;
+        self.migrated_request_ack += other.migrated_request_ack;
+        self.select_failed += other.select_failed;
+        self.by_cid += other.by_cid;
+        self.cid_orphaned += other.cid_orphaned;
+    }
+
     /// Every migration.
     pub fn migrated(&self) -> u64 {
         self.migrated_established + self.migrated_syn_recv + self.migrated_request_timer + self.migrated_request_ack

@@ -29,6 +29,16 @@ pub struct SkLookupCounters {
     pub assign_failed: u64,
 }
 
+impl SkLookupCounters {
+    /// Adds `other`'s counts (another dispatcher's) to these.
+    pub fn absorb(&mut self, other: &Self) {
+        self.steered_new += other.steered_new;
+        self.steered_flow += other.steered_flow;
+        self.flow_orphaned += other.flow_orphaned;
+        self.assign_failed += other.assign_failed;
+    }
+}
+
 /// A loaded dispatcher.
 #[derive(Debug)]
 pub struct SkLookupDispatch {

@@ -9,9 +9,10 @@
 //!   connection table carries over from packet to packet), the frames it emitted, and a
 //!   per-flow summary of which real each flow went to.
 //!
-//! Replay into the lab (injection from the client namespaces, events at packet offsets,
-//! per-hop captures) is not built yet.
+//! - [`lab`]: the trace into the lab, through router, LB nodes and backends, with events at
+//!   packet numbers, captures at every hop and a verdict per flow.
 
 pub mod config;
 pub mod generate;
+pub mod lab;
 pub mod offline;

@@ -166,7 +166,7 @@ pub fn run(frames: &[Frame], config: &LbConfig) -> Result<Offline> {
 
 /// The flow a frame belongs to; `None` for non-IP frames (by EtherType). IP frames whose header
 /// does not parse belong to one flow of their own: the LB still sees them.
-fn flow_of(data: &[u8]) -> Option<String> {
+pub(super) fn flow_of(data: &[u8]) -> Option<String> {
     let ethertype = u16::from_be_bytes(data.get(12..14)?.try_into().ok()?);
     if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
         return None;
@@ -187,6 +187,6 @@ fn flow_of(data: &[u8]) -> Option<String> {
 }
 
 /// The outer destination of an encapsulated frame.
-fn outer_destination(data: &[u8]) -> Option<IpAddr> {
+pub(super) fn outer_destination(data: &[u8]) -> Option<IpAddr> {
     FrameRepr::parse(data)?.ip_packet().map(|ip| ip.dst)
 }

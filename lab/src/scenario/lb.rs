@@ -57,8 +57,7 @@ pub struct Deployment {
 impl Deployment {
     /// Loads, configures and attaches every program of `spec` in `lab`; `registry` holds the
     /// backends' server ids (backends of weight 0 start as removed from the configuration).
-    pub fn start(lab: &Lab, spec: &LbSpec, workload: &WorkloadSpec, mut registry: Registry) -> Result<Self> {
-        let topology = lab.topology();
+    pub fn start(lab: &Lab, spec: &LbSpec, workload: &WorkloadSpec, registry: Registry) -> Result<Self> {
         let reals: Vec<(String, RealSpec)> = workload
             .backends
             .iter()
@@ -77,6 +76,20 @@ impl Deployment {
             ..VipSpec::new(workload.vip, port, proto)
         };
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
+        Self::start_with(lab, &spec.nodes, vips, reals, registry)
+    }
+
+    /// Loads, configures and attaches the LB on `nodes` in `lab`, serving every one of `vips`
+    /// by `reals` (each a backend node and its real), decapsulation on those backends;
+    /// `registry` holds the backends' server ids (backends of weight 0 start as removed).
+    pub fn start_with(
+        lab: &Lab,
+        nodes: &[String],
+        vips: Vec<VipSpec>,
+        reals: Vec<(String, RealSpec)>,
+        mut registry: Registry,
+    ) -> Result<Self> {
+        let topology = lab.topology();
         for (node, real) in &reals {
             if real.weight == 0 {
                 registry.set(node, Membership::Removed);
@@ -86,7 +99,7 @@ impl Deployment {
         let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
         let mut programs = Vec::new();
         let mut balancers = Vec::new();
-        for node in &spec.nodes {
+        for node in nodes {
             let link = topology
                 .spec
                 .links
@@ -106,7 +119,7 @@ impl Deployment {
             balancers.push((node.clone(), balancer));
         }
         let mut decaps = Vec::new();
-        for backend in &workload.backends {
+        for (backend, _) in &reals {
             let ends: Vec<_> =
                 topology.spec.links.iter().flat_map(|l| [&l.a, &l.b]).filter(|e| e.node == *backend).collect();
             let addrs: Vec<IpAddr> = ends.iter().flat_map(|e| e.addrs.iter().map(|a| a.addr())).collect();

@@ -71,6 +71,11 @@ impl Registry {
         Self { entries }
     }
 
+    /// Backends with the ids and memberships given (a replay's, from its LB configuration).
+    pub fn fixed(entries: impl IntoIterator<Item = (String, u32, Membership)>) -> Self {
+        Self { entries: entries.into_iter().map(|(backend, id, m)| (backend, (id, m))).collect() }
+    }
+
     /// `backend`'s id.
     pub fn id(&self, backend: &str) -> Option<u32> {
         self.entries.get(backend).map(|(id, _)| *id)

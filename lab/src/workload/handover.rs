@@ -68,7 +68,8 @@ pub fn receive(name: &str) -> std::io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
         }
         (msg.bytes, fds)
     };
-    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("handover from {name}: {what}"));
+    let bad =
+        |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("handover from {name}: {what}"));
     let header = std::str::from_utf8(&buf[..len]).map_err(|_| bad("header is not text".into()))?.trim_end();
     let count = |key: &str| -> Option<usize> {
         header.split(' ').find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse().ok())

@@ -19,13 +19,13 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use zrlab_common::reuseport::MAX_SLOTS;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream, UdpSocket},
     signal::unix::{SignalKind, signal},
     task::JoinSet,
 };
+use zrlab_common::reuseport::MAX_SLOTS;
 
 use super::{
     handover,
@@ -174,7 +174,8 @@ pub async fn serve(args: ServiceArgs) -> std::io::Result<()> {
         udp: udp.iter().map(|s: &std::net::UdpSocket| s.as_raw_fd()).collect(),
     };
     // Copies for the handover and for answering forwarded datagrams once reading stopped.
-    let udp_senders: Vec<std::net::UdpSocket> = udp.iter().map(std::net::UdpSocket::try_clone).collect::<Result<_, _>>()?;
+    let udp_senders: Vec<std::net::UdpSocket> =
+        udp.iter().map(std::net::UdpSocket::try_clone).collect::<Result<_, _>>()?;
     let handover = match &args.handover {
         Some(name) => {
             let listener = handover::listen(name)?;

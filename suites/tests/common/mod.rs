@@ -13,6 +13,11 @@ pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").canonicalize().expect("fixtures directory")
 }
 
+/// A single-threaded runtime for the lab's async operations.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
 /// Panics unless the tests run as root: they build namespaces and load BPF programs. A silent
 /// skip would let a non-root run pass without testing anything.
 pub(crate) fn require_root() {

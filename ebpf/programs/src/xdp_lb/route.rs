@@ -9,7 +9,8 @@
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
 //! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
-//!    result is remembered in the connection tables.
+//!    result is remembered in the connection tables (a SYN's in this CPU's table only: the
+//!    flow's next packet there copies it to the shared fallback, `ENTRY_F_SHARED`).
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
@@ -20,9 +21,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND,
-    TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey,
-    VipMeta, counter, flow_hash, quic_server_id,
+    ConnEntry, ConnKey, ConnKeyV6, ENTRY_F_SHARED, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1,
+    QUIC_VERSION_2, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
+    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
@@ -105,7 +106,11 @@ fn pick_with<K: 'static, const EXACT: bool>(
     }
     let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
-        tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+        if syn {
+            tables.remember_here(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+        } else {
+            tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+        }
     }
     Route::Real { real, vip_num: meta.vip_num }
 }
@@ -213,10 +218,16 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
     #[inline(always)]
     fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Lookup {
         if let Some(entry) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) {
-            // SAFETY: the kernel returned a valid pointer into the inner map's value.
-            let entry = unsafe { &*entry };
+            // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
+            // alone writes its table.
+            let entry = unsafe { &mut *entry };
             if EXACT || entry.matches(flow) {
                 stats.add(counter::LRU_HIT);
+                if entry.flags & ENTRY_F_SHARED == 0 {
+                    // The flow's first packet after its SYN: now it goes to the shared table.
+                    entry.flags |= ENTRY_F_SHARED;
+                    let _ = self.fallback.insert(&self.key, &*entry, 0);
+                }
                 return Lookup::Hit(Hit::of(entry));
             }
         }
@@ -234,12 +245,26 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
         Lookup::Hit(Hit::of(entry))
     }
 
+    /// Remembers `entry` in this CPU's table and the shared one.
     #[inline(always)]
-    fn remember(&self, entry: ConnEntry) {
+    fn remember(&self, mut entry: ConnEntry) {
+        entry.flags |= ENTRY_F_SHARED;
         if let Some(table) = self.per_cpu.get(cpu()) {
             let _ = table.insert(&self.key, &entry, 0);
         }
         let _ = self.fallback.insert(&self.key, &entry, 0);
+    }
+
+    /// Remembers a SYN's `entry` in this CPU's table only (see `ENTRY_F_SHARED`); a CPU
+    /// without a table of its own uses the shared one.
+    #[inline(always)]
+    fn remember_here(&self, entry: ConnEntry) {
+        match self.per_cpu.get(cpu()) {
+            Some(table) => {
+                let _ = table.insert(&self.key, &entry, 0);
+            }
+            None => self.remember(entry),
+        }
     }
 }
 
