@@ -475,7 +475,12 @@ async fn run_lab_replay(
     let spec = zrlab::replay::lab::ReplaySpec::load(scenario)?;
     let dir = out.join("replay");
     let mut progress = |step: String| eprintln!("replay: {step}");
-    let replay = zrlab::replay::lab::run(trace, &frames, &spec, pacing, &dir, &mut progress).await?;
+    let opts = zrlab::replay::lab::RunOptions {
+        pacing,
+        out: dir.clone(),
+        service_exe: std::env::current_exe().context("the zrlab binary's path")?,
+    };
+    let replay = zrlab::replay::lab::run(trace, &frames, &spec, &opts, &mut progress).await?;
     let markdown = replay.markdown();
     out!("{markdown}");
     std::fs::write(dir.join("report.md"), &markdown).with_context(|| format!("writing {}", dir.display()))?;

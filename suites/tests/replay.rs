@@ -14,7 +14,7 @@ use zrlab::{
     replay::{
         config::LbConfig,
         generate::{GenOptions, Ids, Kind, generate},
-        lab::{LabReplay, Pacing, ReplaySpec},
+        lab::{LabReplay, Pacing, ReplaySpec, RunOptions},
         offline,
     },
 };
@@ -180,8 +180,9 @@ fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
     let path = trace(trace_name);
     let frames = pcap::read(&path).expect("trace");
     let out = std::env::temp_dir().join(format!("zrlab-replay-{}-{trace_name}-{scenario}", std::process::id()));
+    let opts = RunOptions { pacing: Pacing::Speed(1.0), out: out.clone(), service_exe: common::zrlab_exe() };
     let replay = common::runtime()
-        .block_on(zrlab::replay::lab::run(&path, &frames, &spec, Pacing::Speed(1.0), &out, &mut |_| {}))
+        .block_on(zrlab::replay::lab::run(&path, &frames, &spec, &opts, &mut |_| {}))
         .unwrap_or_else(|e| panic!("{trace_name} with {scenario}: {e}"));
     for (file, _) in &replay.captures {
         assert!(out.join(file).exists(), "capture {file} written");
@@ -196,6 +197,11 @@ fn lab_replay_of_each_committed_trace_keeps_flows_on_one_backend() {
         let replay = lab_replay(name, "lab.toml");
         assert_eq!(replay.split_flows(), 0, "{name}:\n{}", replay.markdown());
         assert!(replay.flows.iter().all(|f| f.backends.len() == 1), "{name}: every flow reached its backend");
+        // UDP flows reached a service socket on their backend, and only that one.
+        for flow in replay.flows.iter().filter(|f| f.flow.starts_with("udp")) {
+            assert_eq!(flow.sockets.len(), 1, "{name}: {} answered by {:?}", flow.flow, flow.sockets);
+            assert!(flow.sockets[0].starts_with(&format!("{}/", flow.backends[0])), "{name}: {flow:?}");
+        }
     }
 }
 

@@ -6,10 +6,13 @@
 //! What is replayed as recorded, and what answers: every frame goes out of the client's
 //! interface as the trace has it (MAC addresses rewritten for the lab's link, client addresses
 //! mapped, below); the router, the LB nodes and the backends' decapsulation handle it as they
-//! would live traffic. No service runs on the backends: a replayed TCP segment cannot belong to
-//! a socket there (its sequence numbers are the trace's), so the backends' stacks answer with
-//! resets and ICMP, which the client capture records and nothing judges. The verdicts are made
-//! where the replay is exact: which LB node and which backend each packet reached.
+//! would live traffic. The backends run the lab's service on the configuration's UDP VIPs: it
+//! answers every QUIC-like request (an Initial with a connection id of its own, a short header
+//! as known or not) and names its socket (node, instance, pid) in the reply, which the client
+//! capture holds: the **service socket** each UDP flow reached. TCP is not served: a replayed
+//! segment cannot belong to a socket (its sequence numbers are the trace's), so the backends'
+//! stacks answer with resets, which nothing judges. The verdicts are made where the replay is
+//! exact: which LB node, which backend and (UDP) which socket each packet reached.
 //!
 //! Addresses: a trace client address inside the client link's subnet is kept; any other is
 //! mapped, in order of first appearance, to host addresses of that subnet from `.10` on (the
@@ -177,7 +180,11 @@ pub struct LabFlow {
     pub backends: Vec<String>,
     /// The reals the LB nodes sent its packets to, in order (the outer destinations).
     pub reals: Vec<IpAddr>,
-    /// Whether it reached more than one backend while they stayed up.
+    /// The service sockets that answered it (UDP: node/instance[pid] from the replies), in
+    /// order of first reply.
+    pub sockets: Vec<String>,
+    /// Whether it reached more than one backend while they stayed up (or, UDP, was answered by
+    /// more than one service socket).
     pub split: bool,
     /// Per capture file, the frame numbers (1-based) of its packets there (at most 40 each).
     pub frames: BTreeMap<String, Vec<usize>>,
@@ -237,6 +244,9 @@ impl LabReplay {
         out.push_str("\nFlows:\n");
         for f in &self.flows {
             let _ = write!(out, "- {}: LB {}; backends {}", f.flow, f.lb_nodes.join(", "), f.backends.join(" then "));
+            if !f.sockets.is_empty() {
+                let _ = write!(out, "; sockets {}", f.sockets.join(" then "));
+            }
             if f.split {
                 out.push_str(" **SPLIT**; frames:");
                 for (capture, frames) in &f.frames {
@@ -254,16 +264,26 @@ const QUIET: Duration = Duration::from_millis(300);
 /// The longest wait for that.
 const SETTLE_LIMIT: Duration = Duration::from_secs(15);
 
-/// Replays `frames` (read from `trace`) in a fresh lab built from `spec`; writes the captures
-/// into `out` and reports `progress`.
+/// How a lab replay runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// How fast.
+    pub pacing: Pacing,
+    /// Where the captures go.
+    pub out: PathBuf,
+    /// The `zrlab` binary the backends' services are started from.
+    pub service_exe: PathBuf,
+}
+
+/// Replays `frames` (read from `trace`) in a fresh lab built from `spec`; reports `progress`.
 pub async fn run(
     trace: &Path,
     frames: &[Frame],
     spec: &ReplaySpec,
-    pacing: Pacing,
-    out: &Path,
+    opts: &RunOptions,
     progress: &mut dyn FnMut(String),
 ) -> Result<LabReplay> {
+    let (pacing, out) = (opts.pacing, opts.out.as_path());
     if let Some(e) = spec.events.iter().find(|e| e.at_packet > frames.len()) {
         return Err(LabError::Usage(format!(
             "{}: an event is at packet {}, but the trace has {} frames",
@@ -275,6 +295,29 @@ pub async fn run(
     progress("building topology".into());
     let mut lab = Lab::build(&spec.topology, false).await?;
     let mut deployment = deploy(&lab, spec)?;
+    progress("starting the backends' services".into());
+    let udp: Vec<String> = spec
+        .config
+        .vips()
+        .iter()
+        .filter(|(v, _)| v.proto == crate::lb::Proto::Udp)
+        .map(|(v, _)| format!("--udp={}", std::net::SocketAddr::new(v.addr, v.port)))
+        .collect();
+    let mut services = Vec::new();
+    if !udp.is_empty() {
+        let mut served: Vec<String> = Vec::new();
+        for (backend, addr) in backend_nodes(spec) {
+            if served.contains(&backend) || spec.config.vips().iter().all(|(_, r)| r.iter().all(|r| r.addr != addr)) {
+                continue;
+            }
+            served.push(backend.clone());
+            let mut args = vec!["service".to_owned(), format!("--node={backend}")];
+            args.extend(udp.iter().cloned());
+            services.push((backend, args));
+        }
+    }
+    let _fleet =
+        crate::release::Fleet::start(&mut lab, None, &opts.service_exe, services, Duration::from_secs(30)).await?;
     let topology = spec.topology.clone();
     let link_of = |node: &str| link_ends(&topology, node);
     let (client_end, router_end) = link_of(&spec.client)
@@ -540,6 +583,7 @@ fn judge(seen: &BTreeMap<String, Vec<Frame>>, down: &[String]) -> Vec<LabFlow> {
                 lb_nodes: Vec::new(),
                 backends: Vec::new(),
                 reals: Vec::new(),
+                sockets: Vec::new(),
                 split: false,
                 frames: BTreeMap::new(),
             });
@@ -587,10 +631,35 @@ fn judge(seen: &BTreeMap<String, Vec<Frame>>, down: &[String]) -> Vec<LabFlow> {
             }
         }
     }
+    // The service sockets: the replies the client received name them.
+    if let Some(frames) = seen.get("client-in") {
+        for frame in frames {
+            let Some((flow, socket)) = reply_of(&frame.data) else { continue };
+            let Some(&at) = index.get(&flow) else { continue };
+            if !flows[at].sockets.contains(&socket) {
+                flows[at].sockets.push(socket);
+            }
+        }
+    }
     for flow in &mut flows {
-        flow.split = flow.backends.len() > 1 && !flow.backends.iter().any(|b| down.contains(b));
+        flow.split = (flow.backends.len() > 1 || flow.sockets.len() > 1) && !flow.backends.iter().any(|b| down.contains(b));
     }
     flows
+}
+
+/// For a service's reply to the client: the flow it answers (named from the client's side) and
+/// the socket that answered.
+fn reply_of(data: &[u8]) -> Option<(String, String)> {
+    use crate::packet::{EthPayload, FrameRepr, IpPayload};
+    let Some(EthPayload::Ip(ip)) = FrameRepr::parse(data).map(|f| f.payload) else { return None };
+    let IpPayload::Udp(udp) = &ip.payload else { return None };
+    let datagram = crate::workload::quic::Datagram::parse(&udp.payload).ok()?;
+    let reply = crate::workload::wire::Reply::parse_bytes(&datagram.payload).ok()?;
+    let addr = |a: IpAddr, port: u16| match a {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    Some((format!("udp {} > {}", addr(ip.dst, udp.dport), addr(ip.src, udp.sport)), reply.who.to_string()))
 }
 
 /// The inner flow of an encapsulated frame and its outer destination (the real).
