@@ -121,6 +121,10 @@ enum Command {
         /// Replay as fast as frames can be sent.
         #[arg(long)]
         top: bool,
+        /// Leave the lab up afterwards, its data path held by a keeper process (`status`,
+        /// `event`, `clean` as for a kept scenario run).
+        #[arg(long)]
+        keep: bool,
     },
     /// What a kept run holds: nodes, processes, attached programs, the LB's VIPs, reals and live
     /// ids, and the programs' counters (from its keeper process).
@@ -326,7 +330,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Trace { trace }) => run_trace(trace),
         Some(Command::Replay { replay: Some(replay), .. }) => run_replay(replay, out),
-        Some(Command::Replay { replay: None, trace, scenario, speed, top }) => {
+        Some(Command::Replay { replay: None, trace, scenario, speed, top, keep }) => {
             let trace = trace.ok_or_else(|| anyhow::anyhow!("replay needs a trace file (or `offline ...`)"))?;
             let scenario = scenario.unwrap_or_else(|| cli.fixtures.join("replay/lab.toml"));
             let pacing = if top {
@@ -336,7 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 anyhow::bail!("--speed must be a positive number, not {speed}");
             };
-            runtime.block_on(run_lab_replay(&trace, &scenario, pacing, out))
+            runtime.block_on(run_lab_replay(&trace, &scenario, pacing, keep, out))
         }
         Some(Command::Status { run, json }) => run_status(run.as_deref(), json),
         Some(Command::Event { run, action, fields }) => run_event(run.as_deref(), &action, &fields),
@@ -469,6 +473,7 @@ async fn run_lab_replay(
     trace: &Path,
     scenario: &Path,
     pacing: zrlab::replay::lab::Pacing,
+    keep: bool,
     out: &Path,
 ) -> Result<ExitCode> {
     let frames = zrlab::pcap::read(trace)?;
@@ -479,6 +484,7 @@ async fn run_lab_replay(
         pacing,
         out: dir.clone(),
         service_exe: std::env::current_exe().context("the zrlab binary's path")?,
+        keep,
     };
     let replay = zrlab::replay::lab::run(trace, &frames, &spec, &opts, &mut progress).await?;
     let markdown = replay.markdown();

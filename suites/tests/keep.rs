@@ -2,7 +2,8 @@
 //! process), a plain TCP client in the client namespace gets the service's answer through the
 //! XDP LB, `event` changes the LB and `status` shows it, and `clean` leaves nothing behind,
 //! checked by namespace inode: no process holds any of the run's namespaces, no cgroup, no pin.
-//! The same when the process that kept the run was SIGKILLed.
+//! The same when the process that kept the run was SIGKILLed, and for a kept replay (its UDP
+//! service answers through the replay's LB configuration).
 
 mod common;
 
@@ -34,7 +35,25 @@ fn kept_lb_basic_answers_takes_events_and_cleans_up() {
         .expect("zrlab run --keep");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "zrlab run --keep: {stdout}{}", String::from_utf8_lossy(&run.stderr));
-    check_live_and_clean(&prefix_of(&stdout));
+    check_live_and_clean(&prefix_of(&stdout), ask_the_vip);
+}
+
+#[test]
+fn kept_replay_answers_takes_events_and_cleans_up() {
+    common::require_root();
+    let _lock = common::exclusive();
+    let _cleanup = CleanOnDrop;
+    let run = Command::new(common::zrlab_exe())
+        .arg("replay")
+        .arg(common::fixtures().join("traces/quic.pcap"))
+        .arg("--keep")
+        .arg("--out")
+        .arg(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("keep-replay"))
+        .output()
+        .expect("zrlab replay --keep");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "zrlab replay --keep: {stdout}{}", String::from_utf8_lossy(&run.stderr));
+    check_live_and_clean(&prefix_of(&stdout), ask_the_vip_over_udp);
 }
 
 #[test]
@@ -64,12 +83,12 @@ fn a_kept_run_survives_the_sigkill_of_the_process_that_kept_it() {
     }
     let _ = child.kill();
     child.wait().expect("reap");
-    check_live_and_clean(&prefix_of(&seen));
+    check_live_and_clean(&prefix_of(&seen), ask_the_vip);
 }
 
 /// Connects, drains the answering backend through `event`, sees it in `status`, cleans, and
 /// checks by inode that nothing of the run survives.
-fn check_live_and_clean(prefix: &str) {
+fn check_live_and_clean(prefix: &str, ask: fn(&str) -> Reply) {
     let inodes: Vec<u64> = std::fs::read_dir("/run/netns")
         .expect("/run/netns")
         .flatten()
@@ -78,7 +97,7 @@ fn check_live_and_clean(prefix: &str) {
         .collect();
     assert!(inodes.len() >= 8, "the kept namespaces exist: {inodes:?}");
 
-    let reply = ask_the_vip(prefix);
+    let reply = ask(prefix);
     let backend = reply.who.node;
     let drained = zrlab(&["event", "--run", prefix, "drain-backend", &format!("backend={backend}")]);
     assert!(drained.contains("drained"), "the event reached the LB: {drained}");
@@ -101,7 +120,7 @@ fn check_live_and_clean(prefix: &str) {
     );
     let keeper = status["keeper"].as_u64().expect("keeper pid");
     // Still answering after the change (the drained backend keeps nothing new: any backend).
-    ask_the_vip(prefix);
+    ask(prefix);
 
     zrlab(&["clean"]);
     // Gone, or a zombie its new parent has not reaped (the process that started it may be
@@ -135,6 +154,30 @@ fn ask_the_vip(prefix: &str) -> Reply {
     netns.keep();
     let line = answer.expect("enter the client").expect("the VIP answers");
     Reply::parse(&line).expect("a service reply")
+}
+
+/// A QUIC-like Initial from the client's namespace to the VIP's UDP port; the service's answer.
+fn ask_the_vip_over_udp(prefix: &str) -> Reply {
+    use zrlab::workload::{
+        quic::{Datagram, Header, LongType, VERSION_1},
+        wire::Request,
+    };
+    let netns = Netns::open(&format!("{prefix}-client")).expect("client namespace");
+    let answer = netns.run(|| -> std::io::Result<Vec<u8>> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(TIMEOUT))?;
+        socket.connect(VIP)?;
+        let header = Header::Long { kind: LongType::Initial, version: VERSION_1, dcid: vec![7; 8], scid: vec![9; 8] };
+        socket.send(&Datagram { header, payload: Request { flow: 1, seq: 0 }.emit().into_bytes() }.emit())?;
+        let mut buf = vec![0u8; 2048];
+        let len = socket.recv(&mut buf)?;
+        buf.truncate(len);
+        Ok(buf)
+    });
+    netns.keep();
+    let bytes = answer.expect("enter the client").expect("the VIP answers over UDP");
+    let datagram = Datagram::parse(&bytes).expect("a datagram");
+    Reply::parse_bytes(&datagram.payload).expect("a service reply")
 }
 
 fn zrlab(args: &[&str]) -> String {

@@ -180,7 +180,8 @@ fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
     let path = trace(trace_name);
     let frames = pcap::read(&path).expect("trace");
     let out = std::env::temp_dir().join(format!("zrlab-replay-{}-{trace_name}-{scenario}", std::process::id()));
-    let opts = RunOptions { pacing: Pacing::Speed(1.0), out: out.clone(), service_exe: common::zrlab_exe() };
+    let opts =
+        RunOptions { pacing: Pacing::Speed(1.0), out: out.clone(), service_exe: common::zrlab_exe(), keep: false };
     let replay = common::runtime()
         .block_on(zrlab::replay::lab::run(&path, &frames, &spec, &opts, &mut |_| {}))
         .unwrap_or_else(|e| panic!("{trace_name} with {scenario}: {e}"));

@@ -29,15 +29,30 @@ pub struct KeeperArgs {
     #[arg(long)]
     pub run: String,
     /// The scenario it ran (its main variant is what the keeper deploys).
+    #[arg(long, conflicts_with = "replay", required_unless_present = "replay")]
+    pub scenario: Option<PathBuf>,
+    /// The replay scenario it ran (`replay::lab`; its LB configuration and events).
     #[arg(long)]
-    pub scenario: PathBuf,
+    pub replay: Option<PathBuf>,
 }
 
-/// Starts the keeper of `lab` (a kept run) in `node` and waits until it is ready.
-pub async fn start_keeper(lab: &mut Lab, node: &str, exe: &Path, scenario: &Path, timeout: Duration) -> Result<()> {
-    let scenario = scenario.canonicalize().map_err(|e| LabError::os("resolve", scenario.display().to_string(), e))?;
-    let args =
-        vec!["keeper".to_owned(), format!("--run={}", lab.run_id()), format!("--scenario={}", scenario.display())];
+/// What a kept run ran, for its keeper.
+#[derive(Clone, Copy, Debug)]
+pub enum KeptRun<'a> {
+    /// A scenario file.
+    Scenario(&'a Path),
+    /// A replay scenario file.
+    Replay(&'a Path),
+}
+
+/// Starts the keeper of `lab` (a kept run of `what`) in `node` and waits until it is ready.
+pub async fn start_keeper(lab: &mut Lab, node: &str, exe: &Path, what: KeptRun<'_>, timeout: Duration) -> Result<()> {
+    let (flag, file) = match what {
+        KeptRun::Scenario(file) => ("scenario", file),
+        KeptRun::Replay(file) => ("replay", file),
+    };
+    let file = file.canonicalize().map_err(|e| LabError::os("resolve", file.display().to_string(), e))?;
+    let args = vec!["keeper".to_owned(), format!("--run={}", lab.run_id()), format!("--{flag}={}", file.display())];
     let spawned = lab.spawn(node, exe, &args)?;
     if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
         Ok(())
@@ -103,17 +118,27 @@ fn pids_in(dir: &Path) -> Vec<u32> {
 
 /// The keeper: adopts the run, deploys its data path, serves requests until killed.
 pub async fn keep(args: KeeperArgs) -> Result<()> {
-    let scenario = Scenario::load(&args.scenario)?;
-    let variant = &scenario.main;
     let (run, _) =
         RunId::parse(&args.run).ok_or_else(|| LabError::Usage(format!("{} is not a run prefix", args.run)))?;
+    let held = match (&args.scenario, &args.replay) {
+        (Some(file), _) => adopt_scenario(&args.run, run, file).await?,
+        (None, Some(file)) => adopt_replay(&args.run, run, file).await?,
+        (None, None) => return Err(LabError::Usage("the keeper needs --scenario or --replay".into())),
+    };
+    serve(&args.run, held).await
+}
+
+/// A kept scenario run: its main variant's LB and sock_ops programs, its LB events again.
+async fn adopt_scenario(prefix: &str, run: RunId, file: &Path) -> Result<Held> {
+    let scenario = Scenario::load(file)?;
+    let variant = &scenario.main;
     let changes: Vec<_> = variant.events.iter().filter_map(|e| e.group_change()).collect();
     let lab = Lab::adopt(run, &variant.topology, &changes).await?;
     let workload = &variant.workload;
     let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
     let tpr = variant.tpr.as_ref().map(|spec| TprDeployment::start(&lab, spec, workload, &registry)).transpose()?;
     let mut held = Held {
-        run: args.run.clone(),
+        run: prefix.to_owned(),
         scenario: scenario.name.clone(),
         deployment: variant
             .lb
@@ -132,7 +157,34 @@ pub async fn keep(args: KeeperArgs) -> Result<()> {
         }
         held.events.push(describe(event));
     }
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name(&args.run).as_bytes())
+    Ok(held)
+}
+
+/// A kept replay: the replay's LB configuration, its LB events again.
+async fn adopt_replay(prefix: &str, run: RunId, file: &Path) -> Result<Held> {
+    let spec = crate::replay::lab::ReplaySpec::load(file)?;
+    let changes: Vec<_> = spec.events.iter().filter_map(|e| e.event.group_change()).collect();
+    let lab = Lab::adopt(run, &spec.topology, &changes).await?;
+    let mut deployment = crate::replay::lab::deploy(&lab, &spec)?;
+    let mut events = Vec::new();
+    for timed in &spec.events {
+        apply_lb(&mut deployment, &timed.event)?;
+        events.push(format!("after packet {}: {}", timed.at_packet, describe(&timed.event)));
+    }
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("replay");
+    Ok(Held {
+        run: prefix.to_owned(),
+        scenario: format!("replay {name}"),
+        deployment: Some(deployment),
+        tpr: None,
+        lab,
+        events,
+    })
+}
+
+/// Answers requests on the run's socket until killed.
+async fn serve(prefix: &str, mut held: Held) -> Result<()> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name(prefix).as_bytes())
         .map_err(|e| LabError::os("name", "the keeper's socket", e))?;
     let listener = UnixListener::bind_addr(&addr).map_err(|e| LabError::os("bind", "the keeper's socket", e))?;
     let mut out = std::io::stdout();

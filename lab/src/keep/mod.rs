@@ -21,4 +21,4 @@
 pub mod control;
 mod keeper;
 
-pub use keeper::{KeeperArgs, keep, start_keeper};
+pub use keeper::{KeeperArgs, KeptRun, keep, start_keeper};

@@ -207,6 +207,8 @@ pub struct LabReplay {
     pub captures: Vec<(String, usize)>,
     /// Per flow, in order of first arrival at an LB node's output.
     pub flows: Vec<LabFlow>,
+    /// The run prefix of a kept lab.
+    pub kept: Option<String>,
 }
 
 impl LabReplay {
@@ -241,6 +243,13 @@ impl LabReplay {
         for (file, frames) in &self.captures {
             let _ = writeln!(out, "- `{file}`: {frames} frames");
         }
+        if let Some(prefix) = &self.kept {
+            let _ = writeln!(
+                out,
+                "\nKept: the lab runs on as `{prefix}-<node>` (`ip netns exec {prefix}-client bash`); its data path is \
+                 held by a keeper process: `cargo xtask lab status`, `cargo xtask lab event ...`, `cargo xtask lab clean`."
+            );
+        }
         out.push_str("\nFlows:\n");
         for f in &self.flows {
             let _ = write!(out, "- {}: LB {}; backends {}", f.flow, f.lb_nodes.join(", "), f.backends.join(" then "));
@@ -271,8 +280,11 @@ pub struct RunOptions {
     pub pacing: Pacing,
     /// Where the captures go.
     pub out: PathBuf,
-    /// The `zrlab` binary the backends' services are started from.
+    /// The `zrlab` binary the backends' services (and a kept run's keeper) are started from.
     pub service_exe: PathBuf,
+    /// Leave the topology, the services and the data path up afterwards (held by a keeper
+    /// process, as a kept scenario run: `lab status`, `lab event`, `lab clean`).
+    pub keep: bool,
 }
 
 /// Replays `frames` (read from `trace`) in a fresh lab built from `spec`; reports `progress`.
@@ -293,7 +305,7 @@ pub async fn run(
         )));
     }
     progress("building topology".into());
-    let mut lab = Lab::build(&spec.topology, false).await?;
+    let mut lab = Lab::build(&spec.topology, opts.keep).await?;
     let mut deployment = deploy(&lab, spec)?;
     progress("starting the backends' services".into());
     let udp: Vec<String> = spec
@@ -392,6 +404,14 @@ pub async fn run(
         seen.entry(name).or_default().extend(frames);
     }
     drop(deployment);
+    let kept = if opts.keep {
+        progress("handing the data path to a keeper process".into());
+        let what = crate::keep::KeptRun::Replay(&spec.file);
+        crate::keep::start_keeper(&mut lab, &spec.client, &opts.service_exe, what, Duration::from_secs(30)).await?;
+        Some(lab.run_id().to_string())
+    } else {
+        None
+    };
     lab.teardown()?;
     let down: Vec<String> = spec.events.iter().filter_map(|e| e.event.takes_down().map(str::to_owned)).collect();
     Ok(LabReplay {
@@ -402,13 +422,14 @@ pub async fn run(
         events: spec.events.clone(),
         captures: files,
         flows: judge(&seen, &down),
+        kept,
     })
 }
 
 /// Every VIP of the configuration on the LB nodes, the backends' decapsulation, the reals'
 /// server ids. The lab's deployment serves every VIP by one set of reals: a configuration whose
 /// VIPs use different ones is refused.
-fn deploy(lab: &Lab, spec: &ReplaySpec) -> Result<Deployment> {
+pub(crate) fn deploy(lab: &Lab, spec: &ReplaySpec) -> Result<Deployment> {
     let vips = spec.config.vips();
     let Some((_, reals)) = vips.first() else {
         return Err(LabError::Usage(format!("{}: the LB configuration has no VIP", spec.file.display())));
@@ -642,7 +663,8 @@ fn judge(seen: &BTreeMap<String, Vec<Frame>>, down: &[String]) -> Vec<LabFlow> {
         }
     }
     for flow in &mut flows {
-        flow.split = (flow.backends.len() > 1 || flow.sockets.len() > 1) && !flow.backends.iter().any(|b| down.contains(b));
+        flow.split =
+            (flow.backends.len() > 1 || flow.sockets.len() > 1) && !flow.backends.iter().any(|b| down.contains(b));
     }
     flows
 }

@@ -274,7 +274,14 @@ async fn run_variant(
     drop(tpr);
     if let Some(file) = keep {
         step("handing the data path to a keeper process");
-        crate::keep::start_keeper(&mut lab, &workload.client, &opts.service_exe, file, phase_timeout).await?;
+        crate::keep::start_keeper(
+            &mut lab,
+            &workload.client,
+            &opts.service_exe,
+            crate::keep::KeptRun::Scenario(file),
+            phase_timeout,
+        )
+        .await?;
     }
 
     step("tearing down");
