@@ -44,6 +44,13 @@ pub const MAX_CPUS: u32 = 128;
 pub const LRU_PER_CPU_SIZE: u32 = 16_384;
 /// Entries of the shared fallback connection table.
 pub const LRU_FALLBACK_SIZE: u32 = 65_536;
+/// Flags of the per-CPU tables: `BPF_F_NO_COMMON_LRU`. Each table is written by one CPU only,
+/// and the common LRU list's lock and shared free list cost every new flow (a SYN about 35 ns
+/// of 160 by katran's method). The kernel splits a table's entries evenly over the possible
+/// CPUs, so the owner CPU uses its share, `LRU_PER_CPU_SIZE` / possible CPUs; the shared
+/// fallback holds every established flow too (`ENTRY_F_SHARED`). Sizing the tables by the CPU
+/// count instead would grow memory with its square.
+pub const LRU_PER_CPU_FLAGS: u32 = 1 << 1;
 
 /// A connection-table entry's flag (in `ConnEntry::flags`, above the `VIP_F_*` bits): the
 /// flow is in the shared fallback table too. A SYN's entry goes to this CPU's table only; the

@@ -534,7 +534,7 @@ impl Report {
         ));
         let f = &self.syn_flood;
         out.push_str(&format!(
-            "syn flood: {} distinct SYNs at {:.0}/s on one core (the same loop over the empty program: {:.0} calls/s), tables {} per CPU + {} shared\n",
+            "syn flood: {} distinct SYNs at {:.0}/s on one core (the same loop over the empty program: {:.0} calls/s), tables {} per CPU (its own CPU's share of it) + {} shared\n",
             f.syns,
             f.syns_per_s,
             f.floor_calls_per_s,

@@ -11,7 +11,7 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::{ConnEntry, LRU_PER_CPU_SIZE, MAX_RING};
+use zrlab_common::lb::{ConnEntry, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_RING};
 
 use crate::{
     bpf_sys::{
@@ -83,7 +83,13 @@ fn btf_blob(key_size: usize) -> Vec<u8> {
     blob
 }
 
-fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, name: &str) -> Result<MapData> {
+fn create(
+    map_type: u32,
+    key: (u32, u32),
+    value: (u32, u32),
+    (max_entries, map_flags): (u32, u32),
+    name: &str,
+) -> Result<MapData> {
     let blob = btf_blob(if key.0 == TYPE_CONN_KEY { key.1 as usize } else { 4 });
     let mut log = vec![0u8; 4096];
     let mut attr = BtfLoadAttr {
@@ -107,6 +113,7 @@ fn create(map_type: u32, key: (u32, u32), value: (u32, u32), max_entries: u32, n
         key_size: key.1,
         value_size: value.1,
         max_entries,
+        map_flags,
         map_name,
         btf_fd: btf.as_raw_fd() as u32,
         btf_key_type_id: key.0,
@@ -125,7 +132,7 @@ pub(super) fn connection_table<K>(name: &str) -> Result<Map> {
         MAP_TYPE_LRU_HASH,
         (TYPE_CONN_KEY, size_of::<K>() as u32),
         (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
-        LRU_PER_CPU_SIZE,
+        (LRU_PER_CPU_SIZE, LRU_PER_CPU_FLAGS),
         name,
     )?;
     Ok(Map::LruHashMap(data))
@@ -134,7 +141,7 @@ pub(super) fn connection_table<K>(name: &str) -> Result<Map> {
 /// A ring (array of `MAX_RING` real indices) holding `entries` from index 0, written with one
 /// batch update (a ring change costs one system call, not 65537).
 pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
-    let data = create(MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), MAX_RING, name)?;
+    let data = create(MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), (MAX_RING, 0), name)?;
     let keys: Vec<u32> = (0..entries.len() as u32).collect();
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,

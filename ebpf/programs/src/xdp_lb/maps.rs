@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE, MAX_CPUS,
+    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_CPUS,
     MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
@@ -30,9 +30,12 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 #[map(name = "LB_SERVER_IDS")]
 pub static SERVER_IDS: HashMap<IdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
 
-/// One family's per-CPU connection tables: an outer array with one inner table per CPU.
-pub type PerCpuTables<K> =
-    ArrayOfMaps<BtfLruHashMap<K, ConnEntry, { LRU_PER_CPU_SIZE as usize }>, { MAX_CPUS as usize }>;
+/// One family's per-CPU connection tables: an outer array with one inner table per CPU, each
+/// with its LRU lists per CPU (`LRU_PER_CPU_FLAGS`: why, and what it costs in capacity).
+pub type PerCpuTables<K> = ArrayOfMaps<
+    BtfLruHashMap<K, ConnEntry, { LRU_PER_CPU_SIZE as usize }, { LRU_PER_CPU_FLAGS as usize }>,
+    { MAX_CPUS as usize },
+>;
 
 /// One connection table per CPU (as katran), for IPv4 flows: the control plane creates them; a
 /// CPU without one uses the fallback alone.
