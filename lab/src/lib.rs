@@ -13,7 +13,7 @@
 //! - [`replay`]: packet traces: generated, replayed offline through the LB;
 //! - [`report`]: table, JSON and Markdown;
 //! - [`clean`], [`run_id`]: finding and removing what killed runs left; [`keep`]: a kept run's
-//!   live data path (the keeper process, `status`, `event`);
+//!   live data path (the keeper process, `status`, `event`), started through [`handoff`];
 //! - [`port443`]: the many-sockets-on-443 measurements and bind-conflict cases;
 //! - [`server_id`]: which backend carries which server id, and which ids are live;
 //! - [`release`]: how old and new process of a service hand over its sockets;
@@ -29,6 +29,7 @@ pub mod clean;
 pub mod error;
 pub mod ethtool;
 pub mod features;
+pub mod handoff;
 pub mod keep;
 pub mod lb;
 pub mod netns;

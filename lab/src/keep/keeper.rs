@@ -1,10 +1,9 @@
-//! The keeper process (`zrlab keeper`), and starting it from a kept run.
+//! The keeper process (`zrlab keeper`); `crate::handoff` starts it from a kept run.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::{linux::net::SocketAddrExt as _, unix::net::UnixListener},
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use super::control::{NodeStatus, Request, Response, Status, socket_name};
@@ -14,7 +13,7 @@ use crate::{
     scenario::{
         Scenario,
         lb::Deployment,
-        runner::{apply, describe, wait_for_phase},
+        runner::{apply, describe},
         tpr::TprDeployment,
     },
     server_id::Registry,
@@ -34,31 +33,6 @@ pub struct KeeperArgs {
     /// The replay scenario it ran (`replay::lab`; its LB configuration and events).
     #[arg(long)]
     pub replay: Option<PathBuf>,
-}
-
-/// What a kept run ran, for its keeper.
-#[derive(Clone, Copy, Debug)]
-pub enum KeptRun<'a> {
-    /// A scenario file.
-    Scenario(&'a Path),
-    /// A replay scenario file.
-    Replay(&'a Path),
-}
-
-/// Starts the keeper of `lab` (a kept run of `what`) in `node` and waits until it is ready.
-pub async fn start_keeper(lab: &mut Lab, node: &str, exe: &Path, what: KeptRun<'_>, timeout: Duration) -> Result<()> {
-    let (flag, file) = match what {
-        KeptRun::Scenario(file) => ("scenario", file),
-        KeptRun::Replay(file) => ("replay", file),
-    };
-    let file = file.canonicalize().map_err(|e| LabError::os("resolve", file.display().to_string(), e))?;
-    let args = vec!["keeper".to_owned(), format!("--run={}", lab.run_id()), format!("--{flag}={}", file.display())];
-    let spawned = lab.spawn(node, exe, &args)?;
-    if wait_for_phase(spawned.stdout, Phase::Ready, timeout, node).await? {
-        Ok(())
-    } else {
-        Err(LabError::Service { name: format!("{node}/keeper"), message: "exited before it was ready".into() })
-    }
 }
 
 /// What the keeper holds.

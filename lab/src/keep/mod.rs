@@ -2,8 +2,9 @@
 //! lives in the run's cgroup until `zrlab clean`, and that `zrlab status` and `zrlab event`
 //! talk to.
 //!
-//! How: when the main variant of a kept run ends, the runner drops its own programs and starts
-//! `zrlab keeper --run <prefix> --scenario <file>` inside the client node (its namespace and
+//! How: when the main variant of a kept run (or a kept replay) ends, the runner drops its own
+//! programs and starts `zrlab keeper --run <prefix> --scenario <file>` (or `--replay <file>`;
+//! `crate::handoff`) inside the client node (its namespace and
 //! cgroup, without a parent-death signal). The keeper adopts the kept topology
 //! (`Lab::adopt`: opens the namespaces, reconstructs the nexthop groups), deploys the
 //! scenario's XDP LB, decap and sock_ops programs again, replays the timeline's LB events (so
@@ -21,4 +22,4 @@
 pub mod control;
 mod keeper;
 
-pub use keeper::{KeeperArgs, KeptRun, keep, start_keeper};
+pub use keeper::{KeeperArgs, keep};

@@ -406,8 +406,8 @@ pub async fn run(
     drop(deployment);
     let kept = if opts.keep {
         progress("handing the data path to a keeper process".into());
-        let what = crate::keep::KeptRun::Replay(&spec.file);
-        crate::keep::start_keeper(&mut lab, &spec.client, &opts.service_exe, what, Duration::from_secs(30)).await?;
+        let what = crate::handoff::KeptRun::Replay(&spec.file);
+        crate::handoff::start_keeper(&mut lab, &spec.client, &opts.service_exe, what, Duration::from_secs(30)).await?;
         Some(lab.run_id().to_string())
     } else {
         None

@@ -21,7 +21,6 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use super::{
     expect::{Check, evaluate},
@@ -39,7 +38,6 @@ use crate::{
     workload::{
         accounting::{FlowRecord, Tally},
         client::{Client, ClientSpec},
-        phase::Phase,
     },
 };
 
@@ -274,11 +272,11 @@ async fn run_variant(
     drop(tpr);
     if let Some(file) = keep {
         step("handing the data path to a keeper process");
-        crate::keep::start_keeper(
+        crate::handoff::start_keeper(
             &mut lab,
             &workload.client,
             &opts.service_exe,
-            crate::keep::KeptRun::Scenario(file),
+            crate::handoff::KeptRun::Scenario(file),
             phase_timeout,
         )
         .await?;
@@ -318,7 +316,7 @@ pub fn service_args(workload: &WorkloadSpec, backend: &str, id: u32) -> Vec<Stri
 }
 
 /// Starts `exe args` (a `zrlab service`) in `node` and waits until it reports
-/// [`Phase::Ready`]; an error says how it ended if it exited first.
+/// `phase ready` (`release::launch`); an error says how it ended if it exited first.
 pub async fn start_service(
     lab: &mut Lab,
     node: &str,
@@ -338,28 +336,6 @@ async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str
             flows.iter().zip(&marks).all(|(flow, mark)| !flow.live() || flow.rounds >= mark + rounds)
         })
         .await
-}
-
-/// Reads the service's phases until `wanted`: `Ok(false)` if its stdout ended first.
-pub(crate) async fn wait_for_phase(
-    stdout: tokio::process::ChildStdout,
-    wanted: Phase,
-    timeout: Duration,
-    node: &str,
-) -> Result<bool> {
-    let mut lines = BufReader::new(stdout).lines();
-    let reached = async {
-        while let Some(line) = lines.next_line().await.map_err(|e| LabError::os("read phases of", node, e))? {
-            if Phase::parse(&line).is_some_and(|p| p >= wanted) {
-                return Ok(true);
-            }
-        }
-        Ok::<_, LabError>(false)
-    };
-    match tokio::time::timeout(timeout, reached).await {
-        Ok(reached) => reached,
-        Err(_) => Err(LabError::Timeout { what: format!("the service on {node} to be {wanted}"), after: timeout }),
-    }
 }
 
 /// Applies `event` to `lab` and its LB `deployment`.

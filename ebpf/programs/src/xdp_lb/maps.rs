@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_CPUS,
-    MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
+    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
+    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
