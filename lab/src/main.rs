@@ -291,7 +291,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Bench { .. }) => "bench",
         _ => "lab",
     };
-    let out = cli.out.clone().unwrap_or_else(|| Path::new(DEFAULT_TARGET).join(default_out));
+    // The workspace's target/ as a plain path (reports print it; `lab/../target` reads badly).
+    let target = Path::new(DEFAULT_TARGET);
+    let target = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
+    let out = cli.out.clone().unwrap_or_else(|| target.join(default_out));
     let out = &out;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if let Some(Command::Service(args)) = cli.command {
