@@ -9,7 +9,7 @@ use std::process::Command;
 use test_case::test_case;
 use zrlab::{
     clean::{Scope, clean},
-    scenario::{RunOptions, Scenario, Verdict, run_scenario},
+    scenario::{RunOptions, Scenario, Verdict, expect::Capacity, run_scenario},
 };
 
 /// What a control run must show on flows whose backend stayed up.
@@ -31,7 +31,7 @@ enum Failure {
 fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool, failure: Failure) {
     common::require_root();
     let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
-    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1 };
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
     if outcome.verdict == Verdict::Skip {

@@ -300,12 +300,29 @@ pub struct Check {
     pub ok: bool,
 }
 
-/// Evaluates every expectation against `tally`.
-pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures) -> Vec<Check> {
+/// Whether a run judges its capacity expectations (`capacity_dip_pct`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capacity {
+    /// A capacity expectation that does not hold fails the scenario.
+    #[default]
+    Judge,
+    /// Measured and reported, never failing: for emulated machines, whose replies per second
+    /// swing by a third from one second to the next with nothing happening (a 6.1 guest under
+    /// TCG: 418-697 a second before any release), so a dip cannot be told from the emulator.
+    Report,
+}
+
+/// Evaluates every expectation against `measures`; under [`Capacity::Report`] a capacity
+/// expectation is reported with its value and marked as not judged.
+pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures, capacity: Capacity) -> Vec<Check> {
     expect
         .iter()
         .map(|(metric, cmp)| {
             let actual = metric.of(measures);
+            if *metric == Metric::CapacityDipPct && capacity == Capacity::Report {
+                let expect = format!("{metric} {cmp} (not judged: --capacity report; held: {})", cmp.holds(actual));
+                return Check { expect, actual, ok: true };
+            }
             Check { expect: format!("{metric} {cmp}"), actual, ok: cmp.holds(actual) }
         })
         .collect()
@@ -339,5 +356,22 @@ mod tests {
         for text in ["== 0", ">= 0", "< 5", "<= 1", "!= 1"] {
             assert!(!parse(text).unwrap().requires_positive(), "{text}");
         }
+    }
+
+    #[test]
+    fn a_reported_capacity_never_fails_and_every_other_metric_still_does() {
+        let expect = BTreeMap::from([
+            (Metric::CapacityDipPct, parse("<= 10").unwrap()),
+            (Metric::Resets, parse("== 0").unwrap()),
+        ]);
+        let mut measures = Measures { capacity_dip_pct: Some(48), ..Measures::default() };
+        measures.tally.counted.resets = 1;
+        let judged = evaluate(&expect, &measures, Capacity::Judge);
+        assert!(judged.iter().all(|c| !c.ok), "{judged:?}");
+        let reported = evaluate(&expect, &measures, Capacity::Report);
+        let capacity = reported.iter().find(|c| c.expect.starts_with("capacity_dip_pct")).unwrap();
+        assert!(capacity.ok && capacity.actual == 48, "{capacity:?}");
+        assert!(capacity.expect.contains("not judged") && capacity.expect.contains("held: false"), "{capacity:?}");
+        assert!(reported.iter().any(|c| c.expect == "resets == 0" && !c.ok), "{reported:?}");
     }
 }

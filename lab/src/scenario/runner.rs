@@ -23,7 +23,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    expect::{Check, evaluate},
+    expect::{Capacity, Check, evaluate},
     lb::Deployment,
     measures::Measures,
     spec::{EventSpec, Scenario, Variant, WorkloadSpec},
@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// guests, which run 8-9x slower), where 4,000 requests a second with a 1 s reply budget
     /// would measure the emulator. 1 means as written; 0 counts as 1.
     pub time_scale: u32,
+    /// Whether capacity expectations can fail the run (the kernel matrix reports them only).
+    pub capacity: Capacity,
 }
 
 /// A scenario's verdict.
@@ -267,7 +269,7 @@ async fn run_variant(
         release: variant.release.map(|_| fleet.counters()).transpose()?,
         capacity_dip_pct: variant.release.and_then(|_| timeline.capacity_dip_pct()),
     };
-    let checks = evaluate(&variant.expect, &measures);
+    let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
     drop(tpr);
     if let Some(file) = keep {
