@@ -1,7 +1,8 @@
 //! Kernel-side helpers shared by the lab's eBPF programs.
 //!
 //! Each program is its own `[[bin]]` (one object file per program); this library holds what they
-//! share: header layouts and the one bounds-checked accessor every header read goes through.
+//! share: header layouts, the one bounds-checked accessor every header read goes through, and
+//! the per-CPU counter increment.
 //! On the host the crate compiles to an empty library: `lab/build.rs` depends on it only so that
 //! cargo rebuilds the objects when it changes.
 #![no_std]
@@ -9,6 +10,8 @@
 // nightly anyway).
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+pub mod counters;
 #[cfg(target_arch = "bpf")]
 pub mod net;
 

@@ -42,10 +42,7 @@ mod prog {
 
     #[inline(always)]
     fn count(slot: u32) {
-        if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-            // SAFETY: a per-CPU slot: no other CPU writes it.
-            unsafe { *value += 1 };
-        }
+        zrlab_ebpf::counters::bump(&COUNTERS, slot);
     }
 
     /// For a UDP datagram of an existing flow: the slot its connection id names. The context's

@@ -35,10 +35,7 @@ mod prog {
 
     #[inline(always)]
     fn count(slot: u32) {
-        if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-            // SAFETY: a per-CPU slot: no other CPU writes it.
-            unsafe { *value += 1 };
-        }
+        zrlab_ebpf::counters::bump(&COUNTERS, slot);
     }
 
     /// A context field, loaded as it is (see the UDP branch below).

@@ -31,10 +31,7 @@ mod prog {
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::SLOTS, 0);
 
     fn count(slot: u32) {
-        if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-            // SAFETY: a per-CPU slot: no other CPU writes it.
-            unsafe { *value += 1 };
-        }
+        zrlab_ebpf::counters::bump(&COUNTERS, slot);
     }
 
     #[xdp]

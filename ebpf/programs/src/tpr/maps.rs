@@ -23,10 +23,7 @@ pub static PEER_ID: SkStorage<u32> = SkStorage::new();
 /// Adds one to counter `slot` (a constant at every call site).
 #[inline(always)]
 pub fn count(slot: u32) {
-    if let Some(value) = COUNTERS.get_ptr_mut(slot) {
-        // SAFETY: a per-CPU slot: no other CPU writes it.
-        unsafe { *value += 1 };
-    }
+    zrlab_ebpf::counters::bump(&COUNTERS, slot);
 }
 
 /// The server's configured id.
