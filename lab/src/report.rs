@@ -8,7 +8,7 @@
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
 //! "capacity_dip_pct"} | null, "timelines": [[variant, {"seconds": [{"replies", "resets",
-//! "misroutes", "drops"}], "marks": [{"at_s", "label", "released"}]}]]}]}`.
+//! "misroutes", "drops", "stalled_ms"}], "marks": [{"at_s", "label", "released"}]}]]}]}`.
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
@@ -269,9 +269,17 @@ impl Report {
             }
             if let Some(release) = &s.release {
                 let dip = release.capacity_dip_pct.map_or("not measurable".to_owned(), |d| format!("{d}%"));
+                let stalled: u64 = s
+                    .timelines
+                    .iter()
+                    .filter(|(variant, _)| variant == "main")
+                    .flat_map(|(_, t)| &t.seconds)
+                    .map(|second| second.stalled_ms)
+                    .sum();
                 let _ = writeln!(
                     out,
-                    "\nRelease counters of the main run: `{}`; capacity dip {dip}",
+                    "\nRelease counters of the main run: `{}`; capacity dip {dip} (the client's \
+                     thread could not run for {stalled} ms of that run)",
                     serde_json::to_string(&release.counters).expect("serialisable")
                 );
             }

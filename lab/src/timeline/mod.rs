@@ -5,6 +5,11 @@
 //! requests answered per second stay within reach of the rate before the first release) and
 //! their plot ([`svg::render`]).
 //!
+//! The load generator keeps its schedule (a flow that could not send on time sends the
+//! requests it owes as soon as it runs), so the replies per second measure the service rather
+//! than the generator's own scheduling. The client also records how long its thread could not
+//! run ([`Timeline::stall`]), so a report can tell a stalled generator from a stalled service.
+//!
 //! Pure: the client feeds it (`workload::client::FlowBook`), nothing here reads a clock.
 
 pub mod svg;
@@ -22,6 +27,9 @@ pub struct Second {
     pub misroutes: u64,
     /// Requests without an answer.
     pub drops: u64,
+    /// Milliseconds of this second in which the client's own thread could not run (its
+    /// heartbeat woke late by at least `workload::client`'s stall threshold).
+    pub stalled_ms: u64,
 }
 
 /// An event of the run.
@@ -52,6 +60,18 @@ impl Timeline {
             self.seconds.resize(i + 1, Second::default());
         }
         f(&mut self.seconds[i]);
+    }
+
+    /// Records that the client's thread could not run from `from_s` to `to_s`, split over the
+    /// seconds it spans.
+    pub fn stall(&mut self, from_s: f64, to_s: f64) {
+        let mut at = from_s.max(0.0);
+        while at < to_s {
+            let end = to_s.min(at.floor() + 1.0);
+            let ms = ((end - at) * 1000.0).round() as u64;
+            self.add(at, |s| s.stalled_ms += ms);
+            at = end;
+        }
     }
 
     /// Records an event at `at_s`.
@@ -103,6 +123,14 @@ mod tests {
         assert_eq!(t.capacity_dip_pct(), Some(10));
         let t = timeline(&[10, 100, 100, 100, 101, 100, 5], 3.2);
         assert_eq!(t.capacity_dip_pct(), Some(0));
+    }
+
+    #[test]
+    fn a_stall_splits_over_the_seconds_it_spans() {
+        let mut t = Timeline::default();
+        t.stall(0.8, 2.1);
+        let stalled: Vec<u64> = t.seconds.iter().map(|s| s.stalled_ms).collect();
+        assert_eq!(stalled, [200, 1000, 100]);
     }
 
     #[test]

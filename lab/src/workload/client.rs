@@ -2,7 +2,11 @@
 //! thread inside the client node's namespace on its own current-thread runtime.
 //!
 //! Every flow sends one request per period and waits for its reply, recording what happened in
-//! a shared [`FlowBook`]. Scenario steps wait on the book's conditions ("every live flow has
+//! a shared [`FlowBook`]. A flow keeps its schedule: when its thread could not run on time (two
+//! cores shared with the lab) or a reply came late, it sends the requests it owes as soon as it
+//! can ([`MissedTickBehavior::Burst`]), so the load offered per second does not fall with the
+//! generator's own stalls and the replies per second measure the service. A heartbeat records
+//! the stalls themselves in the timeline. Scenario steps wait on the book's conditions ("every live flow has
 //! completed two more rounds"), never on wall-clock sleeps. Source ports are fixed per flow
 //! (TCP from [`TCP_BASE_PORT`], UDP from [`UDP_BASE_PORT`]) and everything random (start offsets,
 //! connection ids) comes from the seed, so a rerun sends the same 5-tuples.
@@ -112,6 +116,12 @@ impl FlowBook {
     pub fn mark(&self, label: impl Into<String>, released: Option<f64>) {
         let at = self.started.elapsed().as_secs_f64();
         self.timeline.lock().expect("not poisoned").mark(at, label, released);
+    }
+
+    /// Records that the client's thread could not run between `from` and `to`.
+    fn stalled(&self, from: Instant, to: Instant) {
+        let since = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
+        self.timeline.lock().expect("not poisoned").stall(since(from), since(to));
     }
 
     /// A copy of the timeline so far.
@@ -273,8 +283,32 @@ async fn run_flows(
     if spec.open_tcp_per_period > 0 {
         tasks.spawn(open_flows(spec.clone(), book.clone(), stop.clone(), opening));
     }
+    tasks.spawn(heartbeat(book.clone(), stop.clone()));
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// How often the heartbeat wakes.
+const HEARTBEAT: Duration = Duration::from_millis(10);
+/// How late the heartbeat may wake before the lateness counts as a stall: shorter delays are
+/// the runtime working through replies that came due together, not a thread that could not run.
+const STALL: Duration = Duration::from_millis(20);
+
+/// Wakes every [`HEARTBEAT`] on the flows' runtime and records in the timeline each time it
+/// woke at least [`STALL`] late: the flows could not run then either.
+async fn heartbeat(book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
+    let mut due = Instant::now() + HEARTBEAT;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        if now >= due + STALL {
+            book.stalled(due, now);
+        }
+        due = now + HEARTBEAT;
+    }
 }
 
 /// `count` unbound TCP sockets for the flows, made in the client's cgroup when it has one;
@@ -304,8 +338,7 @@ async fn open_flows(
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATE_SEED_SALT);
     let period_us = spec.period.as_micros().max(1) as u64;
     let mut next_port = u32::from(TCP_BASE_PORT) + spec.tcp_flows;
-    let mut interval = tokio::time::interval(spec.period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interval = schedule(Instant::now(), spec.period);
     let mut tasks = JoinSet::new();
     while next_port + spec.open_tcp_per_period <= u32::from(UDP_BASE_PORT) {
         if next_tick(&mut interval, &mut stop).await.is_none() {
@@ -357,8 +390,14 @@ async fn next_tick(interval: &mut tokio::time::Interval, stop: &mut watch::Recei
 }
 
 fn interval_for(plan: &FlowPlan, period: Duration) -> tokio::time::Interval {
-    let mut interval = tokio::time::interval_at(Instant::now() + plan.start_offset, period);
-    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    schedule(Instant::now() + plan.start_offset, period)
+}
+
+/// Ticks every `period` from `start`; ticks missed while the task could not run come due at
+/// once (the requests owed), rather than shifting the schedule.
+fn schedule(start: Instant, period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(start, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
     interval
 }
 
@@ -497,5 +536,28 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flow_that_could_not_run_sends_the_requests_it_owes_at_once() {
+        let period = Duration::from_millis(100);
+        let mut ticks = schedule(Instant::now(), period);
+        ticks.tick().await;
+        // The task does not run for three and a half periods (a stalled thread)...
+        tokio::time::advance(period * 7 / 2).await;
+        // ...then the three requests it owes are due at once, and the schedule holds.
+        for owed in 0..3 {
+            assert!(ticks.tick().now_or_never().is_some(), "request {owed} owed after the stall");
+        }
+        assert!(ticks.tick().now_or_never().is_none(), "nothing more owed");
+        tokio::time::advance(period / 2).await;
+        assert!(ticks.tick().now_or_never().is_some(), "the next tick is on the original schedule");
     }
 }
