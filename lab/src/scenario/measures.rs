@@ -56,6 +56,9 @@ pub struct Measures {
     pub release: Option<FleetCounters>,
     /// The capacity dip around releases (`timeline::Timeline::capacity_dip_pct`).
     pub capacity_dip_pct: Option<u64>,
+    /// Whether the dip has no figure because the client's own thread could not run for more
+    /// than half of every second on one side of the release (`timeline::NoFigure`).
+    pub capacity_client_stalled: bool,
 }
 
 impl Measures {

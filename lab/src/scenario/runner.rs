@@ -33,7 +33,7 @@ use crate::{
     error::{LabError, Result},
     release::{Fleet, launch},
     server_id::Registry,
-    timeline::Timeline,
+    timeline::{NoFigure, Timeline},
     topology::{Lab, Loss},
     workload::{
         accounting::{FlowRecord, Tally},
@@ -257,6 +257,7 @@ async fn run_variant(
     let timeline = client.book().timeline();
     let flows = client.stop()?;
     let losses = lab.losses().await?;
+    let capacity = variant.release.map(|_| timeline.capacity_dip_pct());
     let measures = Measures {
         tally: Tally::of(&flows, &down, &drained),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
@@ -267,7 +268,8 @@ async fn run_variant(
             .map(|lb| workload.backends.iter().map(|b| (b.clone(), lb.weights.get(b).copied().unwrap_or(1))).collect())
             .unwrap_or_default(),
         release: variant.release.map(|_| fleet.counters()).transpose()?,
-        capacity_dip_pct: variant.release.and_then(|_| timeline.capacity_dip_pct()),
+        capacity_dip_pct: capacity.and_then(Result::ok),
+        capacity_client_stalled: capacity == Some(Err(NoFigure::ClientStalled)),
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
