@@ -8,17 +8,19 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::xdp::*;
 use zrlab::{
     lb::{
         Counters, Decap,
+        balancer::words,
         model::{Path, Verdict},
     },
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
     workload::quic::{CidVersion, LongType, VERSION_2},
 };
+use zrlab_common::lb::vip_filter_bit;
 
 /// Runs `cases` in order through the fixture; returns the snapshot text.
 fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
@@ -281,6 +283,39 @@ fn tcp_option_routing() {
         ("vip without id routing: option ignored", tcp(CLIENT4, 41019, "203.0.113.20", 80, ACK, vec![tpr(200)])),
     ];
     insta::assert_snapshot!(run(cases));
+}
+
+/// The VIP-address filter cannot tell an address from another whose bit it shares: such an
+/// address (found here by search, for the IPv4 and the IPv6 fixture VIP) is still no VIP's, and
+/// every kind of packet to it passes untouched and is counted as non-VIP, as to any other
+/// non-VIP address; the VIP itself still routes.
+#[test]
+fn non_vip_addresses_that_share_a_vips_filter_bit() {
+    let sharing = |vip: &str, candidate: &dyn Fn(u32) -> IpAddr| -> String {
+        let bit = vip_filter_bit(&words(ip(vip)));
+        let addr = (1..)
+            .map(candidate)
+            .find(|addr| vip_filter_bit(&words(*addr)) == bit)
+            .expect("the search space holds every bit");
+        addr.to_string()
+    };
+    let v4 = sharing(VIP4, &|n| Ipv4Addr::from_bits(Ipv4Addr::new(198, 18, 0, 0).to_bits() + n).into());
+    let v6 = sharing(VIP6, &|n| {
+        let base: Ipv6Addr = "2001:db8:eeee::".parse().expect("an address");
+        Ipv6Addr::from_bits(base.to_bits() + u128::from(n)).into()
+    });
+    let (v4, v6) = (v4.as_str(), v6.as_str());
+    let cases = vec![
+        ("v4 syn", tcp(CLIENT4, 42000, v4, 80, SYN, vec![])),
+        ("v4 ack", tcp(CLIENT4, 42000, v4, 80, ACK, vec![])),
+        ("v4 udp", udp(CLIENT4, 42000, v4, 8080, b"x")),
+        ("v4 tcp data offset 4 (malformed)", set(tcp(CLIENT4, 42000, v4, 80, ACK, vec![]), 46, &[0x40])),
+        ("v6 syn", tcp(CLIENT6, 42000, v6, 80, SYN, vec![])),
+        ("v6 ack", tcp(CLIENT6, 42000, v6, 80, ACK, vec![])),
+        ("the v4 vip still routes", tcp(CLIENT4, 42000, VIP4, 80, SYN, vec![])),
+        ("the v6 vip still routes", tcp(CLIENT6, 42000, VIP6, 80, SYN, vec![])),
+    ];
+    insta::assert_snapshot!(format!("addresses: {v4}, {v6}\n\n{}", run(cases)));
 }
 
 /// IPv6 flows are keyed by their whole 5-tuple. A and B differ only in the order of their

@@ -9,6 +9,17 @@
 pub const VIPS_MAP: &str = "LB_VIPS";
 /// Name of the set of addresses that carry at least one VIP (`[u32; 4]` -> `u32`).
 pub const VIP_ADDRS_MAP: &str = "LB_VIP_ADDRS";
+/// Name of the VIP-address filter: [`VIP_FILTER_WORDS`] `u64` words in which bit
+/// [`vip_filter_bit`] of every address that carries a VIP is set. A clear bit proves that an
+/// address carries none, at the cost of a multiply and an array load instead of a hash lookup
+/// in [`VIP_ADDRS_MAP`]: most packets an LB sharing a host sees are not for a VIP. A set bit
+/// may be another address's; the set decides then.
+pub const VIP_FILTER_MAP: &str = "LB_VIP_FILTER";
+/// Bits of the VIP-address filter: with at most `4 * MAX_VIPS` addresses set, a non-VIP
+/// address finds its bit set (and pays the set's lookup too) at most once in 1,024.
+pub const VIP_FILTER_BITS: u32 = 1 << 16;
+/// Words of the VIP-address filter.
+pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
 /// Name of the rings: an array of maps, one `MAX_RING`-entry array of real indices per VIP.
 pub const RINGS_MAP: &str = "LB_RINGS";
 /// Name of the real (backend) table: index -> `Real`.
@@ -396,6 +407,16 @@ pub mod counter {
         "lru_fallback_hit",
         "internal",
     ];
+}
+
+/// The bit of address `addr` (its words, as [`VipKey::addr`]) in the VIP-address filter
+/// ([`VIP_FILTER_MAP`]): the words folded into one, then Fibonacci hashing (multiply by 2^32
+/// over the golden ratio, keep the top bits). An IPv4 address's other words are zero, so its
+/// bit costs a multiply and a shift.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u32; 4]) -> u32 {
+    let folded = addr[0] ^ addr[1].rotate_left(8) ^ addr[2].rotate_left(16) ^ addr[3].rotate_left(24);
+    folded.wrapping_mul(0x9E37_79B9) >> (32 - VIP_FILTER_BITS.trailing_zeros())
 }
 
 /// The flow hash: MurmurHash3 (x86, 32-bit) over the 5-tuple's words, seeded.

@@ -20,7 +20,8 @@ use zrlab_common::lb::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
     LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
     REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
-    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
+    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
+    vip_filter_bit,
 };
 
 use super::maglev::{self, Backend};
@@ -385,6 +386,9 @@ impl Balancer {
         let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
             ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
         rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
+        // The address's filter bit before the VIP: a packet that passes the filter and finds no
+        // VIP yet is turned away by the VIP-address set, one that fails it never reaches the VIP.
+        self.add_to_filter(&key.addr)?;
         let meta = VipMeta { flags: vip.flags(), vip_num: num, ring_size: vip.ring_size, pad: 0 };
         let mut vips: HashMap<_, VipKey, VipMeta> =
             HashMap::try_from(self.map_mut(VIPS_MAP)?).map_err(map_err("LB_VIPS"))?;
@@ -398,6 +402,17 @@ impl Balancer {
         let members = reals.iter().filter(|r| r.weight > 0).map(|r| r.addr).collect();
         self.vips.insert(key, VipState { num, flags: meta.flags, members });
         self.write_ids()
+    }
+
+    /// Sets `addr`'s bit in the VIP-address filter (`VIP_FILTER_MAP`). Bits are never cleared:
+    /// VIPs are only added or updated, and a stale bit would only cost its address the set's
+    /// lookup.
+    fn add_to_filter(&mut self, addr: &[u32; 4]) -> Result<()> {
+        let bit = vip_filter_bit(addr);
+        let mut filter: Array<_, u64> =
+            Array::try_from(self.map_mut(VIP_FILTER_MAP)?).map_err(map_err("LB_VIP_FILTER"))?;
+        let word = filter.get(&(bit / 64), 0).map_err(map_err("read LB_VIP_FILTER"))?;
+        filter.set(bit / 64, word | 1 << (bit % 64), 0).map_err(map_err("write LB_VIP_FILTER"))
     }
 
     /// Makes the live ids exactly `live` (server id -> real address): ids not in it are

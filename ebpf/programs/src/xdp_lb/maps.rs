@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{
     Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
-    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VipKey, VipMeta, counter,
+    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, VIP_FILTER_WORDS, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -16,6 +16,11 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS *
 
 #[map(name = "LB_VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<[u32; 4], u32> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+/// The VIP-address filter (`zrlab_common::lb::VIP_FILTER_MAP`). An array: the verifier turns
+/// its lookup into a bounds check and an address computation, no helper call.
+#[map(name = "LB_VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 
 /// One Maglev ring per VIP (indexed by `VipMeta::vip_num`). A ring change builds a whole new
 /// inner array and swaps it in with one update of this outer array: a packet sees the old ring

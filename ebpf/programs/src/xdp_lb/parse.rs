@@ -12,13 +12,13 @@
 //! through the lookup and the encapsulation of every IPv4 packet.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use zrlab_common::lb::{FlowKey, counter};
+use zrlab_common::lb::{FlowKey, counter, vip_filter_bit};
 use zrlab_ebpf::net::{
     ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, TCP_LEN, UDP_LEN,
     frame_len, load16, load32, opaque, span,
 };
 
-use super::maps::{Stats, VIP_ADDRS};
+use super::maps::{Stats, VIP_ADDRS, VIP_FILTER};
 
 /// A validated TCP or UDP packet (whether a VIP serves its port is decided by routing).
 pub struct Pkt {
@@ -66,12 +66,24 @@ pub fn refuse(stats: &Stats, dst: [u32; 4], slot: u32, action: u32) -> Result<u3
     verdict(stats, slot, action)
 }
 
-/// Whether `dst` carries at least one VIP (see [`refuse`] for the key's form).
+/// Whether `dst` carries at least one VIP: the filter, then the set (see [`refuse`] for the
+/// key's form).
 #[inline(always)]
-pub fn is_vip_addr(dst: [u32; 4]) -> bool {
+fn is_vip_addr(dst: [u32; 4]) -> bool {
+    if !may_be_vip_addr(&dst) {
+        return false;
+    }
     let key = [opaque(dst[0] as usize) as u32, dst[1], dst[2], dst[3]];
     // SAFETY (verifier): a plain map lookup.
     unsafe { VIP_ADDRS.get(&key) }.is_some()
+}
+
+/// Whether `dst` may carry a VIP: `false` proves it carries none (its bit in the VIP-address
+/// filter is clear, `zrlab_common::lb::VIP_FILTER_MAP`); `true` may be another address's bit.
+#[inline(always)]
+pub fn may_be_vip_addr(dst: &[u32; 4]) -> bool {
+    let bit = vip_filter_bit(dst);
+    VIP_FILTER.get(bit >> 6).is_none_or(|word| word & (1 << (bit & 63)) != 0)
 }
 
 /// A packet to an address that carries no VIP: passed untouched, counted.

@@ -2,9 +2,10 @@
 //!
 //! The fast path is a connection-table hit: the entry carries the real and the VIP's number and
 //! flags, so an established flow costs one table lookup and no VIP lookup. In order:
+//! 0. a destination that carries no VIP (its bit in the VIP-address filter is clear) passes;
 //! 1. unless it is a SYN (a new connection always hashes), the family's connection table (this
-//!    CPU's, then, if the destination carries a VIP at all, the shared fallback; IPv6 flows
-//!    have tables of their own under an exact key, `zrlab_common::lb::ConnKeyV6`);
+//!    CPU's, then the shared fallback; IPv6 flows have tables of their own under an exact key,
+//!    `zrlab_common::lb::ConnKeyV6`);
 //! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
@@ -31,7 +32,7 @@ use super::{
     maps::{
         LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, RINGS, SERVER_IDS, Stats, VIPS, config,
     },
-    parse::{Pkt, is_vip_addr},
+    parse::{Pkt, may_be_vip_addr},
 };
 
 /// Where a packet goes.
@@ -43,7 +44,8 @@ pub enum Route {
         /// The VIP's number.
         vip_num: u32,
     },
-    /// The destination address carries no VIP at all: not the LB's business.
+    /// The destination address carries no VIP at all (the VIP-address filter says so): not
+    /// the LB's business.
     NotVip,
     /// The destination is no VIP's (port or protocol): not the LB's business.
     NoService,
@@ -74,19 +76,21 @@ fn pick_with<K: 'static, const EXACT: bool>(
     stats: &Stats,
     tables: &Tables<K, EXACT>,
 ) -> Route {
+    // First of all: a packet whose destination's bit in the VIP-address filter is clear is not
+    // the LB's business, and the filter costs a multiply and an array load where a table or VIP
+    // lookup hashes a key and walks a bucket (an LB sharing a host sees every packet of the
+    // host, most of them not for a VIP). A non-VIP address whose bit is set (another address's)
+    // goes on, and the VIP-address set turns it away after the VIP lookups (`refuse`).
+    if !may_be_vip_addr(&pkt.flow.dst) {
+        return Route::NotVip;
+    }
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if !syn {
-        match tables.lookup(&pkt.flow, stats) {
-            Lookup::Hit(hit) => {
-                let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
-                if real != hit.real {
-                    tables.remember(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
-                }
-                return Route::Real { real, vip_num: hit.vip_num };
-            }
-            Lookup::NotVip => return Route::NotVip,
-            Lookup::Miss => {}
+    if !syn && let Some(hit) = tables.lookup(&pkt.flow, stats) {
+        let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
+        if real != hit.real {
+            tables.remember(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
         }
+        return Route::Real { real, vip_num: hit.vip_num };
     }
     let Some(meta) = vip(pkt) else { return Route::NoService };
     if let Some(real) = by_id(ctx, pkt, meta.flags, meta.vip_num, stats) {
@@ -187,16 +191,6 @@ impl Hit {
     }
 }
 
-/// What the connection tables say about a flow.
-enum Lookup {
-    /// Its entry.
-    Hit(Hit),
-    /// No entry: route it as a new flow.
-    Miss,
-    /// No entry, and its destination carries no VIP: not the LB's business.
-    NotVip,
-}
-
 /// One family's connection tables, and a packet's key in them; `EXACT` when the key is the
 /// whole 5-tuple (IPv6), so that any entry under it is the flow's and needs no check.
 struct Tables<K: 'static, const EXACT: bool> {
@@ -210,13 +204,8 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
     /// other addresses (an IPv4 key shared through the protocol bits, see `ConnKey`) is a miss;
     /// IPv6 keys are exact and skip the check. Only the fields a hit needs are read: the entry
     /// stays in the map.
-    ///
-    /// Between the two tables, a packet whose destination carries no VIP stops: it cannot have
-    /// an entry (entries are made for VIP packets only), and checking the address set there,
-    /// after the hit path's one lookup, saves such packets the fallback and both VIP lookups (an
-    /// LB sharing a host sees every packet of the host, most of them not for a VIP).
     #[inline(always)]
-    fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Lookup {
+    fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
         if let Some(entry) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) {
             // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
             // alone writes its table.
@@ -228,21 +217,16 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
                     entry.flags |= ENTRY_F_SHARED;
                     let _ = self.fallback.insert(&self.key, &*entry, 0);
                 }
-                return Lookup::Hit(Hit::of(entry));
+                return Some(Hit::of(entry));
             }
         }
-        if !is_vip_addr(flow.dst) {
-            return Lookup::NotVip;
-        }
         // SAFETY (verifier): a plain map lookup, read at once.
-        let Some(entry) = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow)) else {
-            return Lookup::Miss;
-        };
+        let entry = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow))?;
         stats.add(counter::LRU_FALLBACK_HIT);
         if let Some(table) = self.per_cpu.get(cpu()) {
             let _ = table.insert(&self.key, entry, 0);
         }
-        Lookup::Hit(Hit::of(entry))
+        Some(Hit::of(entry))
     }
 
     /// Remembers `entry` in this CPU's table and the shared one.
