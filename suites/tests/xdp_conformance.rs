@@ -20,7 +20,7 @@ use zrlab::{
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
     workload::quic::{CidVersion, LongType, VERSION_2},
 };
-use zrlab_common::lb::vip_filter_bit;
+use zrlab_common::lb::{FlowKey, SynSlot, flow_hash, vip_filter_bit};
 
 /// Runs `cases` in order through the fixture; returns the snapshot text.
 fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
@@ -354,7 +354,10 @@ fn ipv6_flows_cannot_evict_each_other() {
     let ports = 41100..41116u16;
     let mut reals = Vec::new();
     for port in ports.clone() {
+        // The victim's connection is established (its SYN's route moved from the SYN cache
+        // into the tables by its next packet) before the attacker's packet arrives.
         reals.push(tx_real(&mut fx, &tcp(VICTIM, port, VIP6, 80, SYN, vec![])));
+        assert_eq!(tx_real(&mut fx, &tcp(VICTIM, port, VIP6, 80, ACK, vec![])), reals[reals.len() - 1]);
         tx_real(&mut fx, &tcp(ATTACKER, port, VIP6, 80, ACK, vec![]));
     }
     let (vip, mut ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP6) && v.port == 80).expect("VIP");
@@ -367,6 +370,70 @@ fn ipv6_flows_cannot_evict_each_other() {
         .map(|(port, _)| port)
         .collect();
     assert!(moved.is_empty(), "victims moved to another real after the ring change (source ports {moved:?})");
+}
+
+/// The SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`): a SYN's route waits in the slot of its
+/// flow hash until the flow's next packet moves it into the tables. Flows a and b (found here by
+/// search) share a slot: b's SYN takes it over, so a's next packet is a table miss, routed by
+/// the ring (the same real: the ring did not change), and b's moves b's route.
+#[test]
+fn syn_cache_slots() {
+    let seed = zrlab::lb::Settings::default().hash_seed;
+    let slot = |src: &str, sport: u16| {
+        let [s0, s1] = sport.to_be_bytes();
+        let [d0, d1] = 80u16.to_be_bytes();
+        let flow = FlowKey {
+            src: words(ip(src)),
+            dst: words(ip(VIP4)),
+            ports: u32::from_ne_bytes([s0, s1, d0, d1]),
+            proto: 6,
+        };
+        SynSlot::index(flow_hash(&flow, seed))
+    };
+    let b = (2..=250u8)
+        .flat_map(|host| (43_000..65_000u16).map(move |port| (format!("198.51.100.{host}"), port)))
+        .find(|(src, port)| (src.as_str(), *port) != (CLIENT4, 43_000) && slot(src, *port) == slot(CLIENT4, 43_000))
+        .expect("a flow in the same slot");
+    let (b_src, b_port) = (b.0.as_str(), b.1);
+    let cases = vec![
+        ("a: syn", tcp(CLIENT4, 43_000, VIP4, 80, SYN, vec![])),
+        ("b, same slot: syn (takes the slot)", tcp(b_src, b_port, VIP4, 80, SYN, vec![])),
+        ("a: ack (slot taken: a table miss, ring)", tcp(CLIENT4, 43_000, VIP4, 80, ACK, vec![])),
+        ("b: ack (syn cache into the tables)", tcp(b_src, b_port, VIP4, 80, ACK, vec![])),
+        ("b: ack again (table hit)", tcp(b_src, b_port, VIP4, 80, ACK, vec![])),
+        ("a: ack again (table hit)", tcp(CLIENT4, 43_000, VIP4, 80, ACK, vec![])),
+    ];
+    insta::assert_snapshot!(format!("b: {b_src}:{b_port}\n\n{}", run(cases)));
+}
+
+/// A new connection that reuses an established flow's 5-tuple after a ring change goes where
+/// its SYN went: the SYN rewrites the flow's table entry in place (it takes no SYN-cache slot),
+/// so its next packet does not follow the old connection's entry. 64 flows, then a ring change
+/// that moves most of them (a third real with most of the weight); every packet also matches
+/// the model.
+#[test]
+fn a_syn_rewrites_the_entry_of_a_reused_five_tuple() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let ports = 43_100..43_164u16;
+    let mut before = Vec::new();
+    for port in ports.clone() {
+        before.push(tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![])));
+        tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
+    }
+    let (vip, mut ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    ring.push(zrlab::lb::RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    fx.lb.set_vip(&vip, &ring).expect("ring change");
+    fx.model.set_vip(&vip, &ring).expect("model ring change");
+    let mut moved = 0;
+    for (port, old) in ports.zip(before) {
+        let new = tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]));
+        let next = tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
+        assert_eq!(next, new, "port {port}: the packet after the new SYN follows the SYN, not the old entry");
+        moved += usize::from(new != old);
+    }
+    assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
 }
 
 /// Runs `frame` through the program and the model, requires the same transmitted frame, and

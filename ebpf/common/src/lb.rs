@@ -36,6 +36,20 @@ pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
 pub const LRU6_PER_CPU_MAP: &str = "LB_LRU6_PER_CPU";
 /// The IPv6 flows' shared fallback table (the kernel keeps the name's first 15 bytes).
 pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
+/// Name of the SYN cache: a per-CPU array of [`SYN_CACHE_SLOTS`] [`SynSlot`]s, the route of
+/// each CPU's recent SYNs, one slot per flow hash (direct-mapped). A SYN writes its slot and no
+/// connection table: a table insert is the costliest step of a new flow (the kernel pops a
+/// free node and pushes the replaced one under locks, a chain of calls), and a SYN that never
+/// completes (a flood) then costs no table work at all and cannot evict an established flow's
+/// entry. The flow's next packet that misses both tables on that CPU finds its slot and moves
+/// the route into the tables. (A SYN whose flow has an entry in this CPU's table already
+/// rewrites it in place instead, see [`ENTRY_F_SHARED`].) A slot that another SYN took meanwhile is a miss: the flow is
+/// routed by the ring, as katran routes a flow whose entry was evicted.
+pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
+/// Slots of each CPU's SYN cache (a power of two): about 900 KiB per CPU. With S SYNs in
+/// flight on a CPU within one round trip, a flow finds its slot taken with a chance of about
+/// S / 16,384.
+pub const SYN_CACHE_SLOTS: u32 = 16_384;
 /// Name of the program's read-only global holding its [`Config`], set when the object is loaded.
 pub const CONFIG_GLOBAL: &str = "LB_CONFIG";
 /// Name of the per-CPU counters: one entry, a [`CounterBlock`].
@@ -59,15 +73,15 @@ pub const LRU_FALLBACK_SIZE: u32 = 65_536;
 /// and the common LRU list's lock and shared free list cost every new flow (a SYN about 35 ns
 /// of 160 by katran's method). The kernel splits a table's entries evenly over the possible
 /// CPUs, so the owner CPU uses its share, `LRU_PER_CPU_SIZE` / possible CPUs; the shared
-/// fallback holds every established flow too (`ENTRY_F_SHARED`). Sizing the tables by the CPU
-/// count instead would grow memory with its square.
+/// fallback holds every established flow too. Sizing the tables by the CPU count instead would
+/// grow memory with its square.
 pub const LRU_PER_CPU_FLAGS: u32 = 1 << 1;
 
 /// A connection-table entry's flag (in `ConnEntry::flags`, above the `VIP_F_*` bits): the
-/// flow is in the shared fallback table too. A SYN's entry goes to this CPU's table only; the
-/// flow's first later packet that finds it there also writes the fallback, so a flood of SYNs
-/// that never complete does not churn the table every CPU shares (and a SYN costs one table
-/// insert, as in katran, instead of two).
+/// flow's entry in the shared fallback table is this one. A SYN of a flow that has an entry in
+/// this CPU's table already (a new connection reusing the 5-tuple) rewrites that entry in place
+/// with the flag clear; the flow's next packet that finds it there writes the fallback too, so
+/// the fallback's entry of the old connection does not outlive it.
 pub const ENTRY_F_SHARED: u32 = 1 << 31;
 
 /// VIP flag: route TCP by the server id in the TPR header option.
@@ -289,6 +303,35 @@ const _: () = {
     assert!(core::mem::size_of::<ConnEntry>() == 48);
 };
 
+/// A slot of the SYN cache ([`SYN_CACHE_MAP`]): a SYN's flow and route. Zeroed, or with
+/// protocol 0 (taken), it matches no TCP flow.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynSlot {
+    /// The flow's ports, as [`FlowKey::ports`] (the entry holds its addresses and protocol).
+    pub ports: u32,
+    /// Padding (zero).
+    pub pad: u32,
+    /// The route, as the connection tables will hold it.
+    pub entry: ConnEntry,
+}
+
+impl SynSlot {
+    /// Whether this slot holds `flow`'s SYN.
+    #[inline(always)]
+    pub fn holds(&self, flow: &FlowKey) -> bool {
+        self.ports == flow.ports && self.entry.matches(flow)
+    }
+
+    /// The slot of the flow whose seeded flow hash ([`flow_hash`]) is `hash`.
+    #[inline(always)]
+    pub fn index(hash: u32) -> u32 {
+        hash & (SYN_CACHE_SLOTS - 1)
+    }
+}
+
+const _: () = assert!(SYN_CACHE_SLOTS.is_power_of_two());
+
 /// Two consecutive address words as the 64-bit word they make in memory.
 #[inline(always)]
 fn join(first: u32, second: u32) -> u64 {
@@ -383,8 +426,11 @@ pub mod counter {
     /// bug, or a kernel that lays the frame out differently): the packet passed. Never moves
     /// in the suites; the fuzz suite asserts it.
     pub const INTERNAL: u32 = 18;
+    /// Flows whose first packet after the SYN found the SYN's route in the SYN cache (and moved
+    /// it into the connection tables).
+    pub const SYN_CACHE_HIT: u32 = 19;
     /// Number of slots.
-    pub const SLOTS: u32 = 19;
+    pub const SLOTS: u32 = 20;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -406,6 +452,7 @@ pub mod counter {
         "encap_failed",
         "lru_fallback_hit",
         "internal",
+        "syn_cache_hit",
     ];
 }
 
@@ -492,6 +539,7 @@ mod pod {
     unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for IdKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for CounterBlock {}

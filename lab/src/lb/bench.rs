@@ -25,12 +25,13 @@
 //! stands for anything in [27, 28)); half a nanosecond is added back to every restoring
 //! sample, without which the ratio to a 27 ns floor is biased up by about 1.5%.
 //!
-//! The SYN flood: distinct SYNs (each a new flow: ring, then a table insert) through the
+//! The SYN flood: distinct SYNs (each a new flow: ring, then a SYN-cache slot) through the
 //! unmodified `xdp_lb`, one call each on one pinned core, as a rate next to the same loop over
 //! the empty program; and how many of 1,000 established flows (a SYN and then a packet of the
 //! open connection each) still have their entry after 16k, 64k, 128k and 256k new flows (the
-//! per-CPU table holds 16,384, the fallback 65,536; a SYN's entry goes to the per-CPU table
-//! only, so SYNs that never complete do not reach the fallback).
+//! per-CPU table holds 16,384, the fallback 65,536; a SYN writes no table, so SYNs that never
+//! complete evict nothing). Connection set-up ([`Setup`]): what the SYN, the packet after it
+//! (the table inserts a SYN no longer makes) and the one after that cost each.
 //!
 //! Maglev disruption is measured for both ways a backend leaves (see [`super::maglev`]): a
 //! health change (marked down: the control plane's path for health checks and drains) and a
@@ -142,7 +143,31 @@ pub struct Report {
     pub maglev: MaglevReport,
     /// New flows one core pushes through, and what a table under pressure keeps.
     pub syn_flood: SynFlood,
+    /// What a new connection's first packets cost each.
+    pub setup: Setup,
 }
+
+/// A new connection's packets, by katran's method (repeat 1, the kernel's duration), over
+/// [`SETUP_FLOWS`] distinct flows: the SYN (ring and SYN-cache slot), the first packet after it
+/// (which moves the route from the SYN cache into both connection tables: where the table
+/// inserts went), and the one after that (a table hit); each call follows a call of the empty
+/// program, whose mean is the floor.
+#[derive(Clone, Debug, Serialize)]
+pub struct Setup {
+    /// Distinct flows.
+    pub flows: u64,
+    /// Mean ns of the SYN.
+    pub syn_ns: f64,
+    /// Mean ns of the packet after the SYN.
+    pub first_ns: f64,
+    /// Mean ns of the packet after that.
+    pub later_ns: f64,
+    /// Mean ns of the empty program, called the same way.
+    pub floor_ns: f64,
+}
+
+/// Distinct flows of [`Setup`].
+const SETUP_FLOWS: u64 = 4_096;
 
 /// A SYN flood: distinct SYNs, each a new flow that the program routes by the ring and inserts
 /// into its connection tables.
@@ -205,8 +230,8 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
     let template = tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![]);
     let ack = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
     let before = lb.connections()?;
-    // Established: the SYN, then a packet of the open connection (which also puts the flow in
-    // the shared table, see `ENTRY_F_SHARED`).
+    // Established: the SYN, then a packet of the open connection (which moves the flow from
+    // the SYN cache into the tables).
     for n in 0..ESTABLISHED {
         sample(program, &nth_flow(&template, n), 1)?;
         sample(program, &nth_flow(&ack, n), 1)?;
@@ -239,6 +264,31 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
         floor_calls_per_s: flood as f64 / floor_time,
         table_sizes: (LRU_PER_CPU_SIZE, LRU_FALLBACK_SIZE),
         survival,
+    })
+}
+
+/// Measures [`Setup`] on flows of their own (numbered after the flood's).
+fn setup(floor_program: &Xdp) -> Result<Setup> {
+    pin_to_cpu0()?;
+    let lb = balancer()?;
+    let program = lb.program("xdp_lb")?;
+    let syn = tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![]);
+    let ack = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+    let (mut sums, mut floor) = ([0.0; 3], 0.0);
+    for n in 0..SETUP_FLOWS {
+        let flow = 2_000_000 + n;
+        for (sum, frame) in sums.iter_mut().zip([nth_flow(&syn, flow), nth_flow(&ack, flow), nth_flow(&ack, flow)]) {
+            floor += sample(floor_program, &frame, 1)?.0;
+            *sum += sample(program, &frame, 1)?.0;
+        }
+    }
+    let mean = |sum: f64, calls: u64| sum / calls as f64;
+    Ok(Setup {
+        flows: SETUP_FLOWS,
+        syn_ns: mean(sums[0], SETUP_FLOWS),
+        first_ns: mean(sums[1], SETUP_FLOWS),
+        later_ns: mean(sums[2], SETUP_FLOWS),
+        floor_ns: mean(floor, 3 * SETUP_FLOWS),
     })
 }
 
@@ -300,7 +350,7 @@ fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("v4 udp, table hit", udp("198.51.100.2", "203.0.113.10", 8080, b"hello".to_vec())),
         ("v6 tcp, table hit (6in6)", tcp("2001:db8:100::2", "2001:db8:ffff::10", 80, ACK, vec![])),
         ("v4 tcp any-port vip, table hit (4in6)", tcp("198.51.100.2", "203.0.113.20", 22, ACK, vec![])),
-        ("v4 tcp syn, ring and table insert", tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![])),
+        ("v4 tcp syn, ring and syn-cache slot", tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![])),
         ("v4 tcp, ring every packet (no table)", tcp("198.51.100.2", "203.0.113.40", 80, ACK, vec![])),
         ("v4 tcp, routed by TPR option", tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![TcpOption::ServerId(2)])),
         ("v4 quic short header, routed by id", udp("198.51.100.2", "203.0.113.10", 443, short(3))),
@@ -451,6 +501,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         cases,
         maglev: maglev_report(),
         syn_flood: syn_flood(floor_program)?,
+        setup: setup(floor_program)?,
     })
 }
 
@@ -547,6 +598,15 @@ impl Report {
                 s.new_flows, s.kept, s.established
             ));
         }
+        let u = &self.setup;
+        out.push_str(&format!(
+            "connection set-up ({} distinct flows, katran's method): SYN {:.2}x, the packet after it (SYN cache into both tables) {:.2}x, the one after that {:.2}x the floor ({:.1} ns)\n",
+            u.flows,
+            u.syn_ns / u.floor_ns,
+            u.first_ns / u.floor_ns,
+            u.later_ns / u.floor_ns,
+            u.floor_ns
+        ));
         let m = &self.maglev;
         out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
         for d in &m.disruption {

@@ -19,7 +19,10 @@
 //!   the protocol XORed into its first byte, ports; IPv6: the exact 5-tuple), so flows whose
 //!   IPv4 keys collide replace each other's entries as in the kernel. It never evicts
 //!   otherwise: the suites stay far below the tables' sizes. One table stands for the union of
-//!   the program's per-CPU tables and their fallback.
+//!   the program's per-CPU tables and their fallback;
+//! - a SYN's route waits in a direct-mapped SYN cache (slot: the flow hash modulo
+//!   `SYN_CACHE_SLOTS`) until the flow's next packet moves it into the table, unless the flow
+//!   has an entry already, which the SYN rewrites; a later SYN in the same slot takes it over.
 //!
 //! Pure: no I/O, no clock.
 
@@ -36,6 +39,8 @@ use super::{
     balancer::{Proto, RealSpec, Settings, VipSpec},
     maglev::{self, Backend},
 };
+use zrlab_common::lb::SYN_CACHE_SLOTS;
+
 use crate::{
     packet::tcp_options::{TprWalk, tpr_server_id},
     workload::quic::LongType,
@@ -142,6 +147,7 @@ pub struct Model {
     vips: BTreeMap<VipId, Vip>,
     server_ids: BTreeMap<u32, IpAddr>,
     table: HashMap<TableKey, (Flow, IpAddr)>,
+    syn_cache: HashMap<u32, (Flow, IpAddr)>,
 }
 
 const ETH: usize = 14;
@@ -178,7 +184,13 @@ struct Pkt {
 impl Model {
     /// An empty model with `settings`.
     pub fn new(settings: Settings) -> Self {
-        Self { settings, vips: BTreeMap::new(), server_ids: BTreeMap::new(), table: HashMap::new() }
+        Self {
+            settings,
+            vips: BTreeMap::new(),
+            server_ids: BTreeMap::new(),
+            table: HashMap::new(),
+            syn_cache: HashMap::new(),
+        }
     }
 
     /// As [`super::Balancer::set_vip`].
@@ -327,7 +339,24 @@ impl Model {
             return (ring_real(hash), Path::Ring);
         }
         let new_connection = pkt.flow.proto == IPPROTO_TCP && pkt.syn && !pkt.ack;
-        if !new_connection && let Some(real) = self.remembered(&pkt.flow) {
+        let slot = hash % SYN_CACHE_SLOTS;
+        if new_connection {
+            let real = ring_real(hash);
+            if self.remembered(&pkt.flow).is_some() {
+                self.remember(&pkt.flow, real);
+            } else {
+                self.syn_cache.insert(slot, (pkt.flow, real));
+            }
+            return (real, Path::Ring);
+        }
+        if let Some(real) = self.remembered(&pkt.flow) {
+            return (real, Path::Table);
+        }
+        if let Some(&(owner, real)) = self.syn_cache.get(&slot)
+            && owner == pkt.flow
+        {
+            self.syn_cache.remove(&slot);
+            self.remember(&pkt.flow, real);
             return (real, Path::Table);
         }
         let real = ring_real(hash);

@@ -10,8 +10,10 @@
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
 //! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
-//!    result is remembered in the connection tables (a SYN's in this CPU's table only: the
-//!    flow's next packet there copies it to the shared fallback, `ENTRY_F_SHARED`).
+//!    result is remembered in the connection tables, or, for a SYN, in this CPU's SYN cache
+//!    (`zrlab_common::lb::SYN_CACHE_MAP`: no table insert until the flow's next packet, which
+//!    misses both tables and finds its SYN's slot); a SYN whose flow has an entry in this
+//!    CPU's table rewrites it in place (`ENTRY_F_SHARED`).
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
@@ -23,14 +25,15 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{
     ConnEntry, ConnKey, ConnKeyV6, ENTRY_F_SHARED, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1,
-    QUIC_VERSION_2, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
-    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
+    QUIC_VERSION_2, SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
+    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
     maps::{
-        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, RINGS, SERVER_IDS, Stats, VIPS, config,
+        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, RINGS, SERVER_IDS, SYN_CACHE, Stats,
+        VIPS, config,
     },
     parse::{Pkt, may_be_vip_addr},
 };
@@ -106,14 +109,25 @@ fn pick_with<K: 'static, const EXACT: bool>(
         flow_hash(&pkt.flow, config(|c| &c.hash_seed))
     };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+        // The flow's first packet after its SYN (on the SYN's CPU): the SYN's route moves from
+        // the SYN cache into the tables. (`hash` is the seeded flow hash here.)
+        if !syn && let Some(entry) = take_syn(hash, &pkt.flow) {
+            stats.add(counter::SYN_CACHE_HIT);
+            tables.remember(entry);
+            return Route::Real { real: entry.real, vip_num: entry.vip_num };
+        }
         stats.add(counter::LRU_MISS);
     }
     let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+        let entry = ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags);
         if syn {
-            tables.remember_here(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+            if !tables.rewrite_here(&pkt.flow, entry) {
+                // `hash` is the seeded flow hash here (the per-packet hash has no table).
+                remember_syn(hash, &pkt.flow, entry);
+            }
         } else {
-            tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+            tables.remember(entry);
         }
     }
     Route::Real { real, vip_num: meta.vip_num }
@@ -213,7 +227,7 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
             if EXACT || entry.matches(flow) {
                 stats.add(counter::LRU_HIT);
                 if entry.flags & ENTRY_F_SHARED == 0 {
-                    // The flow's first packet after its SYN: now it goes to the shared table.
+                    // The first packet after a SYN rewrote the entry: the fallback's next.
                     entry.flags |= ENTRY_F_SHARED;
                     let _ = self.fallback.insert(&self.key, &*entry, 0);
                 }
@@ -239,16 +253,44 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
         let _ = self.fallback.insert(&self.key, &entry, 0);
     }
 
-    /// Remembers a SYN's `entry` in this CPU's table only (see `ENTRY_F_SHARED`); a CPU
-    /// without a table of its own uses the shared one.
+    /// A SYN's route: rewrites `flow`'s entry in this CPU's table in place (no insert), with
+    /// [`ENTRY_F_SHARED`] clear; `false` when there is none.
     #[inline(always)]
-    fn remember_here(&self, entry: ConnEntry) {
-        match self.per_cpu.get(cpu()) {
-            Some(table) => {
-                let _ = table.insert(&self.key, &entry, 0);
-            }
-            None => self.remember(entry),
+    fn rewrite_here(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
+        let Some(old) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) else { return false };
+        // SAFETY: as in `lookup`.
+        let old = unsafe { &mut *old };
+        if !(EXACT || old.matches(flow)) {
+            return false;
         }
+        *old = entry;
+        true
+    }
+}
+
+/// Takes `flow`'s SYN's route out of this CPU's SYN cache (the slot of its flow hash `hash`),
+/// if the slot still holds it.
+#[inline(always)]
+fn take_syn(hash: u32, flow: &FlowKey) -> Option<ConnEntry> {
+    let slot = SYN_CACHE.get_ptr_mut(SynSlot::index(hash))?;
+    // SAFETY: the kernel returned a valid pointer into this CPU's value; this CPU alone writes
+    // it.
+    let slot = unsafe { &mut *slot };
+    if !slot.holds(flow) {
+        return None;
+    }
+    let entry = slot.entry;
+    slot.entry.proto = 0;
+    Some(entry)
+}
+
+/// Remembers a SYN's route in this CPU's SYN cache, in the slot of its flow hash `hash`
+/// (whatever the slot held: another flow's SYN that has not completed loses its slot).
+#[inline(always)]
+fn remember_syn(hash: u32, flow: &FlowKey, entry: ConnEntry) {
+    if let Some(slot) = SYN_CACHE.get_ptr_mut(SynSlot::index(hash)) {
+        // SAFETY: as in `take_syn`.
+        unsafe { *slot = SynSlot { ports: flow.ports, pad: 0, entry } };
     }
 }
 
