@@ -10,7 +10,7 @@
 //! reached a fifth of the CPU here). Two things keep that from reading as the service's dip:
 //! the client keeps its schedule (a flow that could not send on time sends the requests it owes
 //! as soon as it runs), and it records how long its thread could not run ([`Timeline::stall`]),
-//! so that each second is judged by its replies per second of time the client could run. A
+//! so that a second is expected to answer only for the share of it the client could run. A
 //! service that stops answering while the client is free to ask still shows in full.
 //!
 //! Pure: the client feeds it (`workload::client::FlowBook`), nothing here reads a clock.
@@ -83,13 +83,15 @@ impl Timeline {
         self.marks.push(Mark { at_s, label: label.into(), released });
     }
 
-    /// How far, in percent, the service's answer rate fell below the rate before the first
-    /// release: `100 * (1 - worst / before)`, 0 when it never fell. A second's rate is its
-    /// replies per second of time the client could run (`replies / (1 - stalled)`); a second
-    /// in which the client ran less than half the time is not judged. `before` is the median
-    /// rate of the whole seconds between the first (the client's start-up) and the first
-    /// release's second; `worst` the lowest rate from the first release's second to the
-    /// second-to-last (the last is cut short by the stop).
+    /// How far, in percent, requests answered per second fell below the rate before the first
+    /// release, 0 when they never did. `before` is the median of the whole seconds between the
+    /// first (the client's start-up) and the first release's second; each second from the
+    /// release's to the second-to-last (the last is cut short by the stop) is held against
+    /// `before` scaled by the share of that second the client could run, and the figure is the
+    /// worst shortfall: the generator's own stall lowers the bar by exactly its length, and
+    /// never raises it (a stalled second whose owed requests went out when the client ran again
+    /// counts as it was). Seconds in which the client ran less than half the time are not
+    /// judged, on either side.
     pub fn capacity_dip_pct(&self) -> Result<u64, NoFigure> {
         let first = self.marks.iter().find(|m| m.released.is_some()).ok_or(NoFigure::NoSeconds)?.at_s as usize;
         let before = self.seconds.get(1..first).filter(|s| !s.is_empty()).ok_or(NoFigure::NoSeconds)?;
@@ -98,14 +100,19 @@ impl Timeline {
             .get(first..self.seconds.len().saturating_sub(1))
             .filter(|s| !s.is_empty())
             .ok_or(NoFigure::NoSeconds)?;
-        let mut before: Vec<f64> = before.iter().filter_map(Second::answer_rate).collect();
-        let worst = after.iter().filter_map(Second::answer_rate).reduce(f64::min).ok_or(NoFigure::ClientStalled)?;
-        before.sort_unstable_by(f64::total_cmp);
-        let median = *before.get(before.len() / 2).ok_or(NoFigure::ClientStalled)?;
+        let mut before: Vec<u64> = before.iter().filter(|s| s.ran() >= 0.5).map(|s| s.replies).collect();
+        before.sort_unstable();
+        let median = *before.get(before.len() / 2).ok_or(NoFigure::ClientStalled)? as f64;
         if median == 0.0 {
             return Err(NoFigure::NoSeconds);
         }
-        Ok((100.0 * (1.0 - worst / median)).max(0.0).round() as u64)
+        let worst = after
+            .iter()
+            .filter(|s| s.ran() >= 0.5)
+            .map(|s| 1.0 - s.replies as f64 / (median * s.ran()))
+            .reduce(f64::max)
+            .ok_or(NoFigure::ClientStalled)?;
+        Ok((100.0 * worst).max(0.0).round() as u64)
     }
 }
 
@@ -120,10 +127,9 @@ pub enum NoFigure {
 }
 
 impl Second {
-    /// Replies per second of time the client could run; `None` when it ran less than half.
-    fn answer_rate(&self) -> Option<f64> {
-        let ran = 1.0 - self.stalled_ms.min(1000) as f64 / 1000.0;
-        (ran >= 0.5).then(|| self.replies as f64 / ran)
+    /// The share of this second the client could run.
+    fn ran(&self) -> f64 {
+        1.0 - self.stalled_ms.min(1000) as f64 / 1000.0
     }
 }
 
@@ -163,6 +169,16 @@ mod tests {
         let mut t = timeline(&[10, 100, 100, 100, 70, 100, 5], 3.2);
         t.stall(4.9, 5.0);
         assert_eq!(t.capacity_dip_pct(), Ok(22));
+    }
+
+    #[test]
+    fn a_stall_before_the_release_does_not_raise_the_bar() {
+        // Second 1 lost 300 ms to the client, which then sent what it owed: 100 replies, as
+        // its neighbours. The rate to hold is 100, not 100 / 0.7, so 95 after the release is a
+        // 5% dip, not a 34% one.
+        let mut t = timeline(&[10, 100, 100, 100, 95, 5], 2.2);
+        t.stall(1.2, 1.5);
+        assert_eq!(t.capacity_dip_pct(), Ok(5));
     }
 
     #[test]
