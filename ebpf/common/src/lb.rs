@@ -43,8 +43,9 @@ pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
 /// completes (a flood) then costs no table work at all and cannot evict an established flow's
 /// entry. The flow's next packet that misses both tables on that CPU finds its slot and moves
 /// the route into the tables. (A SYN whose flow has an entry in this CPU's table already
-/// rewrites it in place instead, see [`ENTRY_F_SHARED`].) A slot that another SYN took meanwhile is a miss: the flow is
-/// routed by the ring, as katran routes a flow whose entry was evicted.
+/// rewrites it in place instead, see [`ENTRY_F_SHARED`].) A slot that another SYN took
+/// meanwhile is a miss: the flow is routed by the ring, as katran routes a flow whose entry
+/// was evicted.
 pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
 /// Slots of each CPU's SYN cache (a power of two): about 900 KiB per CPU. With S SYNs in
 /// flight on a CPU within one round trip, a flow finds its slot taken with a chance of about
