@@ -227,8 +227,7 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
     pin_to_cpu0()?;
     let lb = balancer()?;
     let program = lb.program("xdp_lb")?;
-    let template = tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![]);
-    let ack = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+    let (template, ack) = (client_tcp(SYN), client_tcp(ACK));
     let before = lb.connections()?;
     // Established: the SYN, then a packet of the open connection (which moves the flow from
     // the SYN cache into the tables).
@@ -272,8 +271,7 @@ fn setup(floor_program: &Xdp) -> Result<Setup> {
     pin_to_cpu0()?;
     let lb = balancer()?;
     let program = lb.program("xdp_lb")?;
-    let syn = tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![]);
-    let ack = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+    let (syn, ack) = (client_tcp(SYN), client_tcp(ACK));
     let (mut sums, mut floor) = ([0.0; 3], 0.0);
     for n in 0..SETUP_FLOWS {
         let flow = 2_000_000 + n;
@@ -290,6 +288,12 @@ fn setup(floor_program: &Xdp) -> Result<Setup> {
         later_ns: mean(sums[2], SETUP_FLOWS),
         floor_ns: mean(floor, 3 * SETUP_FLOWS),
     })
+}
+
+/// A TCP packet with `flags` from the benchmark's client to its TCP VIP, port 80 (the template
+/// [`nth_flow`] varies).
+fn client_tcp(flags: u8) -> Vec<u8> {
+    tcp("198.51.100.2", "203.0.113.10", 80, flags, vec![])
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -343,14 +347,14 @@ fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
         payload: b"REQ 1 0\n".to_vec(),
     }
     .emit();
-    let mut options = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+    let mut options = client_tcp(ACK);
     options[14] = 0x46;
     vec![
-        ("v4 tcp, table hit (4in4)", tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![])),
+        ("v4 tcp, table hit (4in4)", client_tcp(ACK)),
         ("v4 udp, table hit", udp("198.51.100.2", "203.0.113.10", 8080, b"hello".to_vec())),
         ("v6 tcp, table hit (6in6)", tcp("2001:db8:100::2", "2001:db8:ffff::10", 80, ACK, vec![])),
         ("v4 tcp any-port vip, table hit (4in6)", tcp("198.51.100.2", "203.0.113.20", 22, ACK, vec![])),
-        ("v4 tcp syn, ring and syn-cache slot", tcp("198.51.100.2", "203.0.113.10", 80, SYN, vec![])),
+        ("v4 tcp syn, ring and syn-cache slot", client_tcp(SYN)),
         ("v4 tcp, ring every packet (no table)", tcp("198.51.100.2", "203.0.113.40", 80, ACK, vec![])),
         ("v4 tcp, routed by TPR option", tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![TcpOption::ServerId(2)])),
         ("v4 quic short header, routed by id", udp("198.51.100.2", "203.0.113.10", 443, short(3))),
@@ -358,7 +362,7 @@ fn bench_cases() -> Vec<(&'static str, Vec<u8>)> {
         ("non-vip, passed", tcp("198.51.100.2", "203.0.113.99", 80, ACK, vec![])),
         ("vip, ipv4 options, passed", options),
         ("vip, truncated, dropped", {
-            let mut f = tcp("198.51.100.2", "203.0.113.10", 80, ACK, vec![]);
+            let mut f = client_tcp(ACK);
             f.truncate(40);
             f
         }),
