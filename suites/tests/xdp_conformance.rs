@@ -11,6 +11,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::xdp::*;
+use test_case::test_case;
 use zrlab::{
     lb::{
         Counters, Decap,
@@ -22,18 +23,61 @@ use zrlab::{
 };
 use zrlab_common::lb::{FlowKey, SynSlot, flow_hash, vip_filter_bit};
 
-/// Runs `cases` in order through the fixture; returns the snapshot text.
+/// Where a run puts its packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cpus {
+    /// Every packet on CPU 0.
+    One,
+    /// A flow's SYNs on CPU 0 and its other packets on CPU 1: a flow's next packet after its
+    /// SYN misses the SYN's cache, and its entries live in CPU 1's table and the shared one.
+    Spread,
+}
+
+impl Cpus {
+    /// The CPU `frame` runs on.
+    fn of(self, frame: &[u8]) -> usize {
+        match self {
+            Self::One => 0,
+            Self::Spread => usize::from(!is_syn(frame)),
+        }
+    }
+}
+
+/// Whether `frame` is a TCP SYN without ACK (IPv4 or IPv6 without extension headers).
+fn is_syn(frame: &[u8]) -> bool {
+    let (proto, l4) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => (frame.get(23), 14 + usize::from(frame.get(14).map_or(0, |b| b & 0x0f)) * 4),
+        Some([0x86, 0xdd]) => (frame.get(20), 54),
+        _ => return false,
+    };
+    proto == Some(&6) && frame.get(l4 + 13).is_some_and(|flags| flags & (SYN | ACK) == SYN)
+}
+
+/// Runs `cases` in order through the fixture, first with each flow's packets spread over two
+/// CPUs (checked against the model, not snapshotted: the counters say which CPU's cache
+/// served), then all on CPU 0; returns the latter's snapshot text.
 fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
+    if have_two_cpus("the cases spread over two CPUs") {
+        run_on(Cpus::Spread, &cases);
+    }
+    run_on(Cpus::One, &cases)
+}
+
+/// Runs `cases` in order through a fresh fixture, each packet on the CPU `cpus` gives it;
+/// returns the snapshot text.
+fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
     common::require_root();
-    pin_to_cpu0();
     let mut fx = Fixture::new();
     let program = fx.lb.program("xdp_lb").expect("program");
     let mut out = String::new();
     for (name, frame) in cases {
+        let (name, frame) = (format!("{name} [{cpus:?}]"), frame.clone());
+        let cpu = cpus.of(&frame);
+        pin_to_cpu(cpu);
         let before = fx.lb.counters().expect("counters");
         let (verdict, output) = test_run(program, &frame);
         let after = fx.lb.counters().expect("counters");
-        let expected = fx.model.process(&frame);
+        let expected = fx.model.process_on(cpu, &frame);
         let line = match &expected {
             Verdict::Pass(why) => {
                 assert_eq!((verdict, &output), (PASS, &frame), "{name}: model says pass ({why:?})");
@@ -63,8 +107,9 @@ fn run(cases: Vec<(&str, Vec<u8>)>) -> String {
             Verdict::Tx { real, .. } => Some((Some(*real), inner_len(&output))),
             _ => None,
         };
-        assert_traffic_counters(name, &before, &after, sent);
+        assert_traffic_counters(&name, &before, &after, sent);
         let moved = counter_delta(&before.global, &after.global);
+        let name = name.trim_end_matches(" [One]");
         out.push_str(&format!("## {name}\n{line}\ncounters: {moved}\n"));
         if verdict == TX {
             out.push_str(&packet::describe(&output));
@@ -407,20 +452,31 @@ fn syn_cache_slots() {
 }
 
 /// A new connection that reuses an established flow's 5-tuple after a ring change goes where
-/// its SYN went: the SYN rewrites the flow's table entry in place (it takes no SYN-cache slot),
-/// so its next packet does not follow the old connection's entry. 64 flows, then a ring change
-/// that moves most of them (a third real with most of the weight); every packet also matches
-/// the model.
-#[test]
-fn a_syn_rewrites_the_entry_of_a_reused_five_tuple() {
+/// its SYN went, whatever CPU each packet runs on: a SYN starts the flow anew, so its next
+/// packets follow the real chosen for it, not the old connection's entry (in this CPU's table,
+/// another CPU's or the shared one). 64 flows, then a ring change that moves most of them (a
+/// third real with most of the weight), then a new SYN on each and its next two packets; every
+/// packet also matches the model.
+///
+/// `old` is the CPU of the old connection's packets, `syn` the new SYN's, `next` its next
+/// packets'. Old on CPU 1 and the SYN on CPU 0 is the case where the old entry lives only in
+/// the shared table (and CPU 1's) when the SYN arrives; until issue 24's fix, the next packet
+/// then followed it to the old real.
+#[test_case(0, 0, 0; "all on one cpu")]
+#[test_case(1, 0, 0; "old entry only in the shared table")]
+#[test_case(0, 0, 1; "next packet on another cpu")]
+#[test_case(1, 0, 1; "next packet on the old connection's cpu")]
+fn a_syn_rewrites_the_entry_of_a_reused_five_tuple(old_cpu: usize, syn_cpu: usize, next_cpu: usize) {
     common::require_root();
-    pin_to_cpu0();
+    if (old_cpu, syn_cpu, next_cpu) != (0, 0, 0) && !have_two_cpus("a reused 5-tuple across CPUs") {
+        return;
+    }
     let mut fx = Fixture::new();
     let ports = 43_100..43_164u16;
     let mut before = Vec::new();
     for port in ports.clone() {
-        before.push(tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![])));
-        tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
+        before.push(tx_real_on(&mut fx, old_cpu, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![])));
+        tx_real_on(&mut fx, old_cpu, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
     }
     let (vip, mut ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
     ring.push(zrlab::lb::RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
@@ -428,22 +484,30 @@ fn a_syn_rewrites_the_entry_of_a_reused_five_tuple() {
     fx.model.set_vip(&vip, &ring).expect("model ring change");
     let mut moved = 0;
     for (port, old) in ports.zip(before) {
-        let new = tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]));
-        let next = tx_real(&mut fx, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
-        assert_eq!(next, new, "port {port}: the packet after the new SYN follows the SYN, not the old entry");
+        let new = tx_real_on(&mut fx, syn_cpu, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]));
+        for n in 1..=2 {
+            let next = tx_real_on(&mut fx, next_cpu, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
+            assert_eq!(next, new, "port {port}: packet {n} after the new SYN follows the SYN (old real {old})");
+        }
         moved += usize::from(new != old);
     }
     assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
 }
 
-/// Runs `frame` through the program and the model, requires the same transmitted frame, and
-/// returns the real it went to.
+/// Runs `frame` through the program and the model on CPU 0, requires the same transmitted
+/// frame, and returns the real it went to.
 fn tx_real(fx: &mut Fixture, frame: &[u8]) -> IpAddr {
+    tx_real_on(fx, 0, frame)
+}
+
+/// As [`tx_real`], on CPU `cpu`.
+fn tx_real_on(fx: &mut Fixture, cpu: usize, frame: &[u8]) -> IpAddr {
+    pin_to_cpu(cpu);
     let program = fx.lb.program("xdp_lb").expect("program");
     let (verdict, output) = test_run(program, frame);
-    match fx.model.process(frame) {
+    match fx.model.process_on(cpu, frame) {
         Verdict::Tx { real, output: expected, .. } => {
-            assert_eq!((verdict, &output), (TX, &expected), "program and model differ");
+            assert_eq!((verdict, &output), (TX, &expected), "program and model differ on CPU {cpu}");
             real
         }
         other => panic!("model says {other:?}, program {verdict}"),

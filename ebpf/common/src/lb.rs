@@ -42,8 +42,10 @@ pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
 /// free node and pushes the replaced one under locks, a chain of calls), and a SYN that never
 /// completes (a flood) then costs no table work at all and cannot evict an established flow's
 /// entry. The flow's next packet that misses both tables on that CPU finds its slot and moves
-/// the route into the tables. (A SYN whose flow has an entry in this CPU's table already
-/// rewrites it in place instead, see [`ENTRY_F_SHARED`].) A slot that another SYN took
+/// the route into the tables. (A SYN whose 5-tuple has an entry in this CPU's table or the
+/// shared one, a reused 5-tuple, writes its route into both instead and removes the key from
+/// the other CPUs' tables: the flow's next packet then follows it on any CPU.) A slot that
+/// another SYN took
 /// meanwhile is a miss: the flow is routed by the ring, as katran routes a flow whose entry
 /// was evicted.
 pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
@@ -77,13 +79,6 @@ pub const LRU_FALLBACK_SIZE: u32 = 65_536;
 /// fallback holds every established flow too. Sizing the tables by the CPU count instead would
 /// grow memory with its square.
 pub const LRU_PER_CPU_FLAGS: u32 = 1 << 1;
-
-/// A connection-table entry's flag (in `ConnEntry::flags`, above the `VIP_F_*` bits): the
-/// flow's entry in the shared fallback table is this one. A SYN of a flow that has an entry in
-/// this CPU's table already (a new connection reusing the 5-tuple) rewrites that entry in place
-/// with the flag clear; the flow's next packet that finds it there writes the fallback too, so
-/// the fallback's entry of the old connection does not outlive it.
-pub const ENTRY_F_SHARED: u32 = 1 << 31;
 
 /// VIP flag: route TCP by the server id in the TPR header option.
 pub const VIP_F_TCP_ID_ROUTING: u32 = 1 << 0;
@@ -261,7 +256,7 @@ pub struct ConnEntry {
     pub real: u32,
     /// The flow's VIP (`VipMeta::vip_num`), for its counters.
     pub vip_num: u32,
-    /// The VIP's flags when the entry was written (`VIP_F_*`), and [`ENTRY_F_SHARED`].
+    /// The VIP's flags when the entry was written (`VIP_F_*`).
     pub flags: u32,
     /// The flow's IP protocol.
     pub proto: u32,

@@ -19,10 +19,13 @@
 //!   the protocol XORed into its first byte, ports; IPv6: the exact 5-tuple), so flows whose
 //!   IPv4 keys collide replace each other's entries as in the kernel. It never evicts
 //!   otherwise: the suites stay far below the tables' sizes. One table stands for the union of
-//!   the program's per-CPU tables and their fallback;
-//! - a SYN's route waits in a direct-mapped SYN cache (slot: the flow hash modulo
-//!   `SYN_CACHE_SLOTS`) until the flow's next packet moves it into the table, unless the flow
-//!   has an entry already, which the SYN rewrites; a later SYN in the same slot takes it over.
+//!   the program's per-CPU tables and their fallback: the specification says a flow's packets
+//!   follow its route on any CPU, and a SYN starts the flow anew everywhere;
+//! - a SYN's route waits in its CPU's direct-mapped SYN cache (slot: the flow hash modulo
+//!   `SYN_CACHE_SLOTS`) until the flow's next packet on that CPU moves it into the table, unless
+//!   the flow has an entry already, which the SYN rewrites; a later SYN in the same slot takes
+//!   it over. A next packet on another CPU misses the cache and is routed by the ring (the same
+//!   real unless the ring changed in between: the one case the specification lets move).
 //!
 //! Pure: no I/O, no clock.
 
@@ -147,7 +150,8 @@ pub struct Model {
     vips: BTreeMap<VipId, Vip>,
     server_ids: BTreeMap<u32, IpAddr>,
     table: HashMap<TableKey, (Flow, IpAddr)>,
-    syn_cache: HashMap<u32, (Flow, IpAddr)>,
+    /// Each CPU's SYN cache: (CPU, slot) -> the SYN's flow and real.
+    syn_cache: HashMap<(usize, u32), (Flow, IpAddr)>,
 }
 
 const ETH: usize = 14;
@@ -206,13 +210,18 @@ impl Model {
         self.server_ids = live.clone();
     }
 
-    /// What `xdp_lb` does with `frame`.
+    /// What `xdp_lb` does with `frame` on CPU 0.
     pub fn process(&mut self, frame: &[u8]) -> Verdict {
+        self.process_on(0, frame)
+    }
+
+    /// What `xdp_lb` does with `frame` on CPU `cpu` (its SYN cache is the CPU's own).
+    pub fn process_on(&mut self, cpu: usize, frame: &[u8]) -> Verdict {
         let pkt = match self.parse(frame) {
             Ok(pkt) => pkt,
             Err(verdict) => return verdict,
         };
-        let (real, path) = self.route(frame, &pkt);
+        let (real, path) = self.route(cpu, frame, &pkt);
         let output = self.encap(frame, &pkt, real);
         Verdict::Tx { real, path, output }
     }
@@ -304,7 +313,7 @@ impl Model {
         Ok(Pkt { v6, l4, ip_len, tos, syn, ack, tcp_hdr_len, flow, vip })
     }
 
-    fn route(&mut self, f: &[u8], pkt: &Pkt) -> (IpAddr, Path) {
+    fn route(&mut self, cpu: usize, f: &[u8], pkt: &Pkt) -> (IpAddr, Path) {
         let vip = &self.vips[&pkt.vip];
         let spec = vip.spec.clone();
         let id = if pkt.flow.proto == IPPROTO_TCP && spec.tcp_id_routing && !pkt.syn {
@@ -339,7 +348,7 @@ impl Model {
             return (ring_real(hash), Path::Ring);
         }
         let new_connection = pkt.flow.proto == IPPROTO_TCP && pkt.syn && !pkt.ack;
-        let slot = hash % SYN_CACHE_SLOTS;
+        let slot = (cpu, hash % SYN_CACHE_SLOTS);
         if new_connection {
             let real = ring_real(hash);
             if self.remembered(&pkt.flow).is_some() {

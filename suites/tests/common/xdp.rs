@@ -91,12 +91,31 @@ impl Fixture {
 /// Pins the calling thread to CPU 0, so per-CPU tables and counters do not depend on where the
 /// scheduler puts the test.
 pub(crate) fn pin_to_cpu0() {
+    pin_to_cpu(0);
+}
+
+/// Pins the calling thread to CPU `cpu`. The kernel moves the calling thread before
+/// `sched_setaffinity` returns, and `BPF_PROG_TEST_RUN` runs an XDP program on the CPU of its
+/// caller, so the next test run uses `cpu`'s per-CPU tables and SYN cache.
+pub(crate) fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU 0");
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU {cpu}");
+        assert_eq!(libc::sched_getcpu(), cpu as i32, "running on CPU {cpu} after pinning");
     }
+}
+
+/// Whether CPU 1 is online, so that a flow's packets can be spread over two CPUs; prints the
+/// skip when it is not (a one-CPU machine cannot have the cross-CPU cases).
+pub(crate) fn have_two_cpus(test: &str) -> bool {
+    // SAFETY: sysconf without side effects.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if online < 2 {
+        eprintln!("SKIPPED {test}: needs two online CPUs (this machine has {online})");
+    }
+    online >= 2
 }
 
 /// Runs `frame` through `program` once; returns the verdict and the output frame.

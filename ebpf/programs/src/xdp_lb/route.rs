@@ -12,8 +12,16 @@
 //! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
 //!    result is remembered in the connection tables, or, for a SYN, in this CPU's SYN cache
 //!    (`zrlab_common::lb::SYN_CACHE_MAP`: no table insert until the flow's next packet, which
-//!    misses both tables and finds its SYN's slot); a SYN whose flow has an entry in this
-//!    CPU's table rewrites it in place (`ENTRY_F_SHARED`).
+//!    misses both tables and finds its SYN's slot).
+//!
+//! A SYN starts its flow anew: its next packets, on any CPU, follow the real chosen for it,
+//! whatever a table held for an earlier connection of the same 5-tuple. So a SYN whose 5-tuple
+//! has an entry in this CPU's table or in the shared one (a reused 5-tuple) writes its route
+//! into both and removes the key from every other CPU's table ([`Tables::restart`]); so does a
+//! server id that moves a flow away from its table entry ([`Tables::reroute`]). Without
+//! the shared table's check, an old entry there (another CPU's flow, or this CPU's entry
+//! evicted) outranked the SYN cache, and the flow's next packet went to the old connection's
+//! real.
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
@@ -24,9 +32,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, ConnKeyV6, ENTRY_F_SHARED, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1,
-    QUIC_VERSION_2, SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
-    VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
+    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_CPUS, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2,
+    SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
+    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
@@ -91,7 +99,7 @@ fn pick_with<K: 'static, const EXACT: bool>(
     if !syn && let Some(hit) = tables.lookup(&pkt.flow, stats) {
         let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
         if real != hit.real {
-            tables.remember(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
+            tables.reroute(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
         }
         return Route::Real { real, vip_num: hit.vip_num };
     }
@@ -122,7 +130,7 @@ fn pick_with<K: 'static, const EXACT: bool>(
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
         let entry = ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags);
         if syn {
-            if !tables.rewrite_here(&pkt.flow, entry) {
+            if !tables.restart(&pkt.flow, entry) {
                 // `hash` is the seeded flow hash here (the per-packet hash has no table).
                 remember_syn(hash, &pkt.flow, entry);
             }
@@ -220,19 +228,9 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
     /// stays in the map.
     #[inline(always)]
     fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
-        if let Some(entry) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) {
-            // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
-            // alone writes its table.
-            let entry = unsafe { &mut *entry };
-            if EXACT || entry.matches(flow) {
-                stats.add(counter::LRU_HIT);
-                if entry.flags & ENTRY_F_SHARED == 0 {
-                    // The first packet after a SYN rewrote the entry: the fallback's next.
-                    entry.flags |= ENTRY_F_SHARED;
-                    let _ = self.fallback.insert(&self.key, &*entry, 0);
-                }
-                return Some(Hit::of(entry));
-            }
+        if let Some(entry) = self.here(flow) {
+            stats.add(counter::LRU_HIT);
+            return Some(entry);
         }
         // SAFETY (verifier): a plain map lookup, read at once.
         let entry = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow))?;
@@ -243,28 +241,60 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
         Some(Hit::of(entry))
     }
 
+    /// `flow`'s entry in this CPU's table.
+    #[inline(always)]
+    fn here(&self, flow: &FlowKey) -> Option<Hit> {
+        let entry = self.per_cpu.get_value_ptr_mut(cpu(), &self.key)?;
+        // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
+        // alone writes its table.
+        let entry = unsafe { &*entry };
+        (EXACT || entry.matches(flow)).then(|| Hit::of(entry))
+    }
+
     /// Remembers `entry` in this CPU's table and the shared one.
     #[inline(always)]
-    fn remember(&self, mut entry: ConnEntry) {
-        entry.flags |= ENTRY_F_SHARED;
+    fn remember(&self, entry: ConnEntry) {
         if let Some(table) = self.per_cpu.get(cpu()) {
             let _ = table.insert(&self.key, &entry, 0);
         }
         let _ = self.fallback.insert(&self.key, &entry, 0);
     }
 
-    /// A SYN's route: rewrites `flow`'s entry in this CPU's table in place (no insert), with
-    /// [`ENTRY_F_SHARED`] clear; `false` when there is none.
+    /// A SYN's route `entry` for `flow`, when the 5-tuple had an earlier connection (an entry
+    /// in this CPU's table or in the shared one): [`Self::reroute`]d, so that the flow's next
+    /// packet follows this SYN on any CPU. `false` (nothing written) for a 5-tuple no table
+    /// holds: the SYN cache's case. An entry that survives only in another CPU's table (the
+    /// shared one evicted it first) is not seen: the shared table is 4x a per-CPU table and
+    /// every entry enters both.
     #[inline(always)]
-    fn rewrite_here(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
-        let Some(old) = self.per_cpu.get_value_ptr_mut(cpu(), &self.key) else { return false };
-        // SAFETY: as in `lookup`.
-        let old = unsafe { &mut *old };
-        if !(EXACT || old.matches(flow)) {
-            return false;
+    fn restart(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
+        // SAFETY (verifier): a plain map lookup, read at once.
+        let reused = self.here(flow).is_some()
+            || unsafe { self.fallback.get(&self.key) }.is_some_and(|e| EXACT || e.matches(flow));
+        if reused {
+            self.reroute(entry);
         }
-        *old = entry;
-        true
+        reused
+    }
+
+    /// Moves a flow that has entries to another real: `entry` into this CPU's table and the
+    /// shared one, and the key out of every other CPU's table, whose stale entry would
+    /// otherwise send the flow's packets there to the old real. (A SYN of a reused 5-tuple,
+    /// and an id that corrects a table entry; both rare, so the walk over CPUs is cheap.)
+    #[inline(always)]
+    fn reroute(&self, entry: ConnEntry) {
+        self.remember(entry);
+        let this = cpu();
+        // The control plane installs one table per possible CPU, from CPU 0 up without gaps
+        // (`Balancer::load`): the first empty slot ends the walk.
+        let mut other = 0;
+        while other < MAX_CPUS {
+            if other != this {
+                let Some(table) = self.per_cpu.get(other) else { break };
+                let _ = table.remove(&self.key);
+            }
+            other += 1;
+        }
     }
 }
 
