@@ -21,7 +21,7 @@ use zrlab::{
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
     workload::quic::{CidVersion, LongType, VERSION_2},
 };
-use zrlab_common::lb::{FlowKey, SynSlot, flow_hash, vip_filter_bit};
+use zrlab_common::lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit};
 
 /// Where a run puts its packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,6 +492,48 @@ fn a_syn_rewrites_the_entry_of_a_reused_five_tuple(old_cpu: usize, syn_cpu: usiz
         moved += usize::from(new != old);
     }
     assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
+}
+
+/// A backend joining a VIP (weight 0 to 1): its server id must route within the VIP as soon as
+/// it is admitted, before any LB node's new ring can send it a flow (a fleet admits on every
+/// node first, then swaps the rings). Until issue 24 the id table was written only after the
+/// ring swap, and the early sync skipped the newcomer as a non-member: a flow a new ring sent it
+/// could echo an id its LB did not know (`ID_UNKNOWN`).
+#[test]
+fn a_joining_backends_id_routes_before_any_ring_sends_it_flows() {
+    const NEWCOMER: &str = "192.0.2.50";
+    const NEW_ID: u32 = 700;
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    reals.push(zrlab::lb::RealSpec { addr: ip(NEWCOMER), weight: 0, up: true });
+    fx.lb.set_vip(&vip, &reals).expect("the newcomer configured with weight 0");
+    let mut ids = fixture_ids();
+    ids.insert(NEW_ID, ip(NEWCOMER));
+    fx.lb.sync_server_ids(&ids).expect("its id live in the registry");
+    let outer_dst = |output: &[u8]| IpAddr::from(<[u8; 4]>::try_from(&output[30..34]).expect("outer IPv4 destination"));
+    let id_packet = |port: u16| tcp(CLIENT4, port, VIP4, 80, ACK, vec![TcpOption::ServerId(NEW_ID)]);
+    let program = fx.lb.program("xdp_lb").expect("program");
+    let (verdict, output) = test_run(program, &id_packet(44_000));
+    assert_eq!(verdict, TX);
+    assert_ne!(outer_dst(&output), ip(NEWCOMER), "weight 0: not a member, its id does not route");
+
+    reals.last_mut().expect("newcomer").weight = 1;
+    fx.lb.admit_members(&vip, &reals).expect("admit");
+    let program = fx.lb.program("xdp_lb").expect("program");
+    let before = fx.lb.counters().expect("counters");
+    for port in 44_001..44_033u16 {
+        let (verdict, output) = test_run(program, &id_packet(port));
+        assert_eq!((verdict, outer_dst(&output)), (TX, ip(NEWCOMER)), "port {port}: the admitted id routes");
+        // The ring is the old one until `set_vip`: a flow without an id never reaches it.
+        let (verdict, output) = test_run(program, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]));
+        assert_eq!(verdict, TX);
+        assert_ne!(outer_dst(&output), ip(NEWCOMER), "port {port}: the ring has not changed yet");
+    }
+    let after = fx.lb.counters().expect("counters");
+    assert_eq!(after.get(counter::ID_UNKNOWN), before.get(counter::ID_UNKNOWN), "no id unknown once admitted");
+    assert_eq!(after.get(counter::TCP_ID_ROUTED) - before.get(counter::TCP_ID_ROUTED), 32);
 }
 
 /// Runs `frame` through the program and the model on CPU 0, requires the same transmitted

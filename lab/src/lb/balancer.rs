@@ -397,6 +397,13 @@ impl Balancer {
                 num
             }
         };
+        let members: Vec<IpAddr> = reals.iter().filter(|r| r.weight > 0).map(|r| r.addr).collect();
+        let old_flags = self.vips.get(&key).map(|state| state.flags);
+        // A joining member's ids route within the VIP before the new ring can send it a flow
+        // (whose SYN-ACK carries its id, echoed on every later packet); a leaving member's stay
+        // until the ring no longer does.
+        self.vips.entry(key).or_insert_with(|| VipState { num, flags: vip.flags(), members: Vec::new() });
+        self.admit_members(vip, reals)?;
         // The new ring, complete before anything points at it.
         let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
         let ring: Array<MapData, u32> =
@@ -414,12 +421,27 @@ impl Balancer {
         let mut addrs: HashMap<_, [u32; 4], u32> =
             HashMap::try_from(self.map_mut(VIP_ADDRS_MAP)?).map_err(map_err("LB_VIP_ADDRS"))?;
         addrs.insert(key.addr, 1, 0).map_err(map_err("write LB_VIP_ADDRS"))?;
-        if self.vips.get(&key).is_some_and(|old| old.flags != meta.flags) {
+        if old_flags.is_some_and(|old| old != meta.flags) {
             self.flush_vip(num)?;
         }
-        let members = reals.iter().filter(|r| r.weight > 0).map(|r| r.addr).collect();
         self.vips.insert(key, VipState { num, flags: meta.flags, members });
         self.write_ids()
+    }
+
+    /// Makes the live ids of `reals` with a weight route within `vip` (an existing VIP), before
+    /// any ring sends them flows: [`Balancer::set_vip`] does it before its ring swap, and a
+    /// fleet does it on every LB node before any node swaps its ring, so that no node meets a
+    /// flow whose backend's id it does not know yet. Members only join here; `set_vip` removes
+    /// the ones that left.
+    pub fn admit_members(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
+        let Some(state) = self.vips.get_mut(&vip.key()) else { return Ok(()) };
+        let before = state.members.len();
+        for real in reals.iter().filter(|r| r.weight > 0) {
+            if !state.members.contains(&real.addr) {
+                state.members.push(real.addr);
+            }
+        }
+        if state.members.len() == before { Ok(()) } else { self.write_ids() }
     }
 
     /// Sets `addr`'s bit in the VIP-address filter (`VIP_FILTER_MAP`). Bits are never cleared:

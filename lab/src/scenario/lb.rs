@@ -169,16 +169,24 @@ impl Deployment {
         self.registry.set(backend, membership);
         let reals = real_specs(&self.reals);
         let live = live_table(&self.registry, &self.reals);
-        // An id that becomes live is live before the rings can send a flow to its backend, and
-        // one that leaves stays until they no longer do: no packet of a flow the new ring
-        // placed finds its backend's id unknown.
+        // An id that becomes live is live on every LB node, within every VIP its backend
+        // joins, before any node's ring can send a flow to that backend; one that leaves stays
+        // until no node's ring does: no packet of a flow a new ring placed finds its backend's
+        // id unknown on the node ECMP hands it to.
         let mut during = before;
         during.extend(live.iter().map(|(id, addr)| (*id, *addr)));
         for (_, balancer) in &mut self.balancers {
             balancer.sync_server_ids(&during)?;
             for vip in &self.vips {
+                balancer.admit_members(vip, &reals)?;
+            }
+        }
+        for (_, balancer) in &mut self.balancers {
+            for vip in &self.vips {
                 balancer.set_vip(vip, &reals)?;
             }
+        }
+        for (_, balancer) in &mut self.balancers {
             balancer.sync_server_ids(&live)?;
         }
         Ok(())
