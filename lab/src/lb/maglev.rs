@@ -267,4 +267,50 @@ mod tests {
         let dup = vec![Backend { key: b"a".to_vec(), weight: 1, up: true }; 2];
         assert_eq!(build(&dup, 7), Err(MaglevError::DuplicateKey(b"a".to_vec())));
     }
+
+    /// The primes up to `n`, by a sieve of Eratosthenes (not [`is_prime`]'s trial division).
+    fn sieve(n: usize) -> Vec<bool> {
+        let mut prime = vec![true; n + 1];
+        prime[0] = false;
+        prime[1] = false;
+        for i in 2..=n {
+            if prime[i] {
+                for multiple in (i * i..=n).step_by(i) {
+                    prime[multiple] = false;
+                }
+            }
+        }
+        prime
+    }
+
+    /// Every size up to 4,000, and squares of primes up to the largest whose square fits a
+    /// `u32`: exactly the primes are accepted (a non-prime size would leave a permutation that
+    /// misses slots, and the fill would never end), and every accepted size's ring is a full
+    /// fill whose equal-weight shares differ by at most one slot. Primality is asked of
+    /// [`is_prime`] before any table is built, so an accepted non-prime fails here instead of
+    /// hanging the fill.
+    #[test]
+    fn exactly_the_primes_are_accepted_and_each_ring_fills_every_slot() {
+        const LIMIT: usize = 4_000;
+        let prime = sieve(LIMIT);
+        let set = backends(3);
+        for size in 0..=LIMIT as u32 {
+            assert_eq!(is_prime(size), prime[size as usize], "is_prime({size})");
+            match build(&set, size) {
+                Ok(table) => {
+                    assert_eq!(table.len(), size as usize, "size {size}");
+                    let counts = slots_per_backend(&table, set.len());
+                    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+                    assert!(max - min <= 1, "size {size}: shares {counts:?}");
+                }
+                Err(e) => assert_eq!(e, MaglevError::NotPrime(size), "size {size}"),
+            }
+        }
+        for p in [2u32, 3, 5, 7, 251, 4_093, 65_521] {
+            assert!(is_prime(p), "{p}");
+            assert_eq!(build(&set, p * p), Err(MaglevError::NotPrime(p * p)), "{p} squared");
+            assert_eq!(build(&set, p * (p + 2)), Err(MaglevError::NotPrime(p * (p + 2))), "{p} x {}", p + 2);
+        }
+        assert!(build(&set, zrlab_common::lb::MAX_RING).is_ok(), "the largest ring");
+    }
 }
