@@ -30,6 +30,9 @@ enum Failure {
 #[test_case("quic-cid-failover-ring-change", false, Failure::Misroutes)]
 fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool, failure: Failure) {
     common::require_root();
+    // One scenario at a time: the release scenarios below judge capacity, and a scenario
+    // beside one on two cores would be measured as its dip.
+    let _alone = common::exclusive();
     let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
     let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -66,6 +69,41 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_dow
         if name.starts_with("quic") {
             assert!(lb.quic_id_routed > 0, "{name}: QUIC packets routed by id: {lb:?}");
         }
+    }
+}
+
+/// The release and rolling-upgrade scenarios: a release (of one backend, or of every backend
+/// in turn) under load passes with zero resets, misroutes and drops, its capacity judged, the
+/// dispatcher's counters moved (the files' expectations), and its control (a plain restart, or
+/// takeover without forwarding) shows misroutes, and drops where the control stops the old
+/// process before the new one serves.
+#[test_case("release-reuseport-bpf", true)]
+#[test_case("release-sk-lookup", true)]
+#[test_case("release-takeover", false)]
+#[test_case("rolling-upgrade-reuseport-bpf", true)]
+#[test_case("rolling-upgrade-sk-lookup", true)]
+#[test_case("rolling-upgrade-takeover", false)]
+fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool) {
+    common::require_root();
+    let _alone = common::exclusive();
+    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
+    if outcome.verdict == Verdict::Skip {
+        eprintln!("SKIPPED {name}: {}", outcome.reason);
+        return;
+    }
+    assert_eq!(outcome.verdict, Verdict::Pass, "{name}: {}", outcome.reason);
+    let main = outcome.main.expect("main ran");
+    let counted = main.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
+    let released = main.measures.release.expect("a release scenario").released;
+    assert!(released > 0, "{name}: a release happened");
+    let control = outcome.control.expect("control ran").tally.counted;
+    assert!(control.misroutes > 0, "{name}: the control shows misroutes: {control:?}");
+    if control_drops {
+        assert!(control.drops > 0, "{name}: the control shows drops: {control:?}");
     }
 }
 
