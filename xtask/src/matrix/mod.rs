@@ -67,9 +67,13 @@ pub(crate) struct Options {
     /// guest, not a slow one).
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Run only this row of ci/matrix.toml (exact name, repeatable) [default: every row]; the
+    /// feature probes always run. CI's gate runs a shorter selection than the full matrix.
+    #[arg(long = "row", value_name = "NAME")]
+    rows: Vec<String>,
     /// Merge report.json files of separate runs (CI shards) into target/matrix/report.*
     /// instead of running anything.
-    #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["kernels", "no_host"])]
+    #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["kernels", "no_host", "rows"])]
     merge: Vec<PathBuf>,
 }
 
@@ -99,7 +103,13 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let all = config::kernels(&workspace.join("ci/kernels.toml"))?;
     let series: Vec<String> = opts.kernels.iter().filter(|k| *k != "host").cloned().collect();
     let kernels = if series.is_empty() && !opts.kernels.is_empty() { Vec::new() } else { config::pick(&all, &series)? };
-    let selection = config::selection(&workspace.join("ci/matrix.toml"))?;
+    let mut selection = config::selection(&workspace.join("ci/matrix.toml"))?;
+    if !opts.rows.is_empty() {
+        if let Some(unknown) = opts.rows.iter().find(|name| !selection.row.iter().any(|row| &row.name == *name)) {
+            bail!("--row {unknown:?}: ci/matrix.toml has no such row");
+        }
+        selection.row.retain(|row| opts.rows.contains(&row.name));
+    }
     if !exec::is_root() {
         bail!("the matrix needs root (namespaces, BPF, the lab's cgroups): run it as root");
     }
