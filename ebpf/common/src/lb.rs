@@ -43,12 +43,26 @@ pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
 /// completes (a flood) then costs no table work at all and cannot evict an established flow's
 /// entry. The flow's next packet that misses both tables on that CPU finds its slot and moves
 /// the route into the tables. (A SYN whose 5-tuple has an entry in this CPU's table or the
-/// shared one, a reused 5-tuple, writes its route into both instead and removes the key from
-/// the other CPUs' tables: the flow's next packet then follows it on any CPU.) A slot that
+/// shared one, a reused 5-tuple, writes its route into both instead and bumps the flow's
+/// reroute mark, [`REROUTES_MAP`]: the flow's next packet then follows it on any CPU.) A slot that
 /// another SYN took
 /// meanwhile is a miss: the flow is routed by the ring, as katran routes a flow whose entry
 /// was evicted.
 pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
+/// Name of the reroute marks: an array of [`REROUTE_SLOTS`] counters, one per slot of a cheap
+/// hash of a connection-table key ([`RerouteSlot`]). A flow's entries live in the shared table
+/// and in the table of each CPU that routed one of its packets; when a flow moves to another
+/// real (a SYN of a reused 5-tuple, a server id that corrects its entry), the CPU that moves it
+/// writes its own table and the shared one and bumps the flow's mark. Every per-CPU entry holds
+/// the mark it was written under ([`ConnEntry::mark`]); one whose mark is no longer the slot's
+/// is stale and counts as a miss, so the shared table decides and the entry is copied afresh.
+/// An array the verifier inlines, and no loop over CPUs (which the 6.1 verifier could not
+/// follow within its instruction limit). Flows that share a slot only cost each other a shared
+/// lookup.
+pub const REROUTES_MAP: &str = "LB_REROUTES";
+/// Slots of the reroute marks (a power of two): 256 KiB.
+pub const REROUTE_SLOTS: u32 = 65_536;
+
 /// Slots of each CPU's SYN cache (a power of two): about 900 KiB per CPU. With S SYNs in
 /// flight on a CPU within one round trip, a flow finds its slot taken with a chance of about
 /// S / 16,384.
@@ -221,6 +235,35 @@ impl ConnKey {
     }
 }
 
+/// A connection-table key's slot in the reroute marks ([`REROUTES_MAP`]).
+pub trait RerouteSlot {
+    /// The slot, below [`REROUTE_SLOTS`].
+    fn reroute_slot(&self) -> u32;
+}
+
+/// Folds `words` into a slot of the reroute marks: rotate-and-XOR, then a multiplicative hash's
+/// top bits. Cheap (it runs on every per-CPU table hit) rather than strong: a shared slot only
+/// costs a shared-table lookup.
+#[inline(always)]
+fn reroute_slot_of<const N: usize>(words: [u32; N]) -> u32 {
+    let mut h = 0u32;
+    let mut i = 0;
+    while i < N {
+        h = h.rotate_left(7) ^ words[i];
+        i += 1;
+    }
+    h.wrapping_mul(0x9e37_79b1) >> (32 - REROUTE_SLOTS.trailing_zeros())
+}
+
+const _: () = assert!(REROUTE_SLOTS.is_power_of_two());
+
+impl RerouteSlot for ConnKey {
+    #[inline(always)]
+    fn reroute_slot(&self) -> u32 {
+        reroute_slot_of([self.src, self.dst_proto, self.ports])
+    }
+}
+
 /// The IPv6 connection table's key: the whole 5-tuple, as katran keys its flows, with no
 /// padding bytes (the protocol takes a word of its own). Exact: two flows never share an entry.
 #[repr(C)]
@@ -234,6 +277,14 @@ pub struct ConnKeyV6 {
     pub ports: u32,
     /// IP protocol.
     pub proto: u32,
+}
+
+impl RerouteSlot for ConnKeyV6 {
+    #[inline(always)]
+    fn reroute_slot(&self) -> u32 {
+        let (s, d) = (self.src, self.dst);
+        reroute_slot_of([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], self.ports, self.proto])
+    }
 }
 
 impl ConnKeyV6 {
@@ -264,13 +315,18 @@ pub struct ConnEntry {
     pub src: [u32; 4],
     /// The flow's destination address words.
     pub dst: [u32; 4],
+    /// In a per-CPU table: the flow's reroute mark ([`REROUTES_MAP`]) when the entry was
+    /// written; stale once the mark moved on. Not read in the shared table.
+    pub mark: u32,
+    /// Padding (zero).
+    pub pad: u32,
 }
 
 impl ConnEntry {
     /// An entry sending `flow` to `real` for VIP `vip_num` with the VIP's `flags`.
     #[inline(always)]
     pub fn new(flow: &FlowKey, real: u32, vip_num: u32, flags: u32) -> Self {
-        Self { real, vip_num, flags, proto: u32::from(flow.proto), src: flow.src, dst: flow.dst }
+        Self { real, vip_num, flags, proto: u32::from(flow.proto), src: flow.src, dst: flow.dst, mark: 0, pad: 0 }
     }
 
     /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already). Without
@@ -296,7 +352,7 @@ impl ConnEntry {
 const _: () = {
     assert!(core::mem::offset_of!(ConnEntry, src) == 16);
     assert!(core::mem::offset_of!(ConnEntry, dst) == 32);
-    assert!(core::mem::size_of::<ConnEntry>() == 48);
+    assert!(core::mem::size_of::<ConnEntry>() == 56);
 };
 
 /// A slot of the SYN cache ([`SYN_CACHE_MAP`]): a SYN's flow and route. Zeroed, or with

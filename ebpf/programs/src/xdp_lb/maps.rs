@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{
     Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
-    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, SYN_CACHE_SLOTS, SynSlot, VIP_FILTER_WORDS, VipKey,
-    VipMeta, counter,
+    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, SynSlot,
+    VIP_FILTER_WORDS, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -60,6 +60,11 @@ pub static LRU6_PER_CPU: PerCpuTables<ConnKeyV6> = ArrayOfMaps::new();
 /// As [`LRU_FALLBACK`], for IPv6 flows under their exact key.
 #[map(name = "LB_LRU6_FALLBACK")]
 pub static LRU6_FALLBACK: LruHashMap<ConnKeyV6, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
+
+/// The reroute marks (`zrlab_common::lb::REROUTES_MAP`): an array, so the verifier inlines the
+/// lookup that every per-CPU table hit makes.
+#[map(name = "LB_REROUTES")]
+pub static REROUTES: Array<u32> = Array::with_max_entries(REROUTE_SLOTS, 0);
 
 /// Each CPU's SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`), for both families. A per-CPU
 /// array: the verifier inlines its lookup, and no other CPU writes a CPU's slots.

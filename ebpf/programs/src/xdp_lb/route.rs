@@ -17,11 +17,11 @@
 //! A SYN starts its flow anew: its next packets, on any CPU, follow the real chosen for it,
 //! whatever a table held for an earlier connection of the same 5-tuple. So a SYN whose 5-tuple
 //! has an entry in this CPU's table or in the shared one (a reused 5-tuple) writes its route
-//! into both and removes the key from every other CPU's table ([`Tables::restart`]); so does a
-//! server id that moves a flow away from its table entry ([`Tables::reroute`]). Without
-//! the shared table's check, an old entry there (another CPU's flow, or this CPU's entry
-//! evicted) outranked the SYN cache, and the flow's next packet went to the old connection's
-//! real.
+//! into both and bumps the flow's reroute mark, which makes every other CPU's copy stale
+//! ([`Tables::restart`], `zrlab_common::lb::REROUTES_MAP`); so does a server id that moves a
+//! flow away from its table entry ([`Tables::reroute`]). Without the shared table's check, an
+//! old entry there (another CPU's flow, or this CPU's entry evicted) outranked the SYN cache,
+//! and the flow's next packet went to the old connection's real.
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_CPUS, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2,
+    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, RerouteSlot,
     SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
     VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
 };
@@ -40,8 +40,8 @@ use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_S
 
 use super::{
     maps::{
-        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, RINGS, SERVER_IDS, SYN_CACHE, Stats,
-        VIPS, config,
+        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, REROUTES, RINGS, SERVER_IDS, SYN_CACHE,
+        Stats, VIPS, config,
     },
     parse::{Pkt, may_be_vip_addr},
 };
@@ -81,7 +81,7 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
 }
 
 #[inline(always)]
-fn pick_with<K: 'static, const EXACT: bool>(
+fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
     ctx: &XdpContext,
     pkt: &Pkt,
     stats: &Stats,
@@ -221,14 +221,15 @@ struct Tables<K: 'static, const EXACT: bool> {
     key: K,
 }
 
-impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
+impl<K: RerouteSlot + 'static, const EXACT: bool> Tables<K, EXACT> {
     /// `flow`'s entry: this CPU's table, then the fallback. An entry under the same key for
     /// other addresses (an IPv4 key shared through the protocol bits, see `ConnKey`) is a miss;
     /// IPv6 keys are exact and skip the check. Only the fields a hit needs are read: the entry
     /// stays in the map.
     #[inline(always)]
     fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
-        if let Some(entry) = self.here(flow) {
+        let mark = self.mark();
+        if let Some(entry) = self.here(flow, mark) {
             stats.add(counter::LRU_HIT);
             return Some(entry);
         }
@@ -236,24 +237,32 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
         let entry = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow))?;
         stats.add(counter::LRU_FALLBACK_HIT);
         if let Some(table) = self.per_cpu.get(cpu()) {
-            let _ = table.insert(&self.key, entry, 0);
+            let _ = table.insert(&self.key, &ConnEntry { mark, ..*entry }, 0);
         }
         Some(Hit::of(entry))
     }
 
-    /// `flow`'s entry in this CPU's table.
+    /// The flow's reroute mark now (`zrlab_common::lb::REROUTES_MAP`).
     #[inline(always)]
-    fn here(&self, flow: &FlowKey) -> Option<Hit> {
+    fn mark(&self) -> u32 {
+        REROUTES.get(self.key.reroute_slot()).copied().unwrap_or(0)
+    }
+
+    /// `flow`'s entry in this CPU's table, unless a reroute on any CPU made it stale (its mark
+    /// is not `mark`, the flow's now).
+    #[inline(always)]
+    fn here(&self, flow: &FlowKey, mark: u32) -> Option<Hit> {
         let entry = self.per_cpu.get_value_ptr_mut(cpu(), &self.key)?;
         // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
         // alone writes its table.
         let entry = unsafe { &*entry };
-        (EXACT || entry.matches(flow)).then(|| Hit::of(entry))
+        ((EXACT || entry.matches(flow)) && entry.mark == mark).then(|| Hit::of(entry))
     }
 
-    /// Remembers `entry` in this CPU's table and the shared one.
+    /// Remembers `entry` in this CPU's table (under the flow's mark now) and the shared one.
     #[inline(always)]
     fn remember(&self, entry: ConnEntry) {
+        let entry = ConnEntry { mark: self.mark(), ..entry };
         if let Some(table) = self.per_cpu.get(cpu()) {
             let _ = table.insert(&self.key, &entry, 0);
         }
@@ -269,7 +278,7 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
     #[inline(always)]
     fn restart(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
         // SAFETY (verifier): a plain map lookup, read at once.
-        let reused = self.here(flow).is_some()
+        let reused = self.here(flow, self.mark()).is_some()
             || unsafe { self.fallback.get(&self.key) }.is_some_and(|e| EXACT || e.matches(flow));
         if reused {
             self.reroute(entry);
@@ -277,24 +286,17 @@ impl<K: 'static, const EXACT: bool> Tables<K, EXACT> {
         reused
     }
 
-    /// Moves a flow that has entries to another real: `entry` into this CPU's table and the
-    /// shared one, and the key out of every other CPU's table, whose stale entry would
-    /// otherwise send the flow's packets there to the old real. (A SYN of a reused 5-tuple,
-    /// and an id that corrects a table entry; both rare, so the walk over CPUs is cheap.)
+    /// Moves a flow that has entries to another real: bumps its reroute mark, which makes
+    /// every CPU's copy of its old entry stale, then writes `entry` into this CPU's table and
+    /// the shared one. (A SYN of a reused 5-tuple, and an id that corrects a table entry.)
     #[inline(always)]
     fn reroute(&self, entry: ConnEntry) {
-        self.remember(entry);
-        let this = cpu();
-        // The control plane installs one table per possible CPU, from CPU 0 up without gaps
-        // (`Balancer::load`): the first empty slot ends the walk.
-        let mut other = 0;
-        while other < MAX_CPUS {
-            if other != this {
-                let Some(table) = self.per_cpu.get(other) else { break };
-                let _ = table.remove(&self.key);
-            }
-            other += 1;
+        if let Some(mark) = REROUTES.get_ptr_mut(self.key.reroute_slot()) {
+            // SAFETY: the kernel returned a valid pointer into the array's value. Two CPUs that
+            // bump it at once may lose one increment; either way it moved on.
+            unsafe { *mark = (*mark).wrapping_add(1) };
         }
+        self.remember(entry);
     }
 }
 
