@@ -7,8 +7,8 @@ use aya::{
     maps::PerCpuArray,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use zrlab::bpf::Object;
 use zrlab_common::pass::{COUNTERS_MAP, SLOT_FRAMES};
+use zrlab_control::bpf::Object;
 
 #[test]
 fn embedded_xdp_pass_loads_runs_and_counts() {

@@ -15,7 +15,8 @@ use std::{
     time::Duration,
 };
 
-use zrlab::{netns::Netns, workload::wire::Reply};
+use zrlab_host::netns::Netns;
+use zrlab_wire::message::Reply;
 
 const VIP: &str = "203.0.113.10:8080";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,9 +159,9 @@ fn ask_the_vip(prefix: &str) -> Reply {
 
 /// A QUIC-like Initial from the client's namespace to the VIP's UDP port; the service's answer.
 fn ask_the_vip_over_udp(prefix: &str) -> Reply {
-    use zrlab::workload::{
+    use zrlab_wire::{
+        message::Request,
         quic::{Datagram, Header, LongType, VERSION_1},
-        wire::Request,
     };
     let netns = Netns::open(&format!("{prefix}-client")).expect("client namespace");
     let answer = netns.run(|| -> std::io::Result<Vec<u8>> {

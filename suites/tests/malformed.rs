@@ -6,7 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use zrlab::{scenario::Scenario, spec::SpecError, topology::Topology};
+use zrlab_host::toml_file::SpecError;
+use zrlab_scenario::Scenario;
+use zrlab_topology::Topology;
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -10,13 +10,15 @@
 mod common;
 
 use test_case::test_case;
-use zrlab::{
-    features::{Feature, kernel_version, port443_scaling_options},
-    port443::{
-        conflicts::{self, CASES, Family, Mode},
-        scaling::{self, Verdict},
-    },
-};
+use zrlab_features::Feature;
+use zrlab_features::kernel_version;
+use zrlab_features::port443::conflicts;
+use zrlab_features::port443::conflicts::CASES;
+use zrlab_features::port443::conflicts::Family;
+use zrlab_features::port443::conflicts::Mode;
+use zrlab_features::port443::scaling;
+use zrlab_features::port443::scaling::BindRegression;
+use zrlab_features::port443_scaling_options;
 
 use common::runtime;
 
@@ -117,14 +119,14 @@ fn bind_scaling_verdict_matches_the_kernel() {
     if bhash2 {
         assert_eq!(
             report.verdict,
-            Verdict::RegressionAbsent,
+            BindRegression::RegressionAbsent,
             "kernel {version:?} has bhash2 ({seen}): bind must scale (worst ratio {:.2}, limit {:.1})",
             report.worst_bind_ratio,
             report.ratio_limit
         );
     } else {
         // Without bhash2 the regression is the expected finding, reported by the matrix.
-        assert_eq!(report.verdict, Verdict::RegressionPresent, "kernel {version:?} lacks bhash2 ({seen})");
+        assert_eq!(report.verdict, BindRegression::RegressionPresent, "kernel {version:?} lacks bhash2 ({seen})");
         eprintln!("EXPECTED FINDING: the 443 bind regression is present on {version:?} ({seen})");
     }
 }

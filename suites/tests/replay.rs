@@ -9,15 +9,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use zrlab::{
-    pcap,
-    replay::{
-        config::LbConfig,
-        generate::{GenOptions, Ids, Kind, generate},
-        lab::{LabReplay, Pacing, ReplaySpec, RunOptions},
-        offline,
-    },
-};
+use zrlab_replay::config::LbConfig;
+use zrlab_replay::generate::GenOptions;
+use zrlab_replay::generate::Ids;
+use zrlab_replay::generate::Kind;
+use zrlab_replay::generate::generate;
+use zrlab_replay::lab::LabReplay;
+use zrlab_replay::lab::Pacing;
+use zrlab_replay::lab::ReplaySpec;
+use zrlab_replay::lab::RunOptions;
+use zrlab_replay::offline;
+use zrlab_wire::pcap;
 
 /// The committed traces and the options that generate them (`cargo xtask trace gen` with the
 /// same options writes the same bytes).
@@ -183,7 +185,7 @@ fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
     let opts =
         RunOptions { pacing: Pacing::Speed(1.0), out: out.clone(), service_exe: common::zrlab_exe(), keep: false };
     let replay = common::runtime()
-        .block_on(zrlab::replay::lab::run(&path, &frames, &spec, &opts, &mut |_| {}))
+        .block_on(zrlab_replay::lab::run(&path, &frames, &spec, &opts, &mut |_| {}))
         .unwrap_or_else(|e| panic!("{trace_name} with {scenario}: {e}"));
     for (file, _) in &replay.captures {
         assert!(out.join(file).exists(), "capture {file} written");

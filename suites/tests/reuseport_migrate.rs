@@ -1,6 +1,6 @@
 //! Migration parity with the kernel's `migrate_reuseport` selftest
 //! (`tools/testing/selftests/bpf/prog_tests/migrate_reuseport.c`), on the lab's own dispatcher
-//! (`reuseport_select`, `zrlab::release`): five listeners in one `SO_REUSEPORT` group, four old
+//! (`reuseport_select`, `zrlab_scenario::release`): five listeners in one `SO_REUSEPORT` group, four old
 //! and one target; 25 clients connect to the old ones; the dispatcher's generation flips to the
 //! target; the old listeners are `shutdown()`; every request must be accepted by the target and
 //! the program's own migration counter must read 25. For IPv4 and IPv6, and requests in every
@@ -28,14 +28,15 @@ use std::{
 
 use aya::programs::XdpMode;
 use test_case::test_case;
-use zrlab::{
-    bpf::{Loaded, Object},
-    features::Feature,
-    netns::Netns,
-    nl::Nl,
-    release::{Dispatch, ReuseportCounters, ReuseportDispatch},
-    run_id::RunId,
-};
+use zrlab_control::bpf::Loaded;
+use zrlab_control::bpf::Object;
+use zrlab_control::reuseport::Dispatch;
+use zrlab_control::reuseport::ReuseportCounters;
+use zrlab_control::reuseport::ReuseportDispatch;
+use zrlab_features::Feature;
+use zrlab_host::netns::Netns;
+use zrlab_host::nl::Nl;
+use zrlab_host::run_id::RunId;
 
 /// Listeners in the group; the last one is the target.
 const SERVERS: usize = 5;

@@ -7,10 +7,13 @@ mod common;
 use std::process::Command;
 
 use test_case::test_case;
-use zrlab::{
-    clean::{Scope, clean},
-    scenario::{RunOptions, Scenario, Verdict, expect::Capacity, run_scenario},
-};
+use zrlab_host::clean::Scope;
+use zrlab_host::clean::clean;
+use zrlab_scenario::RunOptions;
+use zrlab_scenario::Scenario;
+use zrlab_scenario::ScenarioVerdict;
+use zrlab_scenario::expect::Capacity;
+use zrlab_scenario::run_scenario;
 
 /// What a control run must show on flows whose backend stayed up.
 #[derive(Clone, Copy, Debug)]
@@ -37,24 +40,24 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_dow
     let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
-    if outcome.verdict == Verdict::Skip {
+    if outcome.verdict == ScenarioVerdict::Skip {
         eprintln!("SKIPPED {name}: {}", outcome.reason);
         return;
     }
-    assert_eq!(outcome.verdict, Verdict::Pass, "{name}: {}", outcome.reason);
+    assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
     let main = outcome.main.expect("main ran");
-    let control = outcome.control.expect("control ran").tally;
+    let control = outcome.control.expect("control ran").measures.tally;
     // Restated here so that a scenario file edited into a test that cannot fail is caught.
-    let counted = main.tally.counted;
+    let counted = main.measures.tally.counted;
     assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
     match failure {
         Failure::Resets => assert!(control.counted.resets > 0, "{name}: the control shows resets"),
         Failure::Misroutes => assert!(control.counted.misroutes > 0, "{name}: the control shows misroutes"),
     }
     if takes_a_backend_down {
-        assert!(main.tally.excused.flows > 0, "{name}: the event did take a backend's flows away");
+        assert!(main.measures.tally.excused.flows > 0, "{name}: the event did take a backend's flows away");
     }
-    assert!(counted.flows + main.tally.excused.flows >= 400, "{name}: at least 400 flows");
+    assert!(counted.flows + main.measures.tally.excused.flows >= 400, "{name}: at least 400 flows");
     // The id-routing scenarios: the ids were on the wire and the LBs routed by them.
     if let Some(tpr) = main.measures.tpr {
         assert!(tpr.server.written > 0 && tpr.client.echoed > 0, "{name}: options written and echoed: {tpr:?}");
@@ -90,17 +93,17 @@ fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool)
     let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
-    if outcome.verdict == Verdict::Skip {
+    if outcome.verdict == ScenarioVerdict::Skip {
         eprintln!("SKIPPED {name}: {}", outcome.reason);
         return;
     }
-    assert_eq!(outcome.verdict, Verdict::Pass, "{name}: {}", outcome.reason);
+    assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
     let main = outcome.main.expect("main ran");
-    let counted = main.tally.counted;
+    let counted = main.measures.tally.counted;
     assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
     let released = main.measures.release.expect("a release scenario").released;
     assert!(released > 0, "{name}: a release happened");
-    let control = outcome.control.expect("control ran").tally.counted;
+    let control = outcome.control.expect("control ran").measures.tally.counted;
     assert!(control.misroutes > 0, "{name}: the control shows misroutes: {control:?}");
     if control_drops {
         assert!(control.drops > 0, "{name}: the control shows drops: {control:?}");

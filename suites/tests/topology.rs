@@ -6,10 +6,9 @@ mod common;
 use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
-use zrlab::{
-    nl::nexthop::GroupType,
-    topology::{Lab, Topology},
-};
+use zrlab_host::nl::nexthop::GroupType;
+use zrlab_topology::Lab;
+use zrlab_topology::Topology;
 
 fn dual_stack() -> Topology {
     Topology::load(&common::fixtures().join("topologies/dual-stack.toml")).expect("valid topology")

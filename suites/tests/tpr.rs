@@ -18,24 +18,32 @@ use std::{
     time::Duration,
 };
 
-use zrlab::{
-    bpf::{Loaded, Object},
-    capture::{Capture, Frame},
-    features::Feature,
-    packet::{FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, tcp_options::TcpOption},
-    scenario::{
-        lb::Deployment,
-        measures::LbTotals,
-        service_args,
-        spec::{LbSpec, WorkloadSpec},
-        start_service,
-    },
-    server_id::Registry,
-    topology::{Lab, Topology},
-    tpr::{Side, SockOpsTpr, TprCounters},
-    workload::wire::{Reply, Request},
-};
 use zrlab_common::tpr::{ECHO_KIND, OPT_LEN, SERVER_KIND};
+use zrlab_control::bpf::Loaded;
+use zrlab_control::bpf::Object;
+use zrlab_control::server_id::Registry;
+use zrlab_control::tpr::Side;
+use zrlab_control::tpr::SockOpsTpr;
+use zrlab_control::tpr::TprCounters;
+use zrlab_features::Feature;
+use zrlab_host::capture::Capture;
+use zrlab_host::capture::Frame;
+use zrlab_scenario::lb::Deployment;
+use zrlab_scenario::measures::LbTotals;
+use zrlab_scenario::service_args;
+use zrlab_scenario::spec::LbSpec;
+use zrlab_scenario::spec::WorkloadSpec;
+use zrlab_scenario::start_service;
+use zrlab_topology::Lab;
+use zrlab_topology::Topology;
+use zrlab_wire::message::Reply;
+use zrlab_wire::message::Request;
+use zrlab_wire::packet::FrameRepr;
+use zrlab_wire::packet::IpPayload;
+use zrlab_wire::packet::IpRepr;
+use zrlab_wire::packet::SYN;
+use zrlab_wire::packet::TcpRepr;
+use zrlab_wire::packet::tcp_options::TcpOption;
 
 /// How long a phase (a service start, a reply) may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +164,7 @@ impl Bed {
         let client = &self.lab.node("client").expect("client").netns;
         let stream = client
             .run(move || -> std::io::Result<TcpStream> {
-                let fd = zrlab::cgroup::sockets_in(&cgroup, libc::AF_INET, libc::SOCK_STREAM, 1)?.remove(0);
+                let fd = zrlab_host::cgroup::sockets_in(&cgroup, libc::AF_INET, libc::SOCK_STREAM, 1)?.remove(0);
                 let socket = socket2::Socket::from(fd);
                 if fast_open {
                     common::set_tcp_option(&socket, common::TCP_FASTOPEN_CONNECT, 1)?;
@@ -240,8 +248,8 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let client_pcap = dir.join("tpr-wire-client.pcap");
     let lb_pcap = dir.join("tpr-wire-lb-side.pcap");
-    zrlab::pcap::write(&client_pcap, &client_frames).expect("write pcap");
-    zrlab::pcap::write(&lb_pcap, &lb_frames).expect("write pcap");
+    zrlab_wire::pcap::write(&client_pcap, &client_frames).expect("write pcap");
+    zrlab_wire::pcap::write(&lb_pcap, &lb_frames).expect("write pcap");
 
     let vip = bed.workload.vip;
     let port = bed.workload.tcp_port;

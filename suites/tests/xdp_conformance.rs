@@ -1,9 +1,9 @@
 //! Packet conformance of `xdp_lb` and `xdp_decap`: every case goes through the BPF program with
-//! `BPF_PROG_TEST_RUN` and through the reference model (`zrlab::lb::model`); verdicts and output
+//! `BPF_PROG_TEST_RUN` and through the reference model (`zrlab_control::lb::model`); verdicts and output
 //! bytes must be identical, and the decoded outputs, verdicts and the counters that moved are
 //! snapshotted per category.
 //!
-//! Cases are built with the typed packet builders (`zrlab::packet`); malformed ones are a valid
+//! Cases are built with the typed packet builders (`zrlab_wire::packet`); malformed ones are a valid
 //! packet plus one explicit mutation. Fixture VIPs, reals and server ids: `common::xdp`.
 
 mod common;
@@ -12,16 +12,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::xdp::*;
 use test_case::test_case;
-use zrlab::{
-    lb::{
-        Counters, Decap,
-        balancer::words,
-        model::{Path, Verdict},
-    },
-    packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
-    workload::quic::{CidVersion, LongType, VERSION_2},
-};
 use zrlab_common::lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit};
+use zrlab_control::lb::Counters;
+use zrlab_control::lb::Decap;
+use zrlab_control::lb::balancer::words;
+use zrlab_control::lb::model::Path;
+use zrlab_control::lb::model::XdpAction;
+use zrlab_wire::packet;
+use zrlab_wire::packet::ACK;
+use zrlab_wire::packet::PSH;
+use zrlab_wire::packet::SYN;
+use zrlab_wire::packet::tcp_options::TcpOption;
+use zrlab_wire::quic::CidVersion;
+use zrlab_wire::quic::LongType;
+use zrlab_wire::quic::VERSION_2;
 
 /// Where a run puts its packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,15 +83,15 @@ fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
         let after = fx.lb.counters().expect("counters");
         let expected = fx.model.process_on(cpu, &frame);
         let line = match &expected {
-            Verdict::Pass(why) => {
+            XdpAction::Pass(why) => {
                 assert_eq!((verdict, &output), (PASS, &frame), "{name}: model says pass ({why:?})");
                 format!("PASS ({why:?})")
             }
-            Verdict::Drop(why) => {
+            XdpAction::Drop(why) => {
                 assert_eq!(verdict, DROP, "{name}: model says drop ({why:?})");
                 format!("DROP ({why:?})")
             }
-            Verdict::Tx { real, path, output: model_output } => {
+            XdpAction::Tx { real, path, output: model_output } => {
                 assert_eq!(verdict, TX, "{name}: model says TX via {path:?} to {real}");
                 if *path == Path::Random {
                     assert_eq!(output.len(), model_output.len(), "{name}");
@@ -103,8 +107,8 @@ fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
             }
         };
         let sent = match &expected {
-            Verdict::Tx { path: Path::Random, .. } => Some((None, inner_len(&output))),
-            Verdict::Tx { real, .. } => Some((Some(*real), inner_len(&output))),
+            XdpAction::Tx { path: Path::Random, .. } => Some((None, inner_len(&output))),
+            XdpAction::Tx { real, .. } => Some((Some(*real), inner_len(&output))),
             _ => None,
         };
         assert_traffic_counters(&name, &before, &after, sent);
@@ -217,7 +221,7 @@ fn weights_share_the_ring() {
         let frame = tcp(CLIENT4, 10_000 + port, "203.0.113.30", 80, SYN, vec![]);
         let (verdict, output) = test_run(program, &frame);
         assert_eq!(verdict, TX);
-        let Verdict::Tx { real, output: expected, .. } = fx.model.process(&frame) else { panic!("model: TX") };
+        let XdpAction::Tx { real, output: expected, .. } = fx.model.process(&frame) else { panic!("model: TX") };
         assert_eq!(output, expected, "port {port}");
         *counts.entry(real.to_string()).or_default() += 1;
     }
@@ -406,7 +410,7 @@ fn ipv6_flows_cannot_evict_each_other() {
         tx_real(&mut fx, &tcp(ATTACKER, port, VIP6, 80, ACK, vec![]));
     }
     let (vip, mut ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP6) && v.port == 80).expect("VIP");
-    ring.push(zrlab::lb::RealSpec { addr: ip("2001:db8:3::2"), weight: 8, up: true });
+    ring.push(zrlab_control::lb::RealSpec { addr: ip("2001:db8:3::2"), weight: 8, up: true });
     fx.lb.set_vip(&vip, &ring).expect("ring change");
     fx.model.set_vip(&vip, &ring).expect("model ring change");
     let moved: Vec<u16> = ports
@@ -423,7 +427,7 @@ fn ipv6_flows_cannot_evict_each_other() {
 /// the ring (the same real: the ring did not change), and b's moves b's route.
 #[test]
 fn syn_cache_slots() {
-    let seed = zrlab::lb::Settings::default().hash_seed;
+    let seed = zrlab_control::lb::Settings::default().hash_seed;
     let slot = |src: &str, sport: u16| {
         let [s0, s1] = sport.to_be_bytes();
         let [d0, d1] = 80u16.to_be_bytes();
@@ -479,7 +483,7 @@ fn a_syn_rewrites_the_entry_of_a_reused_five_tuple(old_cpu: usize, syn_cpu: usiz
         tx_real_on(&mut fx, old_cpu, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![]));
     }
     let (vip, mut ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
-    ring.push(zrlab::lb::RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    ring.push(zrlab_control::lb::RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
     fx.lb.set_vip(&vip, &ring).expect("ring change");
     fx.model.set_vip(&vip, &ring).expect("model ring change");
     let mut moved = 0;
@@ -507,7 +511,7 @@ fn a_joining_backends_id_routes_before_any_ring_sends_it_flows() {
     pin_to_cpu0();
     let mut fx = Fixture::new();
     let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
-    reals.push(zrlab::lb::RealSpec { addr: ip(NEWCOMER), weight: 0, up: true });
+    reals.push(zrlab_control::lb::RealSpec { addr: ip(NEWCOMER), weight: 0, up: true });
     fx.lb.set_vip(&vip, &reals).expect("the newcomer configured with weight 0");
     let mut ids = fixture_ids();
     ids.insert(NEW_ID, ip(NEWCOMER));
@@ -548,7 +552,7 @@ fn tx_real_on(fx: &mut Fixture, cpu: usize, frame: &[u8]) -> IpAddr {
     let program = fx.lb.program("xdp_lb").expect("program");
     let (verdict, output) = test_run(program, frame);
     match fx.model.process_on(cpu, frame) {
-        Verdict::Tx { real, output: expected, .. } => {
+        XdpAction::Tx { real, output: expected, .. } => {
             assert_eq!((verdict, &output), (TX, &expected), "program and model differ on CPU {cpu}");
             real
         }
@@ -696,7 +700,7 @@ fn fix_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     let ihl = usize::from(frame[14] & 0xf) * 4;
     if ihl >= 20 && frame.len() >= 14 + ihl {
         frame[24..26].fill(0);
-        let csum = zrlab::lb::model::ipv4_checksum(&frame[14..14 + ihl]);
+        let csum = zrlab_control::lb::model::ipv4_checksum(&frame[14..14 + ihl]);
         frame[24..26].copy_from_slice(&csum.to_be_bytes());
     }
     frame

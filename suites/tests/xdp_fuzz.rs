@@ -22,11 +22,17 @@ use std::net::IpAddr;
 use common::xdp::*;
 use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
-use zrlab::{
-    lb::{Decap, model::Verdict},
-    packet::{self, ACK, FrameRepr, IpPayload, PSH, SYN, tcp_options::TcpOption},
-    workload::quic::{CidVersion, LongType},
-};
+use zrlab_control::lb::Decap;
+use zrlab_control::lb::model::XdpAction;
+use zrlab_wire::packet;
+use zrlab_wire::packet::ACK;
+use zrlab_wire::packet::FrameRepr;
+use zrlab_wire::packet::IpPayload;
+use zrlab_wire::packet::PSH;
+use zrlab_wire::packet::SYN;
+use zrlab_wire::packet::tcp_options::TcpOption;
+use zrlab_wire::quic::CidVersion;
+use zrlab_wire::quic::LongType;
 
 const DEFAULT_PACKETS: u64 = 20_000;
 /// Frames per fresh LB: far fewer flows than the connection tables hold, so no eviction makes
@@ -59,9 +65,9 @@ fn random_and_mutated_frames_agree_with_the_model() {
         pin_to_cpu(cpu);
         let (verdict, output) = test_run(fx.lb.program("xdp_lb").unwrap(), &frame);
         match fx.model.process_on(cpu, &frame) {
-            Verdict::Pass(why) => assert_eq!((verdict, &output), (PASS, &frame), "pass ({why:?}); {}", context()),
-            Verdict::Drop(why) => assert_eq!(verdict, DROP, "drop ({why:?}); {}", context()),
-            Verdict::Tx { real, output: expected, .. } => {
+            XdpAction::Pass(why) => assert_eq!((verdict, &output), (PASS, &frame), "pass ({why:?}); {}", context()),
+            XdpAction::Drop(why) => assert_eq!(verdict, DROP, "drop ({why:?}); {}", context()),
+            XdpAction::Tx { real, output: expected, .. } => {
                 assert_eq!(verdict, TX, "tx to {real}; {}", context());
                 assert_eq!(output, expected, "output; {}", context());
                 check_ipip(&frame, &output, &reals).unwrap_or_else(|e| panic!("{e}; {}", context()));

@@ -64,7 +64,7 @@ pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> 
 
 /// Every lab object (namespace, cgroup, pin directory) whose name starts with `prefix`.
 pub(crate) fn objects_with_prefix(prefix: &str) -> Vec<String> {
-    zrlab::clean::inventory()
+    zrlab_host::clean::inventory()
         .expect("inventory")
         .into_iter()
         .filter(|item| item.rsplit(['/', ' ']).next().is_some_and(|name| name.starts_with(prefix)))

@@ -1,0 +1,272 @@
+//! The eBPF objects built by `build.rs`, embedded in the binary.
+//!
+//! Each program of `ebpf/programs` is its own object, so a node loads only what it runs.
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader, Pod,
+    maps::Map,
+    programs::{CgroupAttachMode, ProgramError, SkLookup, SkReuseport, SockOps, Xdp, XdpMode},
+};
+
+use zrlab_host::error::LabError;
+use zrlab_host::error::Result;
+use zrlab_host::netns::Netns;
+
+/// One embedded eBPF object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// `xdp_pass`: counts and passes every frame (`zrlab_common::pass`).
+    XdpPass,
+    /// `xdp_lb` and `xdp_lb_bench`: the L4 load balancer (`zrlab_common::lb`).
+    XdpLb,
+    /// `xdp_decap`: the backends' IPIP decapsulation (`zrlab_common::decap`).
+    XdpDecap,
+    /// `xdp_empty`: the benchmark floor.
+    XdpEmpty,
+    /// `tpr_server` and `tpr_client`: the server id in a TCP header option (`zrlab_common::tpr`).
+    Tpr,
+    /// `tpr_fill`: a test fixture that fills the TCP option space.
+    TprFill,
+    /// `rs_select` and `rs_select_or_migrate`: a release's socket dispatcher
+    /// (`zrlab_common::reuseport`).
+    ReuseportSelect,
+    /// `xdp_drop_ack`: a test fixture that drops handshakes' final ACKs to one port.
+    XdpDropAck,
+    /// `sk_lookup_steer`: a release's alternative dispatcher (`zrlab_common::sklookup`).
+    SkLookupSteer,
+}
+
+impl Object {
+    /// The object's name (its `[[bin]]` name in `ebpf/programs`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XdpPass => "xdp_pass",
+            Self::XdpLb => "xdp_lb",
+            Self::XdpDecap => "xdp_decap",
+            Self::XdpEmpty => "xdp_empty",
+            Self::Tpr => "tpr",
+            Self::TprFill => "tpr_fill",
+            Self::ReuseportSelect => "reuseport_select",
+            Self::XdpDropAck => "xdp_drop_ack",
+            Self::SkLookupSteer => "sk_lookup_steer",
+        }
+    }
+
+    /// The object's ELF bytes, aligned as aya needs.
+    pub fn bytes(self) -> &'static [u8] {
+        match self {
+            Self::XdpPass => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass")),
+            Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
+            Self::XdpDecap => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_decap")),
+            Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
+            Self::Tpr => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr")),
+            Self::TprFill => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr_fill")),
+            Self::ReuseportSelect => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport_select")),
+            Self::XdpDropAck => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_drop_ack")),
+            Self::SkLookupSteer => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup_steer")),
+        }
+    }
+
+    /// Parses the object and creates its maps (programs are loaded by the caller).
+    pub fn load(self) -> Result<Ebpf, EbpfError> {
+        Ebpf::load(self.bytes())
+    }
+
+    /// As [`Object::load`], with the read-only global `name` set to `value` first (load-time
+    /// configuration). The global must exist.
+    pub fn load_with<T: Pod>(self, name: &str, value: &T) -> Result<Ebpf, EbpfError> {
+        EbpfLoader::new().override_global(name, value, true).load(self.bytes())
+    }
+}
+
+/// An embedded object, loaded, with its XDP programs verified.
+pub struct Loaded {
+    object: Object,
+    ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("object", &self.object).finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// Loads `object` and verifies its XDP programs `programs`; a refusal carries the end of
+    /// the verifier's log.
+    pub fn load(object: Object, programs: &[&str]) -> Result<Self> {
+        Self::verified(object, object.load(), programs)
+    }
+
+    /// As [`Loaded::load`], with the read-only global `global.0` set to `global.1`.
+    pub fn load_with<T: Pod>(object: Object, global: (&str, &T), programs: &[&str]) -> Result<Self> {
+        Self::verified(object, object.load_with(global.0, global.1), programs)
+    }
+
+    fn verified(object: Object, ebpf: Result<Ebpf, EbpfError>, programs: &[&str]) -> Result<Self> {
+        let ebpf = ebpf.map_err(|e| LabError::Bpf {
+            what: format!("load the {} object", object.name()),
+            message: format!("{e:#}"),
+        })?;
+        let mut loaded = Self { object, ebpf };
+        for name in programs {
+            loaded.verify(name)?;
+        }
+        Ok(loaded)
+    }
+
+    /// Verifies and loads the XDP program `name` of the object (if it is not loaded yet).
+    pub fn verify(&mut self, name: &str) -> Result<()> {
+        let program = self.xdp_mut(name)?;
+        if program.fd().is_ok() {
+            return Ok(());
+        }
+        program.load().map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })
+    }
+
+    /// The XDP program `name`.
+    pub fn xdp(&self, name: &str) -> Result<&Xdp> {
+        self.ebpf.program(name).ok_or_else(|| missing("program", name))?.try_into().map_err(|e: ProgramError| {
+            LabError::Bpf { what: format!("{name} as an XDP program"), message: e.to_string() }
+        })
+    }
+
+    /// The XDP program `name`, mutably.
+    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(|e: ProgramError| {
+            LabError::Bpf { what: format!("{name} as an XDP program"), message: e.to_string() }
+        })
+    }
+
+    /// Attaches XDP program `name` in native mode to `ifname` inside `netns`. It stays attached
+    /// until this value is dropped or the namespace is removed.
+    pub fn attach_xdp(&mut self, name: &str, netns: &Netns, ifname: &str) -> Result<()> {
+        self.attach_xdp_in(name, netns, ifname, XdpMode::Driver)
+    }
+
+    /// As [`Loaded::attach_xdp`], in `mode` (`XdpMode::Skb` for devices without native XDP,
+    /// such as `lo`).
+    pub fn attach_xdp_in(&mut self, name: &str, netns: &Netns, ifname: &str, mode: XdpMode) -> Result<()> {
+        let program = self.xdp_mut(name)?;
+        netns.run(|| program.attach(ifname, mode).map(drop))?.map_err(|e| LabError::Bpf {
+            what: format!("attach {name} to {ifname} in {}", netns.name()),
+            message: e.to_string(),
+        })
+    }
+
+    /// Verifies the sock_ops program `name` (if it is not loaded yet) and attaches it to the
+    /// cgroup v2 directory `cgroup`. It stays attached until this value is dropped. On 5.7+
+    /// aya attaches through a BPF link, which coexists with other programs of the cgroup (the
+    /// kernel treats links as `BPF_F_ALLOW_MULTI`; it refuses explicit flags on them).
+    pub fn attach_sock_ops(&mut self, name: &str, cgroup: &std::path::Path) -> Result<()> {
+        let program = self.loaded_program::<SockOps>(name, "a sock_ops", SockOps::load)?;
+        let dir = std::fs::File::open(cgroup).map_err(|e| LabError::os("open", cgroup.display().to_string(), e))?;
+        program.attach(&dir, CgroupAttachMode::Single).map(drop).map_err(|e| LabError::Bpf {
+            what: format!("attach {name} to cgroup {}", cgroup.display()),
+            message: error_chain(&e),
+        })
+    }
+
+    /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
+    pub fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
+        Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
+    }
+
+    /// The `SK_LOOKUP` program `name`, verified (if it is not loaded yet).
+    pub fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
+        self.loaded_program::<SkLookup>(name, "an sk_lookup", SkLookup::load)
+    }
+
+    /// Program `name` as a `T` (`kind` names the type in errors), loaded with `load` unless it
+    /// is already.
+    fn loaded_program<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        load: impl FnOnce(&mut T) -> Result<(), ProgramError>,
+    ) -> Result<&mut T>
+    where
+        for<'p> &'p mut T: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+        T: AsFdProgram,
+    {
+        let program: &mut T = self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(
+            |e: ProgramError| LabError::Bpf { what: format!("{name} as {kind} program"), message: e.to_string() },
+        )?;
+        if !program.is_loaded() {
+            load(program).map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
+        }
+        Ok(program)
+    }
+
+    /// The map `name`.
+    pub fn map(&self, name: &str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or_else(|| missing("map", name))
+    }
+
+    /// The map `name`, mutably.
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.ebpf.map_mut(name).ok_or_else(|| missing("map", name))
+    }
+}
+
+/// Whether a program of an object is loaded in the kernel yet.
+trait AsFdProgram {
+    fn is_loaded(&self) -> bool;
+}
+
+impl AsFdProgram for SockOps {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+impl AsFdProgram for SkReuseport {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+impl AsFdProgram for SkLookup {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+fn missing(what: &str, name: &str) -> LabError {
+    LabError::Bpf { what: format!("find {what} {name}"), message: "missing from the object".into() }
+}
+
+/// A map-access error as a lab error naming the step, with the OS error behind it.
+pub fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
+    move |e| LabError::Bpf { what: what.into(), message: error_chain(&e) }
+}
+
+/// An error and its causes, `: `-separated (aya's messages leave the OS error to the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+/// The error of a refused program, with the last lines of the verifier's log.
+fn verifier_log(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let mut tail: Vec<&str> = log.lines().rev().take(30).collect();
+            tail.reverse();
+            format!("{io_error}; verifier log (last lines):\n{}", tail.join("\n"))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Sums a per-CPU array of `u64` counters slot by slot.
+pub fn sum_counters(map: &Map, slots: u32, what: &'static str) -> Result<Vec<u64>> {
+    let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).map_err(map_err(what))?;
+    (0..slots).map(|slot| Ok(array.get(&slot, 0).map_err(map_err(what))?.iter().sum())).collect()
+}

@@ -1,0 +1,551 @@
+//! The control plane of one LB node: loads `xdp_lb`, writes its maps, swaps rings, syncs live
+//! server ids, reads counters.
+//!
+//! Ring changes never expose a half-written ring: every change builds a complete new ring in a
+//! fresh inner map, then swaps it in with one update of the outer array (see the LB's maps).
+//! Per-CPU connection tables are created here, one per possible CPU, as katran does.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::{
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::Xdp,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use zrlab_common::lb::{
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
+    LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
+    REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS, SynSlot, VIP_ADDRS_MAP,
+    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey,
+    VipMeta, VipStats, counter, vip_filter_bit,
+};
+
+use crate::bpf::Loaded;
+use crate::bpf::Object;
+use crate::bpf::map_err;
+use crate::lb::maglev;
+use crate::lb::maglev::Backend;
+use zrlab_host::error::LabError;
+use zrlab_host::error::Result;
+use zrlab_host::netns::Netns;
+
+/// A VIP's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => libc::IPPROTO_TCP as u8,
+            Self::Udp => libc::IPPROTO_UDP as u8,
+        }
+    }
+}
+
+/// A VIP and how it is balanced.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port; 0 means any port.
+    pub port: u16,
+    /// Transport.
+    pub proto: Proto,
+    /// Route TCP by the TPR option's server id.
+    #[serde(default)]
+    pub tcp_id_routing: bool,
+    /// Route QUIC by the connection id's server id.
+    #[serde(default)]
+    pub quic_id_routing: bool,
+    /// Skip the connection table (negative controls only).
+    #[serde(default)]
+    pub no_lru: bool,
+    /// Hash every packet with a random salt (negative controls only).
+    #[serde(default)]
+    pub hash_per_packet: bool,
+    /// Ring size (a prime up to 65537).
+    #[serde(default = "default_ring_size")]
+    pub ring_size: u32,
+}
+
+fn default_ring_size() -> u32 {
+    MAX_RING
+}
+
+impl VipSpec {
+    /// A VIP with the default policy: ring of 65537, no id routing, connection table on.
+    pub fn new(addr: IpAddr, port: u16, proto: Proto) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            tcp_id_routing: false,
+            quic_id_routing: false,
+            no_lru: false,
+            hash_per_packet: false,
+            ring_size: MAX_RING,
+        }
+    }
+
+    fn key(&self) -> VipKey {
+        VipKey { addr: words(self.addr), port: self.port.to_be(), proto: self.proto.number(), pad: 0 }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut flags = 0;
+        for (on, flag) in [
+            (self.tcp_id_routing, VIP_F_TCP_ID_ROUTING),
+            (self.quic_id_routing, VIP_F_QUIC_ID_ROUTING),
+            (self.no_lru, VIP_F_NO_LRU),
+            (self.hash_per_packet, VIP_F_HASH_PER_PACKET),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// A real (backend) of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealSpec {
+    /// Its address (the outer destination).
+    pub addr: IpAddr,
+    /// Its weight in the configuration ring (0: not a member).
+    pub weight: u32,
+    /// Its health: a down real's slots go to up reals and nothing else moves
+    /// (see [`super::maglev`]).
+    pub up: bool,
+}
+
+impl RealSpec {
+    /// Its entry in a Maglev build: keyed by address, so every LB node derives the same ring.
+    pub fn backend(&self) -> Backend {
+        Backend { key: self.addr.to_string().into_bytes(), weight: self.weight, up: self.up }
+    }
+}
+
+/// Node-wide settings of the LB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Prefix of outer IPv4 sources (host bits from the flow hash).
+    pub encap_src_v4: Ipv4Net,
+    /// Prefix of outer IPv6 sources (the last 32 bits from the flow hash).
+    pub encap_src_v6: Ipv6Net,
+    /// Seed of the flow hash (all LB nodes of a VIP must agree).
+    pub hash_seed: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            encap_src_v4: "198.51.100.128/25".parse().expect("valid"),
+            encap_src_v6: "2001:db8:e::/96".parse().expect("valid"),
+            hash_seed: 0x5eed,
+        }
+    }
+}
+
+/// Every entry of one connection table. An entry evicted while the walk runs ends the walk
+/// early in the kernel (`ENOENT` on the next key), which is what any reader of a live LRU gets;
+/// any other error is reported.
+fn entries<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
+    table: &HashMap<T, K, ConnEntry>,
+) -> Result<Vec<(K, ConnEntry)>> {
+    table.iter().collect::<Result<_, _>>().map_err(map_err("walk a connection table"))
+}
+
+/// Deletes the entries of VIP `num` from one connection table.
+fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
+    table: &mut HashMap<T, K, ConnEntry>,
+    num: u32,
+) -> Result<()> {
+    let stale: Vec<K> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
+    for key in stale {
+        // An entry evicted meanwhile is gone already.
+        let _ = table.remove(&key);
+    }
+    Ok(())
+}
+
+/// The address words the maps use: the address's bytes in network order, read as native words.
+pub fn words(addr: IpAddr) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    match addr {
+        IpAddr::V4(v4) => out[0] = u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(v6) => {
+            for (word, chunk) in out.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+            }
+        }
+    }
+    out
+}
+
+/// The program's configuration for `settings`.
+fn config(settings: &Settings) -> Config {
+    Config {
+        encap_src_v4: u32::from_ne_bytes(settings.encap_src_v4.network().octets()),
+        encap_src_v4_mask: u32::from_ne_bytes(settings.encap_src_v4.netmask().octets()),
+        encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
+        hash_seed: settings.hash_seed,
+        pad: 0,
+    }
+}
+
+/// A flow's key in the connection tables of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TableKey {
+    /// An IPv4 flow's.
+    V4(ConnKey),
+    /// An IPv6 flow's.
+    V6(ConnKeyV6),
+}
+
+/// Every counter of the LB, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Global slots (`zrlab_common::lb::counter`).
+    pub global: Vec<u64>,
+    /// Per VIP (by `VipSpec`), packets and bytes.
+    pub vips: Vec<(VipKey, VipStats)>,
+    /// Packets per real address.
+    pub reals: BTreeMap<IpAddr, u64>,
+}
+
+impl Counters {
+    /// The value of global slot `slot`.
+    pub fn get(&self, slot: u32) -> u64 {
+        self.global.get(slot as usize).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct VipState {
+    num: u32,
+    flags: u32,
+    /// Its reals with a weight (up or down): the reals whose ids route within it.
+    members: Vec<IpAddr>,
+}
+
+/// A loaded LB.
+#[derive(Debug)]
+pub struct Balancer {
+    bpf: Loaded,
+    /// The per-CPU connection tables of IPv4 flows (the outer array holds them too; these
+    /// handles are for flushing entries).
+    tables: Vec<HashMap<MapData, ConnKey, ConnEntry>>,
+    /// The same for IPv6 flows.
+    tables6: Vec<HashMap<MapData, ConnKeyV6, ConnEntry>>,
+    vips: BTreeMap<VipKey, VipState>,
+    reals: BTreeMap<IpAddr, u32>,
+    /// The live ids (id -> real), as last synced.
+    live: BTreeMap<u32, IpAddr>,
+}
+
+impl Balancer {
+    /// Loads and verifies the LB programs and creates the per-CPU connection tables.
+    pub fn load(settings: &Settings) -> Result<Self> {
+        // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
+        let bpf = Loaded::load_with(Object::XdpLb, (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
+        let mut balancer = Self {
+            bpf,
+            tables: Vec::new(),
+            tables6: Vec::new(),
+            vips: BTreeMap::new(),
+            reals: BTreeMap::new(),
+            live: BTreeMap::new(),
+        };
+        balancer.create_connection_tables()?;
+        Ok(balancer)
+    }
+
+    fn create_connection_tables(&mut self) -> Result<()> {
+        self.tables = self.per_cpu_tables(LRU_PER_CPU_MAP, "lb_lru_cpu")?;
+        self.tables6 = self.per_cpu_tables(LRU6_PER_CPU_MAP, "lb_lru6_cpu")?;
+        Ok(())
+    }
+
+    /// Creates one table per CPU and installs them in outer array `outer_name`.
+    fn per_cpu_tables<K: aya::Pod>(
+        &mut self,
+        outer_name: &str,
+        prefix: &str,
+    ) -> Result<Vec<HashMap<MapData, K, ConnEntry>>> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
+        let mut outer: ArrayOfMaps<_, HashMap<MapData, K, ConnEntry>> =
+            ArrayOfMaps::try_from(self.bpf.map_mut(outer_name)?).map_err(map_err("a per-CPU table array"))?;
+        let mut tables = Vec::new();
+        for cpu in 0..cpus.min(MAX_CPUS) {
+            let table: HashMap<MapData, K, ConnEntry> =
+                HashMap::try_from(super::inner::connection_table::<K>(&format!("{prefix}{cpu}"))?)
+                    .map_err(map_err("a per-CPU LRU"))?;
+            outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
+            tables.push(table);
+        }
+        Ok(tables)
+    }
+
+    /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
+    /// longer hold).
+    fn flush_vip(&mut self, num: u32) -> Result<()> {
+        let mut table: HashMap<_, ConnKey, ConnEntry> =
+            HashMap::try_from(self.bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        flush(&mut table, num)?;
+        let mut table: HashMap<_, ConnKeyV6, ConnEntry> =
+            HashMap::try_from(self.bpf.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
+        flush(&mut table, num)?;
+        for table in &mut self.tables {
+            flush(table, num)?;
+        }
+        for table in &mut self.tables6 {
+            flush(table, num)?;
+        }
+        self.flush_syn_cache(num)
+    }
+
+    /// Frees every SYN-cache slot (`SYN_CACHE_MAP`, every CPU's) that holds a route of VIP
+    /// `num`, so that no flow's next packet moves a route with stale flags into the tables.
+    fn flush_syn_cache(&mut self, num: u32) -> Result<()> {
+        let mut cache: PerCpuArray<_, SynSlot> =
+            PerCpuArray::try_from(self.bpf.map_mut(SYN_CACHE_MAP)?).map_err(map_err("LB_SYN_CACHE"))?;
+        for index in 0..SYN_CACHE_SLOTS {
+            let slots = cache.get(&index, 0).map_err(map_err("read LB_SYN_CACHE"))?;
+            if slots.iter().all(|slot| slot.entry.vip_num != num || slot.entry.proto == 0) {
+                continue;
+            }
+            let freed: Vec<SynSlot> =
+                slots.iter().map(|slot| if slot.entry.vip_num == num { SynSlot::default() } else { *slot }).collect();
+            let freed = PerCpuValues::try_from(freed).map_err(|e| LabError::os("free slots of", "LB_SYN_CACHE", e))?;
+            cache.set(index, freed, 0).map_err(map_err("write LB_SYN_CACHE"))?;
+        }
+        Ok(())
+    }
+
+    /// The keys of every flow in this node's connection tables (per-CPU and fallback, both
+    /// families).
+    pub fn connections(&self) -> Result<HashSet<TableKey>> {
+        let fallback: HashMap<_, ConnKey, ConnEntry> =
+            HashMap::try_from(self.map(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        let fallback6: HashMap<_, ConnKeyV6, ConnEntry> =
+            HashMap::try_from(self.map(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
+        let mut keys = HashSet::new();
+        keys.extend(entries(&fallback)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        keys.extend(entries(&fallback6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
+        for table in &self.tables {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        }
+        for table in &self.tables6 {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V6(k)));
+        }
+        Ok(keys)
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.bpf.map_mut(name)
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.bpf.map(name)
+    }
+
+    /// The real index of `addr`, allocating one (and writing the real) on first use.
+    fn real_index(&mut self, addr: IpAddr) -> Result<u32> {
+        if let Some(index) = self.reals.get(&addr) {
+            return Ok(*index);
+        }
+        let index = self.reals.len() as u32;
+        if index >= MAX_REALS {
+            return Err(LabError::Unsupported(format!("more than {MAX_REALS} reals")));
+        }
+        let real = Real { addr: words(addr), flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 } };
+        let mut map: Array<_, Real> = Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
+        map.set(index, real, 0).map_err(map_err("write LB_REALS"))?;
+        self.reals.insert(addr, index);
+        Ok(index)
+    }
+
+    /// Adds or updates `vip` with `reals`: builds the Maglev ring from the reals' weights and
+    /// swaps it in whole.
+    pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
+        if !maglev::is_prime(vip.ring_size) || vip.ring_size > MAX_RING {
+            return Err(LabError::Unsupported(format!("ring size {} is not a prime up to {MAX_RING}", vip.ring_size)));
+        }
+        let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
+        let table = maglev::build(&backends, vip.ring_size)
+            .map_err(|e| LabError::Unsupported(format!("VIP {}:{}: {e}", vip.addr, vip.port)))?;
+        let indices: Vec<u32> = reals.iter().map(|r| self.real_index(r.addr)).collect::<Result<_>>()?;
+        let key = vip.key();
+        let num = match self.vips.get(&key) {
+            Some(state) => state.num,
+            None => {
+                let num = self.vips.len() as u32;
+                if num >= MAX_VIPS {
+                    return Err(LabError::Unsupported(format!("more than {MAX_VIPS} VIPs")));
+                }
+                num
+            }
+        };
+        let members: Vec<IpAddr> = reals.iter().filter(|r| r.weight > 0).map(|r| r.addr).collect();
+        let old_flags = self.vips.get(&key).map(|state| state.flags);
+        // A joining member's ids route within the VIP before the new ring can send it a flow
+        // (whose SYN-ACK carries its id, echoed on every later packet); a leaving member's stay
+        // until the ring no longer does.
+        self.vips.entry(key).or_insert_with(|| VipState { num, flags: vip.flags(), members: Vec::new() });
+        self.admit_members(vip, reals)?;
+        // The new ring, complete before anything points at it.
+        let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
+        let ring: Array<MapData, u32> =
+            Array::try_from(super::inner::ring(&format!("lb_ring{num}"), &entries)?).map_err(map_err("a ring"))?;
+        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
+        rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
+        // The address's filter bit before the VIP: a packet that passes the filter and finds no
+        // VIP yet is turned away by the VIP-address set, one that fails it never reaches the VIP.
+        self.add_to_filter(&key.addr)?;
+        let meta = VipMeta { flags: vip.flags(), vip_num: num, ring_size: vip.ring_size, pad: 0 };
+        let mut vips: HashMap<_, VipKey, VipMeta> =
+            HashMap::try_from(self.map_mut(VIPS_MAP)?).map_err(map_err("LB_VIPS"))?;
+        vips.insert(key, meta, 0).map_err(map_err("write LB_VIPS"))?;
+        let mut addrs: HashMap<_, [u32; 4], u32> =
+            HashMap::try_from(self.map_mut(VIP_ADDRS_MAP)?).map_err(map_err("LB_VIP_ADDRS"))?;
+        addrs.insert(key.addr, 1, 0).map_err(map_err("write LB_VIP_ADDRS"))?;
+        if old_flags.is_some_and(|old| old != meta.flags) {
+            self.flush_vip(num)?;
+        }
+        self.vips.insert(key, VipState { num, flags: meta.flags, members });
+        self.write_ids()
+    }
+
+    /// Makes the live ids of `reals` with a weight route within `vip` (an existing VIP), before
+    /// any ring sends them flows: [`Balancer::set_vip`] does it before its ring swap, and a
+    /// fleet does it on every LB node before any node swaps its ring, so that no node meets a
+    /// flow whose backend's id it does not know yet. Members only join here; `set_vip` removes
+    /// the ones that left.
+    pub fn admit_members(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
+        let Some(state) = self.vips.get_mut(&vip.key()) else { return Ok(()) };
+        let before = state.members.len();
+        for real in reals.iter().filter(|r| r.weight > 0) {
+            if !state.members.contains(&real.addr) {
+                state.members.push(real.addr);
+            }
+        }
+        if state.members.len() == before { Ok(()) } else { self.write_ids() }
+    }
+
+    /// Sets `addr`'s bit in the VIP-address filter (`VIP_FILTER_MAP`). Bits are never cleared:
+    /// VIPs are only added or updated, and a stale bit would only cost its address the set's
+    /// lookup.
+    fn add_to_filter(&mut self, addr: &[u32; 4]) -> Result<()> {
+        let bit = vip_filter_bit(addr);
+        let mut filter: Array<_, u64> =
+            Array::try_from(self.map_mut(VIP_FILTER_MAP)?).map_err(map_err("LB_VIP_FILTER"))?;
+        let word = filter.get(&(bit / 64), 0).map_err(map_err("read LB_VIP_FILTER"))?;
+        filter.set(bit / 64, word | 1 << (bit % 64), 0).map_err(map_err("write LB_VIP_FILTER"))
+    }
+
+    /// Makes the live ids exactly `live` (server id -> real address): ids not in it are
+    /// removed, so packets carrying them fall back to the table and ring. Each id routes only
+    /// within the VIPs its real is a member of.
+    pub fn sync_server_ids(&mut self, live: &BTreeMap<u32, IpAddr>) -> Result<()> {
+        self.live = live.clone();
+        self.write_ids()
+    }
+
+    /// Writes the live-id table from the live ids and the VIPs' members.
+    fn write_ids(&mut self) -> Result<()> {
+        let pairs: Vec<(IdKey, IpAddr)> = self
+            .vips
+            .values()
+            .flat_map(|vip| {
+                self.live
+                    .iter()
+                    .filter(|(_, addr)| vip.members.contains(addr))
+                    .map(|(id, addr)| (IdKey { vip_num: vip.num, id: *id }, *addr))
+            })
+            .collect();
+        let wanted: BTreeMap<IdKey, u32> =
+            pairs.into_iter().map(|(key, addr)| Ok((key, self.real_index(addr)?))).collect::<Result<_>>()?;
+        if wanted.len() > MAX_SERVER_IDS as usize {
+            return Err(LabError::Unsupported(format!("more than {MAX_SERVER_IDS} (VIP, server id) pairs")));
+        }
+        let mut ids: HashMap<_, IdKey, u32> =
+            HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
+        let present: Vec<IdKey> = ids.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
+        for (key, real) in &wanted {
+            ids.insert(key, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
+        }
+        for key in present.iter().filter(|key| !wanted.contains_key(key)) {
+            ids.remove(key).map_err(map_err("remove from LB_SERVER_IDS"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches `xdp_lb` in native mode to `ifname` inside `netns`.
+    pub fn attach(&mut self, netns: &Netns, ifname: &str) -> Result<()> {
+        self.bpf.attach_xdp("xdp_lb", netns, ifname)
+    }
+
+    /// Verifies and loads `xdp_lb_bench`, the variant that undoes its encapsulation (for
+    /// `BPF_PROG_TEST_RUN` with a repeat count).
+    pub fn load_bench(&mut self) -> Result<()> {
+        self.bpf.verify("xdp_lb_bench")
+    }
+
+    /// The loaded program `name` (`xdp_lb`, or `xdp_lb_bench` after [`Balancer::load_bench`]),
+    /// e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        self.bpf.xdp(name)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let blocks: PerCpuArray<_, CounterBlock> =
+            PerCpuArray::try_from(self.map(COUNTERS_MAP)?).map_err(map_err("LB_COUNTERS"))?;
+        let blocks = blocks.get(&0, 0).map_err(map_err("read LB_COUNTERS"))?;
+        let mut out = Counters { global: vec![0; counter::SLOTS as usize], ..Counters::default() };
+        for block in blocks.iter() {
+            for (total, value) in out.global.iter_mut().zip(&block.global) {
+                *total += value;
+            }
+        }
+        for (key, state) in &self.vips {
+            let sum =
+                blocks.iter().filter_map(|b| b.vips.get(state.num as usize)).fold(VipStats::default(), |acc, s| {
+                    VipStats { packets: acc.packets + s.packets, bytes: acc.bytes + s.bytes }
+                });
+            out.vips.push((*key, sum));
+        }
+        for (addr, index) in &self.reals {
+            let sum = blocks.iter().filter_map(|b| b.reals.get(*index as usize)).sum();
+            out.reals.insert(*addr, sum);
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `frame` through `program` once with `BPF_PROG_TEST_RUN`: its verdict and the frame it
+/// left (the input when it passed or dropped it, the encapsulated packet when it sent it).
+pub fn run_once(program: &Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    // Room for the largest outer header the program adds (IPv6: 40 bytes), and then some.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..TestRunOptions::new() })
+        .map_err(|e| LabError::Bpf { what: "BPF_PROG_TEST_RUN".into(), message: e.to_string() })?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}

@@ -1,0 +1,12 @@
+//! The XDP L4 load balancer's user space: Maglev ring generation ([`maglev`]) and the per-node
+//! control plane ([`balancer`]), the backends' decapsulation ([`decap`]), and a reference
+//! model of the data path ([`model`]) the suites diff the BPF program against.
+
+pub mod balancer;
+pub mod decap;
+mod inner;
+pub mod maglev;
+pub mod model;
+
+pub use balancer::{Balancer, Counters, Proto, RealSpec, Settings, TableKey, VipSpec, run_once};
+pub use decap::{Decap, DecapCounters};

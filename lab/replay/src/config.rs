@@ -1,0 +1,222 @@
+//! The LB configuration a replay runs with: VIPs with their reals, and each real's weight,
+//! state and server id. The same notions as a scenario's `[lb]` section and the server-id
+//! registry, written out for one LB node.
+//!
+//! ```toml
+//! [[vip]]
+//! addr = "203.0.113.10"
+//! port = 8080              # 0: any port
+//! proto = "tcp"            # or "udp"
+//! tcp_id_routing = true    # default false; quic_id_routing for UDP
+//! reals = ["192.0.2.2", "192.0.2.6"]
+//!
+//! [[real]]
+//! addr = "192.0.2.2"
+//! weight = 1               # default 1; 0: not in the configuration
+//! state = "serving"        # serving (default) | drained (out of the rings, id live) | down
+//! server_id = 1001         # optional; live while serving or drained
+//! ```
+//!
+//! Errors name the file and the field, as for topologies and scenarios.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use serde::Deserialize;
+
+use zrlab_control::lb::Balancer;
+use zrlab_control::lb::Proto;
+use zrlab_control::lb::RealSpec;
+use zrlab_control::lb::VipSpec;
+use zrlab_control::lb::maglev::is_prime;
+use zrlab_control::server_id::Membership;
+use zrlab_host::error::Result;
+use zrlab_host::toml_file::SpecError;
+use zrlab_host::toml_file::from_table;
+use zrlab_host::toml_file::read_table;
+
+/// A VIP and its reals. The policy fields repeat `lb::VipSpec`'s on purpose (as the scenario's
+/// `LbSpec` does): `#[serde(flatten)]` would lose `deny_unknown_fields`, and a misspelt key must
+/// be an error.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipEntry {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port (0: any).
+    pub port: u16,
+    /// Transport.
+    pub proto: Proto,
+    /// Route TCP by the TPR option's id.
+    #[serde(default)]
+    pub tcp_id_routing: bool,
+    /// Route QUIC by the connection id's id.
+    #[serde(default)]
+    pub quic_id_routing: bool,
+    /// Maglev ring size (a prime up to 65537).
+    #[serde(default = "default_ring")]
+    pub ring_size: u32,
+    /// Its reals (each defined in `[[real]]`).
+    pub reals: Vec<IpAddr>,
+}
+
+fn default_ring() -> u32 {
+    zrlab_common::lb::MAX_RING
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A real's state, as the server-id registry knows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// In the rings.
+    #[default]
+    Serving,
+    /// Out of the rings, keeps its flows and its id.
+    Drained,
+    /// Its host is down: out of the rings, its id not live.
+    Down,
+}
+
+/// A real.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealEntry {
+    /// Address (the tunnel's destination).
+    pub addr: IpAddr,
+    /// Weight (0: not in the configuration).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// State.
+    #[serde(default)]
+    pub state: State,
+    /// Server id (TPR option, QUIC connection id).
+    #[serde(default)]
+    pub server_id: Option<u32>,
+}
+
+impl RealEntry {
+    fn membership(&self) -> Membership {
+        match (self.weight, self.state) {
+            (0, _) => Membership::Removed,
+            (_, State::Serving) => Membership::Serving,
+            (_, State::Drained) => Membership::Drained,
+            (_, State::Down) => Membership::Down,
+        }
+    }
+}
+
+/// A replay's LB configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbConfig {
+    /// The VIPs.
+    pub vip: Vec<VipEntry>,
+    /// The reals.
+    pub real: Vec<RealEntry>,
+}
+
+impl LbConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, SpecError> {
+        let config: Self = from_table(path, "", read_table(path)?)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        let err = |field: String, message: String| SpecError::new(path, field, message);
+        if self.vip.is_empty() {
+            return Err(err("vip".into(), "at least one [[vip]] is needed".into()));
+        }
+        let mut addrs = BTreeSet::new();
+        let mut ids = BTreeSet::new();
+        for (i, real) in self.real.iter().enumerate() {
+            if !addrs.insert(real.addr) {
+                return Err(err(format!("real[{i}].addr"), format!("{} is defined twice", real.addr)));
+            }
+            if let Some(id) = real.server_id {
+                if id == 0 {
+                    return Err(err(format!("real[{i}].server_id"), "0 means \"no id\" on the wire".into()));
+                }
+                if !ids.insert(id) {
+                    return Err(err(format!("real[{i}].server_id"), format!("{id} is used twice")));
+                }
+            }
+        }
+        for (i, vip) in self.vip.iter().enumerate() {
+            if !is_prime(vip.ring_size) || vip.ring_size > zrlab_common::lb::MAX_RING {
+                return Err(err(
+                    format!("vip[{i}].ring_size"),
+                    format!("{} is not a prime up to 65537", vip.ring_size),
+                ));
+            }
+            if vip.reals.is_empty() {
+                return Err(err(format!("vip[{i}].reals"), "at least one real is needed".into()));
+            }
+            for (j, addr) in vip.reals.iter().enumerate() {
+                if !addrs.contains(addr) {
+                    return Err(err(format!("vip[{i}].reals[{j}]"), format!("{addr} has no [[real]] entry")));
+                }
+            }
+            if !vip.reals.iter().any(|a| self.real_of(*a).is_some_and(|r| r.membership() == Membership::Serving)) {
+                return Err(err(
+                    format!("vip[{i}].reals"),
+                    "no real is serving (weight above 0, state serving)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn real_of(&self, addr: IpAddr) -> Option<&RealEntry> {
+        self.real.iter().find(|r| r.addr == addr)
+    }
+
+    /// Every VIP with its reals, as the LB's control plane takes them (drained and down reals
+    /// are not up).
+    pub fn vips(&self) -> Vec<(VipSpec, Vec<RealSpec>)> {
+        self.vip
+            .iter()
+            .map(|vip| {
+                let spec = VipSpec {
+                    tcp_id_routing: vip.tcp_id_routing,
+                    quic_id_routing: vip.quic_id_routing,
+                    ring_size: vip.ring_size,
+                    ..VipSpec::new(vip.addr, vip.port, vip.proto)
+                };
+                let reals = vip
+                    .reals
+                    .iter()
+                    .filter_map(|addr| self.real_of(*addr))
+                    .map(|r| RealSpec { addr: r.addr, weight: r.weight, up: r.membership() == Membership::Serving })
+                    .collect();
+                (spec, reals)
+            })
+            .collect()
+    }
+
+    /// The live ids (serving and drained reals'): id -> real.
+    pub fn live_ids(&self) -> BTreeMap<u32, IpAddr> {
+        self.real.iter().filter(|r| r.membership().id_live()).filter_map(|r| Some((r.server_id?, r.addr))).collect()
+    }
+
+    /// The server id of the real at `addr`, if it has one.
+    pub fn server_id_of(&self, addr: IpAddr) -> Option<u32> {
+        self.real_of(addr)?.server_id
+    }
+
+    /// Configures `balancer`: every VIP's ring, and the live ids.
+    pub fn apply(&self, balancer: &mut Balancer) -> Result<()> {
+        for (spec, reals) in self.vips() {
+            balancer.set_vip(&spec, &reals)?;
+        }
+        balancer.sync_server_ids(&self.live_ids())
+    }
+}

@@ -1,0 +1,86 @@
+//! What a variant measured: the flows' tally and the counters of the programs that carried
+//! them. Expectations ([`super::expect`]) read these; deployments ([`super::lb`]) fill them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::release::FleetCounters;
+use zrlab_control::tpr::TprCounters;
+use zrlab_workload::accounting::Tally;
+
+/// What the LB and decap programs counted during a run, summed over nodes and CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LbTotals {
+    /// Packets encapsulated and transmitted.
+    pub tx: u64,
+    /// Packets routed by the ring.
+    pub ring_routed: u64,
+    /// Connection-table hits (per-CPU and fallback).
+    pub table_hits: u64,
+    /// Connection-table misses.
+    pub table_misses: u64,
+    /// TCP packets routed by server id.
+    pub tcp_id_routed: u64,
+    /// QUIC packets routed by server id.
+    pub quic_id_routed: u64,
+    /// Packets whose server id was not live (they fell back to the table and ring).
+    pub id_unknown: u64,
+    /// Packets the backends decapsulated.
+    pub decapsulated: u64,
+    /// Flows found in the connection tables of more than one LB node at the end: flows an LB
+    /// node inherited from another (ECMP moved them), the proof that a failover event reached
+    /// the flows.
+    pub inherited_flows: u64,
+}
+
+/// What the `tpr` sock_ops programs counted, per side, summed over nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TprTotals {
+    /// The backends' `tpr_server` programs.
+    pub server: TprCounters,
+    /// The client's `tpr_client` program.
+    pub client: TprCounters,
+}
+
+/// Everything a variant measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Measures {
+    /// The flows.
+    pub tally: Tally,
+    /// The LB and decap programs' counters, when the scenario runs an LB.
+    pub lb: Option<LbTotals>,
+    /// The sock_ops programs' counters, when the scenario attaches them.
+    pub tpr: Option<TprTotals>,
+    /// Backend weights the LB was given (to judge how flows spread), when it runs one.
+    pub weights: BTreeMap<String, u32>,
+    /// The release dispatchers' counters, when the scenario releases.
+    pub release: Option<FleetCounters>,
+    /// The capacity dip around releases (`timeline::Timeline::capacity_dip_pct`).
+    pub capacity_dip_pct: Option<u64>,
+    /// Whether the dip has no figure because the client's own thread could not run for more
+    /// than half of every second on one side of the release (`timeline::NoFigure`).
+    pub capacity_client_stalled: bool,
+}
+
+impl Measures {
+    /// The largest relative deviation, in percent, of a backend's share of flows from its
+    /// weight's share (0 without weights).
+    pub fn share_error_pct(&self) -> u64 {
+        let total_weight: u32 = self.weights.values().sum();
+        let total_flows: u64 = self.tally.owners.values().sum();
+        if total_weight == 0 || total_flows == 0 {
+            return 0;
+        }
+        self.weights
+            .iter()
+            .filter(|(_, w)| **w > 0)
+            .map(|(node, w)| {
+                let expected = f64::from(*w) / f64::from(total_weight);
+                let observed = self.tally.owners.get(node).copied().unwrap_or(0) as f64 / total_flows as f64;
+                ((observed - expected).abs() / expected * 100.0).round() as u64
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,331 @@
+//! The lab's report: a terminal table, `report.json` and `report.md`.
+//!
+//! JSON layout (stable; consumers may rely on it):
+//! `{"kernel", "time_scale", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
+//! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
+//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
+//! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
+//! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
+//! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
+//! "capacity_dip_pct"} | null, "timelines": [[variant, {"seconds": [{"replies", "resets",
+//! "misroutes", "drops", "stalled_ms"}], "marks": [{"at_s", "label", "released"}]}]]}]}`.
+//! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
+//! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
+//! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
+//! misrouted or dropped, whether or not their owner stayed up: where to start reading when a
+//! verdict fails. `losses` are the kernel's nonzero drop counters in the main run's namespaces
+//! (see `topology::Loss`): at which hop packets were lost.
+//! Figures are those of flows whose owner stayed up (see `workload::accounting`); set-up and
+//! teardown times are the main variant's topology.
+
+use std::{fmt::Write as _, path::Path};
+
+use serde::Serialize;
+
+use crate::Outcome;
+use crate::ScenarioVerdict;
+use crate::measures::LbTotals;
+use crate::measures::TprTotals;
+use crate::release::FleetCounters;
+use zrlab_host::error::LabError;
+use zrlab_host::error::Result;
+use zrlab_topology::Loss;
+use zrlab_workload::accounting::FlowRecord;
+use zrlab_workload::timeline::Timeline;
+
+/// How many anomalous flows a scenario's report lists.
+pub const MAX_ANOMALIES: usize = 12;
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// `uname -r` of the kernel the lab ran on.
+    pub kernel: String,
+    /// The durations' multiplier the scenarios ran with (`--time-scale`).
+    pub time_scale: u32,
+    /// One entry per scenario, in run order.
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+/// Control-run figures.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ControlFigures {
+    /// Resets.
+    pub resets: u64,
+    /// Misroutes.
+    pub misroutes: u64,
+    /// Drops.
+    pub drops: u64,
+}
+
+/// An evaluated expectation, with the variant it belongs to.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    /// `main` or `control`.
+    pub variant: &'static str,
+    /// `metric <op> value`.
+    pub expect: String,
+    /// Measured value.
+    pub actual: u64,
+    /// Whether it held.
+    pub ok: bool,
+}
+
+/// One scenario's line of the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// ScenarioVerdict.
+    pub verdict: ScenarioVerdict,
+    /// Why it failed or was skipped.
+    pub reason: String,
+    /// Flows measured in the main run.
+    pub flows: u64,
+    /// Resets in the main run.
+    pub resets: u64,
+    /// Misroutes in the main run.
+    pub misroutes: u64,
+    /// Drops in the main run.
+    pub drops: u64,
+    /// The control run's figures.
+    pub control: Option<ControlFigures>,
+    /// Topology set-up time of the main run.
+    pub setup_ms: u64,
+    /// Topology teardown time of the main run.
+    pub teardown_ms: u64,
+    /// Every expectation of both runs.
+    pub checks: Vec<CheckReport>,
+    /// The main run's first flows with a reset, misroute or drop.
+    pub anomalies: Vec<FlowRecord>,
+    /// The main run's nonzero kernel drop counters.
+    pub losses: Vec<Loss>,
+    /// The main run's LB and decap counters.
+    pub lb: Option<LbTotals>,
+    /// The main run's sock_ops counters.
+    pub tpr: Option<TprTotals>,
+    /// Whether the routers' ECMP hash was seeded (6.11+): only then does a rerun route the same
+    /// flows the same way. Expectations count flows, not which ones, so they hold either way.
+    pub ecmp_reproducible: bool,
+    /// The main run's release counters and capacity dip, for release scenarios.
+    pub release: Option<ReleaseFigures>,
+    /// Per variant (`main`, `control`), the run's timeline, for release scenarios: plotted
+    /// next to the report as `timelines/<scenario>-<variant>.svg`.
+    pub timelines: Vec<(String, Timeline)>,
+}
+
+/// A release scenario's figures (main run).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReleaseFigures {
+    /// The dispatchers' counters.
+    pub counters: FleetCounters,
+    /// How far requests answered per second fell below the rate before the first release.
+    pub capacity_dip_pct: Option<u64>,
+}
+
+impl From<&Outcome> for ScenarioReport {
+    fn from(outcome: &Outcome) -> Self {
+        let main = outcome.main.as_ref();
+        let counted = main.map(|m| m.measures.tally.counted).unwrap_or_default();
+        let mut checks = Vec::new();
+        for (variant, result) in [("main", &outcome.main), ("control", &outcome.control)] {
+            for check in result.iter().flat_map(|r| &r.checks) {
+                checks.push(CheckReport { variant, expect: check.expect.clone(), actual: check.actual, ok: check.ok });
+            }
+        }
+        Self {
+            name: outcome.name.clone(),
+            verdict: outcome.verdict,
+            reason: outcome.reason.clone(),
+            flows: counted.flows,
+            resets: counted.resets,
+            misroutes: counted.misroutes,
+            drops: counted.drops,
+            control: outcome.control.as_ref().map(|c| ControlFigures {
+                resets: c.measures.tally.counted.resets,
+                misroutes: c.measures.tally.counted.misroutes,
+                drops: c.measures.tally.counted.drops,
+            }),
+            setup_ms: main.map_or(0, |m| m.setup.as_millis() as u64),
+            teardown_ms: main.map_or(0, |m| m.teardown.as_millis() as u64),
+            checks,
+            anomalies: main
+                .map(|m| {
+                    let mut flows: Vec<&FlowRecord> = m.flows.iter().filter(|f| f.anomalous()).collect();
+                    flows.sort_by_key(|f| (f.proto as u8, f.id));
+                    flows.into_iter().take(MAX_ANOMALIES).cloned().collect()
+                })
+                .unwrap_or_default(),
+            losses: main.map(|m| m.losses.clone()).unwrap_or_default(),
+            lb: main.and_then(|m| m.measures.lb),
+            tpr: main.and_then(|m| m.measures.tpr),
+            ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
+            release: main.and_then(|m| {
+                Some(ReleaseFigures { counters: m.measures.release?, capacity_dip_pct: m.measures.capacity_dip_pct })
+            }),
+            timelines: [("main", &outcome.main), ("control", &outcome.control)]
+                .into_iter()
+                .filter_map(|(label, v)| {
+                    let v = v.as_ref().filter(|v| v.measures.release.is_some())?;
+                    Some((label.to_owned(), v.timeline.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Report {
+    /// A report of `outcomes` on the running kernel, run with `time_scale`.
+    pub fn new(outcomes: &[Outcome], time_scale: u32) -> Self {
+        Self {
+            kernel: zrlab_host::kernel_release(),
+            time_scale,
+            scenarios: outcomes.iter().map(ScenarioReport::from).collect(),
+        }
+    }
+
+    /// Whether every scenario passed or was skipped.
+    pub fn ok(&self) -> bool {
+        self.scenarios.iter().all(|s| s.verdict != ScenarioVerdict::Fail)
+    }
+
+    /// The summary table (terminal and Markdown share it).
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| {:<30} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+            "scenario", "verdict", "flows", "resets", "misroutes", "drops", "control r/m/d", "setup ms", "teardown ms"
+        );
+        let _ = writeln!(
+            out,
+            "|{:-<32}|{:-<9}|{:-<7}|{:-<8}|{:-<11}|{:-<7}|{:-<24}|{:-<10}|{:-<13}|",
+            "", "", "", "", "", "", "", "", ""
+        );
+        for s in &self.scenarios {
+            let control = s.control.map_or("-".to_owned(), |c| format!("{}/{}/{}", c.resets, c.misroutes, c.drops));
+            let verdict = serde_json::to_value(s.verdict).expect("serialisable");
+            let _ = writeln!(
+                out,
+                "| {:<30} | {:<7} | {:>5} | {:>6} | {:>9} | {:>5} | {:<22} | {:>8} | {:>11} |",
+                s.name,
+                verdict.as_str().unwrap_or("?"),
+                s.flows,
+                s.resets,
+                s.misroutes,
+                s.drops,
+                control,
+                s.setup_ms,
+                s.teardown_ms
+            );
+        }
+        out
+    }
+
+    /// The Markdown report: the table, then each scenario's checks and reason.
+    pub fn markdown(&self) -> String {
+        let mut out = format!("# Lab report\n\nKernel: `{}`, time scale {}\n\n", self.kernel, self.time_scale);
+        out.push_str(&self.table());
+        for s in &self.scenarios {
+            let _ = write!(out, "\n## {}\n\n", s.name);
+            if !s.reason.is_empty() {
+                let _ = writeln!(out, "Reason: {}\n", s.reason);
+            }
+            for c in &s.checks {
+                let mark = if c.ok { "ok" } else { "FAILED" };
+                let _ = writeln!(out, "- {} `{}`: {} ({mark})", c.variant, c.expect, c.actual);
+            }
+            if !s.anomalies.is_empty() {
+                let _ = writeln!(out, "\nFirst flows of the main run with a reset, misroute or drop:\n");
+                for f in &s.anomalies {
+                    let owner = f.owner.as_ref().map_or("-".to_owned(), |o| o.to_string());
+                    let ending = f.ending.as_ref().map_or("running".to_owned(), |e| format!("{e:?}"));
+                    let _ = writeln!(
+                        out,
+                        "- {:?} flow {}: owner {owner}, {} replies, {} misroutes, {} drops in {} rounds, {ending}",
+                        f.proto, f.id, f.replies, f.misroutes, f.drops, f.rounds
+                    );
+                }
+            }
+            if !s.losses.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\nKernel drop counters of the main run (packets in flight when the flows stopped count too):\n"
+                );
+                for l in &s.losses {
+                    let _ = writeln!(out, "- {} `{}`: {}", l.node, l.counter, l.count);
+                }
+            }
+            if !s.ecmp_reproducible {
+                let _ = writeln!(
+                    out,
+                    "\nThis kernel cannot seed the routers' ECMP hash (fib_multipath_hash_seed, 6.11+): \
+                     a rerun moves the same number of flows, not the same flows."
+                );
+            }
+            if let Some(lb) = &s.lb {
+                let _ = writeln!(
+                    out,
+                    "\nLB counters of the main run: `{}`",
+                    serde_json::to_string(lb).expect("serialisable")
+                );
+            }
+            if let Some(release) = &s.release {
+                let dip = release.capacity_dip_pct.map_or("not measurable".to_owned(), |d| format!("{d}%"));
+                let stalled: u64 = s
+                    .timelines
+                    .iter()
+                    .filter(|(variant, _)| variant == "main")
+                    .flat_map(|(_, t)| &t.seconds)
+                    .map(|second| second.stalled_ms)
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "\nRelease counters of the main run: `{}`; capacity dip {dip} (the client's \
+                     thread could not run for {stalled} ms of that run)",
+                    serde_json::to_string(&release.counters).expect("serialisable")
+                );
+            }
+            if !s.timelines.is_empty() {
+                let links: Vec<String> = s
+                    .timelines
+                    .iter()
+                    .map(|(variant, _)| format!("[{variant}](timelines/{}-{variant}.svg)", s.name))
+                    .collect();
+                let _ = writeln!(out, "\nTimelines: {}", links.join(", "));
+            }
+            if let Some(tpr) = &s.tpr {
+                let _ = writeln!(
+                    out,
+                    "\nsock_ops counters of the main run: server `{}`, client `{}`",
+                    serde_json::to_string(&tpr.server).expect("serialisable"),
+                    serde_json::to_string(&tpr.client).expect("serialisable")
+                );
+            }
+        }
+        out
+    }
+
+    /// Writes `report.json`, `report.md` and the release scenarios' timelines
+    /// (`timelines/<scenario>-<variant>.svg`) into `dir` (created if needed).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut files = vec![
+            (dir.join("report.json"), serde_json::to_string_pretty(self).expect("serialisable")),
+            (dir.join("report.md"), self.markdown()),
+        ];
+        for s in &self.scenarios {
+            for (variant, timeline) in &s.timelines {
+                let title = format!("{} ({variant})", s.name);
+                let svg = zrlab_workload::timeline::svg::render(timeline, &title)
+                    .map_err(|message| LabError::Usage(format!("timeline of {title}: {message}")))?;
+                files.push((dir.join("timelines").join(format!("{}-{variant}.svg", s.name)), svg));
+            }
+        }
+        for (path, text) in files {
+            let parent = path.parent().unwrap_or(dir);
+            std::fs::create_dir_all(parent).map_err(|e| LabError::os("mkdir", parent.display().to_string(), e))?;
+            std::fs::write(&path, text).map_err(|e| LabError::os("write", path.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+}

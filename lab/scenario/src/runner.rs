@@ -1,0 +1,372 @@
+//! Running a scenario: control first, then the main variant, each in a topology of its own.
+//!
+//! A variant's life, every step a wait on a condition with a timeout (never a sleep):
+//! 1. build the topology; draw the backends' server ids; attach the sock_ops programs
+//!    (`[tpr]`); start the service on every backend and wait until each says `ready`; deploy
+//!    the LB (`[lb]`);
+//! 2. start the client flows; wait until every flow has an owner and `warmup_rounds` rounds;
+//!    from then on new flows open if the workload asks for them;
+//! 3. fire each event after every live flow made `rounds_between_events` more rounds (0: right
+//!    after the previous one, so several events act as one change);
+//! 4. wait `settle_rounds` more rounds, stop the flows, tally, tear down.
+//!
+//! The verdict passes only if both variants meet their expectations: the main one shows the
+//! fix works, the control shows the failure the fix prevents.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use crate::expect::Capacity;
+use crate::expect::Check;
+use crate::expect::evaluate;
+use crate::lb::Deployment;
+use crate::measures::Measures;
+use crate::release::Fleet;
+use crate::release::launch;
+use crate::spec::EventSpec;
+use crate::spec::Scenario;
+use crate::spec::Variant;
+use crate::spec::WorkloadSpec;
+use crate::tpr::TprDeployment;
+use zrlab_control::server_id::Registry;
+use zrlab_host::error::LabError;
+use zrlab_host::error::Result;
+use zrlab_topology::Lab;
+use zrlab_topology::Loss;
+use zrlab_workload::accounting::FlowRecord;
+use zrlab_workload::accounting::Tally;
+use zrlab_workload::client::Client;
+use zrlab_workload::client::ClientSpec;
+use zrlab_workload::timeline::NoFigure;
+use zrlab_workload::timeline::Timeline;
+
+/// How a scenario is run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Leave the main variant's topology (and services) up afterwards.
+    pub keep: bool,
+    /// The `zrlab` binary, started as `zrlab service ...` on backends.
+    pub service_exe: PathBuf,
+    /// Multiplies every duration of a scenario: the request period and the reply and phase
+    /// timeouts. Rounds stay as written, so a scaled scenario asks the same question at a lower
+    /// packet rate with more patience: for emulated machines (the kernel matrix sets 5 in TCG
+    /// guests, which run 8-9x slower), where 4,000 requests a second with a 1 s reply budget
+    /// would measure the emulator. 1 means as written; 0 counts as 1.
+    pub time_scale: u32,
+    /// Whether capacity expectations can fail the run (the kernel matrix reports them only).
+    pub capacity: Capacity,
+}
+
+/// A scenario's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScenarioVerdict {
+    /// Both variants met their expectations.
+    Pass,
+    /// An expectation failed, or the run itself did.
+    Fail,
+    /// The kernel lacks a feature the scenario needs.
+    Skip,
+}
+
+/// What one variant measured.
+#[derive(Clone, Debug)]
+pub struct VariantOutcome {
+    /// Everything measured (the tally and the LB programs' counters).
+    pub measures: Measures,
+    /// Its expectations, evaluated.
+    pub checks: Vec<Check>,
+    /// Topology set-up time.
+    pub setup: Duration,
+    /// Topology teardown time (zero when kept).
+    pub teardown: Duration,
+    /// Every flow's record.
+    pub flows: Vec<FlowRecord>,
+    /// The kernel's nonzero drop counters in the lab's namespaces when the flows stopped.
+    pub losses: Vec<Loss>,
+    /// What the client saw per second, and when the events happened.
+    pub timeline: Timeline,
+    /// The run prefix of a kept topology.
+    pub kept: Option<String>,
+    /// Routers whose ECMP hash could not be seeded on this kernel (see `Lab::ecmp_unseeded`):
+    /// the run is not reproducible flow for flow.
+    pub ecmp_unseeded: Vec<String>,
+}
+
+/// A scenario's result.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Scenario name.
+    pub name: String,
+    /// The verdict.
+    pub verdict: ScenarioVerdict,
+    /// Why (failed checks, the error, or the missing feature); empty on a pass.
+    pub reason: String,
+    /// The main variant, if it ran to the end.
+    pub main: Option<VariantOutcome>,
+    /// The control variant, if it ran to the end.
+    pub control: Option<VariantOutcome>,
+}
+
+/// Runs `scenario` (control, then main), reporting each step through `progress`.
+pub async fn run_scenario(scenario: &Scenario, opts: &RunOptions, progress: &mut dyn FnMut(String)) -> Result<Outcome> {
+    let mut outcome = Outcome {
+        name: scenario.name.clone(),
+        verdict: ScenarioVerdict::Pass,
+        reason: String::new(),
+        main: None,
+        control: None,
+    };
+    for feature in &scenario.requires {
+        if !feature.probe().await? {
+            outcome.verdict = ScenarioVerdict::Skip;
+            outcome.reason = format!("kernel lacks {}", feature.describe());
+            return Ok(outcome);
+        }
+    }
+    let mut reasons = Vec::new();
+    for (label, variant, keep) in [("control", &scenario.control, false), ("main", &scenario.main, opts.keep)] {
+        let mut step = |what: &str| progress(format!("{} [{label}]: {what}", scenario.name));
+        let keep = keep.then_some(scenario.file.as_path());
+        match run_variant(variant, keep, opts, &mut step).await {
+            Ok(result) => {
+                for check in result.checks.iter().filter(|c| !c.ok) {
+                    reasons.push(format!("{label}: expected {} but got {}", check.expect, check.actual));
+                }
+                if label == "main" { outcome.main = Some(result) } else { outcome.control = Some(result) }
+            }
+            Err(LabError::Interrupted) => return Err(LabError::Interrupted),
+            Err(e) => reasons.push(format!("{label}: {e}")),
+        }
+    }
+    if !reasons.is_empty() {
+        outcome.verdict = ScenarioVerdict::Fail;
+        outcome.reason = reasons.join("; ");
+    }
+    Ok(outcome)
+}
+
+/// Runs one variant; `keep` (the scenario file) keeps its topology and hands its data path to
+/// a keeper process (`zrlab::keep`).
+async fn run_variant(
+    variant: &Variant,
+    keep: Option<&std::path::Path>,
+    opts: &RunOptions,
+    step: &mut dyn FnMut(&str),
+) -> Result<VariantOutcome> {
+    let timing = &variant.timing;
+    let workload = &variant.workload;
+    let scale = opts.time_scale.max(1);
+    let phase_timeout = timing.phase_timeout() * scale;
+    step("building topology");
+    let mut lab = Lab::build(&variant.topology, keep.is_some()).await?;
+    let setup = lab.setup_time();
+
+    let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
+    // Declared after the lab, so dropped before it (as the LB deployment below).
+    let tpr = match &variant.tpr {
+        Some(spec) => {
+            step("attaching the sock_ops programs");
+            Some(TprDeployment::start(&lab, spec, workload, &registry)?)
+        }
+        None => None,
+    };
+    step("starting services");
+    let args = workload
+        .backends
+        .iter()
+        .map(|b| (b.clone(), service_args(workload, b, registry.id(b).expect("every backend has an id"))))
+        .collect();
+    let mut fleet = Fleet::start(&mut lab, variant.release, &opts.service_exe, args, phase_timeout).await?;
+
+    // Declared after the lab, so dropped before it: the programs detach while their
+    // namespaces still exist.
+    let mut deployment = match &variant.lb {
+        Some(spec) => {
+            step("deploying the load balancer");
+            Some(Deployment::start(&lab, spec, workload, registry.clone())?)
+        }
+        None => None,
+    };
+
+    step("warming up");
+    let client = Client::start(
+        &lab.node(&workload.client)?.netns,
+        ClientSpec {
+            vip: workload.vip,
+            tcp_port: workload.tcp_port,
+            udp_port: workload.udp_port,
+            tcp_flows: workload.tcp_flows,
+            udp_flows: workload.udp_flows,
+            period: Duration::from_millis(workload.period_ms) * scale,
+            reply_timeout: timing.reply_timeout() * scale,
+            seed: workload.seed,
+            cgroup: Some(lab.cgroup_of(&workload.client)?),
+            open_tcp_per_period: workload.open_tcp_per_period,
+        },
+    )?;
+    let book = client.book();
+    // A flow may also end before its first reply (a control that breaks flows at once): that
+    // is tallied like any other failure, not treated as a broken lab.
+    book.wait_until("every flow to get its first reply", phase_timeout, |flows| {
+        flows.iter().all(|f| f.owner.is_some() || !f.live())
+    })
+    .await?;
+    wait_rounds(&client, timing.warmup_rounds, phase_timeout, "warm-up rounds").await?;
+    client.start_opening();
+
+    let mut down = BTreeSet::new();
+    let mut drained = BTreeMap::new();
+    for event in &variant.events {
+        wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
+        step(&format!("event {}", describe(event)));
+        // Marked when it starts (a release's failures begin with it), with the share of
+        // instances released once it is done.
+        let released = match event {
+            EventSpec::Release { backends } => {
+                let done = fleet.counters()?.released + backends.len() as u64;
+                Some(done as f64 / fleet.len().max(1) as f64)
+            }
+            _ => None,
+        };
+        client.book().mark(describe(event), released);
+        if let EventSpec::Release { backends } = event {
+            let mut health = |backend: &str, up: bool| match deployment.as_mut() {
+                Some(d) if up => d.restore(backend),
+                Some(d) => d.drain(backend),
+                None => Err(LabError::Unsupported("a health change without a load balancer".into())),
+            };
+            fleet.release(&mut lab, backends, &mut health).await?;
+        } else {
+            apply(&mut lab, deployment.as_mut(), event).await?;
+        }
+        // Flows that open from here on were routed by the changed configuration.
+        let epoch = client.book().advance_epoch();
+        if let Some(node) = event.takes_down() {
+            down.insert(node.to_owned());
+        }
+        if let EventSpec::DrainBackend { backend } = event {
+            drained.insert(backend.clone(), epoch);
+        }
+    }
+    step("settling");
+    wait_rounds(&client, timing.settle_rounds, phase_timeout, "rounds after the last event").await?;
+    let timeline = client.book().timeline();
+    let flows = client.stop()?;
+    let losses = lab.losses().await?;
+    let capacity = variant.release.map(|_| timeline.capacity_dip_pct());
+    let measures = Measures {
+        tally: Tally::of(&flows, &down, &drained),
+        lb: deployment.as_ref().map(Deployment::totals).transpose()?,
+        tpr: tpr.as_ref().map(TprDeployment::totals).transpose()?,
+        weights: variant
+            .lb
+            .as_ref()
+            .map(|lb| workload.backends.iter().map(|b| (b.clone(), lb.weights.get(b).copied().unwrap_or(1))).collect())
+            .unwrap_or_default(),
+        release: variant.release.map(|_| fleet.counters()).transpose()?,
+        capacity_dip_pct: capacity.and_then(Result::ok),
+        capacity_client_stalled: capacity == Some(Err(NoFigure::ClientStalled)),
+    };
+    let checks = evaluate(&variant.expect, &measures, opts.capacity);
+    drop(deployment);
+    drop(tpr);
+    if let Some(file) = keep {
+        step("handing the data path to a keeper process");
+        crate::handoff::start_keeper(
+            &mut lab,
+            &workload.client,
+            &opts.service_exe,
+            crate::handoff::KeptRun::Scenario(file),
+            phase_timeout,
+        )
+        .await?;
+    }
+
+    step("tearing down");
+    let kept = keep.map(|_| lab.run_id().to_string());
+    let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
+    let teardown = lab.teardown()?;
+    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded })
+}
+
+/// The arguments of `zrlab service` for `backend` serving `workload` with server id `id`.
+pub fn service_args(workload: &WorkloadSpec, backend: &str, id: u32) -> Vec<String> {
+    vec![
+        "service".to_owned(),
+        format!("--node={backend}"),
+        format!("--tcp={}", SocketAddr::new(workload.vip, workload.tcp_port)),
+        format!("--udp={}", SocketAddr::new(workload.vip, workload.udp_port)),
+        format!("--server-id={id}"),
+        format!(
+            "--cid-version={}",
+            serde_json::to_value(workload.cid_version).expect("serialisable").as_str().expect("string")
+        ),
+    ]
+}
+
+/// Starts `exe args` (a `zrlab service`) in `node` and waits until it reports
+/// `phase ready` (`release::launch`); an error says how it ended if it exited first.
+pub async fn start_service(
+    lab: &mut Lab,
+    node: &str,
+    exe: &std::path::Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    launch(lab, node, exe, args, timeout).await.map(drop)
+}
+
+/// Waits until every live flow has completed `rounds` more rounds than it had on entry.
+async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str) -> Result<()> {
+    let marks: Vec<u64> = client.book().snapshot().iter().map(|f| f.rounds).collect();
+    client
+        .book()
+        .wait_until(what, timeout, |flows| {
+            flows.iter().zip(&marks).all(|(flow, mark)| !flow.live() || flow.rounds >= mark + rounds)
+        })
+        .await
+}
+
+/// Applies `event` to `lab` and its LB `deployment`.
+pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &EventSpec) -> Result<()> {
+    match event {
+        EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
+        EventSpec::ReplaceMember { group, member, with } => lab.replace_member(group, member, with).await,
+        EventSpec::AddMember { group, member } => lab.add_member(group, member).await,
+        EventSpec::DrainBackend { backend } => match deployment {
+            Some(deployment) => deployment.drain(backend),
+            None => Err(LabError::Unsupported("drain-backend without a load balancer".into())),
+        },
+        EventSpec::SetWeight { backend, weight } => match deployment {
+            Some(deployment) => deployment.set_weight(backend, *weight),
+            None => Err(LabError::Unsupported("set-weight without a load balancer".into())),
+        },
+        EventSpec::RestoreBackend { backend } => match deployment {
+            Some(deployment) => deployment.restore(backend),
+            None => Err(LabError::Unsupported("restore-backend without a load balancer".into())),
+        },
+        // Releases need the scenario's service processes (`release::Fleet`): the runner fires
+        // them itself.
+        EventSpec::Release { .. } => Err(LabError::Unsupported("a release outside a scenario run".into())),
+    }
+}
+
+/// A line describing `event`.
+pub fn describe(event: &EventSpec) -> String {
+    match event {
+        EventSpec::RemoveMember { group, member } => format!("remove {member} from {group}"),
+        EventSpec::ReplaceMember { group, member, with } => format!("replace {member} by {with} in {group}"),
+        EventSpec::AddMember { group, member } => format!("add {member} to {group}"),
+        EventSpec::DrainBackend { backend } => format!("drain {backend} from the LB rings"),
+        EventSpec::SetWeight { backend, weight } => format!("set {backend}'s weight to {weight}"),
+        EventSpec::RestoreBackend { backend } => format!("restore {backend} to the LB rings"),
+        EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
+    }
+}

@@ -1,0 +1,234 @@
+//! Per-flow accounting and the tally a scenario judges (DESIGN.md section 2).
+//!
+//! - A **reset** is a flow that ended because a host refused it: a TCP RST on an established
+//!   connection (`ECONNRESET`), or, for UDP, an ICMP port unreachable (`ECONNREFUSED`) after the
+//!   flow was established. Counted once per flow.
+//! - A **misroute** is a reply from any socket other than the flow's owner (the socket that
+//!   answered its first request). Counted per reply.
+//! - A **drop** is a request that got no answer in time. Counted per request; a connection that
+//!   could not be opened, or a reply that was not a valid one, counts as one drop too.
+//!
+//! Consistent routing is required "unless that socket's host is down": flows whose owner is on a
+//! node a scenario took down are tallied apart as *excused*, so a verdict can demand zero on the
+//! others and still check that the event really hit someone.
+//!
+//! Pure logic: no I/O, no clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use zrlab_wire::message::Identity;
+
+/// A flow's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// A long-lived TCP connection.
+    Tcp,
+    /// A QUIC-like UDP flow.
+    Udp,
+}
+
+/// Why a flow ended before the workload stopped it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ending {
+    /// TCP RST (`ECONNRESET`).
+    Reset,
+    /// UDP port unreachable (`ECONNREFUSED`).
+    Refused,
+    /// The server closed the connection (FIN) with a request outstanding.
+    Closed,
+    /// A TCP request got no reply in time; the connection is abandoned.
+    Stalled,
+    /// The connection could not be opened.
+    ConnectFailed(String),
+    /// The peer sent something that is not a valid reply.
+    Protocol(String),
+}
+
+/// What one flow saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// Transport.
+    pub proto: Proto,
+    /// The flow's number.
+    pub id: u32,
+    /// The socket that answered first.
+    pub owner: Option<Identity>,
+    /// Replies received.
+    pub replies: u64,
+    /// Replies from a socket other than the owner.
+    pub misroutes: u64,
+    /// Requests without an answer.
+    pub drops: u64,
+    /// Requests completed (answered or dropped): the flow's clock.
+    pub rounds: u64,
+    /// Why it ended, if it did.
+    pub ending: Option<Ending>,
+    /// How many of the timeline's events had been applied when the flow opened (0: it opened
+    /// before the first). Lets a verdict ask where flows opened after an event went.
+    pub epoch: u64,
+}
+
+impl FlowRecord {
+    /// A flow that has not sent anything yet, opened after `epoch` events.
+    pub fn new(proto: Proto, id: u32, epoch: u64) -> Self {
+        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None, epoch }
+    }
+
+    /// Records a reply from `who`.
+    pub fn reply(&mut self, who: &Identity) {
+        self.replies += 1;
+        self.rounds += 1;
+        match &self.owner {
+            None => self.owner = Some(who.clone()),
+            Some(owner) if owner != who => self.misroutes += 1,
+            Some(_) => {}
+        }
+    }
+
+    /// Records a request that got no answer.
+    pub fn drop_request(&mut self) {
+        self.drops += 1;
+        self.rounds += 1;
+    }
+
+    /// Records the flow's end (the first cause wins).
+    pub fn end(&mut self, ending: Ending) {
+        self.ending.get_or_insert(ending);
+    }
+
+    /// Whether the flow still runs.
+    pub fn live(&self) -> bool {
+        self.ending.is_none()
+    }
+
+    /// Whether the flow saw anything a verdict counts: a reset, a misroute or a drop.
+    pub fn anomalous(&self) -> bool {
+        self.misroutes > 0 || self.drops > 0 || self.ending.is_some()
+    }
+
+    /// Whether the flow ended by a reset (see the module docs).
+    pub fn was_reset(&self) -> bool {
+        matches!(self.ending, Some(Ending::Reset | Ending::Refused))
+    }
+}
+
+/// Totals over a set of flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Flows.
+    pub flows: u64,
+    /// Flows that were reset.
+    pub resets: u64,
+    /// Misrouted replies.
+    pub misroutes: u64,
+    /// Unanswered requests.
+    pub drops: u64,
+}
+
+impl Counts {
+    fn add(&mut self, flow: &FlowRecord) {
+        self.flows += 1;
+        self.resets += u64::from(flow.was_reset());
+        self.misroutes += flow.misroutes;
+        // A connection never opened, or a reply that was not one: its request went unanswered.
+        let unanswered = matches!(flow.ending, Some(Ending::ConnectFailed(_) | Ending::Protocol(_)));
+        self.drops += flow.drops + u64::from(unanswered);
+    }
+}
+
+/// The tally a verdict is computed from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Flows whose owner's host stayed up: these must route consistently.
+    pub counted: Counts,
+    /// Flows whose owner's host was taken down.
+    pub excused: Counts,
+    /// Flows owned by each node.
+    pub owners: BTreeMap<String, u64>,
+    /// Flows opened after the first event.
+    pub late_flows: u64,
+    /// Flows opened after a backend was drained whose owner is that backend: the rings must
+    /// not send new flows to a drained backend.
+    pub late_on_drained: u64,
+}
+
+impl Tally {
+    /// Tallies `flows`, excusing those owned by a node in `down`; `drained` maps each drained
+    /// backend to the epoch its drain completed in (flows opened in that epoch or later must not
+    /// land on it).
+    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>, drained: &BTreeMap<String, u64>) -> Self {
+        let mut tally = Self::default();
+        for flow in flows {
+            let owner = flow.owner.as_ref().map(|o| o.node.as_str());
+            if let Some(node) = owner {
+                *tally.owners.entry(node.to_owned()).or_default() += 1;
+            }
+            tally.late_flows += u64::from(flow.epoch > 0);
+            if owner.and_then(|node| drained.get(node)).is_some_and(|drained_in| flow.epoch >= *drained_in) {
+                tally.late_on_drained += 1;
+            }
+            if owner.is_some_and(|node| down.contains(node)) {
+                tally.excused.add(flow);
+            } else {
+                tally.counted.add(flow);
+            }
+        }
+        tally
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(node: &str) -> Identity {
+        Identity { node: node.into(), instance: "a".into(), pid: 1 }
+    }
+
+    #[test]
+    fn owner_is_the_first_replier_and_others_are_misroutes() {
+        let mut flow = FlowRecord::new(Proto::Udp, 0, 0);
+        flow.reply(&who("be1"));
+        assert!(!flow.anomalous());
+        flow.reply(&who("be2"));
+        flow.reply(&who("be1"));
+        flow.drop_request();
+        assert_eq!((flow.replies, flow.misroutes, flow.drops, flow.rounds), (3, 1, 1, 4));
+        assert!(flow.anomalous());
+        assert_eq!(flow.owner, Some(who("be1")));
+    }
+
+    #[test]
+    fn flows_of_downed_hosts_are_excused() {
+        let mut kept = FlowRecord::new(Proto::Tcp, 0, 0);
+        kept.reply(&who("be1"));
+        kept.end(Ending::Reset);
+        let mut gone = FlowRecord::new(Proto::Tcp, 1, 0);
+        gone.reply(&who("be4"));
+        gone.end(Ending::Reset);
+        gone.end(Ending::Closed);
+        let tally = Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]), &BTreeMap::new());
+        assert_eq!(tally.counted, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
+        assert_eq!(tally.excused, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
+        assert_eq!(gone.ending, Some(Ending::Reset), "the first cause wins");
+    }
+
+    #[test]
+    fn flows_opened_after_a_drain_must_not_land_on_the_drained_backend() {
+        let flow = |epoch: u64, node: &str| {
+            let mut flow = FlowRecord::new(Proto::Tcp, 0, epoch);
+            flow.reply(&who(node));
+            flow
+        };
+        // be4 was drained by the second event (epoch 2 from then on).
+        let drained = BTreeMap::from([("be4".to_owned(), 2)]);
+        let flows = [flow(0, "be4"), flow(1, "be4"), flow(2, "be1"), flow(2, "be4"), flow(3, "be4")];
+        let tally = Tally::of(&flows, &BTreeSet::new(), &drained);
+        assert_eq!(tally.late_flows, 4);
+        assert_eq!(tally.late_on_drained, 2, "flows opened in epoch 2 and 3 on be4");
+    }
+}

@@ -1,0 +1,567 @@
+//! The client side of the workload: long-lived TCP and UDP flows towards a VIP, driven from a
+//! thread inside the client node's namespace on its own current-thread runtime.
+//!
+//! Every flow sends one request per period and waits for its reply, recording what happened in
+//! a shared [`FlowBook`]. A flow keeps its schedule: when its thread could not run on time (two
+//! cores shared with the lab) or a reply came late, it sends the requests it owes as soon as it
+//! can ([`MissedTickBehavior::Burst`]), so the load offered per second does not fall with the
+//! generator's own stalls and the replies per second measure the service. A heartbeat records
+//! the stalls themselves in the timeline. Scenario steps wait on the book's conditions ("every live flow has
+//! completed two more rounds"), never on wall-clock sleeps. Source ports are fixed per flow
+//! (TCP from [`TCP_BASE_PORT`], UDP from [`UDP_BASE_PORT`]) and everything random (start offsets,
+//! connection ids) comes from the seed, so a rerun sends the same 5-tuples.
+//!
+//! Two options shape a run further:
+//! - `cgroup`: TCP sockets are created as members of the client node's cgroup
+//!   ([`zrlab_host::cgroup::sockets_in`]), so the sock_ops programs attached there act on them;
+//! - `open_tcp_per_period`: once [`Client::start_opening`] is called, that many new long-lived
+//!   TCP flows open every period (ports after the initial flows', until the TCP port range is
+//!   used up), each recording how many events had been applied when it opened
+//!   ([`FlowBook::advance_epoch`]).
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpSocket, UdpSocket},
+    sync::watch,
+    task::JoinSet,
+    time::{Instant, MissedTickBehavior},
+};
+
+use crate::accounting::Ending;
+use crate::accounting::FlowRecord;
+use crate::accounting::Proto;
+use crate::timeline::Timeline;
+use zrlab_host::error::LabError;
+use zrlab_host::error::Result;
+use zrlab_host::netns::Netns;
+use zrlab_wire::message::Reply;
+use zrlab_wire::message::Request;
+use zrlab_wire::quic::CID_LEN;
+use zrlab_wire::quic::Datagram;
+use zrlab_wire::quic::Header;
+use zrlab_wire::quic::LongType;
+use zrlab_wire::quic::VERSION_1;
+
+/// First source port of TCP flows (flow `i` uses `TCP_BASE_PORT + i`).
+pub const TCP_BASE_PORT: u16 = 20000;
+/// First source port of UDP flows.
+pub const UDP_BASE_PORT: u16 = 40000;
+/// Seed salt of the flows opened during a run (their offsets), apart from the initial flows'.
+const LATE_SEED_SALT: u64 = 0x1a7e;
+
+/// What the client runs.
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    /// The service address.
+    pub vip: IpAddr,
+    /// TCP port of the service.
+    pub tcp_port: u16,
+    /// UDP port of the service.
+    pub udp_port: u16,
+    /// Number of TCP flows.
+    pub tcp_flows: u32,
+    /// Number of UDP flows.
+    pub udp_flows: u32,
+    /// Time between a flow's requests.
+    pub period: Duration,
+    /// How long a request may wait for its reply before it counts as dropped.
+    pub reply_timeout: Duration,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Create TCP sockets in this cgroup (the client node's), so its sock_ops programs act on
+    /// them.
+    pub cgroup: Option<PathBuf>,
+    /// New TCP flows opened every period once [`Client::start_opening`] was called.
+    pub open_tcp_per_period: u32,
+}
+
+/// The record of every flow, shared between the flow tasks and the scenario, and the run's
+/// per-second [`Timeline`].
+#[derive(Debug)]
+pub struct FlowBook {
+    flows: Mutex<Vec<FlowRecord>>,
+    progress: watch::Sender<u64>,
+    epoch: AtomicU64,
+    started: Instant,
+    timeline: Mutex<Timeline>,
+}
+
+impl FlowBook {
+    fn new(spec: &ClientSpec) -> Self {
+        let tcp = (0..spec.tcp_flows).map(|i| FlowRecord::new(Proto::Tcp, i, 0));
+        let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i, 0));
+        Self {
+            flows: Mutex::new(tcp.chain(udp).collect()),
+            progress: watch::Sender::new(0),
+            epoch: AtomicU64::new(0),
+            started: Instant::now(),
+            timeline: Mutex::new(Timeline::default()),
+        }
+    }
+
+    /// Marks an event on the timeline now (`released`: the share of service instances released
+    /// once it happened, for releases).
+    pub fn mark(&self, label: impl Into<String>, released: Option<f64>) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.timeline.lock().expect("not poisoned").mark(at, label, released);
+    }
+
+    /// Records that the client's thread could not run between `from` and `to`.
+    fn stalled(&self, from: Instant, to: Instant) {
+        let since = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
+        self.timeline.lock().expect("not poisoned").stall(since(from), since(to));
+    }
+
+    /// A copy of the timeline so far.
+    pub fn timeline(&self) -> Timeline {
+        self.timeline.lock().expect("not poisoned").clone()
+    }
+
+    /// Records that one more event was applied; returns the new epoch (flows opened from now on
+    /// carry it).
+    pub fn advance_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Adds a flow opened now; returns its id.
+    fn open(&self, proto: Proto) -> u32 {
+        let mut flows = self.flows.lock().expect("not poisoned");
+        let id = flows.len() as u32;
+        flows.push(FlowRecord::new(proto, id, self.epoch.load(Ordering::SeqCst)));
+        id
+    }
+
+    /// A copy of every flow's record.
+    pub fn snapshot(&self) -> Vec<FlowRecord> {
+        self.flows.lock().expect("not poisoned").clone()
+    }
+
+    fn update(&self, id: u32, f: impl FnOnce(&mut FlowRecord)) {
+        let mut flows = self.flows.lock().expect("not poisoned");
+        let flow = &mut flows[id as usize];
+        let before = (flow.replies, flow.misroutes, flow.drops, flow.was_reset());
+        f(flow);
+        let after = (flow.replies, flow.misroutes, flow.drops, flow.was_reset());
+        drop(flows);
+        let at = self.started.elapsed().as_secs_f64();
+        self.timeline.lock().expect("not poisoned").add(at, |s| {
+            s.replies += after.0 - before.0;
+            s.misroutes += after.1 - before.1;
+            s.drops += after.2 - before.2;
+            s.resets += u64::from(after.3 && !before.3);
+        });
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until `cond` holds over the flows, for at most `timeout`.
+    pub async fn wait_until(&self, what: &str, timeout: Duration, cond: impl Fn(&[FlowRecord]) -> bool) -> Result<()> {
+        let mut progress = self.progress.subscribe();
+        let check = async {
+            loop {
+                if cond(&self.flows.lock().expect("not poisoned")) {
+                    return;
+                }
+                if progress.changed().await.is_err() {
+                    // The book's sender lives as long as the book: unreachable, but never spin.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| LabError::Timeout { what: what.to_owned(), after: timeout })
+    }
+}
+
+/// A running client workload. Dropping it stops the flows.
+#[derive(Debug)]
+pub struct Client {
+    book: Arc<FlowBook>,
+    stop: watch::Sender<bool>,
+    opening: watch::Sender<bool>,
+    thread: Option<JoinHandle<Result<io::Result<()>>>>,
+}
+
+impl Client {
+    /// Starts every flow of `spec` from inside `netns`.
+    pub fn start(netns: &Netns, spec: ClientSpec) -> Result<Self> {
+        let book = Arc::new(FlowBook::new(&spec));
+        let (stop, stop_rx) = watch::channel(false);
+        let (opening, opening_rx) = watch::channel(false);
+        let thread_book = book.clone();
+        let thread = netns.spawn(format!("client-{}", netns.name()), move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(run_flows(spec, thread_book, stop_rx, opening_rx))
+        })?;
+        Ok(Self { book, stop, opening, thread: Some(thread) })
+    }
+
+    /// Starts opening `open_tcp_per_period` new TCP flows every period.
+    pub fn start_opening(&self) {
+        let _ = self.opening.send(true);
+    }
+
+    /// The flows' records.
+    pub fn book(&self) -> &FlowBook {
+        &self.book
+    }
+
+    /// Stops every flow and returns the final records.
+    pub fn stop(mut self) -> Result<Vec<FlowRecord>> {
+        self.join()?;
+        Ok(self.book.snapshot())
+    }
+
+    fn join(&mut self) -> Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let ran = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            ran.map_err(|e| LabError::os("run client runtime", "client", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            tracing::warn!("client workload: {e}");
+        }
+    }
+}
+
+/// Per-flow choices drawn from the seed before anything starts, so they do not depend on the
+/// order in which tasks happen to run.
+struct FlowPlan {
+    id: u32,
+    port: u16,
+    start_offset: Duration,
+    client_cid: [u8; CID_LEN],
+    initial_dcid: [u8; CID_LEN],
+}
+
+async fn run_flows(
+    spec: ClientSpec,
+    book: Arc<FlowBook>,
+    stop: watch::Receiver<bool>,
+    opening: watch::Receiver<bool>,
+) -> io::Result<()> {
+    // Made before any flow starts: a helper that cannot join the cgroup fails the client, not
+    // each flow on its own.
+    let mut sockets = tcp_sockets(&spec, spec.tcp_flows as usize)?.into_iter();
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let period_us = spec.period.as_micros().max(1) as u64;
+    let mut plan = |id: u32, port: u16| FlowPlan {
+        id,
+        port,
+        start_offset: Duration::from_micros(rng.random_range(0..period_us)),
+        client_cid: rng.random(),
+        initial_dcid: rng.random(),
+    };
+    let spec = Arc::new(spec);
+    let mut tasks = JoinSet::new();
+    for i in 0..spec.tcp_flows {
+        let plan = plan(i, TCP_BASE_PORT + i as u16);
+        tasks.spawn(tcp_flow(plan, sockets.next(), spec.clone(), book.clone(), stop.clone()));
+    }
+    for i in 0..spec.udp_flows {
+        let plan = plan(spec.tcp_flows + i, UDP_BASE_PORT + i as u16);
+        tasks.spawn(udp_flow(plan, spec.clone(), book.clone(), stop.clone()));
+    }
+    if spec.open_tcp_per_period > 0 {
+        tasks.spawn(open_flows(spec.clone(), book.clone(), stop.clone(), opening));
+    }
+    tasks.spawn(heartbeat(book.clone(), stop.clone()));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// How often the heartbeat wakes.
+const HEARTBEAT: Duration = Duration::from_millis(10);
+/// How late the heartbeat may wake before the lateness counts as a stall: shorter delays are
+/// the runtime working through replies that came due together, not a thread that could not run.
+const STALL: Duration = Duration::from_millis(20);
+
+/// Wakes every [`HEARTBEAT`] on the flows' runtime and records in the timeline each time it
+/// woke at least [`STALL`] late: the flows could not run then either.
+async fn heartbeat(book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
+    let mut due = Instant::now() + HEARTBEAT;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = Instant::now();
+        if now >= due + STALL {
+            book.stalled(due, now);
+        }
+        due = now + HEARTBEAT;
+    }
+}
+
+/// `count` unbound TCP sockets for the flows, made in the client's cgroup when it has one;
+/// none without (each flow then makes its own).
+fn tcp_sockets(spec: &ClientSpec, count: usize) -> io::Result<Vec<OwnedFd>> {
+    match &spec.cgroup {
+        Some(cgroup) if count > 0 => {
+            let domain = if spec.vip.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            zrlab_host::cgroup::sockets_in(cgroup, domain, libc::SOCK_STREAM, count)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Opens `open_tcp_per_period` TCP flows per period once opening starts, until stopped or the
+/// TCP port range is used up.
+async fn open_flows(
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+    mut opening: watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = opening.wait_for(|o| *o) => {}
+        _ = stop.wait_for(|s| *s) => return,
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATE_SEED_SALT);
+    let period_us = spec.period.as_micros().max(1) as u64;
+    let mut next_port = u32::from(TCP_BASE_PORT) + spec.tcp_flows;
+    let mut interval = schedule(Instant::now(), spec.period);
+    let mut tasks = JoinSet::new();
+    while next_port + spec.open_tcp_per_period <= u32::from(UDP_BASE_PORT) {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            break;
+        }
+        let sockets = match tcp_sockets(&spec, spec.open_tcp_per_period as usize) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                tracing::warn!("client: no sockets for new flows: {e}");
+                Vec::new()
+            }
+        };
+        let mut sockets = sockets.into_iter();
+        for _ in 0..spec.open_tcp_per_period {
+            let plan = FlowPlan {
+                id: book.open(Proto::Tcp),
+                port: next_port as u16,
+                start_offset: Duration::from_micros(rng.random_range(0..period_us)),
+                client_cid: [0; CID_LEN],
+                initial_dcid: [0; CID_LEN],
+            };
+            next_port += 1;
+            tasks.spawn(tcp_flow(plan, sockets.next(), spec.clone(), book.clone(), stop.clone()));
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// A socket of type `ty` (`premade` if given) bound to the wildcard address and `port`.
+fn bound_socket(vip: IpAddr, port: u16, ty: Type, premade: Option<OwnedFd>) -> io::Result<Socket> {
+    let protocol = if ty == Type::STREAM { Protocol::TCP } else { Protocol::UDP };
+    let socket = match premade {
+        Some(fd) => Socket::from(fd),
+        None => Socket::new(Domain::for_address(SocketAddr::new(vip, 0)), ty, Some(protocol))?,
+    };
+    socket.set_reuse_address(true)?;
+    let any: IpAddr = if vip.is_ipv4() { [0u8; 4].into() } else { [0u16; 8].into() };
+    socket.bind(&SocketAddr::new(any, port).into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Waits for the first tick at the flow's offset, then every period; `None` once stopped.
+async fn next_tick(interval: &mut tokio::time::Interval, stop: &mut watch::Receiver<bool>) -> Option<()> {
+    tokio::select! {
+        _ = interval.tick() => Some(()),
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+fn interval_for(plan: &FlowPlan, period: Duration) -> tokio::time::Interval {
+    schedule(Instant::now() + plan.start_offset, period)
+}
+
+/// Ticks every `period` from `start`; ticks missed while the task could not run come due at
+/// once (the requests owed), rather than shifting the schedule.
+fn schedule(start: Instant, period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(start, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    interval
+}
+
+fn ending_of(err: &io::Error) -> Ending {
+    match err.kind() {
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Ending::Reset,
+        io::ErrorKind::ConnectionRefused => Ending::Refused,
+        _ => Ending::Protocol(err.to_string()),
+    }
+}
+
+async fn tcp_flow(
+    plan: FlowPlan,
+    premade: Option<OwnedFd>,
+    spec: Arc<ClientSpec>,
+    book: Arc<FlowBook>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let id = plan.id;
+    let end = |ending: Ending| book.update(id, |f| f.end(ending));
+    let target = SocketAddr::new(spec.vip, spec.tcp_port);
+    let socket = match bound_socket(spec.vip, plan.port, Type::STREAM, premade) {
+        Ok(s) => TcpSocket::from_std_stream(s.into()),
+        Err(e) => {
+            return end(Ending::ConnectFailed(format!("bind port {}: {e}", plan.port)));
+        }
+    };
+    let stream = tokio::select! {
+        connected = tokio::time::timeout(spec.reply_timeout, socket.connect(target)) => match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return end(Ending::ConnectFailed(e.to_string())),
+            Err(_) => return end(Ending::ConnectFailed("timed out".into())),
+        },
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut interval = interval_for(&plan, spec.period);
+    for seq in 0.. {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            return;
+        }
+        if let Err(e) = write.write_all(Request { flow: id, seq }.emit().as_bytes()).await {
+            return end(ending_of(&e));
+        }
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(spec.reply_timeout, lines.next_line()) => reply,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match reply {
+            Err(_) => {
+                book.update(id, |f| f.drop_request());
+                return end(Ending::Stalled);
+            }
+            Ok(Ok(Some(line))) => match Reply::parse(&line) {
+                Ok(reply) if reply.flow == id && reply.seq == seq => book.update(id, |f| f.reply(&reply.who)),
+                Ok(reply) => {
+                    return end(Ending::Protocol(format!("reply to {}/{} for {id}/{seq}", reply.flow, reply.seq)));
+                }
+                Err(e) => return end(Ending::Protocol(e.to_string())),
+            },
+            Ok(Ok(None)) => {
+                book.update(id, |f| f.drop_request());
+                return end(Ending::Closed);
+            }
+            Ok(Err(e)) => return end(ending_of(&e)),
+        }
+    }
+}
+
+async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mut stop: watch::Receiver<bool>) {
+    let id = plan.id;
+    let end = |ending: Ending| book.update(id, |f| f.end(ending));
+    let target = SocketAddr::new(spec.vip, spec.udp_port);
+    let socket = match bound_socket(spec.vip, plan.port, Type::DGRAM, None)
+        .and_then(|s| s.connect(&target.into()).map(|()| s))
+        .and_then(|s| UdpSocket::from_std(s.into()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return end(Ending::ConnectFailed(format!("udp port {}: {e}", plan.port)));
+        }
+    };
+    let mut server_cid: Option<[u8; CID_LEN]> = None;
+    let mut interval = interval_for(&plan, spec.period);
+    let mut buf = vec![0u8; 2048];
+    for seq in 0.. {
+        if next_tick(&mut interval, &mut stop).await.is_none() {
+            return;
+        }
+        // Until the server has issued its CID, every request is an Initial (as a QUIC client
+        // retransmits its Initial); afterwards short headers carry the server's CID.
+        let header = match server_cid {
+            Some(dcid) => Header::Short { dcid },
+            None => Header::Long {
+                kind: LongType::Initial,
+                version: VERSION_1,
+                dcid: plan.initial_dcid.to_vec(),
+                scid: plan.client_cid.to_vec(),
+            },
+        };
+        let datagram = Datagram { header, payload: Request { flow: id, seq }.emit().into_bytes() };
+        if let Err(e) = socket.send(&datagram.emit()).await {
+            return end(ending_of(&e));
+        }
+        let deadline = Instant::now() + spec.reply_timeout;
+        loop {
+            let received = tokio::select! {
+                r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match received {
+                Err(_) => {
+                    book.update(id, |f| f.drop_request());
+                    break;
+                }
+                Ok(Err(e)) => return end(ending_of(&e)),
+                Ok(Ok(len)) => {
+                    let Ok(reply) = Datagram::parse(&buf[..len]) else {
+                        continue;
+                    };
+                    let Ok(parsed) = Reply::parse_bytes(&reply.payload) else {
+                        continue;
+                    };
+                    // A late reply to an earlier request: that request was already counted.
+                    if parsed.flow != id || parsed.seq != seq {
+                        continue;
+                    }
+                    if let Header::Long { scid, .. } = &reply.header
+                        && server_cid.is_none()
+                    {
+                        server_cid = scid.as_slice().try_into().ok();
+                    }
+                    book.update(id, |f| f.reply(&parsed.who));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flow_that_could_not_run_sends_the_requests_it_owes_at_once() {
+        let period = Duration::from_millis(100);
+        let mut ticks = schedule(Instant::now(), period);
+        ticks.tick().await;
+        // The task does not run for three and a half periods (a stalled thread)...
+        tokio::time::advance(period * 7 / 2).await;
+        // ...then the three requests it owes are due at once, and the schedule holds.
+        for owed in 0..3 {
+            assert!(ticks.tick().now_or_never().is_some(), "request {owed} owed after the stall");
+        }
+        assert!(ticks.tick().now_or_never().is_none(), "nothing more owed");
+        tokio::time::advance(period / 2).await;
+        assert!(ticks.tick().now_or_never().is_some(), "the next tick is on the original schedule");
+    }
+}

@@ -1,0 +1,462 @@
+//! The service that runs on backends: a child process (`zrlab service ...`) started inside a
+//! backend's namespace and cgroup.
+//!
+//! It answers every request with a reply naming itself ([`Identity`]): TCP over long-lived
+//! connections, UDP as QUIC-shaped datagrams whose server connection ids carry the backend's
+//! server id (and, in layouts v2 and v3, the process's release slot in the first byte's free
+//! bits: `zrlab_common::reuseport`). It publishes its sockets' descriptors ([`Sockets`]) and its
+//! lifecycle ([`Phase`]) on stdout. SIGTERM starts a drain: the listeners close; open
+//! connections are served until their clients close them, and UDP flows until none has sent a
+//! datagram for [`UDP_IDLE`], or until the drain timeout passes; then it exits.
+
+use std::{
+    collections::HashSet,
+    io::Write as _,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream, UdpSocket},
+    signal::unix::{SignalKind, signal},
+    task::JoinSet,
+};
+use zrlab_common::reuseport::MAX_SLOTS;
+
+use crate::handover;
+use crate::phase::Phase;
+use crate::phase::Sockets;
+use zrlab_wire::message::Identity;
+use zrlab_wire::message::Reply;
+use zrlab_wire::message::Request;
+use zrlab_wire::quic::CID_LEN;
+use zrlab_wire::quic::CidVersion;
+use zrlab_wire::quic::Datagram;
+use zrlab_wire::quic::Header;
+use zrlab_wire::quic::LongType;
+use zrlab_wire::quic::cid_for;
+
+/// Command-line arguments of `zrlab service`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// The node this instance runs on (named in every reply).
+    #[arg(long)]
+    pub node: String,
+    /// The instance name (named in every reply; distinguishes releases on one node).
+    #[arg(long, default_value = "a")]
+    pub instance: String,
+    /// TCP address to listen on (repeatable).
+    #[arg(long)]
+    pub tcp: Vec<SocketAddr>,
+    /// UDP address to serve (repeatable).
+    #[arg(long)]
+    pub udp: Vec<SocketAddr>,
+    /// The backend's server id, embedded in the QUIC connection ids it issues.
+    #[arg(long, default_value_t = 1)]
+    pub server_id: u32,
+    /// Layout of the server id in connection ids.
+    #[arg(long, value_enum, default_value = "v3")]
+    pub cid_version: CidVersionArg,
+    /// Bind with SO_REUSEPORT (several instances share the address).
+    #[arg(long)]
+    pub reuseport: bool,
+    /// How long a drain waits for open connections before exiting anyway.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// The process's release slot (0-31), written into the connection ids it issues (layouts
+    /// v2 and v3), so that a release's dispatcher keeps each UDP flow on its process.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..i64::from(MAX_SLOTS)))]
+    pub slot: u32,
+    /// Hand the sockets over to a successor that asks on this abstract Unix socket name
+    /// (`workload::handover`): then stop accepting and reading UDP, serve what it has, and serve
+    /// the datagrams the successor forwards.
+    #[arg(long)]
+    pub handover: Option<String>,
+    /// Take the sockets from the predecessor listening on this name instead of binding.
+    #[arg(long, conflicts_with = "reuseport")]
+    pub takeover: Option<String>,
+    /// With `--takeover`: forward datagrams whose connection id this process did not issue to
+    /// the predecessor (without it they are answered here, as unknown).
+    #[arg(long, requires = "takeover")]
+    pub forward: bool,
+}
+
+/// [`CidVersion`] as a command-line value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CidVersionArg {
+    /// 16-bit id.
+    V1,
+    /// 24-bit id.
+    V2,
+    /// 32-bit id.
+    V3,
+}
+
+impl From<CidVersionArg> for CidVersion {
+    fn from(v: CidVersionArg) -> Self {
+        match v {
+            CidVersionArg::V1 => Self::V1,
+            CidVersionArg::V2 => Self::V2,
+            CidVersionArg::V3 => Self::V3,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        _ => Err(format!("bad duration unit in {text:?} (use ms or s)")),
+    }
+}
+
+/// A draining service's UDP flows count as ended once none has sent a datagram for this long.
+pub const UDP_IDLE: Duration = Duration::from_secs(1);
+
+/// Receive errors in a row after which a UDP socket is given up (each receive either succeeds
+/// or fails at once, so a persistent error would otherwise spin a core).
+const MAX_RECV_FAILURES: u32 = 100;
+
+fn announce(phase: Phase) {
+    let mut out = std::io::stdout().lock();
+    // The lab reads these lines; a lab that went away (kept runs) is no reason to stop serving.
+    let _ = out.write_all(phase.emit().as_bytes()).and_then(|()| out.flush());
+}
+
+fn bind(addr: SocketAddr, ty: Type, reuseport: bool) -> std::io::Result<Socket> {
+    let protocol = if ty == Type::STREAM { Protocol::TCP } else { Protocol::UDP };
+    let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+    socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Runs the service until SIGTERM and a finished drain.
+pub async fn serve(args: ServiceArgs) -> std::io::Result<()> {
+    let identity = Identity { node: args.node.clone(), instance: args.instance.clone(), pid: std::process::id() };
+    let mut terminate = signal(SignalKind::terminate())?;
+    let (tcp, udp) = match &args.takeover {
+        Some(name) => {
+            let (tcp, udp) = handover::receive(name)?;
+            let tcp: Vec<std::net::TcpListener> = tcp.into_iter().map(Into::into).collect();
+            let udp: Vec<std::net::UdpSocket> = udp.into_iter().map(Into::into).collect();
+            for l in &tcp {
+                l.set_nonblocking(true)?;
+            }
+            for u in &udp {
+                u.set_nonblocking(true)?;
+            }
+            (tcp, udp)
+        }
+        None => {
+            let mut tcp = Vec::new();
+            for addr in &args.tcp {
+                let socket = bind(*addr, Type::STREAM, args.reuseport)?;
+                socket.listen(1024)?;
+                tcp.push(socket.into());
+            }
+            let mut udp = Vec::new();
+            for addr in &args.udp {
+                udp.push(bind(*addr, Type::DGRAM, args.reuseport)?.into());
+            }
+            (tcp, udp)
+        }
+    };
+    let sockets = Sockets {
+        tcp: tcp.iter().map(|s: &std::net::TcpListener| s.as_raw_fd()).collect(),
+        udp: udp.iter().map(|s: &std::net::UdpSocket| s.as_raw_fd()).collect(),
+    };
+    // Copies for the handover and for answering forwarded datagrams once reading stopped.
+    let udp_senders: Vec<std::net::UdpSocket> =
+        udp.iter().map(std::net::UdpSocket::try_clone).collect::<Result<_, _>>()?;
+    let handover = match &args.handover {
+        Some(name) => {
+            let listener = handover::listen(name)?;
+            listener.set_nonblocking(true)?;
+            let forwarded = handover::forward_socket(name)?;
+            forwarded.set_nonblocking(true)?;
+            Some((tokio::net::UnixListener::from_std(listener)?, tokio::net::UnixDatagram::from_std(forwarded)?))
+        }
+        None => None,
+    };
+    let forward_to = match (&args.takeover, args.forward) {
+        (Some(name), true) => Some(handover::forward_addr(name)?),
+        _ => None,
+    };
+    announce_sockets(&sockets);
+    announce(Phase::Bound);
+
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let mut acceptors = JoinSet::new();
+    for listener in tcp {
+        acceptors.spawn(accept_until_drained(TcpListener::from_std(listener)?, identity.clone(), drain_rx.clone()));
+    }
+    let issuer = Issuer {
+        server_id: args.server_id,
+        version: CidVersion::from(args.cid_version),
+        slot: args.slot,
+        issued: Arc::new(Mutex::new(HashSet::new())),
+    };
+    let last_datagram = Arc::new(Mutex::new(Instant::now()));
+    let forwarder = match forward_to {
+        Some(addr) => {
+            let socket = std::os::unix::net::UnixDatagram::unbound()?;
+            socket.connect_addr(&addr)?;
+            socket.set_nonblocking(true)?;
+            Some(Arc::new(tokio::net::UnixDatagram::from_std(socket)?))
+        }
+        None => None,
+    };
+    let mut datagrams = JoinSet::new();
+    for socket in udp {
+        let context = Context { identity: identity.clone(), issuer: issuer.clone(), last: last_datagram.clone() };
+        datagrams.spawn(serve_datagrams(UdpSocket::from_std(socket)?, context, forwarder.clone()));
+    }
+    announce(Phase::Ready);
+
+    let mut forwarded = None;
+    match handover {
+        Some((listener, fwd)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                accepted = listener.accept() => {
+                    let (stream, _) = accepted?;
+                    let mut stream = stream.into_std()?;
+                    stream.set_nonblocking(false)?;
+                    let fds = sockets.clone();
+                    tokio::task::spawn_blocking(move || handover::send(&mut stream, &fds.tcp, &fds.udp))
+                        .await
+                        .map_err(std::io::Error::other)??;
+                    // The successor reads the UDP sockets now: stop reading them here (the
+                    // copies answer forwarded datagrams).
+                    datagrams.abort_all();
+                    let context = Context { identity: identity.clone(), issuer: issuer.clone(), last: last_datagram.clone() };
+                    forwarded = Some(tokio::spawn(serve_forwarded(fwd, udp_senders, context)));
+                }
+            }
+        }
+        None => {
+            terminate.recv().await;
+        }
+    }
+    announce(Phase::Draining);
+    let _ = drain_tx.send(true);
+    // The drain ends when the TCP connections are closed and the UDP flows idle (checked a few
+    // times a second: UDP has no end of flow to wait for), or at the timeout.
+    let drained = async {
+        while acceptors.join_next().await.is_some() {}
+        let mut tick = tokio::time::interval(UDP_IDLE / 4);
+        while last_datagram.lock().expect("not poisoned").elapsed() < UDP_IDLE {
+            tick.tick().await;
+        }
+    };
+    let _ = tokio::time::timeout(args.drain_timeout, drained).await;
+    drop(datagrams);
+    if let Some(task) = forwarded {
+        task.abort();
+    }
+    announce(Phase::Exited);
+    Ok(())
+}
+
+fn announce_sockets(sockets: &Sockets) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(sockets.emit().as_bytes()).and_then(|()| out.flush());
+}
+
+/// What a UDP socket needs to issue connection ids.
+#[derive(Clone)]
+struct Issuer {
+    server_id: u32,
+    version: CidVersion,
+    /// The release slot, in the first byte's free bits (v2, v3).
+    slot: u32,
+    /// Every id issued, shared by the process's UDP sockets.
+    issued: Arc<Mutex<HashSet<[u8; CID_LEN]>>>,
+}
+
+impl Issuer {
+    /// A server CID for a flow whose client chose `dcid`: the free bits come from it, so reruns
+    /// issue the same ids.
+    fn issue(&self, dcid: &[u8]) -> Option<[u8; CID_LEN]> {
+        let mut entropy = [0u8; CID_LEN];
+        for (i, b) in dcid.iter().enumerate() {
+            entropy[i % CID_LEN] ^= b;
+        }
+        let mut cid = cid_for(self.version, self.server_id, entropy)?;
+        if !matches!(self.version, CidVersion::V1) {
+            cid[0] = (cid[0] & 0xc0) | self.slot as u8;
+        }
+        self.issued.lock().expect("not poisoned").insert(cid);
+        Some(cid)
+    }
+
+    fn knows(&self, cid: &[u8; CID_LEN]) -> bool {
+        self.issued.lock().expect("not poisoned").contains(cid)
+    }
+}
+
+/// Accepts connections until the drain starts, then closes the listener and serves the open
+/// connections until their clients close them.
+async fn accept_until_drained(
+    listener: TcpListener,
+    identity: Identity,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut open = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    open.spawn(serve_connection(stream, identity.clone()));
+                }
+            }
+            Some(_) = open.join_next(), if !open.is_empty() => {}
+            _ = drain.changed() => break,
+        }
+    }
+    drop(listener);
+    while open.join_next().await.is_some() {}
+}
+
+async fn serve_connection(stream: TcpStream, identity: Identity) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(request) = Request::parse(&line) else {
+            return;
+        };
+        let reply = Reply { flow: request.flow, seq: request.seq, who: identity.clone(), known: true };
+        if write.write_all(reply.emit().as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What answering a datagram needs.
+#[derive(Clone)]
+struct Context {
+    identity: Identity,
+    issuer: Issuer,
+    /// When the last datagram arrived (a drain waits for the UDP flows to go idle).
+    last: Arc<Mutex<Instant>>,
+}
+
+/// What to do with a datagram.
+enum Answer {
+    /// Send this reply.
+    Reply(Vec<u8>),
+    /// A short header whose connection id this process did not issue.
+    Unknown,
+    /// Nothing (not a request, or a long header the service does not answer).
+    Ignore,
+}
+
+impl Context {
+    fn answer(&self, datagram: &[u8]) -> Answer {
+        *self.last.lock().expect("not poisoned") = Instant::now();
+        let Ok(datagram) = Datagram::parse(datagram) else { return Answer::Ignore };
+        let Ok(request) = Request::parse_bytes(&datagram.payload) else { return Answer::Ignore };
+        let (header, known) = match datagram.header {
+            Header::Long { kind: LongType::Initial, version, dcid, scid } => {
+                // A new flow: issue a server CID carrying our server id.
+                let Some(cid) = self.issuer.issue(&dcid) else { return Answer::Ignore };
+                (Header::Long { kind: LongType::Initial, version, dcid: scid, scid: cid.to_vec() }, true)
+            }
+            Header::Short { dcid } => {
+                let known = self.issuer.knows(&dcid);
+                (Header::Short { dcid }, known)
+            }
+            Header::Long { .. } => return Answer::Ignore,
+        };
+        if !known {
+            return Answer::Unknown;
+        }
+        let reply = Reply { flow: request.flow, seq: request.seq, who: self.identity.clone(), known };
+        Answer::Reply(Datagram { header, payload: reply.emit().into_bytes() }.emit())
+    }
+
+    /// The reply to a datagram of a flow this process does not know: named as unknown, so the
+    /// client sees which socket answered (a misroute).
+    fn unknown(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        let datagram = Datagram::parse(datagram).ok()?;
+        let request = Request::parse_bytes(&datagram.payload).ok()?;
+        let reply = Reply { flow: request.flow, seq: request.seq, who: self.identity.clone(), known: false };
+        Some(Datagram { header: datagram.header, payload: reply.emit().into_bytes() }.emit())
+    }
+}
+
+async fn serve_datagrams(socket: UdpSocket, context: Context, forward: Option<Arc<tokio::net::UnixDatagram>>) {
+    let mut buf = vec![0u8; 2048];
+    let mut failures = 0;
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => {
+                failures = 0;
+                received
+            }
+            // An unconnected UDP socket reports ICMP errors for earlier sends (a client that
+            // went away): one is no reason to stop. A persistent error is, instead of spinning.
+            Err(e) => {
+                failures += 1;
+                if failures >= MAX_RECV_FAILURES {
+                    eprintln!(
+                        "service {}: giving up on UDP after {failures} receive errors in a row: {e}",
+                        context.identity
+                    );
+                    return;
+                }
+                continue;
+            }
+        };
+        let reply = match context.answer(&buf[..len]) {
+            Answer::Reply(reply) => reply,
+            Answer::Unknown => match &forward {
+                // The predecessor's flow: its process answers (user-space forwarding).
+                Some(forward) => {
+                    let _ = forward.send(&handover::encode_forward(peer, &buf[..len])).await;
+                    continue;
+                }
+                None => match context.unknown(&buf[..len]) {
+                    Some(reply) => reply,
+                    None => continue,
+                },
+            },
+            Answer::Ignore => continue,
+        };
+        let _ = socket.send_to(&reply, peer).await;
+    }
+}
+
+/// Serves the datagrams a successor forwards, answering through `senders` (copies of the UDP
+/// sockets it handed over: the replies leave from the service's address).
+async fn serve_forwarded(socket: tokio::net::UnixDatagram, senders: Vec<std::net::UdpSocket>, context: Context) {
+    let Some(sender) = senders.into_iter().next() else { return };
+    let Ok(sender) = sender.set_nonblocking(true).and_then(|()| UdpSocket::from_std(sender)) else { return };
+    let mut buf = vec![0u8; 4096];
+    while let Ok(len) = socket.recv(&mut buf).await {
+        let Some((peer, datagram)) = handover::decode_forward(&buf[..len]) else { continue };
+        let reply = match context.answer(datagram) {
+            Answer::Reply(reply) => reply,
+            Answer::Unknown => match context.unknown(datagram) {
+                Some(reply) => reply,
+                None => continue,
+            },
+            Answer::Ignore => continue,
+        };
+        let _ = sender.send_to(&reply, peer).await;
+    }
+}
