@@ -498,6 +498,72 @@ fn a_syn_rewrites_the_entry_of_a_reused_five_tuple(old_cpu: usize, syn_cpu: usiz
     assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
 }
 
+/// A live VIP's flags change (id routing off, then no table with a ring change): table entries
+/// carry the flags they were written under, so the control plane flushes the VIP's entries
+/// and waiting SYNs in every table, and the next packet of every flow, IPv4 and IPv6 alike, on
+/// either CPU, is routed by the new flags (the model starts the VIP's flows afresh). Each flow
+/// was first moved by its server id to a real its ring does not pick, so an entry that
+/// survived the change would send it elsewhere than the model.
+#[test]
+fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
+    common::require_root();
+    let cpus = if have_two_cpus("flag changes seen from the second CPU") { 2 } else { 1 };
+    let mut fx = Fixture::new();
+    let vips: Vec<_> = fixture_vips().into_iter().filter(|(v, _)| v.port == 80 && v.tcp_id_routing).collect();
+    assert_eq!(vips.len(), 2, "the fixture's IPv4 and IPv6 id-routing VIPs");
+    let ids = fixture_ids();
+    let mut flows = Vec::new();
+    for (vip, _) in &vips {
+        let (src, dst) = if vip.addr.is_ipv4() { (CLIENT4, VIP4) } else { (CLIENT6, VIP6) };
+        for port in 45_000..45_016u16 {
+            let cpu = usize::from(port) % cpus;
+            let ring = tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, SYN, vec![]));
+            let (id, real) = ids
+                .iter()
+                .find(|(_, r)| **r != ring && r.is_ipv4() == vip.addr.is_ipv4())
+                .map(|(id, r)| (*id, *r))
+                .expect("an id of another real");
+            let option = vec![TcpOption::ServerId(id)];
+            assert_eq!(tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, ACK, option)), real, "routed by its id");
+            let other = (cpu + 1) % cpus;
+            assert_eq!(
+                tx_real_on(&mut fx, other, &tcp(src, port, dst, 80, ACK, vec![])),
+                real,
+                "its entry, on CPU {other}"
+            );
+            flows.push((src, dst, port, ring, id));
+        }
+    }
+    // Id routing off: every flow back on its ring's real, whatever its option says.
+    for (vip, reals) in &vips {
+        let off = zrlab_control::lb::VipSpec { tcp_id_routing: false, ..vip.clone() };
+        fx.lb.set_vip(&off, reals).expect("id routing off");
+        fx.model.set_vip(&off, reals).expect("model: id routing off");
+    }
+    for &(src, dst, port, ring, id) in &flows {
+        for cpu in 0..cpus {
+            let next = tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, ACK, vec![TcpOption::ServerId(id)]));
+            assert_eq!(next, ring, "{src}:{port} on CPU {cpu}: id routing is off, the ring decides");
+        }
+    }
+    // No table, and a ring change: every packet hashes on the new ring, none follows an entry.
+    let mut moved = 0;
+    for (vip, reals) in &vips {
+        let mut reals = reals.clone();
+        let heavy = if vip.addr.is_ipv4() { "192.0.2.50" } else { "2001:db8:3::2" };
+        reals.push(zrlab_control::lb::RealSpec { addr: ip(heavy), weight: 8, up: true });
+        let no_table = zrlab_control::lb::VipSpec { tcp_id_routing: false, no_lru: true, ..vip.clone() };
+        fx.lb.set_vip(&no_table, &reals).expect("no table");
+        fx.model.set_vip(&no_table, &reals).expect("model: no table");
+    }
+    for &(src, dst, port, ring, _) in &flows {
+        for cpu in 0..cpus {
+            moved += usize::from(tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, ACK, vec![])) != ring);
+        }
+    }
+    assert!(moved > 0, "the ring change moved no flow: the no-table phase shows nothing");
+}
+
 /// A backend joining a VIP (weight 0 to 1): its server id must route within the VIP as soon as
 /// it is admitted, before any LB node's new ring can send it a flow (a fleet admits on every
 /// node first, then swaps the rings). Until issue 24 the id table was written only after the

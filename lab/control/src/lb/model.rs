@@ -199,11 +199,35 @@ impl Model {
     }
 
     /// As [`super::Balancer::set_vip`].
+    /// A VIP whose flags change (id routing, no table, per-packet hashing) starts its flows
+    /// afresh: no table entry or waiting SYN of its flows survives the change, in any family.
     pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<(), maglev::MaglevError> {
         let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
         let ring = maglev::build(&backends, vip.ring_size)?;
-        self.vips.insert(vip_id(vip), Vip { spec: vip.clone(), reals: reals.to_vec(), ring });
+        let id = vip_id(vip);
+        let flags = |v: &VipSpec| (v.tcp_id_routing, v.quic_id_routing, v.no_lru, v.hash_per_packet);
+        let changed = self.vips.get(&id).is_some_and(|old| flags(&old.spec) != flags(vip));
+        self.vips.insert(id, Vip { spec: vip.clone(), reals: reals.to_vec(), ring });
+        if changed {
+            let ours = |model: &Self, flow: &Flow| model.vip_of(flow) == Some(id);
+            let stale: Vec<TableKey> = self.table.iter().filter(|(_, (f, _))| ours(self, f)).map(|(k, _)| *k).collect();
+            for key in stale {
+                self.table.remove(&key);
+            }
+            let waiting: Vec<(usize, u32)> =
+                self.syn_cache.iter().filter(|(_, (f, _))| ours(self, f)).map(|(k, _)| *k).collect();
+            for slot in waiting {
+                self.syn_cache.remove(&slot);
+            }
+        }
         Ok(())
+    }
+
+    /// The VIP a flow's packets are looked up under: exact port first, then any port.
+    fn vip_of(&self, flow: &Flow) -> Option<VipId> {
+        [(flow.dst, flow.dport, flow.proto), (flow.dst, 0, flow.proto)]
+            .into_iter()
+            .find(|id| self.vips.contains_key(id))
     }
 
     /// As [`super::Balancer::sync_server_ids`].
@@ -307,10 +331,7 @@ impl Model {
             return Err(XdpAction::Pass(Why::NonVip));
         }
         let flow = Flow { src, dst, sport, dport, proto };
-        let vip = [(dst, dport, proto), (dst, 0, proto)]
-            .into_iter()
-            .find(|id| self.vips.contains_key(id))
-            .ok_or(XdpAction::Pass(Why::NoService))?;
+        let vip = self.vip_of(&flow).ok_or(XdpAction::Pass(Why::NoService))?;
         Ok(Pkt { v6, l4, ip_len, tos, syn, ack, tcp_hdr_len, flow, vip })
     }
 
