@@ -345,6 +345,21 @@ mod tests {
         Comparison::try_from(RawComparison::Text(text.into()))
     }
 
+    /// An expectation on a count judges the count: `misroutes = "== 4"` holds for four
+    /// misrouted replies and fails for one (as for one flow with four), and `> 0` for both.
+    #[test]
+    fn a_count_expectation_depends_on_the_count_not_only_on_its_sign() {
+        let expect = BTreeMap::from([(Metric::Misroutes, parse("== 4").unwrap())]);
+        let some = BTreeMap::from([(Metric::Misroutes, parse("> 0").unwrap())]);
+        let mut measures = Measures::default();
+        for (misroutes, exact) in [(4, true), (1, false), (5, false), (0, false)] {
+            measures.tally.counted.misroutes = misroutes;
+            let check = &evaluate(&expect, &measures, Capacity::Judge)[0];
+            assert_eq!((check.ok, check.actual), (exact, misroutes), "{check:?}");
+            assert_eq!(evaluate(&some, &measures, Capacity::Judge)[0].ok, misroutes > 0);
+        }
+    }
+
     #[test]
     fn parses_every_operator() {
         assert_eq!(parse("== 0"), Ok(Comparison { op: Op::Eq, value: 0 }));

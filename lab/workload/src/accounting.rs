@@ -202,6 +202,26 @@ mod tests {
         assert_eq!(flow.owner, Some(who("be1")));
     }
 
+    /// Misroutes count replies, not flows: a flow answered by two wrong sockets, three times,
+    /// is three misroutes; drops count requests, and a connection that never opened is one.
+    #[test]
+    fn misroutes_count_every_misrouted_reply_and_drops_every_unanswered_request() {
+        let mut a = FlowRecord::new(Proto::Udp, 0, 0);
+        for node in ["be1", "be2", "be3", "be1", "be2"] {
+            a.reply(&who(node));
+        }
+        let mut b = FlowRecord::new(Proto::Udp, 1, 0);
+        b.reply(&who("be2"));
+        b.reply(&who("be4"));
+        b.drop_request();
+        b.drop_request();
+        let mut c = FlowRecord::new(Proto::Tcp, 2, 0);
+        c.end(Ending::ConnectFailed("refused".into()));
+        assert_eq!((a.misroutes, b.misroutes), (3, 1));
+        let tally = Tally::of(&[a, b, c], &BTreeSet::new(), &BTreeMap::new());
+        assert_eq!(tally.counted, Counts { flows: 3, resets: 0, misroutes: 4, drops: 3 });
+    }
+
     #[test]
     fn flows_of_downed_hosts_are_excused() {
         let mut kept = FlowRecord::new(Proto::Tcp, 0, 0);
