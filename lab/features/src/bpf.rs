@@ -6,6 +6,12 @@
 //! Helper probes follow libbpf's `libbpf_probe_bpf_helper`: a kernel that does not know a helper
 //! rejects the program with "invalid func" / "unknown func" in the verifier log, whatever the
 //! arguments; any other verdict means the helper exists.
+//!
+//! A probe tells "absent" (the kernel refused the program, map or attach type) from "cannot
+//! probe": `EPERM` from any call means the kernel would not be asked (no privilege, or
+//! `RLIMIT_MEMLOCK` too low for the probe), which says nothing about the feature, so it is an
+//! error, never "absent". (`EACCES` is not such a refusal: the verifier rejects programs with
+//! it, e.g. the helper probes' dummy arguments.)
 
 use std::{
     ffi::CStr,
@@ -21,6 +27,7 @@ use zrlab_host::bpf_sys::PROG_LOAD;
 use zrlab_host::bpf_sys::PROG_TEST_RUN;
 use zrlab_host::bpf_sys::fd_from;
 use zrlab_host::bpf_sys::sys_bpf;
+use zrlab_host::{LabError, Result};
 
 /// Program types.
 const PROG_SCHED_CLS: u32 = 3;
@@ -183,24 +190,43 @@ fn load(prog_type: u32, attach: u32, insns: &[Insn]) -> Result<OwnedFd, Rejected
     }
 }
 
-/// The verdict of one probe: present or not, and what was seen.
-pub(super) type ProbeResult = (bool, String);
+/// The verdict of one probe: present or not, and what was seen; an error when the kernel
+/// would not be asked (see the module docs).
+pub(super) type ProbeResult = Result<(bool, String)>;
+
+/// `Ok` when `error` is the kernel's answer about `what`; the "cannot probe" error when it is a
+/// refusal to be asked at all (`EPERM`).
+fn answered(what: &str, error: &io::Error) -> Result<()> {
+    match error.raw_os_error() {
+        Some(libc::EPERM) => Err(LabError::NotPrivileged(format!(
+            "cannot probe {what}: {error} (no privilege, or RLIMIT_MEMLOCK too low: not an answer about the kernel)"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 fn loaded(result: Result<OwnedFd, Rejected>, what: &str) -> ProbeResult {
     match result {
-        Ok(_) => (true, format!("{what}: loaded")),
-        Err(rejected) => (false, format!("{what}: rejected: {rejected}")),
+        Ok(_) => Ok((true, format!("{what}: loaded"))),
+        Err(rejected) => {
+            answered(what, &rejected.error)?;
+            Ok((false, format!("{what}: rejected: {rejected}")))
+        }
     }
 }
 
 /// libbpf's helper heuristic: only an unknown helper is reported as such by the verifier.
 fn helper_known(result: Result<OwnedFd, Rejected>, helper: &str) -> ProbeResult {
     match result {
-        Ok(_) => (true, format!("a program calling {helper} loaded")),
-        Err(r) if r.log.contains("invalid func") || r.log.contains("unknown func") => {
-            (false, format!("the verifier does not know {helper}: {r}"))
+        Ok(_) => Ok((true, format!("a program calling {helper} loaded"))),
+        Err(r) => {
+            answered(helper, &r.error)?;
+            if r.log.contains("invalid func") || r.log.contains("unknown func") {
+                Ok((false, format!("the verifier does not know {helper}: {r}")))
+            } else {
+                Ok((true, format!("the verifier knows {helper} (rejected only its dummy arguments: {r})")))
+            }
         }
-        Err(r) => (true, format!("the verifier knows {helper} (rejected only its dummy arguments: {r})")),
     }
 }
 
@@ -208,7 +234,10 @@ fn helper_known(result: Result<OwnedFd, Rejected>, helper: &str) -> ProbeResult 
 pub(super) fn test_run() -> ProbeResult {
     let prog = match load(PROG_XDP, 0, &[mov_imm(0, XDP_PASS), exit()]) {
         Ok(fd) => fd,
-        Err(r) => return (false, format!("XDP program rejected: {r}")),
+        Err(r) => {
+            answered("an XDP program", &r.error)?;
+            return Ok((false, format!("XDP program rejected: {r}")));
+        }
     };
     let frame = [0u8; 64];
     let mut attr = TestRunAttr {
@@ -219,9 +248,12 @@ pub(super) fn test_run() -> ProbeResult {
         ..Default::default()
     };
     match sys_bpf(PROG_TEST_RUN, &mut attr) {
-        Ok(_) if attr.retval == XDP_PASS as u32 => (true, "XDP_PASS program ran, returned 2".into()),
-        Ok(_) => (false, format!("test run returned {} instead of 2", attr.retval)),
-        Err(e) => (false, format!("BPF_PROG_TEST_RUN: {e}")),
+        Ok(_) if attr.retval == XDP_PASS as u32 => Ok((true, "XDP_PASS program ran, returned 2".into())),
+        Ok(_) => Ok((false, format!("test run returned {} instead of 2", attr.retval))),
+        Err(e) => {
+            answered("BPF_PROG_TEST_RUN", &e)?;
+            Ok((false, format!("BPF_PROG_TEST_RUN: {e}")))
+        }
     }
 }
 
@@ -242,7 +274,10 @@ pub(super) fn sk_reuseport() -> ProbeResult {
     };
     let map = match sys_bpf(MAP_CREATE, &mut attr) {
         Ok(fd) => fd_from(fd),
-        Err(e) => return (false, format!("REUSEPORT_SOCKARRAY map: {e}")),
+        Err(e) => {
+            answered("a REUSEPORT_SOCKARRAY map", &e)?;
+            return Ok((false, format!("REUSEPORT_SOCKARRAY map: {e}")));
+        }
     };
     let [ld0, ld1] = load_map_fd(2, &map);
     let prog = [
@@ -270,7 +305,10 @@ pub(super) fn sk_assign() -> ProbeResult {
 pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
     let prog = match load(PROG_SK_LOOKUP, ATTACH_SK_LOOKUP, &[mov_imm(0, SK_PASS), exit()]) {
         Ok(fd) => fd,
-        Err(r) => return (false, format!("sk_lookup program rejected: {r}")),
+        Err(r) => {
+            answered("an sk_lookup program", &r.error)?;
+            return Ok((false, format!("sk_lookup program rejected: {r}")));
+        }
     };
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
@@ -281,9 +319,12 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
     match sys_bpf(LINK_CREATE, &mut attr) {
         Ok(link) => {
             drop(fd_from(link));
-            (true, "sk_lookup program loaded and attached to a namespace".into())
+            Ok((true, "sk_lookup program loaded and attached to a namespace".into()))
         }
-        Err(e) => (false, format!("sk_lookup attach: {e}")),
+        Err(e) => {
+            answered("an sk_lookup attachment", &e)?;
+            Ok((false, format!("sk_lookup attach: {e}")))
+        }
     }
 }
 
@@ -291,8 +332,11 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
 pub(super) fn tcp_header_options() -> ProbeResult {
     let prog = [mov_imm(2, 0), mov_imm(3, 0), call(FN_RESERVE_HDR_OPT), mov_imm(0, 1), exit()];
     match load(PROG_SOCK_OPS, 0, &prog) {
-        Ok(_) => (true, "sock_ops program calling bpf_reserve_hdr_opt loaded".into()),
-        Err(r) => (false, format!("bpf_reserve_hdr_opt: {r}")),
+        Ok(_) => Ok((true, "sock_ops program calling bpf_reserve_hdr_opt loaded".into())),
+        Err(r) => {
+            answered("bpf_reserve_hdr_opt", &r.error)?;
+            Ok((false, format!("bpf_reserve_hdr_opt: {r}")))
+        }
     }
 }
 
@@ -305,4 +349,60 @@ pub(super) fn select_or_migrate() -> ProbeResult {
         load(PROG_SK_REUSEPORT, ATTACH_SK_REUSEPORT_SELECT_OR_MIGRATE, &prog),
         "SELECT_OR_MIGRATE program reading migrating_sk",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops every capability of the calling thread. Capabilities belong to a thread, so the
+    /// other tests' threads keep theirs.
+    fn drop_capabilities() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        /// `_LINUX_CAPABILITY_VERSION_3`: two `Data` words.
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header { version: VERSION_3, pid: 0 };
+        let data = [Data::default(); 2];
+        // SAFETY: capset reads the header and two data structs, all valid for the call.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+        assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+    }
+
+    /// Without the privilege to use `bpf(2)` every BPF probe is an error that says it cannot
+    /// probe, never "absent": a kernel that has the feature must not be reported without it
+    /// because the prober lacked a capability (or, alike, its memlock limit).
+    #[test]
+    fn a_probe_the_kernel_refuses_to_answer_is_an_error_never_absent() {
+        std::thread::spawn(|| {
+            drop_capabilities();
+            type Probe = fn() -> ProbeResult;
+            let probes: [(&str, Probe); 6] = [
+                ("test_run", test_run),
+                ("sock_ops", sock_ops),
+                ("sk_reuseport", sk_reuseport),
+                ("sk_assign", sk_assign),
+                ("tcp_header_options", tcp_header_options),
+                ("select_or_migrate", select_or_migrate),
+            ];
+            for (name, probe) in probes {
+                match probe() {
+                    Err(LabError::NotPrivileged(why)) => assert!(why.starts_with("cannot probe"), "{name}: {why}"),
+                    other => panic!("{name}: {other:?} without the privilege to ask"),
+                }
+            }
+        })
+        .join()
+        .expect("the probe thread");
+    }
 }

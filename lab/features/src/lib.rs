@@ -154,16 +154,16 @@ impl Feature {
             return Ok(known.clone());
         }
         let verdict = match self {
-            Self::BpfProgTestRun => bpf::test_run(),
-            Self::SockOps => bpf::sock_ops(),
-            Self::SkReuseport => bpf::sk_reuseport(),
-            Self::SkAssign => bpf::sk_assign(),
+            Self::BpfProgTestRun => bpf::test_run()?,
+            Self::SockOps => bpf::sock_ops()?,
+            Self::SkReuseport => bpf::sk_reuseport()?,
+            Self::SkAssign => bpf::sk_assign()?,
             Self::SkLookup => {
                 let netns = Netns::create(&RunId::new(false).name("probe"))?;
-                bpf::sk_lookup(&netns)
+                bpf::sk_lookup(&netns)?
             }
-            Self::TcpHeaderOptions => bpf::tcp_header_options(),
-            Self::SelectOrMigrate => bpf::select_or_migrate(),
+            Self::TcpHeaderOptions => bpf::tcp_header_options()?,
+            Self::SelectOrMigrate => bpf::select_or_migrate()?,
             Self::Lhash2 => {
                 // Measured, so noisy: a measurement that disagrees with the version table is
                 // repeated before the disagreement counts (see `settle`).
