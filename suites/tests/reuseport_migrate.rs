@@ -105,9 +105,7 @@ fn control_without_migration_the_target_accepts_none(state: State) {
 fn run(v6: bool, state: State, dispatch: Dispatch) -> Option<(usize, ReuseportCounters)> {
     common::require_root();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let feature = Feature::SelectOrMigrate;
-    if !runtime.block_on(feature.probe()).expect("probe") {
-        eprintln!("SKIPPED: the kernel lacks {} ({}.{}+)", feature.describe(), feature.since().0, feature.since().1);
+    if !common::has_feature(Feature::SelectOrMigrate) {
         return None;
     }
     let netns = Netns::create(&RunId::new(false).name("migrate")).expect("namespace");

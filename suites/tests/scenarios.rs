@@ -41,7 +41,7 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_dow
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
     if outcome.verdict == ScenarioVerdict::Skip {
-        eprintln!("SKIPPED {name}: {}", outcome.reason);
+        skipped(&scenario, &outcome.reason);
         return;
     }
     assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
@@ -94,7 +94,7 @@ fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool)
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
     if outcome.verdict == ScenarioVerdict::Skip {
-        eprintln!("SKIPPED {name}: {}", outcome.reason);
+        skipped(&scenario, &outcome.reason);
         return;
     }
     assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
@@ -152,4 +152,14 @@ impl Drop for CleanOnDrop {
 fn run_pid(stdout: &str) -> u32 {
     let at = stdout.find("zrlabk-").expect("a kept namespace name") + "zrlabk-".len();
     stdout[at..].split('-').next().and_then(|p| p.parse().ok()).expect("a pid")
+}
+
+/// Records a scenario's skip, after checking that a feature it requires really is absent: a
+/// scenario skipped on a kernel whose probes find everything it requires fails.
+fn skipped(scenario: &Scenario, reason: &str) {
+    let runtime = common::runtime();
+    let absent: Vec<_> =
+        scenario.requires.iter().filter(|f| !runtime.block_on(f.probe()).expect("probe")).map(|f| f.name()).collect();
+    assert!(!absent.is_empty(), "{}: skipped ({reason}) although every feature it requires is present", scenario.name);
+    common::record_skip(reason);
 }

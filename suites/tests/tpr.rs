@@ -91,14 +91,7 @@ impl Bed {
     fn new(case: Case, sysctls: &[(&str, &str, &str)]) -> Option<Self> {
         common::require_root();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let feature = Feature::TcpHeaderOptions;
-        if !runtime.block_on(feature.probe()).expect("probe") {
-            eprintln!(
-                "SKIPPED: the kernel lacks {} ({}.{}+)",
-                feature.describe(),
-                feature.since().0,
-                feature.since().1
-            );
+        if !common::has_feature(Feature::TcpHeaderOptions) {
             return None;
         }
         let topology = Topology::load(&common::fixtures().join("topologies/lb-ecmp.toml")).expect("topology");

@@ -13,6 +13,38 @@ pub(crate) fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").canonicalize().expect("fixtures directory")
 }
 
+/// Environment variable naming the file each skip is appended to (`cargo xtask test` sets it
+/// and prints the skips as a table at its end).
+pub(crate) const SKIPS_ENV: &str = "ZRLAB_SKIPS";
+
+/// Records that the running test skipped for want of `missing`: says so on standard error
+/// (`SKIPPED ...`, what the kernel matrix's rows look for) and appends a `test<TAB>missing`
+/// line to the file of [`SKIPS_ENV`], so that no skip is silent when libtest captures the
+/// output of passing tests. The test is named by its thread, which libtest names after it.
+pub(crate) fn record_skip(missing: &str) {
+    let test = std::thread::current().name().unwrap_or("(unnamed test)").to_owned();
+    eprintln!("SKIPPED {test}: {missing}");
+    if let Some(path) = std::env::var_os(SKIPS_ENV) {
+        use std::io::Write as _;
+        let line = format!("{test}\t{missing}\n");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        // One write of one line to an O_APPEND file: lines of parallel tests do not interleave.
+        file.and_then(|mut f| f.write_all(line.as_bytes())).unwrap_or_else(|e| panic!("append to {path:?}: {e}"));
+    }
+}
+
+/// Whether the kernel has `feature` (by its probe); when it has not, records the running test's
+/// skip naming the feature and the version that introduced it. The probe decides: a test skips
+/// exactly when the probe says the feature is absent, so no test skips where it is present.
+pub(crate) fn has_feature(feature: zrlab_features::Feature) -> bool {
+    let present = runtime().block_on(feature.probe()).expect("probe");
+    if !present {
+        let (major, minor) = feature.since();
+        record_skip(&format!("the kernel lacks {} ({}, {major}.{minor}+)", feature.describe(), feature.name()));
+    }
+    present
+}
+
 /// A single-threaded runtime for the lab's async operations.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")

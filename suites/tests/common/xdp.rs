@@ -123,11 +123,11 @@ pub(crate) fn pin_to_cpu(cpu: usize) {
 
 /// Whether CPU 1 is online, so that a flow's packets can be spread over two CPUs; prints the
 /// skip when it is not (a one-CPU machine cannot have the cross-CPU cases).
-pub(crate) fn have_two_cpus(test: &str) -> bool {
+pub(crate) fn have_two_cpus(what: &str) -> bool {
     // SAFETY: sysconf without side effects.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     if online < 2 {
-        eprintln!("SKIPPED {test}: needs two online CPUs (this machine has {online})");
+        super::record_skip(&format!("{what} needs two online CPUs (this machine has {online})"));
     }
     online >= 2
 }
