@@ -10,6 +10,7 @@ mod exec;
 mod fuzz;
 mod lab;
 mod matrix;
+mod mutants;
 mod setup;
 mod test;
 
@@ -41,6 +42,10 @@ enum Command {
     /// Boot Debian kernels under QEMU (and the host's natively) and run the kernel-sensitive
     /// suites on each; writes target/matrix/report.{json,md}.
     Matrix(matrix::Options),
+    /// The harness's mutation score: seed small faults one at a time (eBPF programs, control
+    /// plane, release, judging code) and count what the suites catch; writes
+    /// target/mutants/report.{json,md}.
+    Mutants(mutants::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(opts) => bench::run(opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
         Command::Matrix(opts) => matrix::run(opts),
+        Command::Mutants(opts) => mutants::run(opts),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -210,3 +210,23 @@ fn install_linker() -> Result<()> {
             .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), &llvm),
     )
 }
+
+/// The cargo-mutants release `cargo xtask mutants` lists user-space mutants with (its mutant
+/// names and spans are what `ci/mutants/equivalent.toml` is written against).
+const CARGO_MUTANTS_VERSION: &str = "27.1.0";
+
+/// Installs the pinned cargo-mutants unless it is there (only `cargo xtask mutants` needs it,
+/// so the tests' set-up does not spend two minutes on it).
+pub(crate) fn ensure_cargo_mutants() -> Result<()> {
+    let present = Command::new(env!("CARGO")).args(["mutants", "--version"]).output().is_ok_and(|out| {
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1) == Some(CARGO_MUTANTS_VERSION)
+    });
+    if present {
+        return Ok(());
+    }
+    step(
+        &format!("installing cargo-mutants {CARGO_MUTANTS_VERSION}"),
+        Command::new(env!("CARGO")).args(["install", "cargo-mutants", "--locked", "--version", CARGO_MUTANTS_VERSION]),
+    )
+}

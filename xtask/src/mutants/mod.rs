@@ -1,0 +1,621 @@
+//! `cargo xtask mutants`: the harness's mutation score, measured. How many small, realistic
+//! faults seeded into the code do the tests catch?
+//!
+//! Mutants come from two sources: cargo-mutants lists those of user space (`cargo mutants
+//! --list --json`: its well-kept operators over Rust functions), and [`operators`] makes those
+//! of the eBPF programs (cargo-mutants cannot build `no_std` code for the BPF target through a
+//! nested cargo). One runner applies both, one mutant at a time, in a scratch copy of the
+//! tracked tree (`target/mutants/tree`, its own target directory `target/mutants/target`): the
+//! working tree is never touched, so an interrupted run leaves no mutant behind. For each
+//! mutant it builds the component's suites and runs them: a failing suite **killed** it, a
+//! build error makes it **unviable**, a run past the limit (three times the unmutated run, and
+//! at least a minute) **timed out**, and a passing run lets it **survive**, unless
+//! `ci/mutants/equivalent.toml` lists it as equivalent with the reason.
+//!
+//! Each component runs the suites that exercise it (see [`COMPONENTS`] for why each): the score
+//! is per component, so a fast selection for the data path does not hide a blind spot in the
+//! release code. Writes `target/mutants/report.{json,md}`; exits 1 when a mutant survived.
+//! Two cores make a whole run take hours: `--shard K/N` splits the mutants (CI runs the shards
+//! in parallel, `ci/workflows/mutants.yml`), and `--in-diff BASE` keeps the mutants on lines a
+//! change touched since `BASE`, fast enough before a commit.
+
+mod operators;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{exec, setup};
+
+/// Options of `cargo xtask mutants`.
+#[derive(clap::Args)]
+pub(crate) struct Options {
+    /// Only these components (repeatable): ebpf, control, release, judging [default: all].
+    #[arg(long = "component", value_name = "NAME")]
+    components: Vec<String>,
+    /// Only mutants on lines changed since this git revision (e.g. `HEAD~3`, `origin/main`).
+    #[arg(long, value_name = "BASE")]
+    in_diff: Option<String>,
+    /// Run the K-th of N equal shards of the mutants (1-based), e.g. `2/4`.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
+    /// List the mutants and exit, running nothing.
+    #[arg(long)]
+    list: bool,
+}
+
+/// A part of the code with the suites that exercise it.
+struct Component {
+    name: &'static str,
+    /// Path prefixes of its files (workspace-relative).
+    paths: &'static [&'static str],
+    /// Paths left out (test-only programs, generated or trivial code).
+    except: &'static [&'static str],
+    /// Whose operators mutate it.
+    source: Source,
+    /// `cargo test` argument lists, run in order (each must pass unmutated).
+    suites: &'static [&'static [&'static str]],
+    /// Whether the suites need the `zrlab` binary built from the mutated tree.
+    needs_binary: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Ebpf,
+    CargoMutants,
+}
+
+/// The components and their suites. Why each selection:
+/// - ebpf: conformance and fuzz run `xdp_lb` and `xdp_decap` against the independent model on
+///   one and two CPUs; `tpr` runs the sock_ops programs on real sockets; `reuseport_migrate`
+///   runs `reuseport_select` on real listeners. `sk_lookup_steer` has no suite of its own (only
+///   the release scenarios run it): its survivors are that blind spot, measured.
+/// - control: its unit tests (Maglev, the model's codecs), the XDP suites through the control
+///   plane, `tpr` (server ids, sock_ops maps) and offline replay (the LB configuration).
+/// - release: migration parity (the reuseport dispatcher) and the release and rolling-upgrade
+///   scenarios end to end with their controls (the fleet, the strategies, the handover).
+/// - judging: the unit tests of expectations, measures and accounting: they decide pass and
+///   fail, so no mutant of theirs may survive.
+const COMPONENTS: [Component; 4] = [
+    Component {
+        name: "ebpf",
+        paths: &["ebpf/programs/src/"],
+        except: &[
+            "ebpf/programs/src/xdp_empty.rs",
+            "ebpf/programs/src/xdp_pass.rs",
+            "ebpf/programs/src/xdp_drop_ack.rs",
+            "ebpf/programs/src/tpr_fill.rs",
+        ],
+        source: Source::Ebpf,
+        suites: &[&[
+            "-p",
+            "zrlab-suites",
+            "--test",
+            "xdp_conformance",
+            "--test",
+            "xdp_fuzz",
+            "--test",
+            "tpr",
+            "--test",
+            "reuseport_migrate",
+        ]],
+        needs_binary: false,
+    },
+    Component {
+        name: "control",
+        paths: &["lab/control/src/"],
+        except: &["lab/control/src/reuseport.rs", "lab/control/src/sklookup.rs"],
+        source: Source::CargoMutants,
+        suites: &[
+            &["-p", "zrlab-control"],
+            &[
+                "-p",
+                "zrlab-suites",
+                "--test",
+                "xdp_conformance",
+                "--test",
+                "xdp_fuzz",
+                "--test",
+                "tpr",
+                "--test",
+                "replay",
+            ],
+        ],
+        needs_binary: true,
+    },
+    Component {
+        name: "release",
+        paths: &[
+            "lab/scenario/src/release/",
+            "lab/control/src/reuseport.rs",
+            "lab/control/src/sklookup.rs",
+            "lab/workload/src/handover.rs",
+            "lab/workload/src/phase.rs",
+        ],
+        except: &[],
+        source: Source::CargoMutants,
+        suites: &[
+            &["-p", "zrlab-suites", "--test", "reuseport_migrate"],
+            &["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"],
+        ],
+        needs_binary: true,
+    },
+    Component {
+        name: "judging",
+        paths: &["lab/scenario/src/expect.rs", "lab/scenario/src/measures.rs", "lab/workload/src/accounting.rs"],
+        except: &[],
+        source: Source::CargoMutants,
+        suites: &[&["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"]],
+        needs_binary: false,
+    },
+];
+
+/// One mutant, from either source.
+#[derive(Clone, Debug, Serialize)]
+struct Mutant {
+    component: &'static str,
+    /// Workspace-relative file.
+    file: String,
+    line: usize,
+    what: String,
+    /// The mutated line's original text (trimmed): what `equivalent.toml` matches.
+    code: String,
+    #[serde(skip)]
+    edit: Edit,
+}
+
+/// How a mutant changes its file.
+#[derive(Clone, Debug)]
+enum Edit {
+    /// Replace line `line` (1-based) with this text.
+    Line(String),
+    /// Replace the byte-exact span (1-based lines and columns, end exclusive) with this text.
+    Span { start: (usize, usize), end: (usize, usize), replacement: String },
+}
+
+/// What a mutant came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Outcome {
+    Killed,
+    Survived,
+    Equivalent,
+    TimedOut,
+    Unviable,
+}
+
+#[derive(Serialize)]
+struct Result1 {
+    #[serde(flatten)]
+    mutant: Mutant,
+    outcome: Outcome,
+    seconds: f64,
+    /// For an equivalent mutant, why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// An entry of `ci/mutants/equivalent.toml`.
+#[derive(Deserialize)]
+struct Equivalent {
+    file: String,
+    code: String,
+    what: String,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct EquivalentFile {
+    #[serde(default)]
+    equivalent: Vec<Equivalent>,
+}
+
+/// Entry point of `cargo xtask mutants`.
+pub(crate) fn run(opts: Options) -> Result<()> {
+    let root = exec::workspace_root();
+    let components: Vec<&Component> = if opts.components.is_empty() {
+        COMPONENTS.iter().collect()
+    } else {
+        opts.components
+            .iter()
+            .map(|name| {
+                COMPONENTS
+                    .iter()
+                    .find(|c| c.name == name)
+                    .with_context(|| format!("--component {name:?}: not one of {:?}", COMPONENTS.map(|c| c.name)))
+            })
+            .collect::<Result<_>>()?
+    };
+    let shard = opts.shard.as_deref().map(parse_shard).transpose()?;
+    let changed = opts.in_diff.as_deref().map(|base| changed_lines(&root, base)).transpose()?;
+    let mut mutants = Vec::new();
+    for component in &components {
+        mutants.extend(list(&root, component)?);
+    }
+    if let Some(changed) = &changed {
+        mutants.retain(|m| changed.get(&m.file).is_some_and(|lines| lines.contains(&m.line)));
+    }
+    if let Some((k, n)) = shard {
+        mutants = mutants.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, m)| m).collect();
+    }
+    eprintln!(
+        "[mutants] {} mutant(s){}",
+        mutants.len(),
+        shard.map(|(k, n)| format!(" in shard {k}/{n}")).unwrap_or_default()
+    );
+    if opts.list {
+        for m in &mutants {
+            println!("{:8} {}:{}: {}", m.component, m.file, m.line, m.what);
+        }
+        return Ok(());
+    }
+    if !exec::is_root() {
+        bail!("the suites load BPF programs and build namespaces: run cargo xtask mutants as root");
+    }
+    setup::ensure(true)?;
+    let equivalent = equivalents(&root)?;
+    let out = root.join("target/mutants");
+    let tree = out.join("tree");
+    copy_tree(&root, &tree)?;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for component in &components {
+        let ours: Vec<&Mutant> = mutants.iter().filter(|m| m.component == component.name).collect();
+        if ours.is_empty() {
+            continue;
+        }
+        eprintln!("[mutants] {}: the unmutated suites, for the baseline and the time limit", component.name);
+        let baseline = Instant::now();
+        if run_suites(&tree, &out, component, None)? != Some(true) {
+            bail!(
+                "{}: the suites fail without any mutant: fix them first (output under {})",
+                component.name,
+                out.display()
+            );
+        }
+        let limit = (baseline.elapsed() * 3).max(Duration::from_secs(60));
+        for (i, mutant) in ours.iter().enumerate() {
+            let t = Instant::now();
+            let original = apply(&tree, mutant)?;
+            let verdict = run_suites(&tree, &out, component, Some(limit));
+            std::fs::write(tree.join(&mutant.file), original).with_context(|| format!("restoring {}", mutant.file))?;
+            let mut outcome = match verdict? {
+                None => Outcome::TimedOut,
+                Some(true) => Outcome::Survived,
+                Some(false) if last_build_failed(&out) => Outcome::Unviable,
+                Some(false) => Outcome::Killed,
+            };
+            let reason = equivalent
+                .iter()
+                .find(|e| e.file == mutant.file && e.code == mutant.code && e.what == mutant.what)
+                .map(|e| e.reason.clone());
+            if outcome == Outcome::Survived && reason.is_some() {
+                outcome = Outcome::Equivalent;
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            eprintln!(
+                "[mutants] {} {}/{} {}:{} {}: {:?} ({seconds:.0} s)",
+                component.name,
+                i + 1,
+                ours.len(),
+                mutant.file,
+                mutant.line,
+                mutant.what,
+                outcome
+            );
+            results.push(Result1 { mutant: (*mutant).clone(), outcome, seconds, reason });
+        }
+    }
+    let wall = started.elapsed();
+    let report = report(&results, wall);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("report.md"), &report.markdown)?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report.json)?)?;
+    print!("{}", report.markdown);
+    eprintln!("[mutants] report: {}/report.{{json,md}}", out.display());
+    if results.iter().any(|r| r.outcome == Outcome::Survived) {
+        bail!("mutants survived: kill each with a test, or list it in ci/mutants/equivalent.toml with the reason");
+    }
+    Ok(())
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let (k, n) = text.split_once('/').with_context(|| format!("--shard {text:?}: expected K/N"))?;
+    let (k, n): (usize, usize) = (k.parse()?, n.parse()?);
+    if n == 0 || k == 0 || k > n {
+        bail!("--shard {text:?}: K must be 1..=N");
+    }
+    Ok((k, n))
+}
+
+/// The lines (new side) each file changed since `base`, from `git diff -U0`.
+fn changed_lines(root: &Path, base: &str) -> Result<BTreeMap<String, BTreeSet<usize>>> {
+    let out = exec::output(Command::new("git").current_dir(root).args(["diff", "-M", "-U0", base, "--"]))?;
+    if !out.status.success() {
+        bail!("git diff {base}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut changed: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+    let mut file = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(path) = line.strip_prefix("+++ ") {
+            file = path.strip_prefix("b/").map(str::to_owned);
+        } else if let (Some(hunk), Some(file)) = (line.strip_prefix("@@ "), &file) {
+            // @@ -a,b +c,d @@
+            let new = hunk.split(' ').nth(1).and_then(|s| s.strip_prefix('+')).context("a hunk header")?;
+            let (start, count) = match new.split_once(',') {
+                Some((s, c)) => (s.parse::<usize>()?, c.parse::<usize>()?),
+                None => (new.parse::<usize>()?, 1),
+            };
+            changed.entry(file.clone()).or_default().extend(start..start + count);
+        }
+    }
+    Ok(changed)
+}
+
+/// The component's mutants.
+fn list(root: &Path, component: &Component) -> Result<Vec<Mutant>> {
+    let mine = |file: &str| component.paths.iter().any(|p| file.starts_with(p)) && !component.except.contains(&file);
+    match component.source {
+        Source::Ebpf => {
+            let out = exec::output(Command::new("git").current_dir(root).args([
+                "ls-files",
+                "-co",
+                "--exclude-standard",
+                "ebpf/programs/src",
+            ]))?;
+            let mut mutants = Vec::new();
+            for file in String::from_utf8_lossy(&out.stdout).lines().filter(|f| f.ends_with(".rs") && mine(f)) {
+                let text = std::fs::read_to_string(root.join(file)).with_context(|| format!("reading {file}"))?;
+                let lines: Vec<&str> = text.lines().collect();
+                for m in operators::mutants(&text) {
+                    mutants.push(Mutant {
+                        component: component.name,
+                        file: file.to_owned(),
+                        line: m.line,
+                        what: m.what,
+                        code: lines[m.line - 1].trim().to_owned(),
+                        edit: Edit::Line(m.replacement),
+                    });
+                }
+            }
+            Ok(mutants)
+        }
+        Source::CargoMutants => {
+            setup::ensure_cargo_mutants()?;
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(root).args(["mutants", "--list", "--json"]);
+            for path in component.paths {
+                cmd.args(["--file", &format!("{path}{}", if path.ends_with('/') { "**/*.rs" } else { "" })]);
+            }
+            let out = exec::output(&mut cmd)?;
+            if !out.status.success() {
+                bail!("{} failed: {}", exec::describe(&cmd), String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let listed: Vec<serde_json::Value> =
+                serde_json::from_slice(&out.stdout).context("cargo mutants --list --json")?;
+            let mut mutants = Vec::new();
+            for m in listed {
+                let file = m["file"].as_str().context("a mutant's file")?.to_owned();
+                if !mine(&file) {
+                    continue;
+                }
+                let pos = |p: &serde_json::Value| -> Option<(usize, usize)> {
+                    Some((p["line"].as_u64()? as usize, p["column"].as_u64()? as usize))
+                };
+                let (Some(start), Some(end)) = (pos(&m["span"]["start"]), pos(&m["span"]["end"])) else {
+                    bail!("cargo mutants: a mutant of {file} without a span: {m}");
+                };
+                let replacement = m["replacement"].as_str().unwrap_or_default().to_owned();
+                let text = std::fs::read_to_string(root.join(&file)).with_context(|| format!("reading {file}"))?;
+                let code = text.lines().nth(start.0 - 1).unwrap_or_default().trim().to_owned();
+                let what =
+                    m["name"].as_str().map(str::to_owned).unwrap_or_else(|| format!("replace with {replacement}"));
+                mutants.push(Mutant {
+                    component: component.name,
+                    file,
+                    line: start.0,
+                    what,
+                    code,
+                    edit: Edit::Span { start, end, replacement },
+                });
+            }
+            Ok(mutants)
+        }
+    }
+}
+
+/// Writes `mutant` into the scratch tree; returns the file's original text.
+fn apply(tree: &Path, mutant: &Mutant) -> Result<String> {
+    let path = tree.join(&mutant.file);
+    let original = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mutated = match &mutant.edit {
+        Edit::Line(text) => {
+            let mut lines: Vec<&str> = original.split('\n').collect();
+            lines[mutant.line - 1] = text;
+            lines.join("\n")
+        }
+        Edit::Span { start, end, replacement } => {
+            let offset = |(line, column): (usize, usize)| -> usize {
+                original.split('\n').take(line - 1).map(|l| l.len() + 1).sum::<usize>() + column - 1
+            };
+            format!("{}{}{}", &original[..offset(*start)], replacement, &original[offset(*end)..])
+        }
+    };
+    std::fs::write(&path, mutated).with_context(|| format!("writing {}", path.display()))?;
+    Ok(original)
+}
+
+/// Copies the tracked (and new, unignored) files of `root` into `tree`, rewriting only those
+/// that differ, so a second run rebuilds only what changed.
+fn copy_tree(root: &Path, tree: &Path) -> Result<()> {
+    let out = exec::output(Command::new("git").current_dir(root).args(["ls-files", "-co", "--exclude-standard"]))?;
+    for file in String::from_utf8_lossy(&out.stdout).lines() {
+        let (from, to) = (root.join(file), tree.join(file));
+        let Ok(bytes) = std::fs::read(&from) else { continue };
+        if std::fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
+            std::fs::create_dir_all(to.parent().expect("a file has a parent"))?;
+            std::fs::write(&to, bytes).with_context(|| format!("copying {file}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds and runs `component`'s suites in `tree`: `Some(true)` when all pass, `Some(false)`
+/// when one fails (or does not build), `None` past `limit`. Output goes to `out/last.log`.
+fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Duration>) -> Result<Option<bool>> {
+    std::fs::create_dir_all(out)?;
+    let log_path = out.join("last.log");
+    let log = std::fs::File::create(&log_path)?;
+    let target = out.join("target");
+    let started = Instant::now();
+    let mut env = vec![("CARGO_TARGET_DIR", target.clone().into_os_string())];
+    if component.needs_binary {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(tree).args(["build", "-p", "zrlab", "--bin", "zrlab"]).env("CARGO_TARGET_DIR", &target);
+        let status = cmd.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?;
+        if !status.success() {
+            std::fs::write(out.join("last.build-failed"), "")?;
+            return Ok(Some(false));
+        }
+        env.push(("ZRLAB_EXE", target.join("debug/zrlab").into_os_string()));
+    }
+    let _ = std::fs::remove_file(out.join("last.build-failed"));
+    for suite in component.suites {
+        // Compile first, so a build error tells "unviable" from "killed".
+        let (cargo_args, _) = split_test_args(suite);
+        let mut build = Command::new(env!("CARGO"));
+        build.current_dir(tree).args(["test", "--no-run"]).args(cargo_args).envs(env.iter().map(|(k, v)| (k, v)));
+        if !build.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?.success() {
+            std::fs::write(out.join("last.build-failed"), "")?;
+            return Ok(Some(false));
+        }
+        let mut test = Command::new(env!("CARGO"));
+        test.current_dir(tree).arg("test").args(*suite).envs(env.iter().map(|(k, v)| (k, v)));
+        let mut child = test.stdout(log.try_clone()?).stderr(log.try_clone()?).spawn()?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    return Ok(Some(false));
+                }
+                break;
+            }
+            if limit.is_some_and(|limit| started.elapsed() > limit) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(Some(true))
+}
+
+/// A suite's arguments before `--` (for cargo) and after it (for the test binaries).
+fn split_test_args<'a>(suite: &'a [&'a str]) -> (&'a [&'a str], &'a [&'a str]) {
+    match suite.iter().position(|a| *a == "--") {
+        Some(at) => (&suite[..at], &suite[at + 1..]),
+        None => (suite, &[]),
+    }
+}
+
+fn last_build_failed(out: &Path) -> bool {
+    out.join("last.build-failed").exists()
+}
+
+fn equivalents(root: &Path) -> Result<Vec<Equivalent>> {
+    let path = root.join("ci/mutants/equivalent.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let file: EquivalentFile = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file.equivalent)
+}
+
+struct Report {
+    markdown: String,
+    json: serde_json::Value,
+}
+
+/// Per component: mutants, killed, survived, equivalent, timed out, unviable, and the score
+/// (killed over buildable, non-equivalent mutants); then every survivor with file:line.
+fn report(results: &[Result1], wall: Duration) -> Report {
+    let mut md = String::from(
+        "# Mutation score\n\n| component | mutants | killed | survived | equivalent | timed out | unviable | score |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut components = BTreeMap::new();
+    for name in COMPONENTS.map(|c| c.name) {
+        let of: Vec<&Result1> = results.iter().filter(|r| r.mutant.component == name).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let count = |o: Outcome| of.iter().filter(|r| r.outcome == o).count();
+        let (killed, survived, timed_out) =
+            (count(Outcome::Killed), count(Outcome::Survived), count(Outcome::TimedOut));
+        // A timeout is a catch (the mutant hung the code), as cargo-mutants counts it.
+        let judged = killed + survived + timed_out;
+        let score = if judged == 0 { None } else { Some(100.0 * (killed + timed_out) as f64 / judged as f64) };
+        let score_text = score.map_or("not judged".to_owned(), |s| format!("{s:.1}%"));
+        md.push_str(&format!(
+            "| {name} | {} | {killed} | {survived} | {} | {timed_out} | {} | {score_text} |\n",
+            of.len(),
+            count(Outcome::Equivalent),
+            count(Outcome::Unviable)
+        ));
+        components.insert(
+            name,
+            serde_json::json!({
+                "mutants": of.len(), "killed": killed, "survived": survived, "equivalent": count(Outcome::Equivalent),
+                "timed_out": timed_out, "unviable": count(Outcome::Unviable), "score_pct": score,
+            }),
+        );
+    }
+    let minutes = wall.as_secs_f64() / 60.0;
+    md.push_str(&format!(
+        "\n{} mutant(s) in {:.1} min ({:.2} per minute).\n",
+        results.len(),
+        minutes,
+        if minutes > 0.0 { results.len() as f64 / minutes } else { 0.0 }
+    ));
+    let survivors: Vec<&Result1> = results.iter().filter(|r| r.outcome == Outcome::Survived).collect();
+    if !survivors.is_empty() {
+        md.push_str("\n## Survivors\n\n");
+        for r in &survivors {
+            md.push_str(&format!(
+                "- {} `{}:{}`: {} (`{}`)\n",
+                r.mutant.component, r.mutant.file, r.mutant.line, r.mutant.what, r.mutant.code
+            ));
+        }
+    }
+    let json = serde_json::json!({ "wall_seconds": wall.as_secs_f64(), "components": components, "mutants": results });
+    Report { markdown: md, json }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_and_spans() {
+        assert_eq!(parse_shard("2/4").unwrap(), (2, 4));
+        assert!(parse_shard("0/4").is_err() && parse_shard("5/4").is_err() && parse_shard("x").is_err());
+        let tree = std::env::temp_dir().join(format!("xtask-mutants-{}", std::process::id()));
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("f.rs"), "fn a() -> u32 {\n    1 + 2\n}\n").unwrap();
+        let m = Mutant {
+            component: "judging",
+            file: "f.rs".into(),
+            line: 2,
+            what: "x".into(),
+            code: "1 + 2".into(),
+            edit: Edit::Span { start: (2, 7), end: (2, 8), replacement: "-".into() },
+        };
+        let original = apply(&tree, &m).unwrap();
+        assert_eq!(std::fs::read_to_string(tree.join("f.rs")).unwrap(), "fn a() -> u32 {\n    1 - 2\n}\n");
+        assert_eq!(original, "fn a() -> u32 {\n    1 + 2\n}\n");
+        std::fs::remove_dir_all(&tree).unwrap();
+    }
+}
