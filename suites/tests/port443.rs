@@ -10,15 +10,14 @@
 mod common;
 
 use test_case::test_case;
-use zrlab_features::Feature;
-use zrlab_features::kernel_version;
-use zrlab_features::port443::conflicts;
-use zrlab_features::port443::conflicts::CASES;
-use zrlab_features::port443::conflicts::Family;
-use zrlab_features::port443::conflicts::Mode;
-use zrlab_features::port443::scaling;
-use zrlab_features::port443::scaling::BindRegression;
-use zrlab_features::port443_scaling_options;
+use zrlab_features::{
+    Feature, kernel_version,
+    port443::{
+        conflicts::{self, CASES, Family, Mode},
+        scaling::{self, BindRegression},
+    },
+    port443_scaling_options,
+};
 
 use common::runtime;
 

@@ -9,16 +9,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use zrlab_replay::config::LbConfig;
-use zrlab_replay::generate::GenOptions;
-use zrlab_replay::generate::Ids;
-use zrlab_replay::generate::Kind;
-use zrlab_replay::generate::generate;
-use zrlab_replay::lab::LabReplay;
-use zrlab_replay::lab::Pacing;
-use zrlab_replay::lab::ReplaySpec;
-use zrlab_replay::lab::RunOptions;
-use zrlab_replay::offline;
+use zrlab_replay::{
+    config::LbConfig,
+    generate::{GenOptions, Ids, Kind, generate},
+    lab::{LabReplay, Pacing, ReplaySpec, RunOptions},
+    offline,
+};
 use zrlab_wire::pcap;
 
 /// The committed traces and the options that generate them (`cargo xtask trace gen` with the

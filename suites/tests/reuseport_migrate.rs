@@ -28,15 +28,12 @@ use std::{
 
 use aya::programs::XdpMode;
 use test_case::test_case;
-use zrlab_control::bpf::Loaded;
-use zrlab_control::bpf::Object;
-use zrlab_control::reuseport::Dispatch;
-use zrlab_control::reuseport::ReuseportCounters;
-use zrlab_control::reuseport::ReuseportDispatch;
+use zrlab_control::{
+    bpf::{Loaded, Object},
+    reuseport::{Dispatch, ReuseportCounters, ReuseportDispatch},
+};
 use zrlab_features::Feature;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::run_id::RunId;
+use zrlab_host::{netns::Netns, nl::Nl, run_id::RunId};
 
 /// Listeners in the group; the last one is the target.
 const SERVERS: usize = 5;

@@ -7,13 +7,8 @@ mod common;
 use std::process::Command;
 
 use test_case::test_case;
-use zrlab_host::clean::Scope;
-use zrlab_host::clean::clean;
-use zrlab_scenario::RunOptions;
-use zrlab_scenario::Scenario;
-use zrlab_scenario::ScenarioVerdict;
-use zrlab_scenario::expect::Capacity;
-use zrlab_scenario::run_scenario;
+use zrlab_host::clean::{Scope, clean};
+use zrlab_scenario::{RunOptions, Scenario, ScenarioVerdict, VariantOutcome, expect::Capacity, run_scenario};
 
 /// What a control run must show on flows whose backend stayed up.
 #[derive(Clone, Copy, Debug)]
@@ -32,21 +27,8 @@ enum Failure {
 #[test_case("tpr-failover-ring-change", false, Failure::Resets)]
 #[test_case("quic-cid-failover-ring-change", false, Failure::Misroutes)]
 fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_down: bool, failure: Failure) {
-    common::require_root();
-    // One scenario at a time: the release scenarios below judge capacity, and a scenario
-    // beside one on two cores would be measured as its dip.
-    let _alone = common::exclusive();
-    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
-    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
-    if outcome.verdict == ScenarioVerdict::Skip {
-        skipped(&scenario, &outcome.reason);
-        return;
-    }
-    assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
-    let main = outcome.main.expect("main ran");
-    let control = outcome.control.expect("control ran").measures.tally;
+    let Some((main, control)) = run_shipped(name) else { return };
+    let control = control.measures.tally;
     // Restated here so that a scenario file edited into a test that cannot fail is caught.
     let counted = main.measures.tally.counted;
     assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
@@ -87,23 +69,12 @@ fn shipped_scenario_passes_and_its_control_fails(name: &str, takes_a_backend_dow
 #[test_case("rolling-upgrade-sk-lookup", true)]
 #[test_case("rolling-upgrade-takeover", false)]
 fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool) {
-    common::require_root();
-    let _alone = common::exclusive();
-    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
-    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let outcome = runtime.block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
-    if outcome.verdict == ScenarioVerdict::Skip {
-        skipped(&scenario, &outcome.reason);
-        return;
-    }
-    assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
-    let main = outcome.main.expect("main ran");
+    let Some((main, control)) = run_shipped(name) else { return };
     let counted = main.measures.tally.counted;
     assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
     let released = main.measures.release.expect("a release scenario").released;
     assert!(released > 0, "{name}: a release happened");
-    let control = outcome.control.expect("control ran").measures.tally.counted;
+    let control = control.measures.tally.counted;
     assert!(control.misroutes > 0, "{name}: the control shows misroutes: {control:?}");
     if control_drops {
         assert!(control.drops > 0, "{name}: the control shows drops: {control:?}");
@@ -152,6 +123,23 @@ impl Drop for CleanOnDrop {
 fn run_pid(stdout: &str) -> u32 {
     let at = stdout.find("zrlabk-").expect("a kept namespace name") + "zrlabk-".len();
     stdout[at..].split('-').next().and_then(|p| p.parse().ok()).expect("a pid")
+}
+
+/// Runs shipped scenario `name` (control, then main) with capacity judged, alone (the suites'
+/// lock: a release's capacity check must not measure another scenario's load), and requires
+/// its verdict to be a pass: its main and control outcomes, or `None` after a recorded skip.
+fn run_shipped(name: &str) -> Option<(VariantOutcome, VariantOutcome)> {
+    common::require_root();
+    let _alone = common::exclusive();
+    let scenario = Scenario::load(&common::fixtures().join(format!("scenarios/{name}.toml"))).expect("valid scenario");
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
+    let outcome = common::runtime().block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
+    if outcome.verdict == ScenarioVerdict::Skip {
+        skipped(&scenario, &outcome.reason);
+        return None;
+    }
+    assert_eq!(outcome.verdict, ScenarioVerdict::Pass, "{name}: {}", outcome.reason);
+    Some((outcome.main.expect("main ran"), outcome.control.expect("control ran")))
 }
 
 /// Records a scenario's skip, after checking that a feature it requires really is absent: a

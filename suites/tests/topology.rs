@@ -7,8 +7,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use zrlab_host::nl::nexthop::GroupType;
-use zrlab_topology::Lab;
-use zrlab_topology::Topology;
+use zrlab_topology::{Lab, Topology};
 
 fn dual_stack() -> Topology {
     Topology::load(&common::fixtures().join("topologies/dual-stack.toml")).expect("valid topology")

@@ -19,31 +19,25 @@ use std::{
 };
 
 use zrlab_common::tpr::{ECHO_KIND, OPT_LEN, SERVER_KIND};
-use zrlab_control::bpf::Loaded;
-use zrlab_control::bpf::Object;
-use zrlab_control::server_id::Registry;
-use zrlab_control::tpr::Side;
-use zrlab_control::tpr::SockOpsTpr;
-use zrlab_control::tpr::TprCounters;
+use zrlab_control::{
+    bpf::{Loaded, Object},
+    server_id::Registry,
+    tpr::{Side, SockOpsTpr, TprCounters},
+};
 use zrlab_features::Feature;
-use zrlab_host::capture::Capture;
-use zrlab_host::capture::Frame;
-use zrlab_scenario::lb::Deployment;
-use zrlab_scenario::measures::LbTotals;
-use zrlab_scenario::service_args;
-use zrlab_scenario::spec::LbSpec;
-use zrlab_scenario::spec::WorkloadSpec;
-use zrlab_scenario::start_service;
-use zrlab_topology::Lab;
-use zrlab_topology::Topology;
-use zrlab_wire::message::Reply;
-use zrlab_wire::message::Request;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::packet::IpRepr;
-use zrlab_wire::packet::SYN;
-use zrlab_wire::packet::TcpRepr;
-use zrlab_wire::packet::tcp_options::TcpOption;
+use zrlab_host::capture::{Capture, Frame};
+use zrlab_scenario::{
+    lb::Deployment,
+    measures::LbTotals,
+    service_args,
+    spec::{LbSpec, WorkloadSpec},
+    start_service,
+};
+use zrlab_topology::{Lab, Topology};
+use zrlab_wire::{
+    message::{Reply, Request},
+    packet::{FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, tcp_options::TcpOption},
+};
 
 /// How long a phase (a service start, a reply) may take.
 const TIMEOUT: Duration = Duration::from_secs(10);

@@ -13,19 +13,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::xdp::*;
 use test_case::test_case;
 use zrlab_common::lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit};
-use zrlab_control::lb::Counters;
-use zrlab_control::lb::Decap;
-use zrlab_control::lb::balancer::words;
-use zrlab_control::lb::model::Path;
-use zrlab_control::lb::model::XdpAction;
-use zrlab_wire::packet;
-use zrlab_wire::packet::ACK;
-use zrlab_wire::packet::PSH;
-use zrlab_wire::packet::SYN;
-use zrlab_wire::packet::tcp_options::TcpOption;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_2;
+use zrlab_control::lb::{
+    Counters, Decap,
+    balancer::words,
+    model::{Path, XdpAction},
+};
+use zrlab_wire::{
+    packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
+    quic::{CidVersion, LongType, VERSION_2},
+};
 
 /// Where a run puts its packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,17 +22,11 @@ use std::net::IpAddr;
 use common::xdp::*;
 use rand::{Rng, SeedableRng, seq::IndexedRandom};
 use rand_chacha::ChaCha8Rng;
-use zrlab_control::lb::Decap;
-use zrlab_control::lb::model::XdpAction;
-use zrlab_wire::packet;
-use zrlab_wire::packet::ACK;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::packet::PSH;
-use zrlab_wire::packet::SYN;
-use zrlab_wire::packet::tcp_options::TcpOption;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::LongType;
+use zrlab_control::lb::{Decap, model::XdpAction};
+use zrlab_wire::{
+    packet::{self, ACK, FrameRepr, IpPayload, PSH, SYN, tcp_options::TcpOption},
+    quic::{CidVersion, LongType},
+};
 
 const DEFAULT_PACKETS: u64 = 20_000;
 /// Frames per fresh LB: far fewer flows than the connection tables hold, so no eviction makes

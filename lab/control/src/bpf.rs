@@ -8,9 +8,10 @@ use aya::{
     programs::{CgroupAttachMode, ProgramError, SkLookup, SkReuseport, SockOps, Xdp, XdpMode},
 };
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// One embedded eBPF object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,12 +14,8 @@ use zrlab_common::reuseport::{
     COUNTERS_MAP, GENERATION_MAP, Generation, MAX_SLOTS, MAX_SOCKETS, SOCKETS_MAP, UDP_BASE, counter,
 };
 
-use crate::bpf::Loaded;
-use crate::bpf::Object;
-use crate::bpf::map_err;
-use crate::bpf::sum_counters;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use crate::bpf::{Loaded, Object, map_err, sum_counters};
+use zrlab_host::error::{LabError, Result};
 
 /// Which entry point dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

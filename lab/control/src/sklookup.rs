@@ -10,13 +10,11 @@ use zrlab_common::sklookup::{
     COUNTERS_MAP, MAX_SLOTS, NO_SLOT, PORTS_MAP, Ports, READY_MAP, SOCKETS_MAP, UDP_BASE, counter,
 };
 
-use crate::bpf::Loaded;
-use crate::bpf::Object;
-use crate::bpf::map_err;
-use crate::bpf::sum_counters;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
+use crate::bpf::{Loaded, Object, map_err, sum_counters};
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// What the dispatcher counted, summed over CPUs (`zrlab_common::sklookup::counter`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

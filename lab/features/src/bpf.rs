@@ -19,14 +19,9 @@ use std::{
     os::fd::{AsFd, AsRawFd as _, OwnedFd},
 };
 
-use zrlab_host::bpf_sys::LINK_CREATE;
-use zrlab_host::bpf_sys::MAP_CREATE;
-use zrlab_host::bpf_sys::MAP_TYPE_REUSEPORT_SOCKARRAY;
-use zrlab_host::bpf_sys::MapCreateAttr;
-use zrlab_host::bpf_sys::PROG_LOAD;
-use zrlab_host::bpf_sys::PROG_TEST_RUN;
-use zrlab_host::bpf_sys::fd_from;
-use zrlab_host::bpf_sys::sys_bpf;
+use zrlab_host::bpf_sys::{
+    LINK_CREATE, MAP_CREATE, MAP_TYPE_REUSEPORT_SOCKARRAY, MapCreateAttr, PROG_LOAD, PROG_TEST_RUN, fd_from, sys_bpf,
+};
 use zrlab_host::{LabError, Result};
 
 /// Program types.

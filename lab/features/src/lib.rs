@@ -30,11 +30,12 @@ use serde::{Deserialize, Serialize};
 
 pub use timing::{PORT443_SIZES_ENV, port443_scaling_options};
 
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::nl::nexthop::GroupType;
-use zrlab_host::run_id::RunId;
+use zrlab_host::{
+    error::Result,
+    netns::Netns,
+    nl::{Nl, nexthop::GroupType},
+    run_id::RunId,
+};
 
 /// A kernel feature a scenario can require.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]

@@ -9,12 +9,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::cgroup2_root;
-use crate::cgroup::remove_tree;
-use crate::error::LabError;
-use crate::error::Result;
-use crate::netns;
-use crate::run_id::RunId;
+use crate::{
+    cgroup::{cgroup2_root, remove_tree},
+    error::{LabError, Result},
+    netns,
+    run_id::RunId,
+};
 
 /// Which dead runs to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

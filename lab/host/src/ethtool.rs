@@ -9,8 +9,7 @@ use std::{ffi::CString, os::fd::AsRawFd as _};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::error::LabError;
-use crate::error::Result;
+use crate::error::{LabError, Result};
 
 /// `ETHTOOL_STXCSUM` (include/uapi/linux/ethtool.h).
 const ETHTOOL_STXCSUM: u32 = 0x0000_0017;

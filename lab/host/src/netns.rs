@@ -19,8 +19,7 @@ use std::{
     thread,
 };
 
-use crate::error::LabError;
-use crate::error::Result;
+use crate::error::{LabError, Result};
 
 /// Where named namespaces live (the `ip netns` convention).
 pub const NETNS_DIR: &str = "/run/netns";

@@ -27,16 +27,14 @@ use std::{
 
 use serde::Deserialize;
 
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Proto;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::lb::VipSpec;
-use zrlab_control::lb::maglev::is_prime;
-use zrlab_control::server_id::Membership;
-use zrlab_host::error::Result;
-use zrlab_host::toml_file::SpecError;
-use zrlab_host::toml_file::from_table;
-use zrlab_host::toml_file::read_table;
+use zrlab_control::{
+    lb::{Balancer, Proto, RealSpec, VipSpec, maglev::is_prime},
+    server_id::Membership,
+};
+use zrlab_host::{
+    error::Result,
+    toml_file::{SpecError, from_table, read_table},
+};
 
 /// A VIP and its reals. The policy fields repeat `lb::VipSpec`'s on purpose (as the scenario's
 /// `LbSpec` does): `#[serde(flatten)]` would lose `deny_unknown_fields`, and a misspelt key must

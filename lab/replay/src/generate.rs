@@ -26,26 +26,15 @@ use rand::{Rng as _, SeedableRng as _, seq::IndexedRandom as _};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::LbConfig;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::model::Model;
-use zrlab_control::lb::model::XdpAction;
-use zrlab_wire::packet::ACK;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::packet::IpRepr;
-use zrlab_wire::packet::PSH;
-use zrlab_wire::packet::SYN;
-use zrlab_wire::packet::TcpRepr;
-use zrlab_wire::packet::UdpRepr;
-use zrlab_wire::packet::tcp_options::TcpOption;
-use zrlab_wire::pcap::Frame;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_1;
-use zrlab_wire::quic::cid_for;
+use zrlab_control::lb::{
+    Settings,
+    model::{Model, XdpAction},
+};
+use zrlab_wire::{
+    packet::{ACK, FrameRepr, IpPayload, IpRepr, PSH, SYN, TcpRepr, UdpRepr, tcp_options::TcpOption},
+    pcap::Frame,
+    quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},
+};
 
 /// Time between two rounds.
 pub const ROUND: Duration = Duration::from_millis(10);

@@ -38,24 +38,18 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LbConfig;
-use crate::offline::flow_of;
-use crate::offline::outer_destination;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::server_id::Registry;
-use zrlab_host::capture::Capture;
-use zrlab_host::capture::Frame;
-use zrlab_host::capture::Injector;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::toml_file::SpecError;
-use zrlab_host::toml_file::from_table;
-use zrlab_host::toml_file::read_table;
-use zrlab_scenario::lb::Deployment;
-use zrlab_scenario::runner::apply;
-use zrlab_scenario::spec::EventSpec;
-use zrlab_topology::Lab;
-use zrlab_topology::Topology;
+use crate::{
+    config::LbConfig,
+    offline::{flow_of, outer_destination},
+};
+use zrlab_control::{lb::RealSpec, server_id::Registry};
+use zrlab_host::{
+    capture::{Capture, Frame, Injector},
+    error::{LabError, Result},
+    toml_file::{SpecError, from_table, read_table},
+};
+use zrlab_scenario::{lb::Deployment, runner::apply, spec::EventSpec};
+use zrlab_topology::{Lab, Topology};
 
 /// How fast the trace is replayed.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -14,16 +14,12 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 use serde::Serialize;
 
 use crate::config::LbConfig;
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::run_once;
+use zrlab_control::lb::{Balancer, Settings, run_once};
 use zrlab_host::error::Result;
-use zrlab_wire::packet::ETH_P_IP;
-use zrlab_wire::packet::ETH_P_IPV6;
-use zrlab_wire::packet::EthPayload;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::pcap::Frame;
+use zrlab_wire::{
+    packet::{ETH_P_IP, ETH_P_IPV6, EthPayload, FrameRepr, IpPayload},
+    pcap::Frame,
+};
 
 /// XDP verdicts by number.
 const VERDICTS: [&str; 4] = ["aborted", "drop", "pass", "tx"];

@@ -7,8 +7,7 @@
 
 use std::{path::Path, time::Duration};
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
 
 /// What a kept run ran, for its keeper.

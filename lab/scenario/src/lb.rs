@@ -15,21 +15,16 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use zrlab_common::lb::counter;
 
-use crate::measures::LbTotals;
-use crate::spec::LbSpec;
-use crate::spec::WorkloadSpec;
-use zrlab_control::bpf::Loaded;
-use zrlab_control::bpf::Object;
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Decap;
-use zrlab_control::lb::Proto;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::VipSpec;
-use zrlab_control::server_id::Membership;
-use zrlab_control::server_id::Registry;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use crate::{
+    measures::LbTotals,
+    spec::{LbSpec, WorkloadSpec},
+};
+use zrlab_control::{
+    bpf::{Loaded, Object},
+    lb::{Balancer, Decap, Proto, RealSpec, Settings, VipSpec},
+    server_id::{Membership, Registry},
+};
+use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
 
 /// What a deployed LB holds, for a kept run's status.

@@ -22,16 +22,14 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::Outcome;
-use crate::ScenarioVerdict;
-use crate::measures::LbTotals;
-use crate::measures::TprTotals;
-use crate::release::FleetCounters;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use crate::{
+    Outcome, ScenarioVerdict,
+    measures::{LbTotals, TprTotals},
+    release::FleetCounters,
+};
+use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Loss;
-use zrlab_workload::accounting::FlowRecord;
-use zrlab_workload::timeline::Timeline;
+use zrlab_workload::{accounting::FlowRecord, timeline::Timeline};
 
 /// How many anomalous flows a scenario's report lists.
 pub const MAX_ANOMALIES: usize = 12;

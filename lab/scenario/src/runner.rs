@@ -22,29 +22,22 @@ use std::{
 
 use serde::Serialize;
 
-use crate::expect::Capacity;
-use crate::expect::Check;
-use crate::expect::evaluate;
-use crate::lb::Deployment;
-use crate::measures::Measures;
-use crate::release::Fleet;
-use crate::release::launch;
-use crate::spec::EventSpec;
-use crate::spec::Scenario;
-use crate::spec::Variant;
-use crate::spec::WorkloadSpec;
-use crate::tpr::TprDeployment;
+use crate::{
+    expect::{Capacity, Check, evaluate},
+    lb::Deployment,
+    measures::Measures,
+    release::{Fleet, launch},
+    spec::{EventSpec, Scenario, Variant, WorkloadSpec},
+    tpr::TprDeployment,
+};
 use zrlab_control::server_id::Registry;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_topology::Lab;
-use zrlab_topology::Loss;
-use zrlab_workload::accounting::FlowRecord;
-use zrlab_workload::accounting::Tally;
-use zrlab_workload::client::Client;
-use zrlab_workload::client::ClientSpec;
-use zrlab_workload::timeline::NoFigure;
-use zrlab_workload::timeline::Timeline;
+use zrlab_host::error::{LabError, Result};
+use zrlab_topology::{Lab, Loss};
+use zrlab_workload::{
+    accounting::{FlowRecord, Tally},
+    client::{Client, ClientSpec},
+    timeline::{NoFigure, Timeline},
+};
 
 /// How a scenario is run.
 #[derive(Clone, Debug)]

@@ -43,17 +43,16 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::expect::Comparison;
-use crate::expect::Metric;
-use crate::release::ReleaseSpec;
-use crate::release::Strategy;
+use crate::{
+    expect::{Comparison, Metric},
+    release::{ReleaseSpec, Strategy},
+};
 use zrlab_features::Feature;
-use zrlab_host::nl::nexthop::GroupType;
-use zrlab_host::toml_file::SpecError;
-use zrlab_host::toml_file::from_table;
-use zrlab_host::toml_file::read_table;
-use zrlab_topology::Role;
-use zrlab_topology::Topology;
+use zrlab_host::{
+    nl::nexthop::GroupType,
+    toml_file::{SpecError, from_table, read_table},
+};
+use zrlab_topology::{Role, Topology};
 use zrlab_wire::quic::CidVersion;
 
 /// Override of a topology group.

@@ -5,14 +5,15 @@
 //! if the program was there when it started listening, and a socket is subject to the programs
 //! of the cgroup it was created in.
 
-use crate::measures::TprTotals;
-use crate::spec::TprSpec;
-use crate::spec::WorkloadSpec;
-use zrlab_control::server_id::Registry;
-use zrlab_control::tpr::Side;
-use zrlab_control::tpr::SockOpsTpr;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use crate::{
+    measures::TprTotals,
+    spec::{TprSpec, WorkloadSpec},
+};
+use zrlab_control::{
+    server_id::Registry,
+    tpr::{Side, SockOpsTpr},
+};
+use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
 
 /// The attached programs; detached when dropped.

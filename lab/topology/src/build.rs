@@ -18,20 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::GroupChange;
-use crate::node::Node;
-use crate::spec::Family;
-use crate::spec::GroupSpec;
-use crate::spec::Role;
-use crate::spec::Topology;
-use zrlab_host::cgroup::Cgroup;
-use zrlab_host::cgroup::cgroup2_root;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::nl::nexthop::GroupType;
-use zrlab_host::run_id::RunId;
+use crate::{
+    GroupChange,
+    node::Node,
+    spec::{Family, GroupSpec, Role, Topology},
+};
+use zrlab_host::{
+    cgroup::{Cgroup, cgroup2_root},
+    error::{LabError, Result},
+    netns::Netns,
+    nl::{Nl, nexthop::GroupType},
+    run_id::RunId,
+};
 
 /// First id of the nexthop objects the lab creates in a namespace (groups get their own range).
 const FIRST_NEXTHOP_ID: u32 = 1;

@@ -10,8 +10,7 @@
 use serde::Serialize;
 
 use crate::node::Node;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 
 /// The protocol counters that mean a packet was lost (`Proto:Name` as the kernel writes them).
 const PROTOCOL_DROPS: &[&str] = &[

@@ -1,8 +1,7 @@
 //! One node of a built lab: its namespace and the netlink connection inside it.
 
 use crate::spec::Role;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
+use zrlab_host::{netns::Netns, nl::Nl};
 
 /// One node of the lab.
 #[derive(Debug)]

@@ -43,10 +43,10 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use zrlab_host::nl::nexthop::GroupType;
-use zrlab_host::toml_file::SpecError;
-use zrlab_host::toml_file::from_table;
-use zrlab_host::toml_file::read_table;
+use zrlab_host::{
+    nl::nexthop::GroupType,
+    toml_file::{SpecError, from_table, read_table},
+};
 
 /// What a node is for; decides which sysctls and programs it gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]

@@ -43,20 +43,18 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use crate::accounting::Ending;
-use crate::accounting::FlowRecord;
-use crate::accounting::Proto;
-use crate::timeline::Timeline;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_wire::message::Reply;
-use zrlab_wire::message::Request;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_1;
+use crate::{
+    accounting::{Ending, FlowRecord, Proto},
+    timeline::Timeline,
+};
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+};
+use zrlab_wire::{
+    message::{Reply, Request},
+    quic::{CID_LEN, Datagram, Header, LongType, VERSION_1},
+};
 
 /// First source port of TCP flows (flow `i` uses `TCP_BASE_PORT + i`).
 pub const TCP_BASE_PORT: u16 = 20000;

@@ -27,18 +27,14 @@ use tokio::{
 };
 use zrlab_common::reuseport::MAX_SLOTS;
 
-use crate::handover;
-use crate::phase::Phase;
-use crate::phase::Sockets;
-use zrlab_wire::message::Identity;
-use zrlab_wire::message::Reply;
-use zrlab_wire::message::Request;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::cid_for;
+use crate::{
+    handover,
+    phase::{Phase, Sockets},
+};
+use zrlab_wire::{
+    message::{Identity, Reply, Request},
+    quic::{CID_LEN, CidVersion, Datagram, Header, LongType, cid_for},
+};
 
 /// Command-line arguments of `zrlab service`.
 #[derive(Clone, Debug, clap::Args)]

@@ -18,16 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::signal::unix::{SignalKind, signal};
-use zrlab_host::clean;
-use zrlab_host::clean::Scope;
-use zrlab_scenario::Outcome;
-use zrlab_scenario::RunOptions;
-use zrlab_scenario::Scenario;
-use zrlab_scenario::expect::Capacity;
-use zrlab_scenario::report::Report;
-use zrlab_scenario::run_scenario;
-use zrlab_workload::service::ServiceArgs;
-use zrlab_workload::service::serve;
+use zrlab_host::clean::{self, Scope};
+use zrlab_scenario::{Outcome, RunOptions, Scenario, expect::Capacity, report::Report, run_scenario};
+use zrlab_workload::service::{ServiceArgs, serve};
 
 /// `print!` that treats a closed standard output (`zrlab ... | head`) as the end of the
 /// reader's interest, not as a reason to panic.

@@ -5,25 +5,11 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::Xdp;
 use zrlab_common::lb::counter;
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Proto;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::VipSpec;
-use zrlab_control::lb::model::Model;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::packet::IpRepr;
-use zrlab_wire::packet::TcpRepr;
-use zrlab_wire::packet::UdpRepr;
-use zrlab_wire::packet::tcp_options::TcpOption;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_1;
-use zrlab_wire::quic::cid_for;
+use zrlab_control::lb::{Balancer, Proto, RealSpec, Settings, VipSpec, model::Model};
+use zrlab_wire::{
+    packet::{FrameRepr, IpPayload, IpRepr, TcpRepr, UdpRepr, tcp_options::TcpOption},
+    quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},
+};
 
 /// XDP verdicts as `BPF_PROG_TEST_RUN` returns them.
 pub(crate) const ABORTED: u32 = 0;

@@ -24,14 +24,14 @@ use zrlab_common::lb::{
     VipMeta, VipStats, counter, vip_filter_bit,
 };
 
-use crate::bpf::Loaded;
-use crate::bpf::Object;
-use crate::bpf::map_err;
-use crate::lb::maglev;
-use crate::lb::maglev::Backend;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
+use crate::{
+    bpf::{Loaded, Object, map_err},
+    lb::maglev::{self, Backend},
+};
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// A VIP's transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]

@@ -5,13 +5,11 @@ use std::net::IpAddr;
 use aya::maps::HashMap;
 use zrlab_common::decap::{COUNTERS_MAP, DECAP_DSTS_MAP, counter};
 
-use crate::bpf::Loaded;
-use crate::bpf::Object;
-use crate::bpf::map_err;
-use crate::bpf::sum_counters;
-use crate::lb::balancer::words;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
+use crate::{
+    bpf::{Loaded, Object, map_err, sum_counters},
+    lb::balancer::words,
+};
+use zrlab_host::{error::Result, netns::Netns};
 
 /// A loaded `xdp_decap`.
 #[derive(Debug)]

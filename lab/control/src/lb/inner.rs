@@ -13,16 +13,12 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use aya::maps::{Map, MapData};
 use zrlab_common::lb::{ConnEntry, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_RING};
 
-use zrlab_host::bpf_sys::BTF_LOAD;
-use zrlab_host::bpf_sys::MAP_CREATE;
-use zrlab_host::bpf_sys::MAP_TYPE_ARRAY;
-use zrlab_host::bpf_sys::MAP_TYPE_LRU_HASH;
-use zrlab_host::bpf_sys::MAP_UPDATE_BATCH;
-use zrlab_host::bpf_sys::MapCreateAttr;
-use zrlab_host::bpf_sys::fd_from;
-use zrlab_host::bpf_sys::sys_bpf;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::{
+    bpf_sys::{
+        BTF_LOAD, MAP_CREATE, MAP_TYPE_ARRAY, MAP_TYPE_LRU_HASH, MAP_UPDATE_BATCH, MapCreateAttr, fd_from, sys_bpf,
+    },
+    error::{LabError, Result},
+};
 
 /// BTF type ids in [`btf_blob`].
 const TYPE_U32: u32 = 1;

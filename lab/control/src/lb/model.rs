@@ -38,17 +38,16 @@ use etherparse::{
     EtherType, Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice, err,
 };
 
-use crate::lb::balancer::Proto;
-use crate::lb::balancer::RealSpec;
-use crate::lb::balancer::Settings;
-use crate::lb::balancer::VipSpec;
-use crate::lb::maglev;
-use crate::lb::maglev::Backend;
+use crate::lb::{
+    balancer::{Proto, RealSpec, Settings, VipSpec},
+    maglev::{self, Backend},
+};
 use zrlab_common::lb::SYN_CACHE_SLOTS;
 
-use zrlab_wire::packet::tcp_options::TprWalk;
-use zrlab_wire::packet::tcp_options::tpr_server_id;
-use zrlab_wire::quic::LongType;
+use zrlab_wire::{
+    packet::tcp_options::{TprWalk, tpr_server_id},
+    quic::LongType,
+};
 
 /// Why a packet was passed or dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,10 +11,7 @@ use aya::maps::Array;
 use serde::Serialize;
 use zrlab_common::tpr::{COUNTERS_MAP, SERVER_ID_MAP, counter};
 
-use crate::bpf::Loaded;
-use crate::bpf::Object;
-use crate::bpf::map_err;
-use crate::bpf::sum_counters;
+use crate::bpf::{Loaded, Object, map_err, sum_counters};
 use zrlab_host::error::Result;
 
 /// Which program: the backend's or the client's.

@@ -28,13 +28,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::port443::sockets::Flags;
-use crate::port443::sockets::errno_name;
-use crate::port443::sockets::tcp_socket;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::run_id::RunId;
+use crate::port443::sockets::{Flags, errno_name, tcp_socket};
+use zrlab_host::{error::Result, netns::Netns, nl::Nl, run_id::RunId};
 
 /// The port of the incident.
 pub const PORT: u16 = 443;

@@ -22,8 +22,7 @@ use std::{
 use socket2::SockAddr;
 
 use crate::port443::sockets::Flags;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 
 /// Sockets per helper process (below any plausible hard limit of open files).
 pub(crate) const PER_PROCESS: usize = 8_000;

@@ -19,11 +19,12 @@ use std::{
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::run_id::RunId;
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+    nl::Nl,
+    run_id::RunId,
+};
 
 const PINGER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const TARGET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);

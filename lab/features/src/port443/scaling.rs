@@ -34,17 +34,18 @@ use std::{
 
 use serde::Serialize;
 
-use crate::port443::holder::Holder;
-use crate::port443::ping::PingPair;
-use crate::port443::ping::PingStats;
-use crate::port443::sockets::Flags;
-use crate::port443::sockets::tcp_socket;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::kernel_release;
-use zrlab_host::netns::Netns;
-use zrlab_host::nl::Nl;
-use zrlab_host::run_id::RunId;
+use crate::port443::{
+    holder::Holder,
+    ping::{PingPair, PingStats},
+    sockets::{Flags, tcp_socket},
+};
+use zrlab_host::{
+    error::{LabError, Result},
+    kernel_release,
+    netns::Netns,
+    nl::Nl,
+    run_id::RunId,
+};
 
 /// The socket counts of the issue (the kernel selftest binds 24,000).
 pub const SIZES: [usize; 4] = [100, 1_000, 8_000, 24_000];

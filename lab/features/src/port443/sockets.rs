@@ -4,8 +4,7 @@ use std::{io, net::SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 
 /// Socket options of one bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,9 +4,10 @@
 
 use std::os::fd::{AsRawFd as _, OwnedFd};
 
-use crate::error::LabError;
-use crate::error::Result;
-use crate::netns::Netns;
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// A packet socket bound to one interface, for sending.
 #[derive(Debug)]

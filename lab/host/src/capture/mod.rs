@@ -25,9 +25,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::error::LabError;
-use crate::error::Result;
-use crate::netns::Netns;
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 pub use zrlab_wire::pcap::Frame;
 
 /// How long one `recv` waits before the capture thread checks whether it should stop.

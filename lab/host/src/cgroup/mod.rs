@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::LabError;
-use crate::error::Result;
+use crate::error::{LabError, Result};
 
 mod sockets;
 

@@ -25,9 +25,10 @@ use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 use self::nexthop::{
     GroupMember, GroupType, NexthopAttribute, NexthopHeader, NexthopMessage, NexthopNetlinkMessage, ResGroupAttribute,
 };
-use crate::error::LabError;
-use crate::error::Result;
-use crate::netns::Netns;
+use crate::{
+    error::{LabError, Result},
+    netns::Netns,
+};
 
 /// Netlink sockets bound to one namespace.
 #[derive(Clone, Debug)]

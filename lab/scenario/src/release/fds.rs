@@ -8,8 +8,7 @@
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 
 /// A duplicate of descriptor `fd` of process `pid`.
 pub(super) fn take(pid: u32, fd: i32) -> Result<OwnedFd> {

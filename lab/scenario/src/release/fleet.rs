@@ -30,20 +30,18 @@ use std::{
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
-use crate::release::fds::take;
-use crate::release::strategy::ReleaseSpec;
-use crate::release::strategy::Strategy;
-use zrlab_control::reuseport::Dispatch;
-use zrlab_control::reuseport::ReuseportCounters;
-use zrlab_control::reuseport::ReuseportDispatch;
-use zrlab_control::sklookup::SkLookupCounters;
-use zrlab_control::sklookup::SkLookupDispatch;
+use crate::release::{
+    fds::take,
+    strategy::{ReleaseSpec, Strategy},
+};
+use zrlab_control::{
+    reuseport::{Dispatch, ReuseportCounters, ReuseportDispatch},
+    sklookup::{SkLookupCounters, SkLookupDispatch},
+};
 use zrlab_features::Feature;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
+use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
-use zrlab_workload::phase::Phase;
-use zrlab_workload::phase::Sockets;
+use zrlab_workload::phase::{Phase, Sockets};
 
 /// How long a released process serves what it has (its drain timeout): longer than any
 /// scenario; the lab's teardown ends it.

@@ -30,21 +30,16 @@ use std::{
 use serde::Serialize;
 use tokio::net::UdpSocket;
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns::Netns;
-use zrlab_scenario::release::Fleet;
-use zrlab_scenario::release::ReleaseSpec;
-use zrlab_scenario::release::Strategy;
-use zrlab_topology::Lab;
-use zrlab_topology::Topology;
-use zrlab_wire::message::Reply;
-use zrlab_wire::message::Request;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_1;
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::Netns,
+};
+use zrlab_scenario::release::{Fleet, ReleaseSpec, Strategy};
+use zrlab_topology::{Lab, Topology};
+use zrlab_wire::{
+    message::{Reply, Request},
+    quic::{CID_LEN, Datagram, Header, LongType, VERSION_1},
+};
 
 /// Options of the benchmark.
 #[derive(Clone, Debug)]

@@ -30,23 +30,14 @@ use std::{
 
 use serde::Serialize;
 
-use crate::bench::xdp::median;
-use crate::bench::xdp::paired;
-use crate::bench::xdp::sample;
-use crate::bench::xdp::tcp;
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Proto;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::VipSpec;
-use zrlab_control::tpr::Side;
-use zrlab_control::tpr::SockOpsTpr;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_topology::Lab;
-use zrlab_topology::Topology;
-use zrlab_wire::packet::ACK;
-use zrlab_wire::packet::tcp_options::TcpOption;
+use crate::bench::xdp::{median, paired, sample, tcp};
+use zrlab_control::{
+    lb::{Balancer, Proto, RealSpec, Settings, VipSpec},
+    tpr::{Side, SockOpsTpr},
+};
+use zrlab_host::error::{LabError, Result};
+use zrlab_topology::{Lab, Topology};
+use zrlab_wire::packet::{ACK, tcp_options::TcpOption};
 
 /// How to measure.
 #[derive(Clone, Debug)]

@@ -42,32 +42,18 @@ use std::{collections::BTreeMap, net::IpAddr, time::Instant};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use serde::Serialize;
 
-use zrlab_control::bpf::Loaded;
-use zrlab_control::bpf::Object;
-use zrlab_control::lb::Balancer;
-use zrlab_control::lb::Proto;
-use zrlab_control::lb::RealSpec;
-use zrlab_control::lb::Settings;
-use zrlab_control::lb::VipSpec;
-use zrlab_control::lb::maglev;
-use zrlab_control::lb::maglev::Backend;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_wire::packet::ACK;
-use zrlab_wire::packet::FrameRepr;
-use zrlab_wire::packet::IpPayload;
-use zrlab_wire::packet::IpRepr;
-use zrlab_wire::packet::SYN;
-use zrlab_wire::packet::TcpRepr;
-use zrlab_wire::packet::UdpRepr;
-use zrlab_wire::packet::tcp_options::TcpOption;
-use zrlab_wire::quic::CID_LEN;
-use zrlab_wire::quic::CidVersion;
-use zrlab_wire::quic::Datagram;
-use zrlab_wire::quic::Header;
-use zrlab_wire::quic::LongType;
-use zrlab_wire::quic::VERSION_1;
-use zrlab_wire::quic::cid_for;
+use zrlab_control::{
+    bpf::{Loaded, Object},
+    lb::{
+        Balancer, Proto, RealSpec, Settings, VipSpec,
+        maglev::{self, Backend},
+    },
+};
+use zrlab_host::error::{LabError, Result};
+use zrlab_wire::{
+    packet::{ACK, FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, UdpRepr, tcp_options::TcpOption},
+    quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},
+};
 
 /// How to measure.
 #[derive(Clone, Debug)]

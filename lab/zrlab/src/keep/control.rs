@@ -9,15 +9,16 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::netns;
-use zrlab_host::netns::Netns;
-use zrlab_host::run_id::RunId;
-use zrlab_scenario::lb::LbStatus;
-use zrlab_scenario::measures::LbTotals;
-use zrlab_scenario::measures::TprTotals;
-use zrlab_scenario::spec::EventSpec;
+use zrlab_host::{
+    error::{LabError, Result},
+    netns::{self, Netns},
+    run_id::RunId,
+};
+use zrlab_scenario::{
+    lb::LbStatus,
+    measures::{LbTotals, TprTotals},
+    spec::EventSpec,
+};
 
 /// The abstract socket name of run `run`'s keeper.
 pub(crate) fn socket_name(run: &str) -> String {

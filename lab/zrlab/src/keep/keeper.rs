@@ -6,20 +6,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::keep::control::NodeStatus;
-use crate::keep::control::Request;
-use crate::keep::control::Response;
-use crate::keep::control::Status;
-use crate::keep::control::socket_name;
+use crate::keep::control::{NodeStatus, Request, Response, Status, socket_name};
 use zrlab_control::server_id::Registry;
-use zrlab_host::error::LabError;
-use zrlab_host::error::Result;
-use zrlab_host::run_id::RunId;
-use zrlab_scenario::Scenario;
-use zrlab_scenario::lb::Deployment;
-use zrlab_scenario::runner::apply;
-use zrlab_scenario::runner::describe;
-use zrlab_scenario::tpr::TprDeployment;
+use zrlab_host::{
+    error::{LabError, Result},
+    run_id::RunId,
+};
+use zrlab_scenario::{
+    Scenario,
+    lb::Deployment,
+    runner::{apply, describe},
+    tpr::TprDeployment,
+};
 use zrlab_topology::Lab;
 use zrlab_workload::phase::Phase;
 
