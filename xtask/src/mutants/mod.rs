@@ -74,8 +74,8 @@ enum Source {
 /// The components and their suites. Why each selection:
 /// - ebpf: conformance and fuzz run `xdp_lb` and `xdp_decap` against the independent model on
 ///   one and two CPUs; `tpr` runs the sock_ops programs on real sockets; `reuseport_migrate`
-///   runs `reuseport_select` on real listeners. `sk_lookup_steer` has no suite of its own (only
-///   the release scenarios run it): its survivors are that blind spot, measured.
+///   runs `reuseport_select` on real listeners, `sk_lookup` runs `sk_lookup_steer` on real UDP
+///   sockets (IPv4 and IPv6).
 /// - control: its unit tests (Maglev, the model's codecs), the XDP suites through the control
 ///   plane, `tpr` (server ids, sock_ops maps) and offline replay (the LB configuration).
 /// - release: migration parity (the reuseport dispatcher) and the release and rolling-upgrade
@@ -104,6 +104,8 @@ const COMPONENTS: [Component; 4] = [
             "tpr",
             "--test",
             "reuseport_migrate",
+            "--test",
+            "sk_lookup",
         ]],
         needs_binary: false,
     },
@@ -141,7 +143,7 @@ const COMPONENTS: [Component; 4] = [
         except: &[],
         source: Source::CargoMutants,
         suites: &[
-            &["-p", "zrlab-suites", "--test", "reuseport_migrate"],
+            &["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup"],
             &["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"],
         ],
         needs_binary: true,
