@@ -107,7 +107,8 @@ const COMPONENTS: [Component; 4] = [
             "--test",
             "sk_lookup",
         ]],
-        needs_binary: false,
+        // The tpr suite runs the lab's service processes.
+        needs_binary: true,
     },
     Component {
         name: "control",
