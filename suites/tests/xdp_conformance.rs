@@ -494,6 +494,32 @@ fn a_syn_rewrites_the_entry_of_a_reused_five_tuple(old_cpu: usize, syn_cpu: usiz
     assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
 }
 
+/// A flow's packet on a second CPU finds its entry in the shared table and copies it into that
+/// CPU's table: the next packet there is a hit in its own table (`lru_hit`), not another
+/// shared lookup (`lru_fallback_hit`). Routing alone cannot tell (both send the flow to its
+/// real); the counters can. For IPv4 and IPv6 flows.
+#[test]
+fn a_shared_table_hit_is_copied_into_this_cpus_table() {
+    common::require_root();
+    if !have_two_cpus("a flow seen from a second CPU") {
+        return;
+    }
+    let mut fx = Fixture::new();
+    for (src, dst) in [(CLIENT4, VIP4), (CLIENT6, VIP6)] {
+        let real = tx_real_on(&mut fx, 0, &tcp(src, 46_000, dst, 80, SYN, vec![]));
+        assert_eq!(tx_real_on(&mut fx, 0, &tcp(src, 46_000, dst, 80, ACK, vec![])), real, "established on CPU 0");
+        let delta = |fx: &mut Fixture, expected: u32| {
+            let before = fx.lb.counters().expect("counters");
+            assert_eq!(tx_real_on(fx, 1, &tcp(src, 46_000, dst, 80, ACK, vec![])), real, "{src}: the flow's real");
+            let after = fx.lb.counters().expect("counters");
+            let moved = counter_delta(&before.global, &after.global);
+            assert_eq!(after.get(expected) - before.get(expected), 1, "{src}: {moved}");
+        };
+        delta(&mut fx, counter::LRU_FALLBACK_HIT);
+        delta(&mut fx, counter::LRU_HIT);
+    }
+}
+
 /// A live VIP's flags change (id routing off, then no table with a ring change): table entries
 /// carry the flags they were written under, so the control plane flushes the VIP's entries
 /// and waiting SYNs in every table, and the next packet of every flow, IPv4 and IPv6 alike, on
