@@ -28,13 +28,14 @@ use std::{
 use serde::Deserialize;
 
 use zrlab_control::{
-    lb::{Balancer, Proto, RealSpec, VipSpec, maglev::is_prime},
+    lb::{Balancer, RealSpec, VipSpec, maglev::is_prime},
     server_id::Membership,
 };
 use zrlab_host::{
     error::Result,
     toml_file::{SpecError, from_table, read_table},
 };
+use zrlab_wire::Proto;
 
 /// A VIP and its reals. The policy fields repeat `lb::VipSpec`'s on purpose (as the scenario's
 /// `LbSpec` does): `#[serde(flatten)]` would lose `deny_unknown_fields`, and a misspelt key must

@@ -311,7 +311,7 @@ pub async fn run(
         .config
         .vips()
         .iter()
-        .filter(|(v, _)| v.proto == zrlab_control::lb::Proto::Udp)
+        .filter(|(v, _)| v.proto == zrlab_wire::Proto::Udp)
         .map(|(v, _)| format!("--udp={}", std::net::SocketAddr::new(v.addr, v.port)))
         .collect();
     let mut services = Vec::new();

@@ -21,11 +21,12 @@ use crate::{
 };
 use zrlab_control::{
     bpf::{Loaded, Object},
-    lb::{Balancer, Decap, Proto, RealSpec, Settings, VipSpec},
+    lb::{Balancer, Decap, RealSpec, Settings, VipSpec},
     server_id::{Membership, Registry},
 };
 use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
+use zrlab_wire::Proto;
 
 /// What a deployed LB holds, for a kept run's status.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

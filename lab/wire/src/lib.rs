@@ -8,4 +8,7 @@
 pub mod message;
 pub mod packet;
 pub mod pcap;
+mod proto;
 pub mod quic;
+
+pub use proto::Proto;

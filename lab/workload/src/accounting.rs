@@ -18,17 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use zrlab_wire::message::Identity;
-
-/// A flow's transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// A long-lived TCP connection.
-    Tcp,
-    /// A QUIC-like UDP flow.
-    Udp,
-}
+use zrlab_wire::{Proto, message::Identity};
 
 /// Why a flow ended before the workload stopped it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

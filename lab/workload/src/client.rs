@@ -44,7 +44,7 @@ use tokio::{
 };
 
 use crate::{
-    accounting::{Ending, FlowRecord, Proto},
+    accounting::{Ending, FlowRecord},
     timeline::Timeline,
 };
 use zrlab_host::{
@@ -52,6 +52,7 @@ use zrlab_host::{
     netns::Netns,
 };
 use zrlab_wire::{
+    Proto,
     message::{Reply, Request},
     quic::{CID_LEN, Datagram, Header, LongType, VERSION_1},
 };

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::Xdp;
 use zrlab_common::lb::counter;
-use zrlab_control::lb::{Balancer, Proto, RealSpec, Settings, VipSpec, model::Model};
+use zrlab_control::lb::{Balancer, RealSpec, Settings, VipSpec, model::Model};
+use zrlab_wire::Proto;
 use zrlab_wire::{
     packet::{FrameRepr, IpPayload, IpRepr, TcpRepr, UdpRepr, tcp_options::TcpOption},
     quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},

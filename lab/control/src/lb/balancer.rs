@@ -23,6 +23,7 @@ use zrlab_common::lb::{
     VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey,
     VipMeta, VipStats, counter, vip_filter_bit,
 };
+use zrlab_wire::Proto;
 
 use crate::{
     bpf::{Loaded, Object, map_err},
@@ -32,26 +33,6 @@ use zrlab_host::{
     error::{LabError, Result},
     netns::Netns,
 };
-
-/// A VIP's transport.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Proto {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => libc::IPPROTO_TCP as u8,
-            Self::Udp => libc::IPPROTO_UDP as u8,
-        }
-    }
-}
 
 /// A VIP and how it is balanced.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

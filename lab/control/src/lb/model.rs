@@ -39,12 +39,13 @@ use etherparse::{
 };
 
 use crate::lb::{
-    balancer::{Proto, RealSpec, Settings, VipSpec},
+    balancer::{RealSpec, Settings, VipSpec},
     maglev::{self, Backend},
 };
 use zrlab_common::lb::SYN_CACHE_SLOTS;
 
 use zrlab_wire::{
+    Proto,
     packet::tcp_options::{TprWalk, tpr_server_id},
     quic::LongType,
 };

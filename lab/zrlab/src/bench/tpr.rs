@@ -32,11 +32,12 @@ use serde::Serialize;
 
 use crate::bench::xdp::{median, paired, sample, tcp};
 use zrlab_control::{
-    lb::{Balancer, Proto, RealSpec, Settings, VipSpec},
+    lb::{Balancer, RealSpec, Settings, VipSpec},
     tpr::{Side, SockOpsTpr},
 };
 use zrlab_host::error::{LabError, Result};
 use zrlab_topology::{Lab, Topology};
+use zrlab_wire::Proto;
 use zrlab_wire::packet::{ACK, tcp_options::TcpOption};
 
 /// How to measure.

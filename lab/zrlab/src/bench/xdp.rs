@@ -45,11 +45,12 @@ use serde::Serialize;
 use zrlab_control::{
     bpf::{Loaded, Object},
     lb::{
-        Balancer, Proto, RealSpec, Settings, VipSpec,
+        Balancer, RealSpec, Settings, VipSpec,
         maglev::{self, Backend},
     },
 };
 use zrlab_host::error::{LabError, Result};
+use zrlab_wire::Proto;
 use zrlab_wire::{
     packet::{ACK, FrameRepr, IpPayload, IpRepr, SYN, TcpRepr, UdpRepr, tcp_options::TcpOption},
     quic::{CID_LEN, CidVersion, Datagram, Header, LongType, VERSION_1, cid_for},
