@@ -610,6 +610,11 @@ fn a_joining_backends_id_routes_before_any_ring_sends_it_flows() {
     let (verdict, output) = test_run(program, &id_packet(44_000));
     assert_eq!(verdict, TX);
     assert_ne!(outer_dst(&output), ip(NEWCOMER), "weight 0: not a member, its id does not route");
+    // Admitting the configuration as it is changes nothing: weight 0 is no member.
+    fx.lb.admit_members(&vip, &reals).expect("admit at weight 0");
+    let (verdict, output) = test_run(fx.lb.program("xdp_lb").expect("program"), &id_packet(44_000));
+    assert_eq!(verdict, TX);
+    assert_ne!(outer_dst(&output), ip(NEWCOMER), "admitted at weight 0: still no member, its id does not route");
 
     reals.last_mut().expect("newcomer").weight = 1;
     fx.lb.admit_members(&vip, &reals).expect("admit");
