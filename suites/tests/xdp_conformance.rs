@@ -556,16 +556,23 @@ fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
             flows.push((src, dst, port, ring, id));
         }
     }
-    // Id routing off: every flow back on its ring's real, whatever its option says.
-    for (vip, reals) in &vips {
+    // Id routing off, one VIP at a time: that VIP's flows go back to their ring's real,
+    // whatever their option says; the other VIP's flows keep the entries their ids wrote.
+    for (changed, (vip, reals)) in vips.iter().enumerate() {
         let off = zrlab_control::lb::VipSpec { tcp_id_routing: false, ..vip.clone() };
         fx.lb.set_vip(&off, reals).expect("id routing off");
         fx.model.set_vip(&off, reals).expect("model: id routing off");
-    }
-    for &(src, dst, port, ring, id) in &flows {
-        for cpu in 0..cpus {
-            let next = tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, ACK, vec![TcpOption::ServerId(id)]));
-            assert_eq!(next, ring, "{src}:{port} on CPU {cpu}: id routing is off, the ring decides");
+        for (i, &(src, dst, port, ring, id)) in flows.iter().enumerate() {
+            let off_already = i / (flows.len() / vips.len()) <= changed;
+            let option = if off_already { vec![TcpOption::ServerId(id)] } else { vec![] };
+            for cpu in 0..cpus {
+                let next = tx_real_on(&mut fx, cpu, &tcp(src, port, dst, 80, ACK, option.clone()));
+                if off_already {
+                    assert_eq!(next, ring, "{src}:{port} on CPU {cpu}: id routing is off, the ring decides");
+                } else {
+                    assert_ne!(next, ring, "{src}:{port} on CPU {cpu}: another VIP's change kept its entry");
+                }
+            }
         }
     }
     // No table, and a ring change: every packet hashes on the new ring, none follows an entry.
