@@ -13,11 +13,12 @@ use test_case::test_case;
 use zrlab_features::{
     Feature, kernel_version,
     port443::{
-        conflicts::{self, CASES, Family, Mode},
+        conflicts::{self, CASES, Mode},
         scaling::{self, BindRegression},
     },
     port443_scaling_options,
 };
+use zrlab_wire::Family;
 
 use common::runtime;
 
@@ -63,8 +64,8 @@ fn bind_conflicts(name: &str) {
     common::require_root();
     let case = CASES.iter().find(|c| c.name == name).expect("a known case");
     let mut lines = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        if case.v6_only_case && family == Family::V4 {
+    for family in [Family::Ipv4, Family::Ipv6] {
+        if case.v6_only_case && family == Family::Ipv4 {
             continue;
         }
         for mode in [Mode::BoundOnly, Mode::Listening] {

@@ -21,7 +21,7 @@ use std::{
 use crate::{
     GroupChange,
     node::Node,
-    spec::{Family, GroupSpec, Role, Topology},
+    spec::{GroupSpec, Role, Topology},
 };
 use zrlab_host::{
     cgroup::{Cgroup, cgroup2_root},
@@ -30,6 +30,7 @@ use zrlab_host::{
     nl::{Nl, nexthop::GroupType},
     run_id::RunId,
 };
+use zrlab_wire::Family;
 
 /// First id of the nexthop objects the lab creates in a namespace (groups get their own range).
 const FIRST_NEXTHOP_ID: u32 = 1;

@@ -50,4 +50,4 @@ impl GroupChange {
     }
 }
 pub use losses::Loss;
-pub use spec::{Family, Role, Topology};
+pub use spec::{Role, Topology};

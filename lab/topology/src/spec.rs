@@ -47,6 +47,7 @@ use zrlab_host::{
     nl::nexthop::GroupType,
     toml_file::{SpecError, from_table, read_table},
 };
+use zrlab_wire::Family;
 
 /// What a node is for; decides which sysctls and programs it gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -70,33 +71,6 @@ impl std::fmt::Display for Role {
             Self::Lb => "lb",
             Self::Backend => "backend",
         })
-    }
-}
-
-/// Address family of a nexthop group.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Family {
-    /// IPv4.
-    #[default]
-    Ipv4,
-    /// IPv6.
-    Ipv6,
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Ipv4 => "IPv4",
-            Self::Ipv6 => "IPv6",
-        })
-    }
-}
-
-impl Family {
-    /// Whether `ip` is of this family.
-    pub fn matches(self, ip: IpAddr) -> bool {
-        matches!((self, ip), (Self::Ipv4, IpAddr::V4(_)) | (Self::Ipv6, IpAddr::V6(_)))
     }
 }
 

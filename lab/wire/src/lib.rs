@@ -5,10 +5,12 @@
 //! It owns the bytes; it must not import any other lab crate. Everything above it builds and
 //! tests it without root and without the eBPF toolchain.
 
+mod family;
 pub mod message;
 pub mod packet;
 pub mod pcap;
 mod proto;
 pub mod quic;
 
+pub use family::Family;
 pub use proto::Proto;

@@ -30,18 +30,10 @@ use std::{
 
 use crate::port443::sockets::{Flags, errno_name, tcp_socket};
 use zrlab_host::{error::Result, netns::Netns, nl::Nl, run_id::RunId};
+use zrlab_wire::Family;
 
 /// The port of the incident.
 pub const PORT: u16 = 443;
-
-/// Address family of a case's run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// IPv4 addresses.
-    V4,
-    /// IPv6 addresses.
-    V6,
-}
 
 /// Whether each bound socket also listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,12 +140,12 @@ const V6_A2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 impl Addr {
     fn resolve(self, family: Family) -> IpAddr {
         match (self, family) {
-            (Self::A1, Family::V4) | (Self::V4A1, _) => V4_A1.into(),
-            (Self::A2, Family::V4) => V4_A2.into(),
-            (Self::Any, Family::V4) => Ipv4Addr::UNSPECIFIED.into(),
-            (Self::A1, Family::V6) => V6_A1.into(),
-            (Self::A2, Family::V6) => V6_A2.into(),
-            (Self::Any, Family::V6) => Ipv6Addr::UNSPECIFIED.into(),
+            (Self::A1, Family::Ipv4) | (Self::V4A1, _) => V4_A1.into(),
+            (Self::A2, Family::Ipv4) => V4_A2.into(),
+            (Self::Any, Family::Ipv4) => Ipv4Addr::UNSPECIFIED.into(),
+            (Self::A1, Family::Ipv6) => V6_A1.into(),
+            (Self::A2, Family::Ipv6) => V6_A2.into(),
+            (Self::Any, Family::Ipv6) => Ipv6Addr::UNSPECIFIED.into(),
         }
     }
 }
@@ -202,7 +194,7 @@ pub fn describe(case: &Case, family: Family, mode: Mode, outcomes: &[Outcome]) -
         })
         .collect();
     let outcomes: Vec<String> = outcomes.iter().map(Outcome::to_string).collect();
-    format!("{family:?} {mode:?}: {} => {}", binds.join(", "), outcomes.join(", "))
+    format!("{family} {mode:?}: {} => {}", binds.join(", "), outcomes.join(", "))
 }
 
 /// Runs `case` in a fresh namespace for `family` and `mode`; sockets are closed afterwards.

@@ -46,6 +46,7 @@ use zrlab_host::{
     nl::Nl,
     run_id::RunId,
 };
+use zrlab_wire::Family;
 
 /// The socket counts of the issue (the kernel selftest binds 24,000).
 pub const SIZES: [usize; 4] = [100, 1_000, 8_000, 24_000];
@@ -152,8 +153,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
             let stats = pinger.stop()?;
             if n == largest { binding = stats } else { baseline = stats }
         }
-        v4.push(distinct_pattern(n, opts.repeats, Family::V4).await?);
-        v6.push(distinct_pattern(n, opts.repeats, Family::V6).await?);
+        v4.push(distinct_pattern(n, opts.repeats, Family::Ipv4).await?);
+        v6.push(distinct_pattern(n, opts.repeats, Family::Ipv6).await?);
         lookup.push(lookup_pattern(n, opts.repeats).await?);
     }
     let [bind, v4, v6, lookup] = [bind, v4, v6, lookup].map(with_ratios);
@@ -215,12 +216,6 @@ fn with_ratios(points: Vec<(usize, f64)>) -> Vec<Point> {
     points.into_iter().map(|(n, us)| Point { n, us, ratio: us / base }).collect()
 }
 
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
-}
-
 /// A fresh namespace for one measurement, with `lo` up.
 async fn namespace() -> Result<(Netns, Nl)> {
     let netns = Netns::create(&RunId::new(false).name("port443"))?;
@@ -279,8 +274,8 @@ async fn distinct_pattern(n: usize, repeats: usize, family: Family) -> Result<(u
     let addr = move |i: usize| -> SocketAddr {
         SocketAddr::new(
             match family {
-                Family::V4 => distinct_v4(i),
-                Family::V6 => distinct_v6(i),
+                Family::Ipv4 => distinct_v4(i),
+                Family::Ipv6 => distinct_v6(i),
             },
             PORT,
         )
