@@ -193,8 +193,9 @@ enum Outcome {
     Unviable,
 }
 
+/// A mutant and what the suites made of it.
 #[derive(Serialize)]
-struct Result1 {
+struct Judged {
     #[serde(flatten)]
     mutant: Mutant,
     outcome: Outcome,
@@ -312,7 +313,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
                 mutant.what,
                 outcome
             );
-            results.push(Result1 { mutant: (*mutant).clone(), outcome, seconds, reason });
+            results.push(Judged { mutant: (*mutant).clone(), outcome, seconds, reason });
         }
     }
     let wall = started.elapsed();
@@ -545,13 +546,13 @@ struct Report {
 
 /// Per component: mutants, killed, survived, equivalent, timed out, unviable, and the score
 /// (killed over buildable, non-equivalent mutants); then every survivor with file:line.
-fn report(results: &[Result1], wall: Duration) -> Report {
+fn report(results: &[Judged], wall: Duration) -> Report {
     let mut md = String::from(
         "# Mutation score\n\n| component | mutants | killed | survived | equivalent | timed out | unviable | score |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut components = BTreeMap::new();
     for name in COMPONENTS.map(|c| c.name) {
-        let of: Vec<&Result1> = results.iter().filter(|r| r.mutant.component == name).collect();
+        let of: Vec<&Judged> = results.iter().filter(|r| r.mutant.component == name).collect();
         if of.is_empty() {
             continue;
         }
@@ -583,7 +584,7 @@ fn report(results: &[Result1], wall: Duration) -> Report {
         minutes,
         if minutes > 0.0 { results.len() as f64 / minutes } else { 0.0 }
     ));
-    let survivors: Vec<&Result1> = results.iter().filter(|r| r.outcome == Outcome::Survived).collect();
+    let survivors: Vec<&Judged> = results.iter().filter(|r| r.outcome == Outcome::Survived).collect();
     if !survivors.is_empty() {
         md.push_str("\n## Survivors\n\n");
         for r in &survivors {
