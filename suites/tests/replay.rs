@@ -104,7 +104,7 @@ fn id_routing_keeps_drained_backends_flows_after_a_ring_change() {
     // Control: the same failover without id routing: the drained real's flows move too.
     let mut blind = after.clone();
     for vip in &mut blind.vip {
-        vip.tcp_id_routing = false;
+        vip.options.tcp_id_routing = false;
     }
     let second = offline::run(&frames[half..], &blind).expect("replay");
     let lost = first

@@ -14,7 +14,7 @@ use common::xdp::*;
 use test_case::test_case;
 use zrlab_common::lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit};
 use zrlab_control::lb::{
-    Counters, Decap,
+    Counters, Decap, VipOptions,
     balancer::words,
     model::{Path, XdpAction},
 };
@@ -531,7 +531,7 @@ fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
     common::require_root();
     let cpus = if have_two_cpus("flag changes seen from the second CPU") { 2 } else { 1 };
     let mut fx = Fixture::new();
-    let vips: Vec<_> = fixture_vips().into_iter().filter(|(v, _)| v.port == 80 && v.tcp_id_routing).collect();
+    let vips: Vec<_> = fixture_vips().into_iter().filter(|(v, _)| v.port == 80 && v.options.tcp_id_routing).collect();
     assert_eq!(vips.len(), 2, "the fixture's IPv4 and IPv6 id-routing VIPs");
     let ids = fixture_ids();
     let mut flows = Vec::new();
@@ -559,7 +559,7 @@ fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
     // Id routing off, one VIP at a time: that VIP's flows go back to their ring's real,
     // whatever their option says; the other VIP's flows keep the entries their ids wrote.
     for (changed, (vip, reals)) in vips.iter().enumerate() {
-        let off = zrlab_control::lb::VipSpec { tcp_id_routing: false, ..vip.clone() };
+        let off = vip.clone().with(VipOptions { tcp_id_routing: false, ..vip.options.clone() });
         fx.lb.set_vip(&off, reals).expect("id routing off");
         fx.model.set_vip(&off, reals).expect("model: id routing off");
         for (i, &(src, dst, port, ring, id)) in flows.iter().enumerate() {
@@ -581,7 +581,7 @@ fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
         let mut reals = reals.clone();
         let heavy = if vip.addr.is_ipv4() { "192.0.2.50" } else { "2001:db8:3::2" };
         reals.push(zrlab_control::lb::RealSpec { addr: ip(heavy), weight: 8, up: true });
-        let no_table = zrlab_control::lb::VipSpec { tcp_id_routing: false, no_lru: true, ..vip.clone() };
+        let no_table = vip.clone().with(VipOptions { tcp_id_routing: false, no_lru: true, ..vip.options.clone() });
         fx.lb.set_vip(&no_table, &reals).expect("no table");
         fx.model.set_vip(&no_table, &reals).expect("model: no table");
     }

@@ -55,6 +55,15 @@ pub fn from_table<T: DeserializeOwned>(path: &Path, prefix: &str, table: toml::T
             (false, _) => format!("{prefix}.{field}"),
         };
         let message = e.into_inner().message().trim().to_owned();
+        // A struct that flattens another (a VIP's `VipOptions`) reports an unknown key at its own
+        // path, and without the list of known keys: put the key in the path, as for the others.
+        let flattened =
+            message.strip_prefix("unknown field `").and_then(|m| m.strip_suffix('`')).filter(|k| !k.contains('`'));
+        let field = match flattened {
+            Some(key) if field == "." => key.to_owned(),
+            Some(key) => format!("{field}.{key}"),
+            None => field,
+        };
         SpecError::new(path, if field == "." { "(top level)".to_owned() } else { field }, message)
     })
 }

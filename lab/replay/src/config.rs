@@ -7,7 +7,7 @@
 //! addr = "203.0.113.10"
 //! port = 8080              # 0: any port
 //! proto = "tcp"            # or "udp"
-//! tcp_id_routing = true    # default false; quic_id_routing for UDP
+//! tcp_id_routing = true    # the VIP's policy: any key of `zrlab_control::lb::VipOptions`
 //! reals = ["192.0.2.2", "192.0.2.6"]
 //!
 //! [[real]]
@@ -28,7 +28,7 @@ use std::{
 use serde::Deserialize;
 
 use zrlab_control::{
-    lb::{Balancer, RealSpec, VipSpec, maglev::is_prime},
+    lb::{Balancer, RealSpec, VipOptions, VipSpec},
     server_id::Membership,
 };
 use zrlab_host::{
@@ -37,9 +37,7 @@ use zrlab_host::{
 };
 use zrlab_wire::Proto;
 
-/// A VIP and its reals. The policy fields repeat `lb::VipSpec`'s on purpose (as the scenario's
-/// `LbSpec` does): `#[serde(flatten)]` would lose `deny_unknown_fields`, and a misspelt key must
-/// be an error.
+/// A VIP and its reals.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipEntry {
@@ -49,21 +47,11 @@ pub struct VipEntry {
     pub port: u16,
     /// Transport.
     pub proto: Proto,
-    /// Route TCP by the TPR option's id.
-    #[serde(default)]
-    pub tcp_id_routing: bool,
-    /// Route QUIC by the connection id's id.
-    #[serde(default)]
-    pub quic_id_routing: bool,
-    /// Maglev ring size (a prime up to 65537).
-    #[serde(default = "default_ring")]
-    pub ring_size: u32,
+    /// Its policy (`tcp_id_routing`, `ring_size`, ...: the keys of `VipOptions`).
+    #[serde(flatten)]
+    pub options: VipOptions,
     /// Its reals (each defined in `[[real]]`).
     pub reals: Vec<IpAddr>,
-}
-
-fn default_ring() -> u32 {
-    zrlab_common::lb::MAX_RING
 }
 
 fn default_weight() -> u32 {
@@ -150,11 +138,8 @@ impl LbConfig {
             }
         }
         for (i, vip) in self.vip.iter().enumerate() {
-            if !is_prime(vip.ring_size) || vip.ring_size > zrlab_common::lb::MAX_RING {
-                return Err(err(
-                    format!("vip[{i}].ring_size"),
-                    format!("{} is not a prime up to 65537", vip.ring_size),
-                ));
+            if let Some(why) = vip.options.invalid() {
+                return Err(err(format!("vip[{i}].ring_size"), why));
             }
             if vip.reals.is_empty() {
                 return Err(err(format!("vip[{i}].reals"), "at least one real is needed".into()));
@@ -184,12 +169,7 @@ impl LbConfig {
         self.vip
             .iter()
             .map(|vip| {
-                let spec = VipSpec {
-                    tcp_id_routing: vip.tcp_id_routing,
-                    quic_id_routing: vip.quic_id_routing,
-                    ring_size: vip.ring_size,
-                    ..VipSpec::new(vip.addr, vip.port, vip.proto)
-                };
+                let spec = VipSpec::new(vip.addr, vip.port, vip.proto).with(vip.options.clone());
                 let reals = vip
                     .reals
                     .iter()

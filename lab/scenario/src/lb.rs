@@ -67,15 +67,7 @@ impl Deployment {
                 Ok((b.clone(), RealSpec { addr, weight: spec.weights.get(b).copied().unwrap_or(1), up: true }))
             })
             .collect::<Result<_>>()?;
-        // The [lb] section's policy fields are the VIP's (see `LbSpec`).
-        let vip = |port: u16, proto: Proto| VipSpec {
-            tcp_id_routing: spec.tcp_id_routing,
-            quic_id_routing: spec.quic_id_routing,
-            no_lru: spec.no_lru,
-            hash_per_packet: spec.hash_per_packet,
-            ring_size: spec.ring_size,
-            ..VipSpec::new(workload.vip, port, proto)
-        };
+        let vip = |port: u16, proto: Proto| VipSpec::new(workload.vip, port, proto).with(spec.options.clone());
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
         Self::start_with(lab, &spec.nodes, vips, reals, registry)
     }
@@ -201,7 +193,7 @@ impl Deployment {
                 .vips
                 .iter()
                 .map(|v| {
-                    let ids = if v.tcp_id_routing || v.quic_id_routing { ", id routing" } else { "" };
+                    let ids = if v.options.tcp_id_routing || v.options.quic_id_routing { ", id routing" } else { "" };
                     format!("{}:{}/{:?}{ids}", v.addr, v.port, v.proto)
                 })
                 .collect(),
@@ -212,7 +204,7 @@ impl Deployment {
                 .iter()
                 .map(|v| {
                     let backends: Vec<_> = self.reals.iter().map(|(_, r)| r.backend()).collect();
-                    let slots = zrlab_control::lb::maglev::build(&backends, v.ring_size)
+                    let slots = zrlab_control::lb::maglev::build(&backends, v.options.ring_size)
                         .map(|ring| zrlab_control::lb::maglev::slots_per_backend(&ring, backends.len()))
                         .unwrap_or_default();
                     let shares = self.reals.iter().map(|(node, _)| node.clone()).zip(slots).collect();

@@ -47,6 +47,7 @@ use crate::{
     expect::{Comparison, Metric},
     release::{ReleaseSpec, Strategy},
 };
+use zrlab_control::lb::VipOptions;
 use zrlab_features::Feature;
 use zrlab_host::{
     nl::nexthop::GroupType,
@@ -199,9 +200,6 @@ mod defaults {
     pub(super) fn enabled() -> bool {
         true
     }
-    pub(super) fn ring_size() -> u32 {
-        zrlab_common::lb::MAX_RING
-    }
 }
 
 /// An event of the timeline.
@@ -295,30 +293,14 @@ impl EventSpec {
 
 /// The XDP load balancer of a scenario: which nodes run it and how it balances the workload's
 /// VIP (TCP and UDP ports) over the workload's backends.
-///
-/// The policy fields repeat `lb::VipSpec`'s on purpose: sharing them through `#[serde(flatten)]`
-/// would lose `deny_unknown_fields` (serde does not support the two together), and a misspelt
-/// key in a scenario file must be an error, not a silently default policy.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LbSpec {
     /// LB nodes (role `lb`, one link each, towards the router).
     pub nodes: Vec<String>,
-    /// Route TCP by the server id in the TPR option.
-    #[serde(default)]
-    pub tcp_id_routing: bool,
-    /// Route QUIC by the server id in the connection id.
-    #[serde(default)]
-    pub quic_id_routing: bool,
-    /// No connection table (negative controls).
-    #[serde(default)]
-    pub no_lru: bool,
-    /// A random hash per packet (negative controls).
-    #[serde(default)]
-    pub hash_per_packet: bool,
-    /// Maglev ring size (a prime, at most 65537).
-    #[serde(default = "defaults::ring_size")]
-    pub ring_size: u32,
+    /// The VIP's policy (`tcp_id_routing`, `ring_size`, ...: the keys of `VipOptions`).
+    #[serde(flatten)]
+    pub options: VipOptions,
     /// Backend weights (default 1).
     #[serde(default)]
     pub weights: BTreeMap<String, u32>,
@@ -688,11 +670,8 @@ fn validate_lb(lb: &LbSpec, w: &WorkloadSpec, topology: &Topology) -> Result<(),
     if !w.backends.iter().any(|b| lb.weights.get(b).copied().unwrap_or(1) > 0) {
         return Err((".weights".into(), "every backend has weight 0".into()));
     }
-    if !zrlab_control::lb::maglev::is_prime(lb.ring_size) || lb.ring_size > zrlab_common::lb::MAX_RING {
-        return Err((
-            ".ring_size".into(),
-            format!("{} is not a prime up to {}", lb.ring_size, zrlab_common::lb::MAX_RING),
-        ));
+    if let Some(why) = lb.options.invalid() {
+        return Err((".ring_size".into(), why));
     }
     Ok(())
 }

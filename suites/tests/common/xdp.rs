@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::programs::Xdp;
 use zrlab_common::lb::counter;
-use zrlab_control::lb::{Balancer, RealSpec, Settings, VipSpec, model::Model};
+use zrlab_control::lb::{Balancer, RealSpec, Settings, VipOptions, VipSpec, model::Model};
 use zrlab_wire::Proto;
 use zrlab_wire::{
     packet::{FrameRepr, IpPayload, IpRepr, TcpRepr, UdpRepr, tcp_options::TcpOption},
@@ -41,13 +41,25 @@ fn reals(addrs: &[&str]) -> Vec<RealSpec> {
 /// The fixture's VIPs and reals (README's conformance section lists them).
 pub(crate) fn fixture_vips() -> Vec<(VipSpec, Vec<RealSpec>)> {
     vec![
-        (VipSpec { tcp_id_routing: true, ..vip("203.0.113.10", 80, Proto::Tcp) }, reals(&[R1, R2, R3])),
-        (VipSpec { quic_id_routing: true, ..vip("203.0.113.10", 443, Proto::Udp) }, reals(&[R1, R2, R3])),
+        (
+            vip("203.0.113.10", 80, Proto::Tcp).with(VipOptions { tcp_id_routing: true, ..VipOptions::default() }),
+            reals(&[R1, R2, R3]),
+        ),
+        (
+            vip("203.0.113.10", 443, Proto::Udp).with(VipOptions { quic_id_routing: true, ..VipOptions::default() }),
+            reals(&[R1, R2, R3]),
+        ),
         (vip("203.0.113.10", 8080, Proto::Udp), reals(&[R1, R2])),
-        (VipSpec { tcp_id_routing: true, ..vip("2001:db8:ffff::10", 80, Proto::Tcp) }, reals(&[R6A, R6B])),
+        (
+            vip("2001:db8:ffff::10", 80, Proto::Tcp).with(VipOptions { tcp_id_routing: true, ..VipOptions::default() }),
+            reals(&[R6A, R6B]),
+        ),
         (vip("203.0.113.20", 0, Proto::Tcp), reals(&[R6A])),
         (vip("2001:db8:ffff::20", 443, Proto::Udp), reals(&["192.0.2.14"])),
-        (VipSpec { no_lru: true, ..vip("203.0.113.40", 80, Proto::Tcp) }, reals(&[R1, R2, R3])),
+        (
+            vip("203.0.113.40", 80, Proto::Tcp).with(VipOptions { no_lru: true, ..VipOptions::default() }),
+            reals(&[R1, R2, R3]),
+        ),
         (
             vip("203.0.113.30", 80, Proto::Tcp),
             vec![RealSpec { addr: ip(R1), weight: 3, up: true }, RealSpec { addr: ip(R2), weight: 1, up: true }],

@@ -34,29 +34,24 @@ use zrlab_host::{
     netns::Netns,
 };
 
-/// A VIP and how it is balanced.
+/// How a VIP is balanced: the one policy the LB's control plane, a scenario's `[lb]` section
+/// and a replay's `[[vip]]` entries share (each flattens it, so the keys, their docs and their
+/// defaults are written once, here).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VipSpec {
-    /// Address.
-    pub addr: IpAddr,
-    /// Port; 0 means any port.
-    pub port: u16,
-    /// Transport.
-    pub proto: Proto,
-    /// Route TCP by the TPR option's server id.
+pub struct VipOptions {
+    /// Route TCP by the server id in the TPR option (default off).
     #[serde(default)]
     pub tcp_id_routing: bool,
-    /// Route QUIC by the connection id's server id.
+    /// Route QUIC by the server id in the connection id (default off).
     #[serde(default)]
     pub quic_id_routing: bool,
-    /// Skip the connection table (negative controls only).
+    /// Skip the connection table (negative controls only; default off).
     #[serde(default)]
     pub no_lru: bool,
-    /// Hash every packet with a random salt (negative controls only).
+    /// Hash every packet with a random salt (negative controls only; default off).
     #[serde(default)]
     pub hash_per_packet: bool,
-    /// Ring size (a prime up to 65537).
+    /// Maglev ring size: a prime up to 65537 (the default).
     #[serde(default = "default_ring_size")]
     pub ring_size: u32,
 }
@@ -65,13 +60,9 @@ fn default_ring_size() -> u32 {
     MAX_RING
 }
 
-impl VipSpec {
-    /// A VIP with the default policy: ring of 65537, no id routing, connection table on.
-    pub fn new(addr: IpAddr, port: u16, proto: Proto) -> Self {
+impl Default for VipOptions {
+    fn default() -> Self {
         Self {
-            addr,
-            port,
-            proto,
             tcp_id_routing: false,
             quic_id_routing: false,
             no_lru: false,
@@ -79,9 +70,14 @@ impl VipSpec {
             ring_size: MAX_RING,
         }
     }
+}
 
-    fn key(&self) -> VipKey {
-        VipKey { addr: words(self.addr), port: self.port.to_be(), proto: self.proto.number(), pad: 0 }
+impl VipOptions {
+    /// Why these options cannot be programmed, if they cannot: the one check of the ring size
+    /// that the control plane and both file formats apply.
+    pub fn invalid(&self) -> Option<String> {
+        (!maglev::is_prime(self.ring_size) || self.ring_size > MAX_RING)
+            .then(|| format!("{} is not a prime up to {MAX_RING}", self.ring_size))
     }
 
     fn flags(&self) -> u32 {
@@ -97,6 +93,37 @@ impl VipSpec {
             }
         }
         flags
+    }
+}
+
+/// A VIP and how it is balanced.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    /// Address.
+    pub addr: IpAddr,
+    /// Port; 0 means any port.
+    pub port: u16,
+    /// Transport.
+    pub proto: Proto,
+    /// Its policy.
+    #[serde(flatten)]
+    pub options: VipOptions,
+}
+
+impl VipSpec {
+    /// A VIP with the default policy: ring of 65537, no id routing, connection table on.
+    pub fn new(addr: IpAddr, port: u16, proto: Proto) -> Self {
+        Self { addr, port, proto, options: VipOptions::default() }
+    }
+
+    /// The same VIP with `options`.
+    pub fn with(self, options: VipOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    fn key(&self) -> VipKey {
+        VipKey { addr: words(self.addr), port: self.port.to_be(), proto: self.proto.number(), pad: 0 }
     }
 }
 
@@ -362,11 +389,11 @@ impl Balancer {
     /// Adds or updates `vip` with `reals`: builds the Maglev ring from the reals' weights and
     /// swaps it in whole.
     pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<()> {
-        if !maglev::is_prime(vip.ring_size) || vip.ring_size > MAX_RING {
-            return Err(LabError::Unsupported(format!("ring size {} is not a prime up to {MAX_RING}", vip.ring_size)));
+        if let Some(why) = vip.options.invalid() {
+            return Err(LabError::Unsupported(format!("ring size {why}")));
         }
         let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
-        let table = maglev::build(&backends, vip.ring_size)
+        let table = maglev::build(&backends, vip.options.ring_size)
             .map_err(|e| LabError::Unsupported(format!("VIP {}:{}: {e}", vip.addr, vip.port)))?;
         let indices: Vec<u32> = reals.iter().map(|r| self.real_index(r.addr)).collect::<Result<_>>()?;
         let key = vip.key();
@@ -385,7 +412,7 @@ impl Balancer {
         // A joining member's ids route within the VIP before the new ring can send it a flow
         // (whose SYN-ACK carries its id, echoed on every later packet); a leaving member's stay
         // until the ring no longer does.
-        self.vips.entry(key).or_insert_with(|| VipState { num, flags: vip.flags(), members: Vec::new() });
+        self.vips.entry(key).or_insert_with(|| VipState { num, flags: vip.options.flags(), members: Vec::new() });
         self.admit_members(vip, reals)?;
         // The new ring, complete before anything points at it.
         let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
@@ -397,7 +424,7 @@ impl Balancer {
         // The address's filter bit before the VIP: a packet that passes the filter and finds no
         // VIP yet is turned away by the VIP-address set, one that fails it never reaches the VIP.
         self.add_to_filter(&key.addr)?;
-        let meta = VipMeta { flags: vip.flags(), vip_num: num, ring_size: vip.ring_size, pad: 0 };
+        let meta = VipMeta { flags: vip.options.flags(), vip_num: num, ring_size: vip.options.ring_size, pad: 0 };
         let mut vips: HashMap<_, VipKey, VipMeta> =
             HashMap::try_from(self.map_mut(VIPS_MAP)?).map_err(map_err("LB_VIPS"))?;
         vips.insert(key, meta, 0).map_err(map_err("write LB_VIPS"))?;

@@ -8,5 +8,5 @@ mod inner;
 pub mod maglev;
 pub mod model;
 
-pub use balancer::{Balancer, Counters, RealSpec, Settings, TableKey, VipSpec, run_once};
+pub use balancer::{Balancer, Counters, RealSpec, Settings, TableKey, VipOptions, VipSpec, run_once};
 pub use decap::{Decap, DecapCounters};

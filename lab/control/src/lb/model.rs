@@ -203,9 +203,12 @@ impl Model {
     /// afresh: no table entry or waiting SYN of its flows survives the change, in any family.
     pub fn set_vip(&mut self, vip: &VipSpec, reals: &[RealSpec]) -> Result<(), maglev::MaglevError> {
         let backends: Vec<Backend> = reals.iter().map(RealSpec::backend).collect();
-        let ring = maglev::build(&backends, vip.ring_size)?;
+        let ring = maglev::build(&backends, vip.options.ring_size)?;
         let id = vip_id(vip);
-        let flags = |v: &VipSpec| (v.tcp_id_routing, v.quic_id_routing, v.no_lru, v.hash_per_packet);
+        let flags = |v: &VipSpec| {
+            let o = &v.options;
+            (o.tcp_id_routing, o.quic_id_routing, o.no_lru, o.hash_per_packet)
+        };
         let changed = self.vips.get(&id).is_some_and(|old| flags(&old.spec) != flags(vip));
         self.vips.insert(id, Vip { spec: vip.clone(), reals: reals.to_vec(), ring });
         if changed {
@@ -337,7 +340,7 @@ impl Model {
 
     fn route(&mut self, cpu: usize, f: &[u8], pkt: &Pkt) -> (IpAddr, Path) {
         let vip = &self.vips[&pkt.vip];
-        let spec = vip.spec.clone();
+        let spec = vip.spec.options.clone();
         let id = if pkt.flow.proto == IPPROTO_TCP && spec.tcp_id_routing && !pkt.syn {
             match tpr_server_id(&f[pkt.l4 + 20..pkt.l4 + pkt.tcp_hdr_len]) {
                 TprWalk::Id(id) => Some((id, Path::TcpId(id))),
@@ -360,7 +363,7 @@ impl Model {
         }
         let ring_real = |hash: u32| {
             let vip = &self.vips[&pkt.vip];
-            vip.reals[vip.ring[(hash % vip.spec.ring_size) as usize] as usize].addr
+            vip.reals[vip.ring[(hash % vip.spec.options.ring_size) as usize] as usize].addr
         };
         if spec.hash_per_packet {
             return (self.vips[&pkt.vip].reals[0].addr, Path::Random);

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 use crate::bench::xdp::{median, paired, sample, tcp};
 use zrlab_control::{
-    lb::{Balancer, RealSpec, Settings, VipSpec},
+    lb::{Balancer, RealSpec, Settings, VipOptions, VipSpec},
     tpr::{Side, SockOpsTpr},
 };
 use zrlab_host::error::{LabError, Result};
@@ -183,7 +183,10 @@ fn lb_cost(opts: &Options) -> Result<LbCost> {
         .map(|a| RealSpec { addr: a.parse().expect("valid"), weight: 1, up: true })
         .collect();
     let vip = "203.0.113.10".parse().expect("valid");
-    lb.set_vip(&VipSpec { tcp_id_routing: true, ..VipSpec::new(vip, 80, Proto::Tcp) }, &reals)?;
+    lb.set_vip(
+        &VipSpec::new(vip, 80, Proto::Tcp).with(VipOptions { tcp_id_routing: true, ..VipOptions::default() }),
+        &reals,
+    )?;
     lb.set_vip(&VipSpec::new(vip, 81, Proto::Tcp), &reals)?;
     let ids = reals.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.addr)).collect();
     lb.sync_server_ids(&ids)?;

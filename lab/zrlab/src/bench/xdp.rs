@@ -45,7 +45,7 @@ use serde::Serialize;
 use zrlab_control::{
     bpf::{Loaded, Object},
     lb::{
-        Balancer, RealSpec, Settings, VipSpec,
+        Balancer, RealSpec, Settings, VipOptions, VipSpec,
         maglev::{self, Backend},
     },
 };
@@ -327,12 +327,21 @@ pub(crate) fn balancer() -> Result<Balancer> {
     let v6reals: Vec<RealSpec> =
         ["2001:db8:1::2", "2001:db8:2::2"].iter().map(|a| RealSpec { addr: ip(a), weight: 1, up: true }).collect();
     let vip = |addr: &str, port: u16, proto: Proto| VipSpec::new(ip(addr), port, proto);
-    lb.set_vip(&VipSpec { tcp_id_routing: true, ..vip("203.0.113.10", 80, Proto::Tcp) }, &reals)?;
-    lb.set_vip(&VipSpec { quic_id_routing: true, ..vip("203.0.113.10", 443, Proto::Udp) }, &reals)?;
+    lb.set_vip(
+        &vip("203.0.113.10", 80, Proto::Tcp).with(VipOptions { tcp_id_routing: true, ..VipOptions::default() }),
+        &reals,
+    )?;
+    lb.set_vip(
+        &vip("203.0.113.10", 443, Proto::Udp).with(VipOptions { quic_id_routing: true, ..VipOptions::default() }),
+        &reals,
+    )?;
     lb.set_vip(&vip("203.0.113.10", 8080, Proto::Udp), &reals)?;
     lb.set_vip(&vip("2001:db8:ffff::10", 80, Proto::Tcp), &v6reals)?;
     lb.set_vip(&vip("203.0.113.20", 0, Proto::Tcp), &v6reals)?;
-    lb.set_vip(&VipSpec { no_lru: true, ..vip("203.0.113.40", 80, Proto::Tcp) }, &reals)?;
+    lb.set_vip(
+        &vip("203.0.113.40", 80, Proto::Tcp).with(VipOptions { no_lru: true, ..VipOptions::default() }),
+        &reals,
+    )?;
     let ids: BTreeMap<u32, IpAddr> = reals.iter().enumerate().map(|(i, r)| (i as u32 + 1, r.addr)).collect();
     lb.sync_server_ids(&ids)?;
     Ok(lb)
