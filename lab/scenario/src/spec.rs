@@ -45,7 +45,7 @@ use serde::Deserialize;
 
 use crate::{
     expect::{Comparison, Metric},
-    release::{ReleaseSpec, Strategy},
+    release::ReleaseSpec,
 };
 use zrlab_control::lb::VipOptions;
 use zrlab_features::Feature;
@@ -527,7 +527,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
                 let Some(release) = &spec.release else {
                     return Err(err(field, "release events need a [release] section".into()));
                 };
-                if release.strategy == Strategy::Drain && spec.lb.is_none() {
+                if release.strategy.uses_lb() && spec.lb.is_none() {
                     return Err(err(
                         "release.strategy".into(),
                         "drain takes backends out of the LB's rings: it needs an [lb] section".into(),

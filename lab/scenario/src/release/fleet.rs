@@ -1,24 +1,13 @@
 //! The service processes of a scenario's backends across releases: starting the first
-//! generation, and releasing backends by a [`Strategy`].
+//! generation, and releasing backends by the scenario's strategy, whose [`Dispatcher`] gives the
+//! service flags and the [`Step`]s (the fleet knows no strategy by name).
 //!
 //! The dispatchers live here, in the lab, not in the services: a service announces its sockets'
-//! descriptors (`workload::phase::Sockets`); the fleet takes copies ([`super::fds::take`]), puts
-//! them into the dispatcher's socket map, attaches the dispatcher through them, and closes the
-//! copies at once (a copy held here would keep a listener the old process closed alive, and
-//! connections would queue on it with nobody to accept them).
+//! descriptors (`workload::phase::Sockets`); the fleet takes copies ([`super::fds::take`]), hands
+//! them to the dispatcher, and closes the copies at once (a copy held here would keep a listener
+//! the old process closed alive, and connections would queue on it with nobody to accept them).
 //!
-//! A release of a backend (in a batch, backends one after the other):
-//! - `restart`: SIGTERM the old process (started with no drain time: it exits at once), wait
-//!   for its exit, start the new one;
-//! - `drain`: take the backend out of the LB's rings, wait the drain period, then as `restart`,
-//!   then put it back;
-//! - `takeover`: start the new process with `--takeover` naming the old one's handover socket
-//!   (every process of this strategy listens on one); it receives the old one's sockets, and
-//!   the old one drains itself;
-//! - `reuseport-bpf` / `sk-lookup`: start the new process in the next slot (binding the same
-//!   ports with `SO_REUSEPORT`), wait until it is ready, put its sockets into the dispatcher,
-//!   flip the dispatcher to its slot, then SIGTERM the old one, which closes its listener and
-//!   serves what it has until the lab ends.
+//! Backends of one release event are released one after the other.
 
 use std::{
     collections::BTreeMap,
@@ -31,21 +20,14 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::release::{
+    dispatcher::{Dispatcher, Step},
     fds::take,
-    strategy::{ReleaseSpec, Strategy},
+    strategy::ReleaseSpec,
 };
-use zrlab_control::{
-    reuseport::{Dispatch, ReuseportCounters, ReuseportDispatch},
-    sklookup::{SkLookupCounters, SkLookupDispatch},
-};
-use zrlab_features::Feature;
+use zrlab_control::{reuseport::ReuseportCounters, sklookup::SkLookupCounters};
 use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Lab;
 use zrlab_workload::phase::{Phase, Sockets};
-
-/// How long a released process serves what it has (its drain timeout): longer than any
-/// scenario; the lab's teardown ends it.
-const OLD_SERVES: &str = "3600s";
 
 /// What a started service process announced.
 #[derive(Clone, Debug)]
@@ -101,13 +83,6 @@ pub async fn launch(lab: &mut Lab, node: &str, exe: &Path, args: &[String], time
     })
 }
 
-/// A backend's dispatcher.
-#[derive(Debug)]
-enum Dispatcher {
-    Reuseport(ReuseportDispatch),
-    SkLookup(SkLookupDispatch),
-}
-
 /// One process of a backend's service.
 #[derive(Clone, Debug)]
 struct Instance {
@@ -118,7 +93,8 @@ struct Instance {
 #[derive(Debug)]
 struct Backend {
     current: Instance,
-    dispatcher: Option<Dispatcher>,
+    /// `None` without a `[release]` section.
+    dispatcher: Option<Box<dyn Dispatcher>>,
 }
 
 /// What the fleet's dispatchers counted, summed over backends.
@@ -164,47 +140,18 @@ impl Fleet {
         };
         let names: Vec<String> = fleet.args.keys().cloned().collect();
         for backend in names {
-            let launched = fleet.launch(lab, &backend, 0).await?;
-            let dispatcher = match fleet.strategy() {
-                Some(Strategy::ReuseportBpf) => {
-                    let dispatch = if Feature::SelectOrMigrate.probe().await? {
-                        Dispatch::SelectOrMigrate
-                    } else {
-                        Dispatch::Select
-                    };
-                    let mut dispatcher = ReuseportDispatch::load(dispatch)?;
-                    let (tcp, udp) = sockets_of(&launched)?;
-                    dispatcher.set_slot(0, tcp.as_ref(), udp.as_ref())?;
-                    for socket in tcp.iter().chain(&udp) {
-                        dispatcher.attach(socket)?;
-                    }
-                    dispatcher.set_generation(0, 1)?;
-                    Some(Dispatcher::Reuseport(dispatcher))
-                }
-                Some(Strategy::SkLookup) => {
-                    let (tcp_port, udp_port) = fleet.ports(&backend);
-                    let mut dispatcher = SkLookupDispatch::load(tcp_port, udp_port)?;
-                    let (tcp, udp) = sockets_of(&launched)?;
-                    dispatcher.set_slot(0, tcp.as_ref(), udp.as_ref())?;
-                    let netns = &lab.node(&backend)?.netns;
-                    dispatcher.attach(netns)?;
-                    dispatcher.set_ready(Some(0))?;
-                    // The closing listener's queued requests move to the new one (the group
-                    // both processes' listeners share): the kernel's own migration.
-                    netns
-                        .run(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1"))?
-                        .map_err(|e| LabError::os("write", format!("net.ipv4.tcp_migrate_req in {backend}"), e))?;
-                    Some(Dispatcher::SkLookup(dispatcher))
-                }
-                _ => None,
+            let mut dispatcher = match &fleet.release {
+                Some(spec) => Some(spec.dispatcher(fleet.ports(&backend)).await?),
+                None => None,
             };
+            let launched = fleet.launch(lab, &backend, dispatcher.as_deref(), 0).await?;
+            if let Some(dispatcher) = dispatcher.as_mut() {
+                let (tcp, udp) = sockets_of(&launched)?;
+                dispatcher.start(&lab.node(&backend)?.netns, &backend, tcp.as_ref(), udp.as_ref())?;
+            }
             fleet.backends.insert(backend, Backend { current: Instance { slot: 0, pid: launched.pid }, dispatcher });
         }
         Ok(fleet)
-    }
-
-    fn strategy(&self) -> Option<Strategy> {
-        self.release.map(|r| r.strategy)
     }
 
     /// The TCP and UDP ports `backend` serves (from its `--tcp=`/`--udp=` arguments).
@@ -218,32 +165,19 @@ impl Fleet {
         (port("--tcp="), port("--udp="))
     }
 
-    /// Starts process `slot` of `backend`.
-    async fn launch(&self, lab: &mut Lab, backend: &str, slot: u32) -> Result<Launched> {
+    /// Starts process `slot` of `backend`, with the flags of its strategy's `dispatcher`.
+    async fn launch(
+        &self,
+        lab: &mut Lab,
+        backend: &str,
+        dispatcher: Option<&dyn Dispatcher>,
+        slot: u32,
+    ) -> Result<Launched> {
         let mut args = self.args[backend].clone();
-        if let Some(spec) = self.release.filter(|r| r.strategy == Strategy::Takeover) {
-            args.push(format!("--handover={}", handover_name(slot)));
-            if slot > 0 {
-                args.push(format!("--takeover={}", handover_name(slot - 1)));
-                if spec.forward {
-                    args.push("--forward".into());
-                }
-            }
-            args.push(format!("--drain-timeout={OLD_SERVES}"));
-        }
+        args.extend(dispatcher.map(|d| d.service_flags(slot)).unwrap_or_default());
         let instance = char::from(b'a' + (slot % 26) as u8);
         args.push(format!("--instance={instance}{}", if slot >= 26 { (slot / 26).to_string() } else { String::new() }));
         args.push(format!("--slot={slot}"));
-        match self.strategy() {
-            Some(strategy) if strategy.shares_ports() => {
-                args.push("--reuseport".into());
-                args.push(format!("--drain-timeout={OLD_SERVES}"));
-            }
-            Some(Strategy::Takeover) => {}
-            // Stopped means stopped: the baselines' old process exits at once.
-            Some(_) => args.push("--drain-timeout=0s".into()),
-            None => {}
-        }
         launch(lab, backend, &self.exe, &args, self.timeout).await
     }
 
@@ -255,60 +189,55 @@ impl Fleet {
         backends: &[String],
         health: &mut dyn FnMut(&str, bool) -> Result<()>,
     ) -> Result<()> {
-        let Some(spec) = self.release else {
+        if self.release.is_none() {
             return Err(LabError::Unsupported("a release event needs a [release] section".into()));
-        };
+        }
         for backend in backends {
-            let old = self
+            let known = self
                 .backends
-                .get(backend)
-                .ok_or_else(|| LabError::Usage(format!("{backend:?} runs no service")))?
-                .current
-                .clone();
-            let slot = old.slot + 1;
-            match spec.strategy {
-                Strategy::Restart => {
-                    self.stop(lab, backend, &old).await?;
-                    let launched = self.launch(lab, backend, slot).await?;
-                    self.set_current(backend, slot, launched.pid);
-                }
-                Strategy::Drain => {
-                    health(backend, false)?;
-                    // The drain period is the strategy's own: what operators wait.
-                    tokio::time::sleep(spec.drain_period()).await;
-                    self.stop(lab, backend, &old).await?;
-                    let launched = self.launch(lab, backend, slot).await?;
-                    self.set_current(backend, slot, launched.pid);
-                    health(backend, true)?;
-                }
-                Strategy::Takeover => {
-                    // The old process hands over and drains itself once the new one asked.
-                    let launched = self.launch(lab, backend, slot).await?;
-                    self.set_current(backend, slot, launched.pid);
-                }
-                Strategy::ReuseportBpf | Strategy::SkLookup => {
-                    let launched = self.launch(lab, backend, slot).await?;
-                    let (tcp, udp) = sockets_of(&launched)?;
-                    match &mut self.backends.get_mut(backend).expect("checked").dispatcher {
-                        Some(Dispatcher::Reuseport(d)) => {
-                            d.set_slot(slot, tcp.as_ref(), udp.as_ref())?;
-                            d.set_generation(slot, 1)?;
-                        }
-                        Some(Dispatcher::SkLookup(d)) => {
-                            d.set_slot(slot, tcp.as_ref(), udp.as_ref())?;
-                            d.set_ready(Some(slot))?;
-                        }
-                        None => unreachable!("dispatching strategies start a dispatcher"),
-                    }
-                    // The copies must not keep the old listener alive (module docs).
-                    drop((tcp, udp));
-                    signal(old.pid, libc::SIGTERM, backend)?;
-                    self.set_current(backend, slot, launched.pid);
-                }
-            }
+                .get_mut(backend)
+                .ok_or_else(|| LabError::Usage(format!("{backend:?} runs no service")))?;
+            let old = known.current.clone();
+            // Out of the map while the steps run: `launch` borrows the fleet.
+            let mut dispatcher = known.dispatcher.take().expect("a [release] section gives every backend a dispatcher");
+            let released = self.release_one(lab, backend, &old, dispatcher.as_mut(), health).await;
+            self.backends.get_mut(backend).expect("checked").dispatcher = Some(dispatcher);
+            let pid = released?;
+            self.set_current(backend, old.slot + 1, pid);
             self.released += 1;
         }
         Ok(())
+    }
+
+    /// Runs the steps of one release of `backend` (process `old` running); returns the new
+    /// process's pid.
+    async fn release_one(
+        &self,
+        lab: &mut Lab,
+        backend: &str,
+        old: &Instance,
+        dispatcher: &mut dyn Dispatcher,
+        health: &mut dyn FnMut(&str, bool) -> Result<()>,
+    ) -> Result<u32> {
+        let slot = old.slot + 1;
+        let mut new = None;
+        for step in dispatcher.steps() {
+            match step {
+                Step::Health(up) => health(backend, up)?,
+                Step::Wait(period) => tokio::time::sleep(period).await,
+                Step::StopOld => self.stop(lab, backend, old).await?,
+                Step::StartNew => new = Some(self.launch(lab, backend, Some(&*dispatcher), slot).await?),
+                Step::Install => {
+                    let launched = new.as_ref().ok_or_else(|| missing(Step::StartNew, step))?;
+                    let (tcp, udp) = sockets_of(launched)?;
+                    dispatcher.install(slot, tcp.as_ref(), udp.as_ref())?;
+                    // The copies must not keep the old listener alive (module docs).
+                    drop((tcp, udp));
+                }
+                Step::SignalOld => signal(old.pid, libc::SIGTERM, backend)?,
+            }
+        }
+        new.map(|launched| launched.pid).ok_or_else(|| missing(Step::StartNew, "the end"))
     }
 
     fn set_current(&mut self, backend: &str, slot: u32, pid: u32) {
@@ -329,12 +258,8 @@ impl Fleet {
     /// What the dispatchers counted, and how many processes releases started.
     pub fn counters(&self) -> Result<FleetCounters> {
         let mut out = FleetCounters { released: self.released, ..Default::default() };
-        for backend in self.backends.values() {
-            match &backend.dispatcher {
-                Some(Dispatcher::Reuseport(d)) => out.reuseport.absorb(&d.counters()?),
-                Some(Dispatcher::SkLookup(d)) => out.sk_lookup.absorb(&d.counters()?),
-                None => {}
-            }
+        for dispatcher in self.backends.values().filter_map(|b| b.dispatcher.as_deref()) {
+            dispatcher.count(&mut out)?;
         }
         Ok(out)
     }
@@ -350,10 +275,9 @@ impl Fleet {
     }
 }
 
-/// The handover socket name of a backend's process in `slot` (abstract, private to the
-/// backend's namespace).
-fn handover_name(slot: u32) -> String {
-    format!("zrlab-handover-{slot}")
+/// A strategy whose steps are out of order (a programming error, reported rather than a panic).
+fn missing(step: Step, before: impl std::fmt::Debug) -> LabError {
+    LabError::Unsupported(format!("the release strategy's steps lack a {step:?} before {before:?}"))
 }
 
 /// Copies of a launched process's first TCP listener and first UDP socket.

@@ -5,7 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::release::{
+    dispatcher::Dispatcher, drain::Drain, restart::Restart, reuseport_bpf::ReuseportBpf, sk_lookup::SkLookup,
+    takeover::Takeover,
+};
 use zrlab_features::Feature;
+use zrlab_host::error::Result;
 
 /// A release strategy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -45,9 +50,9 @@ impl Strategy {
         }
     }
 
-    /// Whether both processes bind the service's ports with `SO_REUSEPORT`.
-    pub fn shares_ports(self) -> bool {
-        matches!(self, Self::ReuseportBpf | Self::SkLookup)
+    /// Whether it takes backends out of the LB's rings (so it needs an `[lb]` section).
+    pub fn uses_lb(self) -> bool {
+        matches!(self, Self::Drain)
     }
 
     /// The name scenario files use.
@@ -77,9 +82,16 @@ pub struct ReleaseSpec {
 }
 
 impl ReleaseSpec {
-    /// [`ReleaseSpec::drain_ms`] as a duration.
-    pub fn drain_period(&self) -> Duration {
-        Duration::from_millis(self.drain_ms)
+    /// The machinery of one backend under this strategy (a dispatcher's program loaded, no
+    /// socket in it yet); `ports`: the service's TCP and UDP ports.
+    pub(super) async fn dispatcher(&self, ports: (u16, u16)) -> Result<Box<dyn Dispatcher>> {
+        Ok(match self.strategy {
+            Strategy::Restart => Box::new(Restart),
+            Strategy::Drain => Box::new(Drain { period: Duration::from_millis(self.drain_ms) }),
+            Strategy::Takeover => Box::new(Takeover { forward: self.forward }),
+            Strategy::ReuseportBpf => Box::new(ReuseportBpf::load().await?),
+            Strategy::SkLookup => Box::new(SkLookup::load(ports)?),
+        })
     }
 }
 
