@@ -12,10 +12,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::xdp::*;
 use test_case::test_case;
-use zrlab_common::lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit};
+use zrlab_common::{
+    addr::words,
+    lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit},
+};
 use zrlab_control::lb::{
     Counters, Decap, VipOptions,
-    balancer::words,
     model::{Path, XdpAction},
 };
 use zrlab_wire::{

@@ -8,6 +8,7 @@
 //!   aya.
 #![no_std]
 
+pub mod addr;
 pub mod decap;
 pub mod lb;
 pub mod pass;

@@ -267,20 +267,3 @@ pub fn ipv4_csum(hdr: &Ipv4Hdr) -> [u8; 2] {
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
 }
-
-/// The four address words of an IPv4 address (first word; the rest zero).
-#[inline(always)]
-pub fn words_v4(addr: [u8; 4]) -> [u32; 4] {
-    [u32::from_ne_bytes(addr), 0, 0, 0]
-}
-
-/// The four address words of an IPv6 address.
-#[inline(always)]
-pub fn words_v6(addr: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ]
-}

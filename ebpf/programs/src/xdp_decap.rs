@@ -18,10 +18,13 @@ mod prog {
         maps::{HashMap, PerCpuArray},
         programs::XdpContext,
     };
-    use zrlab_common::decap::{MAX_DSTS, counter};
+    use zrlab_common::{
+        addr::{words_v4, words_v6},
+        decap::{MAX_DSTS, counter},
+    };
     use zrlab_ebpf::net::{
         ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, EthHdr, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_LEN, IPV6_LEN, Ipv4Hdr,
-        Ipv6Hdr, frame_len, ptr_at, read_at, words_v4, words_v6,
+        Ipv6Hdr, frame_len, ptr_at, read_at,
     };
 
     #[map(name = "DECAP_DSTS")]

@@ -16,12 +16,15 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
-use zrlab_common::lb::{
-    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
-    LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
-    REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS, SynSlot, VIP_ADDRS_MAP,
-    VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey,
-    VipMeta, VipStats, counter, vip_filter_bit,
+use zrlab_common::{
+    addr::{words, words_v4},
+    lb::{
+        CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
+        LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
+        REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS, SynSlot,
+        VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING,
+        VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter, vip_filter_bit,
+    },
 };
 use zrlab_wire::Proto;
 
@@ -189,25 +192,11 @@ fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
     Ok(())
 }
 
-/// The address words the maps use: the address's bytes in network order, read as native words.
-pub fn words(addr: IpAddr) -> [u32; 4] {
-    let mut out = [0u32; 4];
-    match addr {
-        IpAddr::V4(v4) => out[0] = u32::from_ne_bytes(v4.octets()),
-        IpAddr::V6(v6) => {
-            for (word, chunk) in out.iter_mut().zip(v6.octets().chunks_exact(4)) {
-                *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-            }
-        }
-    }
-    out
-}
-
 /// The program's configuration for `settings`.
 fn config(settings: &Settings) -> Config {
     Config {
-        encap_src_v4: u32::from_ne_bytes(settings.encap_src_v4.network().octets()),
-        encap_src_v4_mask: u32::from_ne_bytes(settings.encap_src_v4.netmask().octets()),
+        encap_src_v4: words_v4(settings.encap_src_v4.network().octets())[0],
+        encap_src_v4_mask: words_v4(settings.encap_src_v4.netmask().octets())[0],
         encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
         hash_seed: settings.hash_seed,
         pad: 0,

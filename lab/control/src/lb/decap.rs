@@ -3,12 +3,12 @@
 use std::net::IpAddr;
 
 use aya::maps::HashMap;
-use zrlab_common::decap::{COUNTERS_MAP, DECAP_DSTS_MAP, counter};
-
-use crate::{
-    bpf::{Loaded, Object, map_err, sum_counters},
-    lb::balancer::words,
+use zrlab_common::{
+    addr::words,
+    decap::{COUNTERS_MAP, DECAP_DSTS_MAP, counter},
 };
+
+use crate::bpf::{Loaded, Object, map_err, sum_counters};
 use zrlab_host::{error::Result, netns::Netns};
 
 /// A loaded `xdp_decap`.
