@@ -82,7 +82,7 @@ impl LongType {
     }
 
     /// The type bits of this type in `version` (v1's numbering for versions other than 2).
-    pub fn bits(self, version: u32) -> u8 {
+    pub(crate) fn bits(self, version: u32) -> u8 {
         let v1 = match self {
             Self::Initial => 0,
             Self::ZeroRtt => 1,
@@ -96,7 +96,7 @@ const MAX_CID: usize = 20;
 
 impl Datagram {
     /// Encoded length.
-    pub fn buffer_len(&self) -> usize {
+    pub(crate) fn buffer_len(&self) -> usize {
         let header = match &self.header {
             Header::Long { dcid, scid, .. } => 1 + 4 + 1 + dcid.len() + 1 + scid.len(),
             Header::Short { .. } => 1 + CID_LEN,

@@ -30,7 +30,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 /// EtherType IPv6.
 pub const ETH_P_IPV6: u16 = 0x86dd;
 /// Ethernet header length.
-pub const ETH_LEN: usize = 14;
+pub(crate) const ETH_LEN: usize = 14;
 
 /// An Ethernet frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
