@@ -54,7 +54,7 @@ impl Object {
     }
 
     /// The object's ELF bytes, aligned as aya needs.
-    pub fn bytes(self) -> &'static [u8] {
+    pub(crate) fn bytes(self) -> &'static [u8] {
         match self {
             Self::XdpPass => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass")),
             Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
@@ -75,7 +75,7 @@ impl Object {
 
     /// As [`Object::load`], with the read-only global `name` set to `value` first (load-time
     /// configuration). The global must exist.
-    pub fn load_with<T: Pod>(self, name: &str, value: &T) -> Result<Ebpf, EbpfError> {
+    pub(crate) fn load_with<T: Pod>(self, name: &str, value: &T) -> Result<Ebpf, EbpfError> {
         EbpfLoader::new().override_global(name, value, true).load(self.bytes())
     }
 }
@@ -117,7 +117,7 @@ impl Loaded {
     }
 
     /// Verifies and loads the XDP program `name` of the object (if it is not loaded yet).
-    pub fn verify(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn verify(&mut self, name: &str) -> Result<()> {
         let program = self.xdp_mut(name)?;
         if program.fd().is_ok() {
             return Ok(());
@@ -133,7 +133,7 @@ impl Loaded {
     }
 
     /// The XDP program `name`, mutably.
-    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+    pub(crate) fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
         self.ebpf.program_mut(name).ok_or_else(|| missing("program", name))?.try_into().map_err(|e: ProgramError| {
             LabError::Bpf { what: format!("{name} as an XDP program"), message: e.to_string() }
         })
@@ -169,12 +169,12 @@ impl Loaded {
     }
 
     /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
-    pub fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
+    pub(crate) fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
         Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
     }
 
     /// The `SK_LOOKUP` program `name`, verified (if it is not loaded yet).
-    pub fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
+    pub(crate) fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
         self.loaded_program::<SkLookup>(name, "an sk_lookup", SkLookup::load)
     }
 
@@ -200,12 +200,12 @@ impl Loaded {
     }
 
     /// The map `name`.
-    pub fn map(&self, name: &str) -> Result<&Map> {
+    pub(crate) fn map(&self, name: &str) -> Result<&Map> {
         self.ebpf.map(name).ok_or_else(|| missing("map", name))
     }
 
     /// The map `name`, mutably.
-    pub fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+    pub(crate) fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
         self.ebpf.map_mut(name).ok_or_else(|| missing("map", name))
     }
 }
@@ -238,7 +238,7 @@ fn missing(what: &str, name: &str) -> LabError {
 }
 
 /// A map-access error as a lab error naming the step, with the OS error behind it.
-pub fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
+pub(crate) fn map_err(what: &'static str) -> impl Fn(aya::maps::MapError) -> LabError {
     move |e| LabError::Bpf { what: what.into(), message: error_chain(&e) }
 }
 
@@ -267,7 +267,7 @@ fn verifier_log(e: &ProgramError) -> String {
 }
 
 /// Sums a per-CPU array of `u64` counters slot by slot.
-pub fn sum_counters(map: &Map, slots: u32, what: &'static str) -> Result<Vec<u64>> {
+pub(crate) fn sum_counters(map: &Map, slots: u32, what: &'static str) -> Result<Vec<u64>> {
     let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).map_err(map_err(what))?;
     (0..slots).map(|slot| Ok(array.get(&slot, 0).map_err(map_err(what))?.iter().sum())).collect()
 }

@@ -81,11 +81,6 @@ impl Registry {
         self.entries.get(backend).map(|(id, _)| *id)
     }
 
-    /// `backend`'s membership.
-    pub fn membership(&self, backend: &str) -> Option<Membership> {
-        self.entries.get(backend).map(|(_, m)| *m)
-    }
-
     /// Records that `backend` is now `membership`; false if it is not registered.
     pub fn set(&mut self, backend: &str, membership: Membership) -> bool {
         match self.entries.get_mut(backend) {

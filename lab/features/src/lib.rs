@@ -65,7 +65,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in the order of DESIGN.md section 4 (resilient groups last).
-    pub const ALL: [Feature; 10] = [
+    pub(crate) const ALL: [Feature; 10] = [
         Self::BpfProgTestRun,
         Self::SockOps,
         Self::Lhash2,
@@ -127,7 +127,7 @@ impl Feature {
     }
 
     /// How the probe tries the feature.
-    pub fn method(self) -> &'static str {
+    pub(crate) fn method(self) -> &'static str {
         match self {
             Self::BpfProgTestRun => "load an XDP program, run it with BPF_PROG_TEST_RUN",
             Self::SockOps => "load a sock_ops program",
@@ -243,7 +243,7 @@ pub struct Probe {
 
 impl Probe {
     /// Whether the probe and the version table agree (a disagreement is a finding).
-    pub fn agrees(&self) -> bool {
+    pub(crate) fn agrees(&self) -> bool {
         self.table_says.is_none_or(|expected| expected == self.present)
     }
 }

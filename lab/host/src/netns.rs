@@ -22,7 +22,7 @@ use std::{
 use crate::error::{LabError, Result};
 
 /// Where named namespaces live (the `ip netns` convention).
-pub const NETNS_DIR: &str = "/run/netns";
+pub(crate) const NETNS_DIR: &str = "/run/netns";
 
 /// A named network namespace. Dropping it removes it, unless [`Netns::keep`] was called.
 #[derive(Debug)]
@@ -127,7 +127,7 @@ impl Drop for Netns {
 }
 
 /// The path of namespace `name`.
-pub fn path_of(name: &str) -> PathBuf {
+pub(crate) fn path_of(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
 }
 
@@ -142,7 +142,7 @@ pub fn list() -> Result<Vec<String>> {
 }
 
 /// Removes the namespace `name`: detaches its bind mount and unlinks the file.
-pub fn remove_by_name(name: &str) -> Result<()> {
+pub(crate) fn remove_by_name(name: &str) -> Result<()> {
     let path = path_of(name);
     let c_path = c_path(&path)?;
     // SAFETY: c_path is a valid NUL-terminated path.

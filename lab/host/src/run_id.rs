@@ -61,7 +61,7 @@ impl RunId {
 
     /// Whether the process that owns this run is still alive (same pid, same start time, and
     /// not a zombie: a killed owner whose parent has not reaped it yet is dead).
-    pub fn owner_alive(&self) -> bool {
+    pub(crate) fn owner_alive(&self) -> bool {
         let Some((state, start)) = state_and_start(self.pid) else {
             return false;
         };
@@ -69,7 +69,7 @@ impl RunId {
     }
 
     /// Whether `name` belongs to some lab run (live or not).
-    pub fn is_lab_name(name: &str) -> bool {
+    pub(crate) fn is_lab_name(name: &str) -> bool {
         Self::parse(name).is_some()
     }
 }

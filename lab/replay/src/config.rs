@@ -165,7 +165,7 @@ impl LbConfig {
 
     /// Every VIP with its reals, as the LB's control plane takes them (drained and down reals
     /// are not up).
-    pub fn vips(&self) -> Vec<(VipSpec, Vec<RealSpec>)> {
+    pub(crate) fn vips(&self) -> Vec<(VipSpec, Vec<RealSpec>)> {
         self.vip
             .iter()
             .map(|vip| {
@@ -182,12 +182,12 @@ impl LbConfig {
     }
 
     /// The live ids (serving and drained reals'): id -> real.
-    pub fn live_ids(&self) -> BTreeMap<u32, IpAddr> {
+    pub(crate) fn live_ids(&self) -> BTreeMap<u32, IpAddr> {
         self.real.iter().filter(|r| r.membership().id_live()).filter_map(|r| Some((r.server_id?, r.addr))).collect()
     }
 
     /// The server id of the real at `addr`, if it has one.
-    pub fn server_id_of(&self, addr: IpAddr) -> Option<u32> {
+    pub(crate) fn server_id_of(&self, addr: IpAddr) -> Option<u32> {
         self.real_of(addr)?.server_id
     }
 

@@ -37,9 +37,9 @@ use zrlab_wire::{
 };
 
 /// Time between two rounds.
-pub const ROUND: Duration = Duration::from_millis(10);
+pub(crate) const ROUND: Duration = Duration::from_millis(10);
 /// First client port (flow `i` uses `FIRST_PORT + i`).
-pub const FIRST_PORT: u16 = 20_000;
+pub(crate) const FIRST_PORT: u16 = 20_000;
 
 /// What a trace holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]

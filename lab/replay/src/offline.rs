@@ -46,7 +46,7 @@ pub struct FlowSummary {
 
 impl FlowSummary {
     /// Whether the flow went to more than one real.
-    pub fn split(&self) -> bool {
+    pub(crate) fn split(&self) -> bool {
         self.reals.len() > 1
     }
 }

@@ -89,7 +89,7 @@ pub enum Metric {
 
 impl Metric {
     /// Whether the metric needs an LB in the scenario.
-    pub fn needs_lb(self) -> bool {
+    pub(crate) fn needs_lb(self) -> bool {
         matches!(
             self,
             Self::ShareErrorPct
@@ -106,7 +106,7 @@ impl Metric {
     }
 
     /// Whether the metric needs the scenario's sock_ops programs (`[tpr]`).
-    pub fn needs_tpr(self) -> bool {
+    pub(crate) fn needs_tpr(self) -> bool {
         matches!(
             self,
             Self::TprWritten
@@ -120,7 +120,7 @@ impl Metric {
     }
 
     /// Whether the metric needs a `[release]` section.
-    pub fn needs_release(self) -> bool {
+    pub(crate) fn needs_release(self) -> bool {
         matches!(
             self,
             Self::Released
@@ -134,7 +134,7 @@ impl Metric {
     }
 
     /// Whether the metric counts a failure (what a control run must show).
-    pub fn is_failure(self) -> bool {
+    pub(crate) fn is_failure(self) -> bool {
         matches!(
             self,
             Self::Resets
@@ -258,12 +258,12 @@ impl TryFrom<RawComparison> for Comparison {
 
 impl Comparison {
     /// Whether the comparison can only hold for a value above zero.
-    pub fn requires_positive(&self) -> bool {
+    pub(crate) fn requires_positive(&self) -> bool {
         !self.holds(0)
     }
 
     /// Whether `actual <op> value` holds.
-    pub fn holds(&self, actual: u64) -> bool {
+    pub(crate) fn holds(&self, actual: u64) -> bool {
         match self.op {
             Op::Eq => actual == self.value,
             Op::Ne => actual != self.value,
@@ -316,7 +316,7 @@ pub enum Capacity {
 /// expectation is reported with its value and marked as not judged, and so is one without a
 /// figure because the load generator itself could not run (`Measures::capacity_client_stalled`:
 /// a machine too busy to measure it, said so in the report, rather than a dip of the service).
-pub fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures, capacity: Capacity) -> Vec<Check> {
+pub(crate) fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures, capacity: Capacity) -> Vec<Check> {
     expect
         .iter()
         .map(|(metric, cmp)| {

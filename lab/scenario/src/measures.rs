@@ -66,7 +66,7 @@ pub struct Measures {
 impl Measures {
     /// The largest relative deviation, in percent, of a backend's share of flows from its
     /// weight's share (0 without weights).
-    pub fn share_error_pct(&self) -> u64 {
+    pub(crate) fn share_error_pct(&self) -> u64 {
         let total_weight: u32 = self.weights.values().sum();
         let total_flows: u64 = self.tally.owners.values().sum();
         if total_weight == 0 || total_flows == 0 {

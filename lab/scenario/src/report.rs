@@ -32,7 +32,7 @@ use zrlab_topology::Loss;
 use zrlab_workload::{accounting::FlowRecord, timeline::Timeline};
 
 /// How many anomalous flows a scenario's report lists.
-pub const MAX_ANOMALIES: usize = 12;
+pub(crate) const MAX_ANOMALIES: usize = 12;
 
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
@@ -221,7 +221,7 @@ impl Report {
     }
 
     /// The Markdown report: the table, then each scenario's checks and reason.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut out = format!("# Lab report\n\nKernel: `{}`, time scale {}\n\n", self.kernel, self.time_scale);
         out.push_str(&self.table());
         for s in &self.scenarios {

@@ -59,7 +59,7 @@ use zrlab_wire::quic::CidVersion;
 /// Override of a topology group.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GroupOverride {
+pub(crate) struct GroupOverride {
     /// New group type.
     #[serde(rename = "type")]
     pub kind: Option<GroupType>,
@@ -151,12 +151,12 @@ impl Default for TimingSpec {
 
 impl TimingSpec {
     /// [`TimingSpec::reply_timeout_ms`] as a duration.
-    pub fn reply_timeout(&self) -> Duration {
+    pub(crate) fn reply_timeout(&self) -> Duration {
         Duration::from_millis(self.reply_timeout_ms)
     }
 
     /// [`TimingSpec::phase_timeout_ms`] as a duration.
-    pub fn phase_timeout(&self) -> Duration {
+    pub(crate) fn phase_timeout(&self) -> Duration {
         Duration::from_millis(self.phase_timeout_ms)
     }
 }

@@ -426,17 +426,6 @@ impl Lab {
         }
     }
 
-    /// Kills the child `pid` now (SIGKILL) and reaps it.
-    pub fn kill(&mut self, pid: u32) -> Result<()> {
-        let Some(pos) = self.children.iter().position(|(_, c)| c.id() == pid) else {
-            return Ok(());
-        };
-        let (node, mut child) = self.children.remove(pos);
-        let _ = child.kill();
-        child.wait().map_err(|e| LabError::os("wait for", format!("pid {pid} in node {node}"), e))?;
-        Ok(())
-    }
-
     /// Tears the lab down now and reports how long it took; errors name what was left behind.
     pub fn teardown(mut self) -> Result<Duration> {
         let started = Instant::now();

@@ -300,7 +300,7 @@ impl Topology {
     }
 
     /// Checks one group (also used for groups a scenario overrides).
-    pub fn validate_group(&self, field: &str, group: &GroupSpec) -> Result<(), SpecError> {
+    pub(crate) fn validate_group(&self, field: &str, group: &GroupSpec) -> Result<(), SpecError> {
         if self.node(&group.node).is_none() {
             return Err(self.err(format!("{field}.node"), format!("unknown node {:?}", group.node)));
         }
@@ -407,7 +407,7 @@ fn check_ifname(name: &str) -> Result<(), String> {
 const DOCUMENTATION: [&str; 4] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"];
 
 /// Fails unless `net` lies inside a documentation range.
-pub fn check_documentation(net: &IpNet) -> Result<(), String> {
+pub(crate) fn check_documentation(net: &IpNet) -> Result<(), String> {
     let inside =
         DOCUMENTATION.iter().map(|range| range.parse::<IpNet>().expect("valid range")).any(|range| range.contains(net));
     if inside {

@@ -69,7 +69,7 @@ impl FlowRecord {
     }
 
     /// Records a reply from `who`.
-    pub fn reply(&mut self, who: &Identity) {
+    pub(crate) fn reply(&mut self, who: &Identity) {
         self.replies += 1;
         self.rounds += 1;
         match &self.owner {
@@ -80,13 +80,13 @@ impl FlowRecord {
     }
 
     /// Records a request that got no answer.
-    pub fn drop_request(&mut self) {
+    pub(crate) fn drop_request(&mut self) {
         self.drops += 1;
         self.rounds += 1;
     }
 
     /// Records the flow's end (the first cause wins).
-    pub fn end(&mut self, ending: Ending) {
+    pub(crate) fn end(&mut self, ending: Ending) {
         self.ending.get_or_insert(ending);
     }
 
@@ -101,7 +101,7 @@ impl FlowRecord {
     }
 
     /// Whether the flow ended by a reset (see the module docs).
-    pub fn was_reset(&self) -> bool {
+    pub(crate) fn was_reset(&self) -> bool {
         matches!(self.ending, Some(Ending::Reset | Ending::Refused))
     }
 }

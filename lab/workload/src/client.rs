@@ -58,9 +58,9 @@ use zrlab_wire::{
 };
 
 /// First source port of TCP flows (flow `i` uses `TCP_BASE_PORT + i`).
-pub const TCP_BASE_PORT: u16 = 20000;
+pub(crate) const TCP_BASE_PORT: u16 = 20000;
 /// First source port of UDP flows.
-pub const UDP_BASE_PORT: u16 = 40000;
+pub(crate) const UDP_BASE_PORT: u16 = 40000;
 /// Seed salt of the flows opened during a run (their offsets), apart from the initial flows'.
 const LATE_SEED_SALT: u64 = 0x1a7e;
 

@@ -29,19 +29,19 @@ fn abstract_addr(name: &str) -> std::io::Result<UnixAddr> {
 }
 
 /// The socket a process listens on for its successor's handover request.
-pub fn listen(name: &str) -> std::io::Result<UnixListener> {
+pub(crate) fn listen(name: &str) -> std::io::Result<UnixListener> {
     UnixListener::bind_addr(&abstract_addr(name)?)
 }
 
 /// The socket forwarded datagrams arrive on (bound before the handover, so that the successor
 /// can forward at once).
-pub fn forward_socket(name: &str) -> std::io::Result<UnixDatagram> {
+pub(crate) fn forward_socket(name: &str) -> std::io::Result<UnixDatagram> {
     UnixDatagram::bind_addr(&abstract_addr(&format!("{name}-fwd"))?)
 }
 
 /// Sends `tcp` and `udp` (the old process's sockets) to the successor on `stream`: a line
 /// `tcp=<n> udp=<m>` and the descriptors, TCP first.
-pub fn send(stream: &mut UnixStream, tcp: &[RawFd], udp: &[RawFd]) -> std::io::Result<()> {
+pub(crate) fn send(stream: &mut UnixStream, tcp: &[RawFd], udp: &[RawFd]) -> std::io::Result<()> {
     let header = format!("tcp={} udp={}\n", tcp.len(), udp.len());
     let fds: Vec<RawFd> = tcp.iter().chain(udp).copied().collect();
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -52,7 +52,7 @@ pub fn send(stream: &mut UnixStream, tcp: &[RawFd], udp: &[RawFd]) -> std::io::R
 }
 
 /// Asks the process listening on `name` for its sockets: (TCP listeners, UDP sockets).
-pub fn receive(name: &str) -> std::io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
+pub(crate) fn receive(name: &str) -> std::io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
     let mut stream = UnixStream::connect_addr(&abstract_addr(name)?)?;
     let mut buf = [0u8; 64];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -87,21 +87,21 @@ pub fn receive(name: &str) -> std::io::Result<(Vec<OwnedFd>, Vec<OwnedFd>)> {
 }
 
 /// A forwarded datagram, as sent to `<name>-fwd`.
-pub fn encode_forward(peer: SocketAddr, datagram: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_forward(peer: SocketAddr, datagram: &[u8]) -> Vec<u8> {
     let mut out = format!("{peer}\n").into_bytes();
     out.extend_from_slice(datagram);
     out
 }
 
 /// The client's address and the datagram of a forwarded message.
-pub fn decode_forward(message: &[u8]) -> Option<(SocketAddr, &[u8])> {
+pub(crate) fn decode_forward(message: &[u8]) -> Option<(SocketAddr, &[u8])> {
     let newline = message.iter().position(|b| *b == b'\n')?;
     let peer = std::str::from_utf8(&message[..newline]).ok()?.parse().ok()?;
     Some((peer, &message[newline + 1..]))
 }
 
 /// The address forwarded datagrams go to for a predecessor listening on `name`.
-pub fn forward_addr(name: &str) -> std::io::Result<UnixAddr> {
+pub(crate) fn forward_addr(name: &str) -> std::io::Result<UnixAddr> {
     abstract_addr(&format!("{name}-fwd"))
 }
 

@@ -9,7 +9,7 @@
 
 pub mod accounting;
 pub mod client;
-pub mod handover;
+pub(crate) mod handover;
 pub mod phase;
 pub mod service;
 pub mod timeline;

@@ -55,7 +55,7 @@ pub struct Sockets {
 
 impl Sockets {
     /// The announcement line (with its newline).
-    pub fn emit(&self) -> String {
+    pub(crate) fn emit(&self) -> String {
         let list = |fds: &[i32]| fds.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
         format!("sockets tcp={} udp={}\n", list(&self.tcp), list(&self.udp))
     }

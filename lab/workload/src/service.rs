@@ -113,7 +113,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A draining service's UDP flows count as ended once none has sent a datagram for this long.
-pub const UDP_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const UDP_IDLE: Duration = Duration::from_secs(1);
 
 /// Receive errors in a row after which a UDP socket is given up (each receive either succeeds
 /// or fails at once, so a persistent error would otherwise spin a core).

@@ -147,7 +147,7 @@ pub fn slots_per_backend(table: &[u32], n: usize) -> Vec<u32> {
 }
 
 /// Whether `n` is prime (trial division: table sizes are at most a few million).
-pub fn is_prime(n: u32) -> bool {
+pub(crate) fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }

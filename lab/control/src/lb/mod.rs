@@ -2,8 +2,8 @@
 //! control plane ([`balancer`]), the backends' decapsulation ([`decap`]), and a reference
 //! model of the data path ([`model`]) the suites diff the BPF program against.
 
-pub mod balancer;
-pub mod decap;
+pub(crate) mod balancer;
+pub(crate) mod decap;
 mod inner;
 pub mod maglev;
 pub mod model;

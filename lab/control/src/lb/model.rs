@@ -488,7 +488,7 @@ fn flow_hash(flow: &Flow, seed: u32) -> u32 {
 
 /// MurmurHash3, x86 32-bit variant (Austin Appleby's `MurmurHash3_x86_32`): blocks of four
 /// bytes read little-endian, a tail of up to three bytes, the length, the finaliser.
-pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
+pub(crate) fn murmur3_32(data: &[u8], seed: u32) -> u32 {
     const C1: u32 = 0xcc9e_2d51;
     const C2: u32 = 0x1b87_3593;
     let scramble = |k: u32| k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);

@@ -106,7 +106,7 @@ impl SockOpsTpr {
     }
 
     /// Changes the id a server writes on its next SYN-ACKs.
-    pub fn set_server_id(&mut self, id: u32) -> Result<()> {
+    pub(crate) fn set_server_id(&mut self, id: u32) -> Result<()> {
         let mut map: Array<_, u32> =
             Array::try_from(self.bpf.map_mut(SERVER_ID_MAP)?).map_err(map_err("TPR_SERVER_ID"))?;
         map.set(0, id, 0).map_err(map_err("write TPR_SERVER_ID"))

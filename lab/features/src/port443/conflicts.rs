@@ -33,7 +33,7 @@ use zrlab_host::{error::Result, netns::Netns, nl::Nl, run_id::RunId};
 use zrlab_wire::Family;
 
 /// The port of the incident.
-pub const PORT: u16 = 443;
+pub(crate) const PORT: u16 = 443;
 
 /// Whether each bound socket also listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

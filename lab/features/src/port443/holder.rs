@@ -35,7 +35,7 @@ pub(crate) struct Holder {
 impl Holder {
     /// Binds one TCP socket per address of `addrs` with `flags`, listening if `listen`, in the
     /// calling thread's network namespace.
-    pub(crate) fn spawn(addrs: &[SocketAddr], flags: Flags, listen: bool) -> Result<Self> {
+    pub(super) fn spawn(addrs: &[SocketAddr], flags: Flags, listen: bool) -> Result<Self> {
         let mut holder = Self { children: Vec::new() };
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };

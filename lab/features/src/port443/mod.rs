@@ -16,5 +16,3 @@ mod holder;
 mod ping;
 pub mod scaling;
 mod sockets;
-
-pub use sockets::raise_nofile;

@@ -39,7 +39,7 @@ pub(crate) struct PingPair {
 
 impl PingPair {
     /// Builds the pair.
-    pub(crate) async fn new() -> Result<Self> {
+    pub(super) async fn new() -> Result<Self> {
         let run = RunId::new(false);
         let pinger = Netns::create(&run.name("pinger"))?;
         let target = Netns::create(&run.name("target"))?;
@@ -59,7 +59,7 @@ impl PingPair {
     }
 
     /// Starts pinging every `interval` until [`Pinger::stop`].
-    pub(crate) fn start(&self, interval: Duration) -> Result<Pinger> {
+    pub(super) fn start(&self, interval: Duration) -> Result<Pinger> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread = self.pinger.spawn("ping".into(), move || ping_until(&thread_stop, interval))?;
@@ -75,7 +75,7 @@ pub(crate) struct Pinger {
 
 impl Pinger {
     /// Stops and returns the round-trip statistics.
-    pub(crate) fn stop(self) -> Result<PingStats> {
+    pub(super) fn stop(self) -> Result<PingStats> {
         self.stop.store(true, Ordering::Relaxed);
         let rtts = self
             .thread

@@ -51,7 +51,7 @@ use zrlab_wire::Family;
 /// The socket counts of the issue (the kernel selftest binds 24,000).
 pub const SIZES: [usize; 4] = [100, 1_000, 8_000, 24_000];
 /// Largest bind-time ratio (largest N to N = 100) that still counts as "scales".
-pub const RATIO_LIMIT: f64 = 2.0;
+pub(crate) const RATIO_LIMIT: f64 = 2.0;
 const PORT: u16 = 443;
 const PING_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -75,7 +75,7 @@ impl Default for Options {
 impl Options {
     /// Reduced sizes for slow guests, judged by mechanism (see the module docs): the limit is
     /// `sqrt(largest / smallest)`, never below [`RATIO_LIMIT`].
-    pub fn reduced(sizes: Vec<usize>) -> Self {
+    pub(crate) fn reduced(sizes: Vec<usize>) -> Self {
         let smallest = sizes.iter().copied().min().unwrap_or(1).max(1) as f64;
         let largest = sizes.iter().copied().max().unwrap_or(1) as f64;
         let ratio_limit = (largest / smallest).sqrt().max(RATIO_LIMIT);

@@ -4,8 +4,6 @@ use std::{io, net::SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use zrlab_host::error::{LabError, Result};
-
 /// Socket options of one bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Flags {
@@ -50,23 +48,4 @@ pub(crate) fn errno_name(err: &io::Error) -> String {
         None => return err.to_string(),
     };
     name.to_owned()
-}
-
-/// Raises this process's open-file limit to at least `min` (root may raise the hard limit);
-/// returns the new soft limit.
-pub fn raise_nofile(min: u64) -> Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(LabError::last_os("getrlimit", "RLIMIT_NOFILE"));
-    }
-    if limit.rlim_cur >= min {
-        return Ok(limit.rlim_cur);
-    }
-    let wanted = libc::rlimit { rlim_cur: min, rlim_max: limit.rlim_max.max(min) };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } != 0 {
-        return Err(LabError::last_os("setrlimit", format!("RLIMIT_NOFILE to {min}")));
-    }
-    Ok(min)
 }

@@ -99,7 +99,7 @@ impl Drop for Capture {
 }
 
 /// A packet socket for every protocol, bound to `ifname`, with a receive timeout of [`POLL`].
-pub(crate) fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
+pub fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
     let name = std::ffi::CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a valid C string.

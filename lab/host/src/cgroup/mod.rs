@@ -74,11 +74,6 @@ impl Cgroup {
         }
     }
 
-    /// The cgroup's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Leaves the cgroup in place when dropped (`--keep`).
     pub fn keep(mut self) {
         self.kept = true;
@@ -102,7 +97,7 @@ impl Drop for Cgroup {
 }
 
 /// Kills every process in the subtree at `path` and removes its directories bottom-up.
-pub fn remove_tree(path: &Path) -> Result<()> {
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }

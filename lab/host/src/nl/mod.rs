@@ -91,7 +91,7 @@ impl Nl {
     }
 
     /// Index of interface `name` (`ip link show <name>`).
-    pub async fn link_index(&self, name: &str) -> Result<u32> {
+    pub(crate) async fn link_index(&self, name: &str) -> Result<u32> {
         let op = format!("ip link show {name}");
         let mut links = self.rt.link().get().match_name(name.to_owned()).execute();
         match links.try_next().await.map_err(self.fail(op.clone()))? {

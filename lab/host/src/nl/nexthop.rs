@@ -161,7 +161,7 @@ impl NexthopMessage {
 
 /// The messages of this family that the lab sends and receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NexthopNetlinkMessage {
+pub(crate) enum NexthopNetlinkMessage {
     /// `RTM_NEWNEXTHOP`.
     New(NexthopMessage),
     /// `RTM_DELNEXTHOP`.

@@ -265,13 +265,8 @@ impl Fleet {
     }
 
     /// The number of backends.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.backends.len()
-    }
-
-    /// Whether the fleet has no backend.
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
     }
 }
 

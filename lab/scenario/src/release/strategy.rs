@@ -51,7 +51,7 @@ impl Strategy {
     }
 
     /// Whether it takes backends out of the LB's rings (so it needs an `[lb]` section).
-    pub fn uses_lb(self) -> bool {
+    pub(crate) fn uses_lb(self) -> bool {
         matches!(self, Self::Drain)
     }
 

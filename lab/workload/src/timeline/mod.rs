@@ -58,7 +58,7 @@ pub struct Timeline {
 
 impl Timeline {
     /// Adds to second `at_s` (seconds since the start).
-    pub fn add(&mut self, at_s: f64, f: impl FnOnce(&mut Second)) {
+    pub(crate) fn add(&mut self, at_s: f64, f: impl FnOnce(&mut Second)) {
         let i = at_s.max(0.0) as usize;
         if self.seconds.len() <= i {
             self.seconds.resize(i + 1, Second::default());
@@ -68,7 +68,7 @@ impl Timeline {
 
     /// Records that the client's thread could not run from `from_s` to `to_s`, split over the
     /// seconds it spans.
-    pub fn stall(&mut self, from_s: f64, to_s: f64) {
+    pub(crate) fn stall(&mut self, from_s: f64, to_s: f64) {
         let mut at = from_s.max(0.0);
         while at < to_s {
             let end = to_s.min(at.floor() + 1.0);
