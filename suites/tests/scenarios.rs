@@ -81,6 +81,34 @@ fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool)
     }
 }
 
+/// A pause shorter than the drop timeout loses no request, so before issue 20 it passed every
+/// release scenario. `release-takeover` with one more event, a 300 ms SIGSTOP of be2's
+/// service: its flows' replies stop for 300 ms, and the main run fails on
+/// `max_reply_gap_ms <= 200` (and on nothing else), every time.
+#[test]
+fn a_300_ms_pause_of_one_backend_fails_the_release_scenario_on_its_reply_gap() {
+    common::require_root();
+    let _alone = common::exclusive();
+    let shipped = common::fixtures().join("scenarios/release-takeover.toml");
+    let text = std::fs::read_to_string(&shipped).expect("shipped scenario");
+    let topologies = common::fixtures().join("topologies");
+    let text = text
+        .replace("\"../topologies/", &format!("\"{}/", topologies.display()))
+        .replace("[timing]", "[[event]]\naction = \"pause-backend\"\nbackend = \"be2\"\nms = 300\n\n[timing]");
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("release-takeover-pause.toml");
+    std::fs::write(&file, text).expect("write the scenario");
+    let scenario = Scenario::load(&file).expect("valid scenario");
+    let opts = RunOptions { keep: false, service_exe: common::zrlab_exe(), time_scale: 1, capacity: Capacity::Judge };
+    let outcome = common::runtime().block_on(run_scenario(&scenario, &opts, &mut |_| {})).expect("scenario ran");
+    let main = outcome.main.expect("main ran");
+    let counted = main.measures.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "a pause loses no request");
+    let failed: Vec<&str> = main.checks.iter().filter(|c| !c.ok).map(|c| c.expect.as_str()).collect();
+    assert_eq!(failed, ["max_reply_gap_ms <= 200"], "{:?}", main.measures.max_reply_gap_ms);
+    assert!(main.measures.max_reply_gap_ms.is_some_and(|gap| gap >= 300), "{:?}", main.measures.max_reply_gap_ms);
+    assert_eq!(outcome.verdict, ScenarioVerdict::Fail);
+}
+
 #[test]
 fn kept_topology_survives_other_runs_until_clean() {
     common::require_root();

@@ -85,6 +85,19 @@ pub enum Metric {
     /// How far (percent) requests answered per second fell below the rate before the first
     /// release (`timeline::Timeline::capacity_dip_pct`).
     CapacityDipPct,
+    /// Releases in which the old process was told to stop before the new one was ready.
+    ReleasesOutOfOrder,
+    /// The worst second's 99th-percentile reply latency, in milliseconds
+    /// (`timeline::Timeline::latency_p99_ms`).
+    LatencyP99Ms,
+    /// The longest time between two consecutive replies of a flow whose owner's host stayed
+    /// up, in milliseconds (`timeline::Timeline::max_reply_gap_ms`): a pause under the drop
+    /// timeout; a flow that broke counts the time from its last reply to the run's last.
+    MaxReplyGapMs,
+    /// New connections aimed at the released backends during their releases.
+    ReleaseProbes,
+    /// Of those, the ones refused, reset or unanswered.
+    ReleaseProbesFailed,
 }
 
 impl Metric {
@@ -130,6 +143,9 @@ impl Metric {
                 | Self::SkLookupSteeredNew
                 | Self::SkLookupSteeredFlow
                 | Self::CapacityDipPct
+                | Self::ReleasesOutOfOrder
+                | Self::ReleaseProbes
+                | Self::ReleaseProbesFailed
         )
     }
 
@@ -144,11 +160,29 @@ impl Metric {
                 | Self::ExcusedMisroutes
                 | Self::ExcusedDrops
                 | Self::LateFlowsOnDrained
+                | Self::ReleasesOutOfOrder
+                | Self::ReleaseProbesFailed
+                | Self::LatencyP99Ms
+                | Self::MaxReplyGapMs
         )
     }
 
-    /// The metric's value in `measures`.
-    pub fn of(self, measures: &Measures) -> u64 {
+    /// The metric's value in `measures`, or why the run has none (it is then not judged, and
+    /// an expectation on it fails).
+    pub fn of(self, measures: &Measures) -> Result<u64, String> {
+        let figure = |value: &Result<u64, String>| value.clone();
+        Ok(match self {
+            Self::CapacityDipPct => return figure(&measures.capacity_dip_pct),
+            Self::LatencyP99Ms => return measures.latency_p99_ms.ok_or_else(|| "no reply was timed".to_owned()),
+            Self::MaxReplyGapMs => {
+                return measures.max_reply_gap_ms.ok_or_else(|| "no flow had two replies".to_owned());
+            }
+            _ => self.count(measures),
+        })
+    }
+
+    /// The value of a metric that always has one (a count).
+    fn count(self, measures: &Measures) -> u64 {
         let tally = &measures.tally;
         let lb = measures.lb.unwrap_or_default();
         let tpr = measures.tpr.unwrap_or_default();
@@ -188,8 +222,10 @@ impl Metric {
             Self::ReuseportMigrated => release.reuseport.migrated(),
             Self::SkLookupSteeredNew => release.sk_lookup.steered_new,
             Self::SkLookupSteeredFlow => release.sk_lookup.steered_flow,
-            // Unmeasurable (no whole second before or after) reads as a full dip: never a pass.
-            Self::CapacityDipPct => measures.capacity_dip_pct.unwrap_or(100),
+            Self::CapacityDipPct | Self::LatencyP99Ms | Self::MaxReplyGapMs => unreachable!("figures, in `of`"),
+            Self::ReleasesOutOfOrder => release.out_of_order,
+            Self::ReleaseProbes => release.probes,
+            Self::ReleaseProbesFailed => release.probes_failed,
         }
     }
 }
@@ -292,12 +328,15 @@ impl fmt::Display for Comparison {
 /// One evaluated expectation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// `metric <op> value`, as text.
+    /// `metric <op> value`, as text (with why it was not judged, if it was not).
     pub expect: String,
-    /// The measured value.
+    /// The measured value (0 when there is none).
     pub actual: u64,
-    /// Whether it held.
+    /// Whether it held; a check that could not be judged holds only where the run asked for
+    /// a figure that is reported, not judged (`--capacity report`).
     pub ok: bool,
+    /// Whether it was judged: a figure the run could not measure is "not judged", never a pass.
+    pub judged: bool,
 }
 
 /// Whether a run judges its capacity expectations (`capacity_dip_pct`).
@@ -312,27 +351,27 @@ pub enum Capacity {
     Report,
 }
 
-/// Evaluates every expectation against `measures`; under [`Capacity::Report`] a capacity
-/// expectation is reported with its value and marked as not judged, and so is one without a
-/// figure because the load generator itself could not run (`Measures::capacity_client_stalled`:
-/// a machine too busy to measure it, said so in the report, rather than a dip of the service).
+/// Evaluates every expectation against `measures`. An expectation whose metric has no figure
+/// in this run is not judged and fails; under [`Capacity::Report`] a capacity expectation is
+/// reported with its value (or why it has none), not judged, and does not fail.
 pub(crate) fn evaluate(expect: &BTreeMap<Metric, Comparison>, measures: &Measures, capacity: Capacity) -> Vec<Check> {
     expect
         .iter()
         .map(|(metric, cmp)| {
-            let actual = metric.of(measures);
-            if *metric == Metric::CapacityDipPct && capacity == Capacity::Report {
-                let expect = format!("{metric} {cmp} (not judged: --capacity report; held: {})", cmp.holds(actual));
-                return Check { expect, actual, ok: true };
+            let reported = *metric == Metric::CapacityDipPct && capacity == Capacity::Report;
+            match metric.of(measures) {
+                Ok(actual) if reported => {
+                    let expect = format!("{metric} {cmp} (not judged: --capacity report; held: {})", cmp.holds(actual));
+                    Check { expect, actual, ok: true, judged: false }
+                }
+                Ok(actual) => Check { expect: format!("{metric} {cmp}"), actual, ok: cmp.holds(actual), judged: true },
+                Err(why) => Check {
+                    expect: format!("{metric} {cmp} (not judged: {why})"),
+                    actual: 0,
+                    ok: reported,
+                    judged: false,
+                },
             }
-            if *metric == Metric::CapacityDipPct && measures.capacity_client_stalled {
-                let expect = format!(
-                    "{metric} {cmp} (not judged: the client's own thread could not run for more than half of \
-                     every second on one side of the release)"
-                );
-                return Check { expect, actual, ok: true };
-            }
-            Check { expect: format!("{metric} {cmp}"), actual, ok: cmp.holds(actual) }
         })
         .collect()
 }
@@ -388,25 +427,41 @@ mod tests {
             (Metric::CapacityDipPct, parse("<= 10").unwrap()),
             (Metric::Resets, parse("== 0").unwrap()),
         ]);
-        let mut measures = Measures { capacity_dip_pct: Some(48), ..Measures::default() };
+        let mut measures = Measures { capacity_dip_pct: Ok(48), ..Measures::default() };
         measures.tally.counted.resets = 1;
         let judged = evaluate(&expect, &measures, Capacity::Judge);
-        assert!(judged.iter().all(|c| !c.ok), "{judged:?}");
+        assert!(judged.iter().all(|c| !c.ok && c.judged), "{judged:?}");
         let reported = evaluate(&expect, &measures, Capacity::Report);
         let capacity = reported.iter().find(|c| c.expect.starts_with("capacity_dip_pct")).unwrap();
-        assert!(capacity.ok && capacity.actual == 48, "{capacity:?}");
+        assert!(capacity.ok && !capacity.judged && capacity.actual == 48, "{capacity:?}");
         assert!(capacity.expect.contains("not judged") && capacity.expect.contains("held: false"), "{capacity:?}");
         assert!(reported.iter().any(|c| c.expect == "resets == 0" && !c.ok), "{reported:?}");
     }
 
+    /// Before issue 20 a capacity the client's own stalls left without a figure passed as
+    /// "not judged"; now a figure the run could not measure fails, and says why.
     #[test]
-    fn no_capacity_figure_fails_unless_the_client_itself_could_not_run() {
-        let expect = BTreeMap::from([(Metric::CapacityDipPct, parse("<= 10").unwrap())]);
-        let mut measures = Measures::default();
-        let check = &evaluate(&expect, &measures, Capacity::Judge)[0];
-        assert!(!check.ok, "no figure reads as a full dip: {check:?}");
-        measures.capacity_client_stalled = true;
-        let check = &evaluate(&expect, &measures, Capacity::Judge)[0];
-        assert!(check.ok && check.expect.contains("not judged: the client's own thread"), "{check:?}");
+    fn a_figure_the_run_could_not_measure_is_not_judged_and_fails() {
+        let expect = BTreeMap::from([
+            (Metric::CapacityDipPct, parse("<= 10").unwrap()),
+            (Metric::MaxReplyGapMs, parse("<= 200").unwrap()),
+            (Metric::LatencyP99Ms, parse("<= 100").unwrap()),
+        ]);
+        let measures = Measures { capacity_dip_pct: Err("2 judged seconds after it".into()), ..Measures::default() };
+        for check in evaluate(&expect, &measures, Capacity::Judge) {
+            assert!(!check.ok && !check.judged && check.expect.contains("(not judged: "), "{check:?}");
+        }
+        let reported = &evaluate(&expect, &measures, Capacity::Report)[0];
+        assert!(reported.ok && !reported.judged && reported.expect.contains("2 judged seconds"), "{reported:?}");
+    }
+
+    #[test]
+    fn latency_and_gap_expectations_judge_their_figures() {
+        let expect = BTreeMap::from([(Metric::MaxReplyGapMs, parse("<= 200").unwrap())]);
+        for (gap, ok) in [(180, true), (200, true), (420, false)] {
+            let measures = Measures { max_reply_gap_ms: Some(gap), ..Measures::default() };
+            let check = &evaluate(&expect, &measures, Capacity::Judge)[0];
+            assert_eq!((check.ok, check.judged, check.actual), (ok, true, gap), "{check:?}");
+        }
     }
 }

@@ -44,7 +44,7 @@ pub struct TprTotals {
 }
 
 /// Everything a variant measured.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Measures {
     /// The flows.
     pub tally: Tally,
@@ -56,11 +56,29 @@ pub struct Measures {
     pub weights: BTreeMap<String, u32>,
     /// The release dispatchers' counters, when the scenario releases.
     pub release: Option<FleetCounters>,
-    /// The capacity dip around releases (`timeline::Timeline::capacity_dip_pct`).
-    pub capacity_dip_pct: Option<u64>,
-    /// Whether the dip has no figure because the client's own thread could not run for more
-    /// than half of every second on one side of the release (`timeline::NoFigure`).
-    pub capacity_client_stalled: bool,
+    /// The capacity dip around releases (`timeline::Timeline::capacity_dip_pct`), or why the
+    /// run has none (release scenarios only).
+    pub capacity_dip_pct: Result<u64, String>,
+    /// The worst second's 99th-percentile reply latency (`timeline::Timeline::latency_p99_ms`).
+    pub latency_p99_ms: Option<u64>,
+    /// The longest gap between two replies of a counted flow
+    /// (`timeline::Timeline::max_reply_gap_ms`).
+    pub max_reply_gap_ms: Option<u64>,
+}
+
+impl Default for Measures {
+    fn default() -> Self {
+        Self {
+            tally: Tally::default(),
+            lb: None,
+            tpr: None,
+            weights: BTreeMap::new(),
+            release: None,
+            capacity_dip_pct: Err("no release in the run".into()),
+            latency_p99_ms: None,
+            max_reply_gap_ms: None,
+        }
+    }
 }
 
 impl Measures {

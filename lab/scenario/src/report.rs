@@ -3,12 +3,15 @@
 //! JSON layout (stable; consumers may rely on it):
 //! `{"kernel", "time_scale", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
-//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok"}],
+//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok", "judged"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
-//! "capacity_dip_pct"} | null, "timelines": [[variant, {"seconds": [{"replies", "resets",
-//! "misroutes", "drops", "stalled_ms"}], "marks": [{"at_s", "label", "released"}]}]]}]}`.
+//! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms"} | null,
+//! "timelines": [[variant, {"seconds": [{"offered", "replies", "resets", "misroutes", "drops",
+//! "stalled_ms", "latency_p50_us", "latency_p99_us", "latency_max_us"}], "marks": [{"at_s",
+//! "label", "released"}]}]]}]}`. A check with `"judged": false` could not be measured: it fails
+//! unless the run only reports it (`--capacity report`), and is never a pass.
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
@@ -67,6 +70,8 @@ pub struct CheckReport {
     pub actual: u64,
     /// Whether it held.
     pub ok: bool,
+    /// Whether it was judged (a figure the run could not measure is "not judged").
+    pub judged: bool,
 }
 
 /// One scenario's line of the report.
@@ -117,8 +122,13 @@ pub struct ScenarioReport {
 pub struct ReleaseFigures {
     /// The dispatchers' counters.
     pub counters: FleetCounters,
-    /// How far requests answered per second fell below the rate before the first release.
-    pub capacity_dip_pct: Option<u64>,
+    /// How far the share of offered requests answered per second fell below that share
+    /// before the first release, or why the run has no figure.
+    pub capacity_dip_pct: Result<u64, String>,
+    /// The worst second's 99th-percentile reply latency, in milliseconds.
+    pub latency_p99_ms: Option<u64>,
+    /// The longest gap between two replies of a counted flow, in milliseconds.
+    pub max_reply_gap_ms: Option<u64>,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -128,7 +138,13 @@ impl From<&Outcome> for ScenarioReport {
         let mut checks = Vec::new();
         for (variant, result) in [("main", &outcome.main), ("control", &outcome.control)] {
             for check in result.iter().flat_map(|r| &r.checks) {
-                checks.push(CheckReport { variant, expect: check.expect.clone(), actual: check.actual, ok: check.ok });
+                checks.push(CheckReport {
+                    variant,
+                    expect: check.expect.clone(),
+                    actual: check.actual,
+                    ok: check.ok,
+                    judged: check.judged,
+                });
             }
         }
         Self {
@@ -159,7 +175,12 @@ impl From<&Outcome> for ScenarioReport {
             tpr: main.and_then(|m| m.measures.tpr),
             ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
             release: main.and_then(|m| {
-                Some(ReleaseFigures { counters: m.measures.release?, capacity_dip_pct: m.measures.capacity_dip_pct })
+                Some(ReleaseFigures {
+                    counters: m.measures.release?,
+                    capacity_dip_pct: m.measures.capacity_dip_pct.clone(),
+                    latency_p99_ms: m.measures.latency_p99_ms,
+                    max_reply_gap_ms: m.measures.max_reply_gap_ms,
+                })
             }),
             timelines: [("main", &outcome.main), ("control", &outcome.control)]
                 .into_iter()
@@ -230,7 +251,11 @@ impl Report {
                 let _ = writeln!(out, "Reason: {}\n", s.reason);
             }
             for c in &s.checks {
-                let mark = if c.ok { "ok" } else { "FAILED" };
+                let mark = match (c.judged, c.ok) {
+                    (true, true) => "ok",
+                    (false, true) => "not judged",
+                    (_, false) => "FAILED",
+                };
                 let _ = writeln!(out, "- {} `{}`: {} ({mark})", c.variant, c.expect, c.actual);
             }
             if !s.anomalies.is_empty() {
@@ -269,7 +294,10 @@ impl Report {
                 );
             }
             if let Some(release) = &s.release {
-                let dip = release.capacity_dip_pct.map_or("not measurable".to_owned(), |d| format!("{d}%"));
+                let dip = match &release.capacity_dip_pct {
+                    Ok(dip) => format!("{dip}%"),
+                    Err(why) => format!("not judged ({why})"),
+                };
                 let stalled: u64 = s
                     .timelines
                     .iter()
@@ -277,11 +305,15 @@ impl Report {
                     .flat_map(|(_, t)| &t.seconds)
                     .map(|second| second.stalled_ms)
                     .sum();
+                let figure = |v: Option<u64>| v.map_or("none".to_owned(), |ms| format!("{ms} ms"));
                 let _ = writeln!(
                     out,
-                    "\nRelease counters of the main run: `{}`; capacity dip {dip} (the client's \
+                    "\nRelease counters of the main run: `{}`; capacity dip {dip}; worst second's p99 \
+                     reply latency {}, longest gap between two replies of a flow {} (the client's \
                      thread could not run for {stalled} ms of that run)",
-                    serde_json::to_string(&release.counters).expect("serialisable")
+                    serde_json::to_string(&release.counters).expect("serialisable"),
+                    figure(release.latency_p99_ms),
+                    figure(release.max_reply_gap_ms),
                 );
             }
             if !s.timelines.is_empty() {

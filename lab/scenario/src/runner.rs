@@ -26,7 +26,7 @@ use crate::{
     expect::{Capacity, Check, evaluate},
     lb::Deployment,
     measures::Measures,
-    release::{Fleet, launch},
+    release::{Fleet, ReleaseRecord, launch},
     spec::{EventSpec, Scenario, Variant, WorkloadSpec},
     tpr::TprDeployment,
 };
@@ -35,8 +35,8 @@ use zrlab_host::error::{LabError, Result};
 use zrlab_topology::{Lab, Loss};
 use zrlab_workload::{
     accounting::{FlowRecord, Tally},
-    client::{Client, ClientSpec},
-    timeline::{NoFigure, Timeline},
+    client::{Client, ClientSpec, FlowBook},
+    timeline::Timeline,
 };
 
 /// How a scenario is run.
@@ -236,6 +236,11 @@ async fn run_variant(
                 None => Err(LabError::Unsupported("a health change without a load balancer".into())),
             };
             fleet.release(&mut lab, backends, &mut health).await?;
+            for record in fleet.new_records() {
+                mark_release(client.book(), &record);
+            }
+        } else if let EventSpec::PauseBackend { backend, ms } = event {
+            fleet.pause(backend, Duration::from_millis(*ms)).await?;
         } else {
             apply(&mut lab, deployment.as_mut(), event).await?;
         }
@@ -253,7 +258,11 @@ async fn run_variant(
     let timeline = client.book().timeline();
     let flows = client.stop()?;
     let losses = lab.losses().await?;
-    let capacity = variant.release.map(|_| timeline.capacity_dip_pct());
+    // A flow counts where its owner's host stayed up (as in the tally).
+    let counted =
+        |id: u32| flows.get(id as usize).and_then(|f| f.owner.as_ref()).is_none_or(|owner| !down.contains(&owner.node));
+    let ended = |id: u32| flows.get(id as usize).is_some_and(|f| !f.live());
+    let max_reply_gap_ms = timeline.max_reply_gap_ms(counted, ended);
     let measures = Measures {
         tally: Tally::of(&flows, &down, &drained),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
@@ -264,8 +273,12 @@ async fn run_variant(
             .map(|lb| workload.backends.iter().map(|b| (b.clone(), lb.weights.get(b).copied().unwrap_or(1))).collect())
             .unwrap_or_default(),
         release: variant.release.map(|_| fleet.counters()).transpose()?,
-        capacity_dip_pct: capacity.and_then(Result::ok),
-        capacity_client_stalled: capacity == Some(Err(NoFigure::ClientStalled)),
+        capacity_dip_pct: match variant.release {
+            Some(_) => timeline.capacity_dip_pct().map_err(|why| why.to_string()),
+            None => Err("no release in the scenario".into()),
+        },
+        latency_p99_ms: timeline.latency_p99_ms(),
+        max_reply_gap_ms,
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
@@ -287,6 +300,27 @@ async fn run_variant(
     let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
     Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded })
+}
+
+/// Marks a backend's release on the timeline: when the new process was ready, when the old
+/// one was told to stop and said it drains, and what the probes aimed at the backend met.
+fn mark_release(book: &FlowBook, record: &ReleaseRecord) {
+    let backend = &record.backend;
+    let facts = [
+        (record.new_ready, "new process ready"),
+        (record.old_told_to_stop, "old process told to stop"),
+        (record.old_draining, "old process draining"),
+    ];
+    for (at, what) in facts {
+        if let Some(at) = at {
+            book.mark_at(at, format!("{backend}: {what}"), None);
+        }
+    }
+    let probes = &record.probes;
+    if let Some(first) = &probes.first_failure {
+        let failed = format!("{backend}: {} of {} probes failed, the first: {first}", probes.failed, probes.probes);
+        book.mark_at(record.began, failed, None);
+    }
 }
 
 /// The arguments of `zrlab service` for `backend` serving `workload` with server id `id`.
@@ -345,9 +379,11 @@ pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &E
             Some(deployment) => deployment.restore(backend),
             None => Err(LabError::Unsupported("restore-backend without a load balancer".into())),
         },
-        // Releases need the scenario's service processes (`release::Fleet`): the runner fires
-        // them itself.
-        EventSpec::Release { .. } => Err(LabError::Unsupported("a release outside a scenario run".into())),
+        // Releases and pauses need the scenario's service processes (`release::Fleet`): the
+        // runner fires them itself.
+        EventSpec::Release { .. } | EventSpec::PauseBackend { .. } => {
+            Err(LabError::Unsupported(format!("{} outside a scenario run", describe(event))))
+        }
     }
 }
 
@@ -361,5 +397,6 @@ pub fn describe(event: &EventSpec) -> String {
         EventSpec::SetWeight { backend, weight } => format!("set {backend}'s weight to {weight}"),
         EventSpec::RestoreBackend { backend } => format!("restore {backend} to the LB rings"),
         EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
+        EventSpec::PauseBackend { backend, ms } => format!("pause {backend}'s service for {ms} ms"),
     }
 }

@@ -256,6 +256,15 @@ pub enum EventSpec {
         /// The backend nodes.
         backends: Vec<String>,
     },
+    /// Stop `backend`'s service process (SIGSTOP) for `ms` milliseconds, then let it go on
+    /// (SIGCONT): a pause shorter than the drop timeout, which loses no request and shows only
+    /// in latency and in the gaps between replies (`max_reply_gap_ms`).
+    PauseBackend {
+        /// The backend node.
+        backend: String,
+        /// How long, in milliseconds (1 to 10,000).
+        ms: u64,
+    },
 }
 
 impl EventSpec {
@@ -272,9 +281,11 @@ impl EventSpec {
             Self::AddMember { group, member } => {
                 Some(GroupChange::Add { group: group.clone(), member: member.clone() })
             }
-            Self::DrainBackend { .. } | Self::RestoreBackend { .. } | Self::SetWeight { .. } | Self::Release { .. } => {
-                None
-            }
+            Self::DrainBackend { .. }
+            | Self::RestoreBackend { .. }
+            | Self::SetWeight { .. }
+            | Self::Release { .. }
+            | Self::PauseBackend { .. } => None,
         }
     }
 
@@ -286,7 +297,8 @@ impl EventSpec {
             | Self::DrainBackend { .. }
             | Self::RestoreBackend { .. }
             | Self::SetWeight { .. }
-            | Self::Release { .. } => None,
+            | Self::Release { .. }
+            | Self::PauseBackend { .. } => None,
         }
     }
 }
@@ -543,6 +555,18 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
                             format!("{backend:?} is not one of the workload's backends"),
                         ));
                     }
+                }
+                continue;
+            }
+            EventSpec::PauseBackend { backend, ms } => {
+                if !w.backends.contains(backend) {
+                    return Err(err(
+                        format!("{field}.backend"),
+                        format!("{backend:?} is not one of the workload's backends"),
+                    ));
+                }
+                if !(1..=10_000).contains(ms) {
+                    return Err(err(format!("{field}.ms"), format!("{ms} is not between 1 and 10000")));
                 }
                 continue;
             }

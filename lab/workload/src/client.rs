@@ -53,7 +53,7 @@ use zrlab_host::{
 };
 use zrlab_wire::{
     Proto,
-    message::{Reply, Request},
+    message::{Identity, Reply, Request},
     quic::{CID_LEN, Datagram, Header, LongType, VERSION_1},
 };
 
@@ -117,7 +117,12 @@ impl FlowBook {
     /// Marks an event on the timeline now (`released`: the share of service instances released
     /// once it happened, for releases).
     pub fn mark(&self, label: impl Into<String>, released: Option<f64>) {
-        let at = self.started.elapsed().as_secs_f64();
+        self.mark_at(std::time::Instant::now(), label, released);
+    }
+
+    /// Marks an event on the timeline at `at` (an instant the caller recorded when it saw it).
+    pub fn mark_at(&self, at: std::time::Instant, label: impl Into<String>, released: Option<f64>) {
+        let at = Instant::from_std(at).saturating_duration_since(self.started).as_secs_f64();
         self.timeline.lock().expect("not poisoned").mark(at, label, released);
     }
 
@@ -127,9 +132,26 @@ impl FlowBook {
         self.timeline.lock().expect("not poisoned").stall(since(from), since(to));
     }
 
-    /// A copy of the timeline so far.
+    /// A copy of the timeline so far, its latency figures filled in.
     pub fn timeline(&self) -> Timeline {
-        self.timeline.lock().expect("not poisoned").clone()
+        let mut timeline = self.timeline.lock().expect("not poisoned").clone();
+        timeline.summarize();
+        timeline
+    }
+
+    /// Records a request sent now (the load offered).
+    fn sent(&self) -> Instant {
+        let now = Instant::now();
+        let at = now.saturating_duration_since(self.started).as_secs_f64();
+        self.timeline.lock().expect("not poisoned").offered(at);
+        now
+    }
+
+    /// Records that flow `id`'s request sent at `sent` got its reply from `who` now.
+    fn replied(&self, id: u32, sent: Instant, who: &Identity) {
+        self.update(id, |f| f.reply(who));
+        let since = |t: Instant| t.saturating_duration_since(self.started).as_secs_f64();
+        self.timeline.lock().expect("not poisoned").replied(id, since(sent), since(Instant::now()));
     }
 
     /// Records that one more event was applied; returns the new epoch (flows opened from now on
@@ -443,6 +465,7 @@ async fn tcp_flow(
         if next_tick(&mut interval, &mut stop).await.is_none() {
             return;
         }
+        let sent = book.sent();
         if let Err(e) = write.write_all(Request { flow: id, seq }.emit().as_bytes()).await {
             return end(ending_of(&e));
         }
@@ -456,7 +479,7 @@ async fn tcp_flow(
                 return end(Ending::Stalled);
             }
             Ok(Ok(Some(line))) => match Reply::parse(&line) {
-                Ok(reply) if reply.flow == id && reply.seq == seq => book.update(id, |f| f.reply(&reply.who)),
+                Ok(reply) if reply.flow == id && reply.seq == seq => book.replied(id, sent, &reply.who),
                 Ok(reply) => {
                     return end(Ending::Protocol(format!("reply to {}/{} for {id}/{seq}", reply.flow, reply.seq)));
                 }
@@ -503,6 +526,7 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
             },
         };
         let datagram = Datagram { header, payload: Request { flow: id, seq }.emit().into_bytes() };
+        let sent = book.sent();
         if let Err(e) = socket.send(&datagram.emit()).await {
             return end(ending_of(&e));
         }
@@ -534,7 +558,7 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
                     {
                         server_cid = scid.as_slice().try_into().ok();
                     }
-                    book.update(id, |f| f.reply(&parsed.who));
+                    book.replied(id, sent, &parsed.who);
                     break;
                 }
             }

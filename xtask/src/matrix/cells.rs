@@ -186,7 +186,17 @@ fn scenario_cell(row: &Row, out: &Path, result: &StepResult, log: &str) -> Cell 
         (StepOutcome::Exit(0 | 1), Some(s)) => {
             let verdict = s["verdict"].as_str().unwrap_or("?");
             let reason = s["reason"].as_str().unwrap_or("");
+            let unjudged: Vec<&str> = s["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["judged"] == false)
+                .filter_map(|c| c["expect"].as_str())
+                .collect();
             match verdict {
+                "pass" if !unjudged.is_empty() => {
+                    Cell::new(&row.name, Outcome::NotJudged, format!("passed, but not judged: {}", unjudged.join("; ")))
+                }
                 "pass" => Cell::new(
                     &row.name,
                     Outcome::Pass,

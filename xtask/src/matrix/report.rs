@@ -16,6 +16,9 @@ pub(crate) enum Outcome {
     Skip,
     /// A finding the row expects on this kernel (the 443 bind regression before 6.1).
     ExpectedFinding,
+    /// A scenario whose judged expectations held but one of which could not be judged (a
+    /// capacity figure under `--capacity report`): shown as such, never as a pass.
+    NotJudged,
     /// Anything unexpected.
     Fail,
 }
@@ -26,6 +29,7 @@ impl Outcome {
             Self::Pass => "pass",
             Self::Skip => "skip",
             Self::ExpectedFinding => "finding",
+            Self::NotJudged => "not judged",
             Self::Fail => "FAIL",
         }
     }

@@ -63,3 +63,15 @@ pub(super) trait Dispatcher: std::fmt::Debug + Send {
 /// How long a released process serves what it has (its drain timeout): longer than any
 /// scenario; the lab's teardown ends it.
 pub(super) const OLD_SERVES: &str = "--drain-timeout=3600s";
+
+/// The service flags of the strategies whose processes bind the same ports with
+/// `SO_REUSEPORT` and whose dispatcher picks the ready one (`reuseport-bpf`, `sk-lookup`).
+pub(super) fn sharing_ports_flags() -> Vec<String> {
+    vec!["--reuseport".into(), OLD_SERVES.into()]
+}
+
+/// Their steps: the new process starts next to the old one, its sockets go into the
+/// dispatcher, then the old one is told to stop.
+pub(super) fn sharing_ports_steps() -> Vec<Step> {
+    vec![Step::StartNew, Step::Install, Step::SignalOld]
+}

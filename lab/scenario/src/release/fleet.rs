@@ -11,17 +11,22 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    sync::watch,
+};
 
 use crate::release::{
     dispatcher::{Dispatcher, Step},
     fds::take,
+    probe::{ProbeTally, Prober},
     strategy::ReleaseSpec,
 };
 use zrlab_control::{reuseport::ReuseportCounters, sklookup::SkLookupCounters};
@@ -36,6 +41,9 @@ pub struct Launched {
     pub pid: u32,
     /// Its sockets' descriptors (in its own table).
     pub sockets: Sockets,
+    /// The last phase it announced (the lab reads its announcements until it exits; the
+    /// sender is gone once it has).
+    pub phase: watch::Receiver<Phase>,
 }
 
 /// Starts `exe args` (a `zrlab service`) in `node` and waits until it reports
@@ -64,7 +72,16 @@ pub async fn launch(lab: &mut Lab, node: &str, exe: &Path, args: &[String], time
         }
     };
     if ready {
-        return Ok(Launched { pid: spawned.pid, sockets });
+        // Its later phases (draining, exited) are facts of a release's timeline.
+        let (phase, seen) = watch::channel(Phase::Ready);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(p) = Phase::parse(&line) {
+                    phase.send_replace(p);
+                }
+            }
+        });
+        return Ok(Launched { pid: spawned.pid, sockets, phase: seen });
     }
     let ended = match lab.exit_status(spawned.pid, Duration::from_secs(5)).await {
         Some(status) => {
@@ -88,6 +105,38 @@ pub async fn launch(lab: &mut Lab, node: &str, exe: &Path, args: &[String], time
 struct Instance {
     slot: u32,
     pid: u32,
+    phase: watch::Receiver<Phase>,
+}
+
+/// How many probes a release's prober makes after the old process said it drains: its
+/// listener closes right after, and a gap that opens then must be seen too.
+const PROBES_AFTER_DRAINING: u64 = 25;
+
+/// What happened during one backend's release, as the lab saw it happen: the facts its
+/// timeline marks and its order check reads.
+#[derive(Clone, Debug)]
+pub struct ReleaseRecord {
+    /// The backend.
+    pub backend: String,
+    /// When the release began.
+    pub began: Instant,
+    /// When the new process announced it was ready (`None`: it never did).
+    pub new_ready: Option<Instant>,
+    /// When the lab told the old process to stop (`None`: the strategy never does; under
+    /// `takeover` the old process drains itself once the new one has its sockets).
+    pub old_told_to_stop: Option<Instant>,
+    /// When the old process announced that it drains (closes its listener).
+    pub old_draining: Option<Instant>,
+    /// What the new connections aimed at the backend during the release saw.
+    pub probes: ProbeTally,
+}
+
+impl ReleaseRecord {
+    /// Whether the old process was told to stop before the new one was ready: the order that
+    /// leaves the port without a ready process, whatever the probes happened to meet.
+    pub fn out_of_order(&self) -> bool {
+        self.old_told_to_stop.is_some_and(|stop| self.new_ready.is_none_or(|ready| stop < ready))
+    }
 }
 
 #[derive(Debug)]
@@ -102,6 +151,13 @@ struct Backend {
 pub struct FleetCounters {
     /// Processes started by releases.
     pub released: u64,
+    /// Releases in which the old process was told to stop before the new one was ready
+    /// ([`ReleaseRecord::out_of_order`]).
+    pub out_of_order: u64,
+    /// New connections aimed at released backends during their releases (`release::probe`).
+    pub probes: u64,
+    /// Of those, the ones refused, reset or unanswered.
+    pub probes_failed: u64,
     /// The `SK_REUSEPORT` dispatchers'.
     pub reuseport: ReuseportCounters,
     /// The `SK_LOOKUP` dispatchers'.
@@ -118,6 +174,10 @@ pub struct Fleet {
     backends: BTreeMap<String, Backend>,
     timeout: Duration,
     released: u64,
+    /// The releases done, in order.
+    records: Vec<ReleaseRecord>,
+    /// How many of them [`Fleet::new_records`] has returned.
+    returned: usize,
 }
 
 impl Fleet {
@@ -137,6 +197,8 @@ impl Fleet {
             backends: BTreeMap::new(),
             timeout,
             released: 0,
+            records: Vec::new(),
+            returned: 0,
         };
         let names: Vec<String> = fleet.args.keys().cloned().collect();
         for backend in names {
@@ -149,20 +211,21 @@ impl Fleet {
                 let (tcp, udp) = sockets_of(&launched)?;
                 dispatcher.start(&lab.node(&backend)?.netns, &backend, tcp.as_ref(), udp.as_ref())?;
             }
-            fleet.backends.insert(backend, Backend { current: Instance { slot: 0, pid: launched.pid }, dispatcher });
+            let current = Instance { slot: 0, pid: launched.pid, phase: launched.phase };
+            fleet.backends.insert(backend, Backend { current, dispatcher });
         }
         Ok(fleet)
     }
 
     /// The TCP and UDP ports `backend` serves (from its `--tcp=`/`--udp=` arguments).
     fn ports(&self, backend: &str) -> (u16, u16) {
-        let port = |prefix: &str| {
-            self.args[backend]
-                .iter()
-                .find_map(|a| a.strip_prefix(prefix)?.parse::<std::net::SocketAddr>().ok())
-                .map_or(0, |a| a.port())
-        };
+        let port = |prefix| self.address(backend, prefix).map_or(0, |a| a.port());
         (port("--tcp="), port("--udp="))
+    }
+
+    /// The address of `backend`'s argument `prefix` (`--tcp=`, `--udp=`).
+    fn address(&self, backend: &str, prefix: &str) -> Option<SocketAddr> {
+        self.args[backend].iter().find_map(|a| a.strip_prefix(prefix)?.parse().ok())
     }
 
     /// Starts process `slot` of `backend`, with the flags of its strategy's `dispatcher`.
@@ -200,17 +263,68 @@ impl Fleet {
             let old = known.current.clone();
             // Out of the map while the steps run: `launch` borrows the fleet.
             let mut dispatcher = known.dispatcher.take().expect("a [release] section gives every backend a dispatcher");
-            let released = self.release_one(lab, backend, &old, dispatcher.as_mut(), health).await;
+            let prober = match self.address(backend, "--tcp=") {
+                Some(addr) => Some(Prober::start(&lab.node(backend)?.netns, addr)?),
+                None => None,
+            };
+            let mut record = ReleaseRecord {
+                backend: backend.clone(),
+                began: Instant::now(),
+                new_ready: None,
+                old_told_to_stop: None,
+                old_draining: None,
+                probes: ProbeTally::default(),
+            };
+            let released = self.release_one(lab, backend, &old, dispatcher.as_mut(), health, &mut record).await;
             self.backends.get_mut(backend).expect("checked").dispatcher = Some(dispatcher);
-            let pid = released?;
-            self.set_current(backend, old.slot + 1, pid);
+            let new = released?;
+            record.old_draining = self.draining(backend, old).await?;
+            if let Some(prober) = prober {
+                let made = prober.made();
+                self.probes_after(&prober, made + PROBES_AFTER_DRAINING).await?;
+                record.probes = prober.finish()?;
+            }
+            self.backends.get_mut(backend).expect("checked").current = new;
             self.released += 1;
+            self.records.push(record);
         }
         Ok(())
     }
 
-    /// Runs the steps of one release of `backend` (process `old` running); returns the new
-    /// process's pid.
+    /// Waits until the released process `old` of `backend` has said it drains, or has exited,
+    /// and returns when it said so.
+    async fn draining(&self, backend: &str, mut old: Instance) -> Result<Option<Instant>> {
+        match tokio::time::timeout(self.timeout, old.phase.wait_for(|p| *p >= Phase::Draining)).await {
+            Ok(Ok(_)) => Ok(Some(Instant::now())),
+            // It exited (its announcements ended) before this wait began.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => {
+                Err(LabError::Timeout { what: format!("the old service on {backend} to drain"), after: self.timeout })
+            }
+        }
+    }
+
+    /// Waits until `prober` has made `count` probes.
+    async fn probes_after(&self, prober: &Prober, count: u64) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        while prober.made() < count {
+            if Instant::now() > deadline {
+                return Err(LabError::Timeout { what: "the release prober's last probes".into(), after: self.timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// The releases done since the last call, in order (the runner marks them on the timeline).
+    pub fn new_records(&mut self) -> Vec<ReleaseRecord> {
+        let new = self.records[self.returned..].to_vec();
+        self.returned = self.records.len();
+        new
+    }
+
+    /// Runs the steps of one release of `backend` (process `old` running), noting in `record`
+    /// when the new process was ready and the old one told to stop; returns the new process.
     async fn release_one(
         &self,
         lab: &mut Lab,
@@ -218,15 +332,22 @@ impl Fleet {
         old: &Instance,
         dispatcher: &mut dyn Dispatcher,
         health: &mut dyn FnMut(&str, bool) -> Result<()>,
-    ) -> Result<u32> {
+        record: &mut ReleaseRecord,
+    ) -> Result<Instance> {
         let slot = old.slot + 1;
         let mut new = None;
         for step in dispatcher.steps() {
             match step {
                 Step::Health(up) => health(backend, up)?,
                 Step::Wait(period) => tokio::time::sleep(period).await,
-                Step::StopOld => self.stop(lab, backend, old).await?,
-                Step::StartNew => new = Some(self.launch(lab, backend, Some(&*dispatcher), slot).await?),
+                Step::StopOld => {
+                    record.old_told_to_stop = Some(Instant::now());
+                    self.stop(lab, backend, old).await?;
+                }
+                Step::StartNew => {
+                    new = Some(self.launch(lab, backend, Some(&*dispatcher), slot).await?);
+                    record.new_ready = Some(Instant::now());
+                }
                 Step::Install => {
                     let launched = new.as_ref().ok_or_else(|| missing(Step::StartNew, step))?;
                     let (tcp, udp) = sockets_of(launched)?;
@@ -234,16 +355,14 @@ impl Fleet {
                     // The copies must not keep the old listener alive (module docs).
                     drop((tcp, udp));
                 }
-                Step::SignalOld => signal(old.pid, libc::SIGTERM, backend)?,
+                Step::SignalOld => {
+                    record.old_told_to_stop = Some(Instant::now());
+                    signal(old.pid, libc::SIGTERM, backend)?;
+                }
             }
         }
-        new.map(|launched| launched.pid).ok_or_else(|| missing(Step::StartNew, "the end"))
-    }
-
-    fn set_current(&mut self, backend: &str, slot: u32, pid: u32) {
-        if let Some(b) = self.backends.get_mut(backend) {
-            b.current = Instance { slot, pid };
-        }
+        let launched = new.ok_or_else(|| missing(Step::StartNew, "the end"))?;
+        Ok(Instance { slot, pid: launched.pid, phase: launched.phase })
     }
 
     /// Stops `instance` and waits until it has exited.
@@ -255,9 +374,28 @@ impl Fleet {
         }
     }
 
+    /// Stops `backend`'s current process (SIGSTOP) for `pause`, then lets it go on (SIGCONT).
+    /// The pause is the event itself, a schedule, not a wait for a condition.
+    pub async fn pause(&self, backend: &str, pause: Duration) -> Result<()> {
+        let pid = self
+            .backends
+            .get(backend)
+            .ok_or_else(|| LabError::Usage(format!("{backend:?} runs no service")))?
+            .current
+            .pid;
+        signal(pid, libc::SIGSTOP, backend)?;
+        tokio::time::sleep(pause).await;
+        signal(pid, libc::SIGCONT, backend)
+    }
+
     /// What the dispatchers counted, and how many processes releases started.
     pub fn counters(&self) -> Result<FleetCounters> {
         let mut out = FleetCounters { released: self.released, ..Default::default() };
+        for record in &self.records {
+            out.out_of_order += u64::from(record.out_of_order());
+            out.probes += record.probes.probes;
+            out.probes_failed += record.probes.failed;
+        }
         for dispatcher in self.backends.values().filter_map(|b| b.dispatcher.as_deref()) {
             dispatcher.count(&mut out)?;
         }
@@ -288,4 +426,31 @@ fn signal(pid: u32, signal: libc::c_int, backend: &str) -> Result<()> {
         return Err(LabError::os("signal", format!("the service on {backend}"), std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ready: Option<u64>, stop: Option<u64>) -> ReleaseRecord {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        ReleaseRecord {
+            backend: "be1".into(),
+            began: t0,
+            new_ready: ready.map(at),
+            old_told_to_stop: stop.map(at),
+            old_draining: None,
+            probes: ProbeTally::default(),
+        }
+    }
+
+    #[test]
+    fn the_old_process_told_to_stop_before_the_new_one_was_ready_is_out_of_order() {
+        assert!(record(Some(20), Some(10)).out_of_order(), "stopped, then ready");
+        assert!(record(None, Some(10)).out_of_order(), "stopped, never ready");
+        assert!(!record(Some(10), Some(20)).out_of_order(), "ready, then stopped");
+        // Takeover: the lab never tells the old process to stop; it drains itself.
+        assert!(!record(Some(10), None).out_of_order());
+    }
 }

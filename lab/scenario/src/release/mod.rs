@@ -14,11 +14,13 @@ mod dispatcher;
 mod drain;
 mod fds;
 mod fleet;
+mod probe;
 mod restart;
 mod reuseport_bpf;
 mod sk_lookup;
 mod strategy;
 mod takeover;
 
-pub use fleet::{Fleet, FleetCounters, Launched, launch};
+pub use fleet::{Fleet, FleetCounters, Launched, ReleaseRecord, launch};
+pub use probe::ProbeTally;
 pub use strategy::{ReleaseSpec, Strategy};

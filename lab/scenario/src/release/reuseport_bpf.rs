@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 
 use crate::release::{
     FleetCounters,
-    dispatcher::{Dispatcher, OLD_SERVES, Step},
+    dispatcher::{Dispatcher, Step, sharing_ports_flags, sharing_ports_steps},
 };
 use zrlab_control::reuseport::{Dispatch, ReuseportDispatch};
 use zrlab_features::Feature;
@@ -28,11 +28,11 @@ impl ReuseportBpf {
 
 impl Dispatcher for ReuseportBpf {
     fn service_flags(&self, _slot: u32) -> Vec<String> {
-        vec!["--reuseport".into(), OLD_SERVES.into()]
+        sharing_ports_flags()
     }
 
     fn steps(&self) -> Vec<Step> {
-        vec![Step::StartNew, Step::Install, Step::SignalOld]
+        sharing_ports_steps()
     }
 
     fn start(&mut self, _netns: &Netns, _backend: &str, tcp: Option<&OwnedFd>, udp: Option<&OwnedFd>) -> Result<()> {

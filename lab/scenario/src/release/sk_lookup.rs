@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 
 use crate::release::{
     FleetCounters,
-    dispatcher::{Dispatcher, OLD_SERVES, Step},
+    dispatcher::{Dispatcher, Step, sharing_ports_flags, sharing_ports_steps},
 };
 use zrlab_control::sklookup::SkLookupDispatch;
 use zrlab_host::{
@@ -28,11 +28,11 @@ impl SkLookup {
 
 impl Dispatcher for SkLookup {
     fn service_flags(&self, _slot: u32) -> Vec<String> {
-        vec!["--reuseport".into(), OLD_SERVES.into()]
+        sharing_ports_flags()
     }
 
     fn steps(&self) -> Vec<Step> {
-        vec![Step::StartNew, Step::Install, Step::SignalOld]
+        sharing_ports_steps()
     }
 
     fn start(&mut self, netns: &Netns, backend: &str, tcp: Option<&OwnedFd>, udp: Option<&OwnedFd>) -> Result<()> {

@@ -195,6 +195,7 @@ fn apply_lb(deployment: &mut Deployment, event: &zrlab_scenario::spec::EventSpec
         EventSpec::RemoveMember { .. }
         | EventSpec::ReplaceMember { .. }
         | EventSpec::AddMember { .. }
-        | EventSpec::Release { .. } => Ok(()),
+        | EventSpec::Release { .. }
+        | EventSpec::PauseBackend { .. } => Ok(()),
     }
 }
