@@ -50,7 +50,7 @@ fn trace(name: &str) -> PathBuf {
 fn committed_traces_are_what_the_generator_writes() {
     for (name, opts) in committed() {
         let generated = generate(&opts).expect("generate");
-        let read = pcap::read(&trace(name)).unwrap_or_else(|e| panic!("{e}"));
+        let read = pcap::read(&trace(name)).unwrap_or_else(|e| panic!("{e}")).frames;
         assert_eq!(read, generated, "{name}: regenerate it with `cargo xtask trace gen` and these options: {opts:?}");
         let size = std::fs::metadata(trace(name)).expect("size").len();
         assert!(size < 64 * 1024, "{name}: committed traces stay small ({size} bytes)");
@@ -62,7 +62,7 @@ fn offline_replay_of_each_committed_trace() {
     common::require_root();
     let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).unwrap_or_else(|e| panic!("{e}"));
     for (name, _) in committed() {
-        let frames = pcap::read(&trace(name)).expect("trace");
+        let frames = pcap::read(&trace(name)).expect("trace").frames;
         let replay = offline::run(&frames, &config).expect("replay");
         assert_eq!(replay.split_flows(), 0, "{name}: no event, so no flow may be split:\n{}", replay.summary());
         insta::assert_snapshot!(name, replay.summary());
@@ -75,7 +75,7 @@ fn id_routing_keeps_drained_backends_flows_after_a_ring_change() {
     // The flows placed by one configuration, then the rest of the trace after a ring change
     // (a real drained, another down), on a second LB node that never saw them (a failover):
     // flows carrying a live id keep their real; the down real's flows fall back to the ring.
-    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace");
+    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace").frames;
     let before = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
     let after = LbConfig::load(&common::fixtures().join("lb/replay-drained.toml")).expect("config");
     let half = frames.len() / 2;
@@ -120,7 +120,7 @@ fn id_routing_keeps_drained_backends_flows_after_a_ring_change() {
 fn output_pcap_reads_in_tcpdump() {
     common::require_root();
     let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
-    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace");
+    let frames = pcap::read(&trace("tcp-tpr.pcap")).expect("trace").frames;
     let replay = offline::run(&frames, &config).expect("replay");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay-offline-out.pcap");
     pcap::write(&out, &replay.outputs).expect("write");
@@ -140,7 +140,7 @@ fn bad_traces_and_configs_name_file_and_offset() {
     files.sort();
     for file in files {
         let message = match pcap::read(&file) {
-            Ok(frames) => format!("read {} frames", frames.len()),
+            Ok(trace) => format!("read {} frames", trace.frames.len()),
             Err(e) => e.to_string(),
         };
         out.push_str(&format!("{}\n    {}\n", file.file_name().expect("name").to_string_lossy(), message));
@@ -163,7 +163,7 @@ fn bad_traces_and_configs_name_file_and_offset() {
 fn non_ip_frames_are_counted_not_replayed() {
     common::require_root();
     let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
-    let frames = pcap::read(&trace("tcp-malformed.pcap")).expect("trace");
+    let frames = pcap::read(&trace("tcp-malformed.pcap")).expect("trace").frames;
     let replay = offline::run(&frames, &config).expect("replay");
     let non_ip = frames.iter().filter(|f| f.data.get(12..14) == Some(&[0x08, 0x06])).count() as u64;
     assert!(non_ip > 0, "the malformed trace has non-IP frames");
@@ -171,21 +171,75 @@ fn non_ip_frames_are_counted_not_replayed() {
     assert_eq!(replay.verdicts.values().sum::<u64>() + non_ip, frames.len() as u64, "every other frame replayed");
 }
 
+/// Real captures load: a classic pcap cut by a snap length (`tcpdump -s 128`) and a pcapng
+/// file with nanosecond timestamps, both made from `tcp-failover.pcap` by
+/// `fixtures/traces/captures/make_captures.py`. Until issue 20 the first was refused
+/// (`pcap-file` 2.0 rejects a record longer than the snap length) and the second too (classic
+/// pcap only). Each replays as the trace it holds: the same frames at the same times (the
+/// cut frames padded back to their length), the same flows to the same reals.
+#[test]
+fn real_captures_load_and_replay_as_the_trace_they_hold() {
+    common::require_root();
+    let original = pcap::read(&trace("tcp-failover.pcap")).expect("trace");
+    let captures = common::fixtures().join("traces/captures");
+    let pcapng = pcap::read(&captures.join("tcp-failover.pcapng")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((pcapng.format, pcapng.padded), (pcap::Format::PcapNg, 0));
+    assert_eq!(pcapng.frames, original.frames, "the same frames at the same times");
+    let cut = pcap::read(&captures.join("tcp-snap128.pcap")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((cut.format, cut.padded), (pcap::Format::Pcap, 300), "every segment with a payload was cut");
+    assert_eq!(cut.frames.len(), original.frames.len());
+    for (cut, whole) in cut.frames.iter().zip(&original.frames) {
+        assert_eq!(cut.at, whole.at);
+        // The captured bytes, but for the IPv4 total length the fixture gave the payload.
+        let kept = whole.data.len().min(128);
+        assert_eq!((&cut.data[..16], &cut.data[18..kept]), (&whole.data[..16], &whole.data[18..kept]), "headers kept");
+    }
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
+    let expected = offline::run(&original.frames, &config).expect("replay").summary();
+    for frames in [&pcapng.frames, &cut.frames] {
+        assert_eq!(offline::run(frames, &config).expect("replay").summary(), expected);
+    }
+}
+
+/// A replay with nothing to judge does not pass: a trace none of whose frames is addressed to a
+/// configured VIP is refused before anything runs (until issue 20 it replayed and exited 0),
+/// and an offline replay whose VIP flows the LB never sent on says why it cannot be judged.
+#[test]
+fn a_replay_with_nothing_to_judge_fails_and_says_why() {
+    common::require_root();
+    let path = trace("tcp-failover.pcap");
+    let frames = pcap::read(&path).expect("trace").frames;
+    let text = std::fs::read_to_string(common::fixtures().join("lb/replay.toml")).expect("config");
+    let other = std::env::temp_dir().join(format!("zrlab-other-vip-{}.toml", std::process::id()));
+    std::fs::write(&other, text.replace("203.0.113.10", "203.0.113.99")).expect("write");
+    let config = LbConfig::load(&other).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&other);
+    let refused = config.require_vip_frames(&path, &frames).expect_err("no frame for a VIP");
+    assert!(refused.to_string().contains("none of its 360 frames is addressed to a configured VIP"), "{refused}");
+    let replay = offline::run(&frames, &config).expect("replay");
+    assert_eq!(replay.judged_flows(), 0);
+    assert!(replay.not_judged().is_some_and(|why| why.starts_with("nothing to judge")), "{:?}", replay.not_judged());
+    let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).expect("config");
+    assert_eq!(offline::run(&frames, &config).expect("replay").not_judged(), None);
+}
+
 /// `trace` replayed in the lab with replay scenario `scenario` (under `fixtures/replay/`).
 fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
     common::require_root();
     let spec = ReplaySpec::load(&common::fixtures().join("replay").join(scenario)).unwrap_or_else(|e| panic!("{e}"));
     let path = trace(trace_name);
-    let frames = pcap::read(&path).expect("trace");
+    let frames = pcap::read(&path).expect("trace").frames;
     let out = std::env::temp_dir().join(format!("zrlab-replay-{}-{trace_name}-{scenario}", std::process::id()));
     let opts =
         RunOptions { pacing: Pacing::Speed(1.0), out: out.clone(), service_exe: common::zrlab_exe(), keep: false };
     let replay = common::runtime()
         .block_on(zrlab_replay::lab::run(&path, &frames, &spec, &opts, &mut |_| {}))
         .unwrap_or_else(|e| panic!("{trace_name} with {scenario}: {e}"));
-    for (file, _) in &replay.captures {
-        assert!(out.join(file).exists(), "capture {file} written");
+    for capture in &replay.captures {
+        assert!(out.join(&capture.file).exists(), "capture {} written", capture.file);
+        assert_eq!(capture.dropped, 0, "capture {} lost frames", capture.file);
     }
+    assert_eq!(replay.not_judged(), None, "{trace_name} with {scenario}");
     let _ = std::fs::remove_dir_all(&out);
     replay
 }
@@ -211,7 +265,7 @@ fn lab_replay_matches_offline_replay_without_events() {
     let config = LbConfig::load(&common::fixtures().join("lb/replay.toml")).unwrap_or_else(|e| panic!("{e}"));
     for name in ["tcp-tpr.pcap", "quic.pcap"] {
         let lab = lab_replay(name, "lab.toml");
-        let offline = offline::run(&pcap::read(&trace(name)).expect("trace"), &config).expect("offline");
+        let offline = offline::run(&pcap::read(&trace(name)).expect("trace").frames, &config).expect("offline");
         let offline_reals: std::collections::BTreeMap<&str, &Vec<std::net::IpAddr>> =
             offline.flows.iter().filter(|f| !f.reals.is_empty()).map(|f| (f.flow.as_str(), &f.reals)).collect();
         assert_eq!(lab.flows.len(), offline_reals.len(), "{name}: the same flows reach a real");

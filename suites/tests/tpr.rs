@@ -229,8 +229,8 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
     let replies = bed.exchange(ROUNDS, false);
     let backend = one_backend(&replies);
     let id = bed.registry.id(&backend).expect("registered");
-    let client_frames = client_if.stop().expect("client capture");
-    let lb_frames: Vec<Frame> = lb_side.into_iter().flat_map(|c| c.stop().expect("LB-side capture")).collect();
+    let client_frames = client_if.stop().expect("client capture").frames;
+    let lb_frames: Vec<Frame> = lb_side.into_iter().flat_map(|c| c.stop().expect("LB-side capture").frames).collect();
 
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let client_pcap = dir.join("tpr-wire-client.pcap");

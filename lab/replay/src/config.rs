@@ -32,10 +32,14 @@ use zrlab_control::{
     server_id::Membership,
 };
 use zrlab_host::{
-    error::Result,
+    error::{LabError, Result},
     toml_file::{SpecError, from_table, read_table},
 };
-use zrlab_wire::Proto;
+use zrlab_wire::{
+    Proto,
+    packet::{EthPayload, FrameRepr, IpPayload},
+    pcap::Frame,
+};
 
 /// A VIP and its reals.
 #[derive(Clone, Debug, Deserialize)]
@@ -157,6 +161,33 @@ impl LbConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether `frame` is addressed to one of the VIPs (its address and protocol, and its port
+    /// unless the VIP takes any).
+    pub fn addresses_a_vip(&self, frame: &[u8]) -> bool {
+        let Some(EthPayload::Ip(ip)) = FrameRepr::parse(frame).map(|f| f.payload) else { return false };
+        let (proto, port) = match &ip.payload {
+            IpPayload::Tcp(tcp) => (Proto::Tcp, tcp.dport),
+            IpPayload::Udp(udp) => (Proto::Udp, udp.dport),
+            _ => return false,
+        };
+        self.vip.iter().any(|v| v.addr == ip.dst && v.proto == proto && (v.port == 0 || v.port == port))
+    }
+
+    /// Fails, naming `trace` and the VIPs, when no frame of `frames` is addressed to a VIP: a
+    /// replay of it would judge nothing and must not pass.
+    pub fn require_vip_frames(&self, trace: &Path, frames: &[Frame]) -> Result<()> {
+        if frames.iter().any(|f| self.addresses_a_vip(&f.data)) {
+            return Ok(());
+        }
+        let vips: Vec<String> = self.vip.iter().map(|v| format!("{} {}:{}", v.proto, v.addr, v.port)).collect();
+        Err(LabError::Usage(format!(
+            "{}: none of its {} frames is addressed to a configured VIP ({}): a replay would judge nothing",
+            trace.display(),
+            frames.len(),
+            vips.join(", ")
+        )))
     }
 
     fn real_of(&self, addr: IpAddr) -> Option<&RealEntry> {

@@ -189,6 +189,17 @@ pub struct LabFlow {
     pub frames: BTreeMap<String, Vec<usize>>,
 }
 
+/// One capture of a lab replay.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureFile {
+    /// Its file, in the replay's output directory.
+    pub file: String,
+    /// Frames it holds.
+    pub frames: usize,
+    /// Frames the kernel dropped before the capture read them.
+    pub dropped: u64,
+}
+
 /// A whole lab replay.
 #[derive(Clone, Debug, Serialize)]
 pub struct LabReplay {
@@ -202,8 +213,8 @@ pub struct LabReplay {
     pub frames_sent: usize,
     /// Events applied, with the packet number after which each was.
     pub events: Vec<TimedEvent>,
-    /// Every capture: file name and frames.
-    pub captures: Vec<(String, usize)>,
+    /// Every capture.
+    pub captures: Vec<CaptureFile>,
     /// Per flow, in order of first arrival at an LB node's output.
     pub flows: Vec<LabFlow>,
     /// The run prefix of a kept lab.
@@ -214,6 +225,17 @@ impl LabReplay {
     /// Flows split between backends.
     pub fn split_flows(&self) -> usize {
         self.flows.iter().filter(|f| f.split).count()
+    }
+
+    /// Why the replay cannot be judged, if it cannot: no flow reached an LB node's output, or a
+    /// capture lost frames (a split could hide in what it did not see).
+    pub fn not_judged(&self) -> Option<String> {
+        let lost: u64 = self.captures.iter().map(|c| c.dropped).sum();
+        if lost > 0 {
+            let which: Vec<&str> = self.captures.iter().filter(|c| c.dropped > 0).map(|c| c.file.as_str()).collect();
+            return Some(format!("the captures lost {lost} frames ({}): the flows cannot be judged", which.join(", ")));
+        }
+        self.flows.is_empty().then(|| "nothing to judge: no flow reached an LB node's output".to_owned())
     }
 
     /// The report in Markdown (also the terminal's summary).
@@ -227,6 +249,9 @@ impl LabReplay {
             self.flows.len(),
             self.split_flows()
         );
+        if let Some(why) = self.not_judged() {
+            let _ = writeln!(out, "**Not judged**: {why}.\n");
+        }
         if self.mapping.is_empty() {
             out.push_str("Addresses: the trace's client addresses are the lab's (no mapping).\n");
         } else {
@@ -239,8 +264,13 @@ impl LabReplay {
             let _ = writeln!(out, "- after packet {}: {}", e.at_packet, zrlab_scenario::runner::describe(&e.event));
         }
         out.push_str("\nCaptures:\n");
-        for (file, frames) in &self.captures {
-            let _ = writeln!(out, "- `{file}`: {frames} frames");
+        for c in &self.captures {
+            let lost = if c.dropped > 0 {
+                format!(", **{} lost** (the kernel dropped them)", c.dropped)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "- `{}`: {} frames{lost}", c.file, c.frames);
         }
         if let Some(prefix) = &self.kept {
             let _ = writeln!(
@@ -295,6 +325,7 @@ pub async fn run(
     progress: &mut dyn FnMut(String),
 ) -> Result<LabReplay> {
     let (pacing, out) = (opts.pacing, opts.out.as_path());
+    spec.config.require_vip_frames(trace, frames)?;
     if let Some(e) = spec.events.iter().find(|e| e.at_packet > frames.len()) {
         return Err(LabError::Usage(format!(
             "{}: an event is at packet {}, but the trace has {} frames",
@@ -396,12 +427,13 @@ pub async fn run(
     let mut files = Vec::new();
     let mut seen: BTreeMap<String, Vec<Frame>> = BTreeMap::new();
     for (name, capture) in captures {
-        let frames = capture.stop()?;
+        let captured = capture.stop()?;
         let file = format!("{name}.pcap");
         let path = out.join(&file);
-        zrlab_wire::pcap::write(&path, &frames).map_err(|e| LabError::os("write", path.display().to_string(), e))?;
-        files.push((file, frames.len()));
-        seen.entry(name).or_default().extend(frames);
+        zrlab_wire::pcap::write(&path, &captured.frames)
+            .map_err(|e| LabError::os("write", path.display().to_string(), e))?;
+        files.push(CaptureFile { file, frames: captured.frames.len(), dropped: captured.dropped });
+        seen.entry(name).or_default().extend(captured.frames);
     }
     drop(deployment);
     let kept = if opts.keep {
@@ -666,9 +698,11 @@ fn judge(seen: &BTreeMap<String, Vec<Frame>>, down: &[String]) -> Vec<LabFlow> {
             }
         }
     }
+    // Split by what the LB nodes chose (more than one real) or by what the backends received
+    // or which sockets answered, unless one of its backends was taken down.
     for flow in &mut flows {
-        flow.split =
-            (flow.backends.len() > 1 || flow.sockets.len() > 1) && !flow.backends.iter().any(|b| down.contains(b));
+        let moved = flow.reals.len() > 1 || flow.backends.len() > 1 || flow.sockets.len() > 1;
+        flow.split = moved && !flow.backends.iter().any(|b| down.contains(b));
     }
     flows
 }

@@ -39,6 +39,8 @@ pub struct FlowSummary {
     pub reals: Vec<IpAddr>,
     /// Frame numbers (1-based) where the real changed.
     pub moved_at: Vec<usize>,
+    /// Whether its frames are addressed to a configured VIP (only those flows are judged).
+    pub to_vip: bool,
     /// The real of its last transmitted frame.
     #[serde(skip)]
     last_real: Option<IpAddr>,
@@ -73,16 +75,32 @@ impl Offline {
         self.flows.iter().filter(|f| f.split()).count()
     }
 
+    /// Flows the replay judges: addressed to a VIP, with at least one frame the LB sent on.
+    pub fn judged_flows(&self) -> usize {
+        self.flows.iter().filter(|f| f.to_vip && !f.reals.is_empty()).count()
+    }
+
+    /// Why the replay cannot be judged, if it cannot: no flow to judge is no pass.
+    pub fn not_judged(&self) -> Option<String> {
+        (self.judged_flows() == 0).then(|| {
+            format!(
+                "nothing to judge: of {} flows, none addressed to a configured VIP had a frame the LB sent on",
+                self.flows.len()
+            )
+        })
+    }
+
     /// A stable text summary (the suites snapshot it).
     pub fn summary(&self) -> String {
         let verdicts =
             |v: &BTreeMap<&str, u64>| v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
         let mut out = format!(
-            "frames {} (non-IP skipped {}): {}\nflows {}, split {}\n",
+            "frames {} (non-IP skipped {}): {}\nflows {}, judged {}, split {}\n",
             self.frames,
             self.skipped_non_ip,
             verdicts(&self.verdicts),
             self.flows.len(),
+            self.judged_flows(),
             self.split_flows()
         );
         for f in &self.flows {
@@ -133,6 +151,7 @@ pub fn run(frames: &[Frame], config: &LbConfig) -> Result<Offline> {
         let at = *index.entry(flow.clone()).or_insert_with(|| {
             flows.push(FlowSummary {
                 flow,
+                to_vip: config.addresses_a_vip(&frame.data),
                 first_frame: number,
                 frames: 0,
                 verdicts: BTreeMap::new(),

@@ -21,3 +21,13 @@ impl Proto {
         }
     }
 }
+
+impl std::fmt::Display for Proto {
+    /// As files and reports write it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}

@@ -114,7 +114,7 @@ enum Command {
     Replay {
         #[command(subcommand)]
         replay: Option<Replay>,
-        /// The trace (classic pcap, Ethernet).
+        /// The trace (pcap or pcapng, Ethernet; records cut by a snap length are padded).
         trace: Option<PathBuf>,
         /// The replay scenario: topology, LB nodes, LB configuration, events by packet number
         /// (see `zrlab_replay::lab`) [default: <fixtures>/replay/lab.toml].
@@ -206,7 +206,7 @@ enum Replay {
     /// Every frame through the XDP LB with BPF_PROG_TEST_RUN (no lab): verdicts, the frames it
     /// sent, and which real each flow went to. Exits 1 when a flow was split between reals.
     Offline {
-        /// The trace (classic pcap, Ethernet).
+        /// The trace (pcap or pcapng, Ethernet; records cut by a snap length are padded).
         trace: PathBuf,
         /// The LB configuration (VIPs, reals, states, server ids; see `zrlab_replay::config`).
         #[arg(long)]
@@ -486,7 +486,7 @@ async fn run_lab_replay(
     keep: bool,
     out: &Path,
 ) -> Result<ExitCode> {
-    let frames = zrlab_wire::pcap::read(trace)?;
+    let frames = read_trace(trace)?;
     let spec = zrlab_replay::lab::ReplaySpec::load(scenario)?;
     let dir = out.join("replay");
     let mut progress = |step: String| eprintln!("replay: {step}");
@@ -501,17 +501,26 @@ async fn run_lab_replay(
     out!("{markdown}");
     std::fs::write(dir.join("report.md"), &markdown).with_context(|| format!("writing {}", dir.display()))?;
     write_json(&dir, "report.json", &replay)?;
+    if let Some(why) = replay.not_judged() {
+        eprintln!("zrlab: replay of {}: {why}", trace.display());
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(if replay.split_flows() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {
     match replay {
         Replay::Offline { trace, config, output } => {
-            let frames = zrlab_wire::pcap::read(&trace)?;
+            let frames = read_trace(&trace)?;
             let config = zrlab_replay::config::LbConfig::load(&config)?;
+            config.require_vip_frames(&trace, &frames)?;
             eprintln!("replaying {} frames of {} through xdp_lb...", frames.len(), trace.display());
             let replay = zrlab_replay::offline::run(&frames, &config)?;
             out!("{}", replay.summary());
+            if let Some(why) = replay.not_judged() {
+                eprintln!("zrlab: replay of {}: {why}", trace.display());
+                return Ok(ExitCode::FAILURE);
+            }
             if let Some(path) = output {
                 zrlab_wire::pcap::write(&path, &replay.outputs)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -521,6 +530,17 @@ fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {
             Ok(if replay.split_flows() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// Reads a trace and says what reading it took (its format, frames padded after a snap length).
+fn read_trace(path: &Path) -> Result<Vec<zrlab_wire::pcap::Frame>> {
+    let trace = zrlab_wire::pcap::read(path)?;
+    let padded = match trace.padded {
+        0 => String::new(),
+        n => format!("; {n} frames cut by the capture's snap length, padded with zeros to their original length"),
+    };
+    eprintln!("{}: {:?}, {} frames{padded}", path.display(), trace.format, trace.frames.len());
+    Ok(trace.frames)
 }
 
 fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<()> {

@@ -9,6 +9,9 @@
 //! interface towards the LB node).
 //!
 //! [`Capture::start`] returns once the socket is bound: nothing sent after it is missed.
+//! [`Capture::stop`] also returns how many frames the kernel dropped because the socket's
+//! queue was full (`PACKET_STATISTICS`): a capture that lost frames must say so, or a judgement
+//! made from it could pass on what it never saw.
 //! [`Injector`] sends frames out of an interface through the same kind of socket (replays).
 
 mod inject;
@@ -35,13 +38,25 @@ pub use zrlab_wire::pcap::Frame;
 const POLL: Duration = Duration::from_millis(20);
 /// Largest frame kept whole (the lab's MTUs are at most 1600).
 const SNAPLEN: usize = 4096;
+/// The capture socket's receive queue, in bytes.
+const RECEIVE_QUEUE: libc::c_int = 64 << 20;
+
+/// What a capture saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Captured {
+    /// The frames, in order.
+    pub frames: Vec<Frame>,
+    /// Frames the kernel dropped before the capture could read them (its socket's queue was
+    /// full).
+    pub dropped: u64,
+}
 
 /// A running capture; [`Capture::stop`] returns what it saw.
 #[derive(Debug)]
 pub struct Capture {
     stop: Arc<AtomicBool>,
     seen: Arc<std::sync::atomic::AtomicUsize>,
-    thread: Option<JoinHandle<Result<io::Result<Vec<Frame>>>>>,
+    thread: Option<JoinHandle<Result<io::Result<Captured>>>>,
     what: String,
 }
 
@@ -63,7 +78,7 @@ impl Capture {
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
-                    return Ok(Vec::new());
+                    return Ok(Captured::default());
                 }
             };
             read_until(&socket, &thread_stop, &thread_seen)
@@ -80,8 +95,8 @@ impl Capture {
         self.seen.load(Ordering::SeqCst)
     }
 
-    /// Stops the capture and returns every frame it saw, in order.
-    pub fn stop(mut self) -> Result<Vec<Frame>> {
+    /// Stops the capture and returns every frame it saw, in order, and how many it lost.
+    pub fn stop(mut self) -> Result<Captured> {
         self.stop.store(true, Ordering::SeqCst);
         let thread = self.thread.take().expect("a running capture has its thread");
         let frames = thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
@@ -122,11 +137,22 @@ pub fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     addr.sll_protocol = all;
     addr.sll_ifindex = index as i32;
     let timeout = libc::timeval { tv_sec: 0, tv_usec: POLL.as_micros() as libc::suseconds_t };
+    // A replay sends its trace at the recorded pacing, often a burst of hundreds of frames in
+    // microseconds: the default queue (about 200 KiB of buffers, some 300 small frames) lost a
+    // third of a failover's frames at one tap. Root may go past `rmem_max` (per socket only).
+    let queue: libc::c_int = RECEIVE_QUEUE;
     use std::os::fd::AsRawFd as _;
     // SAFETY: the pointers and lengths describe live locals.
     unsafe {
         if libc::bind(socket.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
             != 0
+            || libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const queue).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) != 0
             || libc::setsockopt(
                 socket.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -141,12 +167,12 @@ pub fn open(ifname: &str) -> io::Result<std::os::fd::OwnedFd> {
     Ok(socket)
 }
 
-/// Reads frames until `stop` is set, counting them in `seen`.
+/// Reads frames until `stop` is set, counting them in `seen`; then reads the socket's drop count.
 fn read_until(
     socket: &std::os::fd::OwnedFd,
     stop: &AtomicBool,
     seen: &std::sync::atomic::AtomicUsize,
-) -> io::Result<Vec<Frame>> {
+) -> io::Result<Captured> {
     use std::os::fd::AsRawFd as _;
     let mut frames = Vec::new();
     let mut buf = vec![0u8; SNAPLEN];
@@ -160,7 +186,7 @@ fn read_until(
             match err.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
                     if last {
-                        return Ok(frames);
+                        return Ok(Captured { frames, dropped: dropped(socket)? });
                     }
                     last = stop.load(Ordering::SeqCst);
                     continue;
@@ -172,4 +198,26 @@ fn read_until(
         frames.push(Frame { at, data: buf[..n as usize].to_vec() });
         seen.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// The frames the kernel dropped on `socket` since it was opened (`PACKET_STATISTICS`, read
+/// once: reading resets the counters).
+fn dropped(socket: &std::os::fd::OwnedFd) -> io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut stats = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: the pointers and length describe a live local.
+    if unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&raw mut stats).cast(),
+            &raw mut len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(stats.tp_drops))
 }

@@ -126,7 +126,12 @@ impl Timeline {
 
     /// Whether a client stall overlaps the interval from `from_s` to `to_s`.
     fn stalled_during(&self, from_s: f64, to_s: f64) -> bool {
-        self.stalls.iter().any(|&(a, b)| a < to_s && from_s < b)
+        self.stalled_for(from_s, to_s) > 0.0
+    }
+
+    /// How long, in seconds, the client's thread could not run between `from_s` and `to_s`.
+    fn stalled_for(&self, from_s: f64, to_s: f64) -> f64 {
+        self.stalls.iter().map(|&(a, b)| (b.min(to_s) - a.max(from_s)).max(0.0)).sum()
     }
 
     /// Records an event at `at_s`, in time order (an event may be recorded after a later one:
@@ -160,10 +165,11 @@ impl Timeline {
     }
 
     /// The longest time, in milliseconds, between two consecutive replies of one of the flows
-    /// `counted` picks, over the gaps no client stall overlapped: a service that pauses shorter
-    /// than the drop timeout shows here and nowhere else. A flow that `ended` (reset, stalled,
-    /// closed: it got no reply any more) counts its last gap until the last reply of the run.
-    /// `None` when no such flow had two replies and none ended after a reply.
+    /// `counted` picks, less the time the client's own thread could not run in between: a
+    /// service that pauses shorter than the drop timeout shows here and nowhere else. A flow
+    /// that `ended` (reset, stalled, closed: it got no reply any more) counts its last gap until
+    /// the last reply of the run. `None` when no such flow had two replies and none ended after
+    /// a reply.
     pub fn max_reply_gap_ms(&self, counted: impl Fn(u32) -> bool, ended: impl Fn(u32) -> bool) -> Option<u64> {
         let mut last: BTreeMap<u32, f64> = BTreeMap::new();
         let mut gaps = Vec::new();
@@ -174,10 +180,7 @@ impl Timeline {
         }
         let end = self.samples.iter().map(|s| s.received_s).fold(0.0, f64::max);
         gaps.extend(last.iter().filter(|(flow, _)| ended(**flow)).map(|(_, at)| (*at, end)));
-        gaps.iter()
-            .filter(|(from, to)| !self.stalled_during(*from, *to))
-            .map(|(from, to)| ((to - from).max(0.0) * 1000.0).round() as u64)
-            .max()
+        gaps.iter().map(|&(from, to)| ((to - from - self.stalled_for(from, to)).max(0.0) * 1000.0).round() as u64).max()
     }
 
     /// How far, in percent, the share of offered requests answered per second fell below that
@@ -337,19 +340,23 @@ mod tests {
     #[test]
     fn the_longest_gap_between_replies_shows_a_pause_under_the_drop_timeout() {
         let mut t = Timeline::default();
-        // Flow 1 every 100 ms, with one 350 ms pause; flow 2 with a 500 ms gap a stall overlaps.
+        // Flow 1 every 100 ms, with one 350 ms pause; flow 2 with a 350 ms gap in which the
+        // client itself could not run for 200 ms.
         for at in [2.0, 2.1, 2.2, 2.55, 2.65] {
             t.replied(1, at - 0.01, at);
         }
-        for at in [1.0, 1.5, 1.6] {
+        for at in [1.0, 1.35, 1.45] {
             t.replied(2, at - 0.01, at);
         }
-        t.stall(1.2, 1.3);
+        t.stall(1.1, 1.3);
         let running = |_| false;
         assert_eq!(t.max_reply_gap_ms(|_| true, running), Some(350));
-        assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, running), Some(100), "the stalled gap is not judged");
+        assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, running), Some(150), "the client's stall is taken out");
         assert_eq!(t.max_reply_gap_ms(|_| false, running), None);
-        // Flow 2 ended after its last reply (a reset): no reply from 1.6 to the run's last, 2.65.
-        assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, |flow| flow == 2), Some(1050));
+        // Flow 2 ended after its last reply (a reset): no reply from 1.45 to the run's last,
+        // 2.65; a stall in that time is taken out, not the whole gap.
+        assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, |flow| flow == 2), Some(1200));
+        t.stall(2.0, 2.1);
+        assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, |flow| flow == 2), Some(1100));
     }
 }
