@@ -223,6 +223,35 @@ fn a_replay_with_nothing_to_judge_fails_and_says_why() {
     assert_eq!(offline::run(&frames, &config).expect("replay").not_judged(), None);
 }
 
+/// `zrlab --junit F replay offline`: the XML, read back by a JUnit parser, has one case for
+/// the replay and one per judged flow, all passing for a committed trace; with a configuration
+/// whose VIP no frame is addressed to, the command fails and names the reason.
+#[test]
+fn replay_offline_writes_junit_one_case_per_judged_flow() {
+    common::require_root();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("junit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let xml = dir.join("replay.xml");
+    let run = std::process::Command::new(common::zrlab_exe())
+        .args(["--out".as_ref(), dir.as_os_str(), "--junit".as_ref(), xml.as_os_str()])
+        .args(["replay".as_ref(), "offline".as_ref(), trace("tcp-failover.pcap").as_os_str()])
+        .args(["--config".as_ref(), common::fixtures().join("lb/replay.toml").as_os_str()])
+        .output()
+        .expect("zrlab replay offline");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let text = std::fs::read_to_string(&xml).expect("the JUnit file");
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
+    assert_eq!(cases.len(), 61, "the replay itself and its 60 flows");
+    assert!(cases.iter().all(|c| !c.children().any(|n| n.has_tag_name("failure"))), "{text}");
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.attribute("name") == Some("tcp 198.51.100.2:20000 > 203.0.113.10:8080 stays on one real"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `trace` replayed in the lab with replay scenario `scenario` (under `fixtures/replay/`).
 fn lab_replay(trace_name: &str, scenario: &str) -> LabReplay {
     common::require_root();

@@ -48,7 +48,7 @@ pub struct FlowSummary {
 
 impl FlowSummary {
     /// Whether the flow went to more than one real.
-    pub(crate) fn split(&self) -> bool {
+    pub fn split(&self) -> bool {
         self.reals.len() > 1
     }
 }

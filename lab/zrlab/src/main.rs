@@ -6,6 +6,7 @@
 //! down on success, failure, panic, SIGINT and SIGTERM.
 
 mod bench;
+mod junit;
 mod keep;
 
 use std::{
@@ -68,6 +69,10 @@ struct Cli {
     /// third from second to second on its own).
     #[arg(long, global = true, env = "ZRLAB_CAPACITY", value_enum, default_value_t = Capacity::Judge)]
     capacity: Capacity,
+    /// Also write the results as JUnit XML to this file (the scenarios, or a replay's flows):
+    /// for CI test reporters. With `run`, `replay` and the default scenarios.
+    #[arg(long, global = true)]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +315,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         runtime.block_on(crate::keep::keep(args)).context("keeper")?;
         return Ok(ExitCode::SUCCESS);
     }
+    let junit = cli.junit.as_deref();
+    if junit.is_some() && !matches!(cli.command, None | Some(Command::Run { .. } | Command::Replay { .. })) {
+        bail!("--junit applies to `run`, `replay` and the default scenarios");
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(zrlab_host::LabError::NotPrivileged("run it as root (or through sudo)".into()));
@@ -330,16 +339,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Run { files, keep }) => {
-            runtime.block_on(run_files(&files, keep, cli.time_scale, cli.capacity, out))
+            runtime.block_on(run_files(&files, keep, cli.time_scale, cli.capacity, out, junit))
         }
         None => {
             let files = default_scenarios(&cli.fixtures.join("scenarios"))?;
-            runtime.block_on(run_files(&files, false, cli.time_scale, cli.capacity, out))
+            runtime.block_on(run_files(&files, false, cli.time_scale, cli.capacity, out, junit))
         }
         Some(Command::Bench { bench }) => runtime.block_on(run_bench(bench, &cli.fixtures, out)),
         Some(Command::Features { json, list }) => runtime.block_on(run_features(json.as_deref(), list.as_deref())),
         Some(Command::Trace { trace }) => run_trace(trace),
-        Some(Command::Replay { replay: Some(replay), .. }) => run_replay(replay, out),
+        Some(Command::Replay { replay: Some(replay), .. }) => run_replay(replay, out, junit),
         Some(Command::Replay { replay: None, trace, scenario, speed, top, keep }) => {
             let trace = trace.ok_or_else(|| anyhow::anyhow!("replay needs a trace file (or `offline ...`)"))?;
             let scenario = scenario.unwrap_or_else(|| cli.fixtures.join("replay/lab.toml"));
@@ -350,7 +359,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 anyhow::bail!("--speed must be a positive number, not {speed}");
             };
-            runtime.block_on(run_lab_replay(&trace, &scenario, pacing, keep, out))
+            runtime.block_on(run_lab_replay(&trace, &scenario, pacing, keep, out, junit))
         }
         Some(Command::Status { run, json }) => run_status(run.as_deref(), json),
         Some(Command::Event { run, action, fields }) => run_event(run.as_deref(), &action, &fields),
@@ -485,6 +494,7 @@ async fn run_lab_replay(
     pacing: zrlab_replay::lab::Pacing,
     keep: bool,
     out: &Path,
+    junit: Option<&Path>,
 ) -> Result<ExitCode> {
     let frames = read_trace(trace)?;
     let spec = zrlab_replay::lab::ReplaySpec::load(scenario)?;
@@ -501,6 +511,9 @@ async fn run_lab_replay(
     out!("{markdown}");
     std::fs::write(dir.join("report.md"), &markdown).with_context(|| format!("writing {}", dir.display()))?;
     write_json(&dir, "report.json", &replay)?;
+    if let Some(path) = junit {
+        junit::write(path, &junit::replay_lab(&replay))?;
+    }
     if let Some(why) = replay.not_judged() {
         eprintln!("zrlab: replay of {}: {why}", trace.display());
         return Ok(ExitCode::FAILURE);
@@ -508,7 +521,7 @@ async fn run_lab_replay(
     Ok(if replay.split_flows() == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {
+fn run_replay(replay: Replay, out: &Path, junit: Option<&Path>) -> Result<ExitCode> {
     match replay {
         Replay::Offline { trace, config, output } => {
             let frames = read_trace(&trace)?;
@@ -517,6 +530,9 @@ fn run_replay(replay: Replay, out: &Path) -> Result<ExitCode> {
             eprintln!("replaying {} frames of {} through xdp_lb...", frames.len(), trace.display());
             let replay = zrlab_replay::offline::run(&frames, &config)?;
             out!("{}", replay.summary());
+            if let Some(path) = junit {
+                junit::write(path, &junit::replay_offline(&trace, &replay))?;
+            }
             if let Some(why) = replay.not_judged() {
                 eprintln!("zrlab: replay of {}: {why}", trace.display());
                 return Ok(ExitCode::FAILURE);
@@ -581,7 +597,14 @@ fn default_scenarios(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(defaults)
 }
 
-async fn run_files(files: &[PathBuf], keep: bool, time_scale: u32, capacity: Capacity, out: &Path) -> Result<ExitCode> {
+async fn run_files(
+    files: &[PathBuf],
+    keep: bool,
+    time_scale: u32,
+    capacity: Capacity,
+    out: &Path,
+    junit: Option<&Path>,
+) -> Result<ExitCode> {
     // Parse everything first: a bad file fails before any topology is built.
     let scenarios = files.iter().map(|f| Scenario::load(f)).collect::<Result<Vec<_>, _>>()?;
     let cleaned = clean::clean(Scope::Crashed)?;
@@ -623,6 +646,10 @@ async fn run_files(files: &[PathBuf], keep: bool, time_scale: u32, capacity: Cap
     out!("{}", report.table());
     report.write(out)?;
     outln!("report: {}/report.json, report.md", out.display());
+    if let Some(path) = junit {
+        junit::write(path, &junit::lab(&report))?;
+        outln!("JUnit: {}", path.display());
+    }
     Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

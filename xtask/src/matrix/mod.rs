@@ -75,6 +75,9 @@ pub(crate) struct Options {
     /// instead of running anything.
     #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["kernels", "no_host", "rows"])]
     merge: Vec<PathBuf>,
+    /// Also write the matrix as JUnit XML to this file (one case per cell) for CI reporters.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 /// The `--accel` choices.
@@ -98,7 +101,7 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     let workspace = exec::workspace_root();
     let target = workspace.join("target/matrix");
     if !opts.merge.is_empty() {
-        return merge(&opts.merge, &target);
+        return merge(&opts.merge, &target, opts.junit.as_deref());
     }
     let all = config::kernels(&workspace.join("ci/kernels.toml"))?;
     let series: Vec<String> = opts.kernels.iter().filter(|k| *k != "host").cloned().collect();
@@ -168,14 +171,19 @@ pub(crate) fn run(opts: Options) -> Result<()> {
         };
         report.kernels.push(column);
     }
-    finish(&report, &target, started)
+    finish(&report, &target, started, opts.junit.as_deref())
 }
 
 /// Prints the table, writes the report files, and fails on any unexpected cell.
-fn finish(report: &Report, target: &Path, started: Instant) -> Result<()> {
+fn finish(report: &Report, target: &Path, started: Instant, junit: Option<&Path>) -> Result<()> {
     println!("\n{}", report.table());
     report.write(target)?;
     println!("report: {}/report.json, report.md ({:.0} s)", target.display(), started.elapsed().as_secs_f64());
+    if let Some(path) = junit {
+        let xml = report.junit().to_string().context("serialising the JUnit report")?;
+        std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))?;
+        println!("JUnit: {}", path.display());
+    }
     if !report.ok() {
         bail!("{} unexpected result(s) in the kernel matrix (the FAIL cells above)", report.unexpected());
     }
@@ -183,14 +191,14 @@ fn finish(report: &Report, target: &Path, started: Instant) -> Result<()> {
 }
 
 /// `--merge`: one report from the shards' reports.
-fn merge(files: &[PathBuf], target: &Path) -> Result<()> {
+fn merge(files: &[PathBuf], target: &Path, junit: Option<&Path>) -> Result<()> {
     let mut report = Report::default();
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let shard: Report = serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
         report.kernels.extend(shard.kernels);
     }
-    finish(&report, target, Instant::now())
+    finish(&report, target, Instant::now(), junit)
 }
 
 /// The tools of VM runs.

@@ -202,6 +202,37 @@ impl Report {
         out
     }
 
+    /// The matrix as JUnit XML (`--junit`): one suite per kernel, one case per cell; a cell
+    /// that is not a pass is a failure (`FAIL`) or skipped with its reason (a missing feature,
+    /// "not judged"); an expected finding passes and says what was found.
+    pub(crate) fn junit(&self) -> quick_junit::Report {
+        use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+        let mut out = quick_junit::Report::new("cargo xtask matrix");
+        for kernel in &self.kernels {
+            let mut suite = TestSuite::new(format!("kernel {} ({}, {})", kernel.series, kernel.release, kernel.accel));
+            for cell in &kernel.cells {
+                let status = match cell.result {
+                    Outcome::Pass | Outcome::ExpectedFinding => TestCaseStatus::success(),
+                    Outcome::Skip | Outcome::NotJudged => {
+                        let mut status = TestCaseStatus::skipped();
+                        status.set_message(format!("{}: {}", cell.result.short(), cell.detail));
+                        status
+                    }
+                    Outcome::Fail => {
+                        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                        status.set_message(cell.detail.clone());
+                        status
+                    }
+                };
+                let mut case = TestCase::new(cell.row.clone(), status);
+                case.set_classname(format!("matrix.{}", kernel.series)).set_system_out(cell.detail.clone());
+                suite.add_test_case(case);
+            }
+            out.add_test_suite(suite);
+        }
+        out
+    }
+
     /// Writes `report.json` and `report.md` into `dir`.
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -268,6 +299,31 @@ mod tests {
     #[test]
     fn markdown() {
         insta::assert_snapshot!(sample().markdown());
+    }
+
+    /// The JUnit XML, read back by a parser of its own: a suite per kernel, the FAIL cell a
+    /// failure with its detail, the skip skipped with its reason, the expected finding a pass.
+    #[test]
+    fn junit_reads_back_one_case_per_cell() {
+        let xml = sample().junit().to_string().expect("serialise");
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let suites: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testsuite")).collect();
+        assert_eq!(suites.len(), 3);
+        let case = |suite: usize, row: &str| {
+            suites[suite]
+                .children()
+                .find(|n| n.has_tag_name("testcase") && n.attribute("name") == Some(row))
+                .expect(row)
+        };
+        fn has<'a, 'i>(node: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
+            node.children().find(|n| n.has_tag_name(tag))
+        }
+        assert!(has(case(0, "suite:port443-scaling"), "failure").is_none());
+        let skipped = has(case(1, "feature:select-or-migrate"), "skipped").expect("skipped");
+        assert_eq!(skipped.attribute("message"), Some("skip: absent (table: 5.14+)"));
+        assert!(has(case(1, "suite:port443-scaling"), "failure").is_none(), "an expected finding passes");
+        let failure = has(case(2, "boot"), "failure").expect("a failure");
+        assert_eq!(failure.attribute("message"), Some("guest did not finish | hung"));
     }
 
     #[test]

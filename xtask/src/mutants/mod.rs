@@ -23,7 +23,7 @@ mod operators;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -48,6 +48,9 @@ pub(crate) struct Options {
     /// List the mutants and exit, running nothing.
     #[arg(long)]
     list: bool,
+    /// Also write the results as JUnit XML to this file (one case per mutant) for CI reporters.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 /// A part of the code with the suites that exercise it.
@@ -205,6 +208,45 @@ struct Judged {
     reason: Option<String>,
 }
 
+/// The results as JUnit XML: one suite per component, one case per mutant, named by file, line
+/// and mutation. A survivor is a failure (the suites let a fault through); a killed or timed-out
+/// mutant passes; an equivalent one is skipped with its reason, an unviable one as "did not
+/// build".
+fn junit(results: &[Judged]) -> quick_junit::Report {
+    use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+    let mut out = quick_junit::Report::new("cargo xtask mutants");
+    for component in COMPONENTS.map(|c| c.name) {
+        let mut suite = TestSuite::new(format!("mutants {component}"));
+        for r in results.iter().filter(|r| r.mutant.component == component) {
+            let status = match r.outcome {
+                Outcome::Killed | Outcome::TimedOut => TestCaseStatus::success(),
+                Outcome::Survived => {
+                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    status.set_message(format!("survived: the suites pass with `{}` mutated", r.mutant.code));
+                    status
+                }
+                Outcome::Equivalent => {
+                    let mut status = TestCaseStatus::skipped();
+                    status.set_message(format!("equivalent: {}", r.reason.as_deref().unwrap_or("")));
+                    status
+                }
+                Outcome::Unviable => {
+                    let mut status = TestCaseStatus::skipped();
+                    status.set_message("unviable: the mutant did not build");
+                    status
+                }
+            };
+            let mut case = TestCase::new(format!("{}:{}: {}", r.mutant.file, r.mutant.line, r.mutant.what), status);
+            case.set_classname(format!("mutants.{component}")).set_time(Duration::from_secs_f64(r.seconds));
+            suite.add_test_case(case);
+        }
+        if suite.tests > 0 {
+            out.add_test_suite(suite);
+        }
+    }
+    out
+}
+
 /// An entry of `ci/mutants/equivalent.toml`.
 #[derive(Deserialize)]
 struct Equivalent {
@@ -323,6 +365,10 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report.json)?)?;
     print!("{}", report.markdown);
     eprintln!("[mutants] report: {}/report.{{json,md}}", out.display());
+    if let Some(path) = &opts.junit {
+        let xml = junit(&results).to_string().context("serialising the JUnit report")?;
+        std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))?;
+    }
     if results.iter().any(|r| r.outcome == Outcome::Survived) {
         bail!("mutants survived: kill each with a test, or list it in ci/mutants/equivalent.toml with the reason");
     }
@@ -601,6 +647,43 @@ fn report(results: &[Judged], wall: Duration) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The JUnit XML, read back by a parser of its own: one case per mutant, the survivor a
+    /// failure, the equivalent one skipped with its reason, the killed one a pass.
+    #[test]
+    fn junit_reads_back_one_case_per_mutant() {
+        let mutant = |line: usize, what: &str| Mutant {
+            component: "judging",
+            file: "lab/workload/src/accounting.rs".into(),
+            line,
+            what: what.into(),
+            code: "self.misroutes += 1".into(),
+            edit: Edit::Line(String::new()),
+        };
+        let judged = |line, outcome, reason: Option<&str>| Judged {
+            mutant: mutant(line, "replace += with -="),
+            outcome,
+            seconds: 30.0,
+            reason: reason.map(str::to_owned),
+        };
+        let results = [
+            judged(10, Outcome::Killed, None),
+            judged(11, Outcome::Survived, None),
+            judged(12, Outcome::Equivalent, Some("the counter is only compared with zero")),
+        ];
+        let xml = junit(&results).to_string().unwrap();
+        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
+        let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
+        assert_eq!(cases.len(), 3);
+        let child = |i: usize, tag: &str| cases[i].children().find(|n| n.has_tag_name(tag));
+        assert!(child(0, "failure").is_none() && child(0, "skipped").is_none());
+        assert_eq!(cases[1].attribute("name"), Some("lab/workload/src/accounting.rs:11: replace += with -="));
+        assert!(child(1, "failure").is_some_and(|f| f.attribute("message").unwrap_or("").starts_with("survived")));
+        assert_eq!(
+            child(2, "skipped").and_then(|n| n.attribute("message")),
+            Some("equivalent: the counter is only compared with zero")
+        );
+    }
 
     #[test]
     fn shards_and_spans() {
