@@ -821,3 +821,32 @@ fn outer_v4(inner: &[u8], dst: &str) -> Vec<u8> {
     frame.extend_from_slice(inner_ip);
     fix_ipv4_checksum(frame)
 }
+
+/// `lab status` shows the rings as the kernel holds them (`Balancer::ring_in_kernel`: the ring
+/// map `LB_RINGS` points at, each slot's real read from `LB_REALS`), not as the control plane
+/// computed them: every slot is a real's, each real owns the share Maglev gives it, and a real
+/// marked down owns none once the new ring is swapped in.
+#[test]
+fn the_ring_status_shows_is_read_from_the_kernel() {
+    common::require_root();
+    let mut fx = Fixture::new();
+    for (vip, reals) in fixture_vips() {
+        let backends: Vec<_> = reals.iter().map(zrlab_control::lb::RealSpec::backend).collect();
+        let ring = zrlab_control::lb::maglev::build(&backends, vip.options.ring_size).expect("ring");
+        let expected = zrlab_control::lb::maglev::slots_per_backend(&ring, backends.len());
+        let held = fx.lb.ring_in_kernel(&vip).expect("read the kernel's ring");
+        assert_eq!(held.values().sum::<u32>(), vip.options.ring_size, "{}: every slot is a real's", vip.addr);
+        for (real, slots) in reals.iter().zip(&expected) {
+            assert_eq!(held.get(&real.addr).copied().unwrap_or(0), *slots, "{}: {}", vip.addr, real.addr);
+        }
+        if reals.len() < 2 {
+            continue;
+        }
+        let mut down = reals.clone();
+        down[0].up = false;
+        fx.lb.set_vip(&vip, &down).expect("mark a real down");
+        let held = fx.lb.ring_in_kernel(&vip).expect("read the kernel's ring");
+        assert_eq!(held.get(&down[0].addr), None, "{}: the down real owns no slot", vip.addr);
+        assert_eq!(held.values().sum::<u32>(), vip.options.ring_size);
+    }
+}

@@ -39,8 +39,8 @@ pub struct LbStatus {
     pub reals: Vec<(String, IpAddr, u32, bool)>,
     /// The live-id table: id -> backend.
     pub live_ids: BTreeMap<u32, String>,
-    /// Per VIP, the ring's slots per backend (the same pure function of configuration and
-    /// health every LB node computed).
+    /// Per VIP, the ring's slots per backend, read from the LB nodes' maps (one entry per VIP
+    /// when every node holds the same ring, one per node and VIP when they differ).
     pub rings: Vec<(String, Vec<(String, u32)>)>,
 }
 
@@ -186,32 +186,51 @@ impl Deployment {
     }
 
     /// What the deployment holds now.
-    pub fn status(&self) -> LbStatus {
-        LbStatus {
+    pub fn status(&self) -> Result<LbStatus> {
+        let name = |addr: &IpAddr| {
+            self.reals.iter().find(|(_, r)| r.addr == *addr).map_or_else(|| addr.to_string(), |(node, _)| node.clone())
+        };
+        let mut rings = Vec::new();
+        for v in &self.vips {
+            // Read from every node's maps: the data path's rings, not this process's memory.
+            let per_node: Vec<(String, BTreeMap<IpAddr, u32>)> = self
+                .balancers
+                .iter()
+                .map(|(node, balancer)| Ok((node.clone(), balancer.ring_in_kernel(v)?)))
+                .collect::<Result<_>>()?;
+            let vip = format!("{}:{}/{}", v.addr, v.port, v.proto);
+            let agree = per_node.windows(2).all(|w| w[0].1 == w[1].1);
+            for (node, slots) in per_node.iter().take(if agree { 1 } else { per_node.len() }) {
+                // Every backend, 0 for one without a slot; an address no backend has (a stale
+                // real in the maps) by its address.
+                let mut shares: Vec<(String, u32)> = self
+                    .reals
+                    .iter()
+                    .map(|(node, r)| (node.clone(), slots.get(&r.addr).copied().unwrap_or(0)))
+                    .collect();
+                shares.extend(
+                    slots
+                        .iter()
+                        .filter(|(addr, _)| !self.reals.iter().any(|(_, r)| r.addr == **addr))
+                        .map(|(a, n)| (name(a), *n)),
+                );
+                rings.push((if agree { vip.clone() } else { format!("{vip} on {node}") }, shares));
+            }
+        }
+        Ok(LbStatus {
             programs: self.programs.clone(),
             vips: self
                 .vips
                 .iter()
                 .map(|v| {
                     let ids = if v.options.tcp_id_routing || v.options.quic_id_routing { ", id routing" } else { "" };
-                    format!("{}:{}/{:?}{ids}", v.addr, v.port, v.proto)
+                    format!("{}:{}/{}{ids}", v.addr, v.port, v.proto)
                 })
                 .collect(),
             reals: self.reals.iter().map(|(node, r)| (node.clone(), r.addr, r.weight, r.up)).collect(),
             live_ids: self.registry.live(),
-            rings: self
-                .vips
-                .iter()
-                .map(|v| {
-                    let backends: Vec<_> = self.reals.iter().map(|(_, r)| r.backend()).collect();
-                    let slots = zrlab_control::lb::maglev::build(&backends, v.options.ring_size)
-                        .map(|ring| zrlab_control::lb::maglev::slots_per_backend(&ring, backends.len()))
-                        .unwrap_or_default();
-                    let shares = self.reals.iter().map(|(node, _)| node.clone()).zip(slots).collect();
-                    (format!("{}:{}/{:?}", v.addr, v.port, v.proto), shares)
-                })
-                .collect(),
-        }
+            rings,
+        })
     }
 
     /// The counters of every LB and decap program.

@@ -249,8 +249,17 @@ async fn run_variant(
         if let Some(node) = event.takes_down() {
             down.insert(node.to_owned());
         }
-        if let EventSpec::DrainBackend { backend } = event {
-            drained.insert(backend.clone(), epoch);
+        // The epochs a backend is out of the rings in: from its drain to its restore.
+        match event {
+            EventSpec::DrainBackend { backend } => {
+                drained.entry(backend.clone()).or_insert_with(Vec::new).push(epoch..u64::MAX);
+            }
+            EventSpec::RestoreBackend { backend } => {
+                if let Some(open) = drained.get_mut(backend).and_then(|spans| spans.last_mut()) {
+                    open.end = open.end.min(epoch);
+                }
+            }
+            _ => {}
         }
     }
     step("settling");

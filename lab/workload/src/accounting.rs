@@ -14,7 +14,10 @@
 //!
 //! Pure logic: no I/O, no clock.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::Range,
+};
 
 use serde::Serialize;
 
@@ -148,9 +151,10 @@ pub struct Tally {
 
 impl Tally {
     /// Tallies `flows`, excusing those owned by a node in `down`; `drained` maps each drained
-    /// backend to the epoch its drain completed in (flows opened in that epoch or later must not
-    /// land on it).
-    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>, drained: &BTreeMap<String, u64>) -> Self {
+    /// backend to the epochs it was out of the rings in (from the epoch its drain completed in
+    /// to the one its restore did, open while it stays drained): flows opened then must not
+    /// land on it, flows opened after its restore may.
+    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>, drained: &BTreeMap<String, Vec<Range<u64>>>) -> Self {
         let mut tally = Self::default();
         for flow in flows {
             let owner = flow.owner.as_ref().map(|o| o.node.as_str());
@@ -158,7 +162,10 @@ impl Tally {
                 *tally.owners.entry(node.to_owned()).or_default() += 1;
             }
             tally.late_flows += u64::from(flow.epoch > 0);
-            if owner.and_then(|node| drained.get(node)).is_some_and(|drained_in| flow.epoch >= *drained_in) {
+            if owner
+                .and_then(|node| drained.get(node))
+                .is_some_and(|spans| spans.iter().any(|s| s.contains(&flow.epoch)))
+            {
                 tally.late_on_drained += 1;
             }
             if owner.is_some_and(|node| down.contains(node)) {
@@ -235,10 +242,15 @@ mod tests {
             flow
         };
         // be4 was drained by the second event (epoch 2 from then on).
-        let drained = BTreeMap::from([("be4".to_owned(), 2)]);
+        let drained = BTreeMap::from([("be4".to_owned(), vec![2..u64::MAX])]);
         let flows = [flow(0, "be4"), flow(1, "be4"), flow(2, "be1"), flow(2, "be4"), flow(3, "be4")];
         let tally = Tally::of(&flows, &BTreeSet::new(), &drained);
         assert_eq!(tally.late_flows, 4);
         assert_eq!(tally.late_on_drained, 2, "flows opened in epoch 2 and 3 on be4");
+        // Restored by the fourth event: flows opened from epoch 4 on may land on it again
+        // (until issue 20 they were counted as long as the run lasted).
+        let restored = BTreeMap::from([("be4".to_owned(), vec![2..4])]);
+        let flows = [flow(2, "be4"), flow(3, "be4"), flow(4, "be4"), flow(5, "be4")];
+        assert_eq!(Tally::of(&flows, &BTreeSet::new(), &restored).late_on_drained, 2, "epochs 2 and 3 only");
     }
 }

@@ -508,6 +508,33 @@ impl Balancer {
         self.bpf.xdp(name)
     }
 
+    /// Slots per real address of `vip`'s ring as the kernel holds it: the ring map `LB_RINGS`
+    /// points at for the VIP, each slot's real looked up in `LB_REALS` (what `lab status`
+    /// shows: the data path's state, not the control plane's idea of it). Empty for an
+    /// unknown VIP.
+    pub fn ring_in_kernel(&self, vip: &VipSpec) -> Result<BTreeMap<IpAddr, u32>> {
+        let Some(state) = self.vips.get(&vip.key()) else { return Ok(BTreeMap::new()) };
+        let rings: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
+        let ring = rings.get(&state.num, 0).map_err(map_err("read a ring of LB_RINGS"))?;
+        let reals: Array<_, Real> = Array::try_from(self.map(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
+        let mut per_index: BTreeMap<u32, u32> = BTreeMap::new();
+        for slot in 0..vip.options.ring_size {
+            *per_index.entry(ring.get(&slot, 0).map_err(map_err("read a ring slot"))?).or_default() += 1;
+        }
+        let mut slots = BTreeMap::new();
+        for (index, count) in per_index {
+            let real = reals.get(&index, 0).map_err(map_err("read LB_REALS"))?;
+            let addr = if real.flags & REAL_F_IPV6 != 0 {
+                IpAddr::from(std::array::from_fn::<u8, 16, _>(|i| real.addr[i / 4].to_ne_bytes()[i % 4]))
+            } else {
+                IpAddr::from(real.addr[0].to_ne_bytes())
+            };
+            *slots.entry(addr).or_default() += count;
+        }
+        Ok(slots)
+    }
+
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let blocks: PerCpuArray<_, CounterBlock> =

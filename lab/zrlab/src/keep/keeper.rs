@@ -47,7 +47,8 @@ struct Held {
 
 impl Held {
     fn status(&self) -> Result<Status> {
-        let mut programs = self.deployment.as_ref().map(|d| d.status().programs).unwrap_or_default();
+        let lb = self.deployment.as_ref().map(Deployment::status).transpose()?;
+        let mut programs = lb.as_ref().map(|l| l.programs.clone()).unwrap_or_default();
         if let Some(tpr) = &self.tpr {
             programs.extend(tpr.attachments());
         }
@@ -65,7 +66,7 @@ impl Held {
             keeper: std::process::id(),
             nodes,
             programs,
-            lb: self.deployment.as_ref().map(Deployment::status),
+            lb,
             lb_counters: self.deployment.as_ref().map(Deployment::totals).transpose()?,
             tpr_counters: self.tpr.as_ref().map(TprDeployment::totals).transpose()?,
             events: self.events.clone(),
