@@ -4,7 +4,8 @@
 //! `{"kernel", "time_scale", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
 //! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok", "judged"}],
-//! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending"}],
+//! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending",
+//! "excused"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
 //! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms"} | null,
@@ -15,7 +16,8 @@
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
 //! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
-//! misrouted or dropped, whether or not their owner stayed up: where to start reading when a
+//! misrouted or dropped, whether or not their owner stayed up (`excused` says which: a flow of a
+//! backend taken down is not in the counts): where to start reading when a
 //! verdict fails. `losses` are the kernel's nonzero drop counters in the main run's namespaces
 //! (see `topology::Loss`): at which hop packets were lost.
 //! Figures are those of flows whose owner stayed up (see `workload::accounting`); set-up and
@@ -74,6 +76,16 @@ pub struct CheckReport {
     pub judged: bool,
 }
 
+/// A flow of the main run with a reset, misroute or drop.
+#[derive(Clone, Debug, Serialize)]
+pub struct Anomaly {
+    /// The flow.
+    #[serde(flatten)]
+    pub flow: FlowRecord,
+    /// Whether its owner's host was taken down (the flow is excused, not counted).
+    pub excused: bool,
+}
+
 /// One scenario's line of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct ScenarioReport {
@@ -99,8 +111,9 @@ pub struct ScenarioReport {
     pub teardown_ms: u64,
     /// Every expectation of both runs.
     pub checks: Vec<CheckReport>,
-    /// The main run's first flows with a reset, misroute or drop.
-    pub anomalies: Vec<FlowRecord>,
+    /// The main run's first flows with a reset, misroute or drop, each marked whether it was
+    /// excused (its owner's host was taken down: not in the counts).
+    pub anomalies: Vec<Anomaly>,
     /// The main run's nonzero kernel drop counters.
     pub losses: Vec<Loss>,
     /// The main run's LB and decap counters.
@@ -167,7 +180,14 @@ impl From<&Outcome> for ScenarioReport {
                 .map(|m| {
                     let mut flows: Vec<&FlowRecord> = m.flows.iter().filter(|f| f.anomalous()).collect();
                     flows.sort_by_key(|f| (f.proto as u8, f.id));
-                    flows.into_iter().take(MAX_ANOMALIES).cloned().collect()
+                    flows
+                        .into_iter()
+                        .take(MAX_ANOMALIES)
+                        .map(|f| Anomaly {
+                            excused: f.owner.as_ref().is_some_and(|o| m.down.contains(&o.node)),
+                            flow: f.clone(),
+                        })
+                        .collect()
                 })
                 .unwrap_or_default(),
             losses: main.map(|m| m.losses.clone()).unwrap_or_default(),
@@ -260,12 +280,17 @@ impl Report {
             }
             if !s.anomalies.is_empty() {
                 let _ = writeln!(out, "\nFirst flows of the main run with a reset, misroute or drop:\n");
-                for f in &s.anomalies {
+                for Anomaly { flow: f, excused } in &s.anomalies {
+                    let excused = if *excused {
+                        " (excused: its owner's host was taken down; not in the counts above)"
+                    } else {
+                        ""
+                    };
                     let owner = f.owner.as_ref().map_or("-".to_owned(), |o| o.to_string());
                     let ending = f.ending.as_ref().map_or("running".to_owned(), |e| format!("{e:?}"));
                     let _ = writeln!(
                         out,
-                        "- {:?} flow {}: owner {owner}, {} replies, {} misroutes, {} drops in {} rounds, {ending}",
+                        "- {:?} flow {}: owner {owner}, {} replies, {} misroutes, {} drops in {} rounds, {ending}{excused}",
                         f.proto, f.id, f.replies, f.misroutes, f.drops, f.rounds
                     );
                 }
@@ -357,5 +382,58 @@ impl Report {
             std::fs::write(&path, text).map_err(|e| LabError::os("write", path.display().to_string(), e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use zrlab_wire::{Proto, message::Identity};
+    use zrlab_workload::accounting::Ending;
+
+    use super::*;
+    use crate::{ScenarioVerdict, VariantOutcome};
+
+    /// The report's first anomalous flows say which ones are excused (a flow of a backend taken
+    /// down): next to "resets 0", an unmarked reset would read as a contradiction (issue 20).
+    #[test]
+    fn excused_anomalies_are_marked_as_such() {
+        let flow = |id: u32, node: &str| {
+            let mut flow = FlowRecord::new(Proto::Tcp, id, 0);
+            flow.owner = Some(Identity { node: node.into(), instance: "a".into(), pid: 1 });
+            flow.ending = Some(Ending::Reset);
+            flow
+        };
+        let main = VariantOutcome {
+            measures: crate::measures::Measures::default(),
+            checks: Vec::new(),
+            setup: Duration::ZERO,
+            teardown: Duration::ZERO,
+            flows: vec![flow(0, "be1"), flow(1, "be4")],
+            losses: Vec::new(),
+            timeline: Default::default(),
+            kept: None,
+            ecmp_unseeded: Vec::new(),
+            down: ["be4".to_owned()].into(),
+        };
+        let outcome = Outcome {
+            name: "lb-failover".into(),
+            verdict: ScenarioVerdict::Fail,
+            reason: String::new(),
+            main: Some(main),
+            control: None,
+        };
+        let report = Report::new(&[outcome], 1);
+        let excused: Vec<bool> = report.scenarios[0].anomalies.iter().map(|a| a.excused).collect();
+        assert_eq!(excused, [false, true]);
+        let md = report.markdown();
+        let line = |id: u32| md.lines().find(|l| l.starts_with(&format!("- Tcp flow {id}:"))).expect("listed");
+        assert!(!line(0).contains("excused"), "{}", line(0));
+        assert!(
+            line(1).ends_with("(excused: its owner's host was taken down; not in the counts above)"),
+            "{}",
+            line(1)
+        );
     }
 }

@@ -90,6 +90,8 @@ pub struct VariantOutcome {
     /// Routers whose ECMP hash could not be seeded on this kernel (see `Lab::ecmp_unseeded`):
     /// the run is not reproducible flow for flow.
     pub ecmp_unseeded: Vec<String>,
+    /// The nodes its events took down: their flows are excused (tallied apart).
+    pub down: BTreeSet<String>,
 }
 
 /// A scenario's result.
@@ -308,7 +310,7 @@ async fn run_variant(
     let kept = keep.map(|_| lab.run_id().to_string());
     let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded })
+    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded, down })
 }
 
 /// Marks a backend's release on the timeline: when the new process was ready, when the old

@@ -305,27 +305,66 @@ impl Issuer {
     }
 }
 
+/// What the accept loop takes connections from: a [`TcpListener`], or a test's stand-in.
+trait Accept {
+    /// The next connection.
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<(TcpStream, SocketAddr)>>;
+}
+
+impl Accept for TcpListener {
+    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<(TcpStream, SocketAddr)>> {
+        TcpListener::accept(self)
+    }
+}
+
+/// How long the accept loop waits after running out of descriptors or memory when no open
+/// connection ends first (the kernel keeps the queued connections meanwhile).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Accepts connections until the drain starts, then closes the listener and serves the open
-/// connections until their clients close them.
+/// connections until their clients close them. An accept that fails for want of descriptors
+/// or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) fails again at once until something is
+/// freed: the loop then waits for one of its connections to end, or [`ACCEPT_BACKOFF`], instead
+/// of spinning on the error (which it did until issue 20); other errors (a connection reset
+/// while queued) concern that connection only.
 async fn accept_until_drained(
-    listener: TcpListener,
+    listener: impl Accept,
     identity: Identity,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut open = JoinSet::new();
+    let mut reported = false;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
                     open.spawn(serve_connection(stream, identity.clone()));
                 }
-            }
+                Err(e) if is_exhaustion(&e) => {
+                    if !reported {
+                        eprintln!("service: accept: {e}; waiting for a connection to end before the next");
+                        reported = true;
+                    }
+                    tokio::select! {
+                        Some(_) = open.join_next(), if !open.is_empty() => {}
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        _ = drain.changed() => break,
+                    }
+                }
+                Err(_) => {}
+            },
             Some(_) = open.join_next(), if !open.is_empty() => {}
             _ = drain.changed() => break,
         }
     }
     drop(listener);
     while open.join_next().await.is_some() {}
+}
+
+/// Whether an accept failed for want of descriptors or memory (it fails again until some are
+/// freed).
+fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 async fn serve_connection(stream: TcpStream, identity: Identity) {
@@ -454,5 +493,40 @@ async fn serve_forwarded(socket: tokio::net::UnixDatagram, senders: Vec<std::net
             Answer::Ignore => continue,
         };
         let _ = sender.send_to(&reply, peer).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A listener whose every accept fails with `EMFILE`, counting the attempts (and refusing
+    /// to be spun on: a loop that retries at once would never let time pass).
+    struct Exhausted(Arc<AtomicU64>);
+
+    impl Accept for Exhausted {
+        async fn accept(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+            let tries = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+            assert!(tries < 10_000, "the accept loop spins on EMFILE ({tries} attempts without a pause)");
+            Err(std::io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_accept_loop_waits_instead_of_spinning_when_out_of_descriptors() {
+        let tries = Arc::new(AtomicU64::new(0));
+        let listener = Exhausted(tries.clone());
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let identity = Identity { node: "be1".into(), instance: "a".into(), pid: 1 };
+        let run = accept_until_drained(listener, identity, drain_rx);
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = drain_tx.send(true);
+        };
+        tokio::join!(run, stop);
+        let tries = tries.load(Ordering::Relaxed);
+        assert!((5..=12).contains(&tries), "about one attempt per {ACCEPT_BACKOFF:?} in a second: {tries}");
     }
 }

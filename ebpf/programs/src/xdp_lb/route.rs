@@ -119,7 +119,7 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
         // The flow's first packet after its SYN (on the SYN's CPU): the SYN's route moves from
         // the SYN cache into the tables. (`hash` is the seeded flow hash here.)
-        if !syn && let Some(entry) = take_syn(hash, &pkt.flow) {
+        if !syn && let Some(entry) = take_syn(hash, &pkt.flow, &meta) {
             stats.add(counter::SYN_CACHE_HIT);
             tables.remember(entry);
             return Route::Real { real: entry.real, vip_num: entry.vip_num };
@@ -301,9 +301,13 @@ impl<K: RerouteSlot + 'static, const EXACT: bool> Tables<K, EXACT> {
 }
 
 /// Takes `flow`'s SYN's route out of this CPU's SYN cache (the slot of its flow hash `hash`),
-/// if the slot still holds it.
+/// if the slot still holds it and the route was made under the VIP's current `meta`: a route
+/// from before a change of the VIP's flags is a miss (the flow starts afresh under the new
+/// flags). Checking here, where the VIP is read anyway, is what lets user space leave the SYN
+/// cache alone on a flag change: a flush from user space had to read and write back every
+/// CPU's slot at once, and lost the SYNs the program wrote in between.
 #[inline(always)]
-fn take_syn(hash: u32, flow: &FlowKey) -> Option<ConnEntry> {
+fn take_syn(hash: u32, flow: &FlowKey, meta: &VipMeta) -> Option<ConnEntry> {
     let slot = SYN_CACHE.get_ptr_mut(SynSlot::index(hash))?;
     // SAFETY: the kernel returned a valid pointer into this CPU's value; this CPU alone writes
     // it.
@@ -313,7 +317,7 @@ fn take_syn(hash: u32, flow: &FlowKey) -> Option<ConnEntry> {
     }
     let entry = slot.entry;
     slot.entry.proto = 0;
-    Some(entry)
+    (entry.vip_num == meta.vip_num && entry.flags == meta.flags).then_some(entry)
 }
 
 /// Remembers a SYN's route in this CPU's SYN cache, in the slot of its flow hash `hash`

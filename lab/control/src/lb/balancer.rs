@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
     programs::Xdp,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -21,9 +21,9 @@ use zrlab_common::{
     lb::{
         CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
         LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
-        REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS, SynSlot,
-        VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING,
-        VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter, vip_filter_bit,
+        REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
+        VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
+        vip_filter_bit,
     },
 };
 use zrlab_wire::Proto;
@@ -186,8 +186,11 @@ fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
 ) -> Result<()> {
     let stale: Vec<K> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
     for key in stale {
-        // An entry evicted meanwhile is gone already.
-        let _ = table.remove(&key);
+        match table.remove(&key) {
+            // An entry evicted meanwhile is gone already.
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            removed => removed.map_err(map_err("delete a connection-table entry"))?,
+        }
     }
     Ok(())
 }
@@ -297,7 +300,8 @@ impl Balancer {
     }
 
     /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
-    /// longer hold).
+    /// longer hold). The SYN cache needs nothing: the program takes a waiting SYN's route only
+    /// if it was made under the VIP's current flags.
     fn flush_vip(&mut self, num: u32) -> Result<()> {
         let mut table: HashMap<_, ConnKey, ConnEntry> =
             HashMap::try_from(self.bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
@@ -310,24 +314,6 @@ impl Balancer {
         }
         for table in &mut self.tables6 {
             flush(table, num)?;
-        }
-        self.flush_syn_cache(num)
-    }
-
-    /// Frees every SYN-cache slot (`SYN_CACHE_MAP`, every CPU's) that holds a route of VIP
-    /// `num`, so that no flow's next packet moves a route with stale flags into the tables.
-    fn flush_syn_cache(&mut self, num: u32) -> Result<()> {
-        let mut cache: PerCpuArray<_, SynSlot> =
-            PerCpuArray::try_from(self.bpf.map_mut(SYN_CACHE_MAP)?).map_err(map_err("LB_SYN_CACHE"))?;
-        for index in 0..SYN_CACHE_SLOTS {
-            let slots = cache.get(&index, 0).map_err(map_err("read LB_SYN_CACHE"))?;
-            if slots.iter().all(|slot| slot.entry.vip_num != num || slot.entry.proto == 0) {
-                continue;
-            }
-            let freed: Vec<SynSlot> =
-                slots.iter().map(|slot| if slot.entry.vip_num == num { SynSlot::default() } else { *slot }).collect();
-            let freed = PerCpuValues::try_from(freed).map_err(|e| LabError::os("free slots of", "LB_SYN_CACHE", e))?;
-            cache.set(index, freed, 0).map_err(map_err("write LB_SYN_CACHE"))?;
         }
         Ok(())
     }
