@@ -242,14 +242,15 @@ mod tests {
             flow
         };
         // be4 was drained by the second event (epoch 2 from then on).
-        let drained = BTreeMap::from([("be4".to_owned(), Vec::from([2..u64::MAX]))]);
+        let span = |from: u64, to: u64| vec![Range { start: from, end: to }];
+        let drained = BTreeMap::from([("be4".to_owned(), span(2, u64::MAX))]);
         let flows = [flow(0, "be4"), flow(1, "be4"), flow(2, "be1"), flow(2, "be4"), flow(3, "be4")];
         let tally = Tally::of(&flows, &BTreeSet::new(), &drained);
         assert_eq!(tally.late_flows, 4);
         assert_eq!(tally.late_on_drained, 2, "flows opened in epoch 2 and 3 on be4");
         // Restored by the fourth event: flows opened from epoch 4 on may land on it again
         // (until issue 20 they were counted as long as the run lasted).
-        let restored = BTreeMap::from([("be4".to_owned(), Vec::from([2..4]))]);
+        let restored = BTreeMap::from([("be4".to_owned(), span(2, 4))]);
         let flows = [flow(2, "be4"), flow(3, "be4"), flow(4, "be4"), flow(5, "be4")];
         assert_eq!(Tally::of(&flows, &BTreeSet::new(), &restored).late_on_drained, 2, "epochs 2 and 3 only");
     }
