@@ -87,11 +87,13 @@ pub enum Metric {
     CapacityDipPct,
     /// Releases in which the old process was told to stop before the new one was ready.
     ReleasesOutOfOrder,
-    /// The worst second's 99th-percentile reply latency, in milliseconds
-    /// (`timeline::Timeline::latency_p99_ms`).
+    /// The worst second's 99th-percentile reply latency, in milliseconds of the scenario's time
+    /// (divided by `--time-scale`, as every duration of a scaled run is stretched by it;
+    /// `timeline::Timeline::latency_p99_ms`).
     LatencyP99Ms,
     /// The longest time between two consecutive replies of a flow whose owner's host stayed
-    /// up, in milliseconds (`timeline::Timeline::max_reply_gap_ms`): a pause under the drop
+    /// up, in milliseconds of the scenario's time (divided by `--time-scale`;
+    /// `timeline::Timeline::max_reply_gap_ms`): a pause under the drop
     /// timeout; a flow that broke counts the time from its last reply to the run's last.
     MaxReplyGapMs,
     /// New connections aimed at the released backends during their releases.

@@ -242,7 +242,7 @@ async fn run_variant(
                 mark_release(client.book(), &record);
             }
         } else if let EventSpec::PauseBackend { backend, ms } = event {
-            fleet.pause(backend, Duration::from_millis(*ms)).await?;
+            fleet.pause(backend, Duration::from_millis(*ms) * scale).await?;
         } else {
             apply(&mut lab, deployment.as_mut(), event).await?;
         }
@@ -273,7 +273,9 @@ async fn run_variant(
     let counted =
         |id: u32| flows.get(id as usize).and_then(|f| f.owner.as_ref()).is_none_or(|owner| !down.contains(&owner.node));
     let ended = |id: u32| flows.get(id as usize).is_some_and(|f| !f.live());
-    let max_reply_gap_ms = timeline.max_reply_gap_ms(counted, ended);
+    // In the scenario's own time, as its expectations are written: a scaled run stretches every
+    // duration (the period included) by `scale`.
+    let max_reply_gap_ms = timeline.max_reply_gap_ms(counted, ended).map(|ms| ms / u64::from(scale));
     let measures = Measures {
         tally: Tally::of(&flows, &down, &drained),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
@@ -288,7 +290,7 @@ async fn run_variant(
             Some(_) => timeline.capacity_dip_pct().map_err(|why| why.to_string()),
             None => Err("no release in the scenario".into()),
         },
-        latency_p99_ms: timeline.latency_p99_ms(),
+        latency_p99_ms: timeline.latency_p99_ms().map(|ms| ms.div_ceil(u64::from(scale))),
         max_reply_gap_ms,
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
