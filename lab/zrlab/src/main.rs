@@ -64,9 +64,10 @@ struct Cli {
     #[arg(long, global = true, env = "ZRLAB_TIME_SCALE", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     time_scale: u32,
-    /// Whether a scenario's capacity expectation (`capacity_dip_pct`) can fail it: `report`
-    /// measures and reports it only (the kernel matrix's TCG guests, whose load swings by a
-    /// third from second to second on its own).
+    /// Whether a scenario's timing expectations (`capacity_dip_pct`, `latency_p99_ms`,
+    /// `max_reply_gap_ms`) can fail it: `report` measures and reports them as "not judged" (the
+    /// kernel matrix's TCG guests, whose load swings by a third from second to second, and
+    /// whose flows stall for seconds, on their own).
     #[arg(long, global = true, env = "ZRLAB_CAPACITY", value_enum, default_value_t = Capacity::Judge)]
     capacity: Capacity,
     /// Also write the results as JUnit XML to this file (the scenarios, or a replay's flows):
