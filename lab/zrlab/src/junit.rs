@@ -66,42 +66,50 @@ pub(crate) fn lab(report: &LabReport) -> Report {
 
 /// An offline replay of `trace`.
 pub(crate) fn replay_offline(trace: &Path, replay: &Offline) -> Report {
-    let mut suite = TestSuite::new(format!("zrlab replay offline {}", trace.display()));
-    suite.add_test_case(judged_case(replay.not_judged()));
-    for flow in replay.flows.iter().filter(|f| f.to_vip && !f.reals.is_empty()) {
-        let status = if flow.split() {
-            let reals: Vec<String> = flow.reals.iter().map(ToString::to_string).collect();
-            failure(format!("split between reals {} at frames {:?}", reals.join(" then "), flow.moved_at))
-        } else {
-            TestCaseStatus::success()
-        };
-        let mut case = TestCase::new(format!("{} stays on one real", flow.flow), status);
-        case.set_classname("zrlab.replay.offline");
-        suite.add_test_case(case);
-    }
-    let mut out = Report::new("zrlab");
-    out.add_test_suite(suite);
-    out
+    let flows = replay.flows.iter().filter(|f| f.to_vip && !f.reals.is_empty()).map(|flow| {
+        let reals: Vec<String> = flow.reals.iter().map(ToString::to_string).collect();
+        let split =
+            flow.split().then(|| format!("split between reals {} at frames {:?}", reals.join(" then "), flow.moved_at));
+        (format!("{} stays on one real", flow.flow), split)
+    });
+    replay_report(
+        format!("zrlab replay offline {}", trace.display()),
+        "zrlab.replay.offline",
+        replay.not_judged(),
+        flows,
+    )
 }
 
 /// A lab replay.
 pub(crate) fn replay_lab(replay: &LabReplay) -> Report {
-    let mut suite = TestSuite::new(format!("zrlab replay {}", replay.trace));
-    suite.add_test_case(judged_case(replay.not_judged()));
-    for flow in &replay.flows {
-        let status = if flow.split {
-            let reals: Vec<String> = flow.reals.iter().map(ToString::to_string).collect();
-            failure(format!(
+    let flows = replay.flows.iter().map(|flow| {
+        let reals: Vec<String> = flow.reals.iter().map(ToString::to_string).collect();
+        let split = flow.split.then(|| {
+            format!(
                 "split: reals {}, backends {}, sockets {}",
                 reals.join(" then "),
                 flow.backends.join(" then "),
                 flow.sockets.join(" then ")
-            ))
-        } else {
-            TestCaseStatus::success()
-        };
-        let mut case = TestCase::new(format!("{} on one backend", flow.flow), status);
-        case.set_classname("zrlab.replay.lab");
+            )
+        });
+        (format!("{} on one backend", flow.flow), split)
+    });
+    replay_report(format!("zrlab replay {}", replay.trace), "zrlab.replay.lab", replay.not_judged(), flows)
+}
+
+/// A replay's suite: the case for the replay itself, then one per flow (`name`, and why it
+/// failed if it did).
+fn replay_report(
+    suite: String,
+    classname: &str,
+    not_judged: Option<String>,
+    flows: impl Iterator<Item = (String, Option<String>)>,
+) -> Report {
+    let mut suite = TestSuite::new(suite);
+    suite.add_test_case(judged_case(not_judged));
+    for (name, split) in flows {
+        let mut case = TestCase::new(name, split.map_or_else(TestCaseStatus::success, failure));
+        case.set_classname(classname);
         suite.add_test_case(case);
     }
     let mut out = Report::new("zrlab");
