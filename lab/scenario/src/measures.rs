@@ -64,6 +64,8 @@ pub struct Measures {
     /// The longest gap between two replies of a counted flow
     /// (`timeline::Timeline::max_reply_gap_ms`).
     pub max_reply_gap_ms: Option<u64>,
+    /// The flows with the longest gaps between their replies, longest first: (flow, ms).
+    pub longest_gaps: Vec<(u32, u64)>,
 }
 
 impl Default for Measures {
@@ -77,6 +79,7 @@ impl Default for Measures {
             capacity_dip_pct: Err("no release in the run".into()),
             latency_p99_ms: None,
             max_reply_gap_ms: None,
+            longest_gaps: Vec::new(),
         }
     }
 }

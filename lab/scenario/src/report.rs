@@ -8,7 +8,8 @@
 //! "excused"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
-//! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms"} | null,
+//! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms",
+//! "longest_gaps": [[flow, ms]]} | null,
 //! "timelines": [[variant, {"seconds": [{"offered", "replies", "resets", "misroutes", "drops",
 //! "stalled_ms", "latency_p50_us", "latency_p99_us", "latency_max_us"}], "marks": [{"at_s",
 //! "label", "released"}]}]]}]}`. A check with `"judged": false` could not be measured: it fails
@@ -142,6 +143,8 @@ pub struct ReleaseFigures {
     pub latency_p99_ms: Option<u64>,
     /// The longest gap between two replies of a counted flow, in milliseconds.
     pub max_reply_gap_ms: Option<u64>,
+    /// Per flow, its longest gap between replies, for the flows with the longest (flow, ms).
+    pub longest_gaps: Vec<(u32, u64)>,
 }
 
 impl From<&Outcome> for ScenarioReport {
@@ -200,6 +203,7 @@ impl From<&Outcome> for ScenarioReport {
                     capacity_dip_pct: m.measures.capacity_dip_pct.clone(),
                     latency_p99_ms: m.measures.latency_p99_ms,
                     max_reply_gap_ms: m.measures.max_reply_gap_ms,
+                    longest_gaps: m.measures.longest_gaps.clone(),
                 })
             }),
             timelines: [("main", &outcome.main), ("control", &outcome.control)]
@@ -340,6 +344,10 @@ impl Report {
                     figure(release.latency_p99_ms),
                     figure(release.max_reply_gap_ms),
                 );
+                let gaps: Vec<String> =
+                    release.longest_gaps.iter().map(|(flow, ms)| format!("flow {flow} {ms} ms")).collect();
+                let _ =
+                    writeln!(out, "\nLongest gap between replies, per flow (the longest first): {}", gaps.join(", "));
             }
             if !s.timelines.is_empty() {
                 let links: Vec<String> = s

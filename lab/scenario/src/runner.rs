@@ -275,7 +275,11 @@ async fn run_variant(
     let ended = |id: u32| flows.get(id as usize).is_some_and(|f| !f.live());
     // In the scenario's own time, as its expectations are written: a scaled run stretches every
     // duration (the period included) by `scale`.
-    let max_reply_gap_ms = timeline.max_reply_gap_ms(counted, ended).map(|ms| ms / u64::from(scale));
+    let gaps = timeline.reply_gaps_ms(counted, ended);
+    let max_reply_gap_ms = gaps.values().max().map(|ms| ms / u64::from(scale));
+    let mut longest_gaps: Vec<(u32, u64)> = gaps.into_iter().map(|(flow, ms)| (flow, ms / u64::from(scale))).collect();
+    longest_gaps.sort_by_key(|&(flow, ms)| (std::cmp::Reverse(ms), flow));
+    longest_gaps.truncate(LONGEST_GAPS);
     let measures = Measures {
         tally: Tally::of(&flows, &down, &drained),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
@@ -292,6 +296,7 @@ async fn run_variant(
         },
         latency_p99_ms: timeline.latency_p99_ms().map(|ms| ms.div_ceil(u64::from(scale))),
         max_reply_gap_ms,
+        longest_gaps,
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
@@ -314,6 +319,9 @@ async fn run_variant(
     let teardown = lab.teardown()?;
     Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded, down })
 }
+
+/// How many flows' longest reply gaps a run keeps (the longest first) for its report.
+const LONGEST_GAPS: usize = 5;
 
 /// Marks a backend's release on the timeline: when the new process was ready, when the old
 /// one was told to stop and said it drains, and what the probes aimed at the backend met.

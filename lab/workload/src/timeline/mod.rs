@@ -171,16 +171,28 @@ impl Timeline {
     /// the last reply of the run. `None` when no such flow had two replies and none ended after
     /// a reply.
     pub fn max_reply_gap_ms(&self, counted: impl Fn(u32) -> bool, ended: impl Fn(u32) -> bool) -> Option<u64> {
+        self.reply_gaps_ms(counted, ended).into_values().max()
+    }
+
+    /// Per flow `counted` picks, its longest gap between replies as
+    /// [`Timeline::max_reply_gap_ms`] measures it (flows with no gap are absent).
+    pub fn reply_gaps_ms(&self, counted: impl Fn(u32) -> bool, ended: impl Fn(u32) -> bool) -> BTreeMap<u32, u64> {
         let mut last: BTreeMap<u32, f64> = BTreeMap::new();
         let mut gaps = Vec::new();
         for s in self.samples.iter().filter(|s| counted(s.flow)) {
             if let Some(prev) = last.insert(s.flow, s.received_s) {
-                gaps.push((prev, s.received_s));
+                gaps.push((s.flow, prev, s.received_s));
             }
         }
         let end = self.samples.iter().map(|s| s.received_s).fold(0.0, f64::max);
-        gaps.extend(last.iter().filter(|(flow, _)| ended(**flow)).map(|(_, at)| (*at, end)));
-        gaps.iter().map(|&(from, to)| ((to - from - self.stalled_for(from, to)).max(0.0) * 1000.0).round() as u64).max()
+        gaps.extend(last.iter().filter(|(flow, _)| ended(**flow)).map(|(flow, at)| (*flow, *at, end)));
+        let mut longest: BTreeMap<u32, u64> = BTreeMap::new();
+        for (flow, from, to) in gaps {
+            let ms = ((to - from - self.stalled_for(from, to)).max(0.0) * 1000.0).round() as u64;
+            let entry = longest.entry(flow).or_default();
+            *entry = (*entry).max(ms);
+        }
+        longest
     }
 
     /// How far, in percent, the share of offered requests answered per second fell below that
@@ -353,6 +365,7 @@ mod tests {
         assert_eq!(t.max_reply_gap_ms(|_| true, running), Some(350));
         assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, running), Some(150), "the client's stall is taken out");
         assert_eq!(t.max_reply_gap_ms(|_| false, running), None);
+        assert_eq!(t.reply_gaps_ms(|_| true, running), BTreeMap::from([(1, 350), (2, 150)]), "per flow");
         // Flow 2 ended after its last reply (a reset): no reply from 1.45 to the run's last,
         // 2.65; a stall in that time is taken out, not the whole gap.
         assert_eq!(t.max_reply_gap_ms(|flow| flow == 2, |flow| flow == 2), Some(1200));
