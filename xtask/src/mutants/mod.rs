@@ -505,12 +505,30 @@ fn apply(tree: &Path, mutant: &Mutant) -> Result<String> {
 /// that differ, so a second run rebuilds only what changed.
 fn copy_tree(root: &Path, tree: &Path) -> Result<()> {
     let out = exec::output(Command::new("git").current_dir(root).args(["ls-files", "-co", "--exclude-standard"]))?;
+    let mut kept = BTreeSet::new();
     for file in String::from_utf8_lossy(&out.stdout).lines() {
         let (from, to) = (root.join(file), tree.join(file));
         let Ok(bytes) = std::fs::read(&from) else { continue };
+        kept.insert(to.clone());
         if std::fs::read(&to).ok().as_deref() != Some(&bytes[..]) {
             std::fs::create_dir_all(to.parent().expect("a file has a parent"))?;
             std::fs::write(&to, bytes).with_context(|| format!("copying {file}"))?;
+        }
+    }
+    // A file the working tree no longer has must leave the copy too: a fixture deleted since
+    // the last run (a bad trace that became valid) failed the unmutated suites there.
+    remove_others(tree, &kept)
+}
+
+/// Removes every file under `dir` that is not in `kept`.
+fn remove_others(dir: &Path, kept: &BTreeSet<PathBuf>) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_others(&path, kept)?;
+        } else if !kept.contains(&path) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
@@ -683,6 +701,21 @@ mod tests {
             child(2, "skipped").and_then(|n| n.attribute("message")),
             Some("equivalent: the counter is only compared with zero")
         );
+    }
+
+    #[test]
+    fn the_copy_loses_what_the_tree_no_longer_has() {
+        let base = std::env::temp_dir().join(format!("xtask-copy-{}", std::process::id()));
+        let (root, tree) = (base.join("root"), base.join("tree"));
+        std::fs::create_dir_all(root.join("fixtures")).unwrap();
+        std::fs::create_dir_all(tree.join("fixtures")).unwrap();
+        std::fs::write(root.join("fixtures/kept.txt"), "kept").unwrap();
+        std::fs::write(tree.join("fixtures/deleted.txt"), "stale").unwrap();
+        Command::new("git").current_dir(&root).args(["init", "-q"]).status().unwrap();
+        copy_tree(&root, &tree).unwrap();
+        assert_eq!(std::fs::read_to_string(tree.join("fixtures/kept.txt")).unwrap(), "kept");
+        assert!(!tree.join("fixtures/deleted.txt").exists(), "a file deleted from the tree left the copy");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
