@@ -559,3 +559,21 @@ pub fn run_once(program: &Xdp, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one ring check the control plane and both file formats apply: a prime up to 65537;
+    /// every other size names itself in the reason (a square of a prime included).
+    #[test]
+    fn a_vip_ring_is_a_prime_up_to_65537() {
+        let with = |ring_size| VipOptions { ring_size, ..VipOptions::default() };
+        for ok in [7, 13, 65_521, MAX_RING] {
+            assert_eq!(with(ok).invalid(), None, "{ok}");
+        }
+        for bad in [0, 1, 49, 65_536, 65_539] {
+            assert_eq!(with(bad).invalid(), Some(format!("{bad} is not a prime up to {MAX_RING}")), "{bad}");
+        }
+    }
+}
