@@ -110,7 +110,7 @@ pub(crate) fn ensure(cache: &Path, apt: &mut AptState, kernel: &Kernel, say: &mu
     let debs = cache.join("debs").join(&kernel.series);
     let _ = fs::remove_dir_all(&debs);
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let mut debs_guard = Partial(Some(debs.clone()));
+    let debs_guard = Partial(Some(debs.clone()));
     let wanted: Vec<(String, String)> = packages.iter().map(|p| (p.clone(), version.clone())).collect();
     apt.download(&debs, &wanted)?;
 
@@ -129,7 +129,8 @@ pub(crate) fn ensure(cache: &Path, apt: &mut AptState, kernel: &Kernel, say: &mu
         bail!("apt-get download left {} .deb files in {} for {} packages", files.len(), debs.display(), packages.len());
     }
     for deb in &files {
-        exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))?;
+        exec(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))
+            .with_context(|| format!("unpacking {} ({} free there)", deb.display(), free_space(&partial)))?;
     }
     let (release, modules_rel) = find_modules(&partial)?;
     let vmlinuz_rel = [PathBuf::from(format!("boot/vmlinuz-{release}")), modules_rel.join("vmlinuz")]
@@ -140,7 +141,8 @@ pub(crate) fn ensure(cache: &Path, apt: &mut AptState, kernel: &Kernel, say: &mu
     say(&format!("{} modules indexed", index.len()));
     fs::rename(&partial, &dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
     tree_guard.0 = None;
-    debs_guard.0 = None;
+    // The unpacked tree is the cache; the packages would only hold disk (the guard removes them).
+    drop(debs_guard);
     let tree = Tree {
         series: kernel.series.clone(),
         version,
@@ -151,6 +153,20 @@ pub(crate) fn ensure(cache: &Path, apt: &mut AptState, kernel: &Kernel, say: &mu
     fs::write(dir.join(MARKER), serde_json::to_string_pretty(&tree)?)
         .with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
     Ok(tree)
+}
+
+/// Free space of the file system holding `path`, for errors (a full disk fails as "No space").
+fn free_space(path: &Path) -> String {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return "unknown".into();
+    };
+    // SAFETY: statvfs is plain integers (all-zero is valid) and c_path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the kernel writes only into `st`.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return "unknown".into();
+    }
+    format!("{} MiB", st.f_bavail * st.f_frsize / (1 << 20))
 }
 
 fn cached(dir: &Path) -> Option<Tree> {
