@@ -23,7 +23,7 @@ pub(crate) fn cells(
         let name = step_name(&row.name);
         let cell = match results.iter().find(|r| r.name == name) {
             None => Cell::new(&row.name, Outcome::Fail, "not run: the kernel's run stopped before this row"),
-            Some(result) => row_cell(row, out, result, kernel),
+            Some(result) => row_cell(row, out, result, kernel).timed(result.secs),
         };
         cells.push(cell);
     }

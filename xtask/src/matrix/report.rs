@@ -44,13 +44,30 @@ pub(crate) struct Cell {
     pub(crate) result: Outcome,
     /// Why, in a line.
     pub(crate) detail: String,
+    /// Wall-clock seconds of the row's step (absent for the feature rows, which share one step,
+    /// and for rows that did not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) secs: Option<f64>,
 }
 
 impl Cell {
     pub(crate) fn new(row: impl Into<String>, result: Outcome, detail: impl Into<String>) -> Self {
-        Self { row: row.into(), result, detail: detail.into() }
+        Self { row: row.into(), result, detail: detail.into(), secs: None }
+    }
+
+    /// The cell with its step's wall time.
+    pub(crate) fn timed(self, secs: f64) -> Self {
+        Self { secs: Some(secs), ..self }
+    }
+
+    /// ` (12.3 s)` when timed, else nothing.
+    fn time(&self) -> String {
+        self.secs.map(|s| format!(" ({s:.1} s)")).unwrap_or_default()
     }
 }
+
+/// How many of a kernel's slowest rows the console table names.
+const SLOWEST_ROWS: usize = 5;
 
 /// One kernel's column.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +159,13 @@ impl Report {
         for (kernel, label) in self.kernels.iter().zip(&labels) {
             let boot = kernel.boot_s.map(|b| format!(", boot {b:.0} s")).unwrap_or_default();
             out.push_str(&format!("{label}: {} ({}){boot}, {:.0} s\n", kernel.release, kernel.accel, kernel.wall_s));
+            let mut timed: Vec<&Cell> = kernel.cells.iter().filter(|c| c.secs.is_some()).collect();
+            timed.sort_by(|a, b| b.secs.partial_cmp(&a.secs).unwrap_or(std::cmp::Ordering::Equal));
+            if !timed.is_empty() {
+                let slowest: Vec<String> =
+                    timed.iter().take(SLOWEST_ROWS).map(|c| format!("{} {:.0} s", c.row, c.secs.unwrap_or(0.0))).collect();
+                out.push_str(&format!("  slowest rows: {}\n", slowest.join(", ")));
+            }
         }
         let notes: Vec<String> = self
             .kernels
@@ -152,7 +176,7 @@ impl Report {
                     .cells
                     .iter()
                     .filter(|c| c.result != Outcome::Pass)
-                    .map(move |c| format!("{label} {} {}: {}", c.row, c.result.short(), c.detail))
+                    .map(move |c| format!("{label} {} {}{}: {}", c.row, c.result.short(), c.time(), c.detail))
             })
             .collect();
         if !notes.is_empty() {
@@ -192,9 +216,10 @@ impl Report {
             ));
             for cell in &kernel.cells {
                 out.push_str(&format!(
-                    "- `{}`: {}: {}\n",
+                    "- `{}`: {}{}: {}\n",
                     cell.row,
                     cell.result.short(),
+                    cell.time(),
                     cell.detail.replace('|', "\\|")
                 ));
             }
@@ -226,6 +251,9 @@ impl Report {
                 };
                 let mut case = TestCase::new(cell.row.clone(), status);
                 case.set_classname(format!("matrix.{}", kernel.series)).set_system_out(cell.detail.clone());
+                if let Some(secs) = cell.secs {
+                    case.set_time(std::time::Duration::from_secs_f64(secs));
+                }
                 suite.add_test_case(case);
             }
             out.add_test_suite(suite);
