@@ -3,7 +3,7 @@
 //! JSON layout (stable; consumers may rely on it):
 //! `{"kernel", "time_scale", "scenarios": [{"name", "verdict": "pass"|"fail"|"skip", "reason", "flows",
 //! "resets", "misroutes", "drops", "control": {"resets", "misroutes", "drops"} | null,
-//! "setup_ms", "teardown_ms", "checks": [{"variant", "expect", "actual", "ok", "judged"}],
+//! "setup_ms", "teardown_ms", "phases_ms": [[variant, [[phase, ms]]]], "checks": [{"variant", "expect", "actual", "ok", "judged"}],
 //! "anomalies": [{"proto", "id", "owner", "replies", "misroutes", "drops", "rounds", "ending",
 //! "excused"}],
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
@@ -110,6 +110,8 @@ pub struct ScenarioReport {
     pub setup_ms: u64,
     /// Topology teardown time of the main run.
     pub teardown_ms: u64,
+    /// Per variant (`control`, `main`), each phase's wall time in milliseconds, in order.
+    pub phases_ms: Vec<(String, Vec<(String, u64)>)>,
     /// Every expectation of both runs.
     pub checks: Vec<CheckReport>,
     /// The main run's first flows with a reset, misroute or drop, each marked whether it was
@@ -178,6 +180,13 @@ impl From<&Outcome> for ScenarioReport {
             }),
             setup_ms: main.map_or(0, |m| m.setup.as_millis() as u64),
             teardown_ms: main.map_or(0, |m| m.teardown.as_millis() as u64),
+            phases_ms: [("control", &outcome.control), ("main", &outcome.main)]
+                .into_iter()
+                .filter_map(|(label, v)| {
+                    let phases = v.as_ref()?.phases.iter().map(|(p, d)| (p.clone(), d.as_millis() as u64)).collect();
+                    Some((label.to_owned(), phases))
+                })
+                .collect(),
             checks,
             anomalies: main
                 .map(|m| {
@@ -281,6 +290,10 @@ impl Report {
                     (_, false) => "FAILED",
                 };
                 let _ = writeln!(out, "- {} `{}`: {} ({mark})", c.variant, c.expect, c.actual);
+            }
+            for (variant, phases) in &s.phases_ms {
+                let list: Vec<String> = phases.iter().map(|(phase, ms)| format!("{phase} {ms} ms")).collect();
+                let _ = writeln!(out, "\nPhases of the {variant} run: {}", list.join(", "));
             }
             if !s.anomalies.is_empty() {
                 let _ = writeln!(out, "\nFirst flows of the main run with a reset, misroute or drop:\n");
@@ -424,6 +437,7 @@ mod tests {
             kept: None,
             ecmp_unseeded: Vec::new(),
             down: ["be4".to_owned()].into(),
+            phases: vec![("building topology".into(), Duration::from_millis(510))],
         };
         let outcome = Outcome {
             name: "lb-failover".into(),
@@ -435,6 +449,7 @@ mod tests {
         let report = Report::new(&[outcome], 1);
         let excused: Vec<bool> = report.scenarios[0].anomalies.iter().map(|a| a.excused).collect();
         assert_eq!(excused, [false, true]);
+        assert!(report.markdown().contains("Phases of the main run: building topology 510 ms"));
         let md = report.markdown();
         let line = |id: u32| md.lines().find(|l| l.starts_with(&format!("- Tcp flow {id}:"))).expect("listed");
         assert!(!line(0).contains("excused"), "{}", line(0));

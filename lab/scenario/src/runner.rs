@@ -17,7 +17,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -92,6 +92,42 @@ pub struct VariantOutcome {
     pub ecmp_unseeded: Vec<String>,
     /// The nodes its events took down: their flows are excused (tallied apart).
     pub down: BTreeSet<String>,
+    /// Wall time of each phase, in order (`building topology`, `deploying the load
+    /// balancer`, an event, ...): where a slow machine's time goes.
+    pub phases: Vec<(String, Duration)>,
+}
+
+/// The phases of a variant: says each one as it starts (through the caller's progress) and
+/// keeps how long each took.
+struct Phases<'a> {
+    say: &'a mut dyn FnMut(&str),
+    current: Option<(String, Instant)>,
+    done: Vec<(String, Duration)>,
+}
+
+impl<'a> Phases<'a> {
+    fn new(say: &'a mut dyn FnMut(&str)) -> Self {
+        Self { say, current: None, done: Vec::new() }
+    }
+
+    /// Ends the current phase and starts `what`.
+    fn step(&mut self, what: &str) {
+        self.end_current();
+        (self.say)(what);
+        self.current = Some((what.to_owned(), Instant::now()));
+    }
+
+    fn end_current(&mut self) {
+        if let Some((what, started)) = self.current.take() {
+            self.done.push((what, started.elapsed()));
+        }
+    }
+
+    /// Every phase with its duration, the last one ended now.
+    fn finish(mut self) -> Vec<(String, Duration)> {
+        self.end_current();
+        self.done
+    }
 }
 
 /// A scenario's result.
@@ -155,11 +191,12 @@ async fn run_variant(
     opts: &RunOptions,
     step: &mut dyn FnMut(&str),
 ) -> Result<VariantOutcome> {
-    let timing = &variant.timing;
+    let mut phases = Phases::new(step);
+    let timing = &variant.timing.for_capacity(opts.capacity);
     let workload = &variant.workload;
     let scale = opts.time_scale.max(1);
     let phase_timeout = timing.phase_timeout() * scale;
-    step("building topology");
+    phases.step("building topology");
     let mut lab = Lab::build(&variant.topology, keep.is_some()).await?;
     let setup = lab.setup_time();
 
@@ -167,12 +204,12 @@ async fn run_variant(
     // Declared after the lab, so dropped before it (as the LB deployment below).
     let tpr = match &variant.tpr {
         Some(spec) => {
-            step("attaching the sock_ops programs");
+            phases.step("attaching the sock_ops programs");
             Some(TprDeployment::start(&lab, spec, workload, &registry)?)
         }
         None => None,
     };
-    step("starting services");
+    phases.step("starting services");
     let args = workload
         .backends
         .iter()
@@ -184,13 +221,13 @@ async fn run_variant(
     // namespaces still exist.
     let mut deployment = match &variant.lb {
         Some(spec) => {
-            step("deploying the load balancer");
+            phases.step("deploying the load balancer");
             Some(Deployment::start(&lab, spec, workload, registry.clone())?)
         }
         None => None,
     };
 
-    step("warming up");
+    phases.step("warming up");
     let client = Client::start(
         &lab.node(&workload.client)?.netns,
         ClientSpec {
@@ -220,7 +257,7 @@ async fn run_variant(
     let mut drained = BTreeMap::new();
     for event in &variant.events {
         wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
-        step(&format!("event {}", describe(event)));
+        phases.step(&format!("event {}", describe(event)));
         // Marked when it starts (a release's failures begin with it), with the share of
         // instances released once it is done.
         let released = match event {
@@ -264,7 +301,7 @@ async fn run_variant(
             _ => {}
         }
     }
-    step("settling");
+    phases.step("settling");
     wait_rounds(&client, timing.settle_rounds, phase_timeout, "rounds after the last event").await?;
     let timeline = client.book().timeline();
     let flows = client.stop()?;
@@ -302,7 +339,7 @@ async fn run_variant(
     drop(deployment);
     drop(tpr);
     if let Some(file) = keep {
-        step("handing the data path to a keeper process");
+        phases.step("handing the data path to a keeper process");
         crate::handoff::start_keeper(
             &mut lab,
             &workload.client,
@@ -313,11 +350,12 @@ async fn run_variant(
         .await?;
     }
 
-    step("tearing down");
+    phases.step("tearing down");
     let kept = keep.map(|_| lab.run_id().to_string());
     let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
-    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded, down })
+    let phases = phases.finish();
+    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded, down, phases })
 }
 
 /// How many flows' longest reply gaps a run keeps (the longest first) for its report.

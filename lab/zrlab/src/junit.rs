@@ -158,6 +158,7 @@ mod tests {
             control: None,
             setup_ms: 0,
             teardown_ms: 0,
+            phases_ms: Vec::new(),
             checks,
             anomalies: Vec::new(),
             losses: Vec::new(),
