@@ -44,7 +44,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    expect::{Comparison, Metric},
+    expect::{Capacity, Comparison, Metric},
     release::ReleaseSpec,
 };
 use zrlab_control::lb::VipOptions;
@@ -149,7 +149,28 @@ impl Default for TimingSpec {
     }
 }
 
+/// The most warm-up and settle rounds a run takes when it does not judge timing
+/// ([`Capacity::Report`]): the long warm-up and settle of the release scenarios (45 and 40
+/// rounds) exist to give the capacity dip and the reply gaps three judged seconds on each side
+/// of a release; without judging, those rounds only cost time (under TCG, with the kernel
+/// matrix's time scale of 5, about 40 s per variant). The counts need no more than this:
+/// every flow has its owner before the warm-up starts, and new connections open from its end.
+pub(crate) const UNJUDGED_ROUNDS: u64 = 5;
+
 impl TimingSpec {
+    /// The timing a run uses: as written when it judges timing, else with the warm-up and
+    /// settle rounds capped at [`UNJUDGED_ROUNDS`].
+    pub(crate) fn for_capacity(&self, capacity: Capacity) -> Self {
+        match capacity {
+            Capacity::Judge => self.clone(),
+            Capacity::Report => Self {
+                warmup_rounds: self.warmup_rounds.min(UNJUDGED_ROUNDS),
+                settle_rounds: self.settle_rounds.min(UNJUDGED_ROUNDS),
+                ..self.clone()
+            },
+        }
+    }
+
     /// [`TimingSpec::reply_timeout_ms`] as a duration.
     pub(crate) fn reply_timeout(&self) -> Duration {
         Duration::from_millis(self.reply_timeout_ms)

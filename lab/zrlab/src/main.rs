@@ -67,7 +67,8 @@ struct Cli {
     /// Whether a scenario's timing expectations (`capacity_dip_pct`, `latency_p99_ms`,
     /// `max_reply_gap_ms`) can fail it: `report` measures and reports them as "not judged" (the
     /// kernel matrix's TCG guests, whose load swings by a third from second to second, and
-    /// whose flows stall for seconds, on their own).
+    /// whose flows stall for seconds, on their own), and caps the warm-up and settle rounds
+    /// at 5 (the rounds beyond exist to give the timing figures judged seconds).
     #[arg(long, global = true, env = "ZRLAB_CAPACITY", value_enum, default_value_t = Capacity::Judge)]
     capacity: Capacity,
     /// Also write the results as JUnit XML to this file (the scenarios, or a replay's flows):
