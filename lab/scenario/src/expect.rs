@@ -87,6 +87,9 @@ pub enum Metric {
     CapacityDipPct,
     /// Releases in which the old process was told to stop before the new one was ready.
     ReleasesOutOfOrder,
+    /// Releases whose dispatcher program (`reuseport-bpf`, `sk-lookup`) steered none of the
+    /// probes made after the old process's drain: the new process was never installed in it.
+    ReleasesUnsteered,
     /// The worst second's 99th-percentile reply latency, in milliseconds of the scenario's time
     /// (divided by `--time-scale`, as every duration of a scaled run is stretched by it;
     /// `timeline::Timeline::latency_p99_ms`).
@@ -146,6 +149,7 @@ impl Metric {
                 | Self::SkLookupSteeredFlow
                 | Self::CapacityDipPct
                 | Self::ReleasesOutOfOrder
+                | Self::ReleasesUnsteered
                 | Self::ReleaseProbes
                 | Self::ReleaseProbesFailed
         )
@@ -169,6 +173,7 @@ impl Metric {
                 | Self::ExcusedDrops
                 | Self::LateFlowsOnDrained
                 | Self::ReleasesOutOfOrder
+                | Self::ReleasesUnsteered
                 | Self::ReleaseProbesFailed
                 | Self::LatencyP99Ms
                 | Self::MaxReplyGapMs
@@ -232,6 +237,7 @@ impl Metric {
             Self::SkLookupSteeredFlow => release.sk_lookup.steered_flow,
             Self::CapacityDipPct | Self::LatencyP99Ms | Self::MaxReplyGapMs => unreachable!("figures, in `of`"),
             Self::ReleasesOutOfOrder => release.out_of_order,
+            Self::ReleasesUnsteered => release.unsteered,
             Self::ReleaseProbes => release.probes,
             Self::ReleaseProbesFailed => release.probes_failed,
         }

@@ -58,6 +58,12 @@ pub(super) trait Dispatcher: std::fmt::Debug + Send {
         let _ = out;
         Ok(())
     }
+
+    /// New connections and flows its program has steered to the ready process so far; `None`
+    /// for a strategy without a program (the kernel's own lookup decides there).
+    fn steered_new(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// How long a released process serves what it has (its drain timeout): longer than any

@@ -129,6 +129,12 @@ pub struct ReleaseRecord {
     pub old_draining: Option<Instant>,
     /// What the new connections aimed at the backend during the release saw.
     pub probes: ProbeTally,
+    /// New connections the backend's dispatcher program steered while the probes after the
+    /// old process's drain ran (`None`: no program, or no prober). Zero means the new process
+    /// took them by the kernel's own lookup alone: the dispatcher was never told of it (a
+    /// missing install step), which the probes' answers cannot show, since the kernel finds
+    /// the new SO_REUSEPORT listener once the old one has closed.
+    pub steered_after_draining: Option<u64>,
 }
 
 impl ReleaseRecord {
@@ -136,6 +142,11 @@ impl ReleaseRecord {
     /// leaves the port without a ready process, whatever the probes happened to meet.
     pub fn out_of_order(&self) -> bool {
         self.old_told_to_stop.is_some_and(|stop| self.new_ready.is_none_or(|ready| stop < ready))
+    }
+
+    /// Whether the backend's dispatcher program steered none of the probes after the drain.
+    pub fn unsteered(&self) -> bool {
+        self.steered_after_draining == Some(0)
     }
 }
 
@@ -154,6 +165,9 @@ pub struct FleetCounters {
     /// Releases in which the old process was told to stop before the new one was ready
     /// ([`ReleaseRecord::out_of_order`]).
     pub out_of_order: u64,
+    /// Releases whose dispatcher program steered none of the probes after the old process's
+    /// drain ([`ReleaseRecord::unsteered`]).
+    pub unsteered: u64,
     /// New connections aimed at released backends during their releases (`release::probe`).
     pub probes: u64,
     /// Of those, the ones refused, reset or unanswered.
@@ -274,15 +288,20 @@ impl Fleet {
                 old_told_to_stop: None,
                 old_draining: None,
                 probes: ProbeTally::default(),
+                steered_after_draining: None,
             };
             let released = self.release_one(lab, backend, &old, dispatcher.as_mut(), health, &mut record).await;
             self.backends.get_mut(backend).expect("checked").dispatcher = Some(dispatcher);
             let new = released?;
             record.old_draining = self.draining(backend, old).await?;
             if let Some(prober) = prober {
+                let steered = |fleet: &Self| fleet.backends[backend].dispatcher.as_deref().map(|d| d.steered_new());
+                let before = steered(self).transpose()?.flatten();
                 let made = prober.made();
                 self.probes_after(&prober, made + PROBES_AFTER_DRAINING).await?;
                 record.probes = prober.finish()?;
+                let after = steered(self).transpose()?.flatten();
+                record.steered_after_draining = before.zip(after).map(|(before, after)| after.saturating_sub(before));
             }
             self.backends.get_mut(backend).expect("checked").current = new;
             self.released += 1;
@@ -393,6 +412,7 @@ impl Fleet {
         let mut out = FleetCounters { released: self.released, ..Default::default() };
         for record in &self.records {
             out.out_of_order += u64::from(record.out_of_order());
+            out.unsteered += u64::from(record.unsteered());
             out.probes += record.probes.probes;
             out.probes_failed += record.probes.failed;
         }
@@ -442,6 +462,7 @@ mod tests {
             old_told_to_stop: stop.map(at),
             old_draining: None,
             probes: ProbeTally::default(),
+            steered_after_draining: None,
         }
     }
 
@@ -452,5 +473,14 @@ mod tests {
         assert!(!record(Some(10), Some(20)).out_of_order(), "ready, then stopped");
         // Takeover: the lab never tells the old process to stop; it drains itself.
         assert!(!record(Some(10), None).out_of_order());
+    }
+
+    #[test]
+    fn a_dispatcher_that_steered_none_of_the_last_probes_is_unsteered() {
+        let steered = |n: Option<u64>| ReleaseRecord { steered_after_draining: n, ..record(Some(10), Some(20)) };
+        assert!(steered(Some(0)).unsteered());
+        assert!(!steered(Some(25)).unsteered());
+        // No program (takeover, restart, drain): nothing to steer, nothing to judge.
+        assert!(!steered(None).unsteered());
     }
 }

@@ -53,4 +53,8 @@ impl Dispatcher for ReuseportBpf {
         out.reuseport.absorb(&self.0.counters()?);
         Ok(())
     }
+
+    fn steered_new(&self) -> Result<Option<u64>> {
+        Ok(Some(self.0.counters()?.selected))
+    }
 }

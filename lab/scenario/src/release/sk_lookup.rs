@@ -55,4 +55,8 @@ impl Dispatcher for SkLookup {
         out.sk_lookup.absorb(&self.0.counters()?);
         Ok(())
     }
+
+    fn steered_new(&self) -> Result<Option<u64>> {
+        Ok(Some(self.0.counters()?.steered_new))
+    }
 }
