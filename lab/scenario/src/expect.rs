@@ -190,6 +190,9 @@ impl Metric {
             Self::MaxReplyGapMs => {
                 return measures.max_reply_gap_ms.ok_or_else(|| "no flow had two replies".to_owned());
             }
+            Self::ReleasesUnsteered if measures.release.is_none_or(|r| r.steering_read == 0) => {
+                return Err("no release had a dispatcher program whose steering could be read".into());
+            }
             _ => self.count(measures),
         })
     }
@@ -468,6 +471,25 @@ mod tests {
 
     /// Before issue 20 a capacity the client's own stalls left without a figure passed as
     /// "not judged"; now a figure the run could not measure fails, and says why.
+    /// `releases_unsteered == 0` holds only where some release's dispatcher program was read:
+    /// a run whose programs were never read (or that had no release) is not judged.
+    #[test]
+    fn unsteered_releases_are_judged_only_where_a_program_was_read() {
+        let expect = BTreeMap::from([(Metric::ReleasesUnsteered, parse("== 0").unwrap())]);
+        let release = |unsteered, steering_read| Measures {
+            release: Some(crate::release::FleetCounters { unsteered, steering_read, ..Default::default() }),
+            ..Measures::default()
+        };
+        let verdict = |measures: &Measures| {
+            let check = &evaluate(&expect, measures, Capacity::Judge)[0];
+            (check.ok, check.judged)
+        };
+        assert_eq!(verdict(&release(0, 1)), (true, true));
+        assert_eq!(verdict(&release(1, 1)), (false, true));
+        assert_eq!(verdict(&release(0, 0)), (false, false), "no program read: not judged");
+        assert_eq!(verdict(&Measures::default()), (false, false), "no release at all");
+    }
+
     #[test]
     fn a_figure_the_run_could_not_measure_is_not_judged_and_fails() {
         let expect = BTreeMap::from([

@@ -81,7 +81,8 @@ enum Source {
 ///   sockets (IPv4 and IPv6).
 /// - control: its unit tests (Maglev, the model's codecs), the XDP suites through the control
 ///   plane, `tpr` (server ids, sock_ops maps) and offline replay (the LB configuration).
-/// - release: migration parity (the reuseport dispatcher) and the release and rolling-upgrade
+/// - release: its unit tests (order, steering, tally), migration parity (the reuseport
+///   dispatcher) and the release and rolling-upgrade
 ///   scenarios end to end with their controls (the fleet, the strategies, the handover).
 /// - judging: the unit tests of expectations, measures and accounting: they decide pass and
 ///   fail, so no mutant of theirs may survive.
@@ -147,6 +148,9 @@ const COMPONENTS: [Component; 4] = [
         except: &[],
         source: Source::CargoMutants,
         suites: &[
+            // The release module's own unit tests first (the order check, the steering check,
+            // the tally): seconds, where the scenarios take minutes.
+            &["-p", "zrlab-scenario", "--lib", "release::"],
             &["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup"],
             &["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"],
         ],

@@ -168,6 +168,9 @@ pub struct FleetCounters {
     /// Releases whose dispatcher program steered none of the probes after the old process's
     /// drain ([`ReleaseRecord::unsteered`]).
     pub unsteered: u64,
+    /// Releases whose dispatcher program's steering was read at all (a program and a prober):
+    /// without one, `unsteered` judges nothing.
+    pub steering_read: u64,
     /// New connections aimed at released backends during their releases (`release::probe`).
     pub probes: u64,
     /// Of those, the ones refused, reset or unanswered.
@@ -176,6 +179,19 @@ pub struct FleetCounters {
     pub reuseport: ReuseportCounters,
     /// The `SK_LOOKUP` dispatchers'.
     pub sk_lookup: SkLookupCounters,
+}
+
+impl FleetCounters {
+    /// Adds what the lab saw of each release in `records`: the order, the steering, the probes.
+    fn tally(&mut self, records: &[ReleaseRecord]) {
+        for record in records {
+            self.out_of_order += u64::from(record.out_of_order());
+            self.unsteered += u64::from(record.unsteered());
+            self.steering_read += u64::from(record.steered_after_draining.is_some());
+            self.probes += record.probes.probes;
+            self.probes_failed += record.probes.failed;
+        }
+    }
 }
 
 /// The services of a scenario's backends.
@@ -410,12 +426,7 @@ impl Fleet {
     /// What the dispatchers counted, and how many processes releases started.
     pub fn counters(&self) -> Result<FleetCounters> {
         let mut out = FleetCounters { released: self.released, ..Default::default() };
-        for record in &self.records {
-            out.out_of_order += u64::from(record.out_of_order());
-            out.unsteered += u64::from(record.unsteered());
-            out.probes += record.probes.probes;
-            out.probes_failed += record.probes.failed;
-        }
+        out.tally(&self.records);
         for dispatcher in self.backends.values().filter_map(|b| b.dispatcher.as_deref()) {
             dispatcher.count(&mut out)?;
         }
@@ -482,5 +493,34 @@ mod tests {
         assert!(!steered(Some(25)).unsteered());
         // No program (takeover, restart, drain): nothing to steer, nothing to judge.
         assert!(!steered(None).unsteered());
+    }
+
+    #[test]
+    fn the_tally_counts_each_release_once_by_what_the_lab_saw() {
+        let mut stopped_early = record(Some(20), Some(10));
+        stopped_early.probes = ProbeTally { probes: 30, failed: 2, first_failure: Some("refused".into()) };
+        stopped_early.steered_after_draining = Some(0);
+        let mut clean = record(Some(10), Some(20));
+        clean.probes = ProbeTally { probes: 27, failed: 0, first_failure: None };
+        clean.steered_after_draining = Some(25);
+        let no_program = record(Some(10), Some(20));
+        let mut out = FleetCounters::default();
+        out.tally(&[stopped_early, clean, no_program]);
+        assert_eq!(
+            (out.out_of_order, out.unsteered, out.steering_read, out.probes, out.probes_failed),
+            (1, 1, 2, 57, 2)
+        );
+    }
+
+    /// The strategies without a program say so: their releases are not judged on steering
+    /// (a number there would count every takeover, restart and drain as unsteered).
+    #[test]
+    fn strategies_without_a_program_read_no_steering() {
+        use crate::release::{drain::Drain, restart::Restart, takeover::Takeover};
+        let none: [Box<dyn Dispatcher>; 3] =
+            [Box::new(Restart), Box::new(Drain { period: Duration::from_secs(1) }), Box::new(Takeover { forward: true })];
+        for dispatcher in none {
+            assert_eq!(dispatcher.steered_new().expect("no program to read"), None, "{dispatcher:?}");
+        }
     }
 }
