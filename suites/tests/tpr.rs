@@ -95,8 +95,7 @@ impl Bed {
             "client = \"client\"\nbackends = {BACKENDS:?}\nvip = \"203.0.113.10\"\ntcp_flows = 1\nudp_flows = 0"
         ))
         .expect("workload");
-        let lb_spec: LbSpec =
-            toml::from_str("nodes = [\"lb1\"]\ntcp_id_routing = true").expect("lb section");
+        let lb_spec: LbSpec = toml::from_str("nodes = [\"lb1\"]\ntcp_id_routing = true").expect("lb section");
         let registry = Registry::assign(7, &workload.backends, u32::MAX);
         for (node, key, value) in sysctls {
             let path = Path::new("/proc/sys").join(key);

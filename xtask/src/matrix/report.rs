@@ -162,8 +162,11 @@ impl Report {
             let mut timed: Vec<&Cell> = kernel.cells.iter().filter(|c| c.secs.is_some()).collect();
             timed.sort_by(|a, b| b.secs.partial_cmp(&a.secs).unwrap_or(std::cmp::Ordering::Equal));
             if !timed.is_empty() {
-                let slowest: Vec<String> =
-                    timed.iter().take(SLOWEST_ROWS).map(|c| format!("{} {:.0} s", c.row, c.secs.unwrap_or(0.0))).collect();
+                let slowest: Vec<String> = timed
+                    .iter()
+                    .take(SLOWEST_ROWS)
+                    .map(|c| format!("{} {:.0} s", c.row, c.secs.unwrap_or(0.0)))
+                    .collect();
                 out.push_str(&format!("  slowest rows: {}\n", slowest.join(", ")));
             }
         }

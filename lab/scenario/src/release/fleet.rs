@@ -517,8 +517,11 @@ mod tests {
     #[test]
     fn strategies_without_a_program_read_no_steering() {
         use crate::release::{drain::Drain, restart::Restart, takeover::Takeover};
-        let none: [Box<dyn Dispatcher>; 3] =
-            [Box::new(Restart), Box::new(Drain { period: Duration::from_secs(1) }), Box::new(Takeover { forward: true })];
+        let none: [Box<dyn Dispatcher>; 3] = [
+            Box::new(Restart),
+            Box::new(Drain { period: Duration::from_secs(1) }),
+            Box::new(Takeover { forward: true }),
+        ];
         for dispatcher in none {
             assert_eq!(dispatcher.steered_new().expect("no program to read"), None, "{dispatcher:?}");
         }
