@@ -103,6 +103,20 @@ pub enum Metric {
     ReleaseProbes,
     /// Of those, the ones refused, reset or unanswered.
     ReleaseProbesFailed,
+    /// Ring changes the LB nodes' health checkers made (a backend out of, or back into, one
+    /// node's rings).
+    LbHealthChanges,
+    /// The longest time from a `kill-backend` death to the last LB node's ring change that
+    /// took the backend out, in milliseconds of the scenario's time (divided by
+    /// `--time-scale`); not judged when nothing was killed or a killed backend stayed in a
+    /// node's rings past its detection budget.
+    BackendOutOfRingsMs,
+    /// (LB node, killed backend) pairs whose server id the node's live-id table (read from
+    /// its map) still held at the end; not judged when nothing was killed.
+    DeadIdsLive,
+    /// Failed flows without an answer that a dying host may have taken (excused; see
+    /// `workload::accounting::Dying`).
+    FlowsLostToDying,
 }
 
 impl Metric {
@@ -120,6 +134,9 @@ impl Metric {
                 | Self::LbTableMisses
                 | Self::LbIdUnknown
                 | Self::LbInheritedFlows
+                | Self::LbHealthChanges
+                | Self::BackendOutOfRingsMs
+                | Self::DeadIdsLive
         )
     }
 
@@ -158,7 +175,7 @@ impl Metric {
     /// Whether the metric is a timing figure (capacity, latency, reply gaps): what
     /// [`Capacity::Report`] reports without judging.
     pub(crate) fn is_timing(self) -> bool {
-        matches!(self, Self::CapacityDipPct | Self::LatencyP99Ms | Self::MaxReplyGapMs)
+        matches!(self, Self::CapacityDipPct | Self::LatencyP99Ms | Self::MaxReplyGapMs | Self::BackendOutOfRingsMs)
     }
 
     /// Whether the metric counts a failure (what a control run must show).
@@ -177,6 +194,7 @@ impl Metric {
                 | Self::ReleaseProbesFailed
                 | Self::LatencyP99Ms
                 | Self::MaxReplyGapMs
+                | Self::DeadIdsLive
         )
     }
 
@@ -192,6 +210,15 @@ impl Metric {
             }
             Self::ReleasesUnsteered if measures.release.is_none_or(|r| r.steering_read == 0) => {
                 return Err("no release had a dispatcher program whose steering could be read".into());
+            }
+            Self::BackendOutOfRingsMs | Self::DeadIdsLive => {
+                let Some(deaths) = measures.deaths else { return Err("no backend was killed".into()) };
+                return match self {
+                    Self::DeadIdsLive => Ok(deaths.ids_still_live),
+                    _ => deaths.out_of_rings_ms.ok_or_else(|| {
+                        "a killed backend was still in an LB node's rings when its detection budget ran out".into()
+                    }),
+                };
             }
             _ => self.count(measures),
         })
@@ -238,11 +265,17 @@ impl Metric {
             Self::ReuseportMigrated => release.reuseport.migrated(),
             Self::SkLookupSteeredNew => release.sk_lookup.steered_new,
             Self::SkLookupSteeredFlow => release.sk_lookup.steered_flow,
-            Self::CapacityDipPct | Self::LatencyP99Ms | Self::MaxReplyGapMs => unreachable!("figures, in `of`"),
+            Self::CapacityDipPct
+            | Self::LatencyP99Ms
+            | Self::MaxReplyGapMs
+            | Self::BackendOutOfRingsMs
+            | Self::DeadIdsLive => unreachable!("figures, in `of`"),
             Self::ReleasesOutOfOrder => release.out_of_order,
             Self::ReleasesUnsteered => release.unsteered,
             Self::ReleaseProbes => release.probes,
             Self::ReleaseProbesFailed => release.probes_failed,
+            Self::LbHealthChanges => lb.health_changes,
+            Self::FlowsLostToDying => tally.lost_to_dying,
         }
     }
 }

@@ -11,7 +11,12 @@
 //!
 //! The programs stay attached as long as the [`Deployment`] lives; drop it before the lab.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    time::{Duration, Instant},
+};
 
 use zrlab_common::lb::counter;
 
@@ -21,11 +26,14 @@ use crate::{
 };
 use zrlab_control::{
     bpf::{Loaded, Object},
-    lb::{Balancer, Decap, RealSpec, Settings, VipSpec},
+    lb::{
+        Balancer, Decap, RealSpec, Settings, VipSpec,
+        health::{Checker, HealthPolicy, OnChange, Target},
+    },
     server_id::{Membership, Registry},
 };
 use zrlab_host::error::{LabError, Result};
-use zrlab_topology::Lab;
+use zrlab_topology::{Lab, spec::EndSpec};
 use zrlab_wire::Proto;
 
 /// What a deployed LB holds, for a kept run's status.
@@ -39,6 +47,9 @@ pub struct LbStatus {
     pub reals: Vec<(String, IpAddr, u32, bool)>,
     /// The live-id table: id -> backend.
     pub live_ids: BTreeMap<u32, String>,
+    /// (LB node, backend) for every backend a node's health checker took out.
+    #[serde(default)]
+    pub unhealthy: Vec<(String, String)>,
     /// Per VIP, the ring's slots per backend, read from the LB nodes' maps (one entry per VIP
     /// when every node holds the same ring, one per node and VIP when they differ).
     pub rings: Vec<(String, Vec<(String, u32)>)>,
@@ -47,17 +58,159 @@ pub struct LbStatus {
 /// A deployed LB.
 pub struct Deployment {
     programs: Vec<String>,
-    balancers: Vec<(String, Balancer)>,
+    /// The LB nodes, in order.
+    nodes: Vec<String>,
+    /// Stopped first (dropped in declaration order): no checker changes a ring while the
+    /// programs go away.
+    checkers: Vec<Checker>,
+    shared: Arc<Shared>,
     decaps: Vec<Decap>,
     _passes: Loaded,
+}
+
+/// A change a node's health checker made to its rings.
+#[derive(Clone, Debug)]
+pub struct HealthChange {
+    /// The LB node.
+    pub node: String,
+    /// The backend.
+    pub backend: String,
+    /// Back in (`true`) or out.
+    pub up: bool,
+    /// When the node's rings and live ids had been changed.
+    pub at: Instant,
+}
+
+/// What the deployment's callers and its health checkers share. Lock order: `config`, then
+/// nodes in index order, then `log`. Each LB node has a lock of its own, as separate machines
+/// would: the checkers of several nodes change their rings at the same time.
+struct Shared {
+    config: RwLock<Config>,
+    nodes: Vec<Mutex<LbNode>>,
+    log: Mutex<HealthLog>,
+}
+
+/// The LB's configuration: the same on every node.
+struct Config {
     vips: Vec<VipSpec>,
     reals: Vec<(String, RealSpec)>,
     registry: Registry,
 }
 
+/// One LB node.
+struct LbNode {
+    name: String,
+    balancer: Balancer,
+    /// The backends its health checker found down: out of its rings and live-id table,
+    /// whatever the configuration says.
+    unhealthy: BTreeSet<String>,
+}
+
+/// What the health checkers did.
+#[derive(Default)]
+struct HealthLog {
+    changes: Vec<HealthChange>,
+    /// What went wrong applying a change (reported by [`Deployment::totals`]).
+    errors: Vec<String>,
+}
+
+/// Locks `m`. A checker that panicked mid-change is reported by the panic hook; the state it
+/// left is still the kernel's to read.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn read(&self) -> RwLockReadGuard<'_, Config> {
+        self.config.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Config> {
+        self.config.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nodes(&self) -> Vec<MutexGuard<'_, LbNode>> {
+        self.nodes.iter().map(lock).collect()
+    }
+
+    /// Records that node `index`'s checker found `backend` up or down, and changes that node.
+    fn health_changed(&self, index: usize, backend: &str, up: bool) {
+        let config = self.read();
+        let mut node = lock(&self.nodes[index]);
+        let before = config.node_live(&node.unhealthy);
+        if up {
+            node.unhealthy.remove(backend);
+        } else {
+            node.unhealthy.insert(backend.to_owned());
+        }
+        let result = config.converge(&mut [&mut node], &[before]);
+        let mut log = lock(&self.log);
+        let name = node.name.clone();
+        log.changes.push(HealthChange { node: name.clone(), backend: backend.to_owned(), up, at: Instant::now() });
+        if let Err(e) = result {
+            let what = if up { "back into" } else { "out of" };
+            log.errors.push(format!("{name}'s health checker could not take {backend} {what} its rings: {e}"));
+        }
+    }
+}
+
+impl Config {
+    /// A node's reals: the configuration's, a backend its checker found down (`unhealthy`)
+    /// out of the rings as a drain takes it out: only its slots move, so the other backends'
+    /// new flows keep their places.
+    fn node_reals(&self, unhealthy: &BTreeSet<String>) -> Vec<RealSpec> {
+        self.reals
+            .iter()
+            .map(|(backend, real)| match unhealthy.contains(backend) {
+                true => RealSpec { up: false, ..real.clone() },
+                false => real.clone(),
+            })
+            .collect()
+    }
+
+    /// A node's live ids: the registry's, less those of backends its checker found down.
+    fn node_live(&self, unhealthy: &BTreeSet<String>) -> BTreeMap<u32, IpAddr> {
+        let owners = self.registry.live();
+        live_table(&self.registry, &self.reals)
+            .into_iter()
+            .filter(|(id, _)| !owners.get(id).is_some_and(|backend| unhealthy.contains(backend)))
+            .collect()
+    }
+
+    /// Brings `nodes` in line with the configuration and their health, `before` holding each
+    /// one's live ids before the change.
+    ///
+    /// An id that becomes live is live on every one of them, within every VIP its backend
+    /// joins, before any of their rings can send a flow to that backend; one that leaves stays
+    /// until none of their rings does: no packet of a flow a new ring placed finds its
+    /// backend's id unknown on the node ECMP hands it to.
+    fn converge(&self, nodes: &mut [&mut LbNode], before: &[BTreeMap<u32, IpAddr>]) -> Result<()> {
+        let reals: Vec<Vec<RealSpec>> = nodes.iter().map(|n| self.node_reals(&n.unhealthy)).collect();
+        let after: Vec<BTreeMap<u32, IpAddr>> = nodes.iter().map(|n| self.node_live(&n.unhealthy)).collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let mut during = before[i].clone();
+            during.extend(after[i].iter().map(|(id, addr)| (*id, *addr)));
+            node.balancer.sync_server_ids(&during)?;
+            for vip in &self.vips {
+                node.balancer.admit_members(vip, &reals[i])?;
+            }
+        }
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for vip in &self.vips {
+                node.balancer.set_vip(vip, &reals[i])?;
+            }
+        }
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.balancer.sync_server_ids(&after[i])?;
+        }
+        Ok(())
+    }
+}
+
 impl Deployment {
     /// Loads, configures and attaches every program of `spec` in `lab`; `registry` holds the
     /// backends' server ids (backends of weight 0 start as removed from the configuration).
+    /// Health checks start with [`Deployment::check_health`].
     pub fn start(lab: &Lab, spec: &LbSpec, workload: &WorkloadSpec, registry: Registry) -> Result<Self> {
         let reals: Vec<(String, RealSpec)> = workload
             .backends
@@ -93,13 +246,7 @@ impl Deployment {
         let mut programs = Vec::new();
         let mut balancers = Vec::new();
         for node in nodes {
-            let link = topology
-                .spec
-                .links
-                .iter()
-                .find(|l| l.a.node == *node || l.b.node == *node)
-                .ok_or_else(|| LabError::Unsupported(format!("LB node {node:?} has no link")))?;
-            let (mine, theirs) = if link.a.node == *node { (&link.a, &link.b) } else { (&link.b, &link.a) };
+            let (mine, theirs) = lb_link(lab, node)?;
             let mut balancer = Balancer::load(&Settings::default())?;
             for v in &vips {
                 balancer.set_vip(v, &real_specs(&reals))?;
@@ -123,7 +270,90 @@ impl Deployment {
             }
             decaps.push(decap);
         }
-        Ok(Self { programs, balancers, decaps, _passes: passes, vips, reals, registry })
+        let names = balancers.iter().map(|(name, _)| name.clone()).collect();
+        let shared = Shared {
+            config: RwLock::new(Config { vips, reals, registry }),
+            nodes: balancers
+                .into_iter()
+                .map(|(name, balancer)| Mutex::new(LbNode { name, balancer, unhealthy: BTreeSet::new() }))
+                .collect(),
+            log: Mutex::new(HealthLog::default()),
+        };
+        Ok(Self { programs, nodes: names, checkers: Vec::new(), shared: Arc::new(shared), decaps, _passes: passes })
+    }
+
+    /// Starts a health checker on every LB node (`zrlab_control::lb::health`): from then on
+    /// a backend that stops answering its probes leaves that node's rings and live-id table,
+    /// and comes back when it answers again. It probes the first VIP's address.
+    pub fn check_health(&mut self, lab: &Lab, policy: HealthPolicy) -> Result<()> {
+        let (backends, targets) = {
+            let config = self.shared.read();
+            let vip = config.vips.first().map(|v| v.addr);
+            let vip = vip.ok_or_else(|| LabError::Unsupported("an LB without a VIP".into()))?;
+            let backends: Vec<String> = config.reals.iter().map(|(backend, _)| backend.clone()).collect();
+            let targets: Vec<Target> = config.reals.iter().map(|(_, r)| Target { real: r.addr, vip }).collect();
+            (backends, targets)
+        };
+        for (index, node) in self.nodes.iter().enumerate() {
+            let (mine, _) = lb_link(lab, node)?;
+            let sources: Vec<IpAddr> = mine.addrs.iter().map(|a| a.addr()).collect();
+            let shared = self.shared.clone();
+            let backends = backends.clone();
+            let on_change: OnChange = Box::new(move |target, up| shared.health_changed(index, &backends[target], up));
+            // One identifier per node: the echo replies of another node's checker are not ours.
+            let ident = HEALTH_IDENT_BASE.wrapping_add(index as u16);
+            let checker =
+                Checker::start(&lab.node(node)?.netns, node, &sources, targets.clone(), policy, ident, on_change)?;
+            self.checkers.push(checker);
+            self.programs.push(format!("{node} health checker ({} backends)", targets.len()));
+        }
+        Ok(())
+    }
+
+    /// Whether health checkers run.
+    pub fn checks_health(&self) -> bool {
+        !self.checkers.is_empty()
+    }
+
+    /// Every change the health checkers made so far.
+    pub fn health_changes(&self) -> Vec<HealthChange> {
+        lock(&self.shared.log).changes.clone()
+    }
+
+    /// Waits until every LB node's checker has taken `backend` out (a change after `since`),
+    /// polling every 10 ms until `deadline`: the time from `since` to the last node's change,
+    /// or `None` if not every node did by then (or no checker runs).
+    pub async fn wait_out(&self, backend: &str, since: Instant, deadline: Instant) -> Option<Duration> {
+        if !self.checks_health() {
+            return None;
+        }
+        loop {
+            // Only the log's lock: a node changing its rings holds its own.
+            let last_out = {
+                let log = lock(&self.shared.log);
+                let out_at = |node: &str| {
+                    log.changes.iter().find(|c| c.node == node && c.backend == backend && !c.up && c.at >= since)
+                };
+                self.nodes.iter().map(|node| out_at(node).map(|c| c.at)).collect::<Option<Vec<_>>>()
+            };
+            if let Some(last) = last_out.and_then(|ats| ats.into_iter().max()) {
+                return Some(last - since);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many LB nodes' live-id tables (read from their maps) hold `backend`'s server id.
+    pub fn nodes_with_live_id(&self, backend: &str) -> Result<u64> {
+        let Some(id) = self.shared.read().registry.id(backend) else { return Ok(0) };
+        let mut nodes = 0;
+        for node in &self.shared.nodes {
+            nodes += u64::from(lock(node).balancer.server_ids_in_kernel()?.contains(&id));
+        }
+        Ok(nodes)
     }
 
     /// Marks `backend` down in every LB node's rings (a health change: only its slots move);
@@ -144,9 +374,12 @@ impl Deployment {
     }
 
     /// Applies `edit` to `backend`'s real, then brings the registry, every ring and every
-    /// live-id table in line with it.
+    /// live-id table in line with it (and with each node's health).
     fn change(&mut self, backend: &str, edit: impl FnOnce(&mut RealSpec)) -> Result<()> {
-        let real = self
+        let mut config = self.shared.write();
+        let mut nodes = self.shared.nodes();
+        let before: Vec<_> = nodes.iter().map(|n| config.node_live(&n.unhealthy)).collect();
+        let real = config
             .reals
             .iter_mut()
             .find(|(node, _)| node == backend)
@@ -158,52 +391,35 @@ impl Deployment {
             (_, false) => Membership::Drained,
             (_, true) => Membership::Serving,
         };
-        let before = live_table(&self.registry, &self.reals);
-        self.registry.set(backend, membership);
-        let reals = real_specs(&self.reals);
-        let live = live_table(&self.registry, &self.reals);
-        // An id that becomes live is live on every LB node, within every VIP its backend
-        // joins, before any node's ring can send a flow to that backend; one that leaves stays
-        // until no node's ring does: no packet of a flow a new ring placed finds its backend's
-        // id unknown on the node ECMP hands it to.
-        let mut during = before;
-        during.extend(live.iter().map(|(id, addr)| (*id, *addr)));
-        for (_, balancer) in &mut self.balancers {
-            balancer.sync_server_ids(&during)?;
-            for vip in &self.vips {
-                balancer.admit_members(vip, &reals)?;
-            }
-        }
-        for (_, balancer) in &mut self.balancers {
-            for vip in &self.vips {
-                balancer.set_vip(vip, &reals)?;
-            }
-        }
-        for (_, balancer) in &mut self.balancers {
-            balancer.sync_server_ids(&live)?;
-        }
-        Ok(())
+        config.registry.set(backend, membership);
+        let mut nodes: Vec<&mut LbNode> = nodes.iter_mut().map(|n| &mut **n).collect();
+        config.converge(&mut nodes, &before)
     }
 
     /// What the deployment holds now.
     pub fn status(&self) -> Result<LbStatus> {
+        let config = self.shared.read();
+        let nodes = self.shared.nodes();
         let name = |addr: &IpAddr| {
-            self.reals.iter().find(|(_, r)| r.addr == *addr).map_or_else(|| addr.to_string(), |(node, _)| node.clone())
+            config
+                .reals
+                .iter()
+                .find(|(_, r)| r.addr == *addr)
+                .map_or_else(|| addr.to_string(), |(node, _)| node.clone())
         };
         let mut rings = Vec::new();
-        for v in &self.vips {
+        for v in &config.vips {
             // Read from every node's maps: the data path's rings, not this process's memory.
-            let per_node: Vec<(String, BTreeMap<IpAddr, u32>)> = self
-                .balancers
+            let per_node: Vec<(String, BTreeMap<IpAddr, u32>)> = nodes
                 .iter()
-                .map(|(node, balancer)| Ok((node.clone(), balancer.ring_in_kernel(v)?)))
+                .map(|node| Ok((node.name.clone(), node.balancer.ring_in_kernel(v)?)))
                 .collect::<Result<_>>()?;
             let vip = format!("{}:{}/{}", v.addr, v.port, v.proto);
             let agree = per_node.windows(2).all(|w| w[0].1 == w[1].1);
             for (node, slots) in per_node.iter().take(if agree { 1 } else { per_node.len() }) {
                 // Every backend, 0 for one without a slot; an address no backend has (a stale
                 // real in the maps) by its address.
-                let mut shares: Vec<(String, u32)> = self
+                let mut shares: Vec<(String, u32)> = config
                     .reals
                     .iter()
                     .map(|(node, r)| (node.clone(), slots.get(&r.addr).copied().unwrap_or(0)))
@@ -211,7 +427,7 @@ impl Deployment {
                 shares.extend(
                     slots
                         .iter()
-                        .filter(|(addr, _)| !self.reals.iter().any(|(_, r)| r.addr == **addr))
+                        .filter(|(addr, _)| !config.reals.iter().any(|(_, r)| r.addr == **addr))
                         .map(|(a, n)| (name(a), *n)),
                 );
                 rings.push((if agree { vip.clone() } else { format!("{vip} on {node}") }, shares));
@@ -219,7 +435,7 @@ impl Deployment {
         }
         Ok(LbStatus {
             programs: self.programs.clone(),
-            vips: self
+            vips: config
                 .vips
                 .iter()
                 .map(|v| {
@@ -227,17 +443,29 @@ impl Deployment {
                     format!("{}:{}/{}{ids}", v.addr, v.port, v.proto)
                 })
                 .collect(),
-            reals: self.reals.iter().map(|(node, r)| (node.clone(), r.addr, r.weight, r.up)).collect(),
-            live_ids: self.registry.live(),
+            reals: config.reals.iter().map(|(node, r)| (node.clone(), r.addr, r.weight, r.up)).collect(),
+            live_ids: config.registry.live(),
             rings,
+            unhealthy: nodes
+                .iter()
+                .flat_map(|node| node.unhealthy.iter().map(|backend| (node.name.clone(), backend.clone())))
+                .collect(),
         })
     }
 
-    /// The counters of every LB and decap program.
+    /// The counters of every LB and decap program; an error if a health checker could not
+    /// apply a change.
     pub fn totals(&self) -> Result<LbTotals> {
+        let log = lock(&self.shared.log);
+        if !log.errors.is_empty() {
+            return Err(LabError::Unsupported(log.errors.join("; ")));
+        }
+        let health_changes = log.changes.len() as u64;
+        drop(log);
+        let nodes = self.shared.nodes();
         let mut totals = LbTotals::default();
-        for (_, balancer) in &self.balancers {
-            let c = balancer.counters()?;
+        for node in &nodes {
+            let c = node.balancer.counters()?;
             totals.tx += c.get(counter::TX);
             totals.ring_routed += c.get(counter::RING_ROUTED);
             totals.table_hits +=
@@ -252,14 +480,30 @@ impl Deployment {
             totals.decapsulated += c.v4_in_v4 + c.v6_in_v6 + c.v4_in_v6 + c.v6_in_v4;
         }
         let mut nodes_per_flow = std::collections::HashMap::new();
-        for (_, balancer) in &self.balancers {
-            for key in balancer.connections()? {
+        for node in &nodes {
+            for key in node.balancer.connections()? {
                 *nodes_per_flow.entry(key).or_insert(0u32) += 1;
             }
         }
         totals.inherited_flows = nodes_per_flow.values().filter(|n| **n > 1).count() as u64;
+        totals.health_changes = health_changes;
         Ok(totals)
     }
+}
+
+/// The first echo identifier of the health checkers (one per LB node from there).
+const HEALTH_IDENT_BASE: u16 = 0x7a00;
+
+/// LB node `node`'s one link: its own end and the router's.
+fn lb_link<'a>(lab: &'a Lab, node: &str) -> Result<(&'a EndSpec, &'a EndSpec)> {
+    let link = lab
+        .topology()
+        .spec
+        .links
+        .iter()
+        .find(|l| l.a.node == *node || l.b.node == *node)
+        .ok_or_else(|| LabError::Unsupported(format!("LB node {node:?} has no link")))?;
+    Ok(if link.a.node == *node { (&link.a, &link.b) } else { (&link.b, &link.a) })
 }
 
 /// The registry's live ids with the addresses the LB tunnels to.

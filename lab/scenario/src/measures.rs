@@ -32,6 +32,8 @@ pub struct LbTotals {
     /// node inherited from another (ECMP moved them), the proof that a failover event reached
     /// the flows.
     pub inherited_flows: u64,
+    /// Ring changes the LB nodes' health checkers made (out or back in, per node).
+    pub health_changes: u64,
 }
 
 /// What the `tpr` sock_ops programs counted, per side, summed over nodes.
@@ -66,6 +68,20 @@ pub struct Measures {
     pub max_reply_gap_ms: Option<u64>,
     /// The flows with the longest gaps between their replies, longest first: (flow, ms).
     pub longest_gaps: Vec<(u32, u64)>,
+    /// What the `kill-backend` events measured, when the run has any.
+    pub deaths: Option<DeathMeasures>,
+}
+
+/// What a run's `kill-backend` events measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DeathMeasures {
+    /// The longest time, over the killed backends, from a death to the last LB node's ring
+    /// change that took the backend out, in milliseconds of the scenario's time; `None` if a
+    /// killed backend was not out of every node's rings within the detection budget.
+    pub out_of_rings_ms: Option<u64>,
+    /// (LB node, killed backend) pairs whose server id the node's live-id table still held
+    /// at the end.
+    pub ids_still_live: u64,
 }
 
 impl Default for Measures {
@@ -80,6 +96,7 @@ impl Default for Measures {
             latency_p99_ms: None,
             max_reply_gap_ms: None,
             longest_gaps: Vec::new(),
+            deaths: None,
         }
     }
 }

@@ -9,16 +9,17 @@
 //! "losses": [{"node", "counter", "count"}], "lb": {...} | null, "tpr": {"server": {...},
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
 //! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms",
-//! "longest_gaps": [[flow, ms]]} | null,
+//! "longest_gaps": [[flow, ms]]} | null, "deaths": {"out_of_rings_ms", "ids_still_live"} | null,
+//! "lost_to_dying",
 //! "timelines": [[variant, {"seconds": [{"offered", "replies", "resets", "misroutes", "drops",
 //! "stalled_ms", "latency_p50_us", "latency_p99_us", "latency_max_us"}], "marks": [{"at_s",
 //! "label", "released"}]}]]}]}`. A check with `"judged": false` could not be measured: it fails
 //! unless the run only reports it (`--capacity report`), and is never a pass.
 //! `lb` and `tpr` are the main run's program counters (`scenario::measures`): the proof that
 //! the data path (XDP LB, sock_ops) carried the flows, not only that the flows survived.
-//! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows (by id) that were reset,
-//! misrouted or dropped, whether or not their owner stayed up (`excused` says which: a flow of a
-//! backend taken down is not in the counts): where to start reading when a
+//! `anomalies` are the main run's first [`MAX_ANOMALIES`] flows that were reset, misrouted or
+//! dropped, the counted ones first, then by id, whether or not their owner stayed up (`excused`
+//! says which: a flow of a backend taken down is not in the counts): where to start reading when a
 //! verdict fails. `losses` are the kernel's nonzero drop counters in the main run's namespaces
 //! (see `topology::Loss`): at which hop packets were lost.
 //! Figures are those of flows whose owner stayed up (see `workload::accounting`); set-up and
@@ -30,7 +31,7 @@ use serde::Serialize;
 
 use crate::{
     Outcome, ScenarioVerdict,
-    measures::{LbTotals, TprTotals},
+    measures::{DeathMeasures, LbTotals, TprTotals},
     release::FleetCounters,
 };
 use zrlab_host::error::{LabError, Result};
@@ -128,6 +129,11 @@ pub struct ScenarioReport {
     pub ecmp_reproducible: bool,
     /// The main run's release counters and capacity dip, for release scenarios.
     pub release: Option<ReleaseFigures>,
+    /// What the main run's `kill-backend` events measured: the time from a death to the last
+    /// LB node's ring change, and the killed backends' ids still live, when it killed one.
+    pub deaths: Option<DeathMeasures>,
+    /// Failed flows without an answer a dying host may have taken, in the main run (excused).
+    pub lost_to_dying: u64,
     /// Per variant (`main`, `control`), the run's timeline, for release scenarios: plotted
     /// next to the report as `timelines/<scenario>-<variant>.svg`.
     pub timelines: Vec<(String, Timeline)>,
@@ -190,15 +196,16 @@ impl From<&Outcome> for ScenarioReport {
             checks,
             anomalies: main
                 .map(|m| {
+                    let excused = |f: &FlowRecord| {
+                        f.owner.as_ref().is_some_and(|o| m.down.contains(&o.node)) || m.dying.covers(f)
+                    };
                     let mut flows: Vec<&FlowRecord> = m.flows.iter().filter(|f| f.anomalous()).collect();
-                    flows.sort_by_key(|f| (f.proto as u8, f.id));
+                    // The counted ones first: they are what failed the verdict.
+                    flows.sort_by_key(|f| (excused(f), f.proto as u8, f.id));
                     flows
                         .into_iter()
                         .take(MAX_ANOMALIES)
-                        .map(|f| Anomaly {
-                            excused: f.owner.as_ref().is_some_and(|o| m.down.contains(&o.node)),
-                            flow: f.clone(),
-                        })
+                        .map(|f| Anomaly { excused: excused(f), flow: f.clone() })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -206,6 +213,8 @@ impl From<&Outcome> for ScenarioReport {
             lb: main.and_then(|m| m.measures.lb),
             tpr: main.and_then(|m| m.measures.tpr),
             ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
+            deaths: main.and_then(|m| m.measures.deaths),
+            lost_to_dying: main.map_or(0, |m| m.measures.tally.lost_to_dying),
             release: main.and_then(|m| {
                 Some(ReleaseFigures {
                     counters: m.measures.release?,
@@ -218,7 +227,7 @@ impl From<&Outcome> for ScenarioReport {
             timelines: [("main", &outcome.main), ("control", &outcome.control)]
                 .into_iter()
                 .filter_map(|(label, v)| {
-                    let v = v.as_ref().filter(|v| v.measures.release.is_some())?;
+                    let v = v.as_ref().filter(|v| v.measures.release.is_some() || v.measures.deaths.is_some())?;
                     Some((label.to_owned(), v.timeline.clone()))
                 })
                 .collect(),
@@ -362,6 +371,18 @@ impl Report {
                 let _ =
                     writeln!(out, "\nLongest gap between replies, per flow (the longest first): {}", gaps.join(", "));
             }
+            if let Some(deaths) = &s.deaths {
+                let out_ms = deaths
+                    .out_of_rings_ms
+                    .map_or("not within its detection budget".to_owned(), |ms| format!("after {ms} ms"));
+                let _ = writeln!(
+                    out,
+                    "\nKilled backends: out of the last LB node's rings {out_ms}; ids still live on {} \
+                     (LB node, backend) pairs at the end; {} failed flows without an answer excused as \
+                     taken by the dying host",
+                    deaths.ids_still_live, s.lost_to_dying,
+                );
+            }
             if !s.timelines.is_empty() {
                 let links: Vec<String> = s
                     .timelines
@@ -437,6 +458,7 @@ mod tests {
             kept: None,
             ecmp_unseeded: Vec::new(),
             down: ["be4".to_owned()].into(),
+            dying: Default::default(),
             phases: vec![("building topology".into(), Duration::from_millis(510))],
         };
         let outcome = Outcome {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::{
     expect::{Capacity, Check, evaluate},
     lb::Deployment,
-    measures::Measures,
+    measures::{DeathMeasures, Measures},
     release::{Fleet, ReleaseRecord, launch},
     spec::{EventSpec, Scenario, Variant, WorkloadSpec},
     tpr::TprDeployment,
@@ -34,7 +34,7 @@ use zrlab_control::server_id::Registry;
 use zrlab_host::error::{LabError, Result};
 use zrlab_topology::{Lab, Loss};
 use zrlab_workload::{
-    accounting::{FlowRecord, Tally},
+    accounting::{Dying, FlowRecord, Tally},
     client::{Client, ClientSpec, FlowBook},
     timeline::Timeline,
 };
@@ -92,6 +92,8 @@ pub struct VariantOutcome {
     pub ecmp_unseeded: Vec<String>,
     /// The nodes its events took down: their flows are excused (tallied apart).
     pub down: BTreeSet<String>,
+    /// The flows a dying host may have taken (excused when they failed).
+    pub dying: Dying,
     /// Wall time of each phase, in order (`building topology`, `deploying the load
     /// balancer`, an event, ...): where a slow machine's time goes.
     pub phases: Vec<(String, Duration)>,
@@ -222,7 +224,11 @@ async fn run_variant(
     let mut deployment = match &variant.lb {
         Some(spec) => {
             phases.step("deploying the load balancer");
-            Some(Deployment::start(&lab, spec, workload, registry.clone())?)
+            let mut deployment = Deployment::start(&lab, spec, workload, registry.clone())?;
+            if let Some(health) = spec.health.as_ref().filter(|h| h.enabled) {
+                deployment.check_health(&lab, health.policy(scale))?;
+            }
+            Some(deployment)
         }
         None => None,
     };
@@ -255,6 +261,8 @@ async fn run_variant(
 
     let mut down = BTreeSet::new();
     let mut drained = BTreeMap::new();
+    let mut dying = Dying::default();
+    let mut deaths = Vec::new();
     for event in &variant.events {
         wait_rounds(&client, timing.rounds_between_events, phase_timeout, "rounds before the next event").await?;
         phases.step(&format!("event {}", describe(event)));
@@ -280,6 +288,11 @@ async fn run_variant(
             }
         } else if let EventSpec::PauseBackend { backend, ms } = event {
             fleet.pause(backend, Duration::from_millis(*ms) * scale).await?;
+        } else if let EventSpec::KillBackend { backend } = event {
+            lab.kill_host(backend).await?;
+            // Dead from here: its links are down and nothing of it runs.
+            let at = Instant::now();
+            deaths.push(Death { backend: backend.clone(), at, out_after: None });
         } else {
             apply(&mut lab, deployment.as_mut(), event).await?;
         }
@@ -300,6 +313,46 @@ async fn run_variant(
             }
             _ => {}
         }
+        // A killed backend stays in the rings until every LB node's health checker took it
+        // out: flows opened until then that could not connect went to the dying host (excused,
+        // `accounting::Dying`). From then on (the next epoch) new flows must connect. How long
+        // that took is judged on its own (`backend_out_of_rings_ms`). Without checkers (a
+        // control) the window closes when their detection budget would have run out: the new
+        // flows the rings still send to the dead host after that count.
+        if let (EventSpec::KillBackend { backend }, Some(death)) = (event, deaths.last_mut()) {
+            // Flows opened before the death (an earlier epoch) still without an answer may have
+            // their first request lost with the host; later ones are in the dying epochs.
+            let book = client.book().snapshot();
+            let unanswered = book.iter().filter(|f| f.epoch < epoch && f.owner.is_none() && f.live());
+            dying.in_flight.extend(unanswered.map(|f| f.id));
+            let budget = variant
+                .lb
+                .as_ref()
+                .and_then(|lb| lb.health.as_ref())
+                .map(|h| h.policy(scale).detection_budget())
+                .expect("kill-backend needs [lb.health] (checked at load)");
+            let checking = deployment.as_ref().is_some_and(Deployment::checks_health);
+            let detected = match deployment.as_ref().filter(|d| d.checks_health()) {
+                Some(d) => d.wait_out(backend, death.at, death.at + phase_timeout).await,
+                None => {
+                    tokio::time::sleep_until((death.at + budget).into()).await;
+                    None
+                }
+            };
+            death.out_after = detected;
+            let label = match (detected, checking) {
+                (Some(after), _) => format!("{backend} out of every LB node's rings after {} ms", after.as_millis()),
+                (None, true) => {
+                    format!("{backend} still in an LB node's rings after {} ms", phase_timeout.as_millis())
+                }
+                (None, false) => {
+                    format!("no health checks: {backend}'s detection budget ({} ms) over", budget.as_millis())
+                }
+            };
+            client.book().mark(label, None);
+            let closed = client.book().advance_epoch();
+            dying.epochs.push(epoch..closed);
+        }
     }
     phases.step("settling");
     wait_rounds(&client, timing.settle_rounds, phase_timeout, "rounds after the last event").await?;
@@ -318,7 +371,7 @@ async fn run_variant(
     longest_gaps.sort_by_key(|&(flow, ms)| (std::cmp::Reverse(ms), flow));
     longest_gaps.truncate(LONGEST_GAPS);
     let measures = Measures {
-        tally: Tally::of(&flows, &down, &drained),
+        tally: Tally::of(&flows, &down, &drained, &dying),
         lb: deployment.as_ref().map(Deployment::totals).transpose()?,
         tpr: tpr.as_ref().map(TprDeployment::totals).transpose()?,
         weights: variant
@@ -334,6 +387,7 @@ async fn run_variant(
         latency_p99_ms: timeline.latency_p99_ms().map(|ms| ms.div_ceil(u64::from(scale))),
         max_reply_gap_ms,
         longest_gaps,
+        deaths: deaths_measured(&deaths, deployment.as_ref(), scale)?,
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
@@ -355,7 +409,46 @@ async fn run_variant(
     let ecmp_unseeded = lab.ecmp_unseeded().to_vec();
     let teardown = lab.teardown()?;
     let phases = phases.finish();
-    Ok(VariantOutcome { measures, checks, setup, teardown, flows, losses, timeline, kept, ecmp_unseeded, down, phases })
+    Ok(VariantOutcome {
+        measures,
+        checks,
+        setup,
+        teardown,
+        flows,
+        losses,
+        timeline,
+        kept,
+        ecmp_unseeded,
+        down,
+        dying,
+        phases,
+    })
+}
+
+/// A backend host a `kill-backend` event killed.
+struct Death {
+    backend: String,
+    at: Instant,
+    /// How long until every LB node's health checker had taken it out, if they all did
+    /// within the detection budget.
+    out_after: Option<Duration>,
+}
+
+/// What the run's deaths measured, in the scenario's time (divided by `scale`); `None` when
+/// nothing was killed.
+fn deaths_measured(deaths: &[Death], deployment: Option<&Deployment>, scale: u32) -> Result<Option<DeathMeasures>> {
+    if deaths.is_empty() {
+        return Ok(None);
+    }
+    let mut out = DeathMeasures { out_of_rings_ms: Some(0), ids_still_live: 0 };
+    for death in deaths {
+        let ms = death.out_after.map(|d| d.as_millis() as u64 / u64::from(scale.max(1)));
+        out.out_of_rings_ms = out.out_of_rings_ms.zip(ms).map(|(a, b)| a.max(b));
+        if let Some(deployment) = deployment {
+            out.ids_still_live += deployment.nodes_with_live_id(&death.backend)?;
+        }
+    }
+    Ok(Some(out))
 }
 
 /// How many flows' longest reply gaps a run keeps (the longest first) for its report.
@@ -440,6 +533,7 @@ pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &E
         },
         // Releases and pauses need the scenario's service processes (`release::Fleet`): the
         // runner fires them itself.
+        EventSpec::KillBackend { backend } => lab.kill_host(backend).await,
         EventSpec::Release { .. } | EventSpec::PauseBackend { .. } => {
             Err(LabError::Unsupported(format!("{} outside a scenario run", describe(event))))
         }
@@ -457,5 +551,6 @@ pub fn describe(event: &EventSpec) -> String {
         EventSpec::RestoreBackend { backend } => format!("restore {backend} to the LB rings"),
         EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
         EventSpec::PauseBackend { backend, ms } => format!("pause {backend}'s service for {ms} ms"),
+        EventSpec::KillBackend { backend } => format!("kill {backend}'s host"),
     }
 }

@@ -47,7 +47,7 @@ use crate::{
     expect::{Capacity, Comparison, Metric},
     release::ReleaseSpec,
 };
-use zrlab_control::lb::VipOptions;
+use zrlab_control::lb::{VipOptions, health::HealthPolicy};
 use zrlab_features::Feature;
 use zrlab_host::{
     nl::nexthop::GroupType,
@@ -221,6 +221,15 @@ mod defaults {
     pub(super) fn enabled() -> bool {
         true
     }
+    pub(super) fn health_period_ms() -> u64 {
+        100
+    }
+    pub(super) fn health_rise() -> u32 {
+        2
+    }
+    pub(super) fn health_fall() -> u32 {
+        3
+    }
 }
 
 /// An event of the timeline.
@@ -277,6 +286,13 @@ pub enum EventSpec {
         /// The backend nodes.
         backends: Vec<String>,
     },
+    /// Kill `backend`'s host hard: every process in its cgroup SIGKILLed and its links set
+    /// down, with no drain and no word to the LB. Its flows are excused from then on; only
+    /// the LB nodes' health checkers (`[lb.health]`, required) can take it out of the rings.
+    KillBackend {
+        /// The backend node.
+        backend: String,
+    },
     /// Stop `backend`'s service process (SIGSTOP) for `ms` milliseconds, then let it go on
     /// (SIGCONT): a pause shorter than the drop timeout, which loses no request and shows only
     /// in latency and in the gaps between replies (`max_reply_gap_ms`).
@@ -306,6 +322,7 @@ impl EventSpec {
             | Self::RestoreBackend { .. }
             | Self::SetWeight { .. }
             | Self::Release { .. }
+            | Self::KillBackend { .. }
             | Self::PauseBackend { .. } => None,
         }
     }
@@ -314,6 +331,7 @@ impl EventSpec {
     pub fn takes_down(&self) -> Option<&str> {
         match self {
             Self::RemoveMember { member, .. } | Self::ReplaceMember { member, .. } => Some(member),
+            Self::KillBackend { backend } => Some(backend),
             Self::AddMember { .. }
             | Self::DrainBackend { .. }
             | Self::RestoreBackend { .. }
@@ -337,6 +355,49 @@ pub struct LbSpec {
     /// Backend weights (default 1).
     #[serde(default)]
     pub weights: BTreeMap<String, u32>,
+    /// The LB nodes' health checks of the backends, if they run them.
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+}
+
+/// The LB nodes' health checks (`zrlab_control::lb::health`): each LB node probes every
+/// backend through the tunnel every `period_ms`, takes it out of its own rings after `fall`
+/// failed probes in a row and back in after `rise` answered ones.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// Whether the checkers run. A control turns them off and keeps the timing, by which
+    /// the window a dying backend is excused in is judged (`HealthSpec::detection_budget`).
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// The probe period (10 to 5,000 ms; default 100).
+    #[serde(default = "defaults::health_period_ms")]
+    pub period_ms: u64,
+    /// Answered probes in a row that bring a backend back (1 to 100; default 2).
+    #[serde(default = "defaults::health_rise")]
+    pub rise: u32,
+    /// Failed probes in a row that take a backend out (1 to 100; default 3).
+    #[serde(default = "defaults::health_fall")]
+    pub fall: u32,
+}
+
+impl HealthSpec {
+    /// The checkers' policy, every duration stretched by `scale` (`RunOptions::time_scale`).
+    pub fn policy(&self, scale: u32) -> HealthPolicy {
+        HealthPolicy { period: Duration::from_millis(self.period_ms) * scale.max(1), rise: self.rise, fall: self.fall }
+    }
+
+    fn invalid(&self) -> Option<(&'static str, String)> {
+        if !(10..=5000).contains(&self.period_ms) {
+            return Some((".period_ms", format!("{} is not between 10 and 5000", self.period_ms)));
+        }
+        for (field, value) in [(".rise", self.rise), (".fall", self.fall)] {
+            if !(1..=100).contains(&value) {
+                return Some((field, format!("{value} is not between 1 and 100")));
+            }
+        }
+        None
+    }
 }
 
 #[derive(Deserialize)]
@@ -579,6 +640,23 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
                 }
                 continue;
             }
+            EventSpec::KillBackend { backend } => {
+                if spec.lb.as_ref().is_none_or(|lb| lb.health.is_none()) {
+                    return Err(err(
+                        field,
+                        "kill-backend needs [lb.health] (enabled or not): its timing bounds the window the \
+                         dying backend's new flows are excused in"
+                            .into(),
+                    ));
+                }
+                if !w.backends.contains(backend) {
+                    return Err(err(
+                        format!("{field}.backend"),
+                        format!("{backend:?} is not one of the workload's backends"),
+                    ));
+                }
+                continue;
+            }
             EventSpec::PauseBackend { backend, ms } => {
                 if !w.backends.contains(backend) {
                     return Err(err(
@@ -717,6 +795,9 @@ fn validate_lb(lb: &LbSpec, w: &WorkloadSpec, topology: &Topology) -> Result<(),
     }
     if let Some(why) = lb.options.invalid() {
         return Err((".ring_size".into(), why));
+    }
+    if let Some((field, why)) = lb.health.as_ref().and_then(HealthSpec::invalid) {
+        return Err((format!(".health{field}"), why));
     }
     Ok(())
 }

@@ -352,6 +352,33 @@ impl Lab {
         self.commit_group(group, state).await
     }
 
+    /// Kills `node`'s host hard, as a power cut would: each of its interfaces is set down, so
+    /// its neighbours' packets to it go nowhere, and every process in its cgroup gets SIGKILL
+    /// (the lab's own children among them are reaped). Nothing is drained or told.
+    pub async fn kill_host(&mut self, node: &str) -> Result<()> {
+        let ifnames: Vec<String> = self
+            .topology
+            .spec
+            .links
+            .iter()
+            .flat_map(|l| [&l.a, &l.b])
+            .filter(|end| end.node == node)
+            .map(|end| end.ifname.clone())
+            .collect();
+        let host = self.node(node)?;
+        for ifname in ifnames {
+            host.nl.link_down(&ifname).await?;
+        }
+        zrlab_host::cgroup::kill_processes(&self.cgroup_of(node)?)?;
+        for (_, child) in self.children.iter_mut().filter(|(name, _)| name == node) {
+            // Killed with its cgroup already: this reaps it.
+            let _ = child.kill();
+            child.wait().map_err(|e| LabError::os("wait for", format!("pid {} in node {node}", child.id()), e))?;
+        }
+        self.children.retain(|(name, _)| name != node);
+        Ok(())
+    }
+
     /// Starts `program args` inside `node`'s namespace and cgroup, with stdout piped.
     ///
     /// Unless the run is kept, the child gets `PDEATHSIG=SIGKILL`, so it dies with the lab even

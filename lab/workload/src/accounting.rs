@@ -133,6 +133,29 @@ impl Counts {
     }
 }
 
+/// Flows that may have gone to a host that died before every LB node took it out of its
+/// rings. They never got an answer, so which backend they went to is unknown; they are
+/// excused only if they failed, and only these: flows whose first request was in flight when
+/// the host died, and flows opened after its death until the last LB node took it out (or
+/// its detection budget ran out: a control without health checks keeps sending new flows to
+/// it after that, and those count).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dying {
+    /// Epochs from a death to its detection.
+    pub epochs: Vec<Range<u64>>,
+    /// Flows that were live and had no answer yet when a host died.
+    pub in_flight: BTreeSet<u32>,
+}
+
+impl Dying {
+    /// Whether `flow` is one a dying host may have taken, and failed.
+    pub fn covers(&self, flow: &FlowRecord) -> bool {
+        flow.owner.is_none()
+            && flow.anomalous()
+            && (self.in_flight.contains(&flow.id) || self.epochs.iter().any(|e| e.contains(&flow.epoch)))
+    }
+}
+
 /// The tally a verdict is computed from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
@@ -147,14 +170,23 @@ pub struct Tally {
     /// Flows opened after a backend was drained whose owner is that backend: the rings must
     /// not send new flows to a drained backend.
     pub late_on_drained: u64,
+    /// Failed flows without an answer that a dying host may have taken (see [`Dying`]); they
+    /// are among the excused.
+    pub lost_to_dying: u64,
 }
 
 impl Tally {
     /// Tallies `flows`, excusing those owned by a node in `down`; `drained` maps each drained
     /// backend to the epochs it was out of the rings in (from the epoch its drain completed in
     /// to the one its restore did, open while it stays drained): flows opened then must not
-    /// land on it, flows opened after its restore may.
-    pub fn of(flows: &[FlowRecord], down: &BTreeSet<String>, drained: &BTreeMap<String, Vec<Range<u64>>>) -> Self {
+    /// land on it, flows opened after its restore may; `dying` names the flows a dying host
+    /// may have taken.
+    pub fn of(
+        flows: &[FlowRecord],
+        down: &BTreeSet<String>,
+        drained: &BTreeMap<String, Vec<Range<u64>>>,
+        dying: &Dying,
+    ) -> Self {
         let mut tally = Self::default();
         for flow in flows {
             let owner = flow.owner.as_ref().map(|o| o.node.as_str());
@@ -168,7 +200,10 @@ impl Tally {
             {
                 tally.late_on_drained += 1;
             }
-            if owner.is_some_and(|node| down.contains(node)) {
+            if dying.covers(flow) {
+                tally.lost_to_dying += 1;
+                tally.excused.add(flow);
+            } else if owner.is_some_and(|node| down.contains(node)) {
                 tally.excused.add(flow);
             } else {
                 tally.counted.add(flow);
@@ -215,7 +250,7 @@ mod tests {
         let mut c = FlowRecord::new(Proto::Tcp, 2, 0);
         c.end(Ending::ConnectFailed("refused".into()));
         assert_eq!((a.misroutes, b.misroutes), (3, 1));
-        let tally = Tally::of(&[a, b, c], &BTreeSet::new(), &BTreeMap::new());
+        let tally = Tally::of(&[a, b, c], &BTreeSet::new(), &BTreeMap::new(), &Dying::default());
         assert_eq!(tally.counted, Counts { flows: 3, resets: 0, misroutes: 4, drops: 3 });
     }
 
@@ -228,7 +263,8 @@ mod tests {
         gone.reply(&who("be4"));
         gone.end(Ending::Reset);
         gone.end(Ending::Closed);
-        let tally = Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]), &BTreeMap::new());
+        let tally =
+            Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]), &BTreeMap::new(), &Dying::default());
         assert_eq!(tally.counted, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
         assert_eq!(tally.excused, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
         assert_eq!(gone.ending, Some(Ending::Reset), "the first cause wins");
@@ -245,13 +281,39 @@ mod tests {
         let span = |from: u64, to: u64| vec![Range { start: from, end: to }];
         let drained = BTreeMap::from([("be4".to_owned(), span(2, u64::MAX))]);
         let flows = [flow(0, "be4"), flow(1, "be4"), flow(2, "be1"), flow(2, "be4"), flow(3, "be4")];
-        let tally = Tally::of(&flows, &BTreeSet::new(), &drained);
+        let tally = Tally::of(&flows, &BTreeSet::new(), &drained, &Dying::default());
         assert_eq!(tally.late_flows, 4);
         assert_eq!(tally.late_on_drained, 2, "flows opened in epoch 2 and 3 on be4");
         // Restored by the fourth event: flows opened from epoch 4 on may land on it again
         // (until issue 20 they were counted as long as the run lasted).
         let restored = BTreeMap::from([("be4".to_owned(), span(2, 4))]);
         let flows = [flow(2, "be4"), flow(3, "be4"), flow(4, "be4"), flow(5, "be4")];
-        assert_eq!(Tally::of(&flows, &BTreeSet::new(), &restored).late_on_drained, 2, "epochs 2 and 3 only");
+        assert_eq!(
+            Tally::of(&flows, &BTreeSet::new(), &restored, &Dying::default()).late_on_drained,
+            2,
+            "epochs 2 and 3 only"
+        );
+    }
+
+    /// A host died in epoch 1 and was out of every ring from epoch 2: failed flows without an
+    /// answer from epoch 1, or in flight at the death, are excused; the same failure in epoch
+    /// 2 (the rings should have moved on) or in a flow that had an owner is not.
+    #[test]
+    fn only_unanswered_failures_a_dying_host_may_have_taken_are_excused() {
+        let failed = |id: u32, epoch: u64| {
+            let mut flow = FlowRecord::new(Proto::Tcp, id, epoch);
+            flow.end(Ending::ConnectFailed("timed out".into()));
+            flow
+        };
+        let mut owned = FlowRecord::new(Proto::Tcp, 5, 1);
+        owned.reply(&who("be1"));
+        owned.drop_request();
+        let healthy = FlowRecord::new(Proto::Tcp, 6, 1);
+        let flows = [failed(0, 0), failed(1, 0), failed(2, 1), failed(3, 2), failed(4, 1), owned, healthy];
+        let dying = Dying { epochs: vec![1..2], in_flight: BTreeSet::from([1]) };
+        let tally = Tally::of(&flows, &BTreeSet::new(), &BTreeMap::new(), &dying);
+        assert_eq!(tally.lost_to_dying, 3, "flows 1 (in flight), 2 and 4 (opened while dying)");
+        assert_eq!(tally.excused, Counts { flows: 3, resets: 0, misroutes: 0, drops: 3 });
+        assert_eq!(tally.counted, Counts { flows: 4, resets: 0, misroutes: 0, drops: 3 }, "flows 0, 3, 5 and 6");
     }
 }

@@ -6,7 +6,7 @@
 //! Per-CPU connection tables are created here, one per possible CPU, as katran does.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
 };
 
@@ -519,6 +519,14 @@ impl Balancer {
             *slots.entry(addr).or_default() += count;
         }
         Ok(slots)
+    }
+
+    /// The server ids the live-id table in the kernel holds (for any VIP): the data path's
+    /// state, not the control plane's idea of it.
+    pub fn server_ids_in_kernel(&self) -> Result<BTreeSet<u32>> {
+        let ids: HashMap<_, IdKey, u32> =
+            HashMap::try_from(self.map(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
+        ids.keys().map(|key| key.map(|k| k.id)).collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))
     }
 
     /// Every counter, summed over CPUs.

@@ -1,9 +1,10 @@
 //! The XDP L4 load balancer's user space: Maglev ring generation ([`maglev`]) and the per-node
-//! control plane ([`balancer`]), the backends' decapsulation ([`decap`]), and a reference
+//! control plane ([`balancer`]), its health checks ([`health`]), the backends' decapsulation ([`decap`]), and a reference
 //! model of the data path ([`model`]) the suites diff the BPF program against.
 
 pub(crate) mod balancer;
 pub(crate) mod decap;
+pub mod health;
 mod inner;
 pub mod maglev;
 pub mod model;

@@ -101,6 +101,13 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    kill_processes(path)?;
+    rmdir_tree(path)
+}
+
+/// SIGKILLs every process in the subtree at `path` and waits until they have left it (a host
+/// that dies hard; the first step of removing a subtree).
+pub fn kill_processes(path: &Path) -> Result<()> {
     kill_all(path)?;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while populated(path)? {
@@ -112,7 +119,7 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
         }
         std::thread::sleep(DRAIN_POLL);
     }
-    rmdir_tree(path)
+    Ok(())
 }
 
 fn kill_all(path: &Path) -> Result<()> {

@@ -111,6 +111,17 @@ impl Nl {
             .map_err(self.fail(format!("ip link set {name} up")))
     }
 
+    /// `ip link set <name> down`.
+    pub async fn link_down(&self, name: &str) -> Result<()> {
+        let index = self.link_index(name).await?;
+        self.rt
+            .link()
+            .set(LinkUnspec::new_with_index(index).down().build())
+            .execute()
+            .await
+            .map_err(self.fail(format!("ip link set {name} down")))
+    }
+
     /// `ip link set <name> mtu <mtu>`.
     pub async fn link_set_mtu(&self, name: &str, mtu: u32) -> Result<()> {
         let index = self.link_index(name).await?;

@@ -106,6 +106,9 @@ impl Status {
             }
             let ids: Vec<String> = lb.live_ids.iter().map(|(id, node)| format!("{id} {node}")).collect();
             out.push_str(&format!("  live ids: {}\n", ids.join(", ")));
+            for (node, backend) in &lb.unhealthy {
+                out.push_str(&format!("  {node}'s health checker: {backend} down (out of its rings and live ids)\n"));
+            }
             for (vip, shares) in &lb.rings {
                 let shares: Vec<String> = shares.iter().map(|(node, slots)| format!("{node} {slots}")).collect();
                 out.push_str(&format!("  ring {vip}: {}\n", shares.join(", ")));

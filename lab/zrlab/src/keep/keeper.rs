@@ -118,7 +118,14 @@ async fn adopt_scenario(prefix: &str, run: RunId, file: &Path) -> Result<Held> {
         deployment: variant
             .lb
             .as_ref()
-            .map(|spec| Deployment::start(&lab, spec, workload, registry.clone()))
+            .map(|spec| {
+                let mut deployment = Deployment::start(&lab, spec, workload, registry.clone())?;
+                // A kept lab's checkers keep checking: `lab event kill-backend` is judged by them.
+                if let Some(health) = spec.health.as_ref().filter(|h| h.enabled) {
+                    deployment.check_health(&lab, health.policy(1))?;
+                }
+                Ok::<_, LabError>(deployment)
+            })
             .transpose()?,
         tpr,
         lab,
@@ -192,11 +199,13 @@ fn apply_lb(deployment: &mut Deployment, event: &zrlab_scenario::spec::EventSpec
         EventSpec::DrainBackend { backend } => deployment.drain(backend),
         EventSpec::RestoreBackend { backend } => deployment.restore(backend),
         EventSpec::SetWeight { backend, weight } => deployment.set_weight(backend, *weight),
-        // A release leaves the rings as they were (a drain release puts the backend back).
+        // A release leaves the rings as they were (a drain release puts the backend back); a
+        // killed host is still dead, and the checkers find it so again.
         EventSpec::RemoveMember { .. }
         | EventSpec::ReplaceMember { .. }
         | EventSpec::AddMember { .. }
         | EventSpec::Release { .. }
+        | EventSpec::KillBackend { .. }
         | EventSpec::PauseBackend { .. } => Ok(()),
     }
 }
