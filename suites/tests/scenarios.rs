@@ -81,6 +81,38 @@ fn shipped_release_passes_and_its_control_fails(name: &str, control_drops: bool)
     }
 }
 
+/// A backend host that dies hard (`backend-host-dies`): the LB nodes' health checkers alone
+/// take it out of their rings. The main run loses no counted flow, the dead host's flows are
+/// excused, each of the three LB nodes changed its rings exactly once, every node's live-id
+/// table (read from its map) lost the dead id, and new flows opened after the detection all
+/// connected; the control (health checks off) drops the new flows the rings keep sending to
+/// the dead host.
+#[test]
+fn a_dead_backend_host_is_taken_out_of_the_rings_by_the_health_checkers_alone() {
+    let Some((main, control)) = run_shipped("backend-host-dies") else { return };
+    let name = "backend-host-dies";
+    let counted = main.measures.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
+    assert!(main.measures.tally.excused.flows > 0, "{name}: the death took flows away");
+    let lb = main.measures.lb.expect("an LB scenario");
+    assert_eq!(lb.health_changes, 3, "{name}: one ring change per LB node: {lb:?}");
+    let deaths = main.measures.deaths.expect("a backend was killed");
+    assert_eq!(deaths.ids_still_live, 0, "{name}: the dead id left every live-id table");
+    assert!(deaths.out_of_rings_ms.is_some(), "{name}: out of every node's rings: {deaths:?}");
+    // Flows opened after the last node's ring change (the epoch after the kill's): none failed
+    // and none landed on the dead host (the last few may not have had their first answer
+    // when the flows stopped).
+    let after: Vec<_> = main.flows.iter().filter(|f| f.epoch >= 2).collect();
+    assert!(after.len() >= 20, "{name}: flows opened after the detection: {}", after.len());
+    let bad: Vec<_> =
+        after.iter().filter(|f| f.anomalous() || f.owner.as_ref().is_some_and(|o| o.node == "be4")).collect();
+    assert!(bad.is_empty(), "{name}: {bad:?}");
+    assert!(after.iter().filter(|f| f.owner.is_some()).count() >= 20, "{name}: flows answered after the detection");
+    let control_lb = control.measures.lb.expect("an LB scenario");
+    assert_eq!(control_lb.health_changes, 0, "{name}: the control runs no checker");
+    assert!(control.measures.tally.counted.drops > 0, "{name}: the control drops new flows");
+}
+
 /// A pause shorter than the drop timeout loses no request, so before issue 20 it passed every
 /// release scenario. `release-takeover` with one more event, a 300 ms SIGSTOP of be2's
 /// service: its flows' replies stop for 300 ms, and the main run fails on

@@ -523,6 +523,30 @@ mod tests {
         assert_eq!(verdict(&Measures::default()), (false, false), "no release at all");
     }
 
+    /// A run that killed no backend, or whose killed backend stayed in some node's rings past
+    /// the wait, has no detection time and no dead ids to count: not judged, and failing.
+    #[test]
+    fn a_dead_backends_figures_are_judged_only_where_a_backend_was_killed() {
+        let expect = BTreeMap::from([
+            (Metric::BackendOutOfRingsMs, parse("<= 800").unwrap()),
+            (Metric::DeadIdsLive, parse("== 0").unwrap()),
+        ]);
+        let died = |out_of_rings_ms, ids_still_live| Measures {
+            deaths: Some(crate::measures::DeathMeasures { out_of_rings_ms, ids_still_live }),
+            ..Measures::default()
+        };
+        let verdicts = |measures: &Measures| -> Vec<(bool, bool, u64)> {
+            evaluate(&expect, measures, Capacity::Judge).iter().map(|c| (c.ok, c.judged, c.actual)).collect()
+        };
+        assert_eq!(verdicts(&died(Some(470), 0)), [(true, true, 470), (true, true, 0)]);
+        assert_eq!(verdicts(&died(Some(801), 2)), [(false, true, 801), (false, true, 2)]);
+        assert_eq!(verdicts(&died(None, 0)), [(false, false, 0), (true, true, 0)], "never out of every ring");
+        assert_eq!(verdicts(&Measures::default()), [(false, false, 0), (false, false, 0)], "nothing killed");
+        // The detection time is a timing figure: reported, not judged, under `Report`.
+        let reported = &evaluate(&expect, &died(Some(900), 0), Capacity::Report)[0];
+        assert!(reported.ok && !reported.judged, "{reported:?}");
+    }
+
     #[test]
     fn a_figure_the_run_could_not_measure_is_not_judged_and_fails() {
         let expect = BTreeMap::from([

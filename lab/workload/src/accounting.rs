@@ -310,7 +310,7 @@ mod tests {
         owned.drop_request();
         let healthy = FlowRecord::new(Proto::Tcp, 6, 1);
         let flows = [failed(0, 0), failed(1, 0), failed(2, 1), failed(3, 2), failed(4, 1), owned, healthy];
-        let dying = Dying { epochs: vec![1..2], in_flight: BTreeSet::from([1]) };
+        let dying = Dying { epochs: vec![Range { start: 1, end: 2 }], in_flight: BTreeSet::from([1]) };
         let tally = Tally::of(&flows, &BTreeSet::new(), &BTreeMap::new(), &dying);
         assert_eq!(tally.lost_to_dying, 3, "flows 1 (in flight), 2 and 4 (opened while dying)");
         assert_eq!(tally.excused, Counts { flows: 3, resets: 0, misroutes: 0, drops: 3 });

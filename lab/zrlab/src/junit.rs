@@ -166,6 +166,8 @@ mod tests {
             tpr: None,
             ecmp_reproducible: true,
             release: None,
+            deaths: None,
+            lost_to_dying: 0,
             timelines: Vec::new(),
         }
     }

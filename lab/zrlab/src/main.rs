@@ -149,7 +149,9 @@ enum Command {
     },
     /// Apply a timeline action to a kept run: `event drain-backend backend=be4`,
     /// `event restore-backend backend=be4`, `event set-weight backend=be5 weight=2`,
-    /// `event remove-member group=lbs member=lb1`, `event add-member group=lbs member=lb1`.
+    /// `event remove-member group=lbs member=lb1`, `event add-member group=lbs member=lb1`,
+    /// `event kill-backend backend=be4` (the LB nodes' health checkers, if the scenario runs
+    /// them, take it out of their rings; `status` shows which node did).
     Event {
         /// The kept run (its prefix); default: the only one.
         #[arg(long)]
