@@ -79,8 +79,10 @@ enum Source {
 ///   one and two CPUs; `tpr` runs the sock_ops programs on real sockets; `reuseport_migrate`
 ///   runs `reuseport_select` on real listeners, `sk_lookup` runs `sk_lookup_steer` on real UDP
 ///   sockets (IPv4 and IPv6).
-/// - control: its unit tests (Maglev, the model's codecs), the XDP suites through the control
-///   plane, `tpr` (server ids, sock_ops maps) and offline replay (the LB configuration).
+/// - control: its unit tests (Maglev, the model's codecs, the health checker's state machine and
+///   probes), the health checkers on a built lab (seconds: before the minutes of the rest), the
+///   XDP suites through the control plane, `tpr` (server ids, sock_ops maps) and offline replay
+///   (the LB configuration).
 /// - release: its unit tests (order, steering, tally), migration parity (the reuseport
 ///   dispatcher) and the release and rolling-upgrade
 ///   scenarios end to end with their controls (the fleet, the strategies, the handover).
@@ -121,6 +123,7 @@ const COMPONENTS: [Component; 4] = [
         source: Source::CargoMutants,
         suites: &[
             &["-p", "zrlab-control"],
+            &["-p", "zrlab-suites", "--test", "health"],
             &[
                 "-p",
                 "zrlab-suites",
