@@ -5,7 +5,10 @@
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
-    programs::{CgroupAttachMode, ProgramError, SkLookup, SkReuseport, SockOps, Xdp, XdpMode},
+    programs::{
+        CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SkLookup, SkReuseport, SockOps, TcAttachType, Xdp,
+        XdpMode, tc::TcAttachOptions,
+    },
 };
 
 use zrlab_host::{
@@ -35,6 +38,9 @@ pub enum Object {
     XdpDropAck,
     /// `sk_lookup_steer`: a release's alternative dispatcher (`zrlab_common::sklookup`).
     SkLookupSteer,
+    /// `impair_ingress` and `impair_egress`: seeded loss and duplication on an interface
+    /// (`zrlab_common::impair`).
+    TcImpair,
 }
 
 impl Object {
@@ -50,6 +56,7 @@ impl Object {
             Self::ReuseportSelect => "reuseport_select",
             Self::XdpDropAck => "xdp_drop_ack",
             Self::SkLookupSteer => "sk_lookup_steer",
+            Self::TcImpair => "tc_impair",
         }
     }
 
@@ -65,6 +72,7 @@ impl Object {
             Self::ReuseportSelect => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reuseport_select")),
             Self::XdpDropAck => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_drop_ack")),
             Self::SkLookupSteer => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup_steer")),
+            Self::TcImpair => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_impair")),
         }
     }
 
@@ -168,6 +176,19 @@ impl Loaded {
         })
     }
 
+    /// Verifies the classifier `name` (if it is not loaded yet) and attaches it with TCX
+    /// (kernel 6.6+, no qdisc needed) to `ifname` inside `netns`, at `hook`, after the
+    /// interface's other TCX programs. It stays attached until this value is dropped or the
+    /// namespace is removed.
+    pub fn attach_tcx(&mut self, name: &str, netns: &Netns, ifname: &str, hook: TcAttachType) -> Result<()> {
+        let program = self.loaded_program::<SchedClassifier>(name, "a classifier", SchedClassifier::load)?;
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        netns.run(|| program.attach_with_options(ifname, hook, options).map(drop))?.map_err(|e| LabError::Bpf {
+            what: format!("attach {name} with TCX to {ifname} in {}", netns.name()),
+            message: error_chain(&e),
+        })
+    }
+
     /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
     pub(crate) fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
         Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
@@ -222,6 +243,12 @@ impl AsFdProgram for SockOps {
 }
 
 impl AsFdProgram for SkReuseport {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+}
+
+impl AsFdProgram for SchedClassifier {
     fn is_loaded(&self) -> bool {
         self.fd().is_ok()
     }

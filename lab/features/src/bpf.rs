@@ -34,6 +34,7 @@ const PROG_SK_LOOKUP: u32 = 30;
 /// Attach types.
 const ATTACH_SK_LOOKUP: u32 = 36;
 const ATTACH_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
+const ATTACH_TCX_INGRESS: u32 = 46;
 
 /// Helper ids.
 const FN_SK_SELECT_REUSEPORT: i32 = 82;
@@ -45,6 +46,8 @@ const FN_RESERVE_HDR_OPT: i32 = 144;
 const SK_REUSEPORT_MD_MIGRATING_SK: i16 = 48;
 
 const XDP_PASS: i32 = 2;
+/// `TCX_NEXT`: a TCX program's "on to the next one".
+const TCX_NEXT: i32 = -1;
 const SK_PASS: i32 = 1;
 
 /// One eBPF instruction (`struct bpf_insn`).
@@ -323,6 +326,32 @@ pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
     }
 }
 
+/// TCX: a tc program returning `TCX_NEXT` loads and attaches with `BPF_LINK_CREATE` at TCX
+/// ingress of `lo` (index 1) of the calling thread's namespace, which must be a scratch one
+/// (the link is closed at once).
+pub(super) fn tcx() -> ProbeResult {
+    let prog = match load(PROG_SCHED_CLS, 0, &[mov_imm(0, TCX_NEXT), exit()]) {
+        Ok(fd) => fd,
+        Err(r) => {
+            answered("a tc program", &r.error)?;
+            return Ok((false, format!("tc program rejected: {r}")));
+        }
+    };
+    // `target_fd` is a union with `target_ifindex`.
+    let mut attr =
+        LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_fd: 1, attach_type: ATTACH_TCX_INGRESS, flags: 0 };
+    match sys_bpf(LINK_CREATE, &mut attr) {
+        Ok(link) => {
+            drop(fd_from(link));
+            Ok((true, "tc program loaded and attached with TCX to lo of a scratch netns".into()))
+        }
+        Err(e) => {
+            answered("a TCX attachment", &e)?;
+            Ok((false, format!("TCX attach: {e}")))
+        }
+    }
+}
+
 /// TCP header option helpers: a sock_ops program calling `bpf_reserve_hdr_opt(ctx, 0, 0)` loads.
 pub(super) fn tcp_header_options() -> ProbeResult {
     let prog = [mov_imm(2, 0), mov_imm(3, 0), call(FN_RESERVE_HDR_OPT), mov_imm(0, 1), exit()];
@@ -382,13 +411,14 @@ mod tests {
         std::thread::spawn(|| {
             drop_capabilities();
             type Probe = fn() -> ProbeResult;
-            let probes: [(&str, Probe); 6] = [
+            let probes: [(&str, Probe); 7] = [
                 ("test_run", test_run),
                 ("sock_ops", sock_ops),
                 ("sk_reuseport", sk_reuseport),
                 ("sk_assign", sk_assign),
                 ("tcp_header_options", tcp_header_options),
                 ("select_or_migrate", select_or_migrate),
+                ("tcx", tcx),
             ];
             for (name, probe) in probes {
                 match probe() {

@@ -61,11 +61,13 @@ pub enum Feature {
     Bhash2,
     /// Resilient nexthop groups (`ip nexthop add ... type resilient`, 5.13).
     ResilientNexthopGroups,
+    /// TCX: tc BPF programs attached by link, without a qdisc (6.6).
+    Tcx,
 }
 
 impl Feature {
     /// Every feature, in the order of DESIGN.md section 4 (resilient groups last).
-    pub(crate) const ALL: [Feature; 10] = [
+    pub(crate) const ALL: [Feature; 11] = [
         Self::BpfProgTestRun,
         Self::SockOps,
         Self::Lhash2,
@@ -76,6 +78,7 @@ impl Feature {
         Self::SelectOrMigrate,
         Self::Bhash2,
         Self::ResilientNexthopGroups,
+        Self::Tcx,
     ];
 
     /// The feature's name in scenario files, plans and reports (`sk-lookup`, ...).
@@ -91,6 +94,7 @@ impl Feature {
             Self::SelectOrMigrate => "select-or-migrate",
             Self::Bhash2 => "bhash2",
             Self::ResilientNexthopGroups => "resilient-nexthop-groups",
+            Self::Tcx => "tcx",
         }
     }
 
@@ -107,6 +111,7 @@ impl Feature {
             Self::SelectOrMigrate => (5, 14),
             Self::Bhash2 => (6, 1),
             Self::ResilientNexthopGroups => (5, 13),
+            Self::Tcx => (6, 6),
         }
     }
 
@@ -123,6 +128,7 @@ impl Feature {
             Self::SelectOrMigrate => "SK_REUSEPORT_SELECT_OR_MIGRATE, TCP request migration (kernel 5.14+)",
             Self::Bhash2 => "the bhash2 bind hash (kernel 6.1+)",
             Self::ResilientNexthopGroups => "resilient nexthop groups (kernel 5.13+)",
+            Self::Tcx => "TCX, tc programs attached without a qdisc (kernel 6.6+)",
         }
     }
 
@@ -139,6 +145,7 @@ impl Feature {
             Self::SelectOrMigrate => "load a SELECT_OR_MIGRATE program reading migrating_sk",
             Self::Bhash2 => "symbol inet_bind2_bucket_create in /proc/kallsyms",
             Self::ResilientNexthopGroups => "create a resilient group in a scratch netns",
+            Self::Tcx => "load a tc program, attach it with TCX to lo of a scratch netns",
         }
     }
 
@@ -164,6 +171,10 @@ impl Feature {
                 bpf::sk_lookup(&netns)?
             }
             Self::TcpHeaderOptions => bpf::tcp_header_options()?,
+            Self::Tcx => {
+                let netns = Netns::create(&RunId::new(false).name("probe"))?;
+                netns.run(bpf::tcx)??
+            }
             Self::SelectOrMigrate => bpf::select_or_migrate()?,
             Self::Lhash2 => {
                 // Measured, so noisy: a measurement that disagrees with the version table is

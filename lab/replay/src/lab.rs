@@ -337,6 +337,8 @@ pub async fn run(
     progress("building topology".into());
     let mut lab = Lab::build(&spec.topology, opts.keep).await?;
     let mut deployment = deploy(&lab, spec)?;
+    // Lossy links an `impair-links` event sets; dropped before the lab.
+    let mut impairments = zrlab_scenario::impair::Impairments::new(1);
     progress("starting the backends' services".into());
     let udp: Vec<String> = spec
         .config
@@ -408,7 +410,7 @@ pub async fn run(
         injector.send(&data)?;
         while let Some(event) = events.next_if(|e| e.at_packet == i + 1) {
             progress(format!("after packet {}: {}", event.at_packet, zrlab_scenario::runner::describe(&event.event)));
-            apply(&mut lab, Some(&mut deployment), &event.event).await?;
+            apply(&mut lab, Some(&mut deployment), &mut impairments, &event.event).await?;
         }
     }
     progress("waiting for the lab to go quiet".into());
@@ -435,6 +437,7 @@ pub async fn run(
         files.push(CaptureFile { file, frames: captured.frames.len(), dropped: captured.dropped });
         seen.entry(name).or_default().extend(captured.frames);
     }
+    drop(impairments);
     drop(deployment);
     let kept = if opts.keep {
         progress("handing the data path to a keeper process".into());

@@ -117,6 +117,20 @@ pub enum Metric {
     /// Failed flows without an answer that a dying host may have taken (excused; see
     /// `workload::accounting::Dying`).
     FlowsLostToDying,
+    /// Dropped requests of TCP flows whose owner stayed up: TCP retransmits what a lossy link
+    /// loses, so under loss these must stay 0 (given a reply timeout longer than the
+    /// retransmissions take).
+    TcpDrops,
+    /// Dropped requests of UDP flows whose owner stayed up.
+    UdpDrops,
+    /// UDP drops beyond the UDP datagrams the link impairments dropped: nothing retransmits a
+    /// lost datagram, so each one may cost one request, and no more. Not judged without an
+    /// impairment.
+    UdpDropsBeyondLoss,
+    /// Frames the link impairments dropped (the mechanism acted); not judged without one.
+    ImpairedDropped,
+    /// Frames the link impairments duplicated; not judged without one.
+    ImpairedDuplicated,
 }
 
 impl Metric {
@@ -195,6 +209,9 @@ impl Metric {
                 | Self::LatencyP99Ms
                 | Self::MaxReplyGapMs
                 | Self::DeadIdsLive
+                | Self::TcpDrops
+                | Self::UdpDrops
+                | Self::UdpDropsBeyondLoss
         )
     }
 
@@ -210,6 +227,14 @@ impl Metric {
             }
             Self::ReleasesUnsteered if measures.release.is_none_or(|r| r.steering_read == 0) => {
                 return Err("no release had a dispatcher program whose steering could be read".into());
+            }
+            Self::UdpDropsBeyondLoss | Self::ImpairedDropped | Self::ImpairedDuplicated => {
+                let Some(impair) = measures.impair else { return Err("no link was impaired".into()) };
+                return Ok(match self {
+                    Self::ImpairedDropped => impair.dropped,
+                    Self::ImpairedDuplicated => impair.duplicated,
+                    _ => measures.tally.counted.udp_drops.saturating_sub(impair.dropped_udp),
+                });
             }
             Self::BackendOutOfRingsMs | Self::DeadIdsLive => {
                 let Some(deaths) = measures.deaths else { return Err("no backend was killed".into()) };
@@ -269,13 +294,18 @@ impl Metric {
             | Self::LatencyP99Ms
             | Self::MaxReplyGapMs
             | Self::BackendOutOfRingsMs
-            | Self::DeadIdsLive => unreachable!("figures, in `of`"),
+            | Self::DeadIdsLive
+            | Self::UdpDropsBeyondLoss
+            | Self::ImpairedDropped
+            | Self::ImpairedDuplicated => unreachable!("figures, in `of`"),
             Self::ReleasesOutOfOrder => release.out_of_order,
             Self::ReleasesUnsteered => release.unsteered,
             Self::ReleaseProbes => release.probes,
             Self::ReleaseProbesFailed => release.probes_failed,
             Self::LbHealthChanges => lb.health_changes,
             Self::FlowsLostToDying => tally.lost_to_dying,
+            Self::TcpDrops => tally.counted.tcp_drops,
+            Self::UdpDrops => tally.counted.udp_drops,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod expect;
 pub mod handoff;
+pub mod impair;
 pub mod lb;
 pub mod measures;
 pub mod release;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::release::FleetCounters;
-use zrlab_control::tpr::TprCounters;
+use zrlab_control::{impair::DirectionCounters, tpr::TprCounters};
 use zrlab_workload::accounting::Tally;
 
 /// What the LB and decap programs counted during a run, summed over nodes and CPUs.
@@ -70,6 +70,9 @@ pub struct Measures {
     pub longest_gaps: Vec<(u32, u64)>,
     /// What the `kill-backend` events measured, when the run has any.
     pub deaths: Option<DeathMeasures>,
+    /// What the link impairments did, every impaired interface and direction added up, when
+    /// the run impaired any.
+    pub impair: Option<DirectionCounters>,
 }
 
 /// What a run's `kill-backend` events measured.
@@ -97,6 +100,7 @@ impl Default for Measures {
             max_reply_gap_ms: None,
             longest_gaps: Vec::new(),
             deaths: None,
+            impair: None,
         }
     }
 }

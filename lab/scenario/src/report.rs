@@ -10,7 +10,8 @@
 //! "client": {...}} | null, "ecmp_reproducible", "release": {"counters": {...},
 //! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms",
 //! "longest_gaps": [[flow, ms]]} | null, "deaths": {"out_of_rings_ms", "ids_still_live"} | null,
-//! "lost_to_dying",
+//! "lost_to_dying", "impair": {"seen", "dropped", "duplicated", "dropped_tcp", "dropped_udp",
+//! "dup_failed"} | null,
 //! "timelines": [[variant, {"seconds": [{"offered", "replies", "resets", "misroutes", "drops",
 //! "stalled_ms", "latency_p50_us", "latency_p99_us", "latency_max_us"}], "marks": [{"at_s",
 //! "label", "released"}]}]]}]}`. A check with `"judged": false` could not be measured: it fails
@@ -34,6 +35,7 @@ use crate::{
     measures::{DeathMeasures, LbTotals, TprTotals},
     release::FleetCounters,
 };
+use zrlab_control::impair::DirectionCounters;
 use zrlab_host::error::{LabError, Result};
 use zrlab_topology::Loss;
 use zrlab_workload::{accounting::FlowRecord, timeline::Timeline};
@@ -134,6 +136,9 @@ pub struct ScenarioReport {
     pub deaths: Option<DeathMeasures>,
     /// Failed flows without an answer a dying host may have taken, in the main run (excused).
     pub lost_to_dying: u64,
+    /// What the main run's link impairments did (every impaired interface and direction
+    /// added up), when it impaired any.
+    pub impair: Option<DirectionCounters>,
     /// Per variant (`main`, `control`), the run's timeline, for release scenarios: plotted
     /// next to the report as `timelines/<scenario>-<variant>.svg`.
     pub timelines: Vec<(String, Timeline)>,
@@ -215,6 +220,7 @@ impl From<&Outcome> for ScenarioReport {
             ecmp_reproducible: main.is_none_or(|m| m.ecmp_unseeded.is_empty()),
             deaths: main.and_then(|m| m.measures.deaths),
             lost_to_dying: main.map_or(0, |m| m.measures.tally.lost_to_dying),
+            impair: main.and_then(|m| m.measures.impair),
             release: main.and_then(|m| {
                 Some(ReleaseFigures {
                     counters: m.measures.release?,
@@ -370,6 +376,13 @@ impl Report {
                     release.longest_gaps.iter().map(|(flow, ms)| format!("flow {flow} {ms} ms")).collect();
                 let _ =
                     writeln!(out, "\nLongest gap between replies, per flow (the longest first): {}", gaps.join(", "));
+            }
+            if let Some(impair) = &s.impair {
+                let _ = writeln!(
+                    out,
+                    "\nLossy links of the main run: `{}`",
+                    serde_json::to_string(impair).expect("serialisable")
+                );
             }
             if let Some(deaths) = &s.deaths {
                 let out_ms = deaths

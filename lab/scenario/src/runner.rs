@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::{
     expect::{Capacity, Check, evaluate},
+    impair::Impairments,
     lb::Deployment,
     measures::{DeathMeasures, Measures},
     release::{Fleet, ReleaseRecord, launch},
@@ -202,6 +203,14 @@ async fn run_variant(
     let mut lab = Lab::build(&variant.topology, keep.is_some()).await?;
     let setup = lab.setup_time();
 
+    // Declared after the lab, so dropped before it.
+    let mut impairments = Impairments::new(workload.seed);
+    if !variant.impair.is_empty() {
+        phases.step("impairing links");
+        for spec in &variant.impair {
+            impairments.apply(&lab, spec)?;
+        }
+    }
     let registry = Registry::assign(workload.seed, &workload.backends, workload.cid_version.max_id());
     // Declared after the lab, so dropped before it (as the LB deployment below).
     let tpr = match &variant.tpr {
@@ -244,6 +253,7 @@ async fn run_variant(
             udp_flows: workload.udp_flows,
             period: Duration::from_millis(workload.period_ms) * scale,
             reply_timeout: timing.reply_timeout() * scale,
+            tcp_reply_timeout: timing.tcp_reply_timeout() * scale,
             seed: workload.seed,
             cgroup: Some(lab.cgroup_of(&workload.client)?),
             open_tcp_per_period: workload.open_tcp_per_period,
@@ -294,7 +304,7 @@ async fn run_variant(
             let at = Instant::now();
             deaths.push(Death { backend: backend.clone(), at, out_after: None });
         } else {
-            apply(&mut lab, deployment.as_mut(), event).await?;
+            apply(&mut lab, deployment.as_mut(), &mut impairments, event).await?;
         }
         // Flows that open from here on were routed by the changed configuration.
         let epoch = client.book().advance_epoch();
@@ -388,10 +398,13 @@ async fn run_variant(
         max_reply_gap_ms,
         longest_gaps,
         deaths: deaths_measured(&deaths, deployment.as_ref(), scale)?,
+        impair: impairments.totals()?,
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);
     drop(tpr);
+    // A kept run's keeper attaches them again.
+    drop(impairments);
     if let Some(file) = keep {
         phases.step("handing the data path to a keeper process");
         crate::handoff::start_keeper(
@@ -513,8 +526,13 @@ async fn wait_rounds(client: &Client, rounds: u64, timeout: Duration, what: &str
         .await
 }
 
-/// Applies `event` to `lab` and its LB `deployment`.
-pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &EventSpec) -> Result<()> {
+/// Applies `event` to `lab`, its LB `deployment` and its link `impairments`.
+pub async fn apply(
+    lab: &mut Lab,
+    deployment: Option<&mut Deployment>,
+    impairments: &mut Impairments,
+    event: &EventSpec,
+) -> Result<()> {
     match event {
         EventSpec::RemoveMember { group, member } => lab.remove_member(group, member).await,
         EventSpec::ReplaceMember { group, member, with } => lab.replace_member(group, member, with).await,
@@ -534,6 +552,7 @@ pub async fn apply(lab: &mut Lab, deployment: Option<&mut Deployment>, event: &E
         // Releases and pauses need the scenario's service processes (`release::Fleet`): the
         // runner fires them itself.
         EventSpec::KillBackend { backend } => lab.kill_host(backend).await,
+        EventSpec::ImpairLinks(spec) => impairments.apply(lab, spec),
         EventSpec::Release { .. } | EventSpec::PauseBackend { .. } => {
             Err(LabError::Unsupported(format!("{} outside a scenario run", describe(event))))
         }
@@ -552,5 +571,13 @@ pub fn describe(event: &EventSpec) -> String {
         EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
         EventSpec::PauseBackend { backend, ms } => format!("pause {backend}'s service for {ms} ms"),
         EventSpec::KillBackend { backend } => format!("kill {backend}'s host"),
+        EventSpec::ImpairLinks(spec) => format!(
+            "impair {}'s {}: drop {} ppm, duplicate {} ppm, {:?}",
+            spec.node,
+            spec.ifname.as_deref().unwrap_or("interfaces"),
+            spec.drop_ppm,
+            spec.dup_ppm,
+            spec.direction
+        ),
     }
 }

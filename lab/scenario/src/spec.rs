@@ -44,6 +44,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    impair::ImpairSpec,
     expect::{Capacity, Comparison, Metric},
     release::ReleaseSpec,
 };
@@ -132,6 +133,11 @@ pub struct TimingSpec {
     /// Milliseconds a request may wait for its reply.
     #[serde(default = "defaults::reply_timeout_ms")]
     pub reply_timeout_ms: u64,
+    /// Milliseconds a TCP connection may take to open and a TCP request to get its reply, if
+    /// not `reply_timeout_ms`: lossy links give TCP time to retransmit (UDP loses a lost
+    /// datagram however long it waits).
+    #[serde(default)]
+    pub tcp_reply_timeout_ms: Option<u64>,
     /// Milliseconds any one phase (start-up, warm-up, a wait for rounds) may take.
     #[serde(default = "defaults::phase_timeout_ms")]
     pub phase_timeout_ms: u64,
@@ -144,6 +150,7 @@ impl Default for TimingSpec {
             rounds_between_events: defaults::rounds_between_events(),
             settle_rounds: defaults::settle_rounds(),
             reply_timeout_ms: defaults::reply_timeout_ms(),
+            tcp_reply_timeout_ms: None,
             phase_timeout_ms: defaults::phase_timeout_ms(),
         }
     }
@@ -174,6 +181,11 @@ impl TimingSpec {
     /// [`TimingSpec::reply_timeout_ms`] as a duration.
     pub(crate) fn reply_timeout(&self) -> Duration {
         Duration::from_millis(self.reply_timeout_ms)
+    }
+
+    /// [`TimingSpec::tcp_reply_timeout_ms`] (or the reply timeout) as a duration.
+    pub(crate) fn tcp_reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.tcp_reply_timeout_ms.unwrap_or(self.reply_timeout_ms))
     }
 
     /// [`TimingSpec::phase_timeout_ms`] as a duration.
@@ -293,6 +305,9 @@ pub enum EventSpec {
         /// The backend node.
         backend: String,
     },
+    /// Set seeded loss and duplication on a node's interfaces from here on: the fields of an
+    /// `[[impair]]` entry (`node`, `ifname`, `drop_ppm`, `dup_ppm`, `direction`).
+    ImpairLinks(ImpairSpec),
     /// Stop `backend`'s service process (SIGSTOP) for `ms` milliseconds, then let it go on
     /// (SIGCONT): a pause shorter than the drop timeout, which loses no request and shows only
     /// in latency and in the gaps between replies (`max_reply_gap_ms`).
@@ -323,7 +338,16 @@ impl EventSpec {
             | Self::SetWeight { .. }
             | Self::Release { .. }
             | Self::KillBackend { .. }
+            | Self::ImpairLinks(_)
             | Self::PauseBackend { .. } => None,
+        }
+    }
+
+    /// The impairment this event sets, if it is an `impair-links`.
+    pub fn impairment(&self) -> Option<&ImpairSpec> {
+        match self {
+            Self::ImpairLinks(spec) => Some(spec),
+            _ => None,
         }
     }
 
@@ -337,6 +361,7 @@ impl EventSpec {
             | Self::RestoreBackend { .. }
             | Self::SetWeight { .. }
             | Self::Release { .. }
+            | Self::ImpairLinks(_)
             | Self::PauseBackend { .. } => None,
         }
     }
@@ -419,6 +444,8 @@ struct VariantSpec {
     tpr: Option<TprSpec>,
     #[serde(default)]
     release: Option<ReleaseSpec>,
+    #[serde(default, rename = "impair")]
+    impair: Vec<ImpairSpec>,
     // Keyed by text and converted after: serde_path_to_error cannot name enum map keys, and the
     // error must say which expectation is wrong.
     expect: BTreeMap<String, Comparison>,
@@ -452,6 +479,8 @@ pub struct Variant {
     pub tpr: Option<TprSpec>,
     /// How `release` events release a backend's service, if the scenario has them.
     pub release: Option<ReleaseSpec>,
+    /// Lossy links from the start (`[[impair]]`).
+    pub impair: Vec<ImpairSpec>,
     /// Expectations.
     pub expect: BTreeMap<Metric, Comparison>,
 }
@@ -514,6 +543,11 @@ impl Scenario {
         let control = resolve(path, "control.", control_spec)?;
         // A release strategy brings the kernel features it needs.
         let mut requires = file.requires;
+        // Lossy links need TCX: a kernel without it skips the scenario, naming it.
+        let impairs = |v: &Variant| !v.impair.is_empty() || v.events.iter().any(|e| e.impairment().is_some());
+        if (impairs(&main) || impairs(&control)) && !requires.contains(&Feature::Tcx) {
+            requires.push(Feature::Tcx);
+        }
         for release in [&main.release, &control.release].into_iter().flatten() {
             for feature in release.strategy.requires() {
                 if !requires.contains(feature) {
@@ -657,6 +691,12 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
                 }
                 continue;
             }
+            EventSpec::ImpairLinks(impair) => {
+                if let Some((f, why)) = impair.invalid(&topology) {
+                    return Err(err(format!("{field}.{f}"), why));
+                }
+                continue;
+            }
             EventSpec::PauseBackend { backend, ms } => {
                 if !w.backends.contains(backend) {
                     return Err(err(
@@ -722,6 +762,11 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     if let Some(lb) = &spec.lb {
         validate_lb(lb, w, &topology).map_err(|(f, m)| err(format!("lb{f}"), m))?;
     }
+    for (i, impair) in spec.impair.iter().enumerate() {
+        if let Some((field, why)) = impair.invalid(&topology) {
+            return Err(err(format!("impair[{i}].{field}"), why));
+        }
+    }
     if spec.expect.is_empty() {
         return Err(err("expect".into(), "at least one expectation is needed".into()));
     }
@@ -763,6 +808,7 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
         lb: spec.lb,
         tpr: spec.tpr,
         release: spec.release,
+        impair: spec.impair,
         expect: expectations,
     })
 }

@@ -120,6 +120,10 @@ pub struct Counts {
     pub misroutes: u64,
     /// Unanswered requests.
     pub drops: u64,
+    /// Of those, on TCP flows.
+    pub tcp_drops: u64,
+    /// Of those, on UDP flows.
+    pub udp_drops: u64,
 }
 
 impl Counts {
@@ -129,7 +133,12 @@ impl Counts {
         self.misroutes += flow.misroutes;
         // A connection never opened, or a reply that was not one: its request went unanswered.
         let unanswered = matches!(flow.ending, Some(Ending::ConnectFailed(_) | Ending::Protocol(_)));
-        self.drops += flow.drops + u64::from(unanswered);
+        let drops = flow.drops + u64::from(unanswered);
+        self.drops += drops;
+        match flow.proto {
+            Proto::Tcp => self.tcp_drops += drops,
+            Proto::Udp => self.udp_drops += drops,
+        }
     }
 }
 
@@ -251,7 +260,7 @@ mod tests {
         c.end(Ending::ConnectFailed("refused".into()));
         assert_eq!((a.misroutes, b.misroutes), (3, 1));
         let tally = Tally::of(&[a, b, c], &BTreeSet::new(), &BTreeMap::new(), &Dying::default());
-        assert_eq!(tally.counted, Counts { flows: 3, resets: 0, misroutes: 4, drops: 3 });
+        assert_eq!(tally.counted, Counts { flows: 3, resets: 0, misroutes: 4, drops: 3, tcp_drops: 1, udp_drops: 2 });
     }
 
     #[test]
@@ -265,8 +274,8 @@ mod tests {
         gone.end(Ending::Closed);
         let tally =
             Tally::of(&[kept, gone.clone()], &BTreeSet::from(["be4".to_owned()]), &BTreeMap::new(), &Dying::default());
-        assert_eq!(tally.counted, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
-        assert_eq!(tally.excused, Counts { flows: 1, resets: 1, misroutes: 0, drops: 0 });
+        assert_eq!(tally.counted, Counts { flows: 1, resets: 1, ..Counts::default() });
+        assert_eq!(tally.excused, Counts { flows: 1, resets: 1, ..Counts::default() });
         assert_eq!(gone.ending, Some(Ending::Reset), "the first cause wins");
     }
 
@@ -313,7 +322,7 @@ mod tests {
         let dying = Dying { epochs: vec![Range { start: 1, end: 2 }], in_flight: BTreeSet::from([1]) };
         let tally = Tally::of(&flows, &BTreeSet::new(), &BTreeMap::new(), &dying);
         assert_eq!(tally.lost_to_dying, 3, "flows 1 (in flight), 2 and 4 (opened while dying)");
-        assert_eq!(tally.excused, Counts { flows: 3, resets: 0, misroutes: 0, drops: 3 });
-        assert_eq!(tally.counted, Counts { flows: 4, resets: 0, misroutes: 0, drops: 3 }, "flows 0, 3, 5 and 6");
+        assert_eq!(tally.excused, Counts { flows: 3, drops: 3, tcp_drops: 3, ..Counts::default() });
+        assert_eq!(tally.counted, Counts { flows: 4, drops: 3, tcp_drops: 3, ..Counts::default() }, "flows 0, 3, 5 and 6");
     }
 }

@@ -79,8 +79,12 @@ pub struct ClientSpec {
     pub udp_flows: u32,
     /// Time between a flow's requests.
     pub period: Duration,
-    /// How long a request may wait for its reply before it counts as dropped.
+    /// How long a UDP request may wait for its reply before it counts as dropped.
     pub reply_timeout: Duration,
+    /// How long a TCP connection may take to open, and a TCP request to get its reply, before
+    /// it counts as dropped: longer than [`ClientSpec::reply_timeout`] where links lose
+    /// frames, since TCP retransmits what they lose and nothing resends a UDP datagram.
+    pub tcp_reply_timeout: Duration,
     /// Seed of every random choice.
     pub seed: u64,
     /// Create TCP sockets in this cgroup (the client node's), so its sock_ops programs act on
@@ -451,7 +455,7 @@ async fn tcp_flow(
         }
     };
     let stream = tokio::select! {
-        connected = tokio::time::timeout(spec.reply_timeout, socket.connect(target)) => match connected {
+        connected = tokio::time::timeout(spec.tcp_reply_timeout, socket.connect(target)) => match connected {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return end(Ending::ConnectFailed(e.to_string())),
             Err(_) => return end(Ending::ConnectFailed("timed out".into())),
@@ -470,7 +474,7 @@ async fn tcp_flow(
             return end(ending_of(&e));
         }
         let reply = tokio::select! {
-            reply = tokio::time::timeout(spec.reply_timeout, lines.next_line()) => reply,
+            reply = tokio::time::timeout(spec.tcp_reply_timeout, lines.next_line()) => reply,
             _ = stop.wait_for(|s| *s) => return,
         };
         match reply {

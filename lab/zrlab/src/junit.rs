@@ -168,6 +168,7 @@ mod tests {
             release: None,
             deaths: None,
             lost_to_dying: 0,
+            impair: None,
             timelines: Vec::new(),
         }
     }

@@ -14,6 +14,7 @@ use zrlab_host::{
 };
 use zrlab_scenario::{
     Scenario,
+    impair::Impairments,
     lb::Deployment,
     runner::{apply, describe},
     tpr::TprDeployment,
@@ -42,6 +43,7 @@ struct Held {
     lab: Lab,
     deployment: Option<Deployment>,
     tpr: Option<TprDeployment>,
+    impairments: Impairments,
     events: Vec<String>,
 }
 
@@ -52,6 +54,7 @@ impl Held {
         if let Some(tpr) = &self.tpr {
             programs.extend(tpr.attachments());
         }
+        programs.extend(self.impairments.programs());
         let nodes = self
             .lab
             .nodes()
@@ -75,7 +78,7 @@ impl Held {
 
     async fn handle(&mut self, request: Request) -> Result<Status> {
         if let Request::Event { event } = &request {
-            apply(&mut self.lab, self.deployment.as_mut(), event).await?;
+            apply(&mut self.lab, self.deployment.as_mut(), &mut self.impairments, event).await?;
             self.events.push(describe(event));
         }
         self.status()
@@ -128,14 +131,21 @@ async fn adopt_scenario(prefix: &str, run: RunId, file: &Path) -> Result<Held> {
             })
             .transpose()?,
         tpr,
+        impairments: Impairments::new(workload.seed),
         lab,
         events: Vec::new(),
     };
-    // The rings and live ids as the run left them: its LB events again (ECMP ones are in the
-    // kernel already, and in the adopted groups' state).
+    // The lossy links, rings and live ids as the run left them: its impairments and LB events
+    // again (ECMP ones are in the kernel already, and in the adopted groups' state).
+    for spec in &variant.impair {
+        held.impairments.apply(&held.lab, spec)?;
+    }
     for event in &variant.events {
         if let Some(deployment) = held.deployment.as_mut() {
             apply_lb(deployment, event)?;
+        }
+        if let Some(spec) = event.impairment() {
+            held.impairments.apply(&held.lab, spec)?;
         }
         held.events.push(describe(event));
     }
@@ -159,6 +169,7 @@ async fn adopt_replay(prefix: &str, run: RunId, file: &Path) -> Result<Held> {
         scenario: format!("replay {name}"),
         deployment: Some(deployment),
         tpr: None,
+        impairments: Impairments::new(1),
         lab,
         events,
     })
@@ -206,6 +217,7 @@ fn apply_lb(deployment: &mut Deployment, event: &zrlab_scenario::spec::EventSpec
         | EventSpec::AddMember { .. }
         | EventSpec::Release { .. }
         | EventSpec::KillBackend { .. }
+        | EventSpec::ImpairLinks(_)
         | EventSpec::PauseBackend { .. } => Ok(()),
     }
 }
