@@ -28,6 +28,7 @@ use std::{
 
 use aya::programs::XdpMode;
 use test_case::test_case;
+use zrlab_common::drop::{CONFIG_GLOBAL, DropConfig};
 use zrlab_control::{
     bpf::{Loaded, Object},
     reuseport::{Dispatch, ReuseportCounters, ReuseportDispatch},
@@ -127,7 +128,8 @@ fn run(v6: bool, state: State, dispatch: Dispatch) -> Option<(usize, ReuseportCo
     dispatcher.attach(&listeners[0]).expect("attach to the group");
 
     let drop_acks = (state != State::Established).then(|| {
-        let mut loaded = Loaded::load_with(Object::XdpDropAck, ("DROP_ACK_PORT", &PORT), &["xdp_drop_ack"])
+        let config = DropConfig::final_acks(PORT);
+        let mut loaded = Loaded::load_with(Object::XdpDropAck, (CONFIG_GLOBAL, &config), &["xdp_drop_ack"])
             .expect("load xdp_drop_ack");
         loaded.attach_xdp_in("xdp_drop_ack", &netns, "lo", XdpMode::Skb).expect("attach to lo");
         loaded

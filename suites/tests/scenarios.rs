@@ -113,6 +113,28 @@ fn a_dead_backend_host_is_taken_out_of_the_rings_by_the_health_checkers_alone() 
     assert!(control.measures.tally.counted.drops > 0, "{name}: the control drops new flows");
 }
 
+/// The lossy-link scenarios (`tpr-failover-lossy`, `rolling-upgrade-lossy`): their timelines
+/// on router links that drop 1% and duplicate 0.5% of the frames each way. Zero resets and
+/// misroutes, no TCP request unanswered, no more UDP requests unanswered than UDP datagrams
+/// the links dropped, and the impairment acted; the controls show the lossless scenarios'
+/// failures under the same loss.
+#[test_case("tpr-failover-lossy")]
+#[test_case("rolling-upgrade-lossy")]
+fn shipped_lossy_scenario_passes_and_the_links_did_lose_frames(name: &str) {
+    let Some((main, control)) = run_shipped(name) else { return };
+    let counted = main.measures.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.tcp_drops), (0, 0, 0), "{name}: main run failures");
+    let impair = main.measures.impair.expect("links impaired");
+    assert!(counted.udp_drops <= impair.dropped_udp, "{name}: UDP drops beyond loss: {counted:?} {impair:?}");
+    assert!(impair.dropped > 0 && impair.duplicated > 0, "{name}: the impairment acted: {impair:?}");
+    // About 1% of the frames dropped and 0.5% of the rest duplicated (within a fifth).
+    let (seen, dropped, duplicated) = (impair.seen as f64, impair.dropped as f64, impair.duplicated as f64);
+    assert!((dropped / seen - 0.01).abs() < 0.002, "{name}: drop rate {}", dropped / seen);
+    assert!((duplicated / (seen - dropped) - 0.005).abs() < 0.001, "{name}: duplication rate");
+    let control = control.measures.tally.counted;
+    assert!(control.resets + control.misroutes > 0, "{name}: the control fails: {control:?}");
+}
+
 /// A pause shorter than the drop timeout loses no request, so before issue 20 it passed every
 /// release scenario. `release-takeover` with one more event, a 300 ms SIGSTOP of be2's
 /// service: its flows' replies stop for 300 ms, and the main run fails on

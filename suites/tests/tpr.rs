@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use zrlab_common::tpr::{ECHO_KIND, OPT_LEN, SERVER_KIND};
+use zrlab_common::{
+    drop::{CONFIG_GLOBAL, DropConfig},
+    tpr::{ECHO_KIND, OPT_LEN, SERVER_KIND},
+};
 use zrlab_control::{
     bpf::{Loaded, Object},
     server_id::Registry,
@@ -294,6 +297,19 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
     }
 }
 
+/// The server ids a segment announces (the SYN-ACK's option).
+fn announced(tcp: &TcpRepr) -> Vec<u32> {
+    tcp.options
+        .iter()
+        .filter_map(|o| match o {
+            TcpOption::Unknown { kind, data } if *kind == SERVER_KIND => {
+                Some(u32::from_be_bytes(data.as_slice().try_into().ok()?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The IP packet and TCP segment of a captured frame, if it is TCP over IP.
 fn tcp_of(data: &[u8]) -> Option<(IpRepr, TcpRepr)> {
     let ip = FrameRepr::parse(data)?.ip_packet()?.clone();
@@ -389,6 +405,74 @@ fn syn_cookies_still_deliver_the_id() {
     assert_eq!(server.echo_ok, 1, "the echo matched: {server:?}");
     assert!(bed.tcp_ext(&backend, "SyncookiesSent") >= 1, "the kernel sent a cookie");
     assert!(bed.lb().tcp_id_routed >= ROUNDS);
+}
+
+/// A lost SYN-ACK loses no server id: the first SYN-ACK is dropped on its way to the client
+/// (`xdp_drop_ack` on the client's interface, the first one only), the backend's next one
+/// carries the option as the first did, the client learns the id from it and echoes it, and
+/// the LB routes the connection by it. Red when `tpr_server` writes the option only on a
+/// SYN-ACK's first transmission.
+#[test]
+fn a_lost_syn_ack_is_sent_again_with_the_id_and_the_client_learns_it_there() {
+    let Some(bed) = Bed::new(BOTH, &[]) else { return };
+    let client = &bed.lab.node("client").expect("client").netns;
+    let config = DropConfig::syn_acks_from(bed.workload.tcp_port, 1);
+    let mut fixture =
+        Loaded::load_with(Object::XdpDropAck, (CONFIG_GLOBAL, &config), &["xdp_drop_ack"]).expect("load the fixture");
+    fixture.attach_xdp("xdp_drop_ack", client, "eth0").expect("attach to the client's interface");
+    // The router's side of the client link sends every SYN-ACK, the dropped one included.
+    let router_side = Capture::start(&bed.lab.node("router").expect("router").netns, "c0").expect("capture");
+    let backend = one_backend(&bed.exchange(ROUNDS, false));
+    let id = bed.registry.id(&backend).expect("registered");
+    let frames = router_side.stop().expect("capture").frames;
+    let vip = bed.workload.vip;
+    let synacks: Vec<Vec<u32>> = frames
+        .iter()
+        .filter_map(|f| tcp_of(&f.data))
+        .filter(|(ip, tcp)| ip.src == vip && tcp.flags & SYN != 0)
+        .map(|(_, tcp)| announced(&tcp))
+        .collect();
+    assert!(synacks.len() >= 2, "the SYN-ACK was sent again: {synacks:?}");
+    assert!(synacks.iter().all(|ids| *ids == [id]), "every SYN-ACK carries the id {id}: {synacks:?}");
+    let (server, client) = bed.counters();
+    assert!(server.written >= 2, "written on each SYN-ACK: {server:?}");
+    assert_eq!(client.parsed, 1, "the client learnt it once, from the SYN-ACK that arrived: {client:?}");
+    assert_eq!((server.echo_ok, server.wrong_id), (1, 0), "the echo matched: {server:?}");
+    assert!(bed.lb().tcp_id_routed >= ROUNDS, "the LB routed by it: {:?}", bed.lb());
+}
+
+/// A lost final ACK of the handshake loses no server id either: it is dropped at the router
+/// (the first one only), the client's first request completes the handshake at the backend
+/// and carries the echo, and the LB routes by it.
+#[test]
+fn a_lost_final_ack_leaves_the_echo_to_the_first_request() {
+    let Some(bed) = Bed::new(BOTH, &[]) else { return };
+    let router = &bed.lab.node("router").expect("router").netns;
+    let config = DropConfig { limit: 1, ..DropConfig::final_acks(bed.workload.tcp_port) };
+    let mut fixture =
+        Loaded::load_with(Object::XdpDropAck, (CONFIG_GLOBAL, &config), &["xdp_drop_ack"]).expect("load the fixture");
+    fixture.attach_xdp("xdp_drop_ack", router, "c0").expect("attach to the router's side of the client link");
+    let lb_side = Capture::start(router, "l1").expect("capture");
+    let replies = bed.exchange(ROUNDS, false);
+    one_backend(&replies);
+    // Past the router, no segment of the connection is a pure ACK before the first request.
+    let frames = lb_side.stop().expect("capture").frames;
+    let first_non_syn = frames
+        .iter()
+        .filter_map(|f| FrameRepr::parse(&f.data))
+        .filter_map(|outer| match outer.ip_packet().map(|ip| ip.payload.clone()) {
+            Some(IpPayload::Ip(inner)) => match inner.payload {
+                IpPayload::Tcp(tcp) if tcp.flags & SYN == 0 => Some(tcp),
+                _ => None,
+            },
+            _ => None,
+        })
+        .next()
+        .expect("the connection's segments pass the LB");
+    assert!(!first_non_syn.payload.is_empty(), "the final ACK was dropped: the first segment is the request");
+    let (server, _) = bed.counters();
+    assert_eq!((server.echo_ok, server.wrong_id), (1, 0), "the request's echo matched: {server:?}");
+    assert!(bed.lb().tcp_id_routed >= ROUNDS, "the LB routed by it: {:?}", bed.lb());
 }
 
 #[test]

@@ -73,16 +73,15 @@ pub enum Fate {
     Duplicate,
 }
 
-/// The draw for the `sequence`-th frame of `direction` on `cpu` under `seed` (splitmix64 of
-/// their combination), and the fate it gives under `config`: the low 32 bits decide the drop,
-/// the high 32 bits the duplication, each scaled to parts per million.
+/// The draw for the `sequence`-th frame of `direction` on `cpu` under `seed`, and the fate it
+/// gives under `config`: a splitmix64 stream per (seed, CPU, direction), keyed by the mixed
+/// seed (seeds that differ in a few low bits would otherwise only permute one stream's
+/// draws), the `sequence`-th value of it. Its low 32 bits decide the drop, its high 32 bits the
+/// duplication, each scaled to parts per million.
 #[inline(always)]
 pub fn draw(config: &ImpairConfig, direction: u32, cpu: u32, sequence: u64) -> Fate {
-    let mut z = config.seed ^ (u64::from(cpu) << 40) ^ (u64::from(direction) << 56) ^ sequence;
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
+    let stream = mix(config.seed ^ mix((u64::from(cpu) << 32) | u64::from(direction)));
+    let z = mix(stream.wrapping_add(sequence.wrapping_mul(GOLDEN_GAMMA)));
     let scaled = |bits: u64| ((bits & 0xffff_ffff) * u64::from(PPM)) >> 32;
     if scaled(z) < u64::from(config.drop_ppm) {
         Fate::Drop
@@ -91,6 +90,18 @@ pub fn draw(config: &ImpairConfig, direction: u32, cpu: u32, sequence: u64) -> F
     } else {
         Fate::Pass
     }
+}
+
+/// splitmix64's increment.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's output function of `z` plus its increment.
+#[inline(always)]
+fn mix(z: u64) -> u64 {
+    let mut z = z.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(feature = "user")]

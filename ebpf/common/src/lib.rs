@@ -10,6 +10,7 @@
 
 pub mod addr;
 pub mod decap;
+pub mod drop;
 pub mod impair;
 pub mod lb;
 pub mod pass;

@@ -1,21 +1,27 @@
-//! `xdp_drop_ack`: a test fixture that drops pure ACKs (TCP flags exactly ACK, no payload) to
-//! one port, so that a handshake's final ACK never arrives: the server keeps the connection as a
-//! request (`TCP_NEW_SYN_RECV`) or, with Fast Open, as a child in `TCP_SYN_RECV`, as the
-//! kernel's `migrate_reuseport` selftest arranges. Everything else passes. The port is the
-//! read-only global `DROP_ACK_PORT` (host order), set at load.
+//! `xdp_drop_ack`: a test fixture that drops handshake segments of one port (see
+//! `zrlab_common::drop`): TCP segments without payload whose flags are exactly the configured
+//! ones, to or from the port, the first `limit` of them. Everything else passes. The
+//! configuration is the read-only global `DROP_CONFIG`, set at load; the default drops every
+//! final ACK of a handshake to the port, as the kernel's `migrate_reuseport` selftest arranges.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod prog {
-    use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action,
+        macros::{map, xdp},
+        maps::Array,
+        programs::XdpContext,
+    };
+    use zrlab_common::drop::DropConfig;
     use zrlab_ebpf::net::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, read_at};
 
     #[unsafe(no_mangle)]
-    static DROP_ACK_PORT: u16 = 0;
+    static DROP_CONFIG: DropConfig = DropConfig::final_acks(0);
 
-    /// TCP flags byte: ACK alone.
-    const ACK_ONLY: u8 = 0x10;
+    #[map(name = "DROP_DROPPED")]
+    static DROPPED: Array<u32> = Array::with_max_entries(1, 0);
 
     #[xdp]
     pub fn xdp_drop_ack(ctx: XdpContext) -> u32 {
@@ -46,13 +52,25 @@ mod prog {
         }
         let tcp = ETH_LEN + ip_len;
         // SAFETY: a volatile read of a static the loader may have rewritten.
-        let port = unsafe { core::ptr::read_volatile(&DROP_ACK_PORT) };
-        if be16(ctx, tcp + 2)? != usize::from(port) {
+        let config = unsafe { core::ptr::read_volatile(&DROP_CONFIG) };
+        let port = be16(ctx, tcp + if config.by_source != 0 { 0 } else { 2 })?;
+        if port != usize::from(config.port) {
             return Ok(false);
         }
         let doff = usize::from(read_at::<u8>(ctx, tcp + 12)? >> 4) * 4;
         let flags = read_at::<u8>(ctx, tcp + 13)?;
-        Ok(flags == ACK_ONLY && total == ip_len + doff)
+        if flags != config.flags || total != ip_len + doff {
+            return Ok(false);
+        }
+        let Some(dropped) = DROPPED.get_ptr_mut(0) else { return Ok(false) };
+        // SAFETY: a valid map slot. Not atomic: a fixture for one connection at a time.
+        unsafe {
+            if config.limit != 0 && *dropped >= config.limit {
+                return Ok(false);
+            }
+            *dropped += 1;
+        }
+        Ok(true)
     }
 }
 

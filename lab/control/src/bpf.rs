@@ -34,7 +34,8 @@ pub enum Object {
     /// `rs_select` and `rs_select_or_migrate`: a release's socket dispatcher
     /// (`zrlab_common::reuseport`).
     ReuseportSelect,
-    /// `xdp_drop_ack`: a test fixture that drops handshakes' final ACKs to one port.
+    /// `xdp_drop_ack`: a test fixture that drops handshake segments of one port (final ACKs,
+    /// SYN-ACKs: `zrlab_common::drop`).
     XdpDropAck,
     /// `sk_lookup_steer`: a release's alternative dispatcher (`zrlab_common::sklookup`).
     SkLookupSteer,

@@ -577,6 +577,36 @@ mod tests {
         assert!(reported.ok && !reported.judged, "{reported:?}");
     }
 
+    /// Under loss, UDP drops are judged against the UDP datagrams the links dropped: each may
+    /// cost one request and no more; without an impairment the figure is not judged.
+    #[test]
+    fn udp_drops_are_judged_against_the_datagrams_the_links_dropped() {
+        let expect = BTreeMap::from([
+            (Metric::UdpDropsBeyondLoss, parse("== 0").unwrap()),
+            (Metric::TcpDrops, parse("== 0").unwrap()),
+            (Metric::ImpairedDropped, parse("> 0").unwrap()),
+        ]);
+        let lossy = |udp_drops, tcp_drops, dropped_udp, dropped| {
+            let mut measures = Measures {
+                impair: Some(zrlab_control::impair::DirectionCounters { dropped, dropped_udp, ..Default::default() }),
+                ..Measures::default()
+            };
+            measures.tally.counted.udp_drops = udp_drops;
+            measures.tally.counted.tcp_drops = tcp_drops;
+            measures
+        };
+        let verdicts = |measures: &Measures| -> Vec<(bool, bool, u64)> {
+            evaluate(&expect, measures, Capacity::Judge).iter().map(|c| (c.ok, c.judged, c.actual)).collect()
+        };
+        // In order: tcp_drops, udp_drops_beyond_loss, impaired_dropped.
+        assert_eq!(verdicts(&lossy(40, 0, 40, 90)), [(true, true, 0), (true, true, 0), (true, true, 90)]);
+        assert_eq!(verdicts(&lossy(30, 0, 40, 90))[1], (true, true, 0), "fewer drops than losses");
+        assert_eq!(verdicts(&lossy(41, 0, 40, 90))[1], (false, true, 1), "one drop no loss explains");
+        assert_eq!(verdicts(&lossy(0, 2, 0, 90))[0], (false, true, 2), "TCP retransmits: no drop excused");
+        let unimpaired = verdicts(&Measures::default());
+        assert_eq!((unimpaired[1], unimpaired[2]), ((false, false, 0), (false, false, 0)), "no impairment: not judged");
+    }
+
     #[test]
     fn a_figure_the_run_could_not_measure_is_not_judged_and_fails() {
         let expect = BTreeMap::from([

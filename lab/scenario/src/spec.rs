@@ -44,8 +44,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    impair::ImpairSpec,
     expect::{Capacity, Comparison, Metric},
+    impair::ImpairSpec,
     release::ReleaseSpec,
 };
 use zrlab_control::lb::{VipOptions, health::HealthPolicy};

@@ -323,6 +323,10 @@ mod tests {
         let tally = Tally::of(&flows, &BTreeSet::new(), &BTreeMap::new(), &dying);
         assert_eq!(tally.lost_to_dying, 3, "flows 1 (in flight), 2 and 4 (opened while dying)");
         assert_eq!(tally.excused, Counts { flows: 3, drops: 3, tcp_drops: 3, ..Counts::default() });
-        assert_eq!(tally.counted, Counts { flows: 4, drops: 3, tcp_drops: 3, ..Counts::default() }, "flows 0, 3, 5 and 6");
+        assert_eq!(
+            tally.counted,
+            Counts { flows: 4, drops: 3, tcp_drops: 3, ..Counts::default() },
+            "flows 0, 3, 5 and 6"
+        );
     }
 }

@@ -151,7 +151,8 @@ enum Command {
     /// `event restore-backend backend=be4`, `event set-weight backend=be5 weight=2`,
     /// `event remove-member group=lbs member=lb1`, `event add-member group=lbs member=lb1`,
     /// `event kill-backend backend=be4` (the LB nodes' health checkers, if the scenario runs
-    /// them, take it out of their rings; `status` shows which node did).
+    /// them, take it out of their rings; `status` shows which node did),
+    /// `event impair-links node=router drop_ppm=10000 dup_ppm=5000` (lossy links from now on).
     Event {
         /// The kept run (its prefix); default: the only one.
         #[arg(long)]

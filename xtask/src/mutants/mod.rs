@@ -78,7 +78,7 @@ enum Source {
 /// - ebpf: conformance and fuzz run `xdp_lb` and `xdp_decap` against the independent model on
 ///   one and two CPUs; `tpr` runs the sock_ops programs on real sockets; `reuseport_migrate`
 ///   runs `reuseport_select` on real listeners, `sk_lookup` runs `sk_lookup_steer` on real UDP
-///   sockets (IPv4 and IPv6).
+///   sockets (IPv4 and IPv6); `impair` runs `tc_impair` on a real link (first: seconds).
 /// - control: its unit tests (Maglev, the model's codecs, the health checker's state machine and
 ///   probes), the health checkers on a built lab (seconds: before the minutes of the rest), the
 ///   XDP suites through the control plane, `tpr` (server ids, sock_ops maps) and offline replay
@@ -99,20 +99,23 @@ const COMPONENTS: [Component; 4] = [
             "ebpf/programs/src/tpr_fill.rs",
         ],
         source: Source::Ebpf,
-        suites: &[&[
-            "-p",
-            "zrlab-suites",
-            "--test",
-            "xdp_conformance",
-            "--test",
-            "xdp_fuzz",
-            "--test",
-            "tpr",
-            "--test",
-            "reuseport_migrate",
-            "--test",
-            "sk_lookup",
-        ]],
+        suites: &[
+            &["-p", "zrlab-suites", "--test", "impair"],
+            &[
+                "-p",
+                "zrlab-suites",
+                "--test",
+                "xdp_conformance",
+                "--test",
+                "xdp_fuzz",
+                "--test",
+                "tpr",
+                "--test",
+                "reuseport_migrate",
+                "--test",
+                "sk_lookup",
+            ],
+        ],
         // The tpr suite runs the lab's service processes.
         needs_binary: true,
     },
