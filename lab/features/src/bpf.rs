@@ -298,58 +298,51 @@ pub(super) fn sk_assign() -> ProbeResult {
     helper_known(load(PROG_SCHED_CLS, 0, &prog), "bpf_sk_assign")
 }
 
-/// `BPF_PROG_TYPE_SK_LOOKUP`: a program returning `SK_PASS` loads and attaches (`BPF_LINK_CREATE`)
-/// to `netns` (a scratch namespace; the link is closed at once).
-pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
-    let prog = match load(PROG_SK_LOOKUP, ATTACH_SK_LOOKUP, &[mov_imm(0, SK_PASS), exit()]) {
+/// Loads a program of `prog_type` (expected attach type `load_as`) returning `ret` and attaches
+/// it with `BPF_LINK_CREATE` as `attach_type` to `target` (a namespace fd, or an interface
+/// index, as the attach type takes); the link is closed at once. `what` names the program in
+/// the detail, `attached` says what a success means.
+fn load_and_link(
+    (prog_type, load_as): (u32, u32),
+    (attach_type, target): (u32, u32),
+    ret: i32,
+    what: &str,
+    attached: &str,
+) -> ProbeResult {
+    let prog = match load(prog_type, load_as, &[mov_imm(0, ret), exit()]) {
         Ok(fd) => fd,
         Err(r) => {
-            answered("an sk_lookup program", &r.error)?;
-            return Ok((false, format!("sk_lookup program rejected: {r}")));
+            answered(&format!("a {what} program"), &r.error)?;
+            return Ok((false, format!("{what} program rejected: {r}")));
         }
     };
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: netns.as_fd().as_raw_fd() as u32,
-        attach_type: ATTACH_SK_LOOKUP,
-        flags: 0,
-    };
+    let mut attr = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_fd: target, attach_type, flags: 0 };
     match sys_bpf(LINK_CREATE, &mut attr) {
         Ok(link) => {
             drop(fd_from(link));
-            Ok((true, "sk_lookup program loaded and attached to a namespace".into()))
+            Ok((true, attached.to_owned()))
         }
         Err(e) => {
-            answered("an sk_lookup attachment", &e)?;
-            Ok((false, format!("sk_lookup attach: {e}")))
+            answered(&format!("a {what} attachment"), &e)?;
+            Ok((false, format!("{what} attach: {e}")))
         }
     }
+}
+
+/// `BPF_PROG_TYPE_SK_LOOKUP`: a program returning `SK_PASS` loads and attaches (`BPF_LINK_CREATE`)
+/// to `netns` (a scratch namespace; the link is closed at once).
+pub(super) fn sk_lookup(netns: impl AsFd) -> ProbeResult {
+    let target = netns.as_fd().as_raw_fd() as u32;
+    let attached = "sk_lookup program loaded and attached to a namespace";
+    load_and_link((PROG_SK_LOOKUP, ATTACH_SK_LOOKUP), (ATTACH_SK_LOOKUP, target), SK_PASS, "sk_lookup", attached)
 }
 
 /// TCX: a tc program returning `TCX_NEXT` loads and attaches with `BPF_LINK_CREATE` at TCX
 /// ingress of `lo` (index 1) of the calling thread's namespace, which must be a scratch one
 /// (the link is closed at once).
 pub(super) fn tcx() -> ProbeResult {
-    let prog = match load(PROG_SCHED_CLS, 0, &[mov_imm(0, TCX_NEXT), exit()]) {
-        Ok(fd) => fd,
-        Err(r) => {
-            answered("a tc program", &r.error)?;
-            return Ok((false, format!("tc program rejected: {r}")));
-        }
-    };
-    // `target_fd` is a union with `target_ifindex`.
-    let mut attr =
-        LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_fd: 1, attach_type: ATTACH_TCX_INGRESS, flags: 0 };
-    match sys_bpf(LINK_CREATE, &mut attr) {
-        Ok(link) => {
-            drop(fd_from(link));
-            Ok((true, "tc program loaded and attached with TCX to lo of a scratch netns".into()))
-        }
-        Err(e) => {
-            answered("a TCX attachment", &e)?;
-            Ok((false, format!("TCX attach: {e}")))
-        }
-    }
+    let attached = "tc program loaded and attached with TCX to lo of a scratch netns";
+    load_and_link((PROG_SCHED_CLS, 0), (ATTACH_TCX_INGRESS, 1), TCX_NEXT, "tc", attached)
 }
 
 /// TCP header option helpers: a sock_ops program calling `bpf_reserve_hdr_opt(ctx, 0, 0)` loads.
