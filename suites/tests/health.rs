@@ -18,7 +18,13 @@ use zrlab_topology::{Lab, Topology};
 
 const BACKENDS: [&str; 4] = ["be1", "be2", "be3", "be4"];
 const WAIT: Duration = Duration::from_secs(10);
-const POLICY: HealthPolicy = HealthPolicy { period: Duration::from_millis(50), rise: 2, fall: 2 };
+
+/// Every probe period 50 ms, stretched by the kernel matrix's time scale (`ZRLAB_TIME_SCALE`,
+/// 5 in TCG guests, where a probe's round trip alone can take tens of milliseconds).
+fn policy() -> HealthPolicy {
+    let scale: u32 = std::env::var("ZRLAB_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    HealthPolicy { period: Duration::from_millis(50) * scale, rise: 2, fall: 2 }
+}
 
 /// `topology` built, the LB deployed on `nodes` over [`BACKENDS`].
 fn deployed(runtime: &tokio::runtime::Runtime, topology: &str, nodes: &[&str]) -> (Lab, Deployment) {
@@ -49,7 +55,7 @@ fn a_backend_whose_links_go_down_leaves_every_nodes_rings_and_comes_back_when_th
     let _alone = common::exclusive();
     let runtime = common::runtime();
     let (mut lab, mut deployment) = deployed(&runtime, "lb-ecmp.toml", &["lb1", "lb2", "lb3"]);
-    deployment.check_health(&lab, POLICY).expect("checkers start");
+    deployment.check_health(&lab, policy()).expect("checkers start");
 
     let died = Instant::now();
     runtime.block_on(lab.kill_host("be4")).expect("be4 dies");
@@ -102,7 +108,7 @@ fn an_lb_node_without_a_route_to_the_backends_is_refused_naming_it() {
     let lb: LbSpec = toml::from_str("nodes = [\"lb1\"]").expect("lb section");
     let registry = Registry::assign(7, &workload.backends, u32::MAX);
     let mut deployment = Deployment::start(&lab, &lb, &workload, registry).expect("LB deployed");
-    let err = deployment.check_health(&lab, POLICY).expect_err("no route: refused").to_string();
+    let err = deployment.check_health(&lab, policy()).expect_err("no route: refused").to_string();
     assert!(err.contains("lb1") && err.contains("no route") && err.contains("192.0.2."), "{err}");
     drop(deployment);
     lab.teardown().expect("teardown");

@@ -49,8 +49,23 @@ fn send_and_count(lab: &Lab, sent: u64) -> u64 {
         .run(|| UdpSocket::bind(addr))
         .expect("enter the router")
         .expect("bind on the router");
-    receiver.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
-    // Read while they arrive (a socket's buffer holds a few hundred): until 300 ms of silence.
+    // Room for every datagram (the default buffer holds a few hundred), so that a slow reader
+    // (a TCG guest) is not what drops them; root may exceed rmem_max.
+    let room: libc::c_int = 16 << 20;
+    // SAFETY: a valid socket and option value for the call's duration.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&receiver),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const room).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    let scale: u32 = std::env::var("ZRLAB_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    receiver.set_read_timeout(Some(Duration::from_millis(300) * scale)).expect("timeout");
+    // Read while they arrive: until 300 ms of silence (times the matrix's time scale).
     let counting = std::thread::spawn(move || {
         let mut buf = [0u8; 16];
         let mut arrived = 0;
