@@ -97,6 +97,35 @@ fn send_and_count(lab: &Lab, sent: u64) -> u64 {
     counting.join().expect("the counting thread")
 }
 
+/// Sends `each` UDP datagrams in IPv4-in-IPv4 and as many in IPv6-in-IPv4 from the client to
+/// the router (a raw socket: the client has no tunnel device).
+fn send_tunnelled(lab: &Lab, each: usize) {
+    use zrlab_wire::packet::{IpPayload, IpRepr, UdpRepr};
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("valid");
+    let (client, router) = (ip("198.51.100.2"), ip("198.51.100.1"));
+    let udp = || IpPayload::Udp(UdpRepr { sport: 4242, dport: 9999, payload: vec![0; 8] });
+    let inner_v4 = IpRepr::new(ip("198.51.100.2"), ip("203.0.113.10"), udp());
+    let inner_v6 = IpRepr::new(ip("2001:db8::2"), ip("2001:db8::10"), udp());
+    let packets: Vec<Vec<u8>> = [inner_v4, inner_v6]
+        .into_iter()
+        .map(|inner| IpRepr::new(client, router, IpPayload::Ip(Box::new(inner))).emit())
+        .collect();
+    lab.node("client")
+        .expect("client")
+        .netns
+        .run(|| {
+            let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(libc::IPPROTO_RAW.into()))
+                .expect("raw socket");
+            let to: socket2::SockAddr = SocketAddr::new(router, 0).into();
+            for packet in &packets {
+                for _ in 0..each {
+                    raw.send_to(packet, &to).expect("send");
+                }
+            }
+        })
+        .expect("enter the client");
+}
+
 fn attach(lab: &Lab, node: &str, ifname: &str, ingress: Rates, egress: Rates, seed: u64) -> Impairment {
     Impairment::attach(&lab.node(node).expect("node").netns, ifname, ingress, egress, seed).expect("attach")
 }
@@ -116,6 +145,10 @@ fn everything_dropped_or_everything_twice_at_the_extreme_rates_in_either_directi
     let (ingress, egress) = router.counters().expect("counters");
     assert_eq!(ingress.dropped_udp, SENT, "{ingress:?}");
     assert_eq!(egress.dropped, 0, "the other direction untouched: {egress:?}");
+    // UDP inside the LB's tunnel counts as UDP: IPv4 in IPv4 and IPv6 in IPv4.
+    send_tunnelled(&lab, 100);
+    let (ingress, _) = router.counters().expect("counters");
+    assert_eq!(ingress.dropped_udp, SENT + 200, "tunnelled datagrams are UDP too: {ingress:?}");
     router.set(INGRESS, rates(0, 1_000_000)).expect("set");
     assert_eq!(send_and_count(&lab, SENT), 2 * SENT, "every datagram twice");
     assert_eq!(router.counters().expect("counters").0.duplicated, SENT);
