@@ -14,7 +14,9 @@ use std::{
 use zrlab_common::impair::INGRESS;
 use zrlab_control::impair::{DirectionCounters, Impairment, Rates};
 use zrlab_features::Feature;
+use zrlab_host::capture::Injector;
 use zrlab_topology::{Lab, Topology};
+use zrlab_wire::packet::{FrameRepr, IpPayload, IpRepr, UdpRepr};
 
 const SENT: u64 = 2000;
 const ROUTER: &str = "198.51.100.1:9999";
@@ -100,7 +102,6 @@ fn send_and_count(lab: &Lab, sent: u64) -> u64 {
 /// Sends `each` UDP datagrams in IPv4-in-IPv4 and as many in IPv6-in-IPv4 from the client to
 /// the router (a raw socket: the client has no tunnel device).
 fn send_tunnelled(lab: &Lab, each: usize) {
-    use zrlab_wire::packet::{IpPayload, IpRepr, UdpRepr};
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("valid");
     let (client, router) = (ip("198.51.100.2"), ip("198.51.100.1"));
     let udp = || IpPayload::Udp(UdpRepr { sport: 4242, dport: 9999, payload: vec![0; 8] });
@@ -144,11 +145,23 @@ fn everything_dropped_or_everything_twice_at_the_extreme_rates_in_either_directi
     assert_eq!(send_and_count(&lab, SENT), 0, "every datagram dropped at the router's ingress");
     let (ingress, egress) = router.counters().expect("counters");
     assert_eq!(ingress.dropped_udp, SENT, "{ingress:?}");
+    assert!(ingress.seen >= SENT && ingress.dropped >= SENT, "every frame seen and dropped: {ingress:?}");
     assert_eq!(egress.dropped, 0, "the other direction untouched: {egress:?}");
-    // UDP inside the LB's tunnel counts as UDP: IPv4 in IPv4 and IPv6 in IPv4.
+    // UDP inside the LB's tunnel counts as UDP: IPv4 in IPv4, IPv6 in IPv4, and IPv4 in IPv6
+    // (injected as frames: the lab's link has no IPv6 addresses; the hook sees them before
+    // the router's stack would refuse them).
     send_tunnelled(&lab, 100);
-    let (ingress, _) = router.counters().expect("counters");
-    assert_eq!(ingress.dropped_udp, SENT + 200, "tunnelled datagrams are UDP too: {ingress:?}");
+    let v6 = |s: &str| s.parse::<std::net::IpAddr>().expect("valid");
+    let udp = IpPayload::Udp(UdpRepr { sport: 4242, dport: 9999, payload: vec![0; 8] });
+    let inner = IpRepr::new(v6("198.51.100.2"), v6("203.0.113.10"), udp);
+    let frame = FrameRepr::with_ip(IpRepr::new(v6("2001:db8::2"), v6("2001:db8::1"), IpPayload::Ip(Box::new(inner))));
+    let injector = Injector::open(&lab.node("client").expect("client").netns, "eth0").expect("injector");
+    for _ in 0..100 {
+        injector.send(&frame.emit()).expect("inject");
+    }
+    common::wait_for("the injected frames at the router", Duration::from_secs(5), || {
+        router.counters().expect("counters").0.dropped_udp == SENT + 300
+    });
     router.set(INGRESS, rates(0, 1_000_000)).expect("set");
     assert_eq!(send_and_count(&lab, SENT), 2 * SENT, "every datagram twice");
     assert_eq!(router.counters().expect("counters").0.duplicated, SENT);
@@ -172,6 +185,7 @@ fn a_drop_rate_drops_its_share_and_a_seed_repeats_its_decisions() {
         let router = attach(&lab, "router", "c0", rates(200_000, 100_000), Rates::default(), seed);
         let arrived = send_and_count(&lab, SENT);
         let ingress = router.counters().expect("counters").0;
+        assert!(ingress.seen >= SENT, "every datagram seen: {ingress:?}");
         // Every datagram that was not dropped arrived, plus one copy per duplicate.
         assert_eq!(arrived, SENT - ingress.dropped_udp + ingress.duplicated, "{ingress:?}");
         // Binomial: n = 2000, p = 0.2: mean 400, five standard deviations 89.
@@ -183,6 +197,16 @@ fn a_drop_rate_drops_its_share_and_a_seed_repeats_its_decisions() {
     }
     assert_eq!(runs[0], runs[1], "the same seed, the same decisions");
     assert_ne!(runs[0], runs[2], "another seed, other decisions");
+    // Frames that cross an impairment whose rates are zero do not move its draws: the same
+    // seed, idle first, then the rates: the same decisions as the first run.
+    let mut idle = attach(&lab, "router", "c0", Rates::default(), Rates::default(), 7);
+    assert_eq!(send_and_count(&lab, 500), 500, "nothing impaired at zero rates");
+    idle.set(INGRESS, rates(200_000, 100_000)).expect("set");
+    send_and_count(&lab, SENT);
+    let ingress = idle.counters().expect("counters").0;
+    let first = runs[0].1;
+    assert_eq!((ingress.dropped_udp, ingress.duplicated), (first.dropped_udp, first.duplicated), "{ingress:?}");
+    drop(idle);
     lab.teardown().expect("teardown");
 }
 
