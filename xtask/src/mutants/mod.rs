@@ -80,7 +80,8 @@ enum Source {
 ///   runs `reuseport_select` on real listeners, `sk_lookup` runs `sk_lookup_steer` on real UDP
 ///   sockets (IPv4 and IPv6); `impair` runs `tc_impair` on a real link (first: seconds).
 /// - control: its unit tests (Maglev, the model's codecs, the health checker's state machine and
-///   probes), the health checkers on a built lab (seconds: before the minutes of the rest), the
+///   probes), the health checkers and the link impairment on a built lab (seconds: before the
+///   minutes of the rest), the
 ///   XDP suites through the control plane, `tpr` (server ids, sock_ops maps) and offline replay
 ///   (the LB configuration).
 /// - release: its unit tests (order, steering, tally), migration parity (the reuseport
@@ -126,7 +127,7 @@ const COMPONENTS: [Component; 4] = [
         source: Source::CargoMutants,
         suites: &[
             &["-p", "zrlab-control"],
-            &["-p", "zrlab-suites", "--test", "health"],
+            &["-p", "zrlab-suites", "--test", "health", "--test", "impair"],
             &[
                 "-p",
                 "zrlab-suites",
