@@ -108,3 +108,40 @@ impl Impairment {
         Ok((of(INGRESS), of(EGRESS)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field adds up, each from its own field (distinct values per field).
+    #[test]
+    fn counters_add_field_by_field() {
+        let one =
+            DirectionCounters { seen: 1, dropped: 2, duplicated: 3, dropped_tcp: 4, dropped_udp: 5, dup_failed: 6 };
+        let mut total = DirectionCounters {
+            seen: 10,
+            dropped: 20,
+            duplicated: 30,
+            dropped_tcp: 40,
+            dropped_udp: 50,
+            dup_failed: 60,
+        };
+        total.add(&one);
+        let want = DirectionCounters {
+            seen: 11,
+            dropped: 22,
+            duplicated: 33,
+            dropped_tcp: 44,
+            dropped_udp: 55,
+            dup_failed: 66,
+        };
+        assert_eq!(total, want);
+    }
+
+    #[test]
+    fn rates_above_one_million_per_million_are_invalid_and_up_to_it_valid() {
+        assert_eq!(Rates { drop_ppm: PPM, dup_ppm: PPM }.invalid(), None);
+        assert!(Rates { drop_ppm: PPM + 1, dup_ppm: 0 }.invalid().is_some());
+        assert!(Rates { drop_ppm: 0, dup_ppm: PPM + 1 }.invalid().is_some());
+    }
+}
