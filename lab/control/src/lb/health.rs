@@ -376,6 +376,15 @@ mod tests {
         assert_eq!(t.observe(1, true), None);
     }
 
+    /// The round under way at a death may still have been answered, then `fall` rounds fail.
+    #[test]
+    fn the_detection_budget_is_one_round_more_than_fall() {
+        let policy = HealthPolicy { period: Duration::from_millis(100), rise: 2, fall: 3 };
+        assert_eq!(policy.detection_budget(), Duration::from_millis(400));
+        let policy = HealthPolicy { period: Duration::from_millis(250), rise: 1, fall: 1 };
+        assert_eq!(policy.detection_budget(), Duration::from_millis(500));
+    }
+
     #[test]
     fn a_fall_of_one_takes_a_backend_out_at_its_first_failure() {
         let mut t = Tracker::new(1, 1, 1);
