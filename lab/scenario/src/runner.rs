@@ -341,8 +341,9 @@ async fn run_variant(
                 .and_then(|lb| lb.health.as_ref())
                 .map(|h| h.policy(scale).detection_budget())
                 .expect("kill-backend needs [lb.health] (checked at load)");
-            let checking = deployment.as_ref().is_some_and(Deployment::checks_health);
-            let detected = match deployment.as_ref().filter(|d| d.checks_health()) {
+            let checked = deployment.as_ref().filter(|d| d.checks_health());
+            let checking = checked.is_some();
+            let detected = match checked {
                 Some(d) => d.wait_out(backend, death.at, death.at + phase_timeout).await,
                 None => {
                     tokio::time::sleep_until((death.at + budget).into()).await;
