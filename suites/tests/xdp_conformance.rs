@@ -14,7 +14,7 @@ use common::xdp::*;
 use test_case::test_case;
 use zrlab_common::{
     addr::words,
-    lb::{FlowKey, SynSlot, counter, flow_hash, vip_filter_bit},
+    lb::{FlowKey, counter, flow_hash, syn_cache_index, vip_filter_bit},
 };
 use zrlab_control::lb::{
     Counters, Decap, VipOptions,
@@ -435,7 +435,7 @@ fn syn_cache_slots() {
             ports: u32::from_ne_bytes([s0, s1, d0, d1]),
             proto: 6,
         };
-        SynSlot::index(flow_hash(&flow, seed))
+        syn_cache_index(flow_hash(&flow, seed))
     };
     let b = (2..=250u8)
         .flat_map(|host| (43_000..65_000u16).map(move |port| (format!("198.51.100.{host}"), port)))

@@ -300,9 +300,14 @@ impl ConnKeyV6 {
 /// too (one value type for both families; their exact key needs no match check). Aligned to 8
 /// bytes (as the kernel aligns map values) so that [`ConnEntry::matches`] reads the addresses
 /// as 64-bit words.
+///
+/// `T` is the entry's tail, the one part that differs between program versions: `u32`
+/// (padding) for `xdp_lb`, [`EntryStamp`] for `xdp_lb_next` ([`ConnEntryNext`]), the variant an
+/// in-place upgrade moves to. The two differ in layout (56 and 64 bytes), so an upgrade
+/// migrates every entry instead of handing the tables over.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnEntry {
+pub struct ConnEntry<T = u32> {
     /// The real index the flow goes to.
     pub real: u32,
     /// The flow's VIP (`VipMeta::vip_num`), for its counters.
@@ -318,17 +323,66 @@ pub struct ConnEntry {
     /// In a per-CPU table: the flow's reroute mark ([`REROUTES_MAP`]) when the entry was
     /// written; stale once the mark moved on. Not read in the shared table.
     pub mark: u32,
+    /// The version's tail ([`EntryTail`]).
+    pub tail: T,
+}
+
+/// The tail of a connection-table entry: what a program version writes there for a new entry.
+pub trait EntryTail: Copy {
+    /// The tail of an entry the program writes.
+    const FRESH: Self;
+}
+
+impl EntryTail for u32 {
+    /// Padding: zero.
+    const FRESH: Self = 0;
+}
+
+/// The tail of `xdp_lb_next`'s entries: who wrote the entry. It makes the layout differ from
+/// `xdp_lb`'s (which an upgrade must then migrate), and lets a reader tell entries the new
+/// version wrote from entries an upgrade carried over.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryStamp {
+    /// The layout version of the program that wrote the entry ([`NEXT_LAYOUT`]), or of the
+    /// table it was migrated from.
+    pub version: u32,
+    /// 1 if an upgrade migrated the entry from an older layout, 0 if the program wrote it.
+    pub migrated: u32,
     /// Padding (zero).
     pub pad: u32,
 }
 
-impl ConnEntry {
+/// The layout version of `xdp_lb` (whose entries carry no stamp).
+pub const CURRENT_LAYOUT: u32 = 1;
+/// The layout version of `xdp_lb_next`.
+pub const NEXT_LAYOUT: u32 = 2;
+
+impl EntryTail for EntryStamp {
+    const FRESH: Self = Self { version: NEXT_LAYOUT, migrated: 0, pad: 0 };
+}
+
+/// `xdp_lb_next`'s connection-table entry.
+pub type ConnEntryNext = ConnEntry<EntryStamp>;
+
+impl<T: EntryTail> ConnEntry<T> {
     /// An entry sending `flow` to `real` for VIP `vip_num` with the VIP's `flags`.
     #[inline(always)]
     pub fn new(flow: &FlowKey, real: u32, vip_num: u32, flags: u32) -> Self {
-        Self { real, vip_num, flags, proto: u32::from(flow.proto), src: flow.src, dst: flow.dst, mark: 0, pad: 0 }
+        Self {
+            real,
+            vip_num,
+            flags,
+            proto: u32::from(flow.proto),
+            src: flow.src,
+            dst: flow.dst,
+            mark: 0,
+            tail: T::FRESH,
+        }
     }
+}
 
+impl<T> ConnEntry<T> {
     /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already). Without
     /// branches, so the compiler emits no `memcmp` (which BPF gets as a byte loop), and with the
     /// entry's addresses read as 64-bit words: half the loads of reading them word by word, and
@@ -353,33 +407,37 @@ const _: () = {
     assert!(core::mem::offset_of!(ConnEntry, src) == 16);
     assert!(core::mem::offset_of!(ConnEntry, dst) == 32);
     assert!(core::mem::size_of::<ConnEntry>() == 56);
+    assert!(core::mem::offset_of!(ConnEntryNext, src) == 16);
+    assert!(core::mem::offset_of!(ConnEntryNext, dst) == 32);
+    // No padding byte (they are `Pod`): 52 bytes of fields, then the 12-byte stamp.
+    assert!(core::mem::size_of::<ConnEntryNext>() == 64);
 };
 
 /// A slot of the SYN cache ([`SYN_CACHE_MAP`]): a SYN's flow and route. Zeroed, or with
 /// protocol 0 (taken), it matches no TCP flow.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SynSlot {
+pub struct SynSlot<T = u32> {
     /// The flow's ports, as [`FlowKey::ports`] (the entry holds its addresses and protocol).
     pub ports: u32,
     /// Padding (zero).
     pub pad: u32,
     /// The route, as the connection tables will hold it.
-    pub entry: ConnEntry,
+    pub entry: ConnEntry<T>,
 }
 
-impl SynSlot {
+impl<T> SynSlot<T> {
     /// Whether this slot holds `flow`'s SYN.
     #[inline(always)]
     pub fn holds(&self, flow: &FlowKey) -> bool {
         self.ports == flow.ports && self.entry.matches(flow)
     }
+}
 
-    /// The slot of the flow whose seeded flow hash ([`flow_hash`]) is `hash`.
-    #[inline(always)]
-    pub fn index(hash: u32) -> u32 {
-        hash & (SYN_CACHE_SLOTS - 1)
-    }
+/// The SYN-cache slot of the flow whose seeded flow hash ([`flow_hash`]) is `hash`.
+#[inline(always)]
+pub fn syn_cache_index(hash: u32) -> u32 {
+    hash & (SYN_CACHE_SLOTS - 1)
 }
 
 const _: () = assert!(SYN_CACHE_SLOTS.is_power_of_two());
@@ -481,8 +539,11 @@ pub mod counter {
     /// Flows whose first packet after the SYN found the SYN's route in the SYN cache (and moved
     /// it into the connection tables).
     pub const SYN_CACHE_HIT: u32 = 19;
+    /// Packets forwarded by `xdp_lb_next` (never by `xdp_lb`): after an in-place upgrade, that
+    /// the new version is the one handling the traffic.
+    pub const NEXT_TX: u32 = 20;
     /// Number of slots.
-    pub const SLOTS: u32 = 20;
+    pub const SLOTS: u32 = 21;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -505,6 +566,7 @@ pub mod counter {
         "lru_fallback_hit",
         "internal",
         "syn_cache_hit",
+        "next_tx",
     ];
 }
 
@@ -591,6 +653,8 @@ mod pod {
     unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for IdKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for ConnEntryNext {}
+    unsafe impl aya::Pod for EntryStamp {}
     unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipStats {}

@@ -6,11 +6,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
-    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, SynSlot,
-    VIP_FILTER_WORDS, VipKey, VipMeta, counter,
+    Config, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_CPUS,
+    MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS, VipKey,
+    VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
+
+use super::layout::{ConnEntry, NEXT, SynSlot};
 
 #[map(name = "LB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
@@ -118,6 +120,9 @@ impl Stats {
         // SAFETY: as in `add`.
         let block = unsafe { &mut *block };
         block.global[counter::TX as usize] += 1;
+        if NEXT {
+            block.global[counter::NEXT_TX as usize] += 1;
+        }
         if let Some(vip) = index::<{ MAX_VIPS as usize }>(vip_num).map(|i| &mut block.vips[i]) {
             vip.packets += 1;
             vip.bytes += bytes;

@@ -32,13 +32,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use zrlab_common::lb::{
-    ConnEntry, ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, RerouteSlot,
-    SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
-    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id,
+    ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, RerouteSlot, TPR_KIND,
+    TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey,
+    VipMeta, counter, flow_hash, quic_server_id, syn_cache_index,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
+    layout::{ConnEntry, SynSlot},
     maps::{
         LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, REROUTES, RINGS, SERVER_IDS, SYN_CACHE,
         Stats, VIPS, config,
@@ -308,7 +309,7 @@ impl<K: RerouteSlot + 'static, const EXACT: bool> Tables<K, EXACT> {
 /// CPU's slot at once, and lost the SYNs the program wrote in between.
 #[inline(always)]
 fn take_syn(hash: u32, flow: &FlowKey, meta: &VipMeta) -> Option<ConnEntry> {
-    let slot = SYN_CACHE.get_ptr_mut(SynSlot::index(hash))?;
+    let slot = SYN_CACHE.get_ptr_mut(syn_cache_index(hash))?;
     // SAFETY: the kernel returned a valid pointer into this CPU's value; this CPU alone writes
     // it.
     let slot = unsafe { &mut *slot };
@@ -324,7 +325,7 @@ fn take_syn(hash: u32, flow: &FlowKey, meta: &VipMeta) -> Option<ConnEntry> {
 /// (whatever the slot held: another flow's SYN that has not completed loses its slot).
 #[inline(always)]
 fn remember_syn(hash: u32, flow: &FlowKey, entry: ConnEntry) {
-    if let Some(slot) = SYN_CACHE.get_ptr_mut(SynSlot::index(hash)) {
+    if let Some(slot) = SYN_CACHE.get_ptr_mut(syn_cache_index(hash)) {
         // SAFETY: as in `take_syn`.
         unsafe { *slot = SynSlot { ports: flow.ports, pad: 0, entry } };
     }
