@@ -7,6 +7,7 @@
 //! scenarios); it builds without the eBPF toolchain.
 
 pub mod bpf_sys;
+pub mod bpffs;
 pub mod capture;
 pub mod cgroup;
 pub mod clean;
