@@ -7,7 +7,7 @@ use aya::{
     maps::Map,
     programs::{
         CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SkLookup, SkReuseport, SockOps, TcAttachType, Xdp,
-        XdpMode, tc::TcAttachOptions,
+        XdpMode, tc::TcAttachOptions, xdp::XdpLinkId,
     },
 };
 
@@ -23,6 +23,9 @@ pub enum Object {
     XdpPass,
     /// `xdp_lb` and `xdp_lb_bench`: the L4 load balancer (`zrlab_common::lb`).
     XdpLb,
+    /// The same programs of the version an in-place upgrade moves to: another
+    /// connection-table layout (`zrlab_common::lb::ConnEntryNext`).
+    XdpLbNext,
     /// `xdp_decap`: the backends' IPIP decapsulation (`zrlab_common::decap`).
     XdpDecap,
     /// `xdp_empty`: the benchmark floor.
@@ -50,6 +53,7 @@ impl Object {
         match self {
             Self::XdpPass => "xdp_pass",
             Self::XdpLb => "xdp_lb",
+            Self::XdpLbNext => "xdp_lb_next",
             Self::XdpDecap => "xdp_decap",
             Self::XdpEmpty => "xdp_empty",
             Self::Tpr => "tpr",
@@ -66,6 +70,7 @@ impl Object {
         match self {
             Self::XdpPass => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_pass")),
             Self::XdpLb => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb")),
+            Self::XdpLbNext => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_lb_next")),
             Self::XdpDecap => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_decap")),
             Self::XdpEmpty => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp_empty")),
             Self::Tpr => aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tpr")),
@@ -87,12 +92,22 @@ impl Object {
     pub(crate) fn load_with<T: Pod>(self, name: &str, value: &T) -> Result<Ebpf, EbpfError> {
         EbpfLoader::new().override_global(name, value, true).load(self.bytes())
     }
+
+    /// The object's map definitions as its ELF declares them (no map is created).
+    pub(crate) fn map_definitions(self) -> Result<std::collections::HashMap<String, aya_obj::Map>> {
+        let object = aya_obj::Object::parse(self.bytes())
+            .map_err(|e| LabError::Bpf { what: format!("parse the {} object", self.name()), message: e.to_string() })?;
+        Ok(object.maps)
+    }
 }
 
 /// An embedded object, loaded, with its XDP programs verified.
 pub struct Loaded {
     object: Object,
     ebpf: Ebpf,
+    /// The XDP links of [`Loaded::attach_xdp`], by program: what [`Loaded::hand_over_xdp`]
+    /// moves to a new version.
+    xdp_links: Vec<(String, XdpLinkId)>,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -113,12 +128,40 @@ impl Loaded {
         Self::verified(object, object.load_with(global.0, global.1), programs)
     }
 
+    /// As [`Loaded::load_with`], with the maps named `reuse` not created but taken over from
+    /// `from` (a loaded object of an earlier version): the new programs use the very maps the
+    /// old ones do, entries and all. The maps are handed over by pinning them in a bpffs only
+    /// the loading thread sees (`zrlab_host::bpffs`). The caller checks that the two objects
+    /// define those maps alike: the loader does not.
+    pub fn load_reusing<T: Pod + Sync>(
+        object: Object,
+        global: (&str, &T),
+        programs: &[&str],
+        from: &Loaded,
+        reuse: &[String],
+    ) -> Result<Self> {
+        let ebpf = zrlab_host::bpffs::with_private(|dir| {
+            let mut loader = EbpfLoader::new();
+            loader.override_global(global.0, global.1, true);
+            for name in reuse {
+                let path = dir.join(name);
+                from.map(name)?.pin(&path).map_err(|e| LabError::Bpf {
+                    what: format!("pin map {name} of {} to hand it over", from.object.name()),
+                    message: error_chain(&e),
+                })?;
+                loader.map_pin_path(name, path);
+            }
+            Ok::<_, LabError>(loader.load(object.bytes()))
+        })??;
+        Self::verified(object, ebpf, programs)
+    }
+
     fn verified(object: Object, ebpf: Result<Ebpf, EbpfError>, programs: &[&str]) -> Result<Self> {
         let ebpf = ebpf.map_err(|e| LabError::Bpf {
             what: format!("load the {} object", object.name()),
             message: format!("{e:#}"),
         })?;
-        let mut loaded = Self { object, ebpf };
+        let mut loaded = Self { object, ebpf, xdp_links: Vec::new() };
         for name in programs {
             loaded.verify(name)?;
         }
@@ -158,10 +201,38 @@ impl Loaded {
     /// such as `lo`).
     pub fn attach_xdp_in(&mut self, name: &str, netns: &Netns, ifname: &str, mode: XdpMode) -> Result<()> {
         let program = self.xdp_mut(name)?;
-        netns.run(|| program.attach(ifname, mode).map(drop))?.map_err(|e| LabError::Bpf {
+        let link = netns.run(|| program.attach(ifname, mode))?.map_err(|e| LabError::Bpf {
             what: format!("attach {name} to {ifname} in {}", netns.name()),
             message: e.to_string(),
-        })
+        })?;
+        self.xdp_links.push((name.to_owned(), link));
+        Ok(())
+    }
+
+    /// Moves every attachment of XDP program `name` to the program of the same name in `to`
+    /// (verified first), each with one `BPF_LINK_UPDATE` of its link: the interface runs the
+    /// old program or the new one, never none. On kernels whose XDP attachments are not links
+    /// aya replaces the program through netlink, also atomically (`XDP_FLAGS_REPLACE`).
+    pub fn hand_over_xdp(&mut self, name: &str, to: &mut Loaded) -> Result<usize> {
+        to.verify(name)?;
+        let links: Vec<XdpLinkId> = {
+            let (mine, others) = std::mem::take(&mut self.xdp_links).into_iter().partition(|(n, _)| n == name);
+            self.xdp_links = others;
+            mine.into_iter().map(|(_, id)| id).collect()
+        };
+        let count = links.len();
+        for id in links {
+            let link = self.xdp_mut(name)?.take_link(id).map_err(|e| LabError::Bpf {
+                what: format!("take the link of {name} from {}", self.object.name()),
+                message: error_chain(&e),
+            })?;
+            let new = to.xdp_mut(name)?.attach_to_link(link).map_err(|e| LabError::Bpf {
+                what: format!("update the link of {name} to {}", to.object.name()),
+                message: error_chain(&e),
+            })?;
+            to.xdp_links.push((name.to_owned(), new));
+        }
+        Ok(count)
     }
 
     /// Verifies the sock_ops program `name` (if it is not loaded yet) and attaches it to the

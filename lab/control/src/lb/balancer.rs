@@ -19,18 +19,21 @@ use serde::Deserialize;
 use zrlab_common::{
     addr::{words, words_v4},
     lb::{
-        CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_MAP,
-        LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS,
-        REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
-        VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
-        vip_filter_bit,
+        CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, EntryStamp, IdKey,
+        LRU_FALLBACK_MAP, LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING,
+        MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
+        VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP,
+        VipKey, VipMeta, VipStats, counter, vip_filter_bit,
     },
 };
 use zrlab_wire::Proto;
 
 use crate::{
-    bpf::{Loaded, Object, map_err},
-    lb::maglev::{self, Backend},
+    bpf::{Loaded, map_err},
+    lb::{
+        maglev::{self, Backend},
+        upgrade::{self, Upgrade, Version},
+    },
 };
 use zrlab_host::{
     error::{LabError, Result},
@@ -173,17 +176,20 @@ impl Default for Settings {
 /// Every entry of one connection table. An entry evicted while the walk runs ends the walk
 /// early in the kernel (`ENOENT` on the next key), which is what any reader of a live LRU gets;
 /// any other error is reported.
-fn entries<T: std::borrow::Borrow<MapData>, K: aya::Pod>(
-    table: &HashMap<T, K, ConnEntry>,
-) -> Result<Vec<(K, ConnEntry)>> {
+pub(super) fn entries<T: std::borrow::Borrow<MapData>, K: aya::Pod, V: aya::Pod>(
+    table: &HashMap<T, K, V>,
+) -> Result<Vec<(K, V)>> {
     table.iter().collect::<Result<_, _>>().map_err(map_err("walk a connection table"))
 }
 
 /// Deletes the entries of VIP `num` from one connection table.
-fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
-    table: &mut HashMap<T, K, ConnEntry>,
+fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod, E>(
+    table: &mut HashMap<T, K, ConnEntry<E>>,
     num: u32,
-) -> Result<()> {
+) -> Result<()>
+where
+    ConnEntry<E>: aya::Pod,
+{
     let stale: Vec<K> = entries(table)?.into_iter().filter(|(_, v)| v.vip_num == num).map(|(k, _)| k).collect();
     for key in stale {
         match table.remove(&key) {
@@ -196,7 +202,7 @@ fn flush<T: std::borrow::BorrowMut<MapData>, K: aya::Pod>(
 }
 
 /// The program's configuration for `settings`.
-fn config(settings: &Settings) -> Config {
+pub(super) fn config(settings: &Settings) -> Config {
     Config {
         encap_src_v4: words_v4(settings.encap_src_v4.network().octets())[0],
         encap_src_v4_mask: words_v4(settings.encap_src_v4.netmask().octets())[0],
@@ -241,15 +247,97 @@ struct VipState {
     members: Vec<IpAddr>,
 }
 
+/// One program version's per-CPU connection tables, both families (the outer arrays hold them
+/// too; these handles are for walking and flushing them).
+#[derive(Debug)]
+pub(super) struct FamilyTables<E> {
+    pub(super) v4: Vec<HashMap<MapData, ConnKey, ConnEntry<E>>>,
+    pub(super) v6: Vec<HashMap<MapData, ConnKeyV6, ConnEntry<E>>>,
+}
+
+/// The per-CPU connection tables, in the layout of the version loaded.
+#[derive(Debug)]
+pub(super) enum Tables {
+    /// `xdp_lb`'s.
+    Current(FamilyTables<u32>),
+    /// `xdp_lb_next`'s.
+    Next(FamilyTables<EntryStamp>),
+}
+
+impl<E> FamilyTables<E>
+where
+    ConnEntry<E>: aya::Pod,
+{
+    /// Creates one table per CPU and family and installs them in `bpf`'s outer arrays.
+    pub(super) fn create(bpf: &mut Loaded) -> Result<Self> {
+        Ok(Self {
+            v4: per_cpu_tables(bpf, LRU_PER_CPU_MAP, "lb_lru_cpu")?,
+            v6: per_cpu_tables(bpf, LRU6_PER_CPU_MAP, "lb_lru6_cpu")?,
+        })
+    }
+
+    fn flush_vip(&mut self, bpf: &mut Loaded, num: u32) -> Result<()> {
+        let mut table: HashMap<_, ConnKey, ConnEntry<E>> =
+            HashMap::try_from(bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        flush(&mut table, num)?;
+        let mut table: HashMap<_, ConnKeyV6, ConnEntry<E>> =
+            HashMap::try_from(bpf.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
+        flush(&mut table, num)?;
+        for table in &mut self.v4 {
+            flush(table, num)?;
+        }
+        for table in &mut self.v6 {
+            flush(table, num)?;
+        }
+        Ok(())
+    }
+
+    fn connections(&self, bpf: &Loaded) -> Result<HashSet<TableKey>> {
+        let fallback: HashMap<_, ConnKey, ConnEntry<E>> =
+            HashMap::try_from(bpf.map(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
+        let fallback6: HashMap<_, ConnKeyV6, ConnEntry<E>> =
+            HashMap::try_from(bpf.map(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
+        let mut keys = HashSet::new();
+        keys.extend(entries(&fallback)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        keys.extend(entries(&fallback6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
+        for table in &self.v4 {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        }
+        for table in &self.v6 {
+            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V6(k)));
+        }
+        Ok(keys)
+    }
+}
+
+/// Creates one table per CPU and installs them in outer array `outer_name` of `bpf`.
+fn per_cpu_tables<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Loaded,
+    outer_name: &str,
+    prefix: &str,
+) -> Result<Vec<HashMap<MapData, K, V>>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
+    let mut outer: ArrayOfMaps<_, HashMap<MapData, K, V>> =
+        ArrayOfMaps::try_from(bpf.map_mut(outer_name)?).map_err(map_err("a per-CPU table array"))?;
+    let mut tables = Vec::new();
+    for cpu in 0..cpus.min(MAX_CPUS) {
+        let table: HashMap<MapData, K, V> =
+            HashMap::try_from(super::inner::connection_table::<K, V>(&format!("{prefix}{cpu}"))?)
+                .map_err(map_err("a per-CPU LRU"))?;
+        outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
+        tables.push(table);
+    }
+    Ok(tables)
+}
+
 /// A loaded LB.
 #[derive(Debug)]
 pub struct Balancer {
     bpf: Loaded,
-    /// The per-CPU connection tables of IPv4 flows (the outer array holds them too; these
-    /// handles are for flushing entries).
-    tables: Vec<HashMap<MapData, ConnKey, ConnEntry>>,
-    /// The same for IPv6 flows.
-    tables6: Vec<HashMap<MapData, ConnKeyV6, ConnEntry>>,
+    /// The version loaded.
+    version: Version,
+    /// Its per-CPU connection tables.
+    tables: Tables,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
     /// The live ids (id -> real), as last synced.
@@ -257,84 +345,61 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Loads and verifies the LB programs and creates the per-CPU connection tables.
+    /// Loads and verifies the LB programs (`xdp_lb`) and creates the per-CPU connection
+    /// tables.
     pub fn load(settings: &Settings) -> Result<Self> {
+        Self::load_version(settings, Version::Current)
+    }
+
+    /// As [`Balancer::load`], for program version `version`.
+    pub fn load_version(settings: &Settings, version: Version) -> Result<Self> {
         // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
-        let bpf = Loaded::load_with(Object::XdpLb, (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
-        let mut balancer = Self {
-            bpf,
-            tables: Vec::new(),
-            tables6: Vec::new(),
-            vips: BTreeMap::new(),
-            reals: BTreeMap::new(),
-            live: BTreeMap::new(),
+        let mut bpf = Loaded::load_with(version.object(), (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
+        let tables = match version {
+            Version::Current => Tables::Current(FamilyTables::create(&mut bpf)?),
+            Version::Next => Tables::Next(FamilyTables::create(&mut bpf)?),
         };
-        balancer.create_connection_tables()?;
-        Ok(balancer)
+        Ok(Self { bpf, version, tables, vips: BTreeMap::new(), reals: BTreeMap::new(), live: BTreeMap::new() })
     }
 
-    fn create_connection_tables(&mut self) -> Result<()> {
-        self.tables = self.per_cpu_tables(LRU_PER_CPU_MAP, "lb_lru_cpu")?;
-        self.tables6 = self.per_cpu_tables(LRU6_PER_CPU_MAP, "lb_lru6_cpu")?;
-        Ok(())
+    /// The program version loaded.
+    pub fn version(&self) -> Version {
+        self.version
     }
 
-    /// Creates one table per CPU and installs them in outer array `outer_name`.
-    fn per_cpu_tables<K: aya::Pod>(
-        &mut self,
-        outer_name: &str,
-        prefix: &str,
-    ) -> Result<Vec<HashMap<MapData, K, ConnEntry>>> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
-        let mut outer: ArrayOfMaps<_, HashMap<MapData, K, ConnEntry>> =
-            ArrayOfMaps::try_from(self.bpf.map_mut(outer_name)?).map_err(map_err("a per-CPU table array"))?;
-        let mut tables = Vec::new();
-        for cpu in 0..cpus.min(MAX_CPUS) {
-            let table: HashMap<MapData, K, ConnEntry> =
-                HashMap::try_from(super::inner::connection_table::<K>(&format!("{prefix}{cpu}"))?)
-                    .map_err(map_err("a per-CPU LRU"))?;
-            outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
-            tables.push(table);
+    /// Replaces the data path with program version `to` in place, while traffic flows: the
+    /// new programs take over every map the two versions define alike (rings, VIPs, reals,
+    /// live ids, reroute marks, counters), the connection tables' entries are migrated into
+    /// the new layout, and each attached `xdp_lb` is swapped with one link update
+    /// (`zrlab_control::lb::upgrade` says how, and what a map that changed without a known
+    /// migration does: it refuses).
+    pub fn upgrade(&mut self, settings: &Settings, to: Version) -> Result<Upgrade> {
+        let (bpf, tables, report) = upgrade::in_place(&mut self.bpf, &self.tables, self.version, settings, to)?;
+        self.bpf = bpf;
+        if let Some(tables) = tables {
+            self.tables = tables;
         }
-        Ok(tables)
+        self.version = to;
+        Ok(report)
     }
 
     /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
     /// longer hold). The SYN cache needs nothing: the program takes a waiting SYN's route only
     /// if it was made under the VIP's current flags.
     fn flush_vip(&mut self, num: u32) -> Result<()> {
-        let mut table: HashMap<_, ConnKey, ConnEntry> =
-            HashMap::try_from(self.bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
-        flush(&mut table, num)?;
-        let mut table: HashMap<_, ConnKeyV6, ConnEntry> =
-            HashMap::try_from(self.bpf.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
-        flush(&mut table, num)?;
-        for table in &mut self.tables {
-            flush(table, num)?;
+        match &mut self.tables {
+            Tables::Current(tables) => tables.flush_vip(&mut self.bpf, num),
+            Tables::Next(tables) => tables.flush_vip(&mut self.bpf, num),
         }
-        for table in &mut self.tables6 {
-            flush(table, num)?;
-        }
-        Ok(())
     }
 
     /// The keys of every flow in this node's connection tables (per-CPU and fallback, both
     /// families).
     pub fn connections(&self) -> Result<HashSet<TableKey>> {
-        let fallback: HashMap<_, ConnKey, ConnEntry> =
-            HashMap::try_from(self.map(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
-        let fallback6: HashMap<_, ConnKeyV6, ConnEntry> =
-            HashMap::try_from(self.map(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
-        let mut keys = HashSet::new();
-        keys.extend(entries(&fallback)?.into_iter().map(|(k, _)| TableKey::V4(k)));
-        keys.extend(entries(&fallback6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
-        for table in &self.tables {
-            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V4(k)));
+        match &self.tables {
+            Tables::Current(tables) => tables.connections(&self.bpf),
+            Tables::Next(tables) => tables.connections(&self.bpf),
         }
-        for table in &self.tables6 {
-            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V6(k)));
-        }
-        Ok(keys)
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {

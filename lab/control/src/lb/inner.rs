@@ -11,7 +11,7 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::{ConnEntry, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_RING};
+use zrlab_common::lb::{LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_RING};
 
 use zrlab_host::{
     bpf_sys::{
@@ -52,8 +52,9 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// The BTF of the inner maps' keys and values, with a connection key of `key_size` bytes.
-fn btf_blob(key_size: usize) -> Vec<u8> {
+/// The BTF of the inner maps' keys and values, with a connection key of `key_size` bytes and
+/// an entry of `entry_size` (the program version's layout).
+fn btf_blob(key_size: usize, entry_size: usize) -> Vec<u8> {
     let mut strings = vec![0u8];
     let mut name = |s: &str| {
         let off = strings.len() as u32;
@@ -64,7 +65,7 @@ fn btf_blob(key_size: usize) -> Vec<u8> {
     let mut types: Vec<u32> = Vec::new();
     // [1] INT "u32": 4 bytes, 32 bits, unsigned.
     types.extend([name("u32"), 1 << 24, 4, 32]);
-    for (type_name, words) in [("conn_key", key_size / 4), ("conn_entry", size_of::<ConnEntry>() / 4)] {
+    for (type_name, words) in [("conn_key", key_size / 4), ("conn_entry", entry_size / 4)] {
         // STRUCT of `words` u32 members.
         types.extend([name(type_name), (4 << 24) | words as u32, (words * 4) as u32]);
         for i in 0..words {
@@ -90,7 +91,10 @@ fn create(
     (max_entries, map_flags): (u32, u32),
     name: &str,
 ) -> Result<MapData> {
-    let blob = btf_blob(if key.0 == TYPE_CONN_KEY { key.1 as usize } else { 4 });
+    let blob = btf_blob(
+        if key.0 == TYPE_CONN_KEY { key.1 as usize } else { 4 },
+        if value.0 == TYPE_CONN_ENTRY { value.1 as usize } else { 4 },
+    );
     let mut log = vec![0u8; 4096];
     let mut attr = BtfLoadAttr {
         btf: blob.as_ptr() as u64,
@@ -126,12 +130,13 @@ fn create(
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
-/// A per-CPU connection table (LRU hash, `K` -> `ConnEntry`; `K` is one family's key).
-pub(super) fn connection_table<K>(name: &str) -> Result<Map> {
+/// A per-CPU connection table (LRU hash, `K` -> `V`; `K` is one family's key, `V` the program
+/// version's entry).
+pub(super) fn connection_table<K, V>(name: &str) -> Result<Map> {
     let data = create(
         MAP_TYPE_LRU_HASH,
         (TYPE_CONN_KEY, size_of::<K>() as u32),
-        (TYPE_CONN_ENTRY, size_of::<ConnEntry>() as u32),
+        (TYPE_CONN_ENTRY, size_of::<V>() as u32),
         (LRU_PER_CPU_SIZE, LRU_PER_CPU_FLAGS),
         name,
     )?;

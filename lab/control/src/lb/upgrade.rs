@@ -1,0 +1,354 @@
+//! Replacing an LB node's data path in place while traffic flows: one node at a time, no ECMP
+//! change, no packet that meets no program, no flow that loses its table entry.
+//!
+//! The order, and why:
+//! 1. **Plan** from the two objects' map definitions as their ELFs declare them (no map is
+//!    created for this). A map both versions define alike is handed over: the new programs use
+//!    the very kernel map the old ones use (rings, VIPs, reals, live ids, reroute marks,
+//!    counters), so nothing in it is copied and nothing is lost. A map whose definition changed
+//!    needs a migration this module knows: the connection tables (every entry converted to the
+//!    new layout), or a stated reason to start it empty: the SYN cache (a SYN waiting in the old
+//!    one loses nothing: its flow's next packet misses the new cache and the tables and takes
+//!    the ring, which an upgrade does not change, to the same real). Any other changed map
+//!    refuses the upgrade, naming it: aya's loader would take over a pinned map whose layout
+//!    changed without a word, and the new program would read the old entries wrongly.
+//! 2. **Load** the new version with the handed-over maps (`Loaded::load_reusing`) and verify
+//!    it; create its per-CPU tables when their layout changed.
+//! 3. **Copy** every entry of the old tables into the new ones, converted.
+//! 4. **Swap** every attachment of `xdp_lb` with one link update (`Loaded::hand_over_xdp`).
+//! 5. **Copy again**, without overwriting, what the old program wrote between 3 and 4; entries
+//!    the new program wrote meanwhile are its own and stay.
+//!
+//! What can still be lost: an entry the old program writes while step 5 runs (a packet inside
+//! the old program during the swap); its flow's next packet takes the ring, which the upgrade
+//! did not change, to the same real. And an entry the old program *changed* between 3 and 4
+//! keeps its first copy: only an id-routed flow's entry changes, and its id routes it anyway.
+//! The old version's maps that were not handed over go when the old object is dropped.
+
+use std::borrow::{Borrow, BorrowMut};
+
+use aya::maps::{HashMap, MapData};
+use serde::{Deserialize, Serialize};
+use zrlab_common::lb::{
+    CONFIG_GLOBAL, ConnEntry, ConnKey, ConnKeyV6, EntryStamp, LRU_FALLBACK_MAP, LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP,
+    LRU6_PER_CPU_MAP, SYN_CACHE_MAP,
+};
+use zrlab_host::error::{LabError, Result};
+
+use crate::{
+    bpf::{Loaded, Object, map_err},
+    lb::balancer::{FamilyTables, Settings, Tables, config, entries},
+};
+
+/// A version of the LB's data path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Version {
+    /// `xdp_lb`.
+    #[default]
+    Current,
+    /// `xdp_lb_next`: the same path with another connection-table layout.
+    Next,
+}
+
+impl Version {
+    /// The object that holds this version.
+    pub fn object(self) -> Object {
+        match self {
+            Self::Current => Object::XdpLb,
+            Self::Next => Object::XdpLbNext,
+        }
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.object().name())
+    }
+}
+
+/// `BPF_NOEXIST` (uapi `linux/bpf.h`): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// The connection tables: migrated entry by entry when their layout changes.
+const MIGRATED: [&str; 4] = [LRU_PER_CPU_MAP, LRU6_PER_CPU_MAP, LRU_FALLBACK_MAP, LRU6_FALLBACK_MAP];
+/// Started empty when their layout changes (why: the module's doc).
+const RESET: [&str; 1] = [SYN_CACHE_MAP];
+
+/// What an in-place upgrade did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    /// The version replaced.
+    pub from: Version,
+    /// The version now running.
+    pub to: Version,
+    /// Maps the new version took over as they were.
+    pub handed_over: Vec<String>,
+    /// Maps whose entries were migrated into the new layout.
+    pub migrated: Vec<String>,
+    /// Maps the new version started empty.
+    pub reset: Vec<String>,
+    /// Connection-table entries migrated (both passes).
+    pub entries_migrated: u64,
+    /// Of those, entries the old program wrote between the first pass and the swap.
+    pub entries_after_swap: u64,
+    /// Attachments swapped with a link update.
+    pub links_swapped: usize,
+}
+
+/// Which maps an upgrade from `from` to `to` hands over, migrates and resets; an error naming
+/// a map whose definition changed and that none of those cover.
+pub(super) fn plan(from: Object, to: Object) -> Result<Plan> {
+    plan_between((from.name(), &from.map_definitions()?), (to.name(), to.map_definitions()?))
+}
+
+/// Maps handed over, migrated and reset, by name.
+type Plan = (Vec<String>, Vec<String>, Vec<String>);
+
+/// [`plan`] over two objects' map definitions (each with its object's name).
+fn plan_between(
+    (from, old): (&str, &std::collections::HashMap<String, aya_obj::Map>),
+    (to, new): (&str, std::collections::HashMap<String, aya_obj::Map>),
+) -> Result<Plan> {
+    let mut new: Vec<(String, aya_obj::Map)> = new.into_iter().collect();
+    new.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut handed_over, mut migrated, mut reset) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, def) in new {
+        // Global data (`.rodata`: the configuration) is set anew by the loader.
+        if !matches!(def.section_kind(), aya_obj::EbpfSectionKind::Maps | aya_obj::EbpfSectionKind::BtfMaps) {
+            continue;
+        }
+        let Some(before) = old.get(&name) else {
+            // A map the old version did not have starts empty.
+            reset.push(name);
+            continue;
+        };
+        if shape(before) == shape(&def) {
+            handed_over.push(name);
+        } else if MIGRATED.contains(&name.as_str()) {
+            migrated.push(name);
+        } else if RESET.contains(&name.as_str()) {
+            reset.push(name);
+        } else {
+            return Err(LabError::Unsupported(format!(
+                "upgrading {from} to {to}: map {name} changes its definition ({} to {}) and no migration \
+                 is known for it; refusing rather than handing the new program entries it would misread",
+                describe(before),
+                describe(&def),
+            )));
+        }
+    }
+    Ok((handed_over, migrated, reset))
+}
+
+/// What must match for a map to be handed over: type, sizes, capacity, flags, and the same of
+/// its inner map's template.
+fn shape(def: &aya_obj::Map) -> (u32, u32, u32, u32, u32, Option<Box<(u32, u32, u32, u32, u32)>>) {
+    let flat = |d: &aya_obj::Map| (d.map_type(), d.key_size(), d.value_size(), d.max_entries(), d.map_flags());
+    let (t, k, v, m, f) = flat(def);
+    (t, k, v, m, f, def.inner().map(|inner| Box::new(flat(&inner))))
+}
+
+fn describe(def: &aya_obj::Map) -> String {
+    let inner = def.inner().map(|i| format!(", inner value {} bytes", i.value_size())).unwrap_or_default();
+    format!("type {}, key {} bytes, value {} bytes{inner}", def.map_type(), def.key_size(), def.value_size())
+}
+
+/// An entry in another version's layout.
+pub(super) trait Migrate<E> {
+    /// The entry, converted.
+    fn migrate(&self) -> ConnEntry<E>;
+}
+
+impl Migrate<EntryStamp> for ConnEntry<u32> {
+    /// Stamped as migrated from layout 1.
+    fn migrate(&self) -> ConnEntry<EntryStamp> {
+        let ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: _ } = *self;
+        let tail = EntryStamp { version: zrlab_common::lb::CURRENT_LAYOUT, migrated: 1, pad: 0 };
+        ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail }
+    }
+}
+
+impl Migrate<u32> for ConnEntry<EntryStamp> {
+    /// The stamp dropped (a rollback).
+    fn migrate(&self) -> ConnEntry<u32> {
+        let ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: _ } = *self;
+        ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: 0 }
+    }
+}
+
+/// Upgrades `old` (version `from`, per-CPU tables `old_tables`) to version `to` as the
+/// module's doc says. Returns the new object, its per-CPU tables (`None`: the old ones were
+/// handed over whole and stay), and what was done. On an error before the swap the old
+/// version runs on untouched.
+pub(super) fn in_place(
+    old: &mut Loaded,
+    old_tables: &Tables,
+    from: Version,
+    settings: &Settings,
+    to: Version,
+) -> Result<(Loaded, Option<Tables>, Upgrade)> {
+    let (handed_over, migrated, reset) = plan(from.object(), to.object())?;
+    let mut new =
+        Loaded::load_reusing(to.object(), (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"], old, &handed_over)?;
+    let tables_change = migrated.iter().any(|m| m == LRU_PER_CPU_MAP || m == LRU6_PER_CPU_MAP);
+    let mut new_tables = match (tables_change, to) {
+        (false, _) => None,
+        (true, Version::Current) => Some(Tables::Current(FamilyTables::create(&mut new)?)),
+        (true, Version::Next) => Some(Tables::Next(FamilyTables::create(&mut new)?)),
+    };
+    let first = copy(old, old_tables, &mut new, new_tables.as_mut(), false)?;
+    let links_swapped = old.hand_over_xdp("xdp_lb", &mut new)?;
+    let late = copy(old, old_tables, &mut new, new_tables.as_mut(), true)?;
+    let report = Upgrade {
+        from,
+        to,
+        handed_over,
+        migrated,
+        reset,
+        entries_migrated: first + late,
+        entries_after_swap: late,
+        links_swapped,
+    };
+    Ok((new, new_tables, report))
+}
+
+/// [`copy_all`] for the layouts at hand; nothing when the tables were handed over whole.
+fn copy(old: &Loaded, a: &Tables, new: &mut Loaded, b: Option<&mut Tables>, only_missing: bool) -> Result<u64> {
+    match (a, b) {
+        (_, None) => Ok(0),
+        (Tables::Current(a), Some(Tables::Next(b))) => copy_all(old, a, new, b, only_missing),
+        (Tables::Next(a), Some(Tables::Current(b))) => copy_all(old, a, new, b, only_missing),
+        (Tables::Current(_), Some(Tables::Current(_))) | (Tables::Next(_), Some(Tables::Next(_))) => {
+            Err(LabError::Unsupported("new connection tables in the layout of the old ones".into()))
+        }
+    }
+}
+
+/// Copies every connection-table entry of `old` (per-CPU tables `a`, shared tables by name)
+/// into `new`'s (`b`), converted; with `only_missing`, only entries `new` does not hold. The
+/// number copied.
+fn copy_all<A, B>(
+    old: &Loaded,
+    a: &FamilyTables<A>,
+    new: &mut Loaded,
+    b: &mut FamilyTables<B>,
+    only_missing: bool,
+) -> Result<u64>
+where
+    ConnEntry<A>: aya::Pod + Migrate<B>,
+    ConnEntry<B>: aya::Pod,
+{
+    let mut copied = 0;
+    for (from, to) in a.v4.iter().zip(&mut b.v4) {
+        copied += copy_table(from, to, only_missing)?;
+    }
+    for (from, to) in a.v6.iter().zip(&mut b.v6) {
+        copied += copy_table(from, to, only_missing)?;
+    }
+    let from: HashMap<_, ConnKey, ConnEntry<A>> =
+        HashMap::try_from(old.map(LRU_FALLBACK_MAP)?).map_err(map_err("the old LB_LRU_FALLBACK"))?;
+    let mut to: HashMap<_, ConnKey, ConnEntry<B>> =
+        HashMap::try_from(new.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("the new LB_LRU_FALLBACK"))?;
+    copied += copy_table(&from, &mut to, only_missing)?;
+    let from: HashMap<_, ConnKeyV6, ConnEntry<A>> =
+        HashMap::try_from(old.map(LRU6_FALLBACK_MAP)?).map_err(map_err("the old LB_LRU6_FALLBACK"))?;
+    let mut to: HashMap<_, ConnKeyV6, ConnEntry<B>> =
+        HashMap::try_from(new.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("the new LB_LRU6_FALLBACK"))?;
+    copied += copy_table(&from, &mut to, only_missing)?;
+    Ok(copied)
+}
+
+/// Copies `from`'s entries into `to`, converted; with `only_missing` (`BPF_NOEXIST`), keeps
+/// what `to` holds. The number copied. An entry the LRU evicted meanwhile is skipped.
+fn copy_table<K: aya::Pod, A, B>(
+    from: &HashMap<impl Borrow<MapData>, K, ConnEntry<A>>,
+    to: &mut HashMap<impl BorrowMut<MapData>, K, ConnEntry<B>>,
+    only_missing: bool,
+) -> Result<u64>
+where
+    ConnEntry<A>: aya::Pod + Migrate<B>,
+    ConnEntry<B>: aya::Pod,
+{
+    let flags = if only_missing { BPF_NOEXIST } else { 0 };
+    let mut copied = 0;
+    for (key, entry) in entries(from)? {
+        match to.insert(key, entry.migrate(), flags) {
+            Ok(()) => copied += 1,
+            Err(aya::maps::MapError::SyscallError(e))
+                if only_missing && e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(map_err("migrate a connection-table entry")(e)),
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan between the two versions: the connection tables migrate, the SYN cache starts
+    /// empty, everything else (rings, VIPs, reals, ids, marks, counters) is handed over; and a
+    /// version to itself hands over every map.
+    #[test]
+    fn the_plan_hands_over_what_is_alike_and_migrates_the_tables() {
+        let (handed, migrated, reset) = plan(Object::XdpLb, Object::XdpLbNext).expect("plan");
+        assert_eq!(migrated, ["LB_LRU6_FALLBACK", "LB_LRU6_PER_CPU", "LB_LRU_FALLBACK", "LB_LRU_PER_CPU"]);
+        assert_eq!(reset, ["LB_SYN_CACHE"]);
+        assert_eq!(
+            handed,
+            [
+                "LB_COUNTERS",
+                "LB_REALS",
+                "LB_REROUTES",
+                "LB_RINGS",
+                "LB_SERVER_IDS",
+                "LB_VIPS",
+                "LB_VIP_ADDRS",
+                "LB_VIP_FILTER"
+            ]
+        );
+        let (handed, migrated, reset) = plan(Object::XdpLb, Object::XdpLb).expect("plan");
+        assert_eq!((handed.len(), migrated.len(), reset.len()), (13, 0, 0));
+    }
+
+    /// A changed map no migration covers refuses the upgrade and names the map; a map the
+    /// old version lacks starts empty.
+    #[test]
+    fn a_changed_map_without_a_migration_is_refused() {
+        let old = Object::XdpLb.map_definitions().expect("defs");
+        let mut new = Object::XdpLbNext.map_definitions().expect("defs");
+        let reals = new.get_mut("LB_REALS").expect("LB_REALS");
+        reals.set_value_size(reals.value_size() + 8);
+        let e = plan_between(("xdp_lb", &old), ("xdp_lb_next", new)).unwrap_err().to_string();
+        assert!(e.contains("map LB_REALS changes its definition") && e.contains("no migration is known"), "{e}");
+        let mut new = Object::XdpLbNext.map_definitions().expect("defs");
+        let extra = new.get("LB_REALS").expect("LB_REALS").clone();
+        new.insert("LB_EXTRA".into(), extra);
+        let (_, _, reset) = plan_between(("xdp_lb", &old), ("xdp_lb_next", new)).expect("plan");
+        assert_eq!(reset, ["LB_EXTRA", "LB_SYN_CACHE"]);
+    }
+
+    /// A migrated entry keeps everything a packet needs and says where it came from; a
+    /// rollback drops the stamp.
+    #[test]
+    fn an_entry_migrates_both_ways() {
+        let old = ConnEntry {
+            real: 3,
+            vip_num: 1,
+            flags: 2,
+            proto: 6,
+            src: [1, 0, 0, 0],
+            dst: [2, 0, 0, 0],
+            mark: 7,
+            tail: 0,
+        };
+        let new: ConnEntry<EntryStamp> = old.migrate();
+        assert_eq!(
+            (new.real, new.vip_num, new.flags, new.proto, new.src, new.dst, new.mark),
+            (3, 1, 2, 6, old.src, old.dst, 7)
+        );
+        assert_eq!(new.tail, EntryStamp { version: 1, migrated: 1, pad: 0 });
+        assert_eq!(new.migrate(), old);
+    }
+}
