@@ -106,6 +106,13 @@ pub enum Metric {
     /// Ring changes the LB nodes' health checkers made (a backend out of, or back into, one
     /// node's rings).
     LbHealthChanges,
+    /// Upgrades of LB nodes' data paths (`upgrade-lb`, in place or naive).
+    LbUpgrades,
+    /// Packets the upgraded version (`xdp_lb_next`) forwarded: the new version handled the
+    /// traffic after the swap.
+    LbNextTx,
+    /// Connection-table entries in-place upgrades migrated into the new version's layout.
+    LbEntriesMigrated,
     /// The longest time from a `kill-backend` death to the last LB node's ring change that
     /// took the backend out, in milliseconds of the scenario's time (divided by
     /// `--time-scale`); not judged when nothing was killed or a killed backend stayed in a
@@ -149,6 +156,9 @@ impl Metric {
                 | Self::LbIdUnknown
                 | Self::LbInheritedFlows
                 | Self::LbHealthChanges
+                | Self::LbUpgrades
+                | Self::LbNextTx
+                | Self::LbEntriesMigrated
                 | Self::BackendOutOfRingsMs
                 | Self::DeadIdsLive
         )
@@ -303,6 +313,9 @@ impl Metric {
             Self::ReleaseProbes => release.probes,
             Self::ReleaseProbesFailed => release.probes_failed,
             Self::LbHealthChanges => lb.health_changes,
+            Self::LbUpgrades => lb.upgrades,
+            Self::LbNextTx => lb.next_tx,
+            Self::LbEntriesMigrated => lb.entries_migrated,
             Self::FlowsLostToDying => tally.lost_to_dying,
             Self::TcpDrops => tally.counted.tcp_drops,
             Self::UdpDrops => tally.counted.udp_drops,

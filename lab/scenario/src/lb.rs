@@ -27,7 +27,7 @@ use crate::{
 use zrlab_control::{
     bpf::{Loaded, Object},
     lb::{
-        Balancer, Decap, RealSpec, Settings, VipSpec,
+        Balancer, Decap, RealSpec, Settings, Upgrade, Version, VipSpec,
         health::{Checker, HealthPolicy, OnChange, Target},
     },
     server_id::{Membership, Registry},
@@ -68,6 +68,17 @@ pub struct Deployment {
     _passes: Loaded,
 }
 
+/// An upgrade of one LB node's data path ([`Deployment::upgrade`]).
+#[derive(Clone, Debug)]
+pub struct UpgradeRecord {
+    /// The LB node.
+    pub node: String,
+    /// What the in-place upgrade did; `None` for a naive one (fresh maps).
+    pub upgrade: Option<Upgrade>,
+    /// When the new version had taken over.
+    pub at: Instant,
+}
+
 /// A change a node's health checker made to its rings.
 #[derive(Clone, Debug)]
 pub struct HealthChange {
@@ -101,6 +112,11 @@ struct Config {
 struct LbNode {
     name: String,
     balancer: Balancer,
+    /// Where its `xdp_lb` is attached: the node's namespace and interface (a naive upgrade
+    /// attaches the new version there again).
+    attached: (String, String),
+    /// Its data path's upgrades, in order.
+    upgrades: Vec<UpgradeRecord>,
     /// The backends its health checker found down: out of its rings and live-id table,
     /// whatever the configuration says.
     unhealthy: BTreeSet<String>,
@@ -252,11 +268,12 @@ impl Deployment {
                 balancer.set_vip(v, &real_specs(&reals))?;
             }
             balancer.sync_server_ids(&live)?;
-            balancer.attach(&lab.node(node)?.netns, &mine.ifname)?;
+            let netns = &lab.node(node)?.netns;
+            balancer.attach(netns, &mine.ifname)?;
             passes.attach_xdp("xdp_pass", &lab.node(&theirs.node)?.netns, &theirs.ifname)?;
-            programs.push(format!("{node} {} xdp_lb", mine.ifname));
+            programs.push(format!("{node} {} {}", mine.ifname, Version::Current));
             programs.push(format!("{} {} xdp_pass", theirs.node, theirs.ifname));
-            balancers.push((node.clone(), balancer));
+            balancers.push((node.clone(), balancer, (netns.name().to_owned(), mine.ifname.clone())));
         }
         let mut decaps = Vec::new();
         for (backend, _) in &reals {
@@ -270,12 +287,14 @@ impl Deployment {
             }
             decaps.push(decap);
         }
-        let names = balancers.iter().map(|(name, _)| name.clone()).collect();
+        let names = balancers.iter().map(|(name, _, _)| name.clone()).collect();
         let shared = Shared {
             config: RwLock::new(Config { vips, reals, registry }),
             nodes: balancers
                 .into_iter()
-                .map(|(name, balancer)| Mutex::new(LbNode { name, balancer, unhealthy: BTreeSet::new() }))
+                .map(|(name, balancer, attached)| {
+                    Mutex::new(LbNode { name, balancer, attached, upgrades: Vec::new(), unhealthy: BTreeSet::new() })
+                })
                 .collect(),
             log: Mutex::new(HealthLog::default()),
         };
@@ -354,6 +373,55 @@ impl Deployment {
             nodes += u64::from(lock(node).balancer.server_ids_in_kernel()?.contains(&id));
         }
         Ok(nodes)
+    }
+
+    /// Replaces LB node `node`'s data path with version `to` while traffic flows.
+    ///
+    /// With `handover` it is upgraded in place (`zrlab_control::lb::upgrade`): maps handed over
+    /// or migrated, the program swapped by a link update. Without, it is what a naive deploy
+    /// does, the control of that claim: the new version is loaded with fresh maps and
+    /// programmed from the configuration (rings, VIPs, live ids), the old one detached, the new
+    /// one attached; the connection tables start empty, so a flow whose real the rings no
+    /// longer name (a drain since it started) goes elsewhere.
+    pub fn upgrade(&mut self, node: &str, to: Version, handover: bool) -> Result<UpgradeRecord> {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n == node)
+            .ok_or_else(|| LabError::Unsupported(format!("{node:?} is not an LB node")))?;
+        let config = self.shared.read();
+        let mut guard = lock(&self.shared.nodes[index]);
+        let lb = &mut *guard;
+        let upgrade = if handover {
+            Some(lb.balancer.upgrade(&Settings::default(), to)?)
+        } else {
+            let mut fresh = Balancer::load_version(&Settings::default(), to)?;
+            let reals = config.node_reals(&lb.unhealthy);
+            for vip in &config.vips {
+                fresh.set_vip(vip, &reals)?;
+            }
+            fresh.sync_server_ids(&config.node_live(&lb.unhealthy))?;
+            // The old version is detached as it is dropped, before the new one is attached.
+            drop(std::mem::replace(&mut lb.balancer, fresh));
+            let netns = zrlab_host::netns::Netns::open(&lb.attached.0)?;
+            lb.balancer.attach(&netns, &lb.attached.1)?;
+            None
+        };
+        let record = UpgradeRecord { node: node.to_owned(), upgrade, at: Instant::now() };
+        lb.upgrades.push(record.clone());
+        let ifname = lb.attached.1.clone();
+        drop(guard);
+        drop(config);
+        let prefix = format!("{node} {ifname} ");
+        if let Some(line) = self.programs.iter_mut().find(|p| p.starts_with(&prefix)) {
+            *line = format!("{prefix}{to}");
+        }
+        Ok(record)
+    }
+
+    /// Every LB node's upgrades so far, in order per node.
+    pub fn upgrades(&self) -> Vec<UpgradeRecord> {
+        self.shared.nodes().iter().flat_map(|n| n.upgrades.clone()).collect()
     }
 
     /// Marks `backend` down in every LB node's rings (a health change: only its slots move);
@@ -474,6 +542,10 @@ impl Deployment {
             totals.id_unknown += c.get(counter::ID_UNKNOWN);
             totals.tcp_id_routed += c.get(counter::TCP_ID_ROUTED);
             totals.quic_id_routed += c.get(counter::QUIC_ID_ROUTED);
+            totals.next_tx += c.get(counter::NEXT_TX);
+            totals.upgrades += node.upgrades.len() as u64;
+            totals.entries_migrated +=
+                node.upgrades.iter().filter_map(|u| u.upgrade.as_ref()).map(|u| u.entries_migrated).sum::<u64>();
         }
         for decap in &self.decaps {
             let c = decap.counters()?;

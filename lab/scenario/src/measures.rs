@@ -34,6 +34,16 @@ pub struct LbTotals {
     pub inherited_flows: u64,
     /// Ring changes the LB nodes' health checkers made (out or back in, per node).
     pub health_changes: u64,
+    /// Upgrades of LB nodes' data paths (in place or naive).
+    #[serde(default)]
+    pub upgrades: u64,
+    /// Packets forwarded by the upgraded version (`xdp_lb_next`): that the new version handled
+    /// the traffic after the swap.
+    #[serde(default)]
+    pub next_tx: u64,
+    /// Connection-table entries in-place upgrades migrated into the new layout.
+    #[serde(default)]
+    pub entries_migrated: u64,
 }
 
 /// What the `tpr` sock_ops programs counted, per side, summed over nodes.

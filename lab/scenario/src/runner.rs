@@ -554,6 +554,10 @@ pub async fn apply(
         // runner fires them itself.
         EventSpec::KillBackend { backend } => lab.kill_host(backend).await,
         EventSpec::ImpairLinks(spec) => impairments.apply(lab, spec),
+        EventSpec::UpgradeLb { node, to, handover } => match deployment {
+            Some(deployment) => deployment.upgrade(node, *to, *handover).map(drop),
+            None => Err(LabError::Unsupported("upgrade-lb without a load balancer".into())),
+        },
         EventSpec::Release { .. } | EventSpec::PauseBackend { .. } => {
             Err(LabError::Unsupported(format!("{} outside a scenario run", describe(event))))
         }
@@ -572,6 +576,10 @@ pub fn describe(event: &EventSpec) -> String {
         EventSpec::Release { backends } => format!("release {}", backends.join(", ")),
         EventSpec::PauseBackend { backend, ms } => format!("pause {backend}'s service for {ms} ms"),
         EventSpec::KillBackend { backend } => format!("kill {backend}'s host"),
+        EventSpec::UpgradeLb { node, to, handover: true } => format!("upgrade {node}'s LB to {to} in place"),
+        EventSpec::UpgradeLb { node, to, handover: false } => {
+            format!("replace {node}'s LB with {to} on fresh maps (naive)")
+        }
         EventSpec::ImpairLinks(spec) => format!(
             "impair {}'s {}: drop {} ppm, duplicate {} ppm, {:?}",
             spec.node,

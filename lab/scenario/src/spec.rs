@@ -308,6 +308,21 @@ pub enum EventSpec {
     /// Set seeded loss and duplication on a node's interfaces from here on: the fields of an
     /// `[[impair]]` entry (`node`, `ifname`, `drop_ppm`, `dup_ppm`, `direction`).
     ImpairLinks(ImpairSpec),
+    /// Replace LB node `node`'s data path with version `to` (default `next`: `xdp_lb_next`,
+    /// another connection-table layout) while traffic flows. With `handover` (the default) in
+    /// place: maps handed over or migrated, the program swapped by a link update. With
+    /// `handover = false`, as a naive deploy does (the control): fresh maps, the old program
+    /// detached and the new one attached.
+    UpgradeLb {
+        /// The LB node.
+        node: String,
+        /// The version to run.
+        #[serde(default = "next_version")]
+        to: zrlab_control::lb::Version,
+        /// In place (maps carried over) or naive (fresh maps).
+        #[serde(default = "handover_default")]
+        handover: bool,
+    },
     /// Stop `backend`'s service process (SIGSTOP) for `ms` milliseconds, then let it go on
     /// (SIGCONT): a pause shorter than the drop timeout, which loses no request and shows only
     /// in latency and in the gaps between replies (`max_reply_gap_ms`).
@@ -317,6 +332,14 @@ pub enum EventSpec {
         /// How long, in milliseconds (1 to 10,000).
         ms: u64,
     },
+}
+
+fn next_version() -> zrlab_control::lb::Version {
+    zrlab_control::lb::Version::Next
+}
+
+fn handover_default() -> bool {
+    true
 }
 
 impl EventSpec {
@@ -339,6 +362,7 @@ impl EventSpec {
             | Self::Release { .. }
             | Self::KillBackend { .. }
             | Self::ImpairLinks(_)
+            | Self::UpgradeLb { .. }
             | Self::PauseBackend { .. } => None,
         }
     }
@@ -362,6 +386,7 @@ impl EventSpec {
             | Self::SetWeight { .. }
             | Self::Release { .. }
             | Self::ImpairLinks(_)
+            | Self::UpgradeLb { .. }
             | Self::PauseBackend { .. } => None,
         }
     }
@@ -694,6 +719,12 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
             EventSpec::ImpairLinks(impair) => {
                 if let Some((f, why)) = impair.invalid(&topology) {
                     return Err(err(format!("{field}.{f}"), why));
+                }
+                continue;
+            }
+            EventSpec::UpgradeLb { node, .. } => {
+                if !spec.lb.as_ref().is_some_and(|lb| lb.nodes.contains(node)) {
+                    return Err(err(format!("{field}.node"), format!("{node:?} is not one of the [lb] nodes")));
                 }
                 continue;
             }

@@ -443,7 +443,11 @@ fn run_event(run: Option<&str>, action: &str, fields: &[String]) -> Result<ExitC
     table.insert("action".into(), action.into());
     for field in fields {
         let (key, value) = field.split_once('=').with_context(|| format!("event field {field:?} is not key=value"))?;
-        let value = value.parse::<i64>().map(toml::Value::from).unwrap_or_else(|_| value.into());
+        let value = match (value.parse::<i64>(), value.parse::<bool>()) {
+            (Ok(n), _) => toml::Value::from(n),
+            (_, Ok(b)) => toml::Value::from(b),
+            _ => value.into(),
+        };
         table.insert(key.to_owned(), value);
     }
     let event: zrlab_scenario::spec::EventSpec =

@@ -210,6 +210,8 @@ fn apply_lb(deployment: &mut Deployment, event: &zrlab_scenario::spec::EventSpec
         EventSpec::DrainBackend { backend } => deployment.drain(backend),
         EventSpec::RestoreBackend { backend } => deployment.restore(backend),
         EventSpec::SetWeight { backend, weight } => deployment.set_weight(backend, *weight),
+        // The kept lab runs the version the run ended with.
+        EventSpec::UpgradeLb { node, to, handover } => deployment.upgrade(node, *to, *handover).map(drop),
         // A release leaves the rings as they were (a drain release puts the backend back); a
         // killed host is still dead, and the checkers find it so again.
         EventSpec::RemoveMember { .. }

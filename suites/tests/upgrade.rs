@@ -1,0 +1,146 @@
+//! Upgrading an LB node's data path in place (`zrlab_control::lb::upgrade`): `xdp_lb` to
+//! `xdp_lb_next`, whose connection-table entries have another layout, and back.
+//!
+//! - Flows keep their reals through the upgrade and a rollback although the rings changed
+//!   before it (a drained real's flows live on only by the connection tables), and the new
+//!   version is the one that forwards them; a replacement on fresh maps (what a naive deploy
+//!   does) sends the drained real's flows elsewhere, so the check can fail. Through
+//!   `BPF_PROG_TEST_RUN` on CPU 0.
+//! - On a built lab, the kernel's own records: the interface's XDP link is the same link after
+//!   the upgrade and runs the new program, the old program is attached nowhere, and the new
+//!   program uses the very maps of the old one that the upgrade handed over (by map id).
+
+mod common;
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use common::xdp::*;
+use zrlab_common::lb::counter;
+use zrlab_control::lb::{Balancer, RealSpec, Settings, Version, VipSpec};
+use zrlab_topology::{Lab, Topology};
+use zrlab_wire::{
+    Proto,
+    packet::{ACK, SYN},
+};
+
+const VIP: &str = "203.0.113.30";
+const FLOWS: u16 = 64;
+
+fn vip() -> VipSpec {
+    VipSpec::new(ip(VIP), 80, Proto::Tcp)
+}
+
+/// R1, R2 and R3 of weight 1; R1 down (drained: its slots go to the others) if `drained`.
+fn reals(drained: bool) -> Vec<RealSpec> {
+    [R1, R2, R3].iter().map(|r| RealSpec { addr: ip(r), weight: 1, up: !(drained && *r == R1) }).collect()
+}
+
+/// The real a transmitted frame went to (its outer IPv4 destination).
+fn sent_to(program: &aya::programs::Xdp, frame: &[u8]) -> IpAddr {
+    let (verdict, output) = test_run(program, frame);
+    assert_eq!(verdict, TX, "transmitted");
+    IpAddr::from(<[u8; 4]>::try_from(&output[30..34]).expect("outer IPv4 destination"))
+}
+
+fn ack(port: u16) -> Vec<u8> {
+    tcp(CLIENT4, port, VIP, 80, ACK, vec![])
+}
+
+/// The real each flow's next packet goes to through `lb`.
+fn reals_of(lb: &Balancer) -> Vec<IpAddr> {
+    let program = lb.program("xdp_lb").expect("program");
+    (0..FLOWS).map(|i| sent_to(program, &ack(20_000 + i))).collect()
+}
+
+#[test]
+fn flows_keep_their_reals_through_an_upgrade_in_place_and_a_rollback() {
+    common::require_root();
+    pin_to_cpu0();
+    let settings = Settings::default();
+    let mut lb = Balancer::load(&settings).expect("load");
+    lb.set_vip(&vip(), &reals(false)).expect("VIP");
+    // Each flow opens (SYN, then its first ACK, which writes the tables).
+    let program = lb.program("xdp_lb").expect("program");
+    for i in 0..FLOWS {
+        sent_to(program, &tcp(CLIENT4, 20_000 + i, VIP, 80, SYN, vec![]));
+    }
+    let placed = reals_of(&lb);
+    let on_r1 = placed.iter().filter(|r| **r == ip(R1)).count();
+    assert!(on_r1 > 0, "some flows on R1");
+    // R1 drained: only the tables keep its flows there.
+    lb.set_vip(&vip(), &reals(true)).expect("drain R1");
+    assert_eq!(reals_of(&lb), placed, "the tables hold every flow before the upgrade");
+
+    let before = lb.counters().expect("counters");
+    let upgrade = lb.upgrade(&settings, Version::Next).expect("upgrade in place");
+    assert_eq!(lb.version(), Version::Next);
+    assert_eq!(upgrade.reset, ["LB_SYN_CACHE"]);
+    assert_eq!(upgrade.migrated.len(), 4, "{upgrade:?}");
+    // Each flow is in CPU 0's table and the shared one: two entries per flow.
+    assert_eq!(upgrade.entries_migrated, 2 * u64::from(FLOWS), "{upgrade:?}");
+    assert_eq!(reals_of(&lb), placed, "every flow on its real after the upgrade");
+    let after = lb.counters().expect("counters");
+    assert_eq!(
+        after.get(counter::NEXT_TX) - before.get(counter::NEXT_TX),
+        u64::from(FLOWS),
+        "the new version forwarded them"
+    );
+    assert_eq!(after.get(counter::TX) - before.get(counter::TX), u64::from(FLOWS), "the counters were handed over");
+    assert_eq!(after.get(counter::LRU_HIT) - before.get(counter::LRU_HIT), u64::from(FLOWS), "by table hits");
+
+    let rollback = lb.upgrade(&settings, Version::Current).expect("rollback in place");
+    assert_eq!(rollback.entries_migrated, 2 * u64::from(FLOWS), "{rollback:?}");
+    let before = lb.counters().expect("counters");
+    assert_eq!(reals_of(&lb), placed, "every flow on its real after the rollback");
+    let after = lb.counters().expect("counters");
+    assert_eq!(after.get(counter::NEXT_TX), before.get(counter::NEXT_TX), "xdp_lb does not count next_tx");
+
+    // The control: the new version on fresh maps, programmed alike, sends R1's flows where
+    // the drained rings point.
+    let mut fresh = Balancer::load_version(&settings, Version::Next).expect("load");
+    fresh.set_vip(&vip(), &reals(true)).expect("VIP");
+    let moved = reals_of(&fresh).iter().zip(&placed).filter(|(now, then)| now != then).count();
+    assert_eq!(moved, on_r1, "on fresh maps every flow of the drained real moves, and only those");
+}
+
+#[test]
+fn the_new_version_takes_over_the_old_link_and_maps() {
+    common::require_root();
+    let _alone = common::exclusive();
+    let runtime = common::runtime();
+    let topology = Topology::load(&common::fixtures().join("topologies/lb-ecmp.toml")).expect("topology");
+    let lab = runtime.block_on(Lab::build(&topology, false)).expect("lab");
+    let settings = Settings::default();
+    let mut lb = Balancer::load(&settings).expect("load");
+    lb.set_vip(&vip(), &reals(false)).expect("VIP");
+    let link = topology.spec.links.iter().find(|l| l.a.node == "lb1" || l.b.node == "lb1").expect("lb1's link");
+    let end = if link.a.node == "lb1" { &link.a } else { &link.b };
+    lb.attach(&lab.node("lb1").expect("lb1").netns, &end.ifname).expect("attach");
+
+    let old = lb.program("xdp_lb").expect("program").info().expect("info");
+    let old_maps: BTreeSet<u32> =
+        old.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
+    let links_of = |prog: u32| -> Vec<u32> {
+        aya::programs::loaded_links()
+            .map(|l| l.expect("link info"))
+            .filter(|l| l.program_id() == prog)
+            .map(|l| l.id())
+            .collect()
+    };
+    let old_links = links_of(old.id());
+    assert_eq!(old_links.len(), 1, "xdp_lb attached by one link");
+
+    let upgrade = lb.upgrade(&settings, Version::Next).expect("upgrade in place");
+    assert_eq!(upgrade.links_swapped, 1);
+    let new = lb.program("xdp_lb").expect("program").info().expect("info");
+    assert_ne!(new.id(), old.id(), "a new program");
+    assert_eq!(links_of(new.id()), old_links, "the same link runs the new program");
+    assert!(links_of(old.id()).is_empty(), "the old program is attached nowhere");
+    let new_maps: BTreeSet<u32> =
+        new.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
+    let shared = old_maps.intersection(&new_maps).count();
+    assert_eq!(shared, upgrade.handed_over.len(), "the new program uses the handed-over maps themselves: {upgrade:?}");
+    assert_eq!(upgrade.handed_over.len(), 8, "{upgrade:?}");
+    drop(lb);
+    drop(lab);
+}
