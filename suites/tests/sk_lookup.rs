@@ -102,3 +102,94 @@ fn new_flows_go_to_the_ready_slot_and_udp_flows_stay_on_their_socket(a: &str, b:
     assert_eq!((counters.steered_new, counters.steered_flow), (2, 6), "the program chose every datagram: {counters:?}");
     assert_eq!((counters.flow_orphaned, counters.assign_failed), (0, 0), "{counters:?}");
 }
+
+/// Datagrams the sender may have in flight: below the receive buffer, so none is lost to it.
+const WINDOW: u64 = 32;
+
+/// The dispatcher reloaded in place (`SkLookupDispatch::upgrade`) while a sender keeps a
+/// remembered UDP flow busy: the namespace's link runs the new program and the old one runs
+/// nowhere (the kernel's listing), every datagram of the flow reached its socket before, during
+/// and after the swap (the kernel's own lookup would have spread them over both sockets), and a
+/// new flow after it goes to the ready slot: the remembered flows, the ready slot and the
+/// counters were handed over.
+#[test]
+fn an_upgrade_in_place_under_a_live_flow_keeps_steering_it() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    common::require_root();
+    if !common::has_feature(Feature::SkLookup) {
+        return;
+    }
+    let (a, b, service): (IpAddr, IpAddr, IpAddr) =
+        ("198.51.100.1".parse().expect("a"), "198.51.100.2".parse().expect("b"), "203.0.113.1".parse().expect("s"));
+    let netns = Netns::create(&RunId::new(false).name("skupgrade")).expect("namespace");
+    common::runtime()
+        .block_on(async {
+            let nl = Nl::connect(&netns)?;
+            nl.link_up("lo").await?;
+            for addr in [a, b, service] {
+                nl.addr_add("lo", ipnet::IpNet::new(addr, 32).expect("prefix")).await?;
+            }
+            Ok::<_, zrlab_host::LabError>(())
+        })
+        .expect("addresses on lo");
+    let (old, new, client_a, client_b) = netns
+        .run(|| Ok::<_, std::io::Error>((service_socket(false)?, service_socket(false)?, client(a)?, client(b)?)))
+        .expect("enter")
+        .expect("sockets");
+    let mut dispatch = SkLookupDispatch::load(0, SERVICE_PORT).expect("load sk_lookup_steer");
+    dispatch.set_slot(0, None::<&UdpSocket>, Some(&old)).expect("slot 0");
+    dispatch.set_slot(1, None::<&UdpSocket>, Some(&new)).expect("slot 1");
+    dispatch.attach(&netns).expect("attach to the namespace");
+    let to = SocketAddr::new(service, SERVICE_PORT);
+    dispatch.set_ready(Some(0)).expect("ready 0");
+    client_a.send_to(b"a", to).expect("send");
+    assert_eq!(received_from(&old), a, "a's flow starts on slot 0");
+    dispatch.set_ready(Some(1)).expect("ready 1");
+
+    let old_id = dispatch.program_id().expect("program id");
+    let links = common::links_running(old_id);
+    assert_eq!(links.len(), 1, "one namespace link");
+    let (sent, received, stop) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                if sent.load(Ordering::Acquire) - received.load(Ordering::Acquire) < WINDOW {
+                    client_a.send_to(b"a", to).expect("send");
+                    sent.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let take = |count: u64| {
+            for _ in 0..count {
+                assert_eq!(received_from(&old), a, "a's flow stays on its socket");
+                received.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        take(200);
+        dispatch.upgrade().expect("upgrade in place");
+        take(200);
+        stop.store(true, Ordering::Release);
+        // What was in flight when the sender stopped.
+        while received.load(Ordering::Acquire) < sent.load(Ordering::Acquire) {
+            take(1);
+        }
+    });
+    let new_id = dispatch.program_id().expect("program id");
+    assert_ne!(new_id, old_id, "a new program");
+    assert_eq!(common::links_running(new_id), links, "the same link runs the new program");
+    assert!(common::links_running(old_id).is_empty(), "the old program runs nowhere");
+    client_b.send_to(b"b", to).expect("send");
+    assert_eq!(received_from(&new), b, "a new flow after the upgrade: the ready slot 1");
+    new.set_read_timeout(Some(Duration::from_millis(1))).expect("timeout");
+    let mut buf = [0u8; 8];
+    assert!(new.recv_from(&mut buf).is_err(), "nothing of a's flow reached the other socket");
+    let counters = dispatch.counters().expect("counters");
+    let total = sent.load(std::sync::atomic::Ordering::Acquire);
+    assert_eq!(
+        (counters.steered_new, counters.steered_flow),
+        (2, total),
+        "the program chose every datagram, before and after the swap: {counters:?}"
+    );
+}

@@ -514,3 +514,43 @@ fn server_without_the_program_leaves_the_client_nothing_to_echo() {
     assert_eq!((client.parsed, client.skipped, client.echoed), (0, 1, 0), "{client:?}");
     assert_eq!(bed.lb().tcp_id_routed, 0);
 }
+
+/// Both programs reloaded in place (`SockOpsTpr::upgrade`) under the backends' live listeners
+/// and an open connection: each cgroup link runs the new program (the kernel's listing) and
+/// the old programs run nowhere; the open connection keeps echoing its id to the same backend,
+/// and a connection opened after the swap gets the id on the SYN-ACK of the same listener (whose
+/// option writing the old program turned on).
+#[test]
+fn an_upgrade_in_place_keeps_the_id_on_open_and_new_connections() {
+    let Some(mut bed) = Bed::new(BOTH, &[]) else { return };
+    let mut open = bed.connect(false);
+    let backend = one_backend(&open.rounds(ROUNDS));
+    let (server, client) = bed.counters();
+    let before: Vec<(u32, Vec<u32>)> = bed
+        .programs
+        .iter()
+        .map(|p| {
+            let id = p.program_id().expect("program id");
+            (id, common::links_running(id))
+        })
+        .collect();
+    assert!(before.iter().all(|(_, links)| links.len() == 1), "one link per program: {before:?}");
+    for program in &mut bed.programs {
+        program.upgrade().expect("upgrade in place");
+    }
+    for (program, (old, links)) in bed.programs.iter().zip(&before) {
+        let new = program.program_id().expect("program id");
+        assert_ne!(new, *old, "a new program");
+        assert_eq!(&common::links_running(new), links, "the same link runs the new program");
+        assert!(common::links_running(*old).is_empty(), "the old program runs nowhere");
+    }
+    assert_eq!(one_backend(&open.rounds(ROUNDS)), backend, "the open connection keeps its backend");
+    one_backend(&bed.exchange(ROUNDS, false));
+    let (server_after, client_after) = bed.counters();
+    assert_eq!(server_after.written - server.written, 1, "the new connection's SYN-ACK carried the id");
+    assert_eq!(client_after.parsed - client.parsed, 1, "and the client read it");
+    assert_eq!(server_after.echo_ok - server.echo_ok, 1, "its first echo carried it back");
+    assert!(client_after.echoed - client.echoed >= 2 * ROUNDS, "both connections echoed: {client_after:?}");
+    assert_eq!((server_after.wrong_id, server_after.write_errors), (0, 0), "{server_after:?}");
+    assert!(bed.lb().tcp_id_routed >= 3 * ROUNDS, "the LB routed them by id: {:?}", bed.lb());
+}

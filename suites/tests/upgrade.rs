@@ -9,6 +9,11 @@
 //! - On a built lab, the kernel's own records: the interface's XDP link is the same link after
 //!   the upgrade and runs the new program, the old program is attached nowhere, and the new
 //!   program uses the very maps of the old one that the upgrade handed over (by map id).
+//! - The release dispatcher (`reuseport_select`) reloaded in place under live listeners while a
+//!   client keeps connecting: every connection reaches the listener of the generation, none the
+//!   other (the kernel's own choice would spread them), and the old program is gone. (The
+//!   sock_ops and sk_lookup programs' upgrades are tested in their own suites, `tpr` and
+//!   `sk_lookup`.)
 
 mod common;
 
@@ -120,22 +125,15 @@ fn the_new_version_takes_over_the_old_link_and_maps() {
     let old = lb.program("xdp_lb").expect("program").info().expect("info");
     let old_maps: BTreeSet<u32> =
         old.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
-    let links_of = |prog: u32| -> Vec<u32> {
-        aya::programs::loaded_links()
-            .map(|l| l.expect("link info"))
-            .filter(|l| l.program_id() == prog)
-            .map(|l| l.id())
-            .collect()
-    };
-    let old_links = links_of(old.id());
+    let old_links = common::links_running(old.id());
     assert_eq!(old_links.len(), 1, "xdp_lb attached by one link");
 
     let upgrade = lb.upgrade(&settings, Version::Next).expect("upgrade in place");
     assert_eq!(upgrade.links_swapped, 1);
     let new = lb.program("xdp_lb").expect("program").info().expect("info");
     assert_ne!(new.id(), old.id(), "a new program");
-    assert_eq!(links_of(new.id()), old_links, "the same link runs the new program");
-    assert!(links_of(old.id()).is_empty(), "the old program is attached nowhere");
+    assert_eq!(common::links_running(new.id()), old_links, "the same link runs the new program");
+    assert!(common::links_running(old.id()).is_empty(), "the old program is attached nowhere");
     let new_maps: BTreeSet<u32> =
         new.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
     let shared = old_maps.intersection(&new_maps).count();
@@ -143,4 +141,79 @@ fn the_new_version_takes_over_the_old_link_and_maps() {
     assert_eq!(upgrade.handed_over.len(), 8, "{upgrade:?}");
     drop(lb);
     drop(lab);
+}
+
+/// Connections the client may have waiting in the accept queue: below its backlog.
+const WINDOW: u64 = 32;
+
+#[test]
+fn the_release_dispatcher_reloaded_under_live_listeners_keeps_every_connection_on_the_generation() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use zrlab_control::reuseport::{Dispatch, ReuseportDispatch};
+    use zrlab_host::{netns::Netns, nl::Nl, run_id::RunId};
+    common::require_root();
+    let netns = Netns::create(&RunId::new(false).name("rsupgrade")).expect("namespace");
+    common::runtime().block_on(async { Nl::connect(&netns)?.link_up("lo").await }).expect("lo up");
+    let addr: std::net::SocketAddr = "127.0.0.1:4434".parse().expect("address");
+    let listener = || -> std::io::Result<socket2::Socket> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        Ok(socket)
+    };
+    let (other, generation) =
+        netns.run(|| Ok::<_, std::io::Error>((listener()?, listener()?))).expect("enter").expect("listeners");
+    let mut dispatch = ReuseportDispatch::load(Dispatch::Select).expect("load");
+    dispatch.set_slot(0, Some(&other), None::<&socket2::Socket>).expect("slot 0");
+    dispatch.set_slot(1, Some(&generation), None::<&socket2::Socket>).expect("slot 1");
+    dispatch.set_generation(1, 1).expect("generation: slot 1");
+    dispatch.attach(&other).expect("attach to the group");
+    let old_id = dispatch.program_id().expect("program id");
+
+    let (connected, accepted, stop) = (AtomicU64::new(0), AtomicU64::new(0), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            netns
+                .run(|| {
+                    while !stop.load(Ordering::Acquire) {
+                        if connected.load(Ordering::Acquire) - accepted.load(Ordering::Acquire) < WINDOW {
+                            std::net::TcpStream::connect(addr).expect("connect");
+                            connected.fetch_add(1, Ordering::AcqRel);
+                        } else {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+                .expect("enter");
+        });
+        let take = |count: u64| {
+            for _ in 0..count {
+                generation.accept().expect("the generation's listener accepts within 5 s");
+                accepted.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        take(200);
+        dispatch.upgrade(&[&other]).expect("upgrade in place");
+        take(200);
+        stop.store(true, Ordering::Release);
+        while accepted.load(Ordering::Acquire) < connected.load(Ordering::Acquire) {
+            take(1);
+        }
+    });
+    other.set_nonblocking(true).expect("non-blocking");
+    assert!(other.accept().is_err(), "no connection reached the listener outside the generation");
+    let counters = dispatch.counters().expect("counters");
+    assert_eq!(
+        counters.selected,
+        connected.load(Ordering::Acquire),
+        "the program chose every connection: {counters:?}"
+    );
+    let new_id = dispatch.program_id().expect("program id");
+    assert_ne!(new_id, old_id, "a new program");
+    // The group held the old program; once replaced, the kernel frees it (after a grace period).
+    common::wait_for("the old program to be freed", std::time::Duration::from_secs(10), || {
+        !aya::programs::loaded_programs().any(|p| p.is_ok_and(|p| p.id() == old_id))
+    });
 }

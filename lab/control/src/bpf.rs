@@ -6,10 +6,12 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::Map,
     programs::{
-        CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SkLookup, SkReuseport, SockOps, TcAttachType, Xdp,
-        XdpMode, tc::TcAttachOptions, xdp::XdpLinkId,
+        LinkOrder, ProgramError, SchedClassifier, SkLookup, SkReuseport, SockOps, TcAttachType, Xdp, XdpMode,
+        tc::TcAttachOptions, xdp::XdpLinkId,
     },
 };
+
+use std::os::fd::{AsFd as _, BorrowedFd};
 
 use zrlab_host::{
     error::{LabError, Result},
@@ -108,6 +110,26 @@ pub struct Loaded {
     /// The XDP links of [`Loaded::attach_xdp`], by program: what [`Loaded::hand_over_xdp`]
     /// moves to a new version.
     xdp_links: Vec<(String, XdpLinkId)>,
+    /// The sock_ops and sk_lookup links, whose descriptors the lab holds itself (aya hides
+    /// them) so that [`Loaded::hand_over_links`] can swap their program. Closed (detached)
+    /// when this value is dropped.
+    links: Vec<OwnLink>,
+}
+
+/// A link the lab created and holds.
+#[derive(Debug)]
+struct OwnLink {
+    /// The program's name in the object.
+    program: String,
+    kind: LinkKind,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// The program types the lab attaches with links of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkKind {
+    SockOps,
+    SkLookup,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -128,21 +150,22 @@ impl Loaded {
         Self::verified(object, object.load_with(global.0, global.1), programs)
     }
 
-    /// As [`Loaded::load_with`], with the maps named `reuse` not created but taken over from
-    /// `from` (a loaded object of an earlier version): the new programs use the very maps the
-    /// old ones do, entries and all. The maps are handed over by pinning them in a bpffs only
-    /// the loading thread sees (`zrlab_host::bpffs`). The caller checks that the two objects
-    /// define those maps alike: the loader does not.
-    pub fn load_reusing<T: Pod + Sync>(
+    /// Loads `object` as `configure` sets the loader up (globals), with the maps named `reuse`
+    /// not created but taken over from `from` (a loaded object of an earlier version), and
+    /// verifies its XDP programs `programs`: the new programs use the very maps the old ones
+    /// do, entries and all. The maps are handed over by pinning them in a bpffs only the
+    /// loading thread sees (`zrlab_host::bpffs`). Which maps may be handed over is
+    /// `crate::handover::plan`'s to say: the loader does not check.
+    pub fn load_reusing<'a>(
         object: Object,
-        global: (&str, &T),
+        configure: impl FnOnce(&mut EbpfLoader<'a>) + Send,
         programs: &[&str],
         from: &Loaded,
-        reuse: &[String],
+        reuse: &'a [String],
     ) -> Result<Self> {
         let ebpf = zrlab_host::bpffs::with_private(|dir| {
             let mut loader = EbpfLoader::new();
-            loader.override_global(global.0, global.1, true);
+            configure(&mut loader);
             for name in reuse {
                 let path = dir.join(name);
                 from.map(name)?.pin(&path).map_err(|e| LabError::Bpf {
@@ -156,12 +179,25 @@ impl Loaded {
         Self::verified(object, ebpf, programs)
     }
 
+    /// A second instance of this object that takes over every one of its maps and its
+    /// sock_ops and sk_lookup attachments ([`Loaded::hand_over_links`]): the reload a new
+    /// build of these programs goes through. Their maps must be defined alike (a new build that
+    /// changes one is refused, naming it). XDP attachments move with
+    /// [`Loaded::hand_over_xdp`]; an `SK_REUSEPORT` group takes the new program when it is
+    /// attached to it again.
+    pub fn reload(&mut self) -> Result<Self> {
+        let plan = crate::handover::plan(self.object, self.object, &[], &[])?;
+        let mut new = Self::load_reusing(self.object, |_| {}, &[], self, &plan.handed_over)?;
+        self.hand_over_links(&mut new)?;
+        Ok(new)
+    }
+
     fn verified(object: Object, ebpf: Result<Ebpf, EbpfError>, programs: &[&str]) -> Result<Self> {
         let ebpf = ebpf.map_err(|e| LabError::Bpf {
             what: format!("load the {} object", object.name()),
             message: format!("{e:#}"),
         })?;
-        let mut loaded = Self { object, ebpf, xdp_links: Vec::new() };
+        let mut loaded = Self { object, ebpf, xdp_links: Vec::new(), links: Vec::new() };
         for name in programs {
             loaded.verify(name)?;
         }
@@ -236,16 +272,57 @@ impl Loaded {
     }
 
     /// Verifies the sock_ops program `name` (if it is not loaded yet) and attaches it to the
-    /// cgroup v2 directory `cgroup`. It stays attached until this value is dropped. On 5.7+
-    /// aya attaches through a BPF link, which coexists with other programs of the cgroup (the
-    /// kernel treats links as `BPF_F_ALLOW_MULTI`; it refuses explicit flags on them).
+    /// cgroup v2 directory `cgroup` with a BPF link (5.7+), which coexists with other programs
+    /// of the cgroup. It stays attached until this value is dropped.
     pub fn attach_sock_ops(&mut self, name: &str, cgroup: &std::path::Path) -> Result<()> {
-        let program = self.loaded_program::<SockOps>(name, "a sock_ops", SockOps::load)?;
         let dir = std::fs::File::open(cgroup).map_err(|e| LabError::os("open", cgroup.display().to_string(), e))?;
-        program.attach(&dir, CgroupAttachMode::Single).map(drop).map_err(|e| LabError::Bpf {
-            what: format!("attach {name} to cgroup {}", cgroup.display()),
-            message: error_chain(&e),
-        })
+        self.link(LinkKind::SockOps, name, dir.as_fd(), &format!("cgroup {}", cgroup.display()))
+    }
+
+    /// Verifies the sk_lookup program `name` (if it is not loaded yet) and attaches it to
+    /// `netns` with a BPF link. It stays attached until this value is dropped.
+    pub(crate) fn attach_sk_lookup(&mut self, name: &str, netns: &Netns) -> Result<()> {
+        self.link(LinkKind::SkLookup, name, netns.as_fd(), netns.name())
+    }
+
+    /// Attaches program `name` of `kind` to `target` (named `what` in errors) with a link of
+    /// our own.
+    fn link(&mut self, kind: LinkKind, name: &str, target: BorrowedFd<'_>, what: &str) -> Result<()> {
+        let prog = self.program_fd(kind, name)?;
+        let attach_type = match kind {
+            LinkKind::SockOps => zrlab_host::bpf_sys::ATTACH_CGROUP_SOCK_OPS,
+            LinkKind::SkLookup => zrlab_host::bpf_sys::ATTACH_SK_LOOKUP,
+        };
+        let fd = zrlab_host::bpf_sys::link_create(prog.as_fd(), target, attach_type)
+            .map_err(|e| LabError::Bpf { what: format!("attach {name} to {what}"), message: e.to_string() })?;
+        self.links.push(OwnLink { program: name.to_owned(), kind, fd });
+        Ok(())
+    }
+
+    /// A descriptor of program `name` of `kind`, verified (if it is not loaded yet).
+    fn program_fd(&mut self, kind: LinkKind, name: &str) -> Result<std::os::fd::OwnedFd> {
+        let fd = match kind {
+            LinkKind::SockOps => self.loaded_program::<SockOps>(name, "a sock_ops", SockOps::load)?.fd(),
+            LinkKind::SkLookup => self.loaded_program::<SkLookup>(name, "an sk_lookup", SkLookup::load)?.fd(),
+        };
+        let fd = fd.map_err(|e| LabError::Bpf { what: format!("the descriptor of {name}"), message: e.to_string() })?;
+        fd.as_fd().try_clone_to_owned().map_err(|e| LabError::os("dup", format!("the descriptor of {name}"), e))
+    }
+
+    /// Moves every sock_ops and sk_lookup link of this object to the program of the same name
+    /// in `to` (verified first), each with one `BPF_LINK_UPDATE`: every socket event runs the
+    /// old program or the new one, never none. The number of links moved.
+    pub fn hand_over_links(&mut self, to: &mut Loaded) -> Result<usize> {
+        let count = self.links.len();
+        for link in std::mem::take(&mut self.links) {
+            let prog = to.program_fd(link.kind, &link.program)?;
+            zrlab_host::bpf_sys::link_update(link.fd.as_fd(), prog.as_fd()).map_err(|e| LabError::Bpf {
+                what: format!("update the link of {} to a new {}", link.program, to.object.name()),
+                message: e.to_string(),
+            })?;
+            to.links.push(link);
+        }
+        Ok(count)
     }
 
     /// Verifies the classifier `name` (if it is not loaded yet) and attaches it with TCX
@@ -264,11 +341,6 @@ impl Loaded {
     /// The `SK_REUSEPORT` program `name`, verified (if it is not loaded yet).
     pub(crate) fn sk_reuseport(&mut self, name: &str) -> Result<&SkReuseport> {
         Ok(self.loaded_program::<SkReuseport>(name, "an sk_reuseport", SkReuseport::load)?)
-    }
-
-    /// The `SK_LOOKUP` program `name`, verified (if it is not loaded yet).
-    pub(crate) fn sk_lookup(&mut self, name: &str) -> Result<&mut SkLookup> {
-        self.loaded_program::<SkLookup>(name, "an sk_lookup", SkLookup::load)
     }
 
     /// Program `name` as a `T` (`kind` names the type in errors), loaded with `load` unless it
@@ -290,6 +362,15 @@ impl Loaded {
             load(program).map_err(|e| LabError::Bpf { what: format!("verify {name}"), message: verifier_log(&e) })?;
         }
         Ok(program)
+    }
+
+    /// The kernel's id of program `name` (loaded): what link and program listings show.
+    pub fn program_id(&self, name: &str) -> Result<u32> {
+        let program = self.ebpf.program(name).ok_or_else(|| missing("program", name))?;
+        program.info().map(|info| info.id()).map_err(|e| LabError::Bpf {
+            what: format!("the kernel's information on {name}"),
+            message: error_chain(&e),
+        })
     }
 
     /// The map `name`.

@@ -135,6 +135,26 @@ impl ReuseportDispatch {
             .map_err(|e| LabError::Bpf { what: format!("attach {name} to a reuseport group"), message: e.to_string() })
     }
 
+    /// Replaces the dispatcher under its live listeners with a reload of it
+    /// (`Loaded::reload`): its socket array, generation and counters handed over, then the new
+    /// program attached to each group of `groups` (a socket of each), which swaps it for the
+    /// old one in one step. Until then the old program runs, on the same maps.
+    pub fn upgrade<S: AsFd>(&mut self, groups: &[S]) -> Result<()> {
+        let mut new = Self { bpf: self.bpf.reload()?, dispatch: self.dispatch };
+        // Verified before any group is touched.
+        new.bpf.sk_reuseport(self.dispatch.program())?;
+        for group in groups {
+            new.attach(group)?;
+        }
+        *self = new;
+        Ok(())
+    }
+
+    /// The kernel's id of the program now loaded.
+    pub fn program_id(&self) -> Result<u32> {
+        self.bpf.program_id(self.dispatch.program())
+    }
+
     /// Its counters.
     pub fn counters(&self) -> Result<ReuseportCounters> {
         let slots = sum_counters(self.bpf.map(COUNTERS_MAP)?, counter::SLOTS, "RS_COUNTERS")?;

@@ -2,7 +2,7 @@
 //! `zrlab_common::sklookup`): attached to a backend's network namespace, it steers the service's
 //! ports to the ready process's sockets.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
 use aya::maps::{Array, SockMap};
 use serde::Serialize;
@@ -49,8 +49,7 @@ impl SkLookupDispatch {
     /// Loads and verifies the program, steering TCP port `tcp` and UDP port `udp` (0: none);
     /// nobody is ready yet.
     pub fn load(tcp: u16, udp: u16) -> Result<Self> {
-        let mut bpf = Loaded::load(Object::SkLookupSteer, &[])?;
-        bpf.sk_lookup("sk_lookup_steer")?;
+        let bpf = Loaded::load(Object::SkLookupSteer, &[])?;
         let mut dispatch = Self { bpf };
         let mut ports: Array<_, Ports> =
             Array::try_from(dispatch.bpf.map_mut(PORTS_MAP)?).map_err(map_err("SL_PORTS"))?;
@@ -61,11 +60,20 @@ impl SkLookupDispatch {
 
     /// Attaches the program to `netns` (it stays attached while this value lives).
     pub fn attach(&mut self, netns: &Netns) -> Result<()> {
-        let program = self.bpf.sk_lookup("sk_lookup_steer")?;
-        program.attach(netns.as_fd()).map(drop).map_err(|e| LabError::Bpf {
-            what: format!("attach sk_lookup_steer to {}", netns.name()),
-            message: e.to_string(),
-        })
+        self.bpf.attach_sk_lookup("sk_lookup_steer", netns)
+    }
+
+    /// Replaces the program under its live listeners with a reload of it
+    /// (`Loaded::reload`): its maps (ports, ready slot, sockets, remembered flows, counters)
+    /// handed over, its namespace link swapped with one update. Steering goes on throughout.
+    pub fn upgrade(&mut self) -> Result<()> {
+        self.bpf = self.bpf.reload()?;
+        Ok(())
+    }
+
+    /// The kernel's id of the program now loaded.
+    pub fn program_id(&self) -> Result<u32> {
+        self.bpf.program_id("sk_lookup_steer")
     }
 
     /// Puts a process's sockets at its `slot`: its TCP listener and its UDP socket.

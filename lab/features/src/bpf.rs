@@ -20,7 +20,8 @@ use std::{
 };
 
 use zrlab_host::bpf_sys::{
-    LINK_CREATE, MAP_CREATE, MAP_TYPE_REUSEPORT_SOCKARRAY, MapCreateAttr, PROG_LOAD, PROG_TEST_RUN, fd_from, sys_bpf,
+    LINK_CREATE, LinkCreateAttr, MAP_CREATE, MAP_TYPE_REUSEPORT_SOCKARRAY, MapCreateAttr, PROG_LOAD, PROG_TEST_RUN,
+    fd_from, sys_bpf,
 };
 use zrlab_host::{LabError, Result};
 
@@ -128,16 +129,6 @@ struct TestRunAttr {
     data_out: u64,
     repeat: u32,
     duration: u32,
-}
-
-/// The `BPF_LINK_CREATE` part of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
 }
 
 /// A rejected load: the error and the first lines of the verifier log.

@@ -1,12 +1,14 @@
 //! The raw `bpf(2)` system call, for what aya does not offer: the feature probes' hand-assembled
-//! programs (`features::bpf`) and the LB's inner maps created with BTF (`lb::inner`).
+//! programs (`features::bpf`), the LB's inner maps created with BTF (`lb::inner`), and links whose
+//! descriptor the lab keeps, so that an in-place upgrade can swap their program
+//! ([`link_create`], [`link_update`]; aya hides a link's descriptor).
 //!
 //! Numbers are the kernel's UAPI (`include/uapi/linux/bpf.h`). Each `*Attr` struct is a
 //! `#[repr(C)]` prefix of `union bpf_attr`; the kernel zero-extends what it is given.
 
 use std::{
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
 /// `BPF_MAP_CREATE`.
@@ -21,6 +23,13 @@ pub const BTF_LOAD: libc::c_long = 18;
 pub const MAP_UPDATE_BATCH: libc::c_long = 26;
 /// `BPF_LINK_CREATE`.
 pub const LINK_CREATE: libc::c_long = 28;
+/// `BPF_LINK_UPDATE`.
+pub const LINK_UPDATE: libc::c_long = 29;
+
+/// `BPF_CGROUP_SOCK_OPS`: a sock_ops program on a cgroup.
+pub const ATTACH_CGROUP_SOCK_OPS: u32 = 3;
+/// `BPF_SK_LOOKUP`: an sk_lookup program on a network namespace.
+pub const ATTACH_SK_LOOKUP: u32 = 36;
 
 /// `BPF_MAP_TYPE_ARRAY`.
 pub const MAP_TYPE_ARRAY: u32 = 2;
@@ -57,6 +66,54 @@ pub struct MapCreateAttr {
     pub btf_key_type_id: u32,
     /// The value's type in `btf_fd`.
     pub btf_value_type_id: u32,
+}
+
+/// The `BPF_LINK_CREATE` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+pub struct LinkCreateAttr {
+    /// The program.
+    pub prog_fd: u32,
+    /// What it attaches to: a cgroup or namespace descriptor, or an interface index.
+    pub target_fd: u32,
+    /// `BPF_*` attach type.
+    pub attach_type: u32,
+    /// Flags (0).
+    pub flags: u32,
+}
+
+/// The `BPF_LINK_UPDATE` part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// Attaches program `prog` to `target` as `attach_type` with a link: the link's descriptor.
+/// The program stays attached until every descriptor of the link is closed.
+pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    sys_bpf(LINK_CREATE, &mut attr).map(fd_from)
+}
+
+/// Replaces the program of `link` with `prog` in one step: every event runs the old program or
+/// the new one. The kernel refuses a program of another type or attach type.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: prog.as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    sys_bpf(LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// `bpf(cmd, attr, sizeof attr)`: the non-negative result, or the OS error.

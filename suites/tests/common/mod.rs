@@ -121,3 +121,13 @@ pub(crate) fn set_tcp_option(socket: &impl std::os::fd::AsRawFd, option: i32, va
 pub(crate) const TCP_FASTOPEN_CONNECT: i32 = 30;
 
 pub(crate) mod xdp;
+
+/// The BPF links whose program is `program`, by link id (the kernel's listing): how a test sees
+/// which program an attachment runs.
+pub(crate) fn links_running(program: u32) -> Vec<u32> {
+    aya::programs::loaded_links()
+        .map(|link| link.expect("link info"))
+        .filter(|link| link.program_id() == program)
+        .map(|link| link.id())
+        .collect()
+}

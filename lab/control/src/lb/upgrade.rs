@@ -37,6 +37,7 @@ use zrlab_host::error::{LabError, Result};
 
 use crate::{
     bpf::{Loaded, Object, map_err},
+    handover::{Plan, plan},
     lb::balancer::{FamilyTables, Settings, Tables, config, entries},
 };
 
@@ -96,64 +97,6 @@ pub struct Upgrade {
     pub links_swapped: usize,
 }
 
-/// Which maps an upgrade from `from` to `to` hands over, migrates and resets; an error naming
-/// a map whose definition changed and that none of those cover.
-pub(super) fn plan(from: Object, to: Object) -> Result<Plan> {
-    plan_between((from.name(), &from.map_definitions()?), (to.name(), to.map_definitions()?))
-}
-
-/// Maps handed over, migrated and reset, by name.
-type Plan = (Vec<String>, Vec<String>, Vec<String>);
-
-/// [`plan`] over two objects' map definitions (each with its object's name).
-fn plan_between(
-    (from, old): (&str, &std::collections::HashMap<String, aya_obj::Map>),
-    (to, new): (&str, std::collections::HashMap<String, aya_obj::Map>),
-) -> Result<Plan> {
-    let mut new: Vec<(String, aya_obj::Map)> = new.into_iter().collect();
-    new.sort_by(|a, b| a.0.cmp(&b.0));
-    let (mut handed_over, mut migrated, mut reset) = (Vec::new(), Vec::new(), Vec::new());
-    for (name, def) in new {
-        // Global data (`.rodata`: the configuration) is set anew by the loader.
-        if !matches!(def.section_kind(), aya_obj::EbpfSectionKind::Maps | aya_obj::EbpfSectionKind::BtfMaps) {
-            continue;
-        }
-        let Some(before) = old.get(&name) else {
-            // A map the old version did not have starts empty.
-            reset.push(name);
-            continue;
-        };
-        if shape(before) == shape(&def) {
-            handed_over.push(name);
-        } else if MIGRATED.contains(&name.as_str()) {
-            migrated.push(name);
-        } else if RESET.contains(&name.as_str()) {
-            reset.push(name);
-        } else {
-            return Err(LabError::Unsupported(format!(
-                "upgrading {from} to {to}: map {name} changes its definition ({} to {}) and no migration \
-                 is known for it; refusing rather than handing the new program entries it would misread",
-                describe(before),
-                describe(&def),
-            )));
-        }
-    }
-    Ok((handed_over, migrated, reset))
-}
-
-/// What must match for a map to be handed over: type, sizes, capacity, flags, and the same of
-/// its inner map's template.
-fn shape(def: &aya_obj::Map) -> (u32, u32, u32, u32, u32, Option<Box<(u32, u32, u32, u32, u32)>>) {
-    let flat = |d: &aya_obj::Map| (d.map_type(), d.key_size(), d.value_size(), d.max_entries(), d.map_flags());
-    let (t, k, v, m, f) = flat(def);
-    (t, k, v, m, f, def.inner().map(|inner| Box::new(flat(&inner))))
-}
-
-fn describe(def: &aya_obj::Map) -> String {
-    let inner = def.inner().map(|i| format!(", inner value {} bytes", i.value_size())).unwrap_or_default();
-    format!("type {}, key {} bytes, value {} bytes{inner}", def.map_type(), def.key_size(), def.value_size())
-}
-
 /// An entry in another version's layout.
 pub(super) trait Migrate<E> {
     /// The entry, converted.
@@ -188,9 +131,17 @@ pub(super) fn in_place(
     settings: &Settings,
     to: Version,
 ) -> Result<(Loaded, Option<Tables>, Upgrade)> {
-    let (handed_over, migrated, reset) = plan(from.object(), to.object())?;
-    let mut new =
-        Loaded::load_reusing(to.object(), (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"], old, &handed_over)?;
+    let Plan { handed_over, migrated, reset } = plan(from.object(), to.object(), &MIGRATED, &RESET)?;
+    let configuration = config(settings);
+    let mut new = Loaded::load_reusing(
+        to.object(),
+        |loader| {
+            loader.override_global(CONFIG_GLOBAL, &configuration, true);
+        },
+        &["xdp_lb"],
+        old,
+        &handed_over,
+    )?;
     let tables_change = migrated.iter().any(|m| m == LRU_PER_CPU_MAP || m == LRU6_PER_CPU_MAP);
     let mut new_tables = match (tables_change, to) {
         (false, _) => None,
@@ -292,7 +243,8 @@ mod tests {
     /// version to itself hands over every map.
     #[test]
     fn the_plan_hands_over_what_is_alike_and_migrates_the_tables() {
-        let (handed, migrated, reset) = plan(Object::XdpLb, Object::XdpLbNext).expect("plan");
+        let Plan { handed_over: handed, migrated, reset } =
+            plan(Object::XdpLb, Object::XdpLbNext, &MIGRATED, &RESET).expect("plan");
         assert_eq!(migrated, ["LB_LRU6_FALLBACK", "LB_LRU6_PER_CPU", "LB_LRU_FALLBACK", "LB_LRU_PER_CPU"]);
         assert_eq!(reset, ["LB_SYN_CACHE"]);
         assert_eq!(
@@ -308,25 +260,9 @@ mod tests {
                 "LB_VIP_FILTER"
             ]
         );
-        let (handed, migrated, reset) = plan(Object::XdpLb, Object::XdpLb).expect("plan");
+        let Plan { handed_over: handed, migrated, reset } =
+            plan(Object::XdpLb, Object::XdpLb, &MIGRATED, &RESET).expect("plan");
         assert_eq!((handed.len(), migrated.len(), reset.len()), (13, 0, 0));
-    }
-
-    /// A changed map no migration covers refuses the upgrade and names the map; a map the
-    /// old version lacks starts empty.
-    #[test]
-    fn a_changed_map_without_a_migration_is_refused() {
-        let old = Object::XdpLb.map_definitions().expect("defs");
-        let mut new = Object::XdpLbNext.map_definitions().expect("defs");
-        let reals = new.get_mut("LB_REALS").expect("LB_REALS");
-        reals.set_value_size(reals.value_size() + 8);
-        let e = plan_between(("xdp_lb", &old), ("xdp_lb_next", new)).unwrap_err().to_string();
-        assert!(e.contains("map LB_REALS changes its definition") && e.contains("no migration is known"), "{e}");
-        let mut new = Object::XdpLbNext.map_definitions().expect("defs");
-        let extra = new.get("LB_REALS").expect("LB_REALS").clone();
-        new.insert("LB_EXTRA".into(), extra);
-        let (_, _, reset) = plan_between(("xdp_lb", &old), ("xdp_lb_next", new)).expect("plan");
-        assert_eq!(reset, ["LB_EXTRA", "LB_SYN_CACHE"]);
     }
 
     /// A migrated entry keeps everything a packet needs and says where it came from; a

@@ -112,6 +112,19 @@ impl SockOpsTpr {
         map.set(0, id, 0).map_err(map_err("write TPR_SERVER_ID"))
     }
 
+    /// Replaces the program under its live sockets with a reload of it (`Loaded::reload`):
+    /// the server id and the counters handed over, the cgroup link swapped with one update, so
+    /// every SYN-ACK in between carries the option.
+    pub fn upgrade(&mut self) -> Result<()> {
+        self.bpf = self.bpf.reload()?;
+        Ok(())
+    }
+
+    /// The kernel's id of the program now loaded.
+    pub fn program_id(&self) -> Result<u32> {
+        self.bpf.program_id(self.side.program())
+    }
+
     /// Which side this is.
     pub fn side(&self) -> Side {
         self.side
