@@ -113,6 +113,25 @@ fn a_dead_backend_host_is_taken_out_of_the_rings_by_the_health_checkers_alone() 
     assert!(control.measures.tally.counted.drops > 0, "{name}: the control drops new flows");
 }
 
+/// Every LB node's data path upgraded in place while flows run (`lb-upgrade-in-place`): no
+/// counted flow reset, misrouted or dropped; each node upgraded once; connection-table entries
+/// migrated into the new layout and the new version forwarded packets. The control (the naive
+/// deploy: fresh maps) migrated nothing and reset the drained backend's flows.
+#[test]
+fn every_lb_node_upgraded_in_place_keeps_every_flow() {
+    let Some((main, control)) = run_shipped("lb-upgrade-in-place") else { return };
+    let name = "lb-upgrade-in-place";
+    let counted = main.measures.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
+    let lb = main.measures.lb.expect("an LB scenario");
+    assert_eq!(lb.upgrades, 3, "{name}: one upgrade per LB node: {lb:?}");
+    assert!(lb.entries_migrated >= counted.flows, "{name}: every flow's entries migrated: {lb:?}");
+    assert!(lb.next_tx > 0, "{name}: the new version forwarded: {lb:?}");
+    let control_lb = control.measures.lb.expect("an LB scenario");
+    assert_eq!((control_lb.upgrades, control_lb.entries_migrated), (3, 0), "{name}: naive upgrades: {control_lb:?}");
+    assert!(control.measures.tally.counted.resets > 0, "{name}: the naive deploy resets flows");
+}
+
 /// The lossy-link scenarios (`tpr-failover-lossy`, `rolling-upgrade-lossy`): their timelines
 /// on router links that drop 1% and duplicate 0.5% of the frames each way. Zero resets and
 /// misroutes, no TCP request unanswered, no more UDP requests unanswered than UDP datagrams

@@ -80,12 +80,13 @@ enum Source {
 ///   runs `reuseport_select` on real listeners, `sk_lookup` runs `sk_lookup_steer` on real UDP
 ///   sockets (IPv4 and IPv6); `impair` runs `tc_impair` on a real link (first: seconds).
 /// - control: its unit tests (Maglev, the model's codecs, the health checker's state machine and
-///   probes), the health checkers and the link impairment on a built lab (seconds: before the
-///   minutes of the rest), the
+///   probes, the hand-over plan), the health checkers, the link impairment, the in-place
+///   upgrades and the sk_lookup dispatcher (whose link the hand-over swaps) on real kernels
+///   (seconds: before the minutes of the rest), the
 ///   XDP suites through the control plane, `tpr` (server ids, sock_ops maps) and offline replay
 ///   (the LB configuration).
 /// - release: its unit tests (order, steering, tally), migration parity (the reuseport
-///   dispatcher) and the release and rolling-upgrade
+///   dispatcher), the dispatchers' in-place upgrades, and the release and rolling-upgrade
 ///   scenarios end to end with their controls (the fleet, the strategies, the handover).
 /// - judging: the unit tests of expectations, measures and accounting: they decide pass and
 ///   fail, so no mutant of theirs may survive.
@@ -127,7 +128,7 @@ const COMPONENTS: [Component; 4] = [
         source: Source::CargoMutants,
         suites: &[
             &["-p", "zrlab-control"],
-            &["-p", "zrlab-suites", "--test", "health", "--test", "impair"],
+            &["-p", "zrlab-suites", "--test", "health", "--test", "impair", "--test", "upgrade", "--test", "sk_lookup"],
             &[
                 "-p",
                 "zrlab-suites",
@@ -158,7 +159,7 @@ const COMPONENTS: [Component; 4] = [
             // The release module's own unit tests first (the order check, the steering check,
             // the tally): seconds, where the scenarios take minutes.
             &["-p", "zrlab-scenario", "--lib", "release::"],
-            &["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup"],
+            &["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup", "--test", "upgrade"],
             &["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"],
         ],
         needs_binary: true,
