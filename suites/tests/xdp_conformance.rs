@@ -89,6 +89,11 @@ fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
                 assert_eq!(verdict, DROP, "{name}: model says drop ({why:?})");
                 format!("DROP ({why:?})")
             }
+            XdpAction::TooBig { real, mtu, output: model_output } => {
+                assert_eq!(verdict, TX, "{name}: model says too big for {real}'s path ({mtu} fits)");
+                assert_eq!(&output, model_output, "{name}: the ICMP answer's bytes differ from the model's");
+                format!("TX ICMP too big to the sender: {mtu} fits the path to {real}")
+            }
             XdpAction::Tx { real, path, output: model_output } => {
                 assert_eq!(verdict, TX, "{name}: model says TX via {path:?} to {real}");
                 if *path == Path::Random {
@@ -640,6 +645,160 @@ fn a_joining_backends_id_routes_before_any_ring_sends_it_flows() {
     let after = fx.lb.counters().expect("counters");
     assert_eq!(after.get(counter::ID_UNKNOWN), before.get(counter::ID_UNKNOWN), "no id unknown once admitted");
     assert_eq!(after.get(counter::TCP_ID_ROUTED) - before.get(counter::TCP_ID_ROUTED), 32);
+}
+
+/// A TCP segment with `payload` bytes and IPv4 flags-and-offset word `frag` (0x4000: DF).
+fn tcp_sized(src: &str, sport: u16, dst: &str, dport: u16, payload: usize, frag: u16) -> Vec<u8> {
+    let mut tcp = packet::TcpRepr::new(sport, dport, ACK | PSH);
+    tcp.payload = vec![0x5a; payload];
+    let mut repr = packet::IpRepr::new(ip(src), ip(dst), packet::IpPayload::Tcp(tcp));
+    repr.frag = frag;
+    packet::FrameRepr::with_ip(repr).emit()
+}
+
+/// A UDP datagram with `payload` bytes.
+fn udp_sized(src: &str, sport: u16, dst: &str, dport: u16, payload: usize) -> Vec<u8> {
+    udp(src, sport, dst, dport, &vec![0x5a; payload])
+}
+
+/// An ICMP (IPv4) or ICMPv6 message from `from` to `to` (type `kind`, `code`, `word` the four
+/// bytes after the checksum) carrying `quote`; built by etherparse.
+fn icmp_msg(from: &str, to: &str, (kind, code, word): (u8, u8, [u8; 4]), quote: &[u8]) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let mut out = Vec::new();
+    match (ip(from), ip(to)) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            builder.ipv4(a.octets(), b.octets(), 64).icmpv4_raw(kind, code, word).write(&mut out, quote)
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            builder.ipv6(a.octets(), b.octets(), 64).icmpv6_raw(kind, code, word).write(&mut out, quote)
+        }
+        _ => panic!("one family"),
+    }
+    .expect("an ICMP frame");
+    out
+}
+
+/// The first `len` bytes of `frame`'s IP packet: what an ICMP error quotes of it.
+fn quote(frame: &[u8], len: usize) -> Vec<u8> {
+    frame[14..(14 + len).min(frame.len())].to_vec()
+}
+
+/// ICMP "fragmentation needed" (next-hop MTU 1200) and ICMPv6 "packet too big" (1280), and
+/// destination unreachable of either, as a router beyond the LB sends them.
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x04, 0xb0]);
+const PORT_UNREACH: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+const PTB: (u8, u8, [u8; 4]) = (2, 0, [0, 0, 0x05, 0x00]);
+const UNREACH6: (u8, u8, [u8; 4]) = (1, 4, [0; 4]);
+const ROUTER4: &str = "192.0.2.254";
+const ROUTER6: &str = "2001:db8:1::fe";
+
+/// Path MTU through the tunnel, both mechanisms (issue 21, part 2), each case against the model:
+/// - a VIP packet too big for its real's path once encapsulated is answered with ICMP
+///   "fragmentation needed" / ICMPv6 "packet too big" carrying what fits (IPv6: never below
+///   1280), is sent when it fits exactly, and is dropped when IPv4's DF is clear or it is itself
+///   an ICMP error;
+/// - an ICMP error to a VIP quoting a packet of one of its flows (the backend's packet: source
+///   the VIP) goes to the flow's real: by its table entry when the flow has one, else by the
+///   ring; v4 and v6, quoted TCP and UDP. A quote too short to hold the ports, or of an IPv4
+///   header with options, is dropped; an error about a packet that is no VIP flow's (another
+///   source, another protocol, a port no VIP serves, a non-VIP address) passes untouched.
+#[test]
+fn path_mtu_and_icmp_errors() {
+    const VIP_ANY_PORT: &str = "203.0.113.20";
+    const VIP6_UDP: &str = "2001:db8:ffff::20";
+    let reply4 = tcp(VIP4, 80, CLIENT4, 40_100, ACK, vec![]);
+    let reply6 = tcp(VIP6, 80, CLIENT6, 40_300, ACK, vec![]);
+    let udp_reply4 = udp(VIP4, 8080, CLIENT4, 40_200, b"REP 1 0\n");
+    let udp_reply6 = udp(VIP6_UDP, 443, CLIENT6, 40_400, b"REP 1 0\n");
+    let mut options = reply4.clone();
+    options[14] = 0x46;
+    let cases = vec![
+        ("v4 flow opens (SYN)", tcp(CLIENT4, 40_100, VIP4, 80, SYN, vec![])),
+        ("v4 flow's first ACK (table entry)", tcp(CLIENT4, 40_100, VIP4, 80, ACK, vec![])),
+        // The id moves the flow off its ring slot: from here its table entry and the ring disagree.
+        (
+            "v4 flow's ACK with server id 300: the table says R3",
+            tcp(CLIENT4, 40_100, VIP4, 80, ACK, vec![TcpOption::ServerId(300)]),
+        ),
+        (
+            "frag needed quoting the flow's reply: to its real by the table",
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&reply4, 28)),
+        ),
+        (
+            "frag needed quoting the whole reply (Linux quotes up to 548 bytes): the same",
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&reply4, 548)),
+        ),
+        (
+            "frag needed about a flow no table holds: by the ring",
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&tcp(VIP4, 80, CLIENT4, 40_199, ACK, vec![]), 28)),
+        ),
+        (
+            "port unreachable quoting a udp reply: by the ring",
+            icmp_msg(ROUTER4, VIP4, PORT_UNREACH, &quote(&udp_reply4, 28)),
+        ),
+        ("v6 flow opens (SYN)", tcp(CLIENT6, 40_300, VIP6, 80, SYN, vec![])),
+        ("v6 flow's first ACK (table entry)", tcp(CLIENT6, 40_300, VIP6, 80, ACK, vec![])),
+        (
+            "v6 flow's ACK with server id 500: the table says R6A",
+            tcp(CLIENT6, 40_300, VIP6, 80, ACK, vec![TcpOption::ServerId(500)]),
+        ),
+        ("packet too big quoting the v6 flow's reply: by the table", icmp_msg(ROUTER6, VIP6, PTB, &quote(&reply6, 48))),
+        (
+            "v6 unreachable quoting a udp reply: by the ring",
+            icmp_msg(ROUTER6, VIP6_UDP, UNREACH6, &quote(&udp_reply6, 48)),
+        ),
+        ("quote of the ip header alone: dropped", icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&reply4, 20))),
+        ("quote with half the ports: dropped", icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&reply4, 22))),
+        ("v6 quote of the ip header alone: dropped", icmp_msg(ROUTER6, VIP6, PTB, &quote(&reply6, 40))),
+        ("quoted ipv4 header with options: dropped", icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&options, 28))),
+        (
+            "quote of another source's packet: passed",
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&tcp(CLIENT4, 80, "198.51.100.9", 40_100, ACK, vec![]), 28)),
+        ),
+        (
+            "quote of a vip address's unserved port: passed",
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &quote(&tcp(VIP4, 9_999, CLIENT4, 40_100, ACK, vec![]), 28)),
+        ),
+        ("quote of an icmp packet: passed", {
+            let mut echo = quote(&reply4, 28);
+            echo[9] = 1;
+            icmp_msg(ROUTER4, VIP4, FRAG_NEEDED, &echo)
+        }),
+        (
+            "error to a non-vip address: passed untouched",
+            icmp_msg(
+                ROUTER4,
+                "198.51.100.77",
+                FRAG_NEEDED,
+                &quote(&tcp("198.51.100.77", 80, CLIENT4, 1, ACK, vec![]), 28),
+            ),
+        ),
+        ("echo request to the vip: passed", icmp_msg(CLIENT4, VIP4, (8, 0, [0, 1, 0, 1]), b"ping")),
+        // R6A's path: 1400; an IPv6 outer header: 1360 of the inner packet fit.
+        (
+            "v4 tcp of 1361 bytes to R6A's path, DF: answered, 1360 fit",
+            tcp_sized(CLIENT4, 40_500, VIP_ANY_PORT, 22, 1_321, 0x4000),
+        ),
+        ("v4 tcp of 1360 bytes: fits, sent", tcp_sized(CLIENT4, 40_500, VIP_ANY_PORT, 22, 1_320, 0x4000)),
+        ("v4 tcp of 1361 bytes, DF clear: dropped", tcp_sized(CLIENT4, 40_500, VIP_ANY_PORT, 22, 1_321, 0)),
+        // 192.0.2.14's path: 1300; an IPv4 outer header: 1280 fit.
+        (
+            "v6 udp of 1281 bytes to 192.0.2.14's path: answered, 1280 fit",
+            udp_sized(CLIENT6, 40_600, VIP6_UDP, 443, 1_233),
+        ),
+        ("v6 udp of 1280 bytes: fits, sent", udp_sized(CLIENT6, 40_600, VIP6_UDP, 443, 1_232)),
+        (
+            "an icmp error too big for R6A's path: dropped, never answered",
+            icmp_msg(
+                ROUTER4,
+                VIP_ANY_PORT,
+                FRAG_NEEDED,
+                &quote(&tcp_sized(VIP_ANY_PORT, 22, CLIENT4, 40_500, 1_400, 0x4000), 1_400),
+            ),
+        ),
+    ];
+    insta::assert_snapshot!(run(cases));
 }
 
 /// Runs `frame` through the program and the model on CPU 0, requires the same transmitted

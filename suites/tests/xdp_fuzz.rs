@@ -61,6 +61,9 @@ fn random_and_mutated_frames_agree_with_the_model() {
         match fx.model.process_on(cpu, &frame) {
             XdpAction::Pass(why) => assert_eq!((verdict, &output), (PASS, &frame), "pass ({why:?}); {}", context()),
             XdpAction::Drop(why) => assert_eq!(verdict, DROP, "drop ({why:?}); {}", context()),
+            XdpAction::TooBig { output: expected, .. } => {
+                assert_eq!((verdict, &output), (TX, &expected), "too big; {}", context());
+            }
             XdpAction::Tx { real, output: expected, .. } => {
                 assert_eq!(verdict, TX, "tx to {real}; {}", context());
                 assert_eq!(output, expected, "output; {}", context());
@@ -141,11 +144,65 @@ fn generate(rng: &mut ChaCha8Rng) -> Vec<u8> {
         }
         return frame;
     }
-    let mut frame = valid(rng);
+    let mut frame = match rng.random_range(0..20) {
+        0 | 1 => icmp_about(rng),
+        2 => big(rng),
+        _ => valid(rng),
+    };
     for _ in 0..rng.random_range(0..=3) {
         mutate(rng, &mut frame);
     }
     frame
+}
+
+/// An ICMP (or ICMPv6) message to a VIP address quoting a random prefix of a packet from the
+/// VIP to a client (a backend's reply): errors of every kind the LB routes, and others.
+fn icmp_about(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let (vip, port, tcp_vip) = *VIPS.choose(rng).unwrap();
+    let v6 = vip.contains(':');
+    let client = if v6 { "2001:db8:100::2" } else { CLIENT4 };
+    let sport = if port == 0 { rng.random() } else { port };
+    let cport = 40_000 + rng.random_range(0..256u16);
+    let reply = if tcp_vip {
+        tcp(vip, sport, client, cport, ACK, vec![])
+    } else {
+        udp(vip, sport, client, cport, b"REP 1 0\n")
+    };
+    let quoted = &reply[14..14 + rng.random_range(0..=reply.len() - 14)];
+    let kind = if v6 { *[1u8, 2, 3, 128].choose(rng).unwrap() } else { *[3u8, 3, 11, 8].choose(rng).unwrap() };
+    let word: [u8; 4] = rng.random();
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let mut out = Vec::new();
+    let code = rng.random_range(0..5);
+    match (vip.parse::<IpAddr>().unwrap(), v6) {
+        (IpAddr::V6(to), true) => builder
+            .ipv6([0x20, 1, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe], to.octets(), 64)
+            .icmpv6_raw(kind, code, word)
+            .write(&mut out, quoted),
+        (IpAddr::V4(to), false) => {
+            builder.ipv4([192, 0, 2, 254], to.octets(), 64).icmpv4_raw(kind, code, word).write(&mut out, quoted)
+        }
+        _ => unreachable!("one family"),
+    }
+    .expect("an ICMP frame");
+    out
+}
+
+/// A packet around the path MTUs of the fixture's reals (`fixture_path_mtus`), DF set or not.
+fn big(rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let sport = 40_000 + rng.random_range(0..256u16);
+    if rng.random_bool(0.5) {
+        let mut repr = FrameRepr::parse(&tcp(CLIENT4, sport, "203.0.113.20", 22, ACK, vec![])).unwrap();
+        if let packet::EthPayload::Ip(ip) = &mut repr.payload {
+            ip.frag = if rng.random_bool(0.8) { 0x4000 } else { 0 };
+            if let IpPayload::Tcp(tcp) = &mut ip.payload {
+                tcp.payload = vec![0x5a; rng.random_range(1_300..1_360)];
+            }
+        }
+        repr.emit()
+    } else {
+        udp("2001:db8:100::2", sport, "2001:db8:ffff::20", 443, &vec![0x5a; rng.random_range(1_200..1_260)])
+    }
 }
 
 fn valid(rng: &mut ChaCha8Rng) -> Vec<u8> {

@@ -69,6 +69,19 @@ pub const REROUTE_SLOTS: u32 = 65_536;
 pub const SYN_CACHE_SLOTS: u32 = 16_384;
 /// Name of the program's read-only global holding its [`Config`], set when the object is loaded.
 pub const CONFIG_GLOBAL: &str = "LB_CONFIG";
+/// Name of the ICMP answers' rate limiter: a per-CPU array of one [`IcmpRate`].
+pub const ICMP_RATE_MAP: &str = "LB_ICMP_RATE";
+
+/// One CPU's ICMP "too big" answers in the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IcmpRate {
+    /// When the window started (`bpf_ktime_get_ns`).
+    pub window_ns: u64,
+    /// Answers sent in it.
+    pub sent: u64,
+}
+
 /// Name of the per-CPU counters: one entry, a [`CounterBlock`].
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 
@@ -168,6 +181,11 @@ pub struct Real {
     pub addr: [u32; 4],
     /// `REAL_F_*` flags.
     pub flags: u32,
+    /// The path MTU to the real: the largest outer packet (IP header and payload) that reaches
+    /// it; 0 when unknown (no check). A VIP packet that would not fit once encapsulated is
+    /// answered with ICMP "fragmentation needed" / ICMPv6 "packet too big" carrying what fits
+    /// (this less the outer header), and not sent.
+    pub mtu: u32,
 }
 
 /// A flow, as parsed: the ring's hash input, and what a connection-table entry must match.
@@ -464,8 +482,9 @@ pub struct Config {
     pub encap_src_v6: [u32; 4],
     /// Seed of the flow hash.
     pub hash_seed: u32,
-    /// Padding (zero).
-    pub pad: u32,
+    /// The most ICMP "too big" answers each CPU sends per second (0: none at all); VIP packets
+    /// too big for their real beyond that are dropped, counted ([`counter::TOO_BIG_LIMITED`]).
+    pub icmp_too_big_per_sec: u32,
 }
 
 /// Per-VIP counters.
@@ -508,7 +527,8 @@ pub mod counter {
     pub const FRAGMENTS: u32 = 4;
     /// Lengths that disagree with the frame, bad header lengths, truncated headers: dropped.
     pub const MALFORMED: u32 = 5;
-    /// ICMP and other protocols to a VIP address: passed.
+    /// ICMP other than errors (echo requests...), and other protocols, to a VIP address:
+    /// passed.
     pub const OTHER_PROTO: u32 = 6;
     /// Connection-table hits.
     pub const LRU_HIT: u32 = 7;
@@ -542,8 +562,25 @@ pub mod counter {
     /// Packets forwarded by `xdp_lb_next` (never by `xdp_lb`): after an in-place upgrade, that
     /// the new version is the one handling the traffic.
     pub const NEXT_TX: u32 = 20;
+    /// VIP packets too big for their real's path once encapsulated, answered with ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" (`XDP_TX` back to the sender).
+    pub const TOO_BIG: u32 = 21;
+    /// Of those, beyond the answers' rate limit: dropped without an answer.
+    pub const TOO_BIG_LIMITED: u32 = 22;
+    /// VIP packets too big for their real's path with IPv4's "don't fragment" clear: dropped (an
+    /// XDP program cannot fragment), and too big ICMP errors (no error answers an error).
+    pub const TOO_BIG_DROPPED: u32 = 23;
+    /// ICMP and ICMPv6 errors to a VIP that quote a packet of one of its flows: sent to that
+    /// flow's real (by its table entry, else the ring), so the backend learns the path MTU.
+    pub const ICMP_ROUTED: u32 = 24;
+    /// ICMP errors to a VIP whose quote is too short to hold the quoted packet's ports, or
+    /// whose quoted header is unusable (IPv4 options): dropped, never guessed at.
+    pub const ICMP_QUOTE_BAD: u32 = 25;
+    /// ICMP errors to a VIP address about a packet that is no VIP's (another source, protocol
+    /// or port): passed untouched.
+    pub const ICMP_NOT_OURS: u32 = 26;
     /// Number of slots.
-    pub const SLOTS: u32 = 21;
+    pub const SLOTS: u32 = 27;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -567,6 +604,12 @@ pub mod counter {
         "internal",
         "syn_cache_hit",
         "next_tx",
+        "too_big",
+        "too_big_limited",
+        "too_big_dropped",
+        "icmp_routed",
+        "icmp_quote_bad",
+        "icmp_not_ours",
     ];
 }
 
@@ -649,6 +692,7 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipMeta {}
     unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for IcmpRate {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnKeyV6 {}
     unsafe impl aya::Pod for IdKey {}

@@ -34,6 +34,20 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IPv6 in IP.
 pub const IPPROTO_IPV6: u8 = 41;
+/// ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMP and ICMPv6 header length (type, code, checksum, and the word after them).
+pub const ICMP_LEN: usize = 8;
+/// ICMP destination unreachable (code 4: fragmentation needed).
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// The code of ICMP "fragmentation needed and DF set".
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 destination unreachable.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+/// ICMPv6 packet too big.
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
 
 /// Ethernet header.
 #[repr(C)]

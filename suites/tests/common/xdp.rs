@@ -81,6 +81,12 @@ pub(crate) fn fixture_ids() -> BTreeMap<u32, IpAddr> {
     ])
 }
 
+/// Path MTUs of the fixture's reals (the others have none: no check): R6A behind 1400 (an
+/// IPv6 real: 1360 of an inner packet fit), 192.0.2.14 behind 1300 (IPv4: 1280 fit).
+pub(crate) fn fixture_path_mtus() -> [(IpAddr, u32); 2] {
+    [(ip(R6A), 1400), (ip("192.0.2.14"), 1300)]
+}
+
 /// The BPF LB and the model, configured alike.
 pub(crate) struct Fixture {
     pub(crate) lb: Balancer,
@@ -97,6 +103,10 @@ impl Fixture {
         }
         lb.sync_server_ids(&fixture_ids()).expect("ids");
         model.sync_server_ids(&fixture_ids());
+        for (real, mtu) in fixture_path_mtus() {
+            lb.set_path_mtu(real, mtu).expect("path MTU");
+            model.set_path_mtu(real, mtu);
+        }
         Self { lb, model }
     }
 }

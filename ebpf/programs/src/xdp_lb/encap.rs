@@ -21,6 +21,7 @@ use zrlab_ebpf::net::{
 };
 
 use super::{
+    icmp,
     maps::{REALS, Stats, config},
     parse::Pkt,
 };
@@ -28,7 +29,7 @@ use super::{
 /// The Ethernet addresses of a frame in memory order, split where a swap needs no shuffling:
 /// destination as bytes 0..4 and 4..6, source as bytes 6..8 and 8..12.
 #[derive(Clone, Copy)]
-struct Macs {
+pub(super) struct Macs {
     dst_hi: u32,
     dst_lo: u16,
     src_hi: u16,
@@ -38,7 +39,7 @@ struct Macs {
 impl Macs {
     /// The addresses of the Ethernet header at `eth` (14 bytes the caller bounds-checked).
     #[inline(always)]
-    fn load(eth: usize) -> Self {
+    pub(super) fn load(eth: usize) -> Self {
         // SAFETY: the caller checked the 14 bytes.
         unsafe {
             Self {
@@ -53,7 +54,7 @@ impl Macs {
     /// Writes the Ethernet header at `at` (14 bytes the caller bounds-checked) with these
     /// addresses, exchanged when `swapped` (the frame goes back where it came from).
     #[inline(always)]
-    fn write(self, at: usize, swapped: bool, proto: u16) {
+    pub(super) fn write(self, at: usize, swapped: bool, proto: u16) {
         // SAFETY: the caller checked the 14 bytes.
         unsafe {
             if swapped {
@@ -86,6 +87,12 @@ pub fn encap<const RESTORE: bool>(
         stats.add(counter::ENCAP_FAILED);
         return Ok(xdp_action::XDP_DROP);
     };
+    let outer_v6 = target.flags & REAL_F_IPV6 != 0;
+    let outer_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
+    // Too big for the path to the real once encapsulated: the sender hears what fits.
+    if target.mtu != 0 && pkt.ip_len + outer_len > target.mtu as usize {
+        return icmp::too_big(ctx, pkt, (target.mtu as usize).saturating_sub(outer_len), stats);
+    }
     let macs = Macs::load(span(ctx, 0, ETH_LEN)?);
     // A padded minimum-size frame: cut the padding, so the inner packet is exactly the IP packet.
     if pkt.frame_ip_len > pkt.ip_len {
@@ -96,8 +103,6 @@ pub fn encap<const RESTORE: bool>(
             return Ok(xdp_action::XDP_ABORTED);
         }
     }
-    let outer_v6 = target.flags & REAL_F_IPV6 != 0;
-    let outer_len = if outer_v6 { IPV6_LEN } else { IPV4_LEN };
     // SAFETY: growing the head; every packet pointer is invalid afterwards and re-derived.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         stats.add(counter::ENCAP_FAILED);
@@ -131,12 +136,18 @@ pub fn encap<const RESTORE: bool>(
 fn write_v4(at: usize, target: &Real, pkt: &Pkt, hash: u32, proto: u8) {
     let mask = config(|c| &c.encap_src_v4_mask);
     let src = (config(|c| &c.encap_src_v4) & mask) | (hash & !mask);
-    let tot = ((IPV4_LEN + pkt.ip_len) as u16).to_be_bytes();
-    let w0 = u32::from_ne_bytes([0x45, pkt.tos, tot[0], tot[1]]);
-    // Identification 0; don't fragment (the path MTU is the operator's business, as in katran).
-    let w1 = u32::from_ne_bytes([0, 0, 0x40, 0]);
+    // Don't fragment: the path MTU is what `Real::mtu` says (see `icmp`).
+    write_ipv4_header(at, pkt.tos, (IPV4_LEN + pkt.ip_len) as u16, true, proto, src, target.addr[0]);
+}
+
+/// Writes an IPv4 header without options at `at` (20 bytes the caller bounds-checked):
+/// identification 0, TTL 64, `df` as asked, addresses as address words, checksum computed.
+#[inline(always)]
+pub(super) fn write_ipv4_header(at: usize, tos: u8, tot: u16, df: bool, proto: u8, src: u32, dst: u32) {
+    let tot = tot.to_be_bytes();
+    let w0 = u32::from_ne_bytes([0x45, tos, tot[0], tot[1]]);
+    let w1 = u32::from_ne_bytes([0, 0, if df { 0x40 } else { 0 }, 0]);
     let ttl_proto = u16::from_ne_bytes([64, proto]);
-    let dst = target.addr[0];
     // One's-complement sum of the 32-bit words with 64-bit adds, folded at the end (RFC 1071):
     // fewer operations than splitting every word into halves.
     let sum = [w0, w1, src, dst].iter().fold(u64::from(ttl_proto), |acc, w| acc + u64::from(*w));

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnKey, ConnKeyV6, CounterBlock, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_CPUS,
-    MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS, VipKey,
-    VipMeta, counter,
+    Config, ConnKey, ConnKeyV6, CounterBlock, IcmpRate, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
+    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS,
+    VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -76,7 +76,12 @@ pub static SYN_CACHE: PerCpuArray<SynSlot> = PerCpuArray::with_max_entries(SYN_C
 /// The configuration (`zrlab_common::lb::CONFIG_GLOBAL`): user space writes it into the
 /// object before loading it. Read only through [`config`].
 #[unsafe(no_mangle)]
-static LB_CONFIG: Config = Config { encap_src_v4: 0, encap_src_v4_mask: 0, encap_src_v6: [0; 4], hash_seed: 0, pad: 0 };
+static LB_CONFIG: Config =
+    Config { encap_src_v4: 0, encap_src_v4_mask: 0, encap_src_v6: [0; 4], hash_seed: 0, icmp_too_big_per_sec: 0 };
+
+/// Each CPU's ICMP "too big" answers in the current second (`zrlab_common::lb::ICMP_RATE_MAP`).
+#[map(name = "LB_ICMP_RATE")]
+pub static ICMP_RATE: PerCpuArray<IcmpRate> = PerCpuArray::with_max_entries(1, 0);
 
 /// One field of the configuration, e.g. `config(|c| &c.hash_seed)`. A volatile load: to the
 /// compiler the global is the zeros above, and it would fold them in.

@@ -11,6 +11,9 @@
 #[path = "encap.rs"]
 mod encap;
 #[cfg(target_arch = "bpf")]
+#[path = "icmp.rs"]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 #[path = "maps.rs"]
 mod maps;
 #[cfg(target_arch = "bpf")]

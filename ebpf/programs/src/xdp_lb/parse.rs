@@ -14,8 +14,9 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use zrlab_common::lb::{FlowKey, counter, vip_filter_bit};
 use zrlab_ebpf::net::{
-    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, TCP_LEN, UDP_LEN,
-    frame_len, load16, load32, opaque, span,
+    ETH_LEN, ETH_MIN_FRAME, ETH_P_IP, ETH_P_IPV6, ICMP_DEST_UNREACH, ICMP_LEN, ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_LEN, IPV6_LEN, TCP_LEN, UDP_LEN, frame_len, load16,
+    load32, opaque, span,
 };
 
 use super::maps::{Stats, VIP_ADDRS, VIP_FILTER};
@@ -36,6 +37,11 @@ pub struct Pkt {
     pub tcp_flags: u8,
     /// TCP header length in bytes (0 for UDP).
     pub tcp_hdr_len: usize,
+    /// IPv4's "don't fragment" (always for IPv6, which routers never fragment).
+    pub df: bool,
+    /// An ICMP or ICMPv6 error about a packet of the flow (the flow is the quoted packet's,
+    /// turned around: the client's side as the source); else a packet of the flow itself.
+    pub icmp: bool,
     /// The flow.
     pub flow: FlowKey,
 }
@@ -136,7 +142,8 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = [unsafe { load32::<12>(ip) }, 0, 0, 0];
-            let ip = Ip { v6: false, src, dst, len: tot, proto: proto_word.to_ne_bytes()[1], tos };
+            let df = u16::from_be_bytes([frag_hi, frag_lo]) & 0x4000 != 0;
+            let ip = Ip { v6: false, src, dst, len: tot, proto: proto_word.to_ne_bytes()[1], tos, df };
             l4(ctx, stats, ip, frame_ip_len, route)
         }
         ETH_P_IPV6 => {
@@ -158,7 +165,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
                 return refuse(stats, dst, counter::FRAGMENTS, PASS);
             }
             let src = unsafe { [load32::<8>(ip), load32::<12>(ip), load32::<16>(ip), load32::<20>(ip)] };
-            let ip = Ip { v6: true, src, dst, len: tot, proto: nexthdr, tos: (b0 << 4) | (b1 >> 4) };
+            let ip = Ip { v6: true, src, dst, len: tot, proto: nexthdr, tos: (b0 << 4) | (b1 >> 4), df: true };
             l4(ctx, stats, ip, frame_ip_len, route)
         }
         _ => verdict(stats, counter::NOT_IP, PASS),
@@ -166,6 +173,7 @@ pub fn parse(ctx: &XdpContext, stats: &Stats, route: impl FnOnce(Pkt) -> Result<
 }
 
 /// What the IP header said.
+#[derive(Clone, Copy)]
 struct Ip {
     v6: bool,
     src: [u32; 4],
@@ -174,6 +182,7 @@ struct Ip {
     len: usize,
     proto: u8,
     tos: u8,
+    df: bool,
 }
 
 /// Parses the TCP or UDP header after `ip` and hands the packet to `route`.
@@ -185,9 +194,12 @@ fn l4(
     frame_ip_len: usize,
     route: impl FnOnce(Pkt) -> Result<u32, ()>,
 ) -> Result<u32, ()> {
-    let Ip { v6, src, dst, len: ip_len, proto, tos } = ip;
+    let Ip { v6, src, dst, len: ip_len, proto, tos, df } = ip;
     let l4_off = ETH_LEN + if v6 { IPV6_LEN } else { IPV4_LEN };
     let l4_len = ip_len - (l4_off - ETH_LEN);
+    if proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
+        return icmp_error(ctx, stats, ip, l4_off, l4_len, frame_ip_len, route);
+    }
     let (ports, tcp_flags, tcp_hdr_len) = match proto {
         IPPROTO_TCP => {
             if l4_len < TCP_LEN {
@@ -223,7 +235,90 @@ fn l4(
         tos,
         tcp_flags,
         tcp_hdr_len,
+        df,
+        icmp: false,
         flow: FlowKey { src, dst, ports, proto },
+    })
+}
+
+/// An ICMP (IPv4) or ICMPv6 message to a VIP address (`ip`, its header at `l4_off`). An error
+/// (destination unreachable, fragmentation needed among them; ICMPv6 destination unreachable
+/// and packet too big) quotes the packet that caused it: for a VIP, a packet its backend sent
+/// (source the VIP, destination a client). Its flow, turned around, is the flow the error is
+/// about; `route` sends the whole error to that flow's real, so the backend's stack hears it
+/// (a router's "fragmentation needed" reaches the host that sent the big packet). What it
+/// quotes decides:
+/// - a quote that cannot hold the quoted packet's ports, or an IPv4 header with options (whose
+///   ports this does not look for): dropped, counted (`ICMP_QUOTE_BAD`);
+/// - a quoted packet that is not from the address the error went to, or not TCP or UDP: not a
+///   VIP flow's, passed untouched (`ICMP_NOT_OURS`); one from a VIP address but no VIP's
+///   port goes on to `route`, which finds no service and passes it;
+/// - other ICMP (echo requests...): passed as before (`OTHER_PROTO`).
+#[inline(always)]
+fn icmp_error(
+    ctx: &XdpContext,
+    stats: &Stats,
+    ip: Ip,
+    l4_off: usize,
+    l4_len: usize,
+    frame_ip_len: usize,
+    route: impl FnOnce(Pkt) -> Result<u32, ()>,
+) -> Result<u32, ()> {
+    let Ip { v6, dst, len: ip_len, tos, .. } = ip;
+    if l4_len < ICMP_LEN {
+        return refuse(stats, dst, counter::MALFORMED, DROP);
+    }
+    let icmp = span(ctx, l4_off, ICMP_LEN)?;
+    let [kind, _, _, _] = unsafe { load32::<0>(icmp) }.to_ne_bytes();
+    let error = if v6 { kind == ICMPV6_DEST_UNREACH || kind == ICMPV6_PKT_TOOBIG } else { kind == ICMP_DEST_UNREACH };
+    if !error {
+        return refuse(stats, dst, counter::OTHER_PROTO, PASS);
+    }
+    let quote = l4_off + ICMP_LEN;
+    let inner_len = if v6 { IPV6_LEN } else { IPV4_LEN };
+    // The quoted header and the first word of its L4 header: the ports.
+    if l4_len < ICMP_LEN + inner_len + 4 {
+        return refuse(stats, dst, counter::ICMP_QUOTE_BAD, DROP);
+    }
+    let (inner_src, inner_dst, inner_proto) = if v6 {
+        let q = span(ctx, quote, IPV6_LEN)?;
+        // SAFETY (every load): `span` checked the 40 bytes.
+        let (head, lengths) = unsafe { (load32::<0>(q), load32::<4>(q)) };
+        if head.to_ne_bytes()[0] >> 4 != 6 {
+            return refuse(stats, dst, counter::ICMP_QUOTE_BAD, DROP);
+        }
+        let src = unsafe { [load32::<8>(q), load32::<12>(q), load32::<16>(q), load32::<20>(q)] };
+        let inner_dst = unsafe { [load32::<24>(q), load32::<28>(q), load32::<32>(q), load32::<36>(q)] };
+        (src, inner_dst, lengths.to_ne_bytes()[2])
+    } else {
+        let q = span(ctx, quote, IPV4_LEN)?;
+        // SAFETY (every load): `span` checked the 20 bytes.
+        let (head, proto_word) = unsafe { (load32::<0>(q), load16::<8>(q)) };
+        if head.to_ne_bytes()[0] != 0x45 {
+            return refuse(stats, dst, counter::ICMP_QUOTE_BAD, DROP);
+        }
+        let (src, inner_dst) = unsafe { ([load32::<12>(q), 0, 0, 0], [load32::<16>(q), 0, 0, 0]) };
+        (src, inner_dst, proto_word.to_ne_bytes()[1])
+    };
+    if inner_src != dst || (inner_proto != IPPROTO_TCP && inner_proto != IPPROTO_UDP) {
+        return refuse(stats, dst, counter::ICMP_NOT_OURS, PASS);
+    }
+    let ports = span(ctx, quote + inner_len, 4)?;
+    // SAFETY: `span` checked the 4 bytes.
+    let ports = unsafe { load32::<0>(ports) };
+    route(Pkt {
+        v6,
+        l4_off,
+        ip_len,
+        frame_ip_len,
+        tos,
+        tcp_flags: 0,
+        tcp_hdr_len: 0,
+        df: true,
+        icmp: true,
+        // The flow the quoted packet belongs to, from the client's side: its destination is the
+        // client, its source the VIP; the two ports swap halves.
+        flow: FlowKey { src: inner_dst, dst: inner_src, ports: ports.rotate_left(16), proto: inner_proto },
     })
 }
 

@@ -96,6 +96,9 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
     if !may_be_vip_addr(&pkt.flow.dst) {
         return Route::NotVip;
     }
+    if pkt.icmp {
+        return pick_for_error(pkt, stats, tables);
+    }
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn && let Some(hit) = tables.lookup(&pkt.flow, stats) {
         let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
@@ -139,6 +142,28 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
             tables.remember(entry);
         }
     }
+    Route::Real { real, vip_num: meta.vip_num }
+}
+
+/// Where an ICMP error about `pkt`'s flow goes: to the flow's real, by its entry in this CPU's
+/// table or the shared one, else by the VIP's ring, as the flow's own next packet would. It
+/// writes nothing (an error starts no flow) and reads no server id (the quoted packet is the
+/// backend's, which carries no echo of its id).
+#[inline(always)]
+fn pick_for_error<K: RerouteSlot + 'static, const EXACT: bool>(
+    pkt: &Pkt,
+    stats: &Stats,
+    tables: &Tables<K, EXACT>,
+) -> Route {
+    let Some(meta) = vip(pkt) else { return Route::NoService };
+    let real = match tables.peek(&pkt.flow) {
+        Some(hit) => hit.real,
+        None => match ring(&meta, flow_hash(&pkt.flow, config(|c| &c.hash_seed)), stats) {
+            Some(real) => real,
+            None => return Route::NoReal,
+        },
+    };
+    stats.add(counter::ICMP_ROUTED);
     Route::Real { real, vip_num: meta.vip_num }
 }
 
@@ -241,6 +266,16 @@ impl<K: RerouteSlot + 'static, const EXACT: bool> Tables<K, EXACT> {
             let _ = table.insert(&self.key, &ConnEntry { mark, ..*entry }, 0);
         }
         Some(Hit::of(entry))
+    }
+
+    /// `flow`'s entry, as [`Self::lookup`] finds it, without counting or copying anything.
+    #[inline(always)]
+    fn peek(&self, flow: &FlowKey) -> Option<Hit> {
+        if let Some(hit) = self.here(flow, self.mark()) {
+            return Some(hit);
+        }
+        // SAFETY (verifier): a plain map lookup, read at once.
+        unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow)).map(Hit::of)
     }
 
     /// The flow's reroute mark now (`zrlab_common::lb::REROUTES_MAP`).

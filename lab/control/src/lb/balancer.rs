@@ -161,6 +161,8 @@ pub struct Settings {
     pub encap_src_v6: Ipv6Net,
     /// Seed of the flow hash (all LB nodes of a VIP must agree).
     pub hash_seed: u32,
+    /// The most ICMP "too big" answers each CPU sends per second (`xdp_lb`'s `icmp` module).
+    pub icmp_too_big_per_sec: u32,
 }
 
 impl Default for Settings {
@@ -169,6 +171,7 @@ impl Default for Settings {
             encap_src_v4: "198.51.100.128/25".parse().expect("valid"),
             encap_src_v6: "2001:db8:e::/96".parse().expect("valid"),
             hash_seed: 0x5eed,
+            icmp_too_big_per_sec: 1000,
         }
     }
 }
@@ -208,7 +211,7 @@ pub(super) fn config(settings: &Settings) -> Config {
         encap_src_v4_mask: words_v4(settings.encap_src_v4.netmask().octets())[0],
         encap_src_v6: words(IpAddr::V6(settings.encap_src_v6.network())),
         hash_seed: settings.hash_seed,
-        pad: 0,
+        icmp_too_big_per_sec: settings.icmp_too_big_per_sec,
     }
 }
 
@@ -340,6 +343,8 @@ pub struct Balancer {
     tables: Tables,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
+    /// The path MTU to each real that has one (`Real::mtu`; none: unknown, no check).
+    path_mtus: BTreeMap<IpAddr, u32>,
     /// The live ids (id -> real), as last synced.
     live: BTreeMap<u32, IpAddr>,
 }
@@ -359,7 +364,15 @@ impl Balancer {
             Version::Current => Tables::Current(FamilyTables::create(&mut bpf)?),
             Version::Next => Tables::Next(FamilyTables::create(&mut bpf)?),
         };
-        Ok(Self { bpf, version, tables, vips: BTreeMap::new(), reals: BTreeMap::new(), live: BTreeMap::new() })
+        Ok(Self {
+            bpf,
+            version,
+            tables,
+            vips: BTreeMap::new(),
+            reals: BTreeMap::new(),
+            path_mtus: BTreeMap::new(),
+            live: BTreeMap::new(),
+        })
     }
 
     /// The program version loaded.
@@ -419,11 +432,31 @@ impl Balancer {
         if index >= MAX_REALS {
             return Err(LabError::Unsupported(format!("more than {MAX_REALS} reals")));
         }
-        let real = Real { addr: words(addr), flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 } };
-        let mut map: Array<_, Real> = Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
-        map.set(index, real, 0).map_err(map_err("write LB_REALS"))?;
         self.reals.insert(addr, index);
+        self.write_real(addr, index)?;
         Ok(index)
+    }
+
+    /// Writes real `addr`'s entry at `index` in `LB_REALS`: address, family, path MTU.
+    fn write_real(&mut self, addr: IpAddr, index: u32) -> Result<()> {
+        let mtu = self.path_mtus.get(&addr).copied().unwrap_or(0);
+        let real = Real { addr: words(addr), flags: if addr.is_ipv6() { REAL_F_IPV6 } else { 0 }, mtu };
+        let mut map: Array<_, Real> = Array::try_from(self.map_mut(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
+        map.set(index, real, 0).map_err(map_err("write LB_REALS"))
+    }
+
+    /// Sets the path MTU to real `addr`: the largest outer packet (IP header and payload) that
+    /// reaches it, at least 576. A VIP packet that would not fit once encapsulated is answered
+    /// with ICMP "too big" carrying what fits, and not sent (`xdp_lb`'s `icmp` module).
+    pub fn set_path_mtu(&mut self, addr: IpAddr, mtu: u32) -> Result<()> {
+        if !(576..=65_535).contains(&mtu) {
+            return Err(LabError::Unsupported(format!("path MTU {mtu} to {addr}: not between 576 and 65535")));
+        }
+        self.path_mtus.insert(addr, mtu);
+        match self.reals.get(&addr) {
+            Some(index) => self.write_real(addr, *index),
+            None => Ok(()),
+        }
     }
 
     /// Adds or updates `vip` with `reals`: builds the Maglev ring from the reals' weights and

@@ -67,6 +67,14 @@ pub enum Why {
     OtherProto,
     /// A length or header field that does not add up.
     Malformed,
+    /// An ICMP error to a VIP address whose quote cannot hold the quoted packet's ports, or
+    /// quotes an IPv4 header with options.
+    IcmpQuoteBad,
+    /// An ICMP error to a VIP address about a packet that is no VIP's.
+    IcmpNotOurs,
+    /// Too big for the real's path, and not to be answered: IPv4 with "don't fragment" clear,
+    /// or an ICMP error.
+    TooBig,
 }
 
 /// How the real was chosen.
@@ -92,6 +100,16 @@ pub enum XdpAction {
     Pass(Why),
     /// `XDP_DROP`.
     Drop(Why),
+    /// `XDP_TX` of an ICMP "fragmentation needed" / ICMPv6 "packet too big" back to the
+    /// sender: the packet would not fit the path to its real (`real`) once encapsulated.
+    TooBig {
+        /// The real whose path is too small.
+        real: IpAddr,
+        /// The size the answer says fits.
+        mtu: u32,
+        /// The exact frame the program must emit.
+        output: Vec<u8>,
+    },
     /// `XDP_TX` of `output` towards `real`.
     Tx {
         /// The chosen real.
@@ -153,11 +171,15 @@ pub struct Model {
     table: HashMap<TableKey, (Flow, IpAddr)>,
     /// Each CPU's SYN cache: (CPU, slot) -> the SYN's flow and real.
     syn_cache: HashMap<(usize, u32), (Flow, IpAddr)>,
+    /// The path MTU to each real that has one.
+    path_mtus: HashMap<IpAddr, u32>,
 }
 
 const ETH: usize = 14;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 /// Shortest QUIC connection id that carries a server id.
 const MIN_CID: usize = 8;
 
@@ -182,6 +204,10 @@ struct Pkt {
     syn: bool,
     ack: bool,
     tcp_hdr_len: usize,
+    /// IPv4's "don't fragment" (IPv6: always).
+    df: bool,
+    /// An ICMP error about the flow (the quoted packet's flow, turned around).
+    icmp: bool,
     flow: Flow,
     vip: VipId,
 }
@@ -195,7 +221,13 @@ impl Model {
             server_ids: BTreeMap::new(),
             table: HashMap::new(),
             syn_cache: HashMap::new(),
+            path_mtus: HashMap::new(),
         }
+    }
+
+    /// As [`super::Balancer::set_path_mtu`].
+    pub fn set_path_mtu(&mut self, real: IpAddr, mtu: u32) {
+        self.path_mtus.insert(real, mtu);
     }
 
     /// As [`super::Balancer::set_vip`].
@@ -250,6 +282,17 @@ impl Model {
             Err(verdict) => return verdict,
         };
         let (real, path) = self.route(cpu, frame, &pkt);
+        let outer = if real.is_ipv6() { 40 } else { 20 };
+        if let Some(&mtu) = self.path_mtus.get(&real)
+            && pkt.ip_len + outer > mtu as usize
+        {
+            if pkt.icmp || !pkt.df {
+                return XdpAction::Drop(Why::TooBig);
+            }
+            let fits = mtu - outer as u32;
+            let fits = if pkt.v6 { fits.max(1280) } else { fits };
+            return XdpAction::TooBig { real, mtu: fits, output: too_big_answer(frame, &pkt, fits) };
+        }
         let output = self.encap(frame, &pkt, real);
         XdpAction::Tx { real, path, output }
     }
@@ -269,7 +312,7 @@ impl Model {
         let ip = &f[ETH..];
         let frame_ip_len = ip.len();
         let malformed = XdpAction::Drop(Why::Malformed);
-        let (v6, src, dst, ip_len, proto, tos) = match eth.ether_type() {
+        let (v6, src, dst, ip_len, proto, tos, df) = match eth.ether_type() {
             EtherType::IPV4 => {
                 if ip.len() < 20 {
                     return Err(XdpAction::Pass(Why::NotIp));
@@ -294,7 +337,7 @@ impl Model {
                     return Err(self.refuse(dst, XdpAction::Pass(Why::Fragment)));
                 }
                 let tos = (hdr.dcp().value() << 2) | hdr.ecn().value();
-                (false, IpAddr::V4(hdr.source_addr()), dst, tot, hdr.protocol().0, tos)
+                (false, IpAddr::V4(hdr.source_addr()), dst, tot, hdr.protocol().0, tos, hdr.dont_fragment())
             }
             EtherType::IPV6 => {
                 if ip.len() < 40 {
@@ -310,12 +353,21 @@ impl Model {
                 if is_ipv6_extension(next) {
                     return Err(self.refuse(dst, XdpAction::Pass(Why::Fragment)));
                 }
-                (true, IpAddr::V6(hdr.source_addr()), dst, tot, next, hdr.traffic_class())
+                (true, IpAddr::V6(hdr.source_addr()), dst, tot, next, hdr.traffic_class(), true)
             }
             _ => return Err(XdpAction::Pass(Why::NotIp)),
         };
         let l4 = ETH + if v6 { 40 } else { 20 };
         let segment = &f[l4..ETH + ip_len];
+        if proto == if v6 { IPPROTO_ICMPV6 } else { IPPROTO_ICMP } {
+            let flow = self.icmp_error_flow(v6, dst, segment)?;
+            if !self.is_vip_addr(dst) {
+                return Err(XdpAction::Pass(Why::NonVip));
+            }
+            let vip = self.vip_of(&flow).ok_or(XdpAction::Pass(Why::NoService))?;
+            let (syn, ack, tcp_hdr_len, icmp) = (false, false, 0, true);
+            return Ok(Pkt { v6, l4, ip_len, tos, syn, ack, tcp_hdr_len, df: true, icmp, flow, vip });
+        }
         let (sport, dport, syn, ack, tcp_hdr_len) = match proto {
             IPPROTO_TCP => {
                 let Ok(tcp) = TcpHeaderSlice::from_slice(segment) else { return Err(self.refuse(dst, malformed)) };
@@ -335,10 +387,62 @@ impl Model {
         }
         let flow = Flow { src, dst, sport, dport, proto };
         let vip = self.vip_of(&flow).ok_or(XdpAction::Pass(Why::NoService))?;
-        Ok(Pkt { v6, l4, ip_len, tos, syn, ack, tcp_hdr_len, flow, vip })
+        Ok(Pkt { v6, l4, ip_len, tos, syn, ack, tcp_hdr_len, df, icmp: false, flow, vip })
+    }
+
+    /// The flow an ICMP (IPv4) or ICMPv6 message `msg` to VIP address `dst` is an error about:
+    /// the quoted packet's (its source `dst`, a TCP or UDP packet) turned around, the client's
+    /// side as the source. Else the verdict: other messages pass; a quote too short for the
+    /// quoted header and its ports, or of an IPv4 header with options, is dropped; a quoted
+    /// packet from another address or of another protocol passes (not a VIP flow's).
+    fn icmp_error_flow(&self, v6: bool, dst: IpAddr, msg: &[u8]) -> Result<Flow, XdpAction> {
+        if msg.len() < 8 {
+            return Err(self.refuse(dst, XdpAction::Drop(Why::Malformed)));
+        }
+        let kind = msg[0];
+        // ICMP: destination unreachable (fragmentation needed among its codes); ICMPv6:
+        // destination unreachable and packet too big.
+        let error = if v6 { kind == 1 || kind == 2 } else { kind == 3 };
+        if !error {
+            return Err(self.refuse(dst, XdpAction::Pass(Why::OtherProto)));
+        }
+        let quote = &msg[8..];
+        let header = if v6 { 40 } else { 20 };
+        if quote.len() < header + 4 {
+            return Err(self.refuse(dst, XdpAction::Drop(Why::IcmpQuoteBad)));
+        }
+        let (src, inner_dst, proto) = if v6 {
+            if quote[0] >> 4 != 6 {
+                return Err(self.refuse(dst, XdpAction::Drop(Why::IcmpQuoteBad)));
+            }
+            let addr = |at: usize| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&quote[at..at + 16]).expect("16")));
+            (addr(8), addr(24), quote[6])
+        } else {
+            // Version 4 with a 20-byte header: no options.
+            if quote[0] != 0x45 {
+                return Err(self.refuse(dst, XdpAction::Drop(Why::IcmpQuoteBad)));
+            }
+            let addr = |at: usize| IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&quote[at..at + 4]).expect("4")));
+            (addr(12), addr(16), quote[9])
+        };
+        if src != dst || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            return Err(self.refuse(dst, XdpAction::Pass(Why::IcmpNotOurs)));
+        }
+        let port = |at: usize| u16::from_be_bytes([quote[header + at], quote[header + at + 1]]);
+        Ok(Flow { src: inner_dst, dst: src, sport: port(2), dport: port(0), proto })
     }
 
     fn route(&mut self, cpu: usize, f: &[u8], pkt: &Pkt) -> (IpAddr, Path) {
+        // An ICMP error goes where its flow's packets go: the table, else the ring (with the
+        // configured seed whatever the VIP's flags); it writes nothing.
+        if pkt.icmp {
+            if let Some(real) = self.remembered(&pkt.flow) {
+                return (real, Path::Table);
+            }
+            let vip = &self.vips[&pkt.vip];
+            let hash = flow_hash(&pkt.flow, self.settings.hash_seed);
+            return (vip.reals[vip.ring[(hash % vip.spec.options.ring_size) as usize] as usize].addr, Path::Ring);
+        }
         let vip = &self.vips[&pkt.vip];
         let spec = vip.spec.options.clone();
         let id = if pkt.flow.proto == IPPROTO_TCP && spec.tcp_id_routing && !pkt.syn {
@@ -447,6 +551,37 @@ impl Model {
         out.extend_from_slice(inner);
         out
     }
+}
+
+/// The ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" answer to frame `f`
+/// (packet `pkt`), saying `mtu` fits: back to the sender from the address it sent to, quoting
+/// the packet's IP header and the 8 bytes after it. Built by etherparse (checksums included).
+fn too_big_answer(f: &[u8], pkt: &Pkt, mtu: u32) -> Vec<u8> {
+    use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, icmpv4};
+    let quote = &f[ETH..pkt.l4 + 8];
+    let macs = (<[u8; 6]>::try_from(&f[0..6]).expect("6"), <[u8; 6]>::try_from(&f[6..12]).expect("6"));
+    let builder = PacketBuilder::ethernet2(macs.0, macs.1);
+    let mut out = Vec::new();
+    let written = match (pkt.flow.dst, pkt.flow.src) {
+        (IpAddr::V4(vip), IpAddr::V4(client)) => {
+            let mut ip = Ipv4Header::new(0, 64, etherparse::IpNumber::ICMP, vip.octets(), client.octets())
+                .expect("a valid header");
+            // As Linux and katran send ICMP errors: "don't fragment" clear.
+            ip.dont_fragment = false;
+            let frag = icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu as u16 };
+            builder
+                .ip(IpHeaders::Ipv4(ip, Default::default()))
+                .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(frag))
+                .write(&mut out, quote)
+        }
+        (IpAddr::V6(vip), IpAddr::V6(client)) => builder
+            .ipv6(vip.octets(), client.octets(), 64)
+            .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu })
+            .write(&mut out, quote),
+        _ => unreachable!("a flow's addresses are of one family"),
+    };
+    written.expect("an ICMP answer fits in memory");
+    out
 }
 
 fn vip_id(vip: &VipSpec) -> VipId {

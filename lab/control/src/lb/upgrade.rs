@@ -251,6 +251,7 @@ mod tests {
             handed,
             [
                 "LB_COUNTERS",
+                "LB_ICMP_RATE",
                 "LB_REALS",
                 "LB_REROUTES",
                 "LB_RINGS",
@@ -262,7 +263,7 @@ mod tests {
         );
         let Plan { handed_over: handed, migrated, reset } =
             plan(Object::XdpLb, Object::XdpLb, &MIGRATED, &RESET).expect("plan");
-        assert_eq!((handed.len(), migrated.len(), reset.len()), (13, 0, 0));
+        assert_eq!((handed.len(), migrated.len(), reset.len()), (14, 0, 0));
     }
 
     /// A migrated entry keeps everything a packet needs and says where it came from; a
