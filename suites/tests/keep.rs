@@ -169,7 +169,7 @@ fn ask_the_vip_over_udp(prefix: &str) -> Reply {
         socket.set_read_timeout(Some(TIMEOUT))?;
         socket.connect(VIP)?;
         let header = Header::Long { kind: LongType::Initial, version: VERSION_1, dcid: vec![7; 8], scid: vec![9; 8] };
-        socket.send(&Datagram { header, payload: Request { flow: 1, seq: 0 }.emit().into_bytes() }.emit())?;
+        socket.send(&Datagram { header, payload: Request::new(1, 0).emit().into_bytes() }.emit())?;
         let mut buf = vec![0u8; 2048];
         let len = socket.recv(&mut buf)?;
         buf.truncate(len);

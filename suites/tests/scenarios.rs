@@ -132,6 +132,28 @@ fn every_lb_node_upgraded_in_place_keeps_every_flow() {
     assert!(control.measures.tally.counted.resets > 0, "{name}: the naive deploy resets flows");
 }
 
+/// Full-size uploads through a tunnel with no room for its header (`pmtu-uploads`): the LB
+/// nodes answered the packets too big for their path, every TCP flow learned a smaller segment
+/// size and none stalled; the control (LB nodes that do not know the path MTUs) loses the
+/// uploads in the black hole: every TCP flow stalls.
+#[test]
+fn uploads_through_the_tunnel_learn_the_path_mtu_and_never_stall() {
+    let Some((main, control)) = run_shipped("pmtu-uploads") else { return };
+    let name = "pmtu-uploads";
+    let counted = main.measures.tally.counted;
+    assert_eq!((counted.resets, counted.misroutes, counted.drops), (0, 0, 0), "{name}: main run failures");
+    let lb = main.measures.lb.expect("an LB scenario");
+    assert!(lb.too_big > 0, "{name}: the LB answered packets too big: {lb:?}");
+    let learned: u64 = main.measures.learned_mss.values().sum();
+    assert_eq!(learned, 100, "{name}: every TCP flow's segment size: {:?}", main.measures.learned_mss);
+    // be2's path (1400) less the outer header (20), the IP and TCP headers (40), timestamps (12).
+    assert!(main.measures.learned_mss.keys().all(|mss| *mss <= 1328), "{name}: {:?}", main.measures.learned_mss);
+    assert!(main.measures.max_reply_gap_ms.is_some_and(|ms| ms <= 1000), "{name}: a flow stalled");
+    let control_lb = control.measures.lb.expect("an LB scenario");
+    assert_eq!(control_lb.too_big, 0, "{name}: the control's LB answers nothing");
+    assert_eq!(control.measures.tally.counted.drops, 100, "{name}: every TCP flow stalls in the control");
+}
+
 /// The lossy-link scenarios (`tpr-failover-lossy`, `rolling-upgrade-lossy`): their timelines
 /// on router links that drop 1% and duplicate 0.5% of the frames each way. Zero resets and
 /// misroutes, no TCP request unanswered, no more UDP requests unanswered than UDP datagrams

@@ -204,7 +204,7 @@ impl Conn {
     fn rounds(&mut self, rounds: u64) -> Vec<Reply> {
         (0..rounds)
             .map(|_| {
-                self.writer.write_all(Request { flow: 0, seq: self.seq }.emit().as_bytes()).expect("send a request");
+                self.writer.write_all(Request::new(0, self.seq).emit().as_bytes()).expect("send a request");
                 self.seq += 1;
                 let mut line = String::new();
                 self.reader.read_line(&mut line).expect("read a reply");

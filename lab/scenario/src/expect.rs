@@ -113,6 +113,11 @@ pub enum Metric {
     LbNextTx,
     /// Connection-table entries in-place upgrades migrated into the new version's layout.
     LbEntriesMigrated,
+    /// VIP packets too big for their real's path once encapsulated, answered with ICMP
+    /// "fragmentation needed" / "packet too big".
+    LbTooBig,
+    /// ICMP errors to a VIP that the LB nodes sent on to their flow's real.
+    LbIcmpRouted,
     /// The longest time from a `kill-backend` death to the last LB node's ring change that
     /// took the backend out, in milliseconds of the scenario's time (divided by
     /// `--time-scale`); not judged when nothing was killed or a killed backend stayed in a
@@ -159,6 +164,8 @@ impl Metric {
                 | Self::LbUpgrades
                 | Self::LbNextTx
                 | Self::LbEntriesMigrated
+                | Self::LbTooBig
+                | Self::LbIcmpRouted
                 | Self::BackendOutOfRingsMs
                 | Self::DeadIdsLive
         )
@@ -316,6 +323,8 @@ impl Metric {
             Self::LbUpgrades => lb.upgrades,
             Self::LbNextTx => lb.next_tx,
             Self::LbEntriesMigrated => lb.entries_migrated,
+            Self::LbTooBig => lb.too_big,
+            Self::LbIcmpRouted => lb.icmp_routed,
             Self::FlowsLostToDying => tally.lost_to_dying,
             Self::TcpDrops => tally.counted.tcp_drops,
             Self::UdpDrops => tally.counted.udp_drops,

@@ -238,7 +238,40 @@ impl Deployment {
             .collect::<Result<_>>()?;
         let vip = |port: u16, proto: Proto| VipSpec::new(workload.vip, port, proto).with(spec.options.clone());
         let vips = vec![vip(workload.tcp_port, Proto::Tcp), vip(workload.udp_port, Proto::Udp)];
-        Self::start_with(lab, &spec.nodes, vips, reals, registry)
+        let deployment = Self::start_with(lab, &spec.nodes, vips, reals, registry)?;
+        if spec.too_big_answers {
+            deployment.set_path_mtus(lab)?;
+        }
+        Ok(deployment)
+    }
+
+    /// Tells every LB node the path MTU to each backend: the smaller of the MTUs of the LB
+    /// node's link and of the backend's link that holds its address (the lab's topologies route
+    /// between them through one router; a link without an MTU has veth's 1500).
+    fn set_path_mtus(&self, lab: &Lab) -> Result<()> {
+        let config = self.shared.read();
+        let link_mtu = |node: &str, addr: Option<IpAddr>| {
+            lab.topology()
+                .spec
+                .links
+                .iter()
+                .filter(|l| {
+                    [&l.a, &l.b]
+                        .iter()
+                        .any(|e| e.node == node && addr.is_none_or(|a| e.addrs.iter().any(|x| x.addr() == a)))
+                })
+                .map(|l| l.mtu.unwrap_or(DEFAULT_MTU))
+                .min()
+                .unwrap_or(DEFAULT_MTU)
+        };
+        for lb in &self.shared.nodes {
+            let mut lb = lock(lb);
+            let mine = link_mtu(&lb.name, None);
+            for (backend, real) in &config.reals {
+                lb.balancer.set_path_mtu(real.addr, mine.min(link_mtu(backend, Some(real.addr))))?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads, configures and attaches the LB on `nodes` in `lab`, serving every one of `vips`
@@ -401,6 +434,9 @@ impl Deployment {
                 fresh.set_vip(vip, &reals)?;
             }
             fresh.sync_server_ids(&config.node_live(&lb.unhealthy))?;
+            for (real, mtu) in lb.balancer.path_mtus() {
+                fresh.set_path_mtu(real, mtu)?;
+            }
             // The old version is detached as it is dropped, before the new one is attached.
             drop(std::mem::replace(&mut lb.balancer, fresh));
             let netns = zrlab_host::netns::Netns::open(&lb.attached.0)?;
@@ -543,6 +579,8 @@ impl Deployment {
             totals.tcp_id_routed += c.get(counter::TCP_ID_ROUTED);
             totals.quic_id_routed += c.get(counter::QUIC_ID_ROUTED);
             totals.next_tx += c.get(counter::NEXT_TX);
+            totals.too_big += c.get(counter::TOO_BIG);
+            totals.icmp_routed += c.get(counter::ICMP_ROUTED);
             totals.upgrades += node.upgrades.len() as u64;
             totals.entries_migrated +=
                 node.upgrades.iter().filter_map(|u| u.upgrade.as_ref()).map(|u| u.entries_migrated).sum::<u64>();
@@ -562,6 +600,9 @@ impl Deployment {
         Ok(totals)
     }
 }
+
+/// The MTU of a veth link the topology gives none.
+const DEFAULT_MTU: u32 = 1500;
 
 /// The first echo identifier of the health checkers (one per LB node from there).
 const HEALTH_IDENT_BASE: u16 = 0x7a00;

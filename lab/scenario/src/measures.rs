@@ -44,6 +44,12 @@ pub struct LbTotals {
     /// Connection-table entries in-place upgrades migrated into the new layout.
     #[serde(default)]
     pub entries_migrated: u64,
+    /// VIP packets too big for their real's path, answered with ICMP "too big".
+    #[serde(default)]
+    pub too_big: u64,
+    /// ICMP errors to a VIP sent on to their flow's real.
+    #[serde(default)]
+    pub icmp_routed: u64,
 }
 
 /// What the `tpr` sock_ops programs counted, per side, summed over nodes.
@@ -83,6 +89,9 @@ pub struct Measures {
     /// What the link impairments did, every impaired interface and direction added up, when
     /// the run impaired any.
     pub impair: Option<DirectionCounters>,
+    /// TCP flows by the maximum segment size they ended with (`TCP_MAXSEG` after their last
+    /// reply): what path-MTU discovery taught them.
+    pub learned_mss: BTreeMap<u32, u64>,
 }
 
 /// What a run's `kill-backend` events measured.
@@ -111,6 +120,7 @@ impl Default for Measures {
             longest_gaps: Vec::new(),
             deaths: None,
             impair: None,
+            learned_mss: BTreeMap::new(),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! "capacity_dip_pct": {"Ok": n} | {"Err": why}, "latency_p99_ms", "max_reply_gap_ms",
 //! "longest_gaps": [[flow, ms]]} | null, "deaths": {"out_of_rings_ms", "ids_still_live"} | null,
 //! "lost_to_dying", "impair": {"seen", "dropped", "duplicated", "dropped_tcp", "dropped_udp",
-//! "dup_failed"} | null,
+//! "dup_failed"} | null, "learned_mss": {mss: flows},
 //! "timelines": [[variant, {"seconds": [{"offered", "replies", "resets", "misroutes", "drops",
 //! "stalled_ms", "latency_p50_us", "latency_p99_us", "latency_max_us"}], "marks": [{"at_s",
 //! "label", "released"}]}]]}]}`. A check with `"judged": false` could not be measured: it fails
@@ -139,6 +139,9 @@ pub struct ScenarioReport {
     /// What the main run's link impairments did (every impaired interface and direction
     /// added up), when it impaired any.
     pub impair: Option<DirectionCounters>,
+    /// The main run's TCP flows by the maximum segment size they ended with: what path-MTU
+    /// discovery taught them.
+    pub learned_mss: std::collections::BTreeMap<u32, u64>,
     /// Per variant (`main`, `control`), the run's timeline, for release scenarios: plotted
     /// next to the report as `timelines/<scenario>-<variant>.svg`.
     pub timelines: Vec<(String, Timeline)>,
@@ -221,6 +224,7 @@ impl From<&Outcome> for ScenarioReport {
             deaths: main.and_then(|m| m.measures.deaths),
             lost_to_dying: main.map_or(0, |m| m.measures.tally.lost_to_dying),
             impair: main.and_then(|m| m.measures.impair),
+            learned_mss: main.map(|m| m.measures.learned_mss.clone()).unwrap_or_default(),
             release: main.and_then(|m| {
                 Some(ReleaseFigures {
                     counters: m.measures.release?,
@@ -376,6 +380,11 @@ impl Report {
                     release.longest_gaps.iter().map(|(flow, ms)| format!("flow {flow} {ms} ms")).collect();
                 let _ =
                     writeln!(out, "\nLongest gap between replies, per flow (the longest first): {}", gaps.join(", "));
+            }
+            if s.learned_mss.len() > 1 || s.lb.is_some_and(|lb| lb.too_big > 0) {
+                let by: Vec<String> = s.learned_mss.iter().map(|(mss, n)| format!("{mss}: {n}")).collect();
+                let _ =
+                    writeln!(out, "\nTCP flows by the segment size they ended with (MSS: flows): {}", by.join(", "));
             }
             if let Some(impair) = &s.impair {
                 let _ = writeln!(

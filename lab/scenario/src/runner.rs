@@ -257,6 +257,7 @@ async fn run_variant(
             seed: workload.seed,
             cgroup: Some(lab.cgroup_of(&workload.client)?),
             open_tcp_per_period: workload.open_tcp_per_period,
+            upload_bytes: workload.upload_bytes,
         },
     )?;
     let book = client.book();
@@ -400,6 +401,10 @@ async fn run_variant(
         longest_gaps,
         deaths: deaths_measured(&deaths, deployment.as_ref(), scale)?,
         impair: impairments.totals()?,
+        learned_mss: flows.iter().filter_map(|f| f.mss).fold(BTreeMap::new(), |mut by, mss| {
+            *by.entry(mss).or_insert(0) += 1;
+            by
+        }),
     };
     let checks = evaluate(&variant.expect, &measures, opts.capacity);
     drop(deployment);

@@ -102,6 +102,10 @@ pub struct WorkloadSpec {
     /// New long-lived TCP flows opened every period from the end of the warm-up on (0: none).
     #[serde(default)]
     pub open_tcp_per_period: u32,
+    /// Bytes every TCP request uploads (0, the default: none; at most 1 MiB): full-size
+    /// segments, what the path-MTU scenarios need.
+    #[serde(default)]
+    pub upload_bytes: u32,
 }
 
 /// The scenario's sock_ops programs that carry the server id in a TCP option (`zrlab_control::tpr`).
@@ -408,6 +412,23 @@ pub struct LbSpec {
     /// The LB nodes' health checks of the backends, if they run them.
     #[serde(default)]
     pub health: Option<HealthSpec>,
+    /// Whether the LB nodes know the path MTU to each backend (from the topology's links: the
+    /// smaller of the LB node's link and the backend's) and answer VIP packets too big for it
+    /// with ICMP "too big" (default true). `false` is the control of the path-MTU scenarios:
+    /// the packets go out and are lost further on.
+    #[serde(default = "defaults::enabled")]
+    pub too_big_answers: bool,
+}
+
+/// `[mtu]`: the scenario's link MTUs, over the topology's (a veth link without one has 1500).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtuSpec {
+    /// The MTU of every link of an LB node or a backend: the LB-to-backend path.
+    pub tunnels: Option<u32>,
+    /// The MTU of every link of these nodes (applied after `tunnels`).
+    #[serde(default)]
+    pub nodes: BTreeMap<String, u32>,
 }
 
 /// The LB nodes' health checks (`zrlab_control::lb::health`): each LB node probes every
@@ -458,6 +479,8 @@ struct VariantSpec {
     topology: PathBuf,
     #[serde(default)]
     groups: BTreeMap<String, GroupOverride>,
+    #[serde(default)]
+    mtu: MtuSpec,
     workload: WorkloadSpec,
     #[serde(default, rename = "event")]
     events: Vec<EventSpec>,
@@ -610,6 +633,8 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     })?;
     apply_group_overrides(&mut topology_table, &spec.groups)
         .map_err(|(group, message)| err(format!("groups.{group}"), message))?;
+    apply_mtu_overrides(&mut topology_table, &spec.mtu)
+        .map_err(|(field, message)| err(format!("mtu{field}"), message))?;
     let topology = Topology::from_table(&topology_path, topology_table)?;
 
     let w = &spec.workload;
@@ -801,6 +826,12 @@ fn resolve(path: &Path, prefix: &str, spec: VariantSpec) -> Result<Variant, Spec
     if spec.expect.is_empty() {
         return Err(err("expect".into(), "at least one expectation is needed".into()));
     }
+    if w.upload_bytes > zrlab_wire::message::MAX_UPLOAD {
+        return Err(err(
+            "workload.upload_bytes".into(),
+            format!("{} is above {}", w.upload_bytes, zrlab_wire::message::MAX_UPLOAD),
+        ));
+    }
     if w.open_tcp_per_period > 0 && w.tcp_flows >= 20_000 {
         return Err(err("workload.open_tcp_per_period".into(), "no TCP ports left for new flows".into()));
     }
@@ -875,6 +906,44 @@ fn validate_lb(lb: &LbSpec, w: &WorkloadSpec, topology: &Topology) -> Result<(),
     }
     if let Some((field, why)) = lb.health.as_ref().and_then(HealthSpec::invalid) {
         return Err((format!(".health{field}"), why));
+    }
+    Ok(())
+}
+
+/// Applies `[mtu]` to a topology table's links; errors name the field.
+fn apply_mtu_overrides(topology: &mut toml::Table, mtu: &MtuSpec) -> Result<(), (String, String)> {
+    const RANGE: std::ops::RangeInclusive<u32> = 576..=9_000;
+    if let Some(m) = mtu.tunnels.filter(|m| !RANGE.contains(m)) {
+        return Err((".tunnels".into(), format!("{m} is not between 576 and 9000")));
+    }
+    let roles: BTreeMap<String, String> = topology
+        .get("node")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n.get("name")?.as_str()?.to_owned(), n.get("role")?.as_str()?.to_owned())))
+        .collect();
+    for (node, m) in &mtu.nodes {
+        if !roles.contains_key(node) {
+            return Err((format!(".nodes.{node}"), format!("no node {node:?} in the topology")));
+        }
+        if !RANGE.contains(m) {
+            return Err((format!(".nodes.{node}"), format!("{m} is not between 576 and 9000")));
+        }
+    }
+    let links = topology.get_mut("link").and_then(toml::Value::as_array_mut).into_iter().flatten();
+    for link in links.filter_map(toml::Value::as_table_mut) {
+        let ends: Vec<String> =
+            ["a", "b"].iter().filter_map(|end| Some(link.get(*end)?.get("node")?.as_str()?.to_owned())).collect();
+        let tunnel = ends.iter().any(|n| matches!(roles.get(n).map(String::as_str), Some("lb" | "backend")));
+        if let (Some(m), true) = (mtu.tunnels, tunnel) {
+            link.insert("mtu".into(), i64::from(m).into());
+        }
+        for (node, m) in &mtu.nodes {
+            if ends.contains(node) {
+                link.insert("mtu".into(), i64::from(*m).into());
+            }
+        }
     }
     Ok(())
 }

@@ -5,9 +5,11 @@
 //! backend and process"). Text keeps a captured packet or `nc` session readable.
 //!
 //! ```text
-//! REQ <flow> <seq>
+//! REQ <flow> <seq> [<upload>]
 //! REP <flow> <seq> <node> <instance> <pid> <known>
 //! ```
+//! A TCP request with `upload` (1 to [`MAX_UPLOAD`]) is followed by that many bytes, which the
+//! service reads before it replies: what makes a flow send full-size segments.
 //! `known` is 1 when the answering socket owns the flow (a TCP connection always does; a UDP
 //! service knows the connection ids it issued), 0 when the datagram reached it by mistake.
 
@@ -40,6 +42,9 @@ impl fmt::Display for Identity {
     }
 }
 
+/// The most bytes a request uploads.
+pub const MAX_UPLOAD: u32 = 1 << 20;
+
 /// A client request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -47,6 +52,8 @@ pub struct Request {
     pub flow: u32,
     /// The request's number within the flow.
     pub seq: u64,
+    /// Bytes that follow the line (TCP only; 0: none).
+    pub upload: u32,
 }
 
 /// A service reply.
@@ -63,9 +70,17 @@ pub struct Reply {
 }
 
 impl Request {
+    /// Request `seq` of flow `flow`, uploading nothing.
+    pub fn new(flow: u32, seq: u64) -> Self {
+        Self { flow, seq, upload: 0 }
+    }
+
     /// The request as a line (with its newline).
     pub fn emit(&self) -> String {
-        format!("REQ {} {}\n", self.flow, self.seq)
+        match self.upload {
+            0 => format!("REQ {} {}\n", self.flow, self.seq),
+            upload => format!("REQ {} {} {upload}\n", self.flow, self.seq),
+        }
     }
 
     /// Parses a datagram payload (a line as bytes).
@@ -82,10 +97,14 @@ impl Request {
         }
         let flow = words.next().and_then(|w| w.parse().ok()).ok_or_else(err)?;
         let seq = words.next().and_then(|w| w.parse().ok()).ok_or_else(err)?;
+        let upload = match words.next() {
+            None => 0,
+            Some(w) => w.parse().ok().filter(|n| (1..=MAX_UPLOAD).contains(n)).ok_or_else(err)?,
+        };
         if words.next().is_some() {
             return Err(err());
         }
-        Ok(Self { flow, seq })
+        Ok(Self { flow, seq, upload })
     }
 }
 
@@ -138,8 +157,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let req = Request { flow: 7, seq: 42 };
+        let req = Request::new(7, 42);
+        assert_eq!(req.emit(), "REQ 7 42\n");
         assert_eq!(Request::parse(&req.emit()), Ok(req));
+        let upload = Request { upload: 4_000, ..req };
+        assert_eq!(upload.emit(), "REQ 7 42 4000\n");
+        assert_eq!(Request::parse(&upload.emit()), Ok(upload));
         let rep = Reply {
             flow: 7,
             seq: 42,
@@ -152,7 +175,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_lines() {
-        for bad in ["", "REQ", "REQ 1", "REQ x 1", "REQ 1 2 3", "REP 1 2", "REQ -1 2"] {
+        // An upload of 0 (written as no upload) or beyond `MAX_UPLOAD`, or a fourth word.
+        for bad in ["", "REQ", "REQ 1", "REQ x 1", "REQ 1 2 0", "REQ 1 2 1048577", "REQ 1 2 3 4", "REP 1 2", "REQ -1 2"]
+        {
             assert!(Request::parse(bad).is_err(), "{bad:?}");
         }
         for bad in ["REP 1 2 be1 a 9", "REP 1 2 be1 a 9 2", "REP 1 2  a 9 1", "REQ 1 2 be1 a 9 1"] {

@@ -63,12 +63,15 @@ pub struct FlowRecord {
     /// How many of the timeline's events had been applied when the flow opened (0: it opened
     /// before the first). Lets a verdict ask where flows opened after an event went.
     pub epoch: u64,
+    /// A TCP flow's maximum segment size after its last reply (`TCP_MAXSEG`): what path-MTU
+    /// discovery left it with.
+    pub mss: Option<u32>,
 }
 
 impl FlowRecord {
     /// A flow that has not sent anything yet, opened after `epoch` events.
     pub fn new(proto: Proto, id: u32, epoch: u64) -> Self {
-        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None, epoch }
+        Self { proto, id, owner: None, replies: 0, misroutes: 0, drops: 0, rounds: 0, ending: None, epoch, mss: None }
     }
 
     /// Records a reply from `who`.

@@ -92,6 +92,8 @@ pub struct ClientSpec {
     pub cgroup: Option<PathBuf>,
     /// New TCP flows opened every period once [`Client::start_opening`] was called.
     pub open_tcp_per_period: u32,
+    /// Bytes every TCP request uploads (0: none): full-size segments, for path-MTU scenarios.
+    pub upload_bytes: u32,
 }
 
 /// The record of every flow, shared between the flow tasks and the scenario, and the run's
@@ -470,7 +472,10 @@ async fn tcp_flow(
             return;
         }
         let sent = book.sent();
-        if let Err(e) = write.write_all(Request { flow: id, seq }.emit().as_bytes()).await {
+        let request = Request { upload: spec.upload_bytes, ..Request::new(id, seq) };
+        let mut bytes = request.emit().into_bytes();
+        bytes.resize(bytes.len() + spec.upload_bytes as usize, b'u');
+        if let Err(e) = write.write_all(&bytes).await {
             return end(ending_of(&e));
         }
         let reply = tokio::select! {
@@ -483,7 +488,12 @@ async fn tcp_flow(
                 return end(Ending::Stalled);
             }
             Ok(Ok(Some(line))) => match Reply::parse(&line) {
-                Ok(reply) if reply.flow == id && reply.seq == seq => book.replied(id, sent, &reply.who),
+                Ok(reply) if reply.flow == id && reply.seq == seq => {
+                    book.replied(id, sent, &reply.who);
+                    if let Ok(mss) = socket2::SockRef::from(write.as_ref()).tcp_mss() {
+                        book.update(id, |f| f.mss = Some(mss));
+                    }
+                }
                 Ok(reply) => {
                     return end(Ending::Protocol(format!("reply to {}/{} for {id}/{seq}", reply.flow, reply.seq)));
                 }
@@ -529,7 +539,7 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
                 scid: plan.client_cid.to_vec(),
             },
         };
-        let datagram = Datagram { header, payload: Request { flow: id, seq }.emit().into_bytes() };
+        let datagram = Datagram { header, payload: Request::new(id, seq).emit().into_bytes() };
         let sent = book.sent();
         if let Err(e) = socket.send(&datagram.emit()).await {
             return end(ending_of(&e));

@@ -20,7 +20,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream, UdpSocket},
     signal::unix::{SignalKind, signal},
     task::JoinSet,
@@ -369,11 +369,24 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
 
 async fn serve_connection(stream: TcpStream, identity: Identity) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
         let Ok(request) = Request::parse(&line) else {
             return;
         };
+        // An upload's bytes come before the reply: the reply says they all arrived.
+        if request.upload > 0 {
+            let mut body = vec![0; request.upload as usize];
+            if reader.read_exact(&mut body).await.is_err() {
+                return;
+            }
+        }
         let reply = Reply { flow: request.flow, seq: request.seq, who: identity.clone(), known: true };
         if write.write_all(reply.emit().as_bytes()).await.is_err() {
             return;

@@ -169,6 +169,7 @@ mod tests {
             deaths: None,
             lost_to_dying: 0,
             impair: None,
+            learned_mss: Default::default(),
             timelines: Vec::new(),
         }
     }

@@ -109,6 +109,8 @@ const COMPONENTS: [Component; 4] = [
                 "--test",
                 "xdp_conformance",
                 "--test",
+                "pmtu",
+                "--test",
                 "xdp_fuzz",
                 "--test",
                 "tpr",

@@ -445,6 +445,11 @@ impl Balancer {
         map.set(index, real, 0).map_err(map_err("write LB_REALS"))
     }
 
+    /// The path MTUs set, by real.
+    pub fn path_mtus(&self) -> BTreeMap<IpAddr, u32> {
+        self.path_mtus.clone()
+    }
+
     /// Sets the path MTU to real `addr`: the largest outer packet (IP header and payload) that
     /// reaches it, at least 576. A VIP packet that would not fit once encapsulated is answered
     /// with ICMP "too big" carrying what fits, and not sent (`xdp_lb`'s `icmp` module).

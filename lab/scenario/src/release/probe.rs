@@ -97,7 +97,7 @@ impl Prober {
 fn probe(addr: SocketAddr, seq: u64) -> std::result::Result<(), String> {
     let stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| format!("set a read timeout: {e}"))?;
-    let request = Request { flow: PROBE_FLOW, seq };
+    let request = Request::new(PROBE_FLOW, seq);
     (&stream).write_all(request.emit().as_bytes()).map_err(|e| format!("send: {e}"))?;
     let mut line = String::new();
     match BufReader::new(&stream).read_line(&mut line) {

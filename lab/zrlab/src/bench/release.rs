@@ -432,7 +432,7 @@ impl Load {
                     dcid: flow.client_cid.to_vec(),
                     scid: flow.client_cid.to_vec(),
                 };
-                let datagram = Datagram { header, payload: Request { flow: 0, seq: 0 }.emit().into_bytes() };
+                let datagram = Datagram { header, payload: Request::new(0, 0).emit().into_bytes() };
                 let _ = flow.socket.send(&datagram.emit()).await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -442,7 +442,7 @@ impl Load {
     /// A short-header request of `flow`.
     fn request(flow: &Flow, seq: u64) -> Option<Vec<u8>> {
         let dcid: [u8; CID_LEN] = flow.server_cid.lock().expect("not poisoned").clone()?.try_into().ok()?;
-        Some(Datagram { header: Header::Short { dcid }, payload: Request { flow: 0, seq }.emit().into_bytes() }.emit())
+        Some(Datagram { header: Header::Short { dcid }, payload: Request::new(0, seq).emit().into_bytes() }.emit())
     }
 
     /// Sends `rate` requests per second for `length`, round robin over the flows, paced every
