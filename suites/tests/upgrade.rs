@@ -205,11 +205,11 @@ fn the_release_dispatcher_reloaded_under_live_listeners_keeps_every_connection_o
     other.set_nonblocking(true).expect("non-blocking");
     assert!(other.accept().is_err(), "no connection reached the listener outside the generation");
     let counters = dispatch.counters().expect("counters");
-    assert_eq!(
-        counters.selected,
-        connected.load(Ordering::Acquire),
-        "the program chose every connection: {counters:?}"
-    );
+    // At least once per connection: a SYN sent again (a slow guest can stretch a handshake past
+    // the 1 s retransmission timeout) is selected again.
+    let connections = connected.load(Ordering::Acquire);
+    assert!(counters.selected >= connections, "the program chose every connection: {counters:?}, {connections}");
+    assert_eq!(counters.select_failed, 0, "{counters:?}");
     let new_id = dispatch.program_id().expect("program id");
     assert_ne!(new_id, old_id, "a new program");
     // The group held the old program; once replaced, the kernel frees it (after a grace period).
