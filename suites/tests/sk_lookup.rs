@@ -52,6 +52,45 @@ fn received_from(socket: &UdpSocket) -> IpAddr {
     from.ip()
 }
 
+/// A namespace of its own with clients `a` and `b` and the service's address on `lo`, the
+/// service's two UDP sockets (slots 0 and 1: the old process's and the new one's), the clients'
+/// sockets, and the dispatcher attached to the namespace with both slots filled.
+struct Bed {
+    netns: Netns,
+    old: UdpSocket,
+    new: UdpSocket,
+    client_a: UdpSocket,
+    client_b: UdpSocket,
+    dispatch: SkLookupDispatch,
+}
+
+impl Bed {
+    fn new(name: &str, a: IpAddr, b: IpAddr, service: IpAddr) -> Self {
+        let v6 = service.is_ipv6();
+        let netns = Netns::create(&RunId::new(false).name(name)).expect("namespace");
+        common::runtime()
+            .block_on(async {
+                let nl = Nl::connect(&netns)?;
+                nl.link_up("lo").await?;
+                for addr in [a, b, service] {
+                    let prefix = if addr.is_ipv6() { 128 } else { 32 };
+                    nl.addr_add("lo", ipnet::IpNet::new(addr, prefix).expect("prefix")).await?;
+                }
+                Ok::<_, zrlab_host::LabError>(())
+            })
+            .expect("addresses on lo");
+        let (old, new, client_a, client_b) = netns
+            .run(|| Ok::<_, std::io::Error>((service_socket(v6)?, service_socket(v6)?, client(a)?, client(b)?)))
+            .expect("enter")
+            .expect("sockets");
+        let mut dispatch = SkLookupDispatch::load(0, SERVICE_PORT).expect("load sk_lookup_steer");
+        dispatch.set_slot(0, None::<&UdpSocket>, Some(&old)).expect("slot 0");
+        dispatch.set_slot(1, None::<&UdpSocket>, Some(&new)).expect("slot 1");
+        dispatch.attach(&netns).expect("attach to the namespace");
+        Self { netns, old, new, client_a, client_b, dispatch }
+    }
+}
+
 #[test_case("198.51.100.1", "198.51.100.2", "203.0.113.1"; "ipv4")]
 #[test_case("2001:db8:100::1:1", "2001:db8:100::2:1", "2001:db8:200::1"; "ipv6 clients that differ in the last 32 bits")]
 fn new_flows_go_to_the_ready_slot_and_udp_flows_stay_on_their_socket(a: &str, b: &str, service: &str) {
@@ -61,27 +100,7 @@ fn new_flows_go_to_the_ready_slot_and_udp_flows_stay_on_their_socket(a: &str, b:
     }
     let (a, b, service): (IpAddr, IpAddr, IpAddr) =
         (a.parse().expect("address"), b.parse().expect("address"), service.parse().expect("address"));
-    let v6 = service.is_ipv6();
-    let netns = Netns::create(&RunId::new(false).name("sklookup")).expect("namespace");
-    common::runtime()
-        .block_on(async {
-            let nl = Nl::connect(&netns)?;
-            nl.link_up("lo").await?;
-            for addr in [a, b, service] {
-                let prefix = if addr.is_ipv6() { 128 } else { 32 };
-                nl.addr_add("lo", ipnet::IpNet::new(addr, prefix).expect("prefix")).await?;
-            }
-            Ok::<_, zrlab_host::LabError>(())
-        })
-        .expect("addresses on lo");
-    let (old, new, client_a, client_b) = netns
-        .run(|| Ok::<_, std::io::Error>((service_socket(v6)?, service_socket(v6)?, client(a)?, client(b)?)))
-        .expect("enter")
-        .expect("sockets");
-    let mut dispatch = SkLookupDispatch::load(0, SERVICE_PORT).expect("load sk_lookup_steer");
-    dispatch.set_slot(0, None::<&UdpSocket>, Some(&old)).expect("slot 0");
-    dispatch.set_slot(1, None::<&UdpSocket>, Some(&new)).expect("slot 1");
-    dispatch.attach(&netns).expect("attach to the namespace");
+    let Bed { netns: _netns, old, new, client_a, client_b, mut dispatch } = Bed::new("sklookup", a, b, service);
     let to = SocketAddr::new(service, SERVICE_PORT);
 
     // Slot 0 is ready: a's flow starts there.
@@ -121,25 +140,7 @@ fn an_upgrade_in_place_under_a_live_flow_keeps_steering_it() {
     }
     let (a, b, service): (IpAddr, IpAddr, IpAddr) =
         ("198.51.100.1".parse().expect("a"), "198.51.100.2".parse().expect("b"), "203.0.113.1".parse().expect("s"));
-    let netns = Netns::create(&RunId::new(false).name("skupgrade")).expect("namespace");
-    common::runtime()
-        .block_on(async {
-            let nl = Nl::connect(&netns)?;
-            nl.link_up("lo").await?;
-            for addr in [a, b, service] {
-                nl.addr_add("lo", ipnet::IpNet::new(addr, 32).expect("prefix")).await?;
-            }
-            Ok::<_, zrlab_host::LabError>(())
-        })
-        .expect("addresses on lo");
-    let (old, new, client_a, client_b) = netns
-        .run(|| Ok::<_, std::io::Error>((service_socket(false)?, service_socket(false)?, client(a)?, client(b)?)))
-        .expect("enter")
-        .expect("sockets");
-    let mut dispatch = SkLookupDispatch::load(0, SERVICE_PORT).expect("load sk_lookup_steer");
-    dispatch.set_slot(0, None::<&UdpSocket>, Some(&old)).expect("slot 0");
-    dispatch.set_slot(1, None::<&UdpSocket>, Some(&new)).expect("slot 1");
-    dispatch.attach(&netns).expect("attach to the namespace");
+    let Bed { netns: _netns, old, new, client_a, client_b, mut dispatch } = Bed::new("skupgrade", a, b, service);
     let to = SocketAddr::new(service, SERVICE_PORT);
     dispatch.set_ready(Some(0)).expect("ready 0");
     client_a.send_to(b"a", to).expect("send");
