@@ -789,6 +789,10 @@ fn path_mtu_and_icmp_errors() {
         ),
         ("v6 udp of 1280 bytes: fits, sent", udp_sized(CLIENT6, 40_600, VIP6_UDP, 443, 1_232)),
         (
+            "v6 udp too big, every address word non-zero: answered, 1280 fit",
+            udp_sized("2001:db8:100:1:2:3:4:5", 40_601, "2001:db8:ffff:1:2:3:4:20", 443, 1_233),
+        ),
+        (
             "an icmp error too big for R6A's path: dropped, never answered",
             icmp_msg(
                 ROUTER4,
@@ -799,6 +803,46 @@ fn path_mtu_and_icmp_errors() {
         ),
     ];
     insta::assert_snapshot!(run(cases));
+}
+
+/// The too-big answers are rate-limited per CPU: with a limit of 3 a second, 3 of 5 packets sent
+/// in a row (well within one second) are answered and the other 2 dropped, counted; with a limit
+/// of 0 none is answered. Program only: the model has no clock.
+#[test]
+fn too_big_answers_are_rate_limited() {
+    use zrlab_control::lb::{Balancer, RealSpec, Settings, VipSpec};
+    common::require_root();
+    pin_to_cpu0();
+    let frame = tcp_sized(CLIENT4, 40_500, "203.0.113.20", 22, 1_321, 0x4000);
+    for (limit, expected) in [(3, [TX, TX, TX, DROP, DROP]), (0, [DROP; 5])] {
+        // Five runs take microseconds; a run that took near a second may have crossed into a
+        // new window, which says nothing: try again (a fresh LB, a fresh window), three times.
+        let judged = (0..3).any(|_| {
+            let settings = Settings { icmp_too_big_per_sec: limit, ..Settings::default() };
+            let mut lb = Balancer::load(&settings).expect("load");
+            let vip = VipSpec::new(ip("203.0.113.20"), 0, zrlab_wire::Proto::Tcp);
+            lb.set_vip(&vip, &[RealSpec { addr: ip(R6A), weight: 1, up: true }]).expect("VIP");
+            lb.set_path_mtu(ip(R6A), 1400).expect("path MTU");
+            let program = lb.program("xdp_lb").expect("program");
+            let before = lb.counters().expect("counters");
+            let started = std::time::Instant::now();
+            let verdicts: Vec<u32> = (0..5).map(|_| test_run(program, &frame).0).collect();
+            if started.elapsed() >= std::time::Duration::from_millis(900) {
+                return false;
+            }
+            assert_eq!(verdicts, expected, "limit {limit}");
+            let after = lb.counters().expect("counters");
+            let moved = |slot| after.get(slot) - before.get(slot);
+            let answered = expected.iter().filter(|v| **v == TX).count() as u64;
+            assert_eq!(
+                (moved(counter::TOO_BIG), moved(counter::TOO_BIG_LIMITED)),
+                (answered, 5 - answered),
+                "limit {limit}"
+            );
+            true
+        });
+        assert!(judged, "limit {limit}: five runs never fit in a second");
+    }
 }
 
 /// Runs `frame` through the program and the model on CPU 0, requires the same transmitted

@@ -56,6 +56,8 @@ pub(crate) fn fixture_vips() -> Vec<(VipSpec, Vec<RealSpec>)> {
         ),
         (vip("203.0.113.20", 0, Proto::Tcp), reals(&[R6A])),
         (vip("2001:db8:ffff::20", 443, Proto::Udp), reals(&["192.0.2.14"])),
+        // Every word of its address non-zero: a word read a byte off shows (the ICMP answers).
+        (vip("2001:db8:ffff:1:2:3:4:20", 443, Proto::Udp), reals(&["192.0.2.14"])),
         (
             vip("203.0.113.40", 80, Proto::Tcp).with(VipOptions { no_lru: true, ..VipOptions::default() }),
             reals(&[R1, R2, R3]),
