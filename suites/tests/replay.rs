@@ -292,8 +292,12 @@ fn lab_replay_of_each_committed_trace_keeps_flows_on_one_backend_as_offline_chos
         let offline = offline::run(&pcap::read(&trace(name)).expect("trace").frames, &config).expect("offline");
         let offline_reals: std::collections::BTreeMap<&str, &Vec<std::net::IpAddr>> =
             offline.flows.iter().filter(|f| !f.reals.is_empty()).map(|f| (f.flow.as_str(), &f.reals)).collect();
-        assert_eq!(replay.flows.len(), offline_reals.len(), "{name}: the same flows reach a real");
-        for flow in &replay.flows {
+        // The client's kernel answers replayed replies it holds no socket for with ICMP port
+        // unreachable to the VIP, which the LB sends on to the quoted flow's backend (ICMP errors
+        // to a VIP): flows of the live lab that the trace does not have, each on one backend.
+        let traced: Vec<_> = replay.flows.iter().filter(|f| !f.flow.starts_with("icmp error")).collect();
+        assert_eq!(traced.len(), offline_reals.len(), "{name}: the same flows reach a real");
+        for flow in traced {
             assert_eq!(Some(&&flow.reals), offline_reals.get(flow.flow.as_str()), "{name}: {}", flow.flow);
         }
     }

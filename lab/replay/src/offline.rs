@@ -201,11 +201,71 @@ pub(super) fn flow_of(data: &[u8]) -> Option<String> {
         IpPayload::Tcp(t) => format!("tcp {} > {}", addr(ip.src, t.sport), addr(ip.dst, t.dport)),
         IpPayload::Udp(u) => format!("udp {} > {}", addr(ip.src, u.sport), addr(ip.dst, u.dport)),
         IpPayload::Ip(_) => format!("ip-in-ip {} > {}", ip.src, ip.dst),
-        IpPayload::Other(proto, _) => format!("ip {proto} {} > {}", ip.src, ip.dst),
+        IpPayload::Other(proto, payload) => match icmp_error_about(*proto, payload) {
+            // An ICMP error belongs with the flow whose packet it quotes (the LB sends it to
+            // that flow's real): errors about different flows are different flows.
+            Some(about) => format!("icmp error about {about}"),
+            None => format!("ip {proto} {} > {}", ip.src, ip.dst),
+        },
     })
+}
+
+/// The flow an ICMP (`proto` 1) or ICMPv6 (58) error `message` quotes, written from the client's
+/// side (`udp 198.51.100.2:40000 > 203.0.113.10:443`): destination unreachable, or ICMPv6 packet
+/// too big, quoting a TCP or UDP header's ports. `None` for anything else.
+fn icmp_error_about(proto: u8, message: &[u8]) -> Option<String> {
+    let kind = *message.first()?;
+    let quote = message.get(8..)?;
+    let (header, l4, src, dst): (usize, u8, IpAddr, IpAddr) = match (proto, kind) {
+        (1, 3) if quote.first()? >> 4 == 4 => {
+            let header = usize::from(quote[0] & 0x0f) * 4;
+            let addr = |at: usize| Some(IpAddr::from(<[u8; 4]>::try_from(quote.get(at..at + 4)?).ok()?));
+            (header, *quote.get(9)?, addr(12)?, addr(16)?)
+        }
+        (58, 1 | 2) if quote.first()? >> 4 == 6 => {
+            let addr = |at: usize| Some(IpAddr::from(<[u8; 16]>::try_from(quote.get(at..at + 16)?).ok()?));
+            (40, *quote.get(6)?, addr(8)?, addr(24)?)
+        }
+        _ => return None,
+    };
+    let ports = quote.get(header..header + 4)?;
+    let (sport, dport) = (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]));
+    let name = match l4 {
+        6 => "tcp",
+        17 => "udp",
+        _ => return None,
+    };
+    let addr = |a: IpAddr, port: u16| match a {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    Some(format!("{name} {} > {}", addr(dst, dport), addr(src, sport)))
 }
 
 /// The outer destination of an encapsulated frame.
 pub(super) fn outer_destination(data: &[u8]) -> Option<IpAddr> {
     FrameRepr::parse(data)?.ip_packet().map(|ip| ip.dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ICMP port unreachable from a client quoting a UDP reply of the VIP is the quoted
+    /// flow's, from the client's side; an ICMPv6 packet too big likewise; other messages and
+    /// quotes without ports are not.
+    #[test]
+    fn an_icmp_error_belongs_to_the_flow_it_quotes() {
+        let mut v4 = vec![3, 3, 0, 0, 0, 0, 0, 0, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
+        v4.extend_from_slice(&[203, 0, 113, 10, 198, 51, 100, 2, 0x01, 0xbb, 0x9c, 0x40, 0, 8, 0, 0]);
+        assert_eq!(icmp_error_about(1, &v4).as_deref(), Some("udp 198.51.100.2:40000 > 203.0.113.10:443"));
+        let mut v6 = vec![2, 0, 0, 0, 0, 0, 5, 0, 0x60, 0, 0, 0, 0, 8, 6, 64];
+        v6.extend_from_slice(&"2001:db8:ffff::10".parse::<std::net::Ipv6Addr>().expect("address").octets());
+        v6.extend_from_slice(&"2001:db8:100::2".parse::<std::net::Ipv6Addr>().expect("address").octets());
+        v6.extend_from_slice(&[0, 80, 0x9c, 0x41]);
+        assert_eq!(icmp_error_about(58, &v6).as_deref(), Some("tcp [2001:db8:100::2]:40001 > [2001:db8:ffff::10]:80"));
+        let echo = [8, 0, 0, 0, 0, 1, 0, 1];
+        assert_eq!(icmp_error_about(1, &echo), None);
+        assert_eq!(icmp_error_about(1, &v4[..8 + 20 + 2]), None, "a quote without both ports");
+    }
 }
