@@ -142,7 +142,9 @@ pub(super) fn in_place(
         old,
         &handed_over,
     )?;
-    let tables_change = migrated.iter().any(|m| m == LRU_PER_CPU_MAP || m == LRU6_PER_CPU_MAP);
+    // The per-CPU tables are the outer arrays' inner maps: the new version's arrays need tables
+    // of their own unless they were handed over (with the old tables in them).
+    let tables_change = !handed_over.iter().any(|m| m == LRU_PER_CPU_MAP);
     let mut new_tables = match (tables_change, to) {
         (false, _) => None,
         (true, Version::Current) => Some(Tables::Current(FamilyTables::create(&mut new)?)),
