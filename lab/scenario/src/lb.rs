@@ -264,11 +264,14 @@ impl Deployment {
                 .min()
                 .unwrap_or(DEFAULT_MTU)
         };
+        // Each backend's side once; each LB node's own link then bounds it.
+        let backends: Vec<(IpAddr, u32)> =
+            config.reals.iter().map(|(backend, real)| (real.addr, link_mtu(backend, Some(real.addr)))).collect();
         for lb in &self.shared.nodes {
             let mut lb = lock(lb);
             let mine = link_mtu(&lb.name, None);
-            for (backend, real) in &config.reals {
-                lb.balancer.set_path_mtu(real.addr, mine.min(link_mtu(backend, Some(real.addr))))?;
+            for (addr, theirs) in &backends {
+                lb.balancer.set_path_mtu(*addr, mine.min(*theirs))?;
             }
         }
         Ok(())
