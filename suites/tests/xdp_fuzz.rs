@@ -9,7 +9,7 @@
 //! then fed to `xdp_decap`, which must give back the input's IP packet.
 //!
 //! Each frame runs on a CPU the seeded generator picks (CPU 0 or 1 when two are online), so a
-//! flow's packets meet different per-CPU tables and SYN caches, and the shared table, as they
+//! flow's packets meet different SYN caches and each CPU's share of the connection table, as they
 //! do on a host whose NIC does not pin flows to CPUs; the model keeps each CPU's SYN cache.
 //!
 //! The default run is short; `ZRLAB_FUZZ_PACKETS=1000000` (what `cargo xtask fuzz` sets) runs a

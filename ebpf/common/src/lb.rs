@@ -28,41 +28,22 @@ pub const REALS_MAP: &str = "LB_REALS";
 /// routes only within the VIPs its real is a member of (up or drained): a packet to VIP A
 /// carrying the id of a real that serves only VIP B falls back to the table and ring.
 pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
-/// Name of the per-CPU connection tables (array of LRU maps, one per CPU).
-pub const LRU_PER_CPU_MAP: &str = "LB_LRU_PER_CPU";
-/// Name of the shared fallback connection table.
-pub const LRU_FALLBACK_MAP: &str = "LB_LRU_FALLBACK";
-/// Outer array of the IPv6 flows' per-CPU connection tables (keys [`ConnKeyV6`]).
-pub const LRU6_PER_CPU_MAP: &str = "LB_LRU6_PER_CPU";
-/// The IPv6 flows' shared fallback table (the kernel keeps the name's first 15 bytes).
-pub const LRU6_FALLBACK_MAP: &str = "LB_LRU6_FALLBACK";
+/// Name of the IPv4 flows' connection table (keys [`ConnKey`]): one LRU hash shared by every
+/// CPU, each CPU with an LRU list of its own ([`CONN_TABLE_FLAGS`]).
+pub const CONN_TABLE_MAP: &str = "LB_CONNS";
+/// Name of the IPv6 flows' connection table (keys [`ConnKeyV6`]).
+pub const CONN6_TABLE_MAP: &str = "LB_CONNS6";
 /// Name of the SYN cache: a per-CPU array of [`SYN_CACHE_SLOTS`] [`SynSlot`]s, the route of
 /// each CPU's recent SYNs, one slot per flow hash (direct-mapped). A SYN writes its slot and no
 /// connection table: a table insert is the costliest step of a new flow (the kernel pops a
 /// free node and pushes the replaced one under locks, a chain of calls), and a SYN that never
 /// completes (a flood) then costs no table work at all and cannot evict an established flow's
-/// entry. The flow's next packet that misses both tables on that CPU finds its slot and moves
-/// the route into the tables. (A SYN whose 5-tuple has an entry in this CPU's table or the
-/// shared one, a reused 5-tuple, writes its route into both instead and bumps the flow's
-/// reroute mark, [`REROUTES_MAP`]: the flow's next packet then follows it on any CPU.) A slot that
-/// another SYN took
+/// entry. The flow's next packet that misses the table on that CPU finds its slot and moves
+/// the route into the table. (A SYN whose 5-tuple has an entry, a reused 5-tuple, overwrites
+/// it instead: the flow's next packet then follows it on any CPU.) A slot that another SYN took
 /// meanwhile is a miss: the flow is routed by the ring, as katran routes a flow whose entry
 /// was evicted.
 pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
-/// Name of the reroute marks: an array of [`REROUTE_SLOTS`] counters, one per slot of a cheap
-/// hash of a connection-table key ([`RerouteSlot`]). A flow's entries live in the shared table
-/// and in the table of each CPU that routed one of its packets; when a flow moves to another
-/// real (a SYN of a reused 5-tuple, a server id that corrects its entry), the CPU that moves it
-/// writes its own table and the shared one and bumps the flow's mark. Every per-CPU entry holds
-/// the mark it was written under ([`ConnEntry::mark`]); one whose mark is no longer the slot's
-/// is stale and counts as a miss, so the shared table decides and the entry is copied afresh.
-/// An array the verifier inlines, and no loop over CPUs (which the 6.1 verifier could not
-/// follow within its instruction limit). Flows that share a slot only cost each other a shared
-/// lookup.
-pub const REROUTES_MAP: &str = "LB_REROUTES";
-/// Slots of the reroute marks (a power of two): 256 KiB.
-pub const REROUTE_SLOTS: u32 = 65_536;
-
 /// Slots of each CPU's SYN cache (a power of two): about 900 KiB per CPU. With S SYNs in
 /// flight on a CPU within one round trip, a flow finds its slot taken with a chance of about
 /// S / 16,384.
@@ -93,19 +74,19 @@ pub const MAX_VIPS: u32 = 16;
 pub const MAX_REALS: u32 = 1024;
 /// Entries of the live-id table: (VIP, server id) pairs.
 pub const MAX_SERVER_IDS: u32 = 16_384;
-/// CPUs the per-CPU connection tables cover; CPUs beyond use the fallback table.
-pub const MAX_CPUS: u32 = 128;
-/// Entries of each per-CPU connection table.
-pub const LRU_PER_CPU_SIZE: u32 = 16_384;
-/// Entries of the shared fallback connection table.
-pub const LRU_FALLBACK_SIZE: u32 = 65_536;
-/// Flags of the per-CPU tables: `BPF_F_NO_COMMON_LRU`. Each table is written by one CPU only,
-/// and the common LRU list's lock and shared free list cost every new flow (a SYN about 35 ns
-/// of 160 by katran's method). The kernel splits a table's entries evenly over the possible
-/// CPUs, so the owner CPU uses its share, `LRU_PER_CPU_SIZE` / possible CPUs; the shared
-/// fallback holds every established flow too. Sizing the tables by the CPU count instead would
-/// grow memory with its square.
-pub const LRU_PER_CPU_FLAGS: u32 = 1 << 1;
+/// Each CPU's share of a connection table: the table holds this many entries per possible CPU
+/// (user space sizes it when it loads the object; the object's own size is one CPU's share).
+pub const CONN_TABLE_PER_CPU: u32 = 32_768;
+/// Flags of the connection tables: `BPF_F_NO_COMMON_LRU`. One hash table that every CPU reads
+/// and writes, with an LRU list per CPU: a CPU evicts only the entries it inserted, so a flood on
+/// one CPU cannot push out another CPU's flows, and an insert takes no lock that other CPUs
+/// share (the common LRU list's lock and shared free list cost a new flow about 35 ns of 160 by
+/// katran's method). The kernel splits the entries evenly over the possible CPUs, hence the
+/// size per CPU. One table, not one per CPU with a shared fallback (as before): a flow costs one
+/// insert, not two; a packet on any CPU finds the entry any CPU wrote; and a flow moved to
+/// another real (a SYN of a reused 5-tuple, a server id that corrects its entry) has one entry
+/// to overwrite, with no per-CPU copy left stale.
+pub const CONN_TABLE_FLAGS: u32 = 1 << 1;
 
 /// VIP flag: route TCP by the server id in the TPR header option.
 pub const VIP_F_TCP_ID_ROUTING: u32 = 1 << 0;
@@ -253,35 +234,6 @@ impl ConnKey {
     }
 }
 
-/// A connection-table key's slot in the reroute marks ([`REROUTES_MAP`]).
-pub trait RerouteSlot {
-    /// The slot, below [`REROUTE_SLOTS`].
-    fn reroute_slot(&self) -> u32;
-}
-
-/// Folds `words` into a slot of the reroute marks: rotate-and-XOR, then a multiplicative hash's
-/// top bits. Cheap (it runs on every per-CPU table hit) rather than strong: a shared slot only
-/// costs a shared-table lookup.
-#[inline(always)]
-fn reroute_slot_of<const N: usize>(words: [u32; N]) -> u32 {
-    let mut h = 0u32;
-    let mut i = 0;
-    while i < N {
-        h = h.rotate_left(7) ^ words[i];
-        i += 1;
-    }
-    h.wrapping_mul(0x9e37_79b1) >> (32 - REROUTE_SLOTS.trailing_zeros())
-}
-
-const _: () = assert!(REROUTE_SLOTS.is_power_of_two());
-
-impl RerouteSlot for ConnKey {
-    #[inline(always)]
-    fn reroute_slot(&self) -> u32 {
-        reroute_slot_of([self.src, self.dst_proto, self.ports])
-    }
-}
-
 /// The IPv6 connection table's key: the whole 5-tuple, as katran keys its flows, with no
 /// padding bytes (the protocol takes a word of its own). Exact: two flows never share an entry.
 #[repr(C)]
@@ -295,14 +247,6 @@ pub struct ConnKeyV6 {
     pub ports: u32,
     /// IP protocol.
     pub proto: u32,
-}
-
-impl RerouteSlot for ConnKeyV6 {
-    #[inline(always)]
-    fn reroute_slot(&self) -> u32 {
-        let (s, d) = (self.src, self.dst);
-        reroute_slot_of([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], self.ports, self.proto])
-    }
 }
 
 impl ConnKeyV6 {
@@ -338,9 +282,8 @@ pub struct ConnEntry<T = u32> {
     pub src: [u32; 4],
     /// The flow's destination address words.
     pub dst: [u32; 4],
-    /// In a per-CPU table: the flow's reroute mark ([`REROUTES_MAP`]) when the entry was
-    /// written; stale once the mark moved on. Not read in the shared table.
-    pub mark: u32,
+    /// Padding (zero).
+    pub pad: u32,
     /// The version's tail ([`EntryTail`]).
     pub tail: T,
 }
@@ -394,7 +337,7 @@ impl<T: EntryTail> ConnEntry<T> {
             proto: u32::from(flow.proto),
             src: flow.src,
             dst: flow.dst,
-            mark: 0,
+            pad: 0,
             tail: T::FRESH,
         }
     }
@@ -550,37 +493,35 @@ pub mod counter {
     pub const TX: u32 = 15;
     /// Encapsulation failed (no headroom, no real): aborted.
     pub const ENCAP_FAILED: u32 = 16;
-    /// Hits in the shared fallback connection table.
-    pub const LRU_FALLBACK_HIT: u32 = 17;
     /// A bounds check the program's own earlier checks should have made impossible failed (a
     /// bug, or a kernel that lays the frame out differently): the packet passed. Never moves
     /// in the suites; the fuzz suite asserts it.
-    pub const INTERNAL: u32 = 18;
+    pub const INTERNAL: u32 = 17;
     /// Flows whose first packet after the SYN found the SYN's route in the SYN cache (and moved
     /// it into the connection tables).
-    pub const SYN_CACHE_HIT: u32 = 19;
+    pub const SYN_CACHE_HIT: u32 = 18;
     /// Packets forwarded by `xdp_lb_next` (never by `xdp_lb`): after an in-place upgrade, that
     /// the new version is the one handling the traffic.
-    pub const NEXT_TX: u32 = 20;
+    pub const NEXT_TX: u32 = 19;
     /// VIP packets too big for their real's path once encapsulated, answered with ICMP
     /// "fragmentation needed" / ICMPv6 "packet too big" (`XDP_TX` back to the sender).
-    pub const TOO_BIG: u32 = 21;
+    pub const TOO_BIG: u32 = 20;
     /// Of those, beyond the answers' rate limit: dropped without an answer.
-    pub const TOO_BIG_LIMITED: u32 = 22;
+    pub const TOO_BIG_LIMITED: u32 = 21;
     /// VIP packets too big for their real's path with IPv4's "don't fragment" clear: dropped (an
     /// XDP program cannot fragment), and too big ICMP errors (no error answers an error).
-    pub const TOO_BIG_DROPPED: u32 = 23;
+    pub const TOO_BIG_DROPPED: u32 = 22;
     /// ICMP and ICMPv6 errors to a VIP that quote a packet of one of its flows: sent to that
     /// flow's real (by its table entry, else the ring), so the backend learns the path MTU.
-    pub const ICMP_ROUTED: u32 = 24;
+    pub const ICMP_ROUTED: u32 = 23;
     /// ICMP errors to a VIP whose quote is too short to hold the quoted packet's ports, or
     /// whose quoted header is unusable (IPv4 options): dropped, never guessed at.
-    pub const ICMP_QUOTE_BAD: u32 = 25;
+    pub const ICMP_QUOTE_BAD: u32 = 24;
     /// ICMP errors to a VIP address about a packet that is no VIP's (another source, protocol
     /// or port): passed untouched.
-    pub const ICMP_NOT_OURS: u32 = 26;
+    pub const ICMP_NOT_OURS: u32 = 25;
     /// Number of slots.
-    pub const SLOTS: u32 = 27;
+    pub const SLOTS: u32 = 26;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -600,7 +541,6 @@ pub mod counter {
         "quic_hashed",
         "tx",
         "encap_failed",
-        "lru_fallback_hit",
         "internal",
         "syn_cache_hit",
         "next_tx",

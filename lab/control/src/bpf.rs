@@ -150,6 +150,17 @@ impl Loaded {
         Self::verified(object, object.load_with(global.0, global.1), programs)
     }
 
+    /// As [`Loaded::load`], with the loader set up by `configure` (globals, map sizes).
+    pub fn load_configured<'a>(
+        object: Object,
+        configure: impl FnOnce(&mut EbpfLoader<'a>),
+        programs: &[&str],
+    ) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        configure(&mut loader);
+        Self::verified(object, loader.load(object.bytes()), programs)
+    }
+
     /// Loads `object` as `configure` sets the loader up (globals), with the maps named `reuse`
     /// not created but taken over from `from` (a loaded object of an earlier version), and
     /// verifies its XDP programs `programs`: the new programs use the very maps the old ones

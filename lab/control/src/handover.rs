@@ -89,7 +89,7 @@ fn describe(def: &aya_obj::Map) -> String {
 mod tests {
     use super::*;
 
-    const MIGRATED: [&str; 4] = ["LB_LRU_PER_CPU", "LB_LRU6_PER_CPU", "LB_LRU_FALLBACK", "LB_LRU6_FALLBACK"];
+    const MIGRATED: [&str; 2] = ["LB_CONNS", "LB_CONNS6"];
     const RESET: [&str; 1] = ["LB_SYN_CACHE"];
 
     /// A changed map no migration covers refuses the upgrade and names the map; a map the

@@ -7,7 +7,7 @@
 //! to, in order. A flow whose packets went to more than one real is **split**. Non-IP frames
 //! (by EtherType) are skipped and counted; IP frames that are not TCP or UDP count under one
 //! flow per protocol and address pair, IP frames whose header does not parse under one flow. The program runs on the calling thread's CPU; a flow whose frames ran on
-//! different CPUs is found through the shared fallback table, as on a real node.
+//! different CPUs is found in the connection table every CPU shares, as on a real node.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 

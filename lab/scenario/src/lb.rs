@@ -575,8 +575,7 @@ impl Deployment {
             let c = node.balancer.counters()?;
             totals.tx += c.get(counter::TX);
             totals.ring_routed += c.get(counter::RING_ROUTED);
-            totals.table_hits +=
-                c.get(counter::LRU_HIT) + c.get(counter::LRU_FALLBACK_HIT) + c.get(counter::SYN_CACHE_HIT);
+            totals.table_hits += c.get(counter::LRU_HIT) + c.get(counter::SYN_CACHE_HIT);
             totals.table_misses += c.get(counter::LRU_MISS);
             totals.id_unknown += c.get(counter::ID_UNKNOWN);
             totals.tcp_id_routed += c.get(counter::TCP_ID_ROUTED);

@@ -16,7 +16,7 @@ pub struct LbTotals {
     pub tx: u64,
     /// Packets routed by the ring.
     pub ring_routed: u64,
-    /// Connection-table hits (per-CPU and fallback).
+    /// Connection-table hits (and SYN-cache hits).
     pub table_hits: u64,
     /// Connection-table misses.
     pub table_misses: u64,

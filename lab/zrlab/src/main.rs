@@ -242,6 +242,9 @@ enum Bench {
         /// Only the cases whose name contains this text (e.g. "table hit").
         #[arg(long)]
         only: Option<String>,
+        /// Runs of the connection set-up line, each on fresh tables (medians are reported).
+        #[arg(long, default_value_t = crate::bench::xdp::Options::default().setup_runs)]
+        setup_runs: usize,
     },
     /// What routing by the TCP option costs: the LB per packet (id routing on vs off) and the
     /// hosts' connection set-up and request latency (sock_ops attached vs detached).
@@ -385,9 +388,9 @@ async fn run_bench(bench: Bench, fixtures: &Path, out: &Path) -> Result<ExitCode
             out!("{}", report.table());
             write_json(out, "tpr.json", &report)?;
         }
-        Bench::Xdp { repeat, rounds, only } => {
+        Bench::Xdp { repeat, rounds, only, setup_runs } => {
             eprintln!("measuring xdp_lb by category (repeat {repeat}, {rounds} rounds each)...");
-            let report = crate::bench::xdp::run(&crate::bench::xdp::Options { repeat, rounds, only })?;
+            let report = crate::bench::xdp::run(&crate::bench::xdp::Options { repeat, rounds, only, setup_runs })?;
             out!("{}", report.table());
             write_json(out, "xdp.json", &report)?;
         }

@@ -113,7 +113,7 @@ impl Fixture {
     }
 }
 
-/// Pins the calling thread to CPU 0, so per-CPU tables and counters do not depend on where the
+/// Pins the calling thread to CPU 0, so SYN caches and counters do not depend on where the
 /// scheduler puts the test.
 pub(crate) fn pin_to_cpu0() {
     pin_to_cpu(0);
@@ -121,7 +121,7 @@ pub(crate) fn pin_to_cpu0() {
 
 /// Pins the calling thread to CPU `cpu`. The kernel moves the calling thread before
 /// `sched_setaffinity` returns, and `BPF_PROG_TEST_RUN` runs an XDP program on the CPU of its
-/// caller, so the next test run uses `cpu`'s per-CPU tables and SYN cache.
+/// caller, so the next test run uses `cpu`'s SYN cache (and LRU list of the connection table).
 pub(crate) fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
     unsafe {

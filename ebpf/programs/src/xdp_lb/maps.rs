@@ -1,14 +1,13 @@
 //! The LB's maps (layouts in `zrlab_common::lb`) and counter helpers.
 
 use aya_ebpf::{
-    btf_maps::{Array as BtfArray, ArrayOfMaps, LruHashMap as BtfLruHashMap},
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    Config, ConnKey, ConnKeyV6, CounterBlock, IcmpRate, IdKey, LRU_FALLBACK_SIZE, LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE,
-    MAX_CPUS, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REROUTE_SLOTS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS,
-    VipKey, VipMeta, counter,
+    CONN_TABLE_FLAGS, CONN_TABLE_PER_CPU, Config, ConnKey, ConnKeyV6, CounterBlock, IcmpRate, IdKey, MAX_REALS,
+    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -38,35 +37,16 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 #[map(name = "LB_SERVER_IDS")]
 pub static SERVER_IDS: HashMap<IdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
 
-/// One family's per-CPU connection tables: an outer array with one inner table per CPU, each
-/// with its LRU lists per CPU (`LRU_PER_CPU_FLAGS`: why, and what it costs in capacity).
-pub type PerCpuTables<K> = ArrayOfMaps<
-    BtfLruHashMap<K, ConnEntry, { LRU_PER_CPU_SIZE as usize }, { LRU_PER_CPU_FLAGS as usize }>,
-    { MAX_CPUS as usize },
->;
+/// The IPv4 flows' connection table (`zrlab_common::lb::CONN_TABLE_MAP`), shared by every
+/// CPU, with an LRU list per CPU (`CONN_TABLE_FLAGS`: why). Its size here is one CPU's share;
+/// user space sizes it for the possible CPUs when it loads the object.
+#[map(name = "LB_CONNS")]
+pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(CONN_TABLE_PER_CPU, CONN_TABLE_FLAGS);
 
-/// One connection table per CPU (as katran), for IPv4 flows: the control plane creates them; a
-/// CPU without one uses the fallback alone.
-#[btf_map(name = "LB_LRU_PER_CPU")]
-pub static LRU_PER_CPU: PerCpuTables<ConnKey> = ArrayOfMaps::new();
-
-/// Shared by all CPUs, for IPv4 flows: consulted on a per-CPU miss, so a flow whose packets
-/// reach another CPU (veth has no RSS to pin them) still finds its real.
-#[map(name = "LB_LRU_FALLBACK")]
-pub static LRU_FALLBACK: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
-
-/// As [`LRU_PER_CPU`], for IPv6 flows under their exact key.
-#[btf_map(name = "LB_LRU6_PER_CPU")]
-pub static LRU6_PER_CPU: PerCpuTables<ConnKeyV6> = ArrayOfMaps::new();
-
-/// As [`LRU_FALLBACK`], for IPv6 flows under their exact key.
-#[map(name = "LB_LRU6_FALLBACK")]
-pub static LRU6_FALLBACK: LruHashMap<ConnKeyV6, ConnEntry> = LruHashMap::with_max_entries(LRU_FALLBACK_SIZE, 0);
-
-/// The reroute marks (`zrlab_common::lb::REROUTES_MAP`): an array, so the verifier inlines the
-/// lookup that every per-CPU table hit makes.
-#[map(name = "LB_REROUTES")]
-pub static REROUTES: Array<u32> = Array::with_max_entries(REROUTE_SLOTS, 0);
+/// As [`CONNS`], for IPv6 flows under their exact key.
+#[map(name = "LB_CONNS6")]
+pub static CONNS6: LruHashMap<ConnKeyV6, ConnEntry> =
+    LruHashMap::with_max_entries(CONN_TABLE_PER_CPU, CONN_TABLE_FLAGS);
 
 /// Each CPU's SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`), for both families. A per-CPU
 /// array: the verifier inlines its lookup, and no other CPU writes a CPU's slots.

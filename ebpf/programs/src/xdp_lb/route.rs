@@ -3,47 +3,38 @@
 //! The fast path is a connection-table hit: the entry carries the real and the VIP's number and
 //! flags, so an established flow costs one table lookup and no VIP lookup. In order:
 //! 0. a destination that carries no VIP (its bit in the VIP-address filter is clear) passes;
-//! 1. unless it is a SYN (a new connection always hashes), the family's connection table (this
-//!    CPU's, then the shared fallback; IPv6 flows have tables of their own under an exact key,
-//!    `zrlab_common::lb::ConnKeyV6`);
+//! 1. unless it is a SYN (a new connection always hashes), the family's connection table (one
+//!    table every CPU shares, `zrlab_common::lb::CONN_TABLE_FLAGS`; IPv6 flows have a table of
+//!    their own under an exact key, `zrlab_common::lb::ConnKeyV6`);
 //! 2. with id routing on the flow's VIP: for TCP non-SYN packets the first well-formed TPR
 //!    option's id, for QUIC the destination CID's id; an id live *for this VIP* (its real is a
 //!    member of the VIP) picks the real (whatever the table said) and corrects the table;
 //! 3. on a table miss: the VIP (exact port, then any port), and then its Maglev ring; the
-//!    result is remembered in the connection tables, or, for a SYN, in this CPU's SYN cache
+//!    result is remembered in the connection table, or, for a SYN, in this CPU's SYN cache
 //!    (`zrlab_common::lb::SYN_CACHE_MAP`: no table insert until the flow's next packet, which
-//!    misses both tables and finds its SYN's slot).
+//!    misses the table and finds its SYN's slot).
 //!
 //! A SYN starts its flow anew: its next packets, on any CPU, follow the real chosen for it,
-//! whatever a table held for an earlier connection of the same 5-tuple. So a SYN whose 5-tuple
-//! has an entry in this CPU's table or in the shared one (a reused 5-tuple) writes its route
-//! into both and bumps the flow's reroute mark, which makes every other CPU's copy stale
-//! ([`Tables::restart`], `zrlab_common::lb::REROUTES_MAP`); so does a server id that moves a
-//! flow away from its table entry ([`Tables::reroute`]). Without the shared table's check, an
-//! old entry there (another CPU's flow, or this CPU's entry evicted) outranked the SYN cache,
-//! and the flow's next packet went to the old connection's real.
+//! whatever the table held for an earlier connection of the same 5-tuple. So a SYN whose
+//! 5-tuple has an entry (a reused 5-tuple) overwrites it with its own route
+//! ([`Table::restart`]); a server id that moves a flow away from its entry does the same. The
+//! table is one for all CPUs, so no CPU keeps a copy that could go stale.
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
 
 use aya_ebpf::maps::LruHashMap;
-use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::XdpContext};
 use zrlab_common::lb::{
-    ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, RerouteSlot, TPR_KIND,
-    TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey,
-    VipMeta, counter, flow_hash, quic_server_id, syn_cache_index,
+    ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND, TPR_LEN,
+    TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta,
+    counter, flow_hash, quic_server_id, syn_cache_index,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
     layout::{ConnEntry, SynSlot},
-    maps::{
-        LRU_FALLBACK, LRU_PER_CPU, LRU6_FALLBACK, LRU6_PER_CPU, PerCpuTables, REROUTES, RINGS, SERVER_IDS, SYN_CACHE,
-        Stats, VIPS, config,
-    },
+    maps::{CONNS, CONNS6, RINGS, SERVER_IDS, SYN_CACHE, Stats, VIPS, config},
     parse::{Pkt, may_be_vip_addr},
 };
 
@@ -71,22 +62,20 @@ pub fn pick(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Route {
     // `pkt.v6` is a constant in each family's copy of the path (see `parse`): each copy keeps
     // one branch.
     if pkt.v6 {
-        let tables: Tables<_, true> =
-            Tables { per_cpu: &LRU6_PER_CPU, fallback: &LRU6_FALLBACK, key: ConnKeyV6::of(&pkt.flow) };
-        pick_with(ctx, pkt, stats, &tables)
+        let table: Table<_, true> = Table { map: &CONNS6, key: ConnKeyV6::of(&pkt.flow) };
+        pick_with(ctx, pkt, stats, &table)
     } else {
-        let tables: Tables<_, false> =
-            Tables { per_cpu: &LRU_PER_CPU, fallback: &LRU_FALLBACK, key: ConnKey::of(&pkt.flow) };
-        pick_with(ctx, pkt, stats, &tables)
+        let table: Table<_, false> = Table { map: &CONNS, key: ConnKey::of(&pkt.flow) };
+        pick_with(ctx, pkt, stats, &table)
     }
 }
 
 #[inline(always)]
-fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
+fn pick_with<K: 'static, const EXACT: bool>(
     ctx: &XdpContext,
     pkt: &Pkt,
     stats: &Stats,
-    tables: &Tables<K, EXACT>,
+    table: &Table<K, EXACT>,
 ) -> Route {
     // First of all: a packet whose destination's bit in the VIP-address filter is clear is not
     // the LB's business, and the filter costs a multiply and an array load where a table or VIP
@@ -97,20 +86,20 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
         return Route::NotVip;
     }
     if pkt.icmp {
-        return pick_for_error(pkt, stats, tables);
+        return pick_for_error(pkt, stats, table);
     }
     let syn = pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if !syn && let Some(hit) = tables.lookup(&pkt.flow, stats) {
+    if !syn && let Some(hit) = table.lookup(&pkt.flow, stats) {
         let real = by_id(ctx, pkt, hit.flags, hit.vip_num, stats).unwrap_or(hit.real);
         if real != hit.real {
-            tables.reroute(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
+            table.remember(ConnEntry::new(&pkt.flow, real, hit.vip_num, hit.flags));
         }
         return Route::Real { real, vip_num: hit.vip_num };
     }
     let Some(meta) = vip(pkt) else { return Route::NoService };
     if let Some(real) = by_id(ctx, pkt, meta.flags, meta.vip_num, stats) {
         if meta.flags & VIP_F_NO_LRU == 0 {
-            tables.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
+            table.remember(ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags));
         }
         return Route::Real { real, vip_num: meta.vip_num };
     }
@@ -122,10 +111,10 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
     };
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
         // The flow's first packet after its SYN (on the SYN's CPU): the SYN's route moves from
-        // the SYN cache into the tables. (`hash` is the seeded flow hash here.)
+        // the SYN cache into the table. (`hash` is the seeded flow hash here.)
         if !syn && let Some(entry) = take_syn(hash, &pkt.flow, &meta) {
             stats.add(counter::SYN_CACHE_HIT);
-            tables.remember(entry);
+            table.remember(entry);
             return Route::Real { real: entry.real, vip_num: entry.vip_num };
         }
         stats.add(counter::LRU_MISS);
@@ -134,29 +123,25 @@ fn pick_with<K: RerouteSlot + 'static, const EXACT: bool>(
     if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
         let entry = ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags);
         if syn {
-            if !tables.restart(&pkt.flow, entry) {
+            if !table.restart(&pkt.flow, entry) {
                 // `hash` is the seeded flow hash here (the per-packet hash has no table).
                 remember_syn(hash, &pkt.flow, entry);
             }
         } else {
-            tables.remember(entry);
+            table.remember(entry);
         }
     }
     Route::Real { real, vip_num: meta.vip_num }
 }
 
-/// Where an ICMP error about `pkt`'s flow goes: to the flow's real, by its entry in this CPU's
-/// table or the shared one, else by the VIP's ring, as the flow's own next packet would. It
+/// Where an ICMP error about `pkt`'s flow goes: to the flow's real, by its table entry, else by
+/// the VIP's ring, as the flow's own next packet would. It
 /// writes nothing (an error starts no flow) and reads no server id (the quoted packet is the
 /// backend's, which carries no echo of its id).
 #[inline(always)]
-fn pick_for_error<K: RerouteSlot + 'static, const EXACT: bool>(
-    pkt: &Pkt,
-    stats: &Stats,
-    tables: &Tables<K, EXACT>,
-) -> Route {
+fn pick_for_error<K: 'static, const EXACT: bool>(pkt: &Pkt, stats: &Stats, table: &Table<K, EXACT>) -> Route {
     let Some(meta) = vip(pkt) else { return Route::NoService };
-    let real = match tables.peek(&pkt.flow) {
+    let real = match table.get(&pkt.flow) {
         Some(hit) => hit.real,
         None => match ring(&meta, flow_hash(&pkt.flow, config(|c| &c.hash_seed)), stats) {
             Some(real) => real,
@@ -219,12 +204,6 @@ fn ring(meta: &VipMeta, hash: u32, stats: &Stats) -> Option<u32> {
     Some(unsafe { *entry })
 }
 
-#[inline(always)]
-fn cpu() -> u32 {
-    // SAFETY: a helper without preconditions.
-    unsafe { bpf_get_smp_processor_id() }
-}
-
 /// What a table hit says about a flow.
 struct Hit {
     real: u32,
@@ -232,107 +211,50 @@ struct Hit {
     flags: u32,
 }
 
-impl Hit {
-    #[inline(always)]
-    fn of(entry: &ConnEntry) -> Self {
-        Self { real: entry.real, vip_num: entry.vip_num, flags: entry.flags }
-    }
-}
-
-/// One family's connection tables, and a packet's key in them; `EXACT` when the key is the
-/// whole 5-tuple (IPv6), so that any entry under it is the flow's and needs no check.
-struct Tables<K: 'static, const EXACT: bool> {
-    per_cpu: &'static PerCpuTables<K>,
-    fallback: &'static LruHashMap<K, ConnEntry>,
+/// One family's connection table, and a packet's key in it; `EXACT` when the key is the whole
+/// 5-tuple (IPv6), so that any entry under it is the flow's and needs no check.
+struct Table<K: 'static, const EXACT: bool> {
+    map: &'static LruHashMap<K, ConnEntry>,
     key: K,
 }
 
-impl<K: RerouteSlot + 'static, const EXACT: bool> Tables<K, EXACT> {
-    /// `flow`'s entry: this CPU's table, then the fallback. An entry under the same key for
-    /// other addresses (an IPv4 key shared through the protocol bits, see `ConnKey`) is a miss;
-    /// IPv6 keys are exact and skip the check. Only the fields a hit needs are read: the entry
-    /// stays in the map.
+impl<K: 'static, const EXACT: bool> Table<K, EXACT> {
+    /// `flow`'s entry, counted as a hit. An entry under the same key for other addresses (an
+    /// IPv4 key shared through the protocol bits, see `ConnKey`) is a miss; IPv6 keys are exact
+    /// and skip the check.
     #[inline(always)]
     fn lookup(&self, flow: &FlowKey, stats: &Stats) -> Option<Hit> {
-        let mark = self.mark();
-        if let Some(entry) = self.here(flow, mark) {
-            stats.add(counter::LRU_HIT);
-            return Some(entry);
-        }
+        let hit = self.get(flow)?;
+        stats.add(counter::LRU_HIT);
+        Some(hit)
+    }
+
+    /// `flow`'s entry, as [`Self::lookup`] finds it, without counting. Only the fields a hit
+    /// needs are read: the entry stays in the map.
+    #[inline(always)]
+    fn get(&self, flow: &FlowKey) -> Option<Hit> {
         // SAFETY (verifier): a plain map lookup, read at once.
-        let entry = unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow))?;
-        stats.add(counter::LRU_FALLBACK_HIT);
-        if let Some(table) = self.per_cpu.get(cpu()) {
-            let _ = table.insert(&self.key, &ConnEntry { mark, ..*entry }, 0);
-        }
-        Some(Hit::of(entry))
+        let entry = unsafe { self.map.get(&self.key) }.filter(|e| EXACT || e.matches(flow))?;
+        Some(Hit { real: entry.real, vip_num: entry.vip_num, flags: entry.flags })
     }
 
-    /// `flow`'s entry, as [`Self::lookup`] finds it, without counting or copying anything.
-    #[inline(always)]
-    fn peek(&self, flow: &FlowKey) -> Option<Hit> {
-        if let Some(hit) = self.here(flow, self.mark()) {
-            return Some(hit);
-        }
-        // SAFETY (verifier): a plain map lookup, read at once.
-        unsafe { self.fallback.get(&self.key) }.filter(|e| EXACT || e.matches(flow)).map(Hit::of)
-    }
-
-    /// The flow's reroute mark now (`zrlab_common::lb::REROUTES_MAP`).
-    #[inline(always)]
-    fn mark(&self) -> u32 {
-        REROUTES.get(self.key.reroute_slot()).copied().unwrap_or(0)
-    }
-
-    /// `flow`'s entry in this CPU's table, unless a reroute on any CPU made it stale (its mark
-    /// is not `mark`, the flow's now).
-    #[inline(always)]
-    fn here(&self, flow: &FlowKey, mark: u32) -> Option<Hit> {
-        let entry = self.per_cpu.get_value_ptr_mut(cpu(), &self.key)?;
-        // SAFETY: the kernel returned a valid pointer into the inner map's value; this CPU
-        // alone writes its table.
-        let entry = unsafe { &*entry };
-        ((EXACT || entry.matches(flow)) && entry.mark == mark).then(|| Hit::of(entry))
-    }
-
-    /// Remembers `entry` in this CPU's table (under the flow's mark now) and the shared one.
+    /// Remembers (or overwrites) `flow`'s `entry`.
     #[inline(always)]
     fn remember(&self, entry: ConnEntry) {
-        let entry = ConnEntry { mark: self.mark(), ..entry };
-        if let Some(table) = self.per_cpu.get(cpu()) {
-            let _ = table.insert(&self.key, &entry, 0);
-        }
-        let _ = self.fallback.insert(&self.key, &entry, 0);
+        let _ = self.map.insert(&self.key, &entry, 0);
     }
 
-    /// A SYN's route `entry` for `flow`, when the 5-tuple had an earlier connection (an entry
-    /// in this CPU's table or in the shared one): [`Self::reroute`]d, so that the flow's next
-    /// packet follows this SYN on any CPU. `false` (nothing written) for a 5-tuple no table
-    /// holds: the SYN cache's case. An entry that survives only in another CPU's table (the
-    /// shared one evicted it first) is not seen: the shared table is 4x a per-CPU table and
-    /// every entry enters both.
+    /// A SYN's route `entry` for `flow`, when the 5-tuple had an earlier connection (an entry,
+    /// whichever CPU wrote it): overwritten, so that the flow's next packet follows this SYN on
+    /// any CPU. `false` (nothing written) for a 5-tuple the table does not hold: the SYN cache's
+    /// case.
     #[inline(always)]
     fn restart(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
-        // SAFETY (verifier): a plain map lookup, read at once.
-        let reused = self.here(flow, self.mark()).is_some()
-            || unsafe { self.fallback.get(&self.key) }.is_some_and(|e| EXACT || e.matches(flow));
+        let reused = self.get(flow).is_some();
         if reused {
-            self.reroute(entry);
+            self.remember(entry);
         }
         reused
-    }
-
-    /// Moves a flow that has entries to another real: bumps its reroute mark, which makes
-    /// every CPU's copy of its old entry stale, then writes `entry` into this CPU's table and
-    /// the shared one. (A SYN of a reused 5-tuple, and an id that corrects a table entry.)
-    #[inline(always)]
-    fn reroute(&self, entry: ConnEntry) {
-        if let Some(mark) = REROUTES.get_ptr_mut(self.key.reroute_slot()) {
-            // SAFETY: the kernel returned a valid pointer into the array's value. Two CPUs that
-            // bump it at once may lose one increment; either way it moved on.
-            unsafe { *mark = (*mark).wrapping_add(1) };
-        }
-        self.remember(entry);
     }
 }
 

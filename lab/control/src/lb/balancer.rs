@@ -3,7 +3,8 @@
 //!
 //! Ring changes never expose a half-written ring: every change builds a complete new ring in a
 //! fresh inner map, then swaps it in with one update of the outer array (see the LB's maps).
-//! Per-CPU connection tables are created here, one per possible CPU, as katran does.
+//! The connection tables are sized here for the possible CPUs (each CPU's share,
+//! `zrlab_common::lb::CONN_TABLE_PER_CPU`).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -11,6 +12,7 @@ use std::{
 };
 
 use aya::{
+    EbpfLoader,
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
     programs::Xdp,
 };
@@ -19,11 +21,11 @@ use serde::Deserialize;
 use zrlab_common::{
     addr::{words, words_v4},
     lb::{
-        CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEntry, ConnKey, ConnKeyV6, CounterBlock, EntryStamp, IdKey,
-        LRU_FALLBACK_MAP, LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP, LRU6_PER_CPU_MAP, MAX_CPUS, MAX_REALS, MAX_RING,
-        MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP,
-        VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP,
-        VipKey, VipMeta, VipStats, counter, vip_filter_bit,
+        CONFIG_GLOBAL, CONN_TABLE_MAP, CONN_TABLE_PER_CPU, CONN6_TABLE_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey,
+        ConnKeyV6, CounterBlock, EntryStamp, IdKey, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6,
+        REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
+        VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
+        vip_filter_bit,
     },
 };
 use zrlab_wire::Proto;
@@ -204,6 +206,16 @@ where
     Ok(())
 }
 
+/// Sets `loader` up for an LB object: its configuration global (`config`), and each connection
+/// table sized for the possible CPUs (the kernel splits it evenly over them).
+pub(super) fn configure<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
+    let size = CONN_TABLE_PER_CPU.saturating_mul(cpus.max(1));
+    loader.override_global(CONFIG_GLOBAL, config, true);
+    loader.map_max_entries(CONN_TABLE_MAP, size).map_max_entries(CONN6_TABLE_MAP, size);
+    Ok(())
+}
+
 /// The program's configuration for `settings`.
 pub(super) fn config(settings: &Settings) -> Config {
     Config {
@@ -250,97 +262,40 @@ struct VipState {
     members: Vec<IpAddr>,
 }
 
-/// One program version's per-CPU connection tables, both families (the outer arrays hold them
-/// too; these handles are for walking and flushing them).
-#[derive(Debug)]
-pub(super) struct FamilyTables<E> {
-    pub(super) v4: Vec<HashMap<MapData, ConnKey, ConnEntry<E>>>,
-    pub(super) v6: Vec<HashMap<MapData, ConnKeyV6, ConnEntry<E>>>,
-}
-
-/// The per-CPU connection tables, in the layout of the version loaded.
-#[derive(Debug)]
-pub(super) enum Tables {
-    /// `xdp_lb`'s.
-    Current(FamilyTables<u32>),
-    /// `xdp_lb_next`'s.
-    Next(FamilyTables<EntryStamp>),
-}
-
-impl<E> FamilyTables<E>
+/// Deletes VIP `num`'s entries from both families' connection tables of `bpf`, whose entries
+/// have the tail `E` (the version's layout).
+fn flush_tables<E>(bpf: &mut Loaded, num: u32) -> Result<()>
 where
     ConnEntry<E>: aya::Pod,
 {
-    /// Creates one table per CPU and family and installs them in `bpf`'s outer arrays.
-    pub(super) fn create(bpf: &mut Loaded) -> Result<Self> {
-        Ok(Self {
-            v4: per_cpu_tables(bpf, LRU_PER_CPU_MAP, "lb_lru_cpu")?,
-            v6: per_cpu_tables(bpf, LRU6_PER_CPU_MAP, "lb_lru6_cpu")?,
-        })
-    }
-
-    fn flush_vip(&mut self, bpf: &mut Loaded, num: u32) -> Result<()> {
-        let mut table: HashMap<_, ConnKey, ConnEntry<E>> =
-            HashMap::try_from(bpf.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
-        flush(&mut table, num)?;
-        let mut table: HashMap<_, ConnKeyV6, ConnEntry<E>> =
-            HashMap::try_from(bpf.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
-        flush(&mut table, num)?;
-        for table in &mut self.v4 {
-            flush(table, num)?;
-        }
-        for table in &mut self.v6 {
-            flush(table, num)?;
-        }
-        Ok(())
-    }
-
-    fn connections(&self, bpf: &Loaded) -> Result<HashSet<TableKey>> {
-        let fallback: HashMap<_, ConnKey, ConnEntry<E>> =
-            HashMap::try_from(bpf.map(LRU_FALLBACK_MAP)?).map_err(map_err("LB_LRU_FALLBACK"))?;
-        let fallback6: HashMap<_, ConnKeyV6, ConnEntry<E>> =
-            HashMap::try_from(bpf.map(LRU6_FALLBACK_MAP)?).map_err(map_err("LB_LRU6_FALLBACK"))?;
-        let mut keys = HashSet::new();
-        keys.extend(entries(&fallback)?.into_iter().map(|(k, _)| TableKey::V4(k)));
-        keys.extend(entries(&fallback6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
-        for table in &self.v4 {
-            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V4(k)));
-        }
-        for table in &self.v6 {
-            keys.extend(entries(table)?.into_iter().map(|(k, _)| TableKey::V6(k)));
-        }
-        Ok(keys)
-    }
+    let mut table: HashMap<_, ConnKey, ConnEntry<E>> =
+        HashMap::try_from(bpf.map_mut(CONN_TABLE_MAP)?).map_err(map_err(CONN_TABLE_MAP))?;
+    flush(&mut table, num)?;
+    let mut table: HashMap<_, ConnKeyV6, ConnEntry<E>> =
+        HashMap::try_from(bpf.map_mut(CONN6_TABLE_MAP)?).map_err(map_err(CONN6_TABLE_MAP))?;
+    flush(&mut table, num)
 }
 
-/// Creates one table per CPU and installs them in outer array `outer_name` of `bpf`.
-fn per_cpu_tables<K: aya::Pod, V: aya::Pod>(
-    bpf: &mut Loaded,
-    outer_name: &str,
-    prefix: &str,
-) -> Result<Vec<HashMap<MapData, K, V>>> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
-    let mut outer: ArrayOfMaps<_, HashMap<MapData, K, V>> =
-        ArrayOfMaps::try_from(bpf.map_mut(outer_name)?).map_err(map_err("a per-CPU table array"))?;
-    let mut tables = Vec::new();
-    for cpu in 0..cpus.min(MAX_CPUS) {
-        let table: HashMap<MapData, K, V> =
-            HashMap::try_from(super::inner::connection_table::<K, V>(&format!("{prefix}{cpu}"))?)
-                .map_err(map_err("a per-CPU LRU"))?;
-        outer.set(cpu, &table, 0).map_err(map_err("install a per-CPU LRU"))?;
-        tables.push(table);
-    }
-    Ok(tables)
+/// The keys of both families' connection tables of `bpf` (entry tail `E`).
+fn table_keys<E>(bpf: &Loaded) -> Result<HashSet<TableKey>>
+where
+    ConnEntry<E>: aya::Pod,
+{
+    let table: HashMap<_, ConnKey, ConnEntry<E>> =
+        HashMap::try_from(bpf.map(CONN_TABLE_MAP)?).map_err(map_err(CONN_TABLE_MAP))?;
+    let table6: HashMap<_, ConnKeyV6, ConnEntry<E>> =
+        HashMap::try_from(bpf.map(CONN6_TABLE_MAP)?).map_err(map_err(CONN6_TABLE_MAP))?;
+    let mut keys: HashSet<TableKey> = entries(&table)?.into_iter().map(|(k, _)| TableKey::V4(k)).collect();
+    keys.extend(entries(&table6)?.into_iter().map(|(k, _)| TableKey::V6(k)));
+    Ok(keys)
 }
 
 /// A loaded LB.
 #[derive(Debug)]
 pub struct Balancer {
     bpf: Loaded,
-    /// The version loaded.
+    /// The version loaded (its connection tables' layout).
     version: Version,
-    /// Its per-CPU connection tables.
-    tables: Tables,
     vips: BTreeMap<VipKey, VipState>,
     reals: BTreeMap<IpAddr, u32>,
     /// The path MTU to each real that has one (`Real::mtu`; none: unknown, no check).
@@ -350,8 +305,8 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Loads and verifies the LB programs (`xdp_lb`) and creates the per-CPU connection
-    /// tables.
+    /// Loads and verifies the LB programs (`xdp_lb`), its connection tables sized for the
+    /// possible CPUs.
     pub fn load(settings: &Settings) -> Result<Self> {
         Self::load_version(settings, Version::Current)
     }
@@ -359,15 +314,13 @@ impl Balancer {
     /// As [`Balancer::load`], for program version `version`.
     pub fn load_version(settings: &Settings, version: Version) -> Result<Self> {
         // The benchmark variant is verified only when a benchmark asks for it (`load_bench`).
-        let mut bpf = Loaded::load_with(version.object(), (CONFIG_GLOBAL, &config(settings)), &["xdp_lb"])?;
-        let tables = match version {
-            Version::Current => Tables::Current(FamilyTables::create(&mut bpf)?),
-            Version::Next => Tables::Next(FamilyTables::create(&mut bpf)?),
-        };
+        let config = config(settings);
+        let mut sized = Ok(());
+        let bpf = Loaded::load_configured(version.object(), |loader| sized = configure(loader, &config), &["xdp_lb"])?;
+        sized?;
         Ok(Self {
             bpf,
             version,
-            tables,
             vips: BTreeMap::new(),
             reals: BTreeMap::new(),
             path_mtus: BTreeMap::new(),
@@ -382,16 +335,13 @@ impl Balancer {
 
     /// Replaces the data path with program version `to` in place, while traffic flows: the
     /// new programs take over every map the two versions define alike (rings, VIPs, reals,
-    /// live ids, reroute marks, counters), the connection tables' entries are migrated into
+    /// live ids, counters), the connection tables' entries are migrated into
     /// the new layout, and each attached `xdp_lb` is swapped with one link update
     /// (`zrlab_control::lb::upgrade` says how, and what a map that changed without a known
     /// migration does: it refuses).
     pub fn upgrade(&mut self, settings: &Settings, to: Version) -> Result<Upgrade> {
-        let (bpf, tables, report) = upgrade::in_place(&mut self.bpf, &self.tables, self.version, settings, to)?;
+        let (bpf, report) = upgrade::in_place(&mut self.bpf, self.version, settings, to)?;
         self.bpf = bpf;
-        if let Some(tables) = tables {
-            self.tables = tables;
-        }
         self.version = to;
         Ok(report)
     }
@@ -400,18 +350,17 @@ impl Balancer {
     /// longer hold). The SYN cache needs nothing: the program takes a waiting SYN's route only
     /// if it was made under the VIP's current flags.
     fn flush_vip(&mut self, num: u32) -> Result<()> {
-        match &mut self.tables {
-            Tables::Current(tables) => tables.flush_vip(&mut self.bpf, num),
-            Tables::Next(tables) => tables.flush_vip(&mut self.bpf, num),
+        match self.version {
+            Version::Current => flush_tables::<u32>(&mut self.bpf, num),
+            Version::Next => flush_tables::<EntryStamp>(&mut self.bpf, num),
         }
     }
 
-    /// The keys of every flow in this node's connection tables (per-CPU and fallback, both
-    /// families).
+    /// The keys of every flow in this node's connection tables (both families).
     pub fn connections(&self) -> Result<HashSet<TableKey>> {
-        match &self.tables {
-            Tables::Current(tables) => tables.connections(&self.bpf),
-            Tables::Next(tables) => tables.connections(&self.bpf),
+        match self.version {
+            Version::Current => table_keys::<u32>(&self.bpf),
+            Version::Next => table_keys::<EntryStamp>(&self.bpf),
         }
     }
 

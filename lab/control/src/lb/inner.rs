@@ -1,5 +1,5 @@
-//! The inner maps of the LB's map-in-map tables (per-CPU connection tables, rings), created with
-//! BTF for their keys and values, as the loader creates the outer maps' templates.
+//! The inner maps of the LB's map-in-map table of rings, created with BTF for their keys and
+//! values, as the loader creates the outer map's template.
 //!
 //! Why not plain maps: an inner map must equal its outer map's template, and kernels of the 6.1
 //! series compare `timer_off`, which is -ENOENT for a map created with BTF (the loader's
@@ -11,19 +11,15 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::{LRU_PER_CPU_FLAGS, LRU_PER_CPU_SIZE, MAX_RING};
+use zrlab_common::lb::MAX_RING;
 
 use zrlab_host::{
-    bpf_sys::{
-        BTF_LOAD, MAP_CREATE, MAP_TYPE_ARRAY, MAP_TYPE_LRU_HASH, MAP_UPDATE_BATCH, MapCreateAttr, fd_from, sys_bpf,
-    },
+    bpf_sys::{BTF_LOAD, MAP_CREATE, MAP_TYPE_ARRAY, MAP_UPDATE_BATCH, MapCreateAttr, fd_from, sys_bpf},
     error::{LabError, Result},
 };
 
-/// BTF type ids in [`btf_blob`].
+/// The BTF type id of `u32` in [`btf_blob`].
 const TYPE_U32: u32 = 1;
-const TYPE_CONN_KEY: u32 = 2;
-const TYPE_CONN_ENTRY: u32 = 3;
 
 #[repr(C)]
 #[derive(Default)]
@@ -52,26 +48,11 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// The BTF of the inner maps' keys and values, with a connection key of `key_size` bytes and
-/// an entry of `entry_size` (the program version's layout).
-fn btf_blob(key_size: usize, entry_size: usize) -> Vec<u8> {
-    let mut strings = vec![0u8];
-    let mut name = |s: &str| {
-        let off = strings.len() as u32;
-        strings.extend_from_slice(s.as_bytes());
-        strings.push(0);
-        off
-    };
-    let mut types: Vec<u32> = Vec::new();
-    // [1] INT "u32": 4 bytes, 32 bits, unsigned.
-    types.extend([name("u32"), 1 << 24, 4, 32]);
-    for (type_name, words) in [("conn_key", key_size / 4), ("conn_entry", entry_size / 4)] {
-        // STRUCT of `words` u32 members.
-        types.extend([name(type_name), (4 << 24) | words as u32, (words * 4) as u32]);
-        for i in 0..words {
-            types.extend([name(&format!("w{i}")), TYPE_U32, (i * 32) as u32]);
-        }
-    }
+/// The BTF of the inner maps' keys and values: one type, [1] INT "u32" (4 bytes, 32 bits,
+/// unsigned).
+fn btf_blob() -> Vec<u8> {
+    let strings = b"\0u32\0";
+    let types: [u32; 4] = [1, 1 << 24, 4, 32];
     let type_bytes: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut blob = Vec::new();
     blob.extend_from_slice(&0xeb9fu16.to_ne_bytes());
@@ -80,21 +61,13 @@ fn btf_blob(key_size: usize, entry_size: usize) -> Vec<u8> {
         blob.extend_from_slice(&word.to_ne_bytes());
     }
     blob.extend_from_slice(&type_bytes);
-    blob.extend_from_slice(&strings);
+    blob.extend_from_slice(strings);
     blob
 }
 
-fn create(
-    map_type: u32,
-    key: (u32, u32),
-    value: (u32, u32),
-    (max_entries, map_flags): (u32, u32),
-    name: &str,
-) -> Result<MapData> {
-    let blob = btf_blob(
-        if key.0 == TYPE_CONN_KEY { key.1 as usize } else { 4 },
-        if value.0 == TYPE_CONN_ENTRY { value.1 as usize } else { 4 },
-    );
+/// Creates an array of `max_entries` `u32` values.
+fn create(max_entries: u32, name: &str) -> Result<MapData> {
+    let blob = btf_blob();
     let mut log = vec![0u8; 4096];
     let mut attr = BtfLoadAttr {
         btf: blob.as_ptr() as u64,
@@ -113,15 +86,15 @@ fn create(
         *dst = src;
     }
     let mut attr = MapCreateAttr {
-        map_type,
-        key_size: key.1,
-        value_size: value.1,
+        map_type: MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
         max_entries,
-        map_flags,
+        map_flags: 0,
         map_name,
         btf_fd: btf.as_raw_fd() as u32,
-        btf_key_type_id: key.0,
-        btf_value_type_id: value.0,
+        btf_key_type_id: TYPE_U32,
+        btf_value_type_id: TYPE_U32,
         ..Default::default()
     };
     let fd = sys_bpf(MAP_CREATE, &mut attr)
@@ -130,23 +103,10 @@ fn create(
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
-/// A per-CPU connection table (LRU hash, `K` -> `V`; `K` is one family's key, `V` the program
-/// version's entry).
-pub(super) fn connection_table<K, V>(name: &str) -> Result<Map> {
-    let data = create(
-        MAP_TYPE_LRU_HASH,
-        (TYPE_CONN_KEY, size_of::<K>() as u32),
-        (TYPE_CONN_ENTRY, size_of::<V>() as u32),
-        (LRU_PER_CPU_SIZE, LRU_PER_CPU_FLAGS),
-        name,
-    )?;
-    Ok(Map::LruHashMap(data))
-}
-
 /// A ring (array of `MAX_RING` real indices) holding `entries` from index 0, written with one
 /// batch update (a ring change costs one system call, not 65537).
 pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
-    let data = create(MAP_TYPE_ARRAY, (TYPE_U32, 4), (TYPE_U32, 4), (MAX_RING, 0), name)?;
+    let data = create(MAX_RING, name)?;
     let keys: Vec<u32> = (0..entries.len() as u32).collect();
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,

@@ -18,9 +18,9 @@
 //! - the connection table is keyed as the specification keys it (IPv4: source, destination with
 //!   the protocol XORed into its first byte, ports; IPv6: the exact 5-tuple), so flows whose
 //!   IPv4 keys collide replace each other's entries as in the kernel. It never evicts
-//!   otherwise: the suites stay far below the tables' sizes. One table stands for the union of
-//!   the program's per-CPU tables and their fallback: the specification says a flow's packets
-//!   follow its route on any CPU, and a SYN starts the flow anew everywhere;
+//!   otherwise: the suites stay far below the table's size. The program's table is one for
+//!   every CPU too (an LRU list per CPU); the specification says a flow's packets follow its
+//!   route on any CPU, and a SYN starts the flow anew everywhere;
 //! - a SYN's route waits in its CPU's direct-mapped SYN cache (slot: the flow hash modulo
 //!   `SYN_CACHE_SLOTS`) until the flow's next packet on that CPU moves it into the table, unless
 //!   the flow has an entry already, which the SYN rewrites; a later SYN in the same slot takes

@@ -4,16 +4,15 @@
 //! The order, and why:
 //! 1. **Plan** from the two objects' map definitions as their ELFs declare them (no map is
 //!    created for this). A map both versions define alike is handed over: the new programs use
-//!    the very kernel map the old ones use (rings, VIPs, reals, live ids, reroute marks,
-//!    counters), so nothing in it is copied and nothing is lost. A map whose definition changed
+//!    the very kernel map the old ones use (rings, VIPs, reals, live ids, counters), so nothing in it is copied and nothing is lost. A map whose definition changed
 //!    needs a migration this module knows: the connection tables (every entry converted to the
 //!    new layout), or a stated reason to start it empty: the SYN cache (a SYN waiting in the old
-//!    one loses nothing: its flow's next packet misses the new cache and the tables and takes
+//!    one loses nothing: its flow's next packet misses the new cache and the table and takes
 //!    the ring, which an upgrade does not change, to the same real). Any other changed map
 //!    refuses the upgrade, naming it: aya's loader would take over a pinned map whose layout
 //!    changed without a word, and the new program would read the old entries wrongly.
 //! 2. **Load** the new version with the handed-over maps (`Loaded::load_reusing`) and verify
-//!    it; create its per-CPU tables when their layout changed.
+//!    it; its connection tables are new (sized as the old ones) when their layout changed.
 //! 3. **Copy** every entry of the old tables into the new ones, converted.
 //! 4. **Swap** every attachment of `xdp_lb` with one link update (`Loaded::hand_over_xdp`).
 //! 5. **Copy again**, without overwriting, what the old program wrote between 3 and 4; entries
@@ -29,16 +28,13 @@ use std::borrow::{Borrow, BorrowMut};
 
 use aya::maps::{HashMap, MapData};
 use serde::{Deserialize, Serialize};
-use zrlab_common::lb::{
-    CONFIG_GLOBAL, ConnEntry, ConnKey, ConnKeyV6, EntryStamp, LRU_FALLBACK_MAP, LRU_PER_CPU_MAP, LRU6_FALLBACK_MAP,
-    LRU6_PER_CPU_MAP, SYN_CACHE_MAP,
-};
-use zrlab_host::error::{LabError, Result};
+use zrlab_common::lb::{CONN_TABLE_MAP, CONN6_TABLE_MAP, ConnEntry, ConnKey, ConnKeyV6, EntryStamp, SYN_CACHE_MAP};
+use zrlab_host::error::Result;
 
 use crate::{
     bpf::{Loaded, Object, map_err},
     handover::{Plan, plan},
-    lb::balancer::{FamilyTables, Settings, Tables, config, entries},
+    lb::balancer::{Settings, config, configure, entries},
 };
 
 /// A version of the LB's data path.
@@ -72,7 +68,7 @@ impl std::fmt::Display for Version {
 const BPF_NOEXIST: u64 = 1;
 
 /// The connection tables: migrated entry by entry when their layout changes.
-const MIGRATED: [&str; 4] = [LRU_PER_CPU_MAP, LRU6_PER_CPU_MAP, LRU_FALLBACK_MAP, LRU6_FALLBACK_MAP];
+const MIGRATED: [&str; 2] = [CONN_TABLE_MAP, CONN6_TABLE_MAP];
 /// Started empty when their layout changes (why: the module's doc).
 const RESET: [&str; 1] = [SYN_CACHE_MAP];
 
@@ -106,53 +102,37 @@ pub(super) trait Migrate<E> {
 impl Migrate<EntryStamp> for ConnEntry<u32> {
     /// Stamped as migrated from layout 1.
     fn migrate(&self) -> ConnEntry<EntryStamp> {
-        let ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: _ } = *self;
+        let ConnEntry { real, vip_num, flags, proto, src, dst, pad, tail: _ } = *self;
         let tail = EntryStamp { version: zrlab_common::lb::CURRENT_LAYOUT, migrated: 1, pad: 0 };
-        ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail }
+        ConnEntry { real, vip_num, flags, proto, src, dst, pad, tail }
     }
 }
 
 impl Migrate<u32> for ConnEntry<EntryStamp> {
     /// The stamp dropped (a rollback).
     fn migrate(&self) -> ConnEntry<u32> {
-        let ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: _ } = *self;
-        ConnEntry { real, vip_num, flags, proto, src, dst, mark, tail: 0 }
+        let ConnEntry { real, vip_num, flags, proto, src, dst, pad, tail: _ } = *self;
+        ConnEntry { real, vip_num, flags, proto, src, dst, pad, tail: 0 }
     }
 }
 
-/// Upgrades `old` (version `from`, per-CPU tables `old_tables`) to version `to` as the
-/// module's doc says. Returns the new object, its per-CPU tables (`None`: the old ones were
-/// handed over whole and stay), and what was done. On an error before the swap the old
-/// version runs on untouched.
-pub(super) fn in_place(
-    old: &mut Loaded,
-    old_tables: &Tables,
-    from: Version,
-    settings: &Settings,
-    to: Version,
-) -> Result<(Loaded, Option<Tables>, Upgrade)> {
+/// Upgrades `old` (version `from`) to version `to` as the module's doc says. Returns the new
+/// object and what was done. On an error before the swap the old version runs on untouched.
+pub(super) fn in_place(old: &mut Loaded, from: Version, settings: &Settings, to: Version) -> Result<(Loaded, Upgrade)> {
     let Plan { handed_over, migrated, reset } = plan(from.object(), to.object(), &MIGRATED, &RESET)?;
     let configuration = config(settings);
+    let mut sized = Ok(());
     let mut new = Loaded::load_reusing(
         to.object(),
-        |loader| {
-            loader.override_global(CONFIG_GLOBAL, &configuration, true);
-        },
+        |loader| sized = configure(loader, &configuration),
         &["xdp_lb"],
         old,
         &handed_over,
     )?;
-    // The per-CPU tables are the outer arrays' inner maps: the new version's arrays need tables
-    // of their own unless they were handed over (with the old tables in them).
-    let tables_change = !handed_over.iter().any(|m| m == LRU_PER_CPU_MAP);
-    let mut new_tables = match (tables_change, to) {
-        (false, _) => None,
-        (true, Version::Current) => Some(Tables::Current(FamilyTables::create(&mut new)?)),
-        (true, Version::Next) => Some(Tables::Next(FamilyTables::create(&mut new)?)),
-    };
-    let first = copy(old, old_tables, &mut new, new_tables.as_mut(), false)?;
+    sized?;
+    let first = copy(old, from, &mut new, to, &migrated, false)?;
     let links_swapped = old.hand_over_xdp("xdp_lb", &mut new)?;
-    let late = copy(old, old_tables, &mut new, new_tables.as_mut(), true)?;
+    let late = copy(old, from, &mut new, to, &migrated, true)?;
     let report = Upgrade {
         from,
         to,
@@ -163,51 +143,46 @@ pub(super) fn in_place(
         entries_after_swap: late,
         links_swapped,
     };
-    Ok((new, new_tables, report))
+    Ok((new, report))
 }
 
-/// [`copy_all`] for the layouts at hand; nothing when the tables were handed over whole.
-fn copy(old: &Loaded, a: &Tables, new: &mut Loaded, b: Option<&mut Tables>, only_missing: bool) -> Result<u64> {
-    match (a, b) {
-        (_, None) => Ok(0),
-        (Tables::Current(a), Some(Tables::Next(b))) => copy_all(old, a, new, b, only_missing),
-        (Tables::Next(a), Some(Tables::Current(b))) => copy_all(old, a, new, b, only_missing),
-        (Tables::Current(_), Some(Tables::Current(_))) | (Tables::Next(_), Some(Tables::Next(_))) => {
-            Err(LabError::Unsupported("new connection tables in the layout of the old ones".into()))
-        }
+/// [`copy_all`] for the layouts of versions `from` and `to`; nothing when no table migrates
+/// (the tables were handed over whole).
+fn copy(
+    old: &Loaded,
+    from: Version,
+    new: &mut Loaded,
+    to: Version,
+    migrated: &[String],
+    only_missing: bool,
+) -> Result<u64> {
+    if migrated.is_empty() {
+        return Ok(0);
+    }
+    match (from, to) {
+        (Version::Current, Version::Next) => copy_all::<u32, EntryStamp>(old, new, only_missing),
+        (Version::Next, Version::Current) => copy_all::<EntryStamp, u32>(old, new, only_missing),
+        // A version to itself hands every map over: `plan` migrates nothing then.
+        (Version::Current, Version::Current) | (Version::Next, Version::Next) => Ok(0),
     }
 }
 
-/// Copies every connection-table entry of `old` (per-CPU tables `a`, shared tables by name)
-/// into `new`'s (`b`), converted; with `only_missing`, only entries `new` does not hold. The
-/// number copied.
-fn copy_all<A, B>(
-    old: &Loaded,
-    a: &FamilyTables<A>,
-    new: &mut Loaded,
-    b: &mut FamilyTables<B>,
-    only_missing: bool,
-) -> Result<u64>
+/// Copies every connection-table entry of `old` (entry tail `A`) into `new`'s (tail `B`),
+/// converted; with `only_missing`, only entries `new` does not hold. The number copied.
+fn copy_all<A, B>(old: &Loaded, new: &mut Loaded, only_missing: bool) -> Result<u64>
 where
     ConnEntry<A>: aya::Pod + Migrate<B>,
     ConnEntry<B>: aya::Pod,
 {
-    let mut copied = 0;
-    for (from, to) in a.v4.iter().zip(&mut b.v4) {
-        copied += copy_table(from, to, only_missing)?;
-    }
-    for (from, to) in a.v6.iter().zip(&mut b.v6) {
-        copied += copy_table(from, to, only_missing)?;
-    }
     let from: HashMap<_, ConnKey, ConnEntry<A>> =
-        HashMap::try_from(old.map(LRU_FALLBACK_MAP)?).map_err(map_err("the old LB_LRU_FALLBACK"))?;
+        HashMap::try_from(old.map(CONN_TABLE_MAP)?).map_err(map_err("the old LB_CONNS"))?;
     let mut to: HashMap<_, ConnKey, ConnEntry<B>> =
-        HashMap::try_from(new.map_mut(LRU_FALLBACK_MAP)?).map_err(map_err("the new LB_LRU_FALLBACK"))?;
-    copied += copy_table(&from, &mut to, only_missing)?;
+        HashMap::try_from(new.map_mut(CONN_TABLE_MAP)?).map_err(map_err("the new LB_CONNS"))?;
+    let mut copied = copy_table(&from, &mut to, only_missing)?;
     let from: HashMap<_, ConnKeyV6, ConnEntry<A>> =
-        HashMap::try_from(old.map(LRU6_FALLBACK_MAP)?).map_err(map_err("the old LB_LRU6_FALLBACK"))?;
+        HashMap::try_from(old.map(CONN6_TABLE_MAP)?).map_err(map_err("the old LB_CONNS6"))?;
     let mut to: HashMap<_, ConnKeyV6, ConnEntry<B>> =
-        HashMap::try_from(new.map_mut(LRU6_FALLBACK_MAP)?).map_err(map_err("the new LB_LRU6_FALLBACK"))?;
+        HashMap::try_from(new.map_mut(CONN6_TABLE_MAP)?).map_err(map_err("the new LB_CONNS6"))?;
     copied += copy_table(&from, &mut to, only_missing)?;
     Ok(copied)
 }
@@ -241,13 +216,13 @@ mod tests {
     use super::*;
 
     /// The plan between the two versions: the connection tables migrate, the SYN cache starts
-    /// empty, everything else (rings, VIPs, reals, ids, marks, counters) is handed over; and a
+    /// empty, everything else (rings, VIPs, reals, ids, counters) is handed over; and a
     /// version to itself hands over every map.
     #[test]
     fn the_plan_hands_over_what_is_alike_and_migrates_the_tables() {
         let Plan { handed_over: handed, migrated, reset } =
             plan(Object::XdpLb, Object::XdpLbNext, &MIGRATED, &RESET).expect("plan");
-        assert_eq!(migrated, ["LB_LRU6_FALLBACK", "LB_LRU6_PER_CPU", "LB_LRU_FALLBACK", "LB_LRU_PER_CPU"]);
+        assert_eq!(migrated, ["LB_CONNS", "LB_CONNS6"]);
         assert_eq!(reset, ["LB_SYN_CACHE"]);
         assert_eq!(
             handed,
@@ -255,7 +230,6 @@ mod tests {
                 "LB_COUNTERS",
                 "LB_ICMP_RATE",
                 "LB_REALS",
-                "LB_REROUTES",
                 "LB_RINGS",
                 "LB_SERVER_IDS",
                 "LB_VIPS",
@@ -265,7 +239,7 @@ mod tests {
         );
         let Plan { handed_over: handed, migrated, reset } =
             plan(Object::XdpLb, Object::XdpLb, &MIGRATED, &RESET).expect("plan");
-        assert_eq!((handed.len(), migrated.len(), reset.len()), (14, 0, 0));
+        assert_eq!((handed.len(), migrated.len(), reset.len()), (11, 0, 0));
     }
 
     /// A migrated entry keeps everything a packet needs and says where it came from; a
@@ -279,13 +253,13 @@ mod tests {
             proto: 6,
             src: [1, 0, 0, 0],
             dst: [2, 0, 0, 0],
-            mark: 7,
+            pad: 0,
             tail: 0,
         };
         let new: ConnEntry<EntryStamp> = old.migrate();
         assert_eq!(
-            (new.real, new.vip_num, new.flags, new.proto, new.src, new.dst, new.mark),
-            (3, 1, 2, 6, old.src, old.dst, 7)
+            (new.real, new.vip_num, new.flags, new.proto, new.src, new.dst, new.pad),
+            (3, 1, 2, 6, old.src, old.dst, 0)
         );
         assert_eq!(new.tail, EntryStamp { version: 1, migrated: 1, pad: 0 });
         assert_eq!(new.migrate(), old);

@@ -28,10 +28,10 @@
 //! The SYN flood: distinct SYNs (each a new flow: ring, then a SYN-cache slot) through the
 //! unmodified `xdp_lb`, one call each on one pinned core, as a rate next to the same loop over
 //! the empty program; and how many of 1,000 established flows (a SYN and then a packet of the
-//! open connection each) still have their entry after 16k, 64k, 128k and 256k new flows (the
-//! per-CPU table holds 16,384, the fallback 65,536; a SYN writes no table, so SYNs that never
-//! complete evict nothing). Connection set-up ([`Setup`]): what the SYN, the packet after it
-//! (the table inserts a SYN no longer makes) and the one after that cost each.
+//! open connection each) still have their entry after 16k, 32k, 128k and 256k new flows (each
+//! CPU's share of the table holds 32,768; a SYN writes no table, so SYNs that never complete
+//! evict nothing). Connection set-up ([`Setup`]): what the SYN, the packet after it (the table
+//! insert a SYN no longer makes) and the one after that cost each, median of five runs.
 //!
 //! Maglev disruption is measured for both ways a backend leaves (see [`super::maglev`]): a
 //! health change (marked down: the control plane's path for health checks and drains) and a
@@ -66,11 +66,13 @@ pub(crate) struct Options {
     pub rounds: usize,
     /// Only the cases whose name contains this.
     pub only: Option<String>,
+    /// Runs of the connection set-up measurement (each on fresh tables; medians reported).
+    pub setup_runs: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { repeat: 200_000, rounds: 21, only: None }
+        Self { repeat: 200_000, rounds: 21, only: None, setup_runs: 5 }
     }
 }
 
@@ -152,13 +154,31 @@ pub(crate) struct Report {
 
 /// A new connection's packets, by katran's method (repeat 1, the kernel's duration), over
 /// [`SETUP_FLOWS`] distinct flows: the SYN (ring and SYN-cache slot), the first packet after it
-/// (which moves the route from the SYN cache into both connection tables: where the table
-/// inserts went), and the one after that (a table hit); each call follows a call of the empty
-/// program, whose mean is the floor.
+/// (which moves the route from the SYN cache into the connection table: where the table
+/// insert went), and the one after that (a table hit); each call follows a call of the empty
+/// program, whose mean is the floor. Measured `runs` times, each on fresh tables; every figure
+/// is the median over the runs (a run's connection ratio is its three means over its floor).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Setup {
-    /// Distinct flows.
+    /// Distinct flows per run.
     pub flows: u64,
+    /// Each run's figures.
+    pub runs: Vec<SetupRun>,
+    /// Median over the runs of the SYN's ratio to the floor.
+    pub syn_ratio: f64,
+    /// Median over the runs of the packet after the SYN's ratio.
+    pub first_ratio: f64,
+    /// Median over the runs of the packet after that's ratio.
+    pub later_ratio: f64,
+    /// Median over the runs of the whole connection's ratio (the three packets together).
+    pub connection_ratio: f64,
+    /// Median over the runs of the floor, ns.
+    pub floor_ns: f64,
+}
+
+/// One run of [`Setup`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct SetupRun {
     /// Mean ns of the SYN.
     pub syn_ns: f64,
     /// Mean ns of the packet after the SYN.
@@ -167,6 +187,13 @@ pub(crate) struct Setup {
     pub later_ns: f64,
     /// Mean ns of the empty program, called the same way.
     pub floor_ns: f64,
+}
+
+impl SetupRun {
+    /// The three packets together over the floor.
+    fn connection_ratio(&self) -> f64 {
+        (self.syn_ns + self.first_ns + self.later_ns) / self.floor_ns
+    }
 }
 
 /// Distinct flows of [`Setup`].
@@ -183,8 +210,8 @@ pub(crate) struct SynFlood {
     pub syns_per_s: f64,
     /// The same loop over `xdp_empty`: the ceiling of the loop itself.
     pub floor_calls_per_s: f64,
-    /// Entries of the per-CPU connection table and of the shared fallback.
-    pub table_sizes: (u32, u32),
+    /// Each CPU's share of the connection table (its entries over the possible CPUs).
+    pub table_per_cpu: u32,
     /// Established flows that kept their entry after so many new flows.
     pub survival: Vec<Survival>,
 }
@@ -196,7 +223,7 @@ pub(crate) struct Survival {
     pub new_flows: u64,
     /// Established flows.
     pub established: u64,
-    /// Of those, flows still in a table (per-CPU or fallback).
+    /// Of those, flows still in the table.
     pub kept: u64,
 }
 
@@ -214,7 +241,7 @@ fn nth_flow(template: &[u8], n: u64) -> Vec<u8> {
     frame
 }
 
-/// Pins the calling thread to CPU 0: the flood fills one per-CPU table (and the fallback).
+/// Pins the calling thread to CPU 0: the flood would fill CPU 0's share of the table.
 fn pin_to_cpu0() -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
     let ret = unsafe {
@@ -226,7 +253,7 @@ fn pin_to_cpu0() -> Result<()> {
 }
 
 fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
-    use zrlab_common::lb::{LRU_FALLBACK_SIZE, LRU_PER_CPU_SIZE};
+    use zrlab_common::lb::CONN_TABLE_PER_CPU;
     pin_to_cpu0()?;
     let lb = balancer()?;
     let program = lb.program("xdp_lb")?;
@@ -242,7 +269,7 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
     let mut sent = ESTABLISHED;
     let mut survival = Vec::new();
     let mut flood_time = 0.0;
-    for total in [LRU_PER_CPU_SIZE, LRU_FALLBACK_SIZE, 2 * LRU_FALLBACK_SIZE, 4 * LRU_FALLBACK_SIZE] {
+    for total in [CONN_TABLE_PER_CPU / 2, CONN_TABLE_PER_CPU, 4 * CONN_TABLE_PER_CPU, 8 * CONN_TABLE_PER_CPU] {
         let frames: Vec<Vec<u8>> = (sent..ESTABLISHED + u64::from(total)).map(|n| nth_flow(&template, n)).collect();
         let started = Instant::now();
         for frame in &frames {
@@ -264,13 +291,28 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
         syns: flood,
         syns_per_s: flood as f64 / flood_time,
         floor_calls_per_s: flood as f64 / floor_time,
-        table_sizes: (LRU_PER_CPU_SIZE, LRU_FALLBACK_SIZE),
+        table_per_cpu: CONN_TABLE_PER_CPU,
         survival,
     })
 }
 
-/// Measures [`Setup`] on flows of their own (numbered after the flood's).
-fn setup(floor_program: &Xdp) -> Result<Setup> {
+/// Measures [`Setup`] `runs` times.
+fn setup(floor_program: &Xdp, runs: usize) -> Result<Setup> {
+    let runs = (0..runs.max(1)).map(|_| setup_run(floor_program)).collect::<Result<Vec<_>>>()?;
+    let med = |f: &dyn Fn(&SetupRun) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    Ok(Setup {
+        flows: SETUP_FLOWS,
+        syn_ratio: med(&|r| r.syn_ns / r.floor_ns),
+        first_ratio: med(&|r| r.first_ns / r.floor_ns),
+        later_ratio: med(&|r| r.later_ns / r.floor_ns),
+        connection_ratio: med(&SetupRun::connection_ratio),
+        floor_ns: med(&|r| r.floor_ns),
+        runs,
+    })
+}
+
+/// One run of [`Setup`] on fresh tables and flows of their own (numbered after the flood's).
+fn setup_run(floor_program: &Xdp) -> Result<SetupRun> {
     pin_to_cpu0()?;
     let lb = balancer()?;
     let program = lb.program("xdp_lb")?;
@@ -284,8 +326,7 @@ fn setup(floor_program: &Xdp) -> Result<Setup> {
         }
     }
     let mean = |sum: f64, calls: u64| sum / calls as f64;
-    Ok(Setup {
-        flows: SETUP_FLOWS,
+    Ok(SetupRun {
         syn_ns: mean(sums[0], SETUP_FLOWS),
         first_ns: mean(sums[1], SETUP_FLOWS),
         later_ns: mean(sums[2], SETUP_FLOWS),
@@ -517,7 +558,7 @@ pub(crate) fn run(opts: &Options) -> Result<Report> {
         cases,
         maglev: maglev_report(),
         syn_flood: syn_flood(floor_program)?,
-        setup: setup(floor_program)?,
+        setup: setup(floor_program, opts.setup_runs)?,
     })
 }
 
@@ -601,12 +642,11 @@ impl Report {
         ));
         let f = &self.syn_flood;
         out.push_str(&format!(
-            "syn flood: {} distinct SYNs at {:.0}/s on one core (the same loop over the empty program: {:.0} calls/s), tables {} per CPU (its own CPU's share of it) + {} shared\n",
+            "syn flood: {} distinct SYNs at {:.0}/s on one core (the same loop over the empty program: {:.0} calls/s), table {} entries per CPU\n",
             f.syns,
             f.syns_per_s,
             f.floor_calls_per_s,
-            f.table_sizes.0,
-            f.table_sizes.1
+            f.table_per_cpu
         ));
         for s in &f.survival {
             out.push_str(&format!(
@@ -615,13 +655,17 @@ impl Report {
             ));
         }
         let u = &self.setup;
+        let each: Vec<_> = u.runs.iter().map(|r| format!("{:.2}", r.connection_ratio())).collect();
         out.push_str(&format!(
-            "connection set-up ({} distinct flows, katran's method): SYN {:.2}x, the packet after it (SYN cache into both tables) {:.2}x, the one after that {:.2}x the floor ({:.1} ns)\n",
+            "connection set-up ({} distinct flows, katran's method, median of {} runs): SYN {:.2}x, the packet after it (SYN cache into the table) {:.2}x, the one after that {:.2}x; the connection {:.2}x the floor ({:.1} ns; runs {})\n",
             u.flows,
-            u.syn_ns / u.floor_ns,
-            u.first_ns / u.floor_ns,
-            u.later_ns / u.floor_ns,
-            u.floor_ns
+            u.runs.len(),
+            u.syn_ratio,
+            u.first_ratio,
+            u.later_ratio,
+            u.connection_ratio,
+            u.floor_ns,
+            each.join(", ")
         ));
         let m = &self.maglev;
         out.push_str(&format!("maglev: build {} entries x {} backends: {:.2} ms\n", m.size, m.backends, m.build_ms));
