@@ -79,7 +79,7 @@ fn flows_keep_their_reals_through_an_upgrade_in_place_and_a_rollback() {
     let before = lb.counters().expect("counters");
     let upgrade = lb.upgrade(&settings, Version::Next).expect("upgrade in place");
     assert_eq!(lb.version(), Version::Next);
-    assert_eq!(upgrade.reset, ["LB_SYN_CACHE"]);
+    assert!(upgrade.reset.is_empty(), "{upgrade:?}");
     assert_eq!(upgrade.migrated, ["LB_CONNS", "LB_CONNS6"], "{upgrade:?}");
     // One entry per flow: the table is one for every CPU.
     assert_eq!(upgrade.entries_migrated, u64::from(FLOWS), "{upgrade:?}");
@@ -138,7 +138,7 @@ fn the_new_version_takes_over_the_old_link_and_maps() {
         new.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
     let shared = old_maps.intersection(&new_maps).count();
     assert_eq!(shared, upgrade.handed_over.len(), "the new program uses the handed-over maps themselves: {upgrade:?}");
-    assert_eq!(upgrade.handed_over.len(), 8, "{upgrade:?}");
+    assert_eq!(upgrade.handed_over.len(), 10, "{upgrade:?}");
     drop(lb);
     drop(lab);
 }

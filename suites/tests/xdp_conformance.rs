@@ -17,10 +17,11 @@ use zrlab_common::{
     lb::{FlowKey, counter, flow_hash, syn_cache_index, vip_filter_bit},
 };
 use zrlab_control::lb::{
-    Counters, Decap, VipOptions,
+    Counters, Decap, RealSpec, VipOptions, VipSpec,
     model::{Path, XdpAction},
 };
 use zrlab_wire::{
+    Proto,
     packet::{self, ACK, PSH, SYN, tcp_options::TcpOption},
     quic::{CidVersion, LongType, VERSION_2},
 };
@@ -612,6 +613,84 @@ fn a_flag_change_on_a_live_vip_reaches_every_flow_at_once() {
         }
     }
     assert!(moved > 0, "the ring change moved no flow: the no-table phase shows nothing");
+}
+
+/// A SYN waiting in the SYN cache was routed by the VIPs as they were; its flow's next packet
+/// is routed by the VIPs as they are, as the model routes it. Two changes between a SYN and its
+/// next packet: a new exact-port VIP without a connection table over the address's any-port
+/// VIP (the flow now belongs to the new VIP, which hashes every packet on its ring), and a VIP
+/// whose flags change with its ring (id routing off, a heavy real added: the waiting SYN is
+/// stale, the new ring decides). The SYN cache's shortcut (a slot taken before the VIP lookup,
+/// `zrlab_common::lb::VIP_GENS_MAP`) must take neither slot: no `syn_cache_hit`.
+#[test]
+fn a_waiting_syn_follows_the_vips_as_they_are() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let ports = 47_000..47_032u16;
+    let syns = |fx: &mut Fixture, dst: &str, dport: u16| -> Vec<IpAddr> {
+        ports.clone().map(|port| tx_real_on(fx, 0, &tcp(CLIENT4, port, dst, dport, SYN, vec![]))).collect()
+    };
+    let before = fx.lb.counters().expect("counters");
+    // The any-port VIP sends every flow to its one real; the new VIP on port 22 to another.
+    assert!(syns(&mut fx, "203.0.113.20", 22).iter().all(|r| *r == ip(R6A)));
+    let no_table = VipOptions { no_lru: true, ..VipOptions::default() };
+    let exact = VipSpec::new(ip("203.0.113.20"), 22, Proto::Tcp).with(no_table);
+    let exact_reals = vec![RealSpec { addr: ip(R1), weight: 1, up: true }];
+    fx.lb.set_vip(&exact, &exact_reals).expect("exact-port VIP");
+    fx.model.set_vip(&exact, &exact_reals).expect("model: exact-port VIP");
+    for port in ports.clone() {
+        let next = tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, "203.0.113.20", 22, ACK, vec![]));
+        assert_eq!(next, ip(R1), "port {port}: the new VIP's ring");
+    }
+    // Flags and ring of a live VIP.
+    let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    let old = syns(&mut fx, VIP4, 80);
+    reals.push(RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    let changed = vip.clone().with(VipOptions { tcp_id_routing: false, ..vip.options.clone() });
+    fx.lb.set_vip(&changed, &reals).expect("flags and ring");
+    fx.model.set_vip(&changed, &reals).expect("model: flags and ring");
+    let mut moved = 0;
+    for (port, old) in ports.clone().zip(old) {
+        moved += usize::from(tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![])) != old);
+    }
+    assert!(moved > 0, "the new ring moved none of the flows: the test shows nothing");
+    let after = fx.lb.counters().expect("counters");
+    assert_eq!(after.get(counter::SYN_CACHE_HIT), before.get(counter::SYN_CACHE_HIT), "no slot taken");
+}
+
+/// A VIP change that leaves a flow's VIP and flags as they were keeps its waiting SYN's route,
+/// as a table entry keeps its real: a new exact-port VIP for another port of the same address,
+/// and a ring change of the flow's own VIP (which the SYN cache exists for: the next packet
+/// follows the SYN, not the new ring). Both the shortcut's way (no VIP changed since the SYN)
+/// and the whole way (the VIPs' generation moved on) take the slot.
+#[test]
+fn a_waiting_syn_keeps_its_route_through_other_changes() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    let ports = 47_100..47_132u16;
+    let first: Vec<IpAddr> =
+        ports.clone().map(|port| tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]))).collect();
+    let other = VipSpec::new(ip(VIP4), 2222, Proto::Tcp);
+    fx.lb.set_vip(&other, &reals).expect("another VIP on the address");
+    fx.model.set_vip(&other, &reals).expect("model: another VIP");
+    reals.push(RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    fx.lb.set_vip(&vip, &reals).expect("ring change");
+    fx.model.set_vip(&vip, &reals).expect("model: ring change");
+    let before = fx.lb.counters().expect("counters");
+    for (port, real) in ports.clone().zip(&first) {
+        assert_eq!(tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, VIP4, 80, ACK, vec![])), *real, "port {port}");
+    }
+    let second: Vec<(u16, IpAddr)> = (47_200..47_232u16)
+        .map(|port| (port, tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]))))
+        .collect();
+    for (port, real) in &second {
+        assert_eq!(tx_real_on(&mut fx, 0, &tcp(CLIENT4, *port, VIP4, 80, ACK, vec![])), *real, "port {port}");
+    }
+    let after = fx.lb.counters().expect("counters");
+    assert_eq!(after.get(counter::SYN_CACHE_HIT) - before.get(counter::SYN_CACHE_HIT), 64, "every slot taken");
 }
 
 /// A backend joining a VIP (weight 0 to 1): its server id must route within the VIP as soon as

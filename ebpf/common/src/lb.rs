@@ -20,7 +20,7 @@ pub const VIP_FILTER_MAP: &str = "LB_VIP_FILTER";
 pub const VIP_FILTER_BITS: u32 = 1 << 16;
 /// Words of the VIP-address filter.
 pub const VIP_FILTER_WORDS: u32 = VIP_FILTER_BITS / 64;
-/// Name of the rings: an array of maps, one `MAX_RING`-entry array of real indices per VIP.
+/// Name of the rings: an array of maps, one array of [`RING_BLOCKS`] [`RingBlock`]s per VIP.
 pub const RINGS_MAP: &str = "LB_RINGS";
 /// Name of the real (backend) table: index -> `Real`.
 pub const REALS_MAP: &str = "LB_REALS";
@@ -33,7 +33,7 @@ pub const SERVER_IDS_MAP: &str = "LB_SERVER_IDS";
 pub const CONN_TABLE_MAP: &str = "LB_CONNS";
 /// Name of the IPv6 flows' connection table (keys [`ConnKeyV6`]).
 pub const CONN6_TABLE_MAP: &str = "LB_CONNS6";
-/// Name of the SYN cache: a per-CPU array of [`SYN_CACHE_SLOTS`] [`SynSlot`]s, the route of
+/// Name of the SYN cache: an array of [`SYN_CACHE_SLOTS`] [`SynSlot`]s per possible CPU, the route of
 /// each CPU's recent SYNs, one slot per flow hash (direct-mapped). A SYN writes its slot and no
 /// connection table: a table insert is the costliest step of a new flow (the kernel pops a
 /// free node and pushes the replaced one under locks, a chain of calls), and a SYN that never
@@ -44,7 +44,16 @@ pub const CONN6_TABLE_MAP: &str = "LB_CONNS6";
 /// meanwhile is a miss: the flow is routed by the ring, as katran routes a flow whose entry
 /// was evicted.
 pub const SYN_CACHE_MAP: &str = "LB_SYN_CACHE";
-/// Slots of each CPU's SYN cache (a power of two): about 900 KiB per CPU. With S SYNs in
+/// Name of the VIP generations: an array of `1 + MAX_VIPS` `u32`s. Entry 0, the VIPs'
+/// generation, moves on after the control plane adds a VIP or changes a VIP's flags: a SYN-cache
+/// slot of the current generation was routed by the VIPs as they are, so the flow's next packet
+/// may take its route before the VIP lookup (a hash of a 20-byte key on the way of every first
+/// packet after a SYN). Entry `1 + vip_num` moves on after VIP `vip_num`'s flags change: a slot
+/// from before is stale (its flow starts afresh under the new flags), whatever else changed.
+pub const VIP_GENS_MAP: &str = "LB_VIP_GENS";
+/// Flags of the SYN cache: `BPF_F_MMAPABLE`, which page-aligns an array's values.
+pub const SYN_CACHE_FLAGS: u32 = 1 << 10;
+/// Slots of each CPU's SYN cache (a power of two): 1 MiB per CPU. With S SYNs in
 /// flight on a CPU within one round trip, a flow finds its slot taken with a chance of about
 /// S / 16,384.
 pub const SYN_CACHE_SLOTS: u32 = 16_384;
@@ -68,10 +77,26 @@ pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 
 /// Largest ring (a prime, as Maglev wants); the default size of every VIP's ring.
 pub const MAX_RING: u32 = 65_537;
+/// Ring slots per [`RingBlock`].
+pub const RING_BLOCK: u32 = 32;
+/// A ring's slots in the kernel: blocks of [`RING_BLOCK`] real indices, 16 bits each, one cache
+/// line per block. The kernel keeps an array's values 8 bytes apart at least, so a ring of one
+/// `u32` slot per element took 512 KiB, and a new flow's slot was a cold line of it; in blocks
+/// it takes 128 KiB.
+pub type RingBlock = [u16; RING_BLOCK as usize];
+/// Blocks of the largest ring.
+pub const RING_BLOCKS: u32 = MAX_RING.div_ceil(RING_BLOCK);
+
+/// Where ring slot `slot` lives: its block and its lane in the block.
+#[inline(always)]
+pub fn ring_position(slot: u32) -> (u32, usize) {
+    (slot / RING_BLOCK, (slot % RING_BLOCK) as usize)
+}
 /// VIPs the maps hold.
 pub const MAX_VIPS: u32 = 16;
 /// Reals the maps hold.
 pub const MAX_REALS: u32 = 1024;
+const _: () = assert!(MAX_REALS <= 1 << 16, "a ring slot holds a real index in 16 bits");
 /// Entries of the live-id table: (VIP, server id) pairs.
 pub const MAX_SERVER_IDS: u32 = 16_384;
 /// Each CPU's share of a connection table: the table holds this many entries per possible CPU
@@ -344,24 +369,31 @@ impl<T: EntryTail> ConnEntry<T> {
 }
 
 impl<T> ConnEntry<T> {
-    /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already). Without
-    /// branches, so the compiler emits no `memcmp` (which BPF gets as a byte loop), and with the
-    /// entry's addresses read as 64-bit words: half the loads of reading them word by word, and
-    /// for IPv4 the flow's side is its first word, zero-extended.
+    /// Whether this entry is `flow`'s (its key, [`ConnKey::of`], matched already).
     #[inline(always)]
     pub fn matches(&self, flow: &FlowKey) -> bool {
-        // SAFETY: `src` and `dst` are 16 bytes each at offsets 16 and 32 (asserted below) of a
-        // struct aligned to 8: both are valid, aligned `[u64; 2]`.
-        let (src, dst) = unsafe { (*self.src.as_ptr().cast::<[u64; 2]>(), *self.dst.as_ptr().cast::<[u64; 2]>()) };
-        let pairs = |w: &[u32; 4]| [join(w[0], w[1]), join(w[2], w[3])];
-        let (flow_src, flow_dst) = (pairs(&flow.src), pairs(&flow.dst));
-        let diff = u64::from(self.proto ^ u32::from(flow.proto))
-            | (src[0] ^ flow_src[0])
-            | (src[1] ^ flow_src[1])
-            | (dst[0] ^ flow_dst[0])
-            | (dst[1] ^ flow_dst[1]);
-        diff == 0
+        same_flow(self.proto, &self.src, &self.dst, flow)
     }
+}
+
+/// Whether protocol `proto` and addresses `src` and `dst` (8-byte aligned, as in the structs
+/// that hold them) are `flow`'s. Without branches, so the compiler emits no `memcmp` (which BPF
+/// gets as a byte loop), and with the addresses read as 64-bit words: half the loads of reading
+/// them word by word, and for IPv4 the flow's side is its first word, zero-extended.
+#[inline(always)]
+fn same_flow(proto: u32, src: &[u32; 4], dst: &[u32; 4], flow: &FlowKey) -> bool {
+    debug_assert!(src.as_ptr().cast::<u64>().is_aligned() && dst.as_ptr().cast::<u64>().is_aligned());
+    // SAFETY: every caller passes fields at 8-byte offsets of a struct aligned to 8 (asserted
+    // below): both are valid, aligned `[u64; 2]`.
+    let (src, dst) = unsafe { (*src.as_ptr().cast::<[u64; 2]>(), *dst.as_ptr().cast::<[u64; 2]>()) };
+    let pairs = |w: &[u32; 4]| [join(w[0], w[1]), join(w[2], w[3])];
+    let (flow_src, flow_dst) = (pairs(&flow.src), pairs(&flow.dst));
+    let diff = u64::from(proto ^ u32::from(flow.proto))
+        | (src[0] ^ flow_src[0])
+        | (src[1] ^ flow_src[1])
+        | (dst[0] ^ flow_dst[0])
+        | (dst[1] ^ flow_dst[1]);
+    diff == 0
 }
 
 const _: () = {
@@ -374,26 +406,48 @@ const _: () = {
     assert!(core::mem::size_of::<ConnEntryNext>() == 64);
 };
 
-/// A slot of the SYN cache ([`SYN_CACHE_MAP`]): a SYN's flow and route. Zeroed, or with
-/// protocol 0 (taken), it matches no TCP flow.
+/// A slot of the SYN cache ([`SYN_CACHE_MAP`]): a SYN's flow and route, and the generations
+/// ([`VIP_GENS_MAP`]) it was routed under. Zeroed, or with protocol 0 (taken), it matches no
+/// TCP flow. One layout for every program version (an in-place upgrade hands the cache over).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SynSlot<T = u32> {
-    /// The flow's ports, as [`FlowKey::ports`] (the entry holds its addresses and protocol).
+pub struct SynSlot {
+    /// The flow's ports, as [`FlowKey::ports`].
     pub ports: u32,
+    /// The flow's IP protocol.
+    pub proto: u32,
+    /// The VIPs' generation (entry 0 of [`VIP_GENS_MAP`]) when the SYN was routed.
+    pub vips_gen: u32,
+    /// The generation of the flags of the SYN's VIP (its entry of [`VIP_GENS_MAP`]) then.
+    pub flags_gen: u32,
+    /// The real the SYN went to.
+    pub real: u32,
+    /// The SYN's VIP (`VipMeta::vip_num`).
+    pub vip_num: u32,
+    /// The VIP's flags then.
+    pub flags: u32,
     /// Padding (zero).
     pub pad: u32,
-    /// The route, as the connection tables will hold it.
-    pub entry: ConnEntry<T>,
+    /// The flow's source address words.
+    pub src: [u32; 4],
+    /// The flow's destination address words.
+    pub dst: [u32; 4],
 }
 
-impl<T> SynSlot<T> {
+impl SynSlot {
     /// Whether this slot holds `flow`'s SYN.
     #[inline(always)]
     pub fn holds(&self, flow: &FlowKey) -> bool {
-        self.ports == flow.ports && self.entry.matches(flow)
+        self.ports == flow.ports && same_flow(self.proto, &self.src, &self.dst, flow)
     }
 }
+
+const _: () = {
+    assert!(core::mem::offset_of!(SynSlot, src) == 32);
+    assert!(core::mem::offset_of!(SynSlot, dst) == 48);
+    // One cache line: the array's values are page-aligned ([`SYN_CACHE_FLAGS`]).
+    assert!(core::mem::size_of::<SynSlot>() == 64);
+};
 
 /// The SYN-cache slot of the flow whose seeded flow hash ([`flow_hash`]) is `hash`.
 #[inline(always)]

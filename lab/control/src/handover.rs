@@ -106,7 +106,7 @@ mod tests {
         let extra = new.get("LB_REALS").expect("LB_REALS").clone();
         new.insert("LB_EXTRA".into(), extra);
         let Plan { reset, .. } = plan_between(("xdp_lb", &old), ("xdp_lb_next", new), &MIGRATED, &RESET).expect("plan");
-        assert_eq!(reset, ["LB_EXTRA", "LB_SYN_CACHE"]);
+        assert_eq!(reset, ["LB_EXTRA"]);
     }
 
     /// An object to itself: every map handed over, whatever the caller would migrate.

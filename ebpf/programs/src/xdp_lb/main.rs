@@ -35,7 +35,6 @@ mod layout {
     /// A connection-table entry.
     pub type ConnEntry = zrlab_common::lb::ConnEntry;
     /// A SYN-cache slot.
-    pub type SynSlot = zrlab_common::lb::SynSlot;
     /// Whether this is `xdp_lb_next` (which counts `counter::NEXT_TX`).
     pub const NEXT: bool = false;
 }

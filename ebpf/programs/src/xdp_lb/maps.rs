@@ -7,11 +7,12 @@ use aya_ebpf::{
 };
 use zrlab_common::lb::{
     CONN_TABLE_FLAGS, CONN_TABLE_PER_CPU, Config, ConnKey, ConnKeyV6, CounterBlock, IcmpRate, IdKey, MAX_REALS,
-    MAX_RING, MAX_SERVER_IDS, MAX_VIPS, Real, SYN_CACHE_SLOTS, VIP_FILTER_WORDS, VipKey, VipMeta, counter,
+    MAX_SERVER_IDS, MAX_VIPS, RING_BLOCKS, Real, RingBlock, SYN_CACHE_FLAGS, SYN_CACHE_SLOTS, SynSlot,
+    VIP_FILTER_WORDS, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
-use super::layout::{ConnEntry, NEXT, SynSlot};
+use super::layout::{ConnEntry, NEXT};
 
 #[map(name = "LB_VIPS")]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
@@ -29,7 +30,8 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0)
 /// or the new one, never a half-written one, and the kernel frees the old ring only after
 /// every program that may still read it has finished (RCU).
 #[btf_map(name = "LB_RINGS")]
-pub static RINGS: ArrayOfMaps<BtfArray<u32, { MAX_RING as usize }>, { MAX_VIPS as usize }> = ArrayOfMaps::new();
+pub static RINGS: ArrayOfMaps<BtfArray<RingBlock, { RING_BLOCKS as usize }>, { MAX_VIPS as usize }> =
+    ArrayOfMaps::new();
 
 #[map(name = "LB_REALS")]
 pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
@@ -48,10 +50,24 @@ pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(
 pub static CONNS6: LruHashMap<ConnKeyV6, ConnEntry> =
     LruHashMap::with_max_entries(CONN_TABLE_PER_CPU, CONN_TABLE_FLAGS);
 
-/// Each CPU's SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`), for both families. A per-CPU
-/// array: the verifier inlines its lookup, and no other CPU writes a CPU's slots.
+/// Each CPU's SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`), for both families: one array with
+/// a part of `SYN_CACHE_SLOTS` slots per possible CPU (user space sizes it when it loads the
+/// object; the object's own size is one CPU's part), and no CPU writes another's part.
+/// `SYN_CACHE_FLAGS` (mappable) puts the slots on a page boundary, so each 64-byte slot is one
+/// cache line; the lookup is inlined, an index and an address, where a per-CPU array's went
+/// through a table of pointers (one more cold line per SYN) to slots that straddled lines.
 #[map(name = "LB_SYN_CACHE")]
-pub static SYN_CACHE: PerCpuArray<SynSlot> = PerCpuArray::with_max_entries(SYN_CACHE_SLOTS, 0);
+pub static SYN_CACHE: Array<SynSlot> = Array::with_max_entries(SYN_CACHE_SLOTS, SYN_CACHE_FLAGS);
+
+/// The VIP generations (`zrlab_common::lb::VIP_GENS_MAP`). An array: the lookup is inlined.
+#[map(name = "LB_VIP_GENS")]
+pub static VIP_GENS: Array<u32> = Array::with_max_entries(1 + MAX_VIPS, 0);
+
+/// Entry `i` of the VIP generations (0: the VIPs'; `1 + vip_num`: that VIP's flags').
+#[inline(always)]
+pub fn vip_gen(i: u32) -> u32 {
+    VIP_GENS.get(i).copied().unwrap_or(0)
+}
 
 /// The configuration (`zrlab_common::lb::CONFIG_GLOBAL`): user space writes it into the
 /// object before loading it. Read only through [`config`].

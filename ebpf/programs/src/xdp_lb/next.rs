@@ -33,7 +33,6 @@ mod layout {
     /// A connection-table entry.
     pub type ConnEntry = zrlab_common::lb::ConnEntryNext;
     /// A SYN-cache slot.
-    pub type SynSlot = zrlab_common::lb::SynSlot<zrlab_common::lb::EntryStamp>;
     /// Whether this is `xdp_lb_next` (which counts `counter::NEXT_TX`).
     pub const NEXT: bool = true;
 }

@@ -16,25 +16,27 @@
 //!
 //! A SYN starts its flow anew: its next packets, on any CPU, follow the real chosen for it,
 //! whatever the table held for an earlier connection of the same 5-tuple. So a SYN whose
-//! 5-tuple has an entry (a reused 5-tuple) overwrites it with its own route
-//! ([`Table::restart`]); a server id that moves a flow away from its entry does the same. The
+//! 5-tuple has an entry (a reused 5-tuple) overwrites it with its own route; a server id that moves a flow away from its entry does the same. The
 //! table is one for all CPUs, so no CPU keeps a copy that could go stale.
 //!
 //! Consequence the control plane must honour: table entries outlive a change of the VIP's flags
 //! or its removal, so such changes flush the VIP's entries (`Balancer::set_vip`).
 
 use aya_ebpf::maps::LruHashMap;
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_get_prandom_u32, bpf_get_smp_processor_id},
+    programs::XdpContext,
+};
 use zrlab_common::lb::{
-    ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, TPR_KIND, TPR_LEN,
-    TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VipKey, VipMeta,
-    counter, flow_hash, quic_server_id, syn_cache_index,
+    ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, SYN_CACHE_SLOTS,
+    SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
+    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id, ring_position, syn_cache_index,
 };
 use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
 
 use super::{
-    layout::{ConnEntry, SynSlot},
-    maps::{CONNS, CONNS6, RINGS, SERVER_IDS, SYN_CACHE, Stats, VIPS, config},
+    layout::ConnEntry,
+    maps::{CONNS, CONNS6, RINGS, SERVER_IDS, SYN_CACHE, Stats, VIPS, config, vip_gen},
     parse::{Pkt, may_be_vip_addr},
 };
 
@@ -96,6 +98,18 @@ fn pick_with<K: 'static, const EXACT: bool>(
         }
         return Route::Real { real, vip_num: hit.vip_num };
     }
+    // A TCP packet after its SYN, on the SYN's CPU, whose SYN was routed by the VIPs as they
+    // still are: the SYN's route, without the VIP lookup. Exactly what the whole way below
+    // decides (same VIP, same flags, so the same id check: skipped when the flags route by id
+    // and the packet has options to carry one).
+    let seeded = (!syn && pkt.flow.proto == IPPROTO_TCP).then(|| flow_hash(&pkt.flow, config(|c| &c.hash_seed)));
+    if let Some(hash) = seeded
+        && let Some(entry) = take_syn_current(hash, &pkt.flow, pkt.tcp_hdr_len > TCP_LEN)
+    {
+        stats.add(counter::SYN_CACHE_HIT);
+        table.remember(entry);
+        return Route::Real { real: entry.real, vip_num: entry.vip_num };
+    }
     let Some(meta) = vip(pkt) else { return Route::NoService };
     if let Some(real) = by_id(ctx, pkt, meta.flags, meta.vip_num, stats) {
         if meta.flags & VIP_F_NO_LRU == 0 {
@@ -107,26 +121,32 @@ fn pick_with<K: 'static, const EXACT: bool>(
         // SAFETY: a helper without preconditions.
         flow_hash(&pkt.flow, unsafe { bpf_get_prandom_u32() })
     } else {
-        flow_hash(&pkt.flow, config(|c| &c.hash_seed))
+        seeded.unwrap_or_else(|| flow_hash(&pkt.flow, config(|c| &c.hash_seed)))
     };
-    if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+    let tabled = meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0;
+    if tabled {
         // The flow's first packet after its SYN (on the SYN's CPU): the SYN's route moves from
         // the SYN cache into the table. (`hash` is the seeded flow hash here.)
-        if !syn && let Some(entry) = take_syn(hash, &pkt.flow, &meta) {
+        if !syn && let Some(entry) = take_syn(hash, &pkt.flow) {
             stats.add(counter::SYN_CACHE_HIT);
             table.remember(entry);
             return Route::Real { real: entry.real, vip_num: entry.vip_num };
         }
         stats.add(counter::LRU_MISS);
     }
+    // A SYN whose 5-tuple has an entry (an earlier connection's, whichever CPU wrote it) restarts
+    // the flow: its route overwrites the entry, so that the next packet follows this SYN on any
+    // CPU. Asked before the ring is read: the table's bucket and the ring's block are two
+    // independent cold loads, and in this order the CPU has both in flight at once (the other
+    // way, the ring's load stalled the path before the lookup began).
+    let reused = syn && tabled && table.get(&pkt.flow).is_some();
     let Some(real) = ring(&meta, hash, stats) else { return Route::NoReal };
-    if meta.flags & (VIP_F_NO_LRU | VIP_F_HASH_PER_PACKET) == 0 {
+    if tabled {
         let entry = ConnEntry::new(&pkt.flow, real, meta.vip_num, meta.flags);
-        if syn {
-            if !table.restart(&pkt.flow, entry) {
-                // `hash` is the seeded flow hash here (the per-packet hash has no table).
-                remember_syn(hash, &pkt.flow, entry);
-            }
+        if syn && !reused {
+            // A 5-tuple the table does not hold: the SYN cache's case. (`hash` is the seeded
+            // flow hash here: the per-packet hash has no table.)
+            remember_syn(hash, &pkt.flow, &entry);
         } else {
             table.remember(entry);
         }
@@ -198,10 +218,11 @@ fn ring(meta: &VipMeta, hash: u32, stats: &Stats) -> Option<u32> {
     if meta.ring_size == 0 || meta.ring_size > MAX_RING {
         return None;
     }
-    let entry = RINGS.get_value_ptr_mut(meta.vip_num, &(hash % meta.ring_size))?;
+    let (block, lane) = ring_position(hash % meta.ring_size);
+    let block = RINGS.get_value_ptr_mut(meta.vip_num, &block)?;
     stats.add(counter::RING_ROUTED);
     // SAFETY: the kernel returned a valid pointer into the ring's value.
-    Some(unsafe { *entry })
+    unsafe { (*block).get(lane) }.map(|real| u32::from(*real))
 }
 
 /// What a table hit says about a flow.
@@ -243,49 +264,75 @@ impl<K: 'static, const EXACT: bool> Table<K, EXACT> {
     fn remember(&self, entry: ConnEntry) {
         let _ = self.map.insert(&self.key, &entry, 0);
     }
-
-    /// A SYN's route `entry` for `flow`, when the 5-tuple had an earlier connection (an entry,
-    /// whichever CPU wrote it): overwritten, so that the flow's next packet follows this SYN on
-    /// any CPU. `false` (nothing written) for a 5-tuple the table does not hold: the SYN cache's
-    /// case.
-    #[inline(always)]
-    fn restart(&self, flow: &FlowKey, entry: ConnEntry) -> bool {
-        let reused = self.get(flow).is_some();
-        if reused {
-            self.remember(entry);
-        }
-        reused
-    }
 }
 
-/// Takes `flow`'s SYN's route out of this CPU's SYN cache (the slot of its flow hash `hash`),
-/// if the slot still holds it and the route was made under the VIP's current `meta`: a route
-/// from before a change of the VIP's flags is a miss (the flow starts afresh under the new
-/// flags). Checking here, where the VIP is read anyway, is what lets user space leave the SYN
-/// cache alone on a flag change: a flush from user space had to read and write back every
-/// CPU's slot at once, and lost the SYNs the program wrote in between.
+/// Takes `flow`'s SYN's route out of this CPU's SYN cache (the slot of its seeded flow hash
+/// `hash`), if the slot still holds it and its VIP's flags did not change since: a route from
+/// before a change of the VIP's flags is a miss (the flow starts afresh under the new flags).
+/// Any other change leaves the route to the flow, as a table entry would be: a ring change (the
+/// SYN cache's reason to exist), a new VIP that takes the flow's port over. Checking here is
+/// what lets user space leave the SYN cache alone on a flag change: a flush from user space had
+/// to read and write back every CPU's slot at once, and lost the SYNs the program wrote in
+/// between.
 #[inline(always)]
-fn take_syn(hash: u32, flow: &FlowKey, meta: &VipMeta) -> Option<ConnEntry> {
-    let slot = SYN_CACHE.get_ptr_mut(syn_cache_index(hash))?;
-    // SAFETY: the kernel returned a valid pointer into this CPU's value; this CPU alone writes
-    // it.
+fn take_syn(hash: u32, flow: &FlowKey) -> Option<ConnEntry> {
+    take_slot(hash, flow, |slot| slot.flags_gen == vip_gen(1 + slot.vip_num))
+}
+
+/// As [`take_syn`], before the VIP lookup: only a slot of the VIPs' current generation
+/// (`zrlab_common::lb::VIP_GENS_MAP`), whose flow therefore still has the SYN's VIP with the
+/// same flags, and not when that VIP routes by id and the packet has TCP options (`options`)
+/// that may carry one (the id decides then, after the VIP lookup). Anything else stays for
+/// [`take_syn`].
+#[inline(always)]
+fn take_syn_current(hash: u32, flow: &FlowKey, options: bool) -> Option<ConnEntry> {
+    take_slot(hash, flow, |slot| slot.vips_gen == vip_gen(0) && !(options && slot.flags & VIP_F_TCP_ID_ROUTING != 0))
+}
+
+/// Takes `flow`'s route out of the slot of seeded flow hash `hash` if the slot holds it and
+/// `valid` says so; a slot that holds it but is not valid is left as it is.
+#[inline(always)]
+fn take_slot(hash: u32, flow: &FlowKey, valid: impl FnOnce(&SynSlot) -> bool) -> Option<ConnEntry> {
+    let slot = SYN_CACHE.get_ptr_mut(syn_slot(hash))?;
+    // SAFETY: the kernel returned a valid pointer into this CPU's part of the cache; this CPU
+    // alone writes it.
     let slot = unsafe { &mut *slot };
-    if !slot.holds(flow) {
+    if !slot.holds(flow) || !valid(slot) {
         return None;
     }
-    let entry = slot.entry;
-    slot.entry.proto = 0;
-    (entry.vip_num == meta.vip_num && entry.flags == meta.flags).then_some(entry)
+    slot.proto = 0;
+    Some(ConnEntry::new(flow, slot.real, slot.vip_num, slot.flags))
 }
 
-/// Remembers a SYN's route in this CPU's SYN cache, in the slot of its flow hash `hash`
-/// (whatever the slot held: another flow's SYN that has not completed loses its slot).
+/// Remembers a SYN's route `entry` in this CPU's SYN cache, in the slot of its flow hash `hash`
+/// (whatever the slot held: another flow's SYN that has not completed loses its slot), with the
+/// VIP generations now.
 #[inline(always)]
-fn remember_syn(hash: u32, flow: &FlowKey, entry: ConnEntry) {
-    if let Some(slot) = SYN_CACHE.get_ptr_mut(syn_cache_index(hash)) {
-        // SAFETY: as in `take_syn`.
-        unsafe { *slot = SynSlot { ports: flow.ports, pad: 0, entry } };
+fn remember_syn(hash: u32, flow: &FlowKey, entry: &ConnEntry) {
+    if let Some(slot) = SYN_CACHE.get_ptr_mut(syn_slot(hash)) {
+        let fresh = SynSlot {
+            ports: flow.ports,
+            proto: u32::from(flow.proto),
+            vips_gen: vip_gen(0),
+            flags_gen: vip_gen(1 + entry.vip_num),
+            real: entry.real,
+            vip_num: entry.vip_num,
+            flags: entry.flags,
+            pad: 0,
+            src: flow.src,
+            dst: flow.dst,
+        };
+        // SAFETY: as in `take_slot`.
+        unsafe { *slot = fresh };
     }
+}
+
+/// This CPU's SYN-cache slot for the flow of seeded flow hash `hash`.
+#[inline(always)]
+fn syn_slot(hash: u32) -> u32 {
+    // SAFETY: a helper without preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    cpu * SYN_CACHE_SLOTS + syn_cache_index(hash)
 }
 
 /// Walks the TCP options for the first well-formed TPR option (DESIGN.md wire rules): EOL ends

@@ -23,9 +23,9 @@ use zrlab_common::{
     lb::{
         CONFIG_GLOBAL, CONN_TABLE_MAP, CONN_TABLE_PER_CPU, CONN6_TABLE_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey,
         ConnKeyV6, CounterBlock, EntryStamp, IdKey, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6,
-        REALS_MAP, RINGS_MAP, Real, SERVER_IDS_MAP, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU,
-        VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter,
-        vip_filter_bit,
+        REALS_MAP, RING_BLOCK, RINGS_MAP, Real, RingBlock, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS,
+        VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING,
+        VIP_FILTER_MAP, VIP_GENS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter, ring_position, vip_filter_bit,
     },
 };
 use zrlab_wire::Proto;
@@ -206,13 +206,15 @@ where
     Ok(())
 }
 
-/// Sets `loader` up for an LB object: its configuration global (`config`), and each connection
-/// table sized for the possible CPUs (the kernel splits it evenly over them).
+/// Sets `loader` up for an LB object: its configuration global (`config`), each connection
+/// table sized for the possible CPUs (the kernel splits it evenly over them), and the SYN cache
+/// with a part for each possible CPU.
 pub(super) fn configure<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| LabError::os("read", "possible CPUs", e))? as u32;
     let size = CONN_TABLE_PER_CPU.saturating_mul(cpus.max(1));
     loader.override_global(CONFIG_GLOBAL, config, true);
     loader.map_max_entries(CONN_TABLE_MAP, size).map_max_entries(CONN6_TABLE_MAP, size);
+    loader.map_max_entries(SYN_CACHE_MAP, SYN_CACHE_SLOTS.saturating_mul(cpus.max(1)));
     Ok(())
 }
 
@@ -348,7 +350,7 @@ impl Balancer {
 
     /// Deletes every connection-table entry of VIP `num` (its entries carry flags that no
     /// longer hold). The SYN cache needs nothing: the program takes a waiting SYN's route only
-    /// if it was made under the VIP's current flags.
+    /// if the VIP's flags did not change since (the VIP generations, bumped by the caller).
     fn flush_vip(&mut self, num: u32) -> Result<()> {
         match self.version {
             Version::Current => flush_tables::<u32>(&mut self.bpf, num),
@@ -443,9 +445,9 @@ impl Balancer {
         self.admit_members(vip, reals)?;
         // The new ring, complete before anything points at it.
         let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
-        let ring: Array<MapData, u32> =
+        let ring: Array<MapData, RingBlock> =
             Array::try_from(super::inner::ring(&format!("lb_ring{num}"), &entries)?).map_err(map_err("a ring"))?;
-        let mut rings: ArrayOfMaps<_, Array<MapData, u32>> =
+        let mut rings: ArrayOfMaps<_, Array<MapData, RingBlock>> =
             ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
         rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
         // The address's filter bit before the VIP: a packet that passes the filter and finds no
@@ -461,8 +463,26 @@ impl Balancer {
         if old_flags.is_some_and(|old| old != meta.flags) {
             self.flush_vip(num)?;
         }
+        // After the VIP is written: a SYN routed before carries the old generations, and its
+        // flow's next packet goes the whole way, by the VIP as it is now.
+        if old_flags.is_some_and(|old| old != meta.flags) {
+            self.bump_vip_gen(1 + num)?;
+        }
+        if old_flags != Some(meta.flags) {
+            self.bump_vip_gen(0)?;
+        }
         self.vips.insert(key, VipState { num, flags: meta.flags, members });
         self.write_ids()
+    }
+
+    /// Moves entry `i` of the VIP generations on (`zrlab_common::lb::VIP_GENS_MAP`: 0 for
+    /// every VIP, `1 + vip_num` for one VIP's flags): SYNs waiting in the SYN cache were routed
+    /// by VIPs that changed since.
+    fn bump_vip_gen(&mut self, i: u32) -> Result<()> {
+        let mut generations: Array<_, u32> =
+            Array::try_from(self.map_mut(VIP_GENS_MAP)?).map_err(map_err(VIP_GENS_MAP))?;
+        let now = generations.get(&i, 0).map_err(map_err("read LB_VIP_GENS"))?;
+        generations.set(i, now.wrapping_add(1), 0).map_err(map_err("write LB_VIP_GENS"))
     }
 
     /// Makes the live ids of `reals` with a weight route within `vip` (an existing VIP), before
@@ -552,13 +572,18 @@ impl Balancer {
     /// unknown VIP.
     pub fn ring_in_kernel(&self, vip: &VipSpec) -> Result<BTreeMap<IpAddr, u32>> {
         let Some(state) = self.vips.get(&vip.key()) else { return Ok(BTreeMap::new()) };
-        let rings: ArrayOfMaps<_, Array<MapData, u32>> =
+        let rings: ArrayOfMaps<_, Array<MapData, RingBlock>> =
             ArrayOfMaps::try_from(self.map(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
         let ring = rings.get(&state.num, 0).map_err(map_err("read a ring of LB_RINGS"))?;
         let reals: Array<_, Real> = Array::try_from(self.map(REALS_MAP)?).map_err(map_err("LB_REALS"))?;
         let mut per_index: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut block = (u32::MAX, [0; RING_BLOCK as usize]);
         for slot in 0..vip.options.ring_size {
-            *per_index.entry(ring.get(&slot, 0).map_err(map_err("read a ring slot"))?).or_default() += 1;
+            let (index, lane) = ring_position(slot);
+            if block.0 != index {
+                block = (index, ring.get(&index, 0).map_err(map_err("read a ring block"))?);
+            }
+            *per_index.entry(u32::from(block.1[lane])).or_default() += 1;
         }
         let mut slots = BTreeMap::new();
         for (index, count) in per_index {

@@ -11,15 +11,16 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{Map, MapData};
-use zrlab_common::lb::MAX_RING;
+use zrlab_common::lb::{RING_BLOCK, RING_BLOCKS, RingBlock, ring_position};
 
 use zrlab_host::{
     bpf_sys::{BTF_LOAD, MAP_CREATE, MAP_TYPE_ARRAY, MAP_UPDATE_BATCH, MapCreateAttr, fd_from, sys_bpf},
     error::{LabError, Result},
 };
 
-/// The BTF type id of `u32` in [`btf_blob`].
+/// BTF type ids in [`btf_blob`].
 const TYPE_U32: u32 = 1;
+const TYPE_RING_BLOCK: u32 = 2;
 
 #[repr(C)]
 #[derive(Default)]
@@ -48,11 +49,22 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// The BTF of the inner maps' keys and values: one type, [1] INT "u32" (4 bytes, 32 bits,
-/// unsigned).
+/// The BTF of the inner maps' keys and values: [1] INT "u32" (4 bytes, 32 bits, unsigned) and
+/// [2] STRUCT "ring_block" of `u32` words, as wide as a [`RingBlock`].
 fn btf_blob() -> Vec<u8> {
-    let strings = b"\0u32\0";
-    let types: [u32; 4] = [1, 1 << 24, 4, 32];
+    let mut strings = vec![0u8];
+    let mut name = |s: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(s.as_bytes());
+        strings.push(0);
+        off
+    };
+    let words = size_of::<RingBlock>() / 4;
+    let mut types: Vec<u32> = vec![name("u32"), 1 << 24, 4, 32];
+    types.extend([name("ring_block"), (4 << 24) | words as u32, (words * 4) as u32]);
+    for i in 0..words {
+        types.extend([name(&format!("w{i}")), TYPE_U32, (i * 32) as u32]);
+    }
     let type_bytes: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let mut blob = Vec::new();
     blob.extend_from_slice(&0xeb9fu16.to_ne_bytes());
@@ -61,11 +73,11 @@ fn btf_blob() -> Vec<u8> {
         blob.extend_from_slice(&word.to_ne_bytes());
     }
     blob.extend_from_slice(&type_bytes);
-    blob.extend_from_slice(strings);
+    blob.extend_from_slice(&strings);
     blob
 }
 
-/// Creates an array of `max_entries` `u32` values.
+/// Creates an array of `max_entries` ring blocks.
 fn create(max_entries: u32, name: &str) -> Result<MapData> {
     let blob = btf_blob();
     let mut log = vec![0u8; 4096];
@@ -88,13 +100,13 @@ fn create(max_entries: u32, name: &str) -> Result<MapData> {
     let mut attr = MapCreateAttr {
         map_type: MAP_TYPE_ARRAY,
         key_size: 4,
-        value_size: 4,
+        value_size: size_of::<RingBlock>() as u32,
         max_entries,
         map_flags: 0,
         map_name,
         btf_fd: btf.as_raw_fd() as u32,
         btf_key_type_id: TYPE_U32,
-        btf_value_type_id: TYPE_U32,
+        btf_value_type_id: TYPE_RING_BLOCK,
         ..Default::default()
     };
     let fd = sys_bpf(MAP_CREATE, &mut attr)
@@ -103,24 +115,32 @@ fn create(max_entries: u32, name: &str) -> Result<MapData> {
     MapData::from_fd(fd).map_err(|e| LabError::Bpf { what: format!("wrap inner map {name}"), message: e.to_string() })
 }
 
-/// A ring (array of `MAX_RING` real indices) holding `entries` from index 0, written with one
-/// batch update (a ring change costs one system call, not 65537).
-pub(super) fn ring(name: &str, entries: &[u32]) -> Result<Map> {
-    let data = create(MAX_RING, name)?;
-    let keys: Vec<u32> = (0..entries.len() as u32).collect();
+/// A ring holding real index `slots[i]` in slot `i` (packed into [`RingBlock`]s, as
+/// `zrlab_common::lb::ring_position` places them), written with one batch update (a ring change
+/// costs one system call, not one per block).
+pub(super) fn ring(name: &str, slots: &[u32]) -> Result<Map> {
+    let data = create(RING_BLOCKS, name)?;
+    let mut blocks: Vec<RingBlock> = vec![[0; RING_BLOCK as usize]; slots.len().div_ceil(RING_BLOCK as usize)];
+    for (slot, real) in slots.iter().enumerate() {
+        let (block, lane) = ring_position(slot as u32);
+        blocks[block as usize][lane] = u16::try_from(*real).map_err(|_| {
+            LabError::Unsupported(format!("ring {name}: real index {real} does not fit a ring slot (16 bits)"))
+        })?;
+    }
+    let keys: Vec<u32> = (0..blocks.len() as u32).collect();
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
-        values: entries.as_ptr() as u64,
-        count: entries.len() as u32,
+        values: blocks.as_ptr() as u64,
+        count: blocks.len() as u32,
         map_fd: data.fd().as_fd().as_raw_fd() as u32,
         ..Default::default()
     };
-    // `keys` and `values` hold `count` u32 each; the kernel reads them during the call.
+    // `keys` and `values` hold `count` keys and blocks; the kernel reads them during the call.
     let filled = sys_bpf(MAP_UPDATE_BATCH, &mut attr);
-    if filled.is_err() || attr.count as usize != entries.len() {
+    if filled.is_err() || attr.count as usize != blocks.len() {
         return Err(LabError::Bpf {
             what: format!("fill ring {name} (batch update)"),
-            message: format!("{} of {} entries written: {filled:?}", attr.count, entries.len()),
+            message: format!("{} of {} blocks written: {filled:?}", attr.count, blocks.len()),
         });
     }
     Ok(Map::Array(data))
