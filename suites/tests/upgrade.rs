@@ -138,7 +138,7 @@ fn the_new_version_takes_over_the_old_link_and_maps() {
         new.map_ids().expect("map ids").expect("kernel reports map ids").into_iter().collect();
     let shared = old_maps.intersection(&new_maps).count();
     assert_eq!(shared, upgrade.handed_over.len(), "the new program uses the handed-over maps themselves: {upgrade:?}");
-    assert_eq!(upgrade.handed_over.len(), 10, "{upgrade:?}");
+    assert_eq!(upgrade.handed_over.len(), 11, "{upgrade:?}");
     drop(lb);
     drop(lab);
 }

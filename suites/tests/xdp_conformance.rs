@@ -14,7 +14,7 @@ use common::xdp::*;
 use test_case::test_case;
 use zrlab_common::{
     addr::words,
-    lb::{FlowKey, counter, flow_hash, syn_cache_index, vip_filter_bit},
+    lb::{FlowKey, counter, flow_hash, id_slot, syn_cache_index, vip_filter_bit},
 };
 use zrlab_control::lb::{
     Counters, Decap, RealSpec, VipOptions, VipSpec,
@@ -336,6 +336,38 @@ fn tcp_option_routing() {
         ("vip without id routing: option ignored", tcp(CLIENT4, 41019, "203.0.113.20", 80, ACK, vec![tpr(200)])),
     ];
     insta::assert_snapshot!(run(cases));
+}
+
+/// Live ids that share their slot in the live ids' array (`zrlab_common::lb::id_slot`) are
+/// looked up in the hash table instead, and route as any other id: two such ids (found by
+/// search) on two reals each route every flow to their own real, as the model says, next to an
+/// id with a slot of its own; an id that is not live but has their slot falls back (counted as
+/// unknown).
+#[test]
+fn ids_that_share_a_slot_route_through_the_hash_table() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let a = 5_000u32;
+    let same = |from: u32| (from..).find(|id| id_slot(*id) == id_slot(a)).expect("an id in the same slot");
+    let (b, dead) = (same(a + 1), same(same(a + 1) + 1));
+    let alone = (a + 1..).find(|id| ![a, b, dead].iter().any(|o| id_slot(*o) == id_slot(*id))).expect("an id");
+    let mut ids = fixture_ids();
+    ids.extend([(a, ip(R1)), (b, ip(R2)), (alone, ip(R3))]);
+    fx.lb.sync_server_ids(&ids).expect("ids");
+    fx.model.sync_server_ids(&ids);
+    let before = fx.lb.counters().expect("counters");
+    for (n, (id, real)) in [(a, R1), (b, R2), (alone, R3)].into_iter().enumerate() {
+        for port in 0..8u16 {
+            let frame = tcp(CLIENT4, 48_000 + 8 * n as u16 + port, VIP4, 80, ACK, vec![TcpOption::ServerId(id)]);
+            assert_eq!(tx_real_on(&mut fx, 0, &frame), ip(real), "id {id}");
+        }
+    }
+    tx_real_on(&mut fx, 0, &tcp(CLIENT4, 48_100, VIP4, 80, ACK, vec![TcpOption::ServerId(dead)]));
+    let after = fx.lb.counters().expect("counters");
+    let delta = |slot| after.get(slot) - before.get(slot);
+    assert_eq!((delta(counter::TCP_ID_ROUTED), delta(counter::ID_UNKNOWN)), (24, 1));
+    assert!(fx.lb.server_ids_in_kernel().expect("ids in the kernel").is_superset(&[a, b, alone].into()));
 }
 
 /// The VIP-address filter cannot tell an address from another whose bit it shares: such an

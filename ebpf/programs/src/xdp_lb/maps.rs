@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zrlab_common::lb::{
-    CONN_TABLE_FLAGS, CONN_TABLE_PER_CPU, Config, ConnKey, ConnKeyV6, CounterBlock, IcmpRate, IdKey, MAX_REALS,
-    MAX_SERVER_IDS, MAX_VIPS, RING_BLOCKS, Real, RingBlock, SYN_CACHE_FLAGS, SYN_CACHE_SLOTS, SynSlot,
-    VIP_FILTER_WORDS, VipKey, VipMeta, counter,
+    CONN_TABLE_FLAGS, CONN_TABLE_PER_CPU, Config, ConnKey, ConnKeyV6, CounterBlock, ID_SLOT_COUNT, IcmpRate, IdKey,
+    IdSlot, MAX_REALS, MAX_SERVER_IDS, MAX_VIPS, RING_BLOCKS, Real, RingBlock, SYN_CACHE_FLAGS, SYN_CACHE_SLOTS,
+    SynSlot, VIP_FILTER_WORDS, VipKey, VipMeta, counter,
 };
 use zrlab_ebpf::net::opaque;
 
@@ -38,6 +38,10 @@ pub static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 
 #[map(name = "LB_SERVER_IDS")]
 pub static SERVER_IDS: HashMap<IdKey, u32> = HashMap::with_max_entries(MAX_SERVER_IDS, 0);
+
+/// The live ids' slots (`zrlab_common::lb::ID_SLOTS_MAP`): entry 0 is the array in use.
+#[btf_map(name = "LB_ID_SLOTS")]
+pub static LIVE_IDS: ArrayOfMaps<BtfArray<IdSlot, { ID_SLOT_COUNT as usize }>, 1> = ArrayOfMaps::new();
 
 /// The IPv4 flows' connection table (`zrlab_common::lb::CONN_TABLE_MAP`), shared by every
 /// CPU, with an LRU list per CPU (`CONN_TABLE_FLAGS`: why). Its size here is one CPU's share;

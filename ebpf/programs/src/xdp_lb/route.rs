@@ -30,13 +30,15 @@ use aya_ebpf::{
 use zrlab_common::lb::{
     ConnKey, ConnKeyV6, FlowKey, IdKey, MAX_RING, QUIC_MIN_CID, QUIC_VERSION_1, QUIC_VERSION_2, SYN_CACHE_SLOTS,
     SynSlot, TPR_KIND, TPR_LEN, TPR_MAX_OPTIONS, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
-    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, quic_server_id, ring_position, syn_cache_index,
+    VIP_F_TCP_ID_ROUTING, VipKey, VipMeta, counter, flow_hash, id_slot, quic_server_id, ring_position, syn_cache_index,
 };
-use zrlab_ebpf::net::{ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, opaque, ptr_at};
+use zrlab_ebpf::net::{
+    ETH_LEN, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_LEN, TCP_SYN, UDP_LEN, load16, load32, opaque, span,
+};
 
 use super::{
     layout::ConnEntry,
-    maps::{CONNS, CONNS6, RINGS, SERVER_IDS, SYN_CACHE, Stats, VIPS, config, vip_gen},
+    maps::{CONNS, CONNS6, LIVE_IDS, RINGS, SERVER_IDS, SYN_CACHE, Stats, VIPS, config, vip_gen},
     parse::{Pkt, may_be_vip_addr},
 };
 
@@ -200,17 +202,34 @@ fn by_id(ctx: &XdpContext, pkt: &Pkt, flags: u32, vip_num: u32, stats: &Stats) -
     } else {
         return None;
     };
-    // SAFETY (verifier): a plain map lookup, copied out at once.
-    match unsafe { SERVER_IDS.get(&IdKey { vip_num, id }) } {
+    match live_real(vip_num, id) {
         Some(real) => {
             stats.add(if pkt.flow.proto == IPPROTO_TCP { counter::TCP_ID_ROUTED } else { counter::QUIC_ID_ROUTED });
-            Some(*real)
+            Some(real)
         }
         None => {
             stats.add(counter::ID_UNKNOWN);
             None
         }
     }
+}
+
+/// The real of live server id `id` within VIP `vip_num`: its slot in the live ids' array, or
+/// the hash table when its slot is shared (`zrlab_common::lb::ID_SLOTS_MAP`).
+#[inline(always)]
+fn live_real(vip_num: u32, id: u32) -> Option<u32> {
+    let slot = LIVE_IDS.get_value_ptr_mut(0, &id_slot(id))?;
+    // SAFETY: the kernel returned a valid pointer into the array in use; user space never
+    // writes an array a packet can see (it swaps in a new one).
+    let slot = unsafe { &*slot };
+    if slot.id == id {
+        return (slot.vips >> (vip_num & 31) & 1 != 0).then_some(slot.real);
+    }
+    if slot.shared == 0 {
+        return None;
+    }
+    // SAFETY (verifier): a plain map lookup, copied out at once.
+    unsafe { SERVER_IDS.get(&IdKey { vip_num, id }) }.copied()
 }
 
 #[inline(always)]
@@ -337,7 +356,9 @@ fn syn_slot(hash: u32) -> u32 {
 
 /// Walks the TCP options for the first well-formed TPR option (DESIGN.md wire rules): EOL ends
 /// the walk; a malformed option (length 0 or 1, past the header, wrong length for 0xB7) ends it
-/// and nothing after is trusted; at most [`TPR_MAX_OPTIONS`] options. Id 0 means none.
+/// and nothing after is trusted; at most [`TPR_MAX_OPTIONS`] options. Id 0 means none. Each
+/// option's kind and length are one 16-bit load and the id one 32-bit load (a bounds check
+/// each), not one checked load per byte.
 #[inline(always)]
 fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let end = pkt.l4_off + pkt.tcp_hdr_len;
@@ -348,7 +369,15 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
         if off >= end {
             return None;
         }
-        let kind = byte(ctx, off)?;
+        if off + 1 >= end {
+            // The header's last byte: EOL and NOP end the walk, any other kind lacks its length.
+            if byte(ctx, off)? > 1 {
+                stats.add(counter::OPT_MALFORMED);
+            }
+            return None;
+        }
+        // SAFETY: `at` checked that both bytes lie inside the packet.
+        let [kind, len] = unsafe { load16::<0>(at::<2>(ctx, off)?) }.to_ne_bytes();
         match kind {
             0 => return None,
             1 => {
@@ -357,11 +386,7 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
             }
             _ => {}
         }
-        if off + 1 >= end {
-            stats.add(counter::OPT_MALFORMED);
-            return None;
-        }
-        let len = usize::from(byte(ctx, off + 1)?);
+        let len = usize::from(len);
         if len < 2 || off + len > end {
             stats.add(counter::OPT_MALFORMED);
             return None;
@@ -371,12 +396,8 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
                 stats.add(counter::OPT_MALFORMED);
                 return None;
             }
-            let id = u32::from_be_bytes([
-                byte(ctx, off + 2)?,
-                byte(ctx, off + 3)?,
-                byte(ctx, off + 4)?,
-                byte(ctx, off + 5)?,
-            ]);
+            // SAFETY: as above, for the four bytes of the id.
+            let id = u32::from_be(unsafe { load32::<0>(at::<4>(ctx, off + 2)?) });
             return (id != 0).then_some(id).or_else(|| {
                 stats.add(counter::ID_UNKNOWN);
                 None
@@ -395,14 +416,21 @@ const WALK_LIMIT: usize = 128;
 /// One packet byte at `off`.
 #[inline(always)]
 fn byte(ctx: &XdpContext, off: usize) -> Option<u8> {
+    // SAFETY: `at` checked that the byte lies inside the packet.
+    at::<1>(ctx, off).map(|p| unsafe { *(p as *const u8) })
+}
+
+/// The address of the `N` packet bytes at `off`, if they lie inside the packet (and below
+/// [`WALK_LIMIT`]).
+#[inline(always)]
+fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<usize> {
     if off >= WALK_LIMIT {
         return None;
     }
     // The mask changes nothing (off < WALK_LIMIT, a power of two) but gives the verifier both
     // bounds, whatever form the compiler gave the comparison above.
     let off = opaque(off) & (WALK_LIMIT - 1);
-    // SAFETY: ptr_at checked that the byte lies inside the packet.
-    ptr_at::<u8>(ctx, off).ok().map(|p| unsafe { *p })
+    span(ctx, off, N).ok()
 }
 
 /// The server id of a QUIC datagram, per katran: Initial and 0-RTT long headers hash; Handshake
@@ -421,12 +449,8 @@ fn quic_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
             stats.add(counter::QUIC_HASHED);
             return None;
         }
-        let version = u32::from_be_bytes([
-            byte(ctx, payload + 1)?,
-            byte(ctx, payload + 2)?,
-            byte(ctx, payload + 3)?,
-            byte(ctx, payload + 4)?,
-        ]);
+        // SAFETY: `at` checked that the four bytes lie inside the packet.
+        let version = u32::from_be(unsafe { load32::<0>(at::<4>(ctx, payload + 1)?) });
         let kind = (first >> 4) & 0x3;
         // Handshake or Retry: v1 numbers them 2 and 3, v2 3 and 0.
         let routable = match version {
@@ -451,13 +475,10 @@ fn quic_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
         }
         payload + 1
     };
-    let cid = [
-        byte(ctx, cid_off)?,
-        byte(ctx, cid_off + 1)?,
-        byte(ctx, cid_off + 2)?,
-        byte(ctx, cid_off + 3)?,
-        byte(ctx, cid_off + 4)?,
-    ];
+    let cid = at::<5>(ctx, cid_off)?;
+    // SAFETY: `at` checked that the five bytes lie inside the packet.
+    let ([c0, c1, c2, c3], c4) = unsafe { (load32::<0>(cid).to_ne_bytes(), *((cid + 4) as *const u8)) };
+    let cid = [c0, c1, c2, c3, c4];
     match quic_server_id(&cid) {
         Some(id) if id != 0 => Some(id),
         Some(_) => {

@@ -22,10 +22,11 @@ use zrlab_common::{
     addr::{words, words_v4},
     lb::{
         CONFIG_GLOBAL, CONN_TABLE_MAP, CONN_TABLE_PER_CPU, CONN6_TABLE_MAP, COUNTERS_MAP, Config, ConnEntry, ConnKey,
-        ConnKeyV6, CounterBlock, EntryStamp, IdKey, MAX_REALS, MAX_RING, MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6,
-        REALS_MAP, RING_BLOCK, RINGS_MAP, Real, RingBlock, SERVER_IDS_MAP, SYN_CACHE_MAP, SYN_CACHE_SLOTS,
-        VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING, VIP_F_TCP_ID_ROUTING,
-        VIP_FILTER_MAP, VIP_GENS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter, ring_position, vip_filter_bit,
+        ConnKeyV6, CounterBlock, EntryStamp, ID_SLOT_COUNT, ID_SLOTS_MAP, IdKey, IdSlot, MAX_REALS, MAX_RING,
+        MAX_SERVER_IDS, MAX_VIPS, REAL_F_IPV6, REALS_MAP, RING_BLOCK, RINGS_MAP, Real, RingBlock, SERVER_IDS_MAP,
+        SYN_CACHE_MAP, SYN_CACHE_SLOTS, VIP_ADDRS_MAP, VIP_F_HASH_PER_PACKET, VIP_F_NO_LRU, VIP_F_QUIC_ID_ROUTING,
+        VIP_F_TCP_ID_ROUTING, VIP_FILTER_MAP, VIP_GENS_MAP, VIPS_MAP, VipKey, VipMeta, VipStats, counter, id_slot,
+        ring_position, vip_filter_bit,
     },
 };
 use zrlab_wire::Proto;
@@ -520,31 +521,64 @@ impl Balancer {
         self.write_ids()
     }
 
-    /// Writes the live-id table from the live ids and the VIPs' members.
+    /// Writes the live ids from the live ids and the VIPs' members: each id with its real and
+    /// the VIPs it routes within in its slot of a new array (`zrlab_common::lb::ID_SLOTS_MAP`),
+    /// and the ids that share a slot in the hash table. In an order a packet can follow at any
+    /// moment: the shared ids' new pairs first, then the new array swapped in, then the pairs no
+    /// longer wanted removed.
     fn write_ids(&mut self) -> Result<()> {
-        let pairs: Vec<(IdKey, IpAddr)> = self
+        let pairs: Vec<(u32, IpAddr, u32)> = self
             .vips
             .values()
             .flat_map(|vip| {
-                self.live
-                    .iter()
-                    .filter(|(_, addr)| vip.members.contains(addr))
-                    .map(|(id, addr)| (IdKey { vip_num: vip.num, id: *id }, *addr))
+                self.live.iter().filter(|(_, addr)| vip.members.contains(addr)).map(|(id, addr)| (*id, *addr, vip.num))
             })
             .collect();
-        let wanted: BTreeMap<IdKey, u32> =
-            pairs.into_iter().map(|(key, addr)| Ok((key, self.real_index(addr)?))).collect::<Result<_>>()?;
-        if wanted.len() > MAX_SERVER_IDS as usize {
-            return Err(LabError::Unsupported(format!("more than {MAX_SERVER_IDS} (VIP, server id) pairs")));
+        let mut ids: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+        for (id, addr, vip_num) in pairs {
+            let real = self.real_index(addr)?;
+            ids.entry(id).or_insert((real, 0)).1 |= 1 << vip_num;
         }
-        let mut ids: HashMap<_, IdKey, u32> =
+        let mut by_slot: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for id in ids.keys() {
+            by_slot.entry(id_slot(*id)).or_default().push(*id);
+        }
+        let mut slots = vec![IdSlot::default(); ID_SLOT_COUNT as usize];
+        let mut shared: BTreeMap<IdKey, u32> = BTreeMap::new();
+        for (slot, in_slot) in &by_slot {
+            if let [id] = in_slot[..] {
+                let (real, vips) = ids[&id];
+                slots[*slot as usize] = IdSlot { id, real, vips, shared: 0 };
+                continue;
+            }
+            slots[*slot as usize].shared = 1;
+            for id in in_slot {
+                let (real, vips) = ids[id];
+                for vip_num in (0..MAX_VIPS).filter(|n| vips >> n & 1 != 0) {
+                    shared.insert(IdKey { vip_num, id: *id }, real);
+                }
+            }
+        }
+        if shared.len() > MAX_SERVER_IDS as usize {
+            return Err(LabError::Unsupported(format!(
+                "more than {MAX_SERVER_IDS} (VIP, server id) pairs share a slot"
+            )));
+        }
+        let mut table: HashMap<_, IdKey, u32> =
             HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
-        let present: Vec<IdKey> = ids.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
-        for (key, real) in &wanted {
-            ids.insert(key, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
+        let present: Vec<IdKey> = table.keys().collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))?;
+        for (key, real) in &shared {
+            table.insert(key, real, 0).map_err(map_err("write LB_SERVER_IDS"))?;
         }
-        for key in present.iter().filter(|key| !wanted.contains_key(key)) {
-            ids.remove(key).map_err(map_err("remove from LB_SERVER_IDS"))?;
+        let array: Array<MapData, IdSlot> =
+            Array::try_from(super::inner::id_slots("lb_id_slots", &slots)?).map_err(map_err("the id slots"))?;
+        let mut outer: ArrayOfMaps<_, Array<MapData, IdSlot>> =
+            ArrayOfMaps::try_from(self.map_mut(ID_SLOTS_MAP)?).map_err(map_err("LB_ID_SLOTS"))?;
+        outer.set(0, &array, 0).map_err(map_err("swap in the id slots"))?;
+        let mut table: HashMap<_, IdKey, u32> =
+            HashMap::try_from(self.map_mut(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
+        for key in present.iter().filter(|key| !shared.contains_key(key)) {
+            table.remove(key).map_err(map_err("remove from LB_SERVER_IDS"))?;
         }
         Ok(())
     }
@@ -601,9 +635,25 @@ impl Balancer {
     /// The server ids the live-id table in the kernel holds (for any VIP): the data path's
     /// state, not the control plane's idea of it.
     pub fn server_ids_in_kernel(&self) -> Result<BTreeSet<u32>> {
-        let ids: HashMap<_, IdKey, u32> =
+        let table: HashMap<_, IdKey, u32> =
             HashMap::try_from(self.map(SERVER_IDS_MAP)?).map_err(map_err("LB_SERVER_IDS"))?;
-        ids.keys().map(|key| key.map(|k| k.id)).collect::<Result<_, _>>().map_err(map_err("walk LB_SERVER_IDS"))
+        let mut ids: BTreeSet<u32> = table
+            .keys()
+            .map(|key| key.map(|k| k.id))
+            .collect::<Result<_, _>>()
+            .map_err(map_err("walk LB_SERVER_IDS"))?;
+        let outer: ArrayOfMaps<_, Array<MapData, IdSlot>> =
+            ArrayOfMaps::try_from(self.map(ID_SLOTS_MAP)?).map_err(map_err("LB_ID_SLOTS"))?;
+        // No array yet: no id was ever written.
+        if let Ok(slots) = outer.get(&0, 0) {
+            for slot in slots.iter() {
+                let slot = slot.map_err(map_err("read the id slots"))?;
+                if slot.id != 0 {
+                    ids.insert(slot.id);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Every counter, summed over CPUs.

@@ -229,6 +229,7 @@ mod tests {
             [
                 "LB_COUNTERS",
                 "LB_ICMP_RATE",
+                "LB_ID_SLOTS",
                 "LB_REALS",
                 "LB_RINGS",
                 "LB_SERVER_IDS",
@@ -241,7 +242,7 @@ mod tests {
         );
         let Plan { handed_over: handed, migrated, reset } =
             plan(Object::XdpLb, Object::XdpLb, &MIGRATED, &RESET).expect("plan");
-        assert_eq!((handed.len(), migrated.len(), reset.len()), (12, 0, 0));
+        assert_eq!((handed.len(), migrated.len(), reset.len()), (13, 0, 0));
     }
 
     /// A migrated entry keeps everything a packet needs and says where it came from; a
