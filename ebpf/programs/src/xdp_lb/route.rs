@@ -359,6 +359,12 @@ fn syn_slot(hash: u32) -> u32 {
 /// and nothing after is trusted; at most [`TPR_MAX_OPTIONS`] options. Id 0 means none. Each
 /// option's kind and length are one 16-bit load and the id one 32-bit load (a bounds check
 /// each), not one checked load per byte.
+///
+/// Written for the verifier, which walks every path of the loop: each iteration has one way on
+/// (a NOP is an option of length 1, chosen by arithmetic, not by a branch) and its other ways
+/// end the walk. With a branch between a NOP's step and an option's, the two ways on never met
+/// again and the paths doubled per option: 89% of the 145,000 instructions the kernel verified
+/// for `xdp_lb` were this walk, about three seconds a load in a 6.1 guest under TCG.
 #[inline(always)]
 fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
     let end = pkt.l4_off + pkt.tcp_hdr_len;
@@ -378,16 +384,17 @@ fn tpr_id(ctx: &XdpContext, pkt: &Pkt, stats: &Stats) -> Option<u32> {
         }
         // SAFETY: `at` checked that both bytes lie inside the packet.
         let [kind, len] = unsafe { load16::<0>(at::<2>(ctx, off)?) }.to_ne_bytes();
-        match kind {
-            0 => return None,
-            1 => {
-                off += 1;
-                continue;
-            }
-            _ => {}
+        if kind == 0 {
+            return None;
         }
-        let len = usize::from(len);
-        if len < 2 || off + len > end {
+        // 1 for a NOP (kind 1), else 0: `kind ^ 1` is 0 only for a NOP, and 0 - 1 wraps to the
+        // top bit. Hidden from the optimiser, which would turn the arithmetic below back into a
+        // branch.
+        let nop = opaque((usize::from(kind ^ 1).wrapping_sub(1)) >> (usize::BITS - 1));
+        // A NOP is one byte long whatever follows it; any other option says its length, at
+        // least 2.
+        let len = usize::from(len) * (1 - nop) + nop;
+        if len < 2 - nop || off + len > end {
             stats.add(counter::OPT_MALFORMED);
             return None;
         }
