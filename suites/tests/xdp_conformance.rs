@@ -327,6 +327,9 @@ fn tcp_option_routing() {
             flow(41016, ACK, vec![TcpOption::Unknown { kind: 30, data: vec![0; 32] }, tpr(200)]),
         ),
         ("length byte missing at the end of the options", raw(41017, &[1, 1, 1, 8])),
+        ("nops to the end of the options: no id, nothing malformed", raw(41023, &[1, 1, 1, 1])),
+        ("eol as the last byte: no id, nothing malformed", raw(41024, &[1, 1, 1, 0])),
+        ("kind 2 as the last byte, its length missing: malformed", raw(41025, &[1, 1, 1, 2])),
         ("v6 ack with live id 600: routed", tcp(CLIENT6, 41018, VIP6, 80, ACK, vec![tpr(600)])),
         (
             "v6 ack with id 200, live but a real of v4 VIPs only: falls back",
@@ -691,6 +694,41 @@ fn a_waiting_syn_follows_the_vips_as_they_are() {
     assert_eq!(after.get(counter::SYN_CACHE_HIT), before.get(counter::SYN_CACHE_HIT), "no slot taken");
 }
 
+/// The VIPs' flag generations reach the last VIP the maps hold: with every VIP slot taken
+/// (`MAX_VIPS`), a waiting SYN of the last VIP is stale once that VIP's flags change with its
+/// ring, as for the first (`a_waiting_syn_follows_the_vips_as_they_are`), and every next packet
+/// goes as the model says.
+#[test]
+fn the_last_vips_flag_change_reaches_its_waiting_syns() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let reals: Vec<RealSpec> = [R1, R2, R3].iter().map(|r| RealSpec { addr: ip(r), weight: 1, up: true }).collect();
+    let taken = fixture_vips().len() as u32;
+    let mut last = None;
+    for n in taken..zrlab_common::lb::MAX_VIPS {
+        let vip = VipSpec::new(ip(&format!("203.0.113.{}", 100 + n)), 80, Proto::Tcp);
+        fx.lb.set_vip(&vip, &reals).expect("one more VIP");
+        fx.model.set_vip(&vip, &reals).expect("model: one more VIP");
+        last = Some(vip);
+    }
+    let last = last.expect("the fixture leaves VIP slots free");
+    let dst = last.addr.to_string();
+    let ports = 49_000..49_032u16;
+    let old: Vec<IpAddr> =
+        ports.clone().map(|port| tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, &dst, 80, SYN, vec![]))).collect();
+    let mut changed_reals = reals.clone();
+    changed_reals.push(RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    let changed = last.clone().with(VipOptions { tcp_id_routing: true, ..last.options.clone() });
+    fx.lb.set_vip(&changed, &changed_reals).expect("flags and ring");
+    fx.model.set_vip(&changed, &changed_reals).expect("model: flags and ring");
+    let mut moved = 0;
+    for (port, old) in ports.zip(old) {
+        moved += usize::from(tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, &dst, 80, ACK, vec![])) != old);
+    }
+    assert!(moved > 0, "the new ring moved none of the flows: the test shows nothing");
+}
+
 /// A VIP change that leaves a flow's VIP and flags as they were keeps its waiting SYN's route,
 /// as a table entry keeps its real: a new exact-port VIP for another port of the same address,
 /// and a ring change of the flow's own VIP (which the SYN cache exists for: the next packet
@@ -702,6 +740,13 @@ fn a_waiting_syn_keeps_its_route_through_other_changes() {
     pin_to_cpu0();
     let mut fx = Fixture::new();
     let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    // The flags of the next VIP (number 1) changed before: each slot records its own VIP's
+    // flag generation, not a neighbour's.
+    let (quic, quic_reals) =
+        fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 443).expect("VIP");
+    let quic = quic.clone().with(VipOptions { quic_id_routing: false, ..quic.options.clone() });
+    fx.lb.set_vip(&quic, &quic_reals).expect("the next VIP's flags");
+    fx.model.set_vip(&quic, &quic_reals).expect("model: the next VIP's flags");
     let ports = 47_100..47_132u16;
     let first: Vec<IpAddr> =
         ports.clone().map(|port| tx_real_on(&mut fx, 0, &tcp(CLIENT4, port, VIP4, 80, SYN, vec![]))).collect();
@@ -722,7 +767,52 @@ fn a_waiting_syn_keeps_its_route_through_other_changes() {
         assert_eq!(tx_real_on(&mut fx, 0, &tcp(CLIENT4, *port, VIP4, 80, ACK, vec![])), *real, "port {port}");
     }
     let after = fx.lb.counters().expect("counters");
-    assert_eq!(after.get(counter::SYN_CACHE_HIT) - before.get(counter::SYN_CACHE_HIT), 64, "every slot taken");
+    let delta = |slot| after.get(slot) - before.get(slot);
+    // The first 32 went the whole way (the VIPs changed since their SYNs), the last 32 took
+    // the shortcut (nothing changed since), though their VIP routes by id: their packets carry
+    // no options, so no id can.
+    assert_eq!((delta(counter::SYN_CACHE_HIT), delta(counter::SYN_CACHE_EARLY)), (64, 32), "slots taken");
+}
+
+/// A slot, once taken, is spent: a flow whose table entry is evicted later (here by 40,000
+/// other flows filling CPU 0's share of the table) is routed by the ring, as katran routes an
+/// evicted flow, not by its SYN's old route (still in the slot unless marked taken). The model
+/// keeps every entry (the suites stay below the table's size), so this one is checked against
+/// the ring directly: after a ring change, the flow goes where a fresh flow of the same 5-tuple
+/// would (its SYN, sent last, says where).
+#[test]
+fn a_taken_slot_does_not_route_the_flow_again() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let (vip, mut reals) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP4) && v.port == 80).expect("VIP");
+    reals.push(RealSpec { addr: ip("192.0.2.50"), weight: 8, up: true });
+    // The real a frame went to (its outer IPv4 destination: this VIP's reals are IPv4).
+    let sent_to = |fx: &Fixture, frame: &[u8]| {
+        let (verdict, output) = test_run(fx.lb.program("xdp_lb").expect("program"), frame);
+        assert_eq!(verdict, TX);
+        IpAddr::from(<[u8; 4]>::try_from(&output[30..34]).expect("outer IPv4 destination"))
+    };
+    let flows: Vec<u16> = (50_000..50_032).collect();
+    let first: Vec<IpAddr> =
+        flows.iter().map(|port| sent_to(&fx, &tcp(CLIENT4, *port, VIP4, 80, SYN, vec![]))).collect();
+    for port in &flows {
+        sent_to(&fx, &tcp(CLIENT4, *port, VIP4, 80, ACK, vec![]));
+    }
+    // Other flows' first packets (no SYN, so no slot): each takes a table entry.
+    for n in 0..40_000u32 {
+        let src = format!("198.18.{}.{}", n / 250, n % 250 + 1);
+        sent_to(&fx, &tcp(&src, 40_000, VIP4, 80, ACK, vec![]));
+    }
+    fx.lb.set_vip(&vip, &reals).expect("ring change");
+    let mut moved = 0;
+    for (port, first) in flows.iter().zip(first) {
+        let next = sent_to(&fx, &tcp(CLIENT4, *port, VIP4, 80, ACK, vec![]));
+        let fresh = sent_to(&fx, &tcp(CLIENT4, *port, VIP4, 80, SYN, vec![]));
+        assert_eq!(next, fresh, "port {port}: an evicted flow goes by the ring");
+        moved += usize::from(fresh != first);
+    }
+    assert!(moved > 0, "the ring change moved none of the flows: the test shows nothing");
 }
 
 /// A backend joining a VIP (weight 0 to 1): its server id must route within the VIP as soon as

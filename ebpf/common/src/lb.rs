@@ -609,8 +609,12 @@ pub mod counter {
     /// ICMP errors to a VIP address about a packet that is no VIP's (another source, protocol
     /// or port): passed untouched.
     pub const ICMP_NOT_OURS: u32 = 25;
+    /// Of the SYN-cache hits, those taken before the VIP lookup (no VIP added and no VIP's flags
+    /// changed since the SYN): the shortcut that spares the first packet after a SYN a hash
+    /// lookup.
+    pub const SYN_CACHE_EARLY: u32 = 26;
     /// Number of slots.
-    pub const SLOTS: u32 = 26;
+    pub const SLOTS: u32 = 27;
     /// Each slot's name, for reports.
     pub const NAMES: [&str; SLOTS as usize] = [
         "not_ip",
@@ -639,6 +643,7 @@ pub mod counter {
         "icmp_routed",
         "icmp_quote_bad",
         "icmp_not_ours",
+        "syn_cache_early",
     ];
 }
 

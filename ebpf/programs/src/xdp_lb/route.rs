@@ -109,6 +109,7 @@ fn pick_with<K: 'static, const EXACT: bool>(
         && let Some(entry) = take_syn_current(hash, &pkt.flow, pkt.tcp_hdr_len > TCP_LEN)
     {
         stats.add(counter::SYN_CACHE_HIT);
+        stats.add(counter::SYN_CACHE_EARLY);
         table.remember(entry);
         return Route::Real { real: entry.real, vip_num: entry.vip_num };
     }
