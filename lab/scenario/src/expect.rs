@@ -520,6 +520,37 @@ mod tests {
         }
     }
 
+    /// Each operator at its bound and on either side of it: an expectation `< 5` fails at 5.
+    #[test]
+    fn every_operator_holds_exactly_where_it_says() {
+        let table = [
+            ("== 5", [false, true, false]),
+            ("!= 5", [true, false, true]),
+            ("> 5", [false, false, true]),
+            (">= 5", [false, true, true]),
+            ("< 5", [true, false, false]),
+            ("<= 5", [true, true, false]),
+        ];
+        for (text, expected) in table {
+            let comparison = parse(text).unwrap();
+            assert_eq!([4, 5, 6].map(|actual| comparison.holds(actual)), expected, "{text}");
+        }
+    }
+
+    /// The sock_ops failure counts add both sides: a server out of option space and a client
+    /// out of it are both failures of the same kind.
+    #[test]
+    fn tpr_failures_count_both_sides() {
+        use zrlab_control::tpr::TprCounters;
+        let side = |no_space, skipped| TprCounters { no_space, skipped, ..TprCounters::default() };
+        let measures = Measures {
+            tpr: Some(crate::measures::TprTotals { server: side(2, 7), client: side(3, 11) }),
+            ..Measures::default()
+        };
+        assert_eq!(Metric::TprNoSpace.of(&measures), Ok(5));
+        assert_eq!(Metric::TprSkipped.of(&measures), Ok(18));
+    }
+
     #[test]
     fn only_comparisons_that_exclude_zero_require_a_failure() {
         for text in ["> 0", ">= 1", "== 3", "!= 0"] {
@@ -622,6 +653,10 @@ mod tests {
         };
         // In order: tcp_drops, udp_drops_beyond_loss, impaired_dropped.
         assert_eq!(verdicts(&lossy(40, 0, 40, 90)), [(true, true, 0), (true, true, 0), (true, true, 90)]);
+        let mut duplicated = lossy(40, 0, 40, 90);
+        duplicated.impair.as_mut().unwrap().duplicated = 12;
+        assert_eq!(Metric::ImpairedDuplicated.of(&duplicated), Ok(12), "the duplicates, not the drops");
+        assert!(Metric::ImpairedDuplicated.of(&Measures::default()).is_err(), "no impairment");
         assert_eq!(verdicts(&lossy(30, 0, 40, 90))[1], (true, true, 0), "fewer drops than losses");
         assert_eq!(verdicts(&lossy(41, 0, 40, 90))[1], (false, true, 1), "one drop no loss explains");
         assert_eq!(verdicts(&lossy(0, 2, 0, 90))[0], (false, true, 2), "TCP retransmits: no drop excused");

@@ -131,7 +131,9 @@ impl Measures {
     pub(crate) fn share_error_pct(&self) -> u64 {
         let total_weight: u32 = self.weights.values().sum();
         let total_flows: u64 = self.tally.owners.values().sum();
-        if total_weight == 0 || total_flows == 0 {
+        // No flow has no share to miss (and would divide by zero). Without a weight above zero
+        // the filter below leaves no backend to judge.
+        if total_flows == 0 {
             return 0;
         }
         self.weights
@@ -144,5 +146,39 @@ impl Measures {
             })
             .max()
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measures(weights: &[(&str, u32)], owners: &[(&str, u64)]) -> Measures {
+        let mut m =
+            Measures { weights: weights.iter().map(|(n, w)| ((*n).to_owned(), *w)).collect(), ..Measures::default() };
+        m.tally.owners = owners.iter().map(|(n, f)| ((*n).to_owned(), *f)).collect();
+        m
+    }
+
+    /// The share error is the largest deviation relative to the weight's share: be1 (weight 1
+    /// of 4) took 20 of 100 flows where 25 were its share, 20% short; be2 (3 of 4) took 70 where
+    /// 75, 7% short; be3 (weight 0, drained) and its stragglers are not judged.
+    #[test]
+    fn the_share_error_is_the_largest_relative_deviation_of_a_weighted_backend() {
+        let m = measures(&[("be1", 1), ("be2", 3), ("be3", 0)], &[("be1", 20), ("be2", 70), ("be3", 10)]);
+        assert_eq!(m.share_error_pct(), 20);
+        let m = measures(&[("be1", 1), ("be2", 3)], &[("be1", 26), ("be2", 74)]);
+        assert_eq!(m.share_error_pct(), 4, "be1 4% over, be2 1% under");
+        // A weighted backend that took no flow missed its whole share.
+        assert_eq!(measures(&[("be1", 1), ("be2", 1)], &[("be1", 50)]).share_error_pct(), 100);
+        // A backend taking twice its share is 100% over, not 50%.
+        assert_eq!(measures(&[("be1", 1), ("be2", 3)], &[("be1", 50), ("be2", 50)]).share_error_pct(), 100);
+    }
+
+    #[test]
+    fn no_weight_or_no_flow_has_no_share_error() {
+        assert_eq!(measures(&[], &[("be1", 5)]).share_error_pct(), 0);
+        assert_eq!(measures(&[("be1", 0)], &[("be1", 5)]).share_error_pct(), 0);
+        assert_eq!(measures(&[("be1", 1), ("be2", 1)], &[]).share_error_pct(), 0);
     }
 }

@@ -262,8 +262,32 @@ mod tests {
         let mut c = FlowRecord::new(Proto::Tcp, 2, 0);
         c.end(Ending::ConnectFailed("refused".into()));
         assert_eq!((a.misroutes, b.misroutes), (3, 1));
-        let tally = Tally::of(&[a, b, c], &BTreeSet::new(), &BTreeMap::new(), &Dying::default());
-        assert_eq!(tally.counted, Counts { flows: 3, resets: 0, misroutes: 4, drops: 3, tcp_drops: 1, udp_drops: 2 });
+        let mut d = FlowRecord::new(Proto::Tcp, 3, 0);
+        d.reply(&who("be1"));
+        let tally = Tally::of(&[a, b, c, d], &BTreeSet::new(), &BTreeMap::new(), &Dying::default());
+        assert_eq!(tally.counted, Counts { flows: 4, resets: 0, misroutes: 4, drops: 3, tcp_drops: 1, udp_drops: 2 });
+        // Flows per owner (the first replier): what the share of each backend is judged from.
+        assert_eq!(tally.owners, BTreeMap::from([("be1".to_owned(), 2), ("be2".to_owned(), 1)]));
+    }
+
+    /// A misroute, a drop or an ending each alone makes a flow anomalous (listed in the report,
+    /// and excusable when a dying host may have taken it); a flow runs until it ends, whatever
+    /// else it saw.
+    #[test]
+    fn a_misroute_a_drop_or_an_ending_each_make_a_flow_anomalous() {
+        let fresh = FlowRecord::new(Proto::Udp, 0, 0);
+        assert!(fresh.live() && !fresh.anomalous());
+        let mut misrouted = fresh.clone();
+        misrouted.reply(&who("be1"));
+        misrouted.reply(&who("be2"));
+        let mut dropped = fresh.clone();
+        dropped.drop_request();
+        let mut ended = fresh.clone();
+        ended.end(Ending::Closed);
+        for (what, flow) in [("misrouted", &misrouted), ("dropped", &dropped), ("ended", &ended)] {
+            assert!(flow.anomalous(), "{what}");
+        }
+        assert!(misrouted.live() && dropped.live() && !ended.live());
     }
 
     #[test]

@@ -89,7 +89,9 @@ enum Source {
 ///   dispatcher), the dispatchers' in-place upgrades, and the release and rolling-upgrade
 ///   scenarios end to end with their controls (the fleet, the strategies, the handover).
 /// - judging: the unit tests of expectations, measures and accounting: they decide pass and
-///   fail, so no mutant of theirs may survive.
+///   fail, so no mutant of theirs may survive; and `malformed`, which loads every shipped and
+///   every malformed scenario file (which metrics a scenario may expect, what a control must
+///   expect: the judging code's rules for a scenario file, seconds and no kernel).
 const COMPONENTS: [Component; 4] = [
     Component {
         name: "ebpf",
@@ -171,7 +173,10 @@ const COMPONENTS: [Component; 4] = [
         paths: &["lab/scenario/src/expect.rs", "lab/scenario/src/measures.rs", "lab/workload/src/accounting.rs"],
         except: &[],
         source: Source::CargoMutants,
-        suites: &[&["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"]],
+        suites: &[
+            &["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"],
+            &["-p", "zrlab-suites", "--test", "malformed"],
+        ],
         needs_binary: false,
     },
 ];
