@@ -156,8 +156,10 @@ pub(crate) struct Report {
 /// [`SETUP_FLOWS`] distinct flows: the SYN (ring and SYN-cache slot), the first packet after it
 /// (which moves the route from the SYN cache into the connection table: where the table
 /// insert went), and the one after that (a table hit); each call follows a call of the empty
-/// program, whose mean is the floor. Measured `runs` times, each on fresh tables; every figure
-/// is the median over the runs (a run's connection ratio is its three means over its floor).
+/// program, whose mean is the floor. Measured `runs` times through one LB, each run on flows
+/// of its own (an LB per run was dropped while the next run measured, and kernel workers
+/// freeing its tables on both cores disturbed it); every figure is the median over the runs
+/// (a run's connection ratio is its three means over its floor).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Setup {
     /// Distinct flows per run.
@@ -298,7 +300,10 @@ fn syn_flood(floor_program: &Xdp) -> Result<SynFlood> {
 
 /// Measures [`Setup`] `runs` times.
 fn setup(floor_program: &Xdp, runs: usize) -> Result<Setup> {
-    let runs = (0..runs.max(1)).map(|_| setup_run(floor_program)).collect::<Result<Vec<_>>>()?;
+    pin_to_cpu0()?;
+    let lb = balancer()?;
+    let program = lb.program("xdp_lb")?;
+    let runs = (0..runs.max(1) as u64).map(|run| setup_run(program, floor_program, run)).collect::<Result<Vec<_>>>()?;
     let med = |f: &dyn Fn(&SetupRun) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     Ok(Setup {
         flows: SETUP_FLOWS,
@@ -311,15 +316,13 @@ fn setup(floor_program: &Xdp, runs: usize) -> Result<Setup> {
     })
 }
 
-/// One run of [`Setup`] on fresh tables and flows of their own (numbered after the flood's).
-fn setup_run(floor_program: &Xdp) -> Result<SetupRun> {
-    pin_to_cpu0()?;
-    let lb = balancer()?;
-    let program = lb.program("xdp_lb")?;
+/// Run `run` of [`Setup`], on flows of its own (numbered after the flood's and the other
+/// runs').
+fn setup_run(program: &Xdp, floor_program: &Xdp, run: u64) -> Result<SetupRun> {
     let (syn, ack) = (client_tcp(SYN), client_tcp(ACK));
     let (mut sums, mut floor) = ([0.0; 3], 0.0);
     for n in 0..SETUP_FLOWS {
-        let flow = 2_000_000 + n;
+        let flow = 2_000_000 + run * SETUP_FLOWS + n;
         for (sum, frame) in sums.iter_mut().zip([nth_flow(&syn, flow), nth_flow(&ack, flow), nth_flow(&ack, flow)]) {
             floor += sample(floor_program, &frame, 1)?.0;
             *sum += sample(program, &frame, 1)?.0;
