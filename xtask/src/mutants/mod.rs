@@ -62,10 +62,28 @@ struct Component {
     except: &'static [&'static str],
     /// Whose operators mutate it.
     source: Source,
-    /// `cargo test` argument lists, run in order (each must pass unmutated).
-    suites: &'static [&'static [&'static str]],
-    /// Whether the suites need the `zrlab` binary built from the mutated tree.
-    needs_binary: bool,
+    /// The suites, run in order (each must pass unmutated): the fast ones first, so that most
+    /// mutants die before the slow ones build.
+    suites: &'static [Suite],
+}
+
+/// One `cargo test` run.
+struct Suite {
+    /// Its arguments.
+    args: &'static [&'static str],
+    /// Whether it runs the `zrlab` binary built from the mutated tree (`ZRLAB_EXE`): built
+    /// before the first suite that does, so a mutant a unit test kills never links it.
+    binary: bool,
+}
+
+/// A suite of unit tests (no lab processes).
+const fn unit(args: &'static [&'static str]) -> Suite {
+    Suite { args, binary: false }
+}
+
+/// A suite that runs the lab's processes.
+const fn lab(args: &'static [&'static str]) -> Suite {
+    Suite { args, binary: true }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -104,8 +122,8 @@ const COMPONENTS: [Component; 4] = [
         ],
         source: Source::Ebpf,
         suites: &[
-            &["-p", "zrlab-suites", "--test", "impair"],
-            &[
+            lab(&["-p", "zrlab-suites", "--test", "impair"]),
+            lab(&[
                 "-p",
                 "zrlab-suites",
                 "--test",
@@ -120,10 +138,8 @@ const COMPONENTS: [Component; 4] = [
                 "reuseport_migrate",
                 "--test",
                 "sk_lookup",
-            ],
+            ]),
         ],
-        // The tpr suite runs the lab's service processes.
-        needs_binary: true,
     },
     Component {
         name: "control",
@@ -131,9 +147,20 @@ const COMPONENTS: [Component; 4] = [
         except: &["lab/control/src/reuseport.rs", "lab/control/src/sklookup.rs"],
         source: Source::CargoMutants,
         suites: &[
-            &["-p", "zrlab-control"],
-            &["-p", "zrlab-suites", "--test", "health", "--test", "impair", "--test", "upgrade", "--test", "sk_lookup"],
-            &[
+            unit(&["-p", "zrlab-control"]),
+            lab(&[
+                "-p",
+                "zrlab-suites",
+                "--test",
+                "health",
+                "--test",
+                "impair",
+                "--test",
+                "upgrade",
+                "--test",
+                "sk_lookup",
+            ]),
+            lab(&[
                 "-p",
                 "zrlab-suites",
                 "--test",
@@ -144,9 +171,8 @@ const COMPONENTS: [Component; 4] = [
                 "tpr",
                 "--test",
                 "replay",
-            ],
+            ]),
         ],
-        needs_binary: true,
     },
     Component {
         name: "release",
@@ -162,11 +188,10 @@ const COMPONENTS: [Component; 4] = [
         suites: &[
             // The release module's own unit tests first (the order check, the steering check,
             // the tally): seconds, where the scenarios take minutes.
-            &["-p", "zrlab-scenario", "--lib", "release::"],
-            &["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup", "--test", "upgrade"],
-            &["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"],
+            unit(&["-p", "zrlab-scenario", "--lib", "release::"]),
+            lab(&["-p", "zrlab-suites", "--test", "reuseport_migrate", "--test", "sk_lookup", "--test", "upgrade"]),
+            lab(&["-p", "zrlab-suites", "--test", "scenarios", "--", "shipped_release"]),
         ],
-        needs_binary: true,
     },
     Component {
         name: "judging",
@@ -174,10 +199,9 @@ const COMPONENTS: [Component; 4] = [
         except: &[],
         source: Source::CargoMutants,
         suites: &[
-            &["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"],
-            &["-p", "zrlab-suites", "--test", "malformed"],
+            unit(&["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"]),
+            unit(&["-p", "zrlab-suites", "--test", "malformed"]),
         ],
-        needs_binary: false,
     },
 ];
 
@@ -562,20 +586,21 @@ fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Dura
     let target = out.join("target");
     let started = Instant::now();
     let mut env = vec![("CARGO_TARGET_DIR", target.clone().into_os_string())];
-    if component.needs_binary {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(tree).args(["build", "-p", "zrlab", "--bin", "zrlab"]).env("CARGO_TARGET_DIR", &target);
-        let status = cmd.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?;
-        if !status.success() {
-            std::fs::write(out.join("last.build-failed"), "")?;
-            return Ok(Some(false));
-        }
-        env.push(("ZRLAB_EXE", target.join("debug/zrlab").into_os_string()));
-    }
     let _ = std::fs::remove_file(out.join("last.build-failed"));
+    let mut built = false;
     for suite in component.suites {
+        if suite.binary && !built {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(tree).args(["build", "-p", "zrlab", "--bin", "zrlab"]).env("CARGO_TARGET_DIR", &target);
+            if !cmd.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?.success() {
+                std::fs::write(out.join("last.build-failed"), "")?;
+                return Ok(Some(false));
+            }
+            env.push(("ZRLAB_EXE", target.join("debug/zrlab").into_os_string()));
+            built = true;
+        }
         // Compile first, so a build error tells "unviable" from "killed".
-        let (cargo_args, _) = split_test_args(suite);
+        let (cargo_args, _) = split_test_args(suite.args);
         let mut build = Command::new(env!("CARGO"));
         build.current_dir(tree).args(["test", "--no-run"]).args(cargo_args).envs(env.iter().map(|(k, v)| (k, v)));
         if !build.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?.success() {
@@ -583,7 +608,7 @@ fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Dura
             return Ok(Some(false));
         }
         let mut test = Command::new(env!("CARGO"));
-        test.current_dir(tree).arg("test").args(*suite).envs(env.iter().map(|(k, v)| (k, v)));
+        test.current_dir(tree).arg("test").args(suite.args).envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = test.stdout(log.try_clone()?).stderr(log.try_clone()?).spawn()?;
         loop {
             if let Some(status) = child.try_wait()? {
