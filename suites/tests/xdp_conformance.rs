@@ -14,10 +14,13 @@ use common::xdp::*;
 use test_case::test_case;
 use zrlab_common::{
     addr::words,
-    lb::{FlowKey, counter, flow_hash, id_slot, syn_cache_index, vip_filter_bit},
+    lb::{
+        ConnKey, ConnKeyV6, FlowKey, ID_SLOT_COUNT, MAX_SERVER_IDS, counter, flow_hash, id_slot, syn_cache_index,
+        vip_filter_bit,
+    },
 };
 use zrlab_control::lb::{
-    Counters, Decap, RealSpec, VipOptions, VipSpec,
+    Counters, Decap, RealSpec, TableKey, VipOptions, VipSpec,
     model::{Path, XdpAction},
 };
 use zrlab_wire::{
@@ -371,6 +374,57 @@ fn ids_that_share_a_slot_route_through_the_hash_table() {
     let delta = |slot| after.get(slot) - before.get(slot);
     assert_eq!((delta(counter::TCP_ID_ROUTED), delta(counter::ID_UNKNOWN)), (24, 1));
     assert!(fx.lb.server_ids_in_kernel().expect("ids in the kernel").is_superset(&[a, b, alone].into()));
+    // A shared id routes in every VIP its real serves (here the QUIC VIP, not the first VIP)
+    // and in no other: an IPv4 real's id in a packet to the IPv6 VIP is unknown there, and
+    // the ring decides as the model's does.
+    for port in 0..4u16 {
+        let frame = udp(CLIENT4, 48_200 + port, VIP4, 443, &quic_short(CidVersion::V3, b));
+        assert_eq!(tx_real_on(&mut fx, 0, &frame), ip(R2), "id {b} in the QUIC VIP");
+        tx_real_on(&mut fx, 0, &tcp(CLIENT6, 48_300 + port, VIP6, 80, ACK, vec![TcpOption::ServerId(b)]));
+    }
+    // The same set written again keeps the shared pairs (only pairs no longer wanted go).
+    fx.lb.sync_server_ids(&ids).expect("ids again");
+    for (n, (id, real)) in [(a, R1), (b, R2)].into_iter().enumerate() {
+        let frame = tcp(CLIENT4, 48_400 + n as u16, VIP4, 80, ACK, vec![TcpOption::ServerId(id)]);
+        assert_eq!(tx_real_on(&mut fx, 0, &frame), ip(real), "id {id} after the same set again");
+    }
+}
+
+/// The ids that share a slot go to a hash table of `MAX_SERVER_IDS` (VIP, id) pairs: a set
+/// that fills it exactly is taken (and routes), one more pair is refused by name, before
+/// anything is written, and the refused set does not become the LB's.
+#[test]
+fn the_shared_ids_fill_their_table_and_one_more_is_refused() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    // Ids of R6B, which only the IPv6 VIP has: one pair each. Four per slot, every slot shared.
+    let per_slot = (MAX_SERVER_IDS / ID_SLOT_COUNT) as usize;
+    let mut by_slot: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+    for id in 1.. {
+        let ids = by_slot.entry(id_slot(id)).or_default();
+        if ids.len() < per_slot {
+            ids.push(id);
+        }
+        if by_slot.len() == ID_SLOT_COUNT as usize && by_slot.values().all(|ids| ids.len() == per_slot) {
+            break;
+        }
+    }
+    let full: std::collections::BTreeMap<u32, IpAddr> = by_slot.values().flatten().map(|id| (*id, ip(R6B))).collect();
+    assert_eq!(full.len(), MAX_SERVER_IDS as usize);
+    fx.lb.sync_server_ids(&full).expect("a full table of shared ids");
+    fx.model.sync_server_ids(&full);
+    let id = by_slot[&0][per_slot - 1];
+    assert_eq!(tx_real(&mut fx, &tcp(CLIENT6, 48_500, VIP6, 80, ACK, vec![TcpOption::ServerId(id)])), ip(R6B));
+    let extra = (1..).find(|id| !full.contains_key(id)).expect("an id");
+    let mut over = full.clone();
+    over.insert(extra, ip(R6B));
+    let refused = fx.lb.sync_server_ids(&over).expect_err("one pair too many");
+    assert!(refused.to_string().contains("share a slot"), "{refused}");
+    // The refused set never became live: a VIP write rewrites the full set, which still routes.
+    let (vip, ring) = fixture_vips().into_iter().find(|(v, _)| v.addr == ip(VIP6) && v.port == 80).expect("VIP");
+    fx.lb.set_vip(&vip, &ring).expect("VIP rewritten");
+    assert_eq!(tx_real(&mut fx, &tcp(CLIENT6, 48_501, VIP6, 80, ACK, vec![TcpOption::ServerId(id)])), ip(R6B));
 }
 
 /// The VIP-address filter cannot tell an address from another whose bit it shares: such an
@@ -458,6 +512,31 @@ fn ipv6_flows_cannot_evict_each_other() {
         .map(|(port, _)| port)
         .collect();
     assert!(moved.is_empty(), "victims moved to another real after the ring change (source ports {moved:?})");
+}
+
+/// What `Balancer::connections` reads (the keys of both families' connection tables, from
+/// which a scenario counts flows more than one LB node holds): an established IPv4 and IPv6
+/// flow each, under its own key, and not a SYN still waiting in the SYN cache.
+#[test]
+fn the_tables_list_each_established_flow_under_its_key() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let flow = |src: &str, dst: &str| {
+        let [s0, s1] = 43_100u16.to_be_bytes();
+        let [d0, d1] = 80u16.to_be_bytes();
+        FlowKey { src: words(ip(src)), dst: words(ip(dst)), ports: u32::from_ne_bytes([s0, s1, d0, d1]), proto: 6 }
+    };
+    for (src, dst) in [(CLIENT4, VIP4), (CLIENT6, VIP6)] {
+        tx_real(&mut fx, &tcp(src, 43_100, dst, 80, SYN, vec![]));
+        tx_real(&mut fx, &tcp(src, 43_100, dst, 80, ACK, vec![]));
+    }
+    tx_real(&mut fx, &tcp(CLIENT4, 43_101, VIP4, 80, SYN, vec![]));
+    let expected = std::collections::HashSet::from([
+        TableKey::V4(ConnKey::of(&flow(CLIENT4, VIP4))),
+        TableKey::V6(ConnKeyV6::of(&flow(CLIENT6, VIP6))),
+    ]);
+    assert_eq!(fx.lb.connections().expect("read the tables"), expected);
 }
 
 /// The SYN cache (`zrlab_common::lb::SYN_CACHE_MAP`): a SYN's route waits in the slot of its

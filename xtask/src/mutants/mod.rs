@@ -507,8 +507,13 @@ fn list(root: &Path, component: &Component) -> Result<Vec<Mutant>> {
                 let replacement = m["replacement"].as_str().unwrap_or_default().to_owned();
                 let text = std::fs::read_to_string(root.join(&file)).with_context(|| format!("reading {file}"))?;
                 let code = text.lines().nth(start.0 - 1).unwrap_or_default().trim().to_owned();
-                let what =
-                    m["name"].as_str().map(str::to_owned).unwrap_or_else(|| format!("replace with {replacement}"));
+                // Its name without the location it starts with (the report gives file and line
+                // apart), so that `equivalent.toml` matches it by text, as the eBPF mutants.
+                let location = format!("{file}:{}:{}: ", start.0, start.1);
+                let what = m["name"]
+                    .as_str()
+                    .map(|name| name.strip_prefix(&location).unwrap_or(name).to_owned())
+                    .unwrap_or_else(|| format!("replace with {replacement}"));
                 mutants.push(Mutant {
                     component: component.name,
                     file,

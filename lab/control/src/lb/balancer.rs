@@ -517,8 +517,14 @@ impl Balancer {
     /// removed, so packets carrying them fall back to the table and ring. Each id routes only
     /// within the VIPs its real is a member of.
     pub fn sync_server_ids(&mut self, live: &BTreeMap<u32, IpAddr>) -> Result<()> {
-        self.live = live.clone();
-        self.write_ids()
+        let previous = std::mem::replace(&mut self.live, live.clone());
+        let written = self.write_ids();
+        if written.is_err() {
+            // A refused set (too many ids sharing slots) never became live: the next write
+            // (a VIP's members changing) writes the previous set, not this one.
+            self.live = previous;
+        }
+        written
     }
 
     /// Writes the live ids from the live ids and the VIPs' members: each id with its real and

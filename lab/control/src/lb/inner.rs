@@ -105,7 +105,6 @@ fn array<T>(name: &str, (value, size): (u32, usize), max_entries: u32, values: &
         key_size: 4,
         value_size: size as u32,
         max_entries,
-        map_flags: 0,
         map_name,
         btf_fd: btf.as_raw_fd() as u32,
         btf_key_type_id: TYPE_U32,
@@ -126,8 +125,9 @@ fn array<T>(name: &str, (value, size): (u32, usize), max_entries: u32, values: &
         ..Default::default()
     };
     // `keys` and `values` hold `count` keys and values; the kernel reads them during the call.
+    // It succeeds only when it wrote them all, and otherwise says how many it wrote.
     let filled = sys_bpf(MAP_UPDATE_BATCH, &mut attr);
-    if filled.is_err() || attr.count as usize != values.len() {
+    if filled.is_err() {
         return Err(LabError::Bpf {
             what: format!("fill inner map {name} (batch update)"),
             message: format!("{} of {} values written: {filled:?}", attr.count, values.len()),
