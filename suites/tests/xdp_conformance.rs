@@ -8,7 +8,10 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use common::xdp::*;
 use test_case::test_case;
@@ -166,6 +169,12 @@ fn assert_traffic_counters(name: &str, before: &Counters, after: &Counters, sent
 
 const VIP4: &str = "203.0.113.10";
 const VIP6: &str = "2001:db8:ffff::10";
+
+/// The data path's key of a TCP flow (ports in network order, as the packet carries them).
+fn tcp_flow(src: &str, sport: u16, dst: &str, dport: u16) -> FlowKey {
+    let ([s0, s1], [d0, d1]) = (sport.to_be_bytes(), dport.to_be_bytes());
+    FlowKey { src: words(ip(src)), dst: words(ip(dst)), ports: u32::from_ne_bytes([s0, s1, d0, d1]), proto: 6 }
+}
 
 fn set(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
     frame[at..at + bytes.len()].copy_from_slice(bytes);
@@ -400,7 +409,7 @@ fn the_shared_ids_fill_their_table_and_one_more_is_refused() {
     let mut fx = Fixture::new();
     // Ids of R6B, which only the IPv6 VIP has: one pair each. Four per slot, every slot shared.
     let per_slot = (MAX_SERVER_IDS / ID_SLOT_COUNT) as usize;
-    let mut by_slot: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+    let mut by_slot: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for id in 1.. {
         let ids = by_slot.entry(id_slot(id)).or_default();
         if ids.len() < per_slot {
@@ -410,7 +419,7 @@ fn the_shared_ids_fill_their_table_and_one_more_is_refused() {
             break;
         }
     }
-    let full: std::collections::BTreeMap<u32, IpAddr> = by_slot.values().flatten().map(|id| (*id, ip(R6B))).collect();
+    let full: BTreeMap<u32, IpAddr> = by_slot.values().flatten().map(|id| (*id, ip(R6B))).collect();
     assert_eq!(full.len(), MAX_SERVER_IDS as usize);
     fx.lb.sync_server_ids(&full).expect("a full table of shared ids");
     fx.model.sync_server_ids(&full);
@@ -522,19 +531,14 @@ fn the_tables_list_each_established_flow_under_its_key() {
     common::require_root();
     pin_to_cpu0();
     let mut fx = Fixture::new();
-    let flow = |src: &str, dst: &str| {
-        let [s0, s1] = 43_100u16.to_be_bytes();
-        let [d0, d1] = 80u16.to_be_bytes();
-        FlowKey { src: words(ip(src)), dst: words(ip(dst)), ports: u32::from_ne_bytes([s0, s1, d0, d1]), proto: 6 }
-    };
     for (src, dst) in [(CLIENT4, VIP4), (CLIENT6, VIP6)] {
         tx_real(&mut fx, &tcp(src, 43_100, dst, 80, SYN, vec![]));
         tx_real(&mut fx, &tcp(src, 43_100, dst, 80, ACK, vec![]));
     }
     tx_real(&mut fx, &tcp(CLIENT4, 43_101, VIP4, 80, SYN, vec![]));
-    let expected = std::collections::HashSet::from([
-        TableKey::V4(ConnKey::of(&flow(CLIENT4, VIP4))),
-        TableKey::V6(ConnKeyV6::of(&flow(CLIENT6, VIP6))),
+    let expected = HashSet::from([
+        TableKey::V4(ConnKey::of(&tcp_flow(CLIENT4, 43_100, VIP4, 80))),
+        TableKey::V6(ConnKeyV6::of(&tcp_flow(CLIENT6, 43_100, VIP6, 80))),
     ]);
     assert_eq!(fx.lb.connections().expect("read the tables"), expected);
 }
@@ -546,17 +550,7 @@ fn the_tables_list_each_established_flow_under_its_key() {
 #[test]
 fn syn_cache_slots() {
     let seed = zrlab_control::lb::Settings::default().hash_seed;
-    let slot = |src: &str, sport: u16| {
-        let [s0, s1] = sport.to_be_bytes();
-        let [d0, d1] = 80u16.to_be_bytes();
-        let flow = FlowKey {
-            src: words(ip(src)),
-            dst: words(ip(VIP4)),
-            ports: u32::from_ne_bytes([s0, s1, d0, d1]),
-            proto: 6,
-        };
-        syn_cache_index(flow_hash(&flow, seed))
-    };
+    let slot = |src: &str, sport: u16| syn_cache_index(flow_hash(&tcp_flow(src, sport, VIP4, 80), seed));
     let b = (2..=250u8)
         .flat_map(|host| (43_000..65_000u16).map(move |port| (format!("198.51.100.{host}"), port)))
         .find(|(src, port)| (src.as_str(), *port) != (CLIENT4, 43_000) && slot(src, *port) == slot(CLIENT4, 43_000))
