@@ -151,7 +151,11 @@ fn uploads_through_the_tunnel_learn_the_path_mtu_and_never_stall() {
     assert!(main.measures.max_reply_gap_ms.is_some_and(|ms| ms <= 1000), "{name}: a flow stalled");
     let control_lb = control.measures.lb.expect("an LB scenario");
     assert_eq!(control_lb.too_big, 0, "{name}: the control's LB answers nothing");
-    assert_eq!(control.measures.tally.counted.drops, 100, "{name}: every TCP flow stalls in the control");
+    // TCP only: in the black hole a UDP request now and then goes too (seen in 3 of 7 control
+    // runs, one request each). The oversized frames leave the LB in the same transmit bulks as
+    // the small ones, and veth's XDP transmit stops at the first frame longer than its peer's
+    // MTU and frees the rest of the bulk. The main run sends no oversized frame.
+    assert_eq!(control.measures.tally.counted.tcp_drops, 100, "{name}: every TCP flow stalls in the control");
 }
 
 /// The lossy-link scenarios (`tpr-failover-lossy`, `rolling-upgrade-lossy`): their timelines
