@@ -1,15 +1,20 @@
 //! The client side of the workload: long-lived TCP and UDP flows towards a VIP, driven from a
 //! thread inside the client node's namespace on its own current-thread runtime.
 //!
-//! Every flow sends one request per period and waits for its reply, recording what happened in
-//! a shared [`FlowBook`]. A flow keeps its schedule: when its thread could not run on time (two
-//! cores shared with the lab) or a reply came late, it sends the requests it owes as soon as it
-//! can ([`MissedTickBehavior::Burst`]), so the load offered per second does not fall with the
-//! generator's own stalls and the replies per second measure the service. A heartbeat records
-//! the stalls themselves in the timeline. Scenario steps wait on the book's conditions ("every live flow has
-//! completed two more rounds"), never on wall-clock sleeps. Source ports are fixed per flow
-//! (TCP from [`TCP_BASE_PORT`], UDP from [`UDP_BASE_PORT`]) and everything random (start offsets,
-//! connection ids) comes from the seed, so a rerun sends the same 5-tuples.
+//! Every flow sends one request per period, recording what happened in a shared [`FlowBook`].
+//! A TCP flow waits for each reply before its next request (a stream: TCP retransmits what the
+//! links lose, and a request that waits beyond its timeout stalls the flow). A UDP flow does not
+//! wait: nothing resends a datagram, so it goes on sending on schedule, as a QUIC connection
+//! does, and each request counts as dropped once its own reply timeout passes; a request still
+//! waiting when the flows stop counts neither way. A flow keeps its schedule: when its thread
+//! could not run on time (two cores shared with the lab) or a reply came late, it sends the
+//! requests it owes as soon as it can ([`MissedTickBehavior::Burst`]), so the load offered per
+//! second does not fall with the generator's own stalls and the replies per second measure the
+//! service. A heartbeat records the stalls themselves in the timeline. Scenario steps wait on
+//! the book's conditions ("every live flow has completed two more rounds"), never on wall-clock
+//! sleeps. Source ports are fixed per flow (TCP from [`TCP_BASE_PORT`], UDP from
+//! [`UDP_BASE_PORT`]) and everything random (start offsets, connection ids) comes from the
+//! seed, so a rerun sends the same 5-tuples.
 //!
 //! Two options shape a run further:
 //! - `cgroup`: TCP sockets are created as members of the client node's cgroup
@@ -20,6 +25,7 @@
 //!   ([`FlowBook::advance_epoch`]).
 
 use std::{
+    collections::VecDeque,
     io,
     net::{IpAddr, SocketAddr},
     os::fd::OwnedFd,
@@ -524,60 +530,75 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
     let mut server_cid: Option<[u8; CID_LEN]> = None;
     let mut interval = interval_for(&plan, spec.period);
     let mut buf = vec![0u8; 2048];
-    for seq in 0.. {
-        if next_tick(&mut interval, &mut stop).await.is_none() {
-            return;
-        }
-        // Until the server has issued its CID, every request is an Initial (as a QUIC client
-        // retransmits its Initial); afterwards short headers carry the server's CID.
-        let header = match server_cid {
-            Some(dcid) => Header::Short { dcid },
-            None => Header::Long {
-                kind: LongType::Initial,
-                version: VERSION_1,
-                dcid: plan.initial_dcid.to_vec(),
-                scid: plan.client_cid.to_vec(),
-            },
+    // Requests sent and not answered yet, oldest first, with when each was sent. Nothing
+    // resends a datagram, so a lost one costs its own request only: the flow goes on sending on
+    // schedule while it waits out its reply timeout (as a QUIC connection does), and a scenario
+    // step waiting for rounds is not held up by every loss.
+    let mut waiting: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut next_seq = 0u64;
+    loop {
+        let expires = waiting.front().map(|&(_, sent)| sent + spec.reply_timeout);
+        let event = tokio::select! {
+            _ = interval.tick() => UdpEvent::Due,
+            received = socket.recv(&mut buf) => UdpEvent::Received(received),
+            // The precondition keeps the branch off while nothing waits (its deadline unused).
+            _ = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => UdpEvent::Expired,
+            _ = stop.wait_for(|s| *s) => return,
         };
-        let datagram = Datagram { header, payload: Request::new(id, seq).emit().into_bytes() };
-        let sent = book.sent();
-        if let Err(e) = socket.send(&datagram.emit()).await {
-            return end(ending_of(&e));
-        }
-        let deadline = Instant::now() + spec.reply_timeout;
-        loop {
-            let received = tokio::select! {
-                r = tokio::time::timeout_at(deadline, socket.recv(&mut buf)) => r,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match received {
-                Err(_) => {
-                    book.update(id, |f| f.drop_request());
-                    break;
+        match event {
+            UdpEvent::Due => {
+                // Until the server has issued its CID, every request is an Initial (as a QUIC
+                // client retransmits its Initial); afterwards short headers carry the server's CID.
+                let header = match server_cid {
+                    Some(dcid) => Header::Short { dcid },
+                    None => Header::Long {
+                        kind: LongType::Initial,
+                        version: VERSION_1,
+                        dcid: plan.initial_dcid.to_vec(),
+                        scid: plan.client_cid.to_vec(),
+                    },
+                };
+                let datagram = Datagram { header, payload: Request::new(id, next_seq).emit().into_bytes() };
+                let sent = book.sent();
+                if let Err(e) = socket.send(&datagram.emit()).await {
+                    return end(ending_of(&e));
                 }
-                Ok(Err(e)) => return end(ending_of(&e)),
-                Ok(Ok(len)) => {
-                    let Ok(reply) = Datagram::parse(&buf[..len]) else {
-                        continue;
-                    };
-                    let Ok(parsed) = Reply::parse_bytes(&reply.payload) else {
-                        continue;
-                    };
-                    // A late reply to an earlier request: that request was already counted.
-                    if parsed.flow != id || parsed.seq != seq {
-                        continue;
-                    }
-                    if let Header::Long { scid, .. } = &reply.header
-                        && server_cid.is_none()
-                    {
-                        server_cid = scid.as_slice().try_into().ok();
-                    }
-                    book.replied(id, sent, &parsed.who);
-                    break;
+                waiting.push_back((next_seq, sent));
+                next_seq += 1;
+            }
+            UdpEvent::Received(Err(e)) => return end(ending_of(&e)),
+            UdpEvent::Received(Ok(len)) => {
+                let Ok(reply) = Datagram::parse(&buf[..len]) else { continue };
+                let Ok(parsed) = Reply::parse_bytes(&reply.payload) else { continue };
+                // A reply to a request already counted (a late one, or a duplicate) is not
+                // waited for any more.
+                let Some(at) = waiting.iter().position(|&(seq, _)| parsed.flow == id && seq == parsed.seq) else {
+                    continue;
+                };
+                let (_, sent) = waiting.remove(at).expect("found above");
+                if let Header::Long { scid, .. } = &reply.header
+                    && server_cid.is_none()
+                {
+                    server_cid = scid.as_slice().try_into().ok();
                 }
+                book.replied(id, sent, &parsed.who);
+            }
+            UdpEvent::Expired => {
+                waiting.pop_front();
+                book.update(id, |f| f.drop_request());
             }
         }
     }
+}
+
+/// What woke a UDP flow.
+enum UdpEvent {
+    /// Its next request is due.
+    Due,
+    /// A datagram arrived (or the socket failed).
+    Received(io::Result<usize>),
+    /// Its oldest waiting request's reply timeout passed.
+    Expired,
 }
 
 #[cfg(test)]
@@ -585,6 +606,66 @@ mod tests {
     use futures::FutureExt as _;
 
     use super::*;
+
+    /// A UDP flow whose request got no answer goes on with its next requests at once (nothing
+    /// resends a datagram: one loss is one request, not a stalled flow), and counts the lost
+    /// one as dropped once its reply timeout has passed. The answering end here serves
+    /// loopback and loses request 1.
+    #[tokio::test]
+    async fn a_udp_flow_keeps_its_schedule_while_a_lost_request_waits_out_its_timeout() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec {
+            vip: [127, 0, 0, 1].into(),
+            tcp_port: 0,
+            udp_port: server.local_addr().expect("bound").port(),
+            tcp_flows: 0,
+            udp_flows: 1,
+            period: Duration::from_millis(10),
+            // Long enough that no answered request on loopback comes near it.
+            reply_timeout: Duration::from_secs(2),
+            tcp_reply_timeout: Duration::from_secs(2),
+            seed: 1,
+            cgroup: None,
+            open_tcp_per_period: 0,
+            upload_bytes: 0,
+        };
+        let book = Arc::new(FlowBook::new(&spec));
+        let who = Identity { node: "be1".into(), instance: "a".into(), pid: 1 };
+        let answering = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (len, from) = server.recv_from(&mut buf).await.expect("receive");
+                let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
+                let request = Request::parse_bytes(&datagram.payload).expect("a request");
+                if request.seq == 1 {
+                    continue;
+                }
+                let reply = Reply { flow: request.flow, seq: request.seq, who: who.clone(), known: true };
+                let header = Header::Short { dcid: [7; CID_LEN] };
+                let answer = Datagram { header, payload: reply.emit().into_bytes() }.emit();
+                server.send_to(&answer, from).await.expect("answer");
+            }
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let plan = FlowPlan {
+            id: 0,
+            port: 0,
+            start_offset: Duration::ZERO,
+            client_cid: [1; CID_LEN],
+            initial_dcid: [2; CID_LEN],
+        };
+        let flow = tokio::spawn(udp_flow(plan, Arc::new(spec), book.clone(), stop));
+        let guard = Duration::from_secs(30);
+        book.wait_until("five replies", guard, |f| f[0].replies >= 5).await.expect("the flow went on");
+        assert_eq!(book.snapshot()[0].drops, 0, "request 1 still within its timeout");
+        book.wait_until("request 1 dropped", guard, |f| f[0].drops > 0).await.expect("the timeout passed");
+        let flow_record = &book.snapshot()[0];
+        assert_eq!(flow_record.drops, 1, "only request 1 was lost: {flow_record:?}");
+        assert_eq!(flow_record.misroutes, 0);
+        stop_tx.send(true).expect("the flow listens");
+        flow.await.expect("the flow ended");
+        answering.abort();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_flow_that_could_not_run_sends_the_requests_it_owes_at_once() {
