@@ -5,12 +5,14 @@
 //! A TCP flow waits for each reply before its next request (a stream: TCP retransmits what the
 //! links lose, and a request that waits beyond its timeout stalls the flow). A UDP flow does not
 //! wait: nothing resends a datagram, so it goes on sending on schedule, as a QUIC connection
-//! does, and each request counts as dropped once its own reply timeout passes; a request still
-//! waiting when the flows stop counts neither way. A flow keeps its schedule: when its thread
-//! could not run on time (two cores shared with the lab) or a reply came late, it sends the
-//! requests it owes as soon as it can ([`MissedTickBehavior::Burst`]), so the load offered per
-//! second does not fall with the generator's own stalls and the replies per second measure the
-//! service. A heartbeat records the stalls themselves in the timeline. Scenario steps wait on
+//! does, and each request counts as dropped once its own reply timeout passes. When the flows
+//! stop, no flow sends or opens anything more, but every request already sent and every
+//! connection being opened is judged (answered, or dropped once its timeout passes): a loss in
+//! a run's last second counts like any other, at the cost of at most one timeout at the end.
+//! A flow keeps its schedule: when its thread could not run on time (two cores shared with the
+//! lab) or a reply came late, it sends the requests it owes as soon as it can
+//! ([`MissedTickBehavior::Burst`]), so the load offered per second does not fall with the
+//! generator's own stalls and the replies per second measure the service. A heartbeat records the stalls themselves in the timeline. Scenario steps wait on
 //! the book's conditions ("every live flow has completed two more rounds"), never on wall-clock
 //! sleeps. Source ports are fixed per flow (TCP from [`TCP_BASE_PORT`], UDP from
 //! [`UDP_BASE_PORT`]) and everything random (start offsets, connection ids) comes from the
@@ -462,13 +464,12 @@ async fn tcp_flow(
             return end(Ending::ConnectFailed(format!("bind port {}: {e}", plan.port)));
         }
     };
-    let stream = tokio::select! {
-        connected = tokio::time::timeout(spec.tcp_reply_timeout, socket.connect(target)) => match connected {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return end(Ending::ConnectFailed(e.to_string())),
-            Err(_) => return end(Ending::ConnectFailed("timed out".into())),
-        },
-        _ = stop.wait_for(|s| *s) => return,
+    // Neither the connection nor a request's reply is abandoned when the flows stop: each is
+    // judged (see the module docs).
+    let stream = match tokio::time::timeout(spec.tcp_reply_timeout, socket.connect(target)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return end(Ending::ConnectFailed(e.to_string())),
+        Err(_) => return end(Ending::ConnectFailed("timed out".into())),
     };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -484,11 +485,7 @@ async fn tcp_flow(
         if let Err(e) = write.write_all(&bytes).await {
             return end(ending_of(&e));
         }
-        let reply = tokio::select! {
-            reply = tokio::time::timeout(spec.tcp_reply_timeout, lines.next_line()) => reply,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match reply {
+        match tokio::time::timeout(spec.tcp_reply_timeout, lines.next_line()).await {
             Err(_) => {
                 book.update(id, |f| f.drop_request());
                 return end(Ending::Stalled);
@@ -536,16 +533,22 @@ async fn udp_flow(plan: FlowPlan, spec: Arc<ClientSpec>, book: Arc<FlowBook>, mu
     // step waiting for rounds is not held up by every loss.
     let mut waiting: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut next_seq = 0u64;
+    // Once the flows stop, no request is sent and the ones still waiting are judged.
+    let mut stopping = false;
     loop {
         let expires = waiting.front().map(|&(_, sent)| sent + spec.reply_timeout);
+        if stopping && expires.is_none() {
+            return;
+        }
         let event = tokio::select! {
-            _ = interval.tick() => UdpEvent::Due,
+            _ = interval.tick(), if !stopping => UdpEvent::Due,
             received = socket.recv(&mut buf) => UdpEvent::Received(received),
             // The precondition keeps the branch off while nothing waits (its deadline unused).
             _ = tokio::time::sleep_until(expires.unwrap_or_else(Instant::now)), if expires.is_some() => UdpEvent::Expired,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s), if !stopping => UdpEvent::Stop,
         };
         match event {
+            UdpEvent::Stop => stopping = true,
             UdpEvent::Due => {
                 // Until the server has issued its CID, every request is an Initial (as a QUIC
                 // client retransmits its Initial); afterwards short headers carry the server's CID.
@@ -599,6 +602,8 @@ enum UdpEvent {
     Received(io::Result<usize>),
     /// Its oldest waiting request's reply timeout passed.
     Expired,
+    /// The flows stop.
+    Stop,
 }
 
 #[cfg(test)]
@@ -607,37 +612,51 @@ mod tests {
 
     use super::*;
 
-    /// A UDP flow whose request got no answer goes on with its next requests at once (nothing
-    /// resends a datagram: one loss is one request, not a stalled flow), and counts the lost
-    /// one as dropped once its reply timeout has passed. The answering end here serves
-    /// loopback and loses request 1.
-    #[tokio::test]
-    async fn a_udp_flow_keeps_its_schedule_while_a_lost_request_waits_out_its_timeout() {
-        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
-        let spec = ClientSpec {
+    /// One UDP flow towards loopback every 10 ms, its replies allowed 2 s: long enough that no
+    /// answered request on loopback comes near it.
+    fn loopback_spec() -> ClientSpec {
+        ClientSpec {
             vip: [127, 0, 0, 1].into(),
             tcp_port: 0,
-            udp_port: server.local_addr().expect("bound").port(),
+            udp_port: 0,
             tcp_flows: 0,
             udp_flows: 1,
             period: Duration::from_millis(10),
-            // Long enough that no answered request on loopback comes near it.
             reply_timeout: Duration::from_secs(2),
             tcp_reply_timeout: Duration::from_secs(2),
             seed: 1,
             cgroup: None,
             open_tcp_per_period: 0,
             upload_bytes: 0,
-        };
+        }
+    }
+
+    /// A UDP flow whose request got no answer goes on with its next requests at once (nothing
+    /// resends a datagram: one loss is one request, not a stalled flow), and counts the lost
+    /// one as dropped once its reply timeout has passed; when the flows stop, the requests
+    /// still waiting are judged too. The answering end here serves loopback, loses request 1,
+    /// and answers nothing once told to.
+    #[tokio::test]
+    async fn a_udp_flow_keeps_its_schedule_while_a_lost_request_waits_out_its_timeout() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec { udp_port: server.local_addr().expect("bound").port(), ..loopback_spec() };
         let book = Arc::new(FlowBook::new(&spec));
         let who = Identity { node: "be1".into(), instance: "a".into(), pid: 1 };
+        // Whether the end is silent, and the requests it received (total, and while silent).
+        let (silent_set, silent) = watch::channel(false);
+        let (received, mut received_seen) = watch::channel((0u64, 0u64));
         let answering = tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             loop {
                 let (len, from) = server.recv_from(&mut buf).await.expect("receive");
                 let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
                 let request = Request::parse_bytes(&datagram.payload).expect("a request");
-                if request.seq == 1 {
+                let quiet = *silent.borrow();
+                received.send_modify(|(all, unanswered)| {
+                    *all += 1;
+                    *unanswered += u64::from(quiet);
+                });
+                if request.seq == 1 || quiet {
                     continue;
                 }
                 let reply = Reply { flow: request.flow, seq: request.seq, who: who.clone(), known: true };
@@ -662,9 +681,57 @@ mod tests {
         let flow_record = &book.snapshot()[0];
         assert_eq!(flow_record.drops, 1, "only request 1 was lost: {flow_record:?}");
         assert_eq!(flow_record.misroutes, 0);
+        // Requests sent from now on get no answer; those still waiting when the flows stop are
+        // judged: every request the other end received was answered or dropped.
+        silent_set.send(true).expect("the end listens");
+        tokio::time::timeout(guard, received_seen.wait_for(|&(_, unanswered)| unanswered >= 2))
+            .await
+            .expect("requests sent into silence")
+            .expect("the end runs");
         stop_tx.send(true).expect("the flow listens");
         flow.await.expect("the flow ended");
         answering.abort();
+        let flow_record = &book.snapshot()[0];
+        let (all, unanswered) = *received_seen.borrow();
+        assert_eq!(flow_record.drops, 1 + unanswered, "the silent end's requests dropped: {flow_record:?}");
+        assert_eq!(flow_record.rounds, all, "every request judged: {flow_record:?}");
+    }
+
+    /// A TCP request still waiting for its reply when the flows stop is judged: here the other
+    /// end reads it and never answers, so it is dropped once its timeout passes.
+    #[tokio::test]
+    async fn a_tcp_request_waiting_when_the_flows_stop_is_judged() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec {
+            tcp_port: listener.local_addr().expect("bound").port(),
+            tcp_flows: 1,
+            udp_flows: 0,
+            ..loopback_spec()
+        };
+        let book = Arc::new(FlowBook::new(&spec));
+        let (read_tx, mut read) = watch::channel(false);
+        let silent = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("the flow connects");
+            let mut buf = [0u8; 256];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            read_tx.send(true).expect("the test waits");
+            std::future::pending::<()>().await;
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let plan = FlowPlan {
+            id: 0,
+            port: 0,
+            start_offset: Duration::ZERO,
+            client_cid: [0; CID_LEN],
+            initial_dcid: [0; CID_LEN],
+        };
+        let flow = tokio::spawn(tcp_flow(plan, None, Arc::new(spec), book.clone(), stop));
+        tokio::time::timeout(Duration::from_secs(30), read.wait_for(|r| *r)).await.expect("a request").expect("read");
+        stop_tx.send(true).expect("the flow listens");
+        flow.await.expect("the flow ended");
+        silent.abort();
+        let flow_record = &book.snapshot()[0];
+        assert_eq!((flow_record.drops, &flow_record.ending), (1, &Some(Ending::Stalled)), "{flow_record:?}");
     }
 
     #[tokio::test(start_paused = true)]
