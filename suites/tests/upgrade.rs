@@ -1,11 +1,11 @@
 //! Upgrading an LB node's data path in place (`zrlab_control::lb::upgrade`): `xdp_lb` to
 //! `xdp_lb_next`, whose connection-table entries have another layout, and back.
 //!
-//! - Flows keep their reals through the upgrade and a rollback although the rings changed
-//!   before it (a drained real's flows live on only by the connection tables), and the new
-//!   version is the one that forwards them; a replacement on fresh maps (what a naive deploy
-//!   does) sends the drained real's flows elsewhere, so the check can fail. Through
-//!   `BPF_PROG_TEST_RUN` on CPU 0.
+//! - IPv4 and IPv6 flows keep their reals through the upgrade and a rollback although the
+//!   rings changed before it (a drained real's flows live on only by the connection tables,
+//!   each family's its own), and the new version is the one that forwards them; a replacement
+//!   on fresh maps (what a naive deploy does) sends the drained reals' flows elsewhere, so the
+//!   check can fail. Through `BPF_PROG_TEST_RUN` on CPU 0.
 //! - On a built lab, the kernel's own records: the interface's XDP link is the same link after
 //!   the upgrade and runs the new program, the old program is attached nowhere, and the new
 //!   program uses the very maps of the old one that the upgrade handed over (by map id).
@@ -30,9 +30,16 @@ use zrlab_wire::{
 
 const VIP: &str = "203.0.113.30";
 const FLOWS: u16 = 64;
+/// The IPv6 VIP and its flows: the IPv6 connection table migrates on its own.
+const VIP6: &str = "2001:db8:ffff::30";
+const FLOWS6: u16 = 16;
 
 fn vip() -> VipSpec {
     VipSpec::new(ip(VIP), 80, Proto::Tcp)
+}
+
+fn vip6() -> VipSpec {
+    VipSpec::new(ip(VIP6), 80, Proto::Tcp)
 }
 
 /// R1, R2 and R3 of weight 1; R1 down (drained: its slots go to the others) if `drained`.
@@ -40,21 +47,33 @@ fn reals(drained: bool) -> Vec<RealSpec> {
     [R1, R2, R3].iter().map(|r| RealSpec { addr: ip(r), weight: 1, up: !(drained && *r == R1) }).collect()
 }
 
-/// The real a transmitted frame went to (its outer IPv4 destination).
+/// The IPv6 VIP's reals R6A and R6B; R6A drained if `drained`.
+fn reals6(drained: bool) -> Vec<RealSpec> {
+    [R6A, R6B].iter().map(|r| RealSpec { addr: ip(r), weight: 1, up: !(drained && *r == R6A) }).collect()
+}
+
+/// The real a transmitted frame went to (its outer IPv4 or IPv6 destination).
 fn sent_to(program: &aya::programs::Xdp, frame: &[u8]) -> IpAddr {
     let (verdict, output) = test_run(program, frame);
     assert_eq!(verdict, TX, "transmitted");
-    IpAddr::from(<[u8; 4]>::try_from(&output[30..34]).expect("outer IPv4 destination"))
+    match output[12..14] {
+        [0x86, 0xdd] => IpAddr::from(<[u8; 16]>::try_from(&output[38..54]).expect("outer IPv6 destination")),
+        _ => IpAddr::from(<[u8; 4]>::try_from(&output[30..34]).expect("outer IPv4 destination")),
+    }
 }
 
-fn ack(port: u16) -> Vec<u8> {
-    tcp(CLIENT4, port, VIP, 80, ACK, vec![])
+/// Flow `i`'s packet with `flags`: the IPv4 flows first, then the IPv6 ones.
+fn packet(i: u16, flags: u8) -> Vec<u8> {
+    match i.checked_sub(FLOWS) {
+        None => tcp(CLIENT4, 20_000 + i, VIP, 80, flags, vec![]),
+        Some(i6) => tcp(CLIENT6, 20_000 + i6, VIP6, 80, flags, vec![]),
+    }
 }
 
 /// The real each flow's next packet goes to through `lb`.
 fn reals_of(lb: &Balancer) -> Vec<IpAddr> {
     let program = lb.program("xdp_lb").expect("program");
-    (0..FLOWS).map(|i| sent_to(program, &ack(20_000 + i))).collect()
+    (0..FLOWS + FLOWS6).map(|i| sent_to(program, &packet(i, ACK))).collect()
 }
 
 #[test]
@@ -64,16 +83,20 @@ fn flows_keep_their_reals_through_an_upgrade_in_place_and_a_rollback() {
     let settings = Settings::default();
     let mut lb = Balancer::load(&settings).expect("load");
     lb.set_vip(&vip(), &reals(false)).expect("VIP");
+    lb.set_vip(&vip6(), &reals6(false)).expect("IPv6 VIP");
     // Each flow opens (SYN, then its first ACK, which writes the tables).
     let program = lb.program("xdp_lb").expect("program");
-    for i in 0..FLOWS {
-        sent_to(program, &tcp(CLIENT4, 20_000 + i, VIP, 80, SYN, vec![]));
+    for i in 0..FLOWS + FLOWS6 {
+        sent_to(program, &packet(i, SYN));
     }
     let placed = reals_of(&lb);
-    let on_r1 = placed.iter().filter(|r| **r == ip(R1)).count();
-    assert!(on_r1 > 0, "some flows on R1");
-    // R1 drained: only the tables keep its flows there.
+    let drained = |placed: &[IpAddr]| placed.iter().filter(|r| [ip(R1), ip(R6A)].contains(r)).count();
+    let on_drained = drained(&placed);
+    assert!(placed[..FLOWS as usize].contains(&ip(R1)), "some flows on R1");
+    assert!(placed[FLOWS as usize..].contains(&ip(R6A)), "some IPv6 flows on R6A");
+    // R1 and R6A drained: only the tables keep their flows there.
     lb.set_vip(&vip(), &reals(true)).expect("drain R1");
+    lb.set_vip(&vip6(), &reals6(true)).expect("drain R6A");
     assert_eq!(reals_of(&lb), placed, "the tables hold every flow before the upgrade");
 
     let before = lb.counters().expect("counters");
@@ -81,20 +104,17 @@ fn flows_keep_their_reals_through_an_upgrade_in_place_and_a_rollback() {
     assert_eq!(lb.version(), Version::Next);
     assert!(upgrade.reset.is_empty(), "{upgrade:?}");
     assert_eq!(upgrade.migrated, ["LB_CONNS", "LB_CONNS6"], "{upgrade:?}");
-    // One entry per flow: the table is one for every CPU.
-    assert_eq!(upgrade.entries_migrated, u64::from(FLOWS), "{upgrade:?}");
+    // One entry per flow: the tables are one for every CPU.
+    assert_eq!(upgrade.entries_migrated, u64::from(FLOWS + FLOWS6), "{upgrade:?}");
     assert_eq!(reals_of(&lb), placed, "every flow on its real after the upgrade");
     let after = lb.counters().expect("counters");
-    assert_eq!(
-        after.get(counter::NEXT_TX) - before.get(counter::NEXT_TX),
-        u64::from(FLOWS),
-        "the new version forwarded them"
-    );
-    assert_eq!(after.get(counter::TX) - before.get(counter::TX), u64::from(FLOWS), "the counters were handed over");
-    assert_eq!(after.get(counter::LRU_HIT) - before.get(counter::LRU_HIT), u64::from(FLOWS), "by table hits");
+    let all = u64::from(FLOWS + FLOWS6);
+    assert_eq!(after.get(counter::NEXT_TX) - before.get(counter::NEXT_TX), all, "the new version forwarded them");
+    assert_eq!(after.get(counter::TX) - before.get(counter::TX), all, "the counters were handed over");
+    assert_eq!(after.get(counter::LRU_HIT) - before.get(counter::LRU_HIT), all, "by table hits");
 
     let rollback = lb.upgrade(&settings, Version::Current).expect("rollback in place");
-    assert_eq!(rollback.entries_migrated, u64::from(FLOWS), "{rollback:?}");
+    assert_eq!(rollback.entries_migrated, all, "{rollback:?}");
     let before = lb.counters().expect("counters");
     assert_eq!(reals_of(&lb), placed, "every flow on its real after the rollback");
     let after = lb.counters().expect("counters");
@@ -104,8 +124,9 @@ fn flows_keep_their_reals_through_an_upgrade_in_place_and_a_rollback() {
     // the drained rings point.
     let mut fresh = Balancer::load_version(&settings, Version::Next).expect("load");
     fresh.set_vip(&vip(), &reals(true)).expect("VIP");
+    fresh.set_vip(&vip6(), &reals6(true)).expect("IPv6 VIP");
     let moved = reals_of(&fresh).iter().zip(&placed).filter(|(now, then)| now != then).count();
-    assert_eq!(moved, on_r1, "on fresh maps every flow of the drained real moves, and only those");
+    assert_eq!(moved, on_drained, "on fresh maps every flow of the drained reals moves, and only those");
 }
 
 #[test]

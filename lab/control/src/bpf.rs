@@ -462,3 +462,39 @@ pub(crate) fn sum_counters(map: &Map, slots: u32, what: &'static str) -> Result<
     let array: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map).map_err(map_err(what))?;
     (0..slots).map(|slot| Ok(array.get(&slot, 0).map_err(map_err(what))?.iter().sum())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each object is named after its `[[bin]]` in `ebpf/programs/Cargo.toml`: the name every
+    /// load, pin and link error gives.
+    #[test]
+    fn each_object_is_named_after_its_binary() {
+        let manifest: toml::Table =
+            include_str!("../../../ebpf/programs/Cargo.toml").parse().expect("the programs' manifest");
+        let bins: Vec<&str> = manifest["bin"]
+            .as_array()
+            .expect("[[bin]] entries")
+            .iter()
+            .map(|bin| bin["name"].as_str().expect("a name"))
+            .collect();
+        let objects = [
+            Object::XdpPass,
+            Object::XdpLb,
+            Object::XdpLbNext,
+            Object::XdpDecap,
+            Object::XdpEmpty,
+            Object::Tpr,
+            Object::TprFill,
+            Object::ReuseportSelect,
+            Object::XdpDropAck,
+            Object::SkLookupSteer,
+            Object::TcImpair,
+        ];
+        assert_eq!(objects.len(), bins.len(), "one object per binary: {bins:?}");
+        for object in objects {
+            assert!(bins.contains(&object.name()), "{object:?} is named {:?}, not a binary of {bins:?}", object.name());
+        }
+    }
+}
