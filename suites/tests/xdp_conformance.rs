@@ -24,7 +24,7 @@ use zrlab_common::{
 };
 use zrlab_control::lb::{
     Counters, Decap, RealSpec, TableKey, VipOptions, VipSpec,
-    model::{Path, XdpAction},
+    model::{Path, Why, XdpAction},
 };
 use zrlab_wire::{
     Proto,
@@ -116,6 +116,11 @@ fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
                 format!("TX via {path:?} to {real}")
             }
         };
+        if let XdpAction::Pass(why) | XdpAction::Drop(why) = &expected {
+            let slot = counted_as(*why);
+            let moved = after.get(slot) - before.get(slot);
+            assert_eq!(moved, 1, "{name}: {why:?} is counted in {}", counter::NAMES[slot as usize]);
+        }
         let sent = match &expected {
             XdpAction::Tx { path: Path::Random, .. } => Some((None, inner_len(&output))),
             XdpAction::Tx { real, .. } => Some((Some(*real), inner_len(&output))),
@@ -131,6 +136,22 @@ fn run_on(cpus: Cpus, cases: &[(&str, Vec<u8>)]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The counter the program moves for a packet the model passes or drops for `why`.
+fn counted_as(why: Why) -> u32 {
+    match why {
+        Why::NotIp => counter::NOT_IP,
+        Why::NonVip => counter::NON_VIP,
+        Why::NoService => counter::NO_SERVICE,
+        Why::IpOptions => counter::IP_OPTIONS,
+        Why::Fragment => counter::FRAGMENTS,
+        Why::OtherProto => counter::OTHER_PROTO,
+        Why::Malformed => counter::MALFORMED,
+        Why::IcmpQuoteBad => counter::ICMP_QUOTE_BAD,
+        Why::IcmpNotOurs => counter::ICMP_NOT_OURS,
+        Why::TooBig => counter::TOO_BIG_DROPPED,
+    }
 }
 
 /// The inner packet's length in an encapsulated frame (what the per-VIP byte counter adds).
@@ -297,6 +318,17 @@ fn malformed_and_unsupported() {
     ];
     cases.extend(more.into_iter().map(|(n, f)| (n.to_owned(), f)));
     insta::assert_snapshot!(run(cases.iter().map(|(n, f)| (n.as_str(), f.clone())).collect()));
+}
+
+/// Every IPv6 next-header value after a VIP's fixed header: the extension headers of IANA's
+/// registry (fragments among them) pass uncounted as flows, TCP and UDP route, the rest pass
+/// as other protocols; each counted as the model says (`run` checks the reason's counter).
+#[test]
+fn every_ipv6_next_header_gets_the_models_verdict_and_counter() {
+    let good6 = tcp(CLIENT6, 40100, VIP6, 80, SYN, vec![]);
+    let cases: Vec<(String, Vec<u8>)> =
+        (0..=255u8).map(|next| (format!("next header {next}"), set(good6.clone(), 20, &[next]))).collect();
+    run(cases.iter().map(|(n, f)| (n.as_str(), f.clone())).collect());
 }
 
 #[test]

@@ -265,19 +265,3 @@ pub fn read_at<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
 pub fn frame_len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
-
-/// The IPv4 header checksum of `hdr` (its `csum` field must be zero).
-#[inline(always)]
-pub fn ipv4_csum(hdr: &Ipv4Hdr) -> [u8; 2] {
-    // SAFETY: Ipv4Hdr is 20 plain bytes.
-    let bytes: &[u8; IPV4_LEN] = unsafe { &*(hdr as *const Ipv4Hdr).cast::<[u8; IPV4_LEN]>() };
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < IPV4_LEN {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
-}
