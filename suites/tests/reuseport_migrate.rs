@@ -16,12 +16,17 @@
 //! program's selection for migrating requests leaves the accept counts at 25 and fails only
 //! the counter checks, as in the selftest).
 //! Each case gets its own namespace; waits are conditions under a timeout.
+//!
+//! UDP, on the same dispatcher: a new flow's datagram goes to the generation's socket, a short
+//! header's datagram to the socket of the slot its connection id names, and one naming a slot
+//! without a socket to the generation (the release scenarios' UDP flows keep the first
+//! process's ids, so only this case gives a later slot's UDP socket work).
 
 mod common;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
@@ -226,4 +231,70 @@ fn wait_for(dispatcher: &ReuseportDispatch, cond: impl Fn(&ReuseportCounters) ->
     common::wait_for("the request timer to migrate every request", TIMEOUT, || {
         cond(&dispatcher.counters().expect("counters"))
     });
+}
+
+/// The service's UDP port in the UDP case.
+const UDP_PORT: u16 = 4433;
+
+/// A UDP socket of the group, bound to `addr` with `SO_REUSEPORT`.
+fn udp_member(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    Ok(socket)
+}
+
+#[test_case(false ; "v4")]
+#[test_case(true ; "v6")]
+fn udp_datagrams_go_to_the_generation_or_to_the_slot_their_id_names(v6: bool) {
+    common::require_root();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let netns = Netns::create(&RunId::new(false).name("rsudp")).expect("namespace");
+    runtime.block_on(async { Nl::connect(&netns).expect("netlink").link_up("lo").await }).expect("lo up");
+    let addr = if v6 {
+        SocketAddr::from((Ipv6Addr::LOCALHOST, UDP_PORT))
+    } else {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, UDP_PORT))
+    };
+    let (old, new, client) = netns
+        .run(|| {
+            let any = SocketAddr::new(addr.ip(), 0);
+            Ok::<_, std::io::Error>((udp_member(addr)?, udp_member(addr)?, UdpSocket::bind(any)?))
+        })
+        .expect("enter")
+        .expect("sockets");
+    // The old process at slot 0, the new one at slot 1, which takes new flows.
+    let mut dispatcher = ReuseportDispatch::load(Dispatch::Select).expect("load the dispatcher");
+    dispatcher.set_slot(0, None::<&UdpSocket>, Some(&old)).expect("slot 0");
+    dispatcher.set_slot(1, None::<&UdpSocket>, Some(&new)).expect("slot 1");
+    dispatcher.set_generation(1, 1).expect("generation");
+    dispatcher.attach(&old).expect("attach to the group");
+
+    // A QUIC long header (a new flow), then short headers whose connection id's first byte
+    // (layout v2: top bits `10`) names slot 0, slot 1 and slot 5 (no socket there).
+    let cases: [(&str, [u8; 2], &UdpSocket); 4] = [
+        ("a new flow: the generation", [0xc0, 0x00], &new),
+        ("an id of slot 0: the old process", [0x40, 0x80], &old),
+        ("an id of slot 1: the new process", [0x40, 0x81], &new),
+        ("an id of slot 5, empty: the generation", [0x40, 0x85], &new),
+    ];
+    for (what, head, socket) in cases {
+        client.send_to(&[head.as_slice(), b"payload"].concat(), addr).expect("send");
+        let mut buf = [0u8; 64];
+        let (len, _) = socket.recv_from(&mut buf).unwrap_or_else(|e| panic!("{what}: nothing received ({e})"));
+        assert_eq!(&buf[..2], head.as_slice(), "{what}: another datagram ({len} bytes)");
+    }
+    let counters = dispatcher.counters().expect("counters");
+    assert_eq!(
+        (counters.selected, counters.by_cid, counters.cid_orphaned, counters.select_failed),
+        (2, 2, 1, 0),
+        "the program chose every datagram: {counters:?}"
+    );
+    drop((old, new, client, dispatcher));
+    netns.remove().expect("remove the namespace");
 }

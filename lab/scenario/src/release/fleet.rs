@@ -513,17 +513,21 @@ mod tests {
     }
 
     /// The strategies without a program say so: their releases are not judged on steering
-    /// (a number there would count every takeover, restart and drain as unsteered).
+    /// (a number there would count every takeover, restart and drain as unsteered), none lists
+    /// an install step, and an install asked of one fails the release rather than passing as
+    /// done.
     #[test]
-    fn strategies_without_a_program_read_no_steering() {
+    fn strategies_without_a_program_read_no_steering_and_install_nothing() {
         use crate::release::{drain::Drain, restart::Restart, takeover::Takeover};
         let none: [Box<dyn Dispatcher>; 3] = [
             Box::new(Restart),
             Box::new(Drain { period: Duration::from_secs(1) }),
             Box::new(Takeover { forward: true }),
         ];
-        for dispatcher in none {
+        for mut dispatcher in none {
             assert_eq!(dispatcher.steered_new().expect("no program to read"), None, "{dispatcher:?}");
+            assert!(!dispatcher.steps().contains(&Step::Install), "{dispatcher:?}");
+            assert!(dispatcher.install(1, None, None).is_err(), "{dispatcher:?} installed nothing");
         }
     }
 }
