@@ -631,6 +631,11 @@ mod tests {
         }
     }
 
+    /// Flow 0's plan: an ephemeral port, starting at once.
+    fn first_flow() -> FlowPlan {
+        FlowPlan { id: 0, port: 0, start_offset: Duration::ZERO, client_cid: [1; CID_LEN], initial_dcid: [2; CID_LEN] }
+    }
+
     /// A UDP flow whose request got no answer goes on with its next requests at once (nothing
     /// resends a datagram: one loss is one request, not a stalled flow), and counts the lost
     /// one as dropped once its reply timeout has passed; when the flows stop, the requests
@@ -666,14 +671,7 @@ mod tests {
             }
         });
         let (stop_tx, stop) = watch::channel(false);
-        let plan = FlowPlan {
-            id: 0,
-            port: 0,
-            start_offset: Duration::ZERO,
-            client_cid: [1; CID_LEN],
-            initial_dcid: [2; CID_LEN],
-        };
-        let flow = tokio::spawn(udp_flow(plan, Arc::new(spec), book.clone(), stop));
+        let flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
         let guard = Duration::from_secs(30);
         book.wait_until("five replies", guard, |f| f[0].replies >= 5).await.expect("the flow went on");
         assert_eq!(book.snapshot()[0].drops, 0, "request 1 still within its timeout");
@@ -718,14 +716,7 @@ mod tests {
             std::future::pending::<()>().await;
         });
         let (stop_tx, stop) = watch::channel(false);
-        let plan = FlowPlan {
-            id: 0,
-            port: 0,
-            start_offset: Duration::ZERO,
-            client_cid: [0; CID_LEN],
-            initial_dcid: [0; CID_LEN],
-        };
-        let flow = tokio::spawn(tcp_flow(plan, None, Arc::new(spec), book.clone(), stop));
+        let flow = tokio::spawn(tcp_flow(first_flow(), None, Arc::new(spec), book.clone(), stop));
         tokio::time::timeout(Duration::from_secs(30), read.wait_for(|r| *r)).await.expect("a request").expect("read");
         stop_tx.send(true).expect("the flow listens");
         flow.await.expect("the flow ended");
