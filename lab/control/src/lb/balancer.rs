@@ -263,6 +263,8 @@ struct VipState {
     flags: u32,
     /// Its reals with a weight (up or down): the reals whose ids route within it.
     members: Vec<IpAddr>,
+    /// The ring swapped in last (real indices); empty before the first.
+    ring: Vec<u32>,
 }
 
 /// Deletes VIP `num`'s entries from both families' connection tables of `bpf`, whose entries
@@ -305,6 +307,8 @@ pub struct Balancer {
     path_mtus: BTreeMap<IpAddr, u32>,
     /// The live ids (id -> real), as last synced.
     live: BTreeMap<u32, IpAddr>,
+    /// The ids as last written (id -> (real index, VIP bits)); none before the first write.
+    written_ids: Option<BTreeMap<u32, (u32, u32)>>,
 }
 
 impl Balancer {
@@ -328,6 +332,7 @@ impl Balancer {
             reals: BTreeMap::new(),
             path_mtus: BTreeMap::new(),
             live: BTreeMap::new(),
+            written_ids: None,
         })
     }
 
@@ -442,15 +447,25 @@ impl Balancer {
         // A joining member's ids route within the VIP before the new ring can send it a flow
         // (whose SYN-ACK carries its id, echoed on every later packet); a leaving member's stay
         // until the ring no longer does.
-        self.vips.entry(key).or_insert_with(|| VipState { num, flags: vip.options.flags(), members: Vec::new() });
-        self.admit_members(vip, reals)?;
-        // The new ring, complete before anything points at it.
+        let state = self.vips.entry(key).or_insert_with(|| VipState {
+            num,
+            flags: vip.options.flags(),
+            members: Vec::new(),
+            ring: Vec::new(),
+        });
         let entries: Vec<u32> = table.iter().map(|owner| indices[*owner as usize]).collect();
-        let ring: Array<MapData, RingBlock> =
-            Array::try_from(super::inner::ring(&format!("lb_ring{num}"), &entries)?).map_err(map_err("a ring"))?;
-        let mut rings: ArrayOfMaps<_, Array<MapData, RingBlock>> =
-            ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
-        rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
+        // A swap waits for an RCU grace period (the kernel's wait for running programs on any
+        // map-in-map update): a ring like the one in place is not swapped again.
+        let ring_changed = state.ring != entries;
+        self.admit_members(vip, reals)?;
+        if ring_changed {
+            // The new ring, complete before anything points at it.
+            let ring: Array<MapData, RingBlock> =
+                Array::try_from(super::inner::ring(&format!("lb_ring{num}"), &entries)?).map_err(map_err("a ring"))?;
+            let mut rings: ArrayOfMaps<_, Array<MapData, RingBlock>> =
+                ArrayOfMaps::try_from(self.map_mut(RINGS_MAP)?).map_err(map_err("LB_RINGS"))?;
+            rings.set(num, &ring, 0).map_err(map_err("swap in a ring"))?;
+        }
         // The address's filter bit before the VIP: a packet that passes the filter and finds no
         // VIP yet is turned away by the VIP-address set, one that fails it never reaches the VIP.
         self.add_to_filter(&key.addr)?;
@@ -472,7 +487,7 @@ impl Balancer {
         if old_flags != Some(meta.flags) {
             self.bump_vip_gen(0)?;
         }
-        self.vips.insert(key, VipState { num, flags: meta.flags, members });
+        self.vips.insert(key, VipState { num, flags: meta.flags, members, ring: entries });
         self.write_ids()
     }
 
@@ -545,6 +560,19 @@ impl Balancer {
             let real = self.real_index(addr)?;
             ids.entry(id).or_insert((real, 0)).1 |= 1 << vip_num;
         }
+        // Like the swap of a ring, the swap of the id slots waits for a grace period: the same
+        // ids are not written again.
+        if self.written_ids.as_ref() == Some(&ids) {
+            return Ok(());
+        }
+        let written = self.swap_in_ids(&ids);
+        // Unknown after a failed write, which may have changed some of it.
+        self.written_ids = written.is_ok().then_some(ids);
+        written
+    }
+
+    /// Writes `ids` (id -> (real index, VIP bits)) as [`Balancer::write_ids`] says.
+    fn swap_in_ids(&mut self, ids: &BTreeMap<u32, (u32, u32)>) -> Result<()> {
         let mut by_slot: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for id in ids.keys() {
             by_slot.entry(id_slot(*id)).or_default().push(*id);
@@ -716,5 +744,39 @@ mod tests {
         for bad in [0, 1, 49, 65_536, 65_539] {
             assert_eq!(with(bad).invalid(), Some(format!("{bad} is not a prime up to {MAX_RING}")), "{bad}");
         }
+    }
+
+    /// The kernel's id of the map in slot `index` of the map-in-map `outer` (a swap makes a
+    /// new one).
+    fn inner_id<V: aya::Pod>(lb: &Balancer, outer: &str, index: u32) -> u32 {
+        let outer: ArrayOfMaps<_, Array<MapData, V>> = ArrayOfMaps::try_from(lb.map(outer).unwrap()).unwrap();
+        aya::maps::IterableMap::map(&outer.get(&index, 0).unwrap()).info().unwrap().id()
+    }
+
+    /// Swapping a map-in-map's slot waits for an RCU grace period (tens of milliseconds in an
+    /// emulated guest): a ring or an id set like the one in place is not swapped again, and
+    /// any change is (needs root).
+    #[test]
+    fn only_a_changed_ring_or_id_set_is_swapped_in() {
+        let mut lb = Balancer::load(&Settings::default()).expect("load xdp_lb");
+        let vip = VipSpec::new("203.0.113.10".parse().unwrap(), 80, Proto::Tcp);
+        let real = |last: u8, weight| RealSpec { addr: IpAddr::from([10, 0, 0, last]), weight, up: true };
+        let reals = [real(1, 1), real(2, 1)];
+        let ring = |lb: &Balancer| inner_id::<RingBlock>(lb, RINGS_MAP, 0);
+        let ids = |lb: &Balancer| inner_id::<IdSlot>(lb, ID_SLOTS_MAP, 0);
+        lb.set_vip(&vip, &reals).unwrap();
+        lb.sync_server_ids(&BTreeMap::from([(7, reals[0].addr)])).unwrap();
+        let (first_ring, first_ids) = (ring(&lb), ids(&lb));
+        lb.set_vip(&vip, &reals).unwrap();
+        lb.sync_server_ids(&BTreeMap::from([(7, reals[0].addr)])).unwrap();
+        assert_eq!((ring(&lb), ids(&lb)), (first_ring, first_ids), "the same ring and ids again: no swap");
+        lb.sync_server_ids(&BTreeMap::from([(7, reals[0].addr), (8, reals[1].addr)])).unwrap();
+        assert_eq!(ring(&lb), first_ring, "a new id leaves the ring");
+        let second_ids = ids(&lb);
+        assert_ne!(second_ids, first_ids, "a new id is swapped in");
+        lb.set_vip(&vip, &[real(1, 1), real(2, 2)]).unwrap();
+        assert_ne!(ring(&lb), first_ring, "a new weight is a new ring");
+        assert_eq!(ids(&lb), second_ids, "the same members: the same ids");
+        assert_eq!(lb.server_ids_in_kernel().unwrap(), BTreeSet::from([7, 8]));
     }
 }
