@@ -13,6 +13,7 @@ mod matrix;
 mod mutants;
 mod setup;
 mod test;
+mod workflows;
 
 use clap::{Parser, Subcommand};
 

