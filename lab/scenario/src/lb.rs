@@ -297,9 +297,9 @@ impl Deployment {
         let mut passes = Loaded::load(Object::XdpPass, &["xdp_pass"])?;
         let mut programs = Vec::new();
         let mut balancers = Vec::new();
-        for node in nodes {
+        let loaded = load_each(nodes.len(), |_| Balancer::load(&Settings::default()))?;
+        for (node, mut balancer) in nodes.iter().zip(loaded) {
             let (mine, theirs) = lb_link(lab, node)?;
-            let mut balancer = Balancer::load(&Settings::default())?;
             for v in &vips {
                 balancer.set_vip(v, &real_specs(&reals))?;
             }
@@ -311,13 +311,17 @@ impl Deployment {
             programs.push(format!("{} {} xdp_pass", theirs.node, theirs.ifname));
             balancers.push((node.clone(), balancer, (netns.name().to_owned(), mine.ifname.clone())));
         }
+        let ends_of = |backend: &str| -> Vec<&EndSpec> {
+            topology.spec.links.iter().flat_map(|l| [&l.a, &l.b]).filter(|e| e.node == backend).collect()
+        };
+        let loaded = load_each(reals.len(), |i| {
+            let addrs: Vec<IpAddr> =
+                ends_of(&reals[i].0).iter().flat_map(|e| e.addrs.iter().map(|a| a.addr())).collect();
+            Decap::load(&addrs)
+        })?;
         let mut decaps = Vec::new();
-        for (backend, _) in &reals {
-            let ends: Vec<_> =
-                topology.spec.links.iter().flat_map(|l| [&l.a, &l.b]).filter(|e| e.node == *backend).collect();
-            let addrs: Vec<IpAddr> = ends.iter().flat_map(|e| e.addrs.iter().map(|a| a.addr())).collect();
-            let mut decap = Decap::load(&addrs)?;
-            for end in ends {
+        for ((backend, _), mut decap) in reals.iter().zip(loaded) {
+            for end in ends_of(backend) {
                 decap.attach(&lab.node(backend)?.netns, &end.ifname)?;
                 programs.push(format!("{backend} {} xdp_decap", end.ifname));
             }
@@ -652,4 +656,15 @@ fn backend_address(lab: &Lab, backend: &str, v4: bool) -> Result<IpAddr> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| LabError::Unsupported(format!("backend {backend:?} has no address for the LB to tunnel to")))
+}
+
+/// `load(i)` for every `i` below `n`, on threads of their own: the verifier's time is most of an
+/// LB's set-up (seconds per program in an emulated guest), and each node's programs and maps
+/// are independent of the others'.
+fn load_each<T: Send>(n: usize, load: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    std::thread::scope(|scope| {
+        let load = &load;
+        let threads: Vec<_> = (0..n).map(|i| scope.spawn(move || load(i))).collect();
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    })
 }

@@ -226,6 +226,7 @@ mod tests {
             args: vec![],
             needs: vec![],
             timeout_s: 10,
+            threads: 1,
             finding: finding.then(|| Finding { marker: "EXPECTED FINDING".into(), before: "6.1".into() }),
         }
     }

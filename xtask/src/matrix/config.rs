@@ -57,12 +57,20 @@ pub(crate) struct Row {
     /// Timeout in seconds.
     #[serde(default = "default_timeout")]
     pub(crate) timeout_s: u64,
+    /// Test threads (test rows; default 1).
+    #[serde(default = "default_threads")]
+    pub(crate) threads: u32,
     /// Expected finding.
     pub(crate) finding: Option<Finding>,
 }
 
 fn default_timeout() -> u64 {
     300
+}
+
+/// One test thread: most rows' tests share kernel state or time things.
+fn default_threads() -> u32 {
+    1
 }
 
 /// `ci/matrix.toml`.
@@ -98,6 +106,14 @@ pub(crate) fn selection(path: &Path) -> Result<Selection> {
         seen.push(&row.name);
         if row.test.is_some() == row.scenario.is_some() {
             bail!("{}: row {:?} needs exactly one of `test` and `scenario`", path.display(), row.name);
+        }
+        if row.threads == 0 || (row.scenario.is_some() && row.threads != 1) {
+            bail!(
+                "{}: row {:?}: `threads = {}`: a test row runs 1 or more, a scenario row 1",
+                path.display(),
+                row.name,
+                row.threads
+            );
         }
         if let Some(finding) = &row.finding
             && parse_series(&finding.before).is_none()
@@ -147,6 +163,17 @@ mod tests {
         let selection = selection(&workspace_root().join("ci/matrix.toml")).unwrap();
         assert!(selection.row.iter().any(|r| r.name == "suite:port443-scaling"));
         assert_eq!(parse_series("6.1.0-37-amd64"), Some((6, 1)));
+        let dir = workspace_root().join("target/matrix-config-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, row) in [
+            ("no-threads", "test = \"tpr\"\nthreads = 0"),
+            ("scenario-threads", "scenario = \"fixtures/scenarios/lb-basic.toml\"\nthreads = 2"),
+        ] {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, format!("[[row]]\nname = \"r\"\n{row}\n")).unwrap();
+            let err = super::selection(&path).unwrap_err().to_string();
+            assert!(err.contains("row \"r\": `threads = "), "{name}: {err}");
+        }
         assert_eq!(parse_series("7"), None);
     }
 }

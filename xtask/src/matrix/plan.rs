@@ -105,8 +105,8 @@ pub(crate) fn build(
                 .with_context(|| format!("row {:?}: no test binary {test:?} (suites/tests/{test}.rs)", row.name))?;
             let mut argv = vec![path(exe)];
             argv.extend(row.args.iter().cloned());
-            // One thread: the rows share kernel state and time things; output kept in order.
-            argv.extend(["--test-threads=1".into(), "--nocapture".into()]);
+            // Output not captured: a skip's line is in the output of a test that passed.
+            argv.extend([format!("--test-threads={}", row.threads), "--nocapture".into()]);
             argv
         } else {
             let scenario = row.scenario.as_deref().expect("checked: test or scenario");
