@@ -1225,6 +1225,8 @@ fn quic_connection_id_routing() {
         ("short, dead id 400: falls back", q(42011, quic_short(CidVersion::V3, 400))),
         ("short header cut to 5 bytes: hashed", q(42012, quic_short(CidVersion::V3, 300)[..5].to_vec())),
         ("long header cut to 4 bytes: hashed", q(42013, quic_long(LongType::Handshake, vec![0; 8])[..4].to_vec())),
+        // Its version whole, no CID length after it (and no padding to read one from).
+        ("long header cut to 5 bytes: hashed", q(42021, quic_long(LongType::Handshake, vec![0; 8])[..5].to_vec())),
         ("empty datagram: hashed", q(42014, vec![])),
         // QUIC v2 (RFC 9369) numbers the long-header types differently.
         ("quic v2 initial: hashed", q(42015, quic_long_in(VERSION_2, LongType::Initial, id_cid(100)))),

@@ -120,8 +120,9 @@ mod tests {
             assert!(ids.iter().all(|id| (1..=max).contains(id)), "{ids:?} within 1..={max}");
             assert_eq!(registry, Registry::assign(7, &backends(5), max), "the same seed draws the same ids");
         }
-        // Every seed draws its own ids: 0 and 1 too, which differ only in a bit the salt has.
-        for (a, b) in [(7, 8), (0, 1)] {
+        // Every seed draws its own ids: 0 and 1 too, which differ only in a bit the salt has,
+        // and 0 and 2, only in a bit it lacks (the mix keeps every bit of the seed).
+        for (a, b) in [(7, 8), (0, 1), (0, 2)] {
             assert_ne!(Registry::assign(a, &backends(5), u32::MAX), Registry::assign(b, &backends(5), u32::MAX));
         }
     }

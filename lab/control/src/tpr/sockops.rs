@@ -135,3 +135,33 @@ impl SockOpsTpr {
         Ok(TprCounters::from_slots(&sum_counters(self.bpf.map(COUNTERS_MAP)?, counter::SLOTS, "TPR_COUNTERS")?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field adds up, each from its own field and its own slot (distinct values per slot:
+    /// a field read from or added to another's would show).
+    #[test]
+    fn counters_come_from_their_slots_and_add_field_by_field() {
+        let slots: Vec<u64> = (0..u64::from(counter::SLOTS)).map(|slot| 1 << slot).collect();
+        let one = TprCounters::from_slots(&slots);
+        let want = TprCounters {
+            written: 1 << counter::WRITTEN,
+            written_cookie: 1 << counter::WRITTEN_COOKIE,
+            echo_ok: 1 << counter::ECHO_OK,
+            wrong_id: 1 << counter::WRONG_ID,
+            parsed: 1 << counter::PARSED,
+            echoed: 1 << counter::ECHOED,
+            no_space: 1 << counter::NO_SPACE,
+            skipped: 1 << counter::SKIPPED,
+            write_errors: 1 << counter::WRITE_ERRORS,
+        };
+        assert_eq!(one, want);
+        let mut total = one;
+        total += one;
+        total += one;
+        let three = TprCounters::from_slots(&slots.iter().map(|v| 3 * v).collect::<Vec<_>>());
+        assert_eq!(total, three);
+    }
+}
