@@ -292,11 +292,27 @@ fn junit(results: &[Judged]) -> quick_junit::Report {
 
 /// An entry of `ci/mutants/equivalent.toml`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Equivalent {
     file: String,
     code: String,
     what: String,
+    /// For a line whose text repeats in its file: the text of the nearest non-blank line above
+    /// it (trimmed), so the entry names that one.
+    #[serde(default)]
+    after: Option<String>,
     reason: String,
+}
+
+impl Equivalent {
+    /// Whether this entry names `mutant`, whose file reads `source` unmutated.
+    fn names(&self, mutant: &Mutant, source: &str) -> bool {
+        let above = || source.lines().take(mutant.line - 1).map(str::trim).filter(|l| !l.is_empty()).last();
+        self.file == mutant.file
+            && self.code == mutant.code
+            && self.what == mutant.what
+            && self.after.as_deref().is_none_or(|after| above() == Some(after))
+    }
 }
 
 #[derive(Deserialize)]
@@ -373,17 +389,14 @@ pub(crate) fn run(opts: Options) -> Result<()> {
             let t = Instant::now();
             let original = apply(&tree, mutant)?;
             let verdict = run_suites(&tree, &out, component, Some(limit));
-            std::fs::write(tree.join(&mutant.file), original).with_context(|| format!("restoring {}", mutant.file))?;
+            std::fs::write(tree.join(&mutant.file), &original).with_context(|| format!("restoring {}", mutant.file))?;
             let mut outcome = match verdict? {
                 None => Outcome::TimedOut,
                 Some(true) => Outcome::Survived,
                 Some(false) if last_build_failed(&out) => Outcome::Unviable,
                 Some(false) => Outcome::Killed,
             };
-            let reason = equivalent
-                .iter()
-                .find(|e| e.file == mutant.file && e.code == mutant.code && e.what == mutant.what)
-                .map(|e| e.reason.clone());
+            let reason = equivalent.iter().find(|e| e.names(mutant, &original)).map(|e| e.reason.clone());
             if outcome == Outcome::Survived && reason.is_some() {
                 outcome = Outcome::Equivalent;
             }
@@ -750,6 +763,33 @@ mod tests {
             child(2, "skipped").and_then(|n| n.attribute("message")),
             Some("equivalent: the counter is only compared with zero")
         );
+    }
+
+    /// An entry names its file's lines of that text and mutation; with `after`, only the one
+    /// below that text (a line that repeats). The shipped file parses (no unknown field).
+    #[test]
+    fn an_equivalent_entry_names_its_line_and_with_after_only_the_one_below_that() {
+        let source = "if a {\n    count();\n}\n\nif b {\n\n    count();\n}\n";
+        let mutant = |line, what: &str| Mutant {
+            component: "ebpf",
+            file: "f.rs".into(),
+            line,
+            what: what.into(),
+            code: "count();".into(),
+            edit: Edit::Line(String::new()),
+        };
+        let entry = |after: Option<&str>| Equivalent {
+            file: "f.rs".into(),
+            code: "count();".into(),
+            what: "drop".into(),
+            after: after.map(Into::into),
+            reason: String::new(),
+        };
+        assert!(entry(None).names(&mutant(2, "drop"), source) && entry(None).names(&mutant(7, "drop"), source));
+        assert!(!entry(Some("if b {")).names(&mutant(2, "drop"), source));
+        assert!(entry(Some("if b {")).names(&mutant(7, "drop"), source), "blank lines are skipped");
+        assert!(!entry(Some("if b {")).names(&mutant(7, "flip"), source));
+        assert!(!equivalents(&exec::workspace_root()).unwrap().is_empty());
     }
 
     #[test]
