@@ -288,6 +288,11 @@ fn option_on_the_wire_synack_and_every_client_segment_after_the_handshake() {
     assert!(tunnelled > ROUNDS as usize, "the LB's tunnelled segments were captured: {tunnelled}");
     let lb = bed.lb();
     assert!(lb.tcp_id_routed >= ROUNDS, "the LB routed them by id: {lb:?}");
+    // Room for the option on every segment: nothing counted as without it, nothing failed.
+    let (server, client) = bed.counters();
+    for side in [server, client] {
+        assert_eq!((side.no_space, side.write_errors), (0, 0), "{side:?}");
+    }
 
     for pcap in [&client_pcap, &lb_pcap] {
         let out = std::process::Command::new("tcpdump").args(["-nn", "-v", "-r"]).arg(pcap).output().expect("tcpdump");
