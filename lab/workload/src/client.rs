@@ -609,8 +609,10 @@ enum UdpEvent {
 #[cfg(test)]
 mod tests {
     use futures::FutureExt as _;
+    use test_case::test_case;
 
     use super::*;
+    use crate::timeline::Second;
 
     /// One UDP flow towards loopback every 10 ms, its replies allowed 2 s: long enough that no
     /// answered request on loopback comes near it.
@@ -723,6 +725,182 @@ mod tests {
         silent.abort();
         let flow_record = &book.snapshot()[0];
         assert_eq!((flow_record.drops, &flow_record.ending), (1, &Some(Ending::Stalled)), "{flow_record:?}");
+    }
+
+    /// What the scripted TCP end does with one request (after reading all of it).
+    #[derive(Clone, Copy, Debug)]
+    enum Act {
+        /// Answers as this node.
+        Answer(&'static str),
+        /// Answers with another request's sequence number.
+        WrongSeq,
+        /// Answers a line that is not a reply.
+        Garbage,
+        /// Closes the connection (FIN).
+        Close,
+        /// Resets the connection (RST: linger 0).
+        Reset,
+    }
+
+    /// Bytes each request of the scripted TCP flows uploads: the end checks they all arrive.
+    const UPLOAD: u32 = 3000;
+
+    /// One TCP flow (uploading [`UPLOAD`] bytes per request) against an end on loopback that
+    /// does `script[seq]` with request `seq`; returns the flow's record and the timeline's sums
+    /// once the flow ended on its own.
+    async fn scripted_tcp_flow(script: &'static [Act]) -> (FlowRecord, Second) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec {
+            tcp_port: listener.local_addr().expect("bound").port(),
+            tcp_flows: 1,
+            udp_flows: 0,
+            upload_bytes: UPLOAD,
+            ..loopback_spec()
+        };
+        let end = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("the flow connects");
+            let mut stream = BufReader::new(stream);
+            for (seq, act) in script.iter().enumerate() {
+                let mut line = String::new();
+                stream.read_line(&mut line).await.expect("a request line");
+                let request = Request::parse(&line).expect("a request");
+                assert_eq!((request.flow, request.seq, request.upload), (0, seq as u64, UPLOAD), "{line:?}");
+                let mut body = vec![0u8; UPLOAD as usize];
+                tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body).await.expect("the upload");
+                assert!(body.iter().all(|&b| b == b'u'), "the upload's bytes");
+                let who = |node: &str| Identity { node: node.into(), instance: "a".into(), pid: 1 };
+                let answer = match *act {
+                    Act::Answer(node) => Reply { flow: 0, seq: seq as u64, who: who(node), known: true }.emit(),
+                    Act::WrongSeq => Reply { flow: 0, seq: seq as u64 + 5, who: who("be1"), known: true }.emit(),
+                    Act::Garbage => "HELLO\n".to_owned(),
+                    Act::Close => return,
+                    Act::Reset => {
+                        socket2::SockRef::from(stream.get_ref()).set_linger(Some(Duration::ZERO)).expect("linger");
+                        return;
+                    }
+                };
+                stream.get_mut().write_all(answer.as_bytes()).await.expect("answer");
+            }
+            std::future::pending::<()>().await;
+        });
+        let book = Arc::new(FlowBook::new(&spec));
+        let (_stop_tx, stop) = watch::channel(false);
+        let flow = tokio::spawn(tcp_flow(first_flow(), None, Arc::new(spec), book.clone(), stop));
+        tokio::time::timeout(Duration::from_secs(30), flow).await.expect("the flow ends on its own").expect("ran");
+        end.abort();
+        let sums = book.timeline().seconds.iter().fold(Second::default(), |sum, s| Second {
+            offered: sum.offered + s.offered,
+            replies: sum.replies + s.replies,
+            resets: sum.resets + s.resets,
+            misroutes: sum.misroutes + s.misroutes,
+            drops: sum.drops + s.drops,
+            ..sum
+        });
+        (book.snapshot().remove(0), sums)
+    }
+
+    /// The instrument itself: what a TCP flow records for each thing its other end can do, in
+    /// the flow's record and in the timeline's per-second figures alike (the scenarios judge
+    /// both). A reset or a refusal ends the flow with nothing dropped (the reset is the
+    /// failure); a FIN with a request outstanding drops that request.
+    #[test_case(&[Act::Answer("be1"), Act::Answer("be1"), Act::Answer("be2"), Act::Reset],
+        (3, 1, 0, Some(Ending::Reset)), (4, 3, 1, 1, 0); "replies from the owner, a misroute, a reset")]
+    #[test_case(&[Act::Answer("be1"), Act::Close], (1, 0, 1, Some(Ending::Closed)), (2, 1, 0, 0, 1);
+        "a close with a request outstanding drops it")]
+    #[test_case(&[Act::Answer("be1"), Act::WrongSeq], (1, 0, 0, Some(Ending::Protocol("reply to 0/6 for 0/1".into()))),
+        (2, 1, 0, 0, 0); "a reply to another request ends the flow")]
+    #[test_case(&[Act::Garbage], (0, 0, 0, Some(Ending::Protocol("malformed reply: \"HELLO\"".into()))), (1, 0, 0, 0, 0);
+        "a line that is no reply ends the flow")]
+    #[tokio::test]
+    async fn a_tcp_flow_records_what_its_other_end_did(
+        script: &'static [Act],
+        (replies, misroutes, drops, ending): (u64, u64, u64, Option<Ending>),
+        (offered, answered, misrouted, resets, dropped): (u64, u64, u64, u64, u64),
+    ) {
+        let (flow, sums) = scripted_tcp_flow(script).await;
+        assert_eq!(
+            (flow.replies, flow.misroutes, flow.drops, &flow.ending),
+            (replies, misroutes, drops, &ending),
+            "{flow:?}"
+        );
+        assert_eq!(flow.rounds, replies + drops, "{flow:?}");
+        if replies > 0 {
+            assert_eq!(flow.owner.as_ref().map(|o| o.node.as_str()), Some("be1"), "the first replier owns it");
+            assert!(flow.mss.is_some_and(|mss| mss > 0), "the segment size after a reply: {flow:?}");
+        }
+        let sums = (sums.offered, sums.replies, sums.misroutes, sums.resets, sums.drops);
+        assert_eq!(sums, (offered, answered, misrouted, resets, dropped), "the timeline's sums");
+    }
+
+    #[test]
+    fn socket_errors_map_to_the_endings_a_verdict_counts() {
+        let kind = |kind: io::ErrorKind| ending_of(&io::Error::from(kind));
+        assert_eq!(kind(io::ErrorKind::ConnectionReset), Ending::Reset);
+        assert_eq!(kind(io::ErrorKind::BrokenPipe), Ending::Reset);
+        assert_eq!(kind(io::ErrorKind::ConnectionRefused), Ending::Refused);
+        assert!(matches!(kind(io::ErrorKind::TimedOut), Ending::Protocol(_)));
+    }
+
+    /// A UDP flow sends Initials until the server issues its connection id, then short headers
+    /// carrying that id; a reply for another flow or a duplicate is not counted, a reply from
+    /// a socket other than the owner is a misroute.
+    #[tokio::test]
+    async fn a_udp_flow_takes_up_the_server_cid_and_counts_each_reply_once() {
+        const SERVER_CID: [u8; CID_LEN] = [9; CID_LEN];
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec { udp_port: server.local_addr().expect("bound").port(), ..loopback_spec() };
+        let book = Arc::new(FlowBook::new(&spec));
+        let (headers_tx, headers) = watch::channel(Vec::<Header>::new());
+        let answering = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (len, from) = server.recv_from(&mut buf).await.expect("receive");
+                let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
+                let request = Request::parse_bytes(&datagram.payload).expect("a request");
+                headers_tx.send_modify(|h| h.push(datagram.header.clone()));
+                let node = if request.seq < 3 { "be1" } else { "be2" };
+                let reply = |flow: u32| Reply {
+                    flow,
+                    seq: request.seq,
+                    who: Identity { node: node.into(), instance: "a".into(), pid: 1 },
+                    known: true,
+                };
+                let header = match &datagram.header {
+                    Header::Long { kind, version, scid, .. } => {
+                        Header::Long { kind: *kind, version: *version, dcid: scid.clone(), scid: SERVER_CID.to_vec() }
+                    }
+                    short => short.clone(),
+                };
+                let answer =
+                    |flow| Datagram { header: header.clone(), payload: reply(flow).emit().into_bytes() }.emit();
+                // Another flow's reply first, then this one's twice.
+                for flow in [7, request.flow, request.flow] {
+                    server.send_to(&answer(flow), from).await.expect("answer");
+                }
+            }
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
+        book.wait_until("four replies", Duration::from_secs(30), |f| f[0].replies >= 4).await.expect("replies");
+        stop_tx.send(true).expect("the flow listens");
+        tokio::time::timeout(Duration::from_secs(30), flow).await.expect("the flow stops").expect("ran");
+        answering.abort();
+        let flow = &book.snapshot()[0];
+        assert_eq!(flow.replies, flow.rounds, "each reply counted once, nothing dropped: {flow:?}");
+        assert_eq!(flow.misroutes, flow.replies - 3, "the replies from be2: {flow:?}");
+        let headers = headers.borrow();
+        let first = first_flow();
+        let initial = Header::Long {
+            kind: LongType::Initial,
+            version: VERSION_1,
+            dcid: first.initial_dcid.to_vec(),
+            scid: first.client_cid.to_vec(),
+        };
+        assert_eq!(headers[0], initial, "the first request is an Initial");
+        // Requests sent before the first reply arrived are Initials too; every one after is short.
+        let short = headers.iter().position(|h| matches!(h, Header::Short { .. })).expect("a short header");
+        assert!(headers[..short].iter().all(|h| *h == initial), "{headers:?}");
+        assert!(headers[short..].iter().all(|h| *h == Header::Short { dcid: SERVER_CID }), "{headers:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -36,9 +36,14 @@ use crate::{exec, setup};
 /// Options of `cargo xtask mutants`.
 #[derive(clap::Args)]
 pub(crate) struct Options {
-    /// Only these components (repeatable): ebpf, control, release, judging [default: all].
+    /// Only these components (repeatable): ebpf, control, release, judging, workload [default:
+    /// all].
     #[arg(long = "component", value_name = "NAME")]
     components: Vec<String>,
+    /// Only mutants in files under this workspace-relative path (repeatable), e.g.
+    /// `lab/workload/src/timeline/`.
+    #[arg(long = "file", value_name = "PATH")]
+    files: Vec<String>,
     /// Only mutants on lines changed since this git revision (e.g. `HEAD~3`, `origin/main`).
     #[arg(long, value_name = "BASE")]
     in_diff: Option<String>,
@@ -106,11 +111,19 @@ enum Source {
 /// - release: its unit tests (order, steering, tally), migration parity (the reuseport
 ///   dispatcher), the dispatchers' in-place upgrades, and the release and rolling-upgrade
 ///   scenarios end to end with their controls (the fleet, the strategies, the handover).
-/// - judging: the unit tests of expectations, measures and accounting: they decide pass and
-///   fail, so no mutant of theirs may survive; and `malformed`, which loads every shipped and
-///   every malformed scenario file (which metrics a scenario may expect, what a control must
-///   expect: the judging code's rules for a scenario file, seconds and no kernel).
-const COMPONENTS: [Component; 4] = [
+/// - judging: the unit tests of expectations, measures, accounting and the timeline's judged
+///   figures (capacity dip, latency, reply gaps): they decide pass and fail, so no mutant of
+///   theirs may survive; and `malformed`, which loads every shipped and every malformed
+///   scenario file (which metrics a scenario may expect, what a control must expect: the
+///   judging code's rules for a scenario file, seconds and no kernel). The timeline's plot
+///   (`timeline/svg.rs`) decides nothing and is left out.
+/// - workload: the lab's instrument, the client that opens flows and records what each reply
+///   was and the service that answers as a backend: its unit tests (loopback flows, the accept
+///   loop), then the scenarios whose controls must show each failure the client reports: resets
+///   (`lb-basic`), misroutes of UDP flows (`quic-cid-failover-ring-change`), a release with
+///   drops (`release-reuseport-bpf`, the service's drain and hand-over) and a pause seen only
+///   as a reply gap.
+const COMPONENTS: [Component; 5] = [
     Component {
         name: "ebpf",
         paths: &["ebpf/programs/src/"],
@@ -195,12 +208,40 @@ const COMPONENTS: [Component; 4] = [
     },
     Component {
         name: "judging",
-        paths: &["lab/scenario/src/expect.rs", "lab/scenario/src/measures.rs", "lab/workload/src/accounting.rs"],
+        paths: &[
+            "lab/scenario/src/expect.rs",
+            "lab/scenario/src/measures.rs",
+            "lab/workload/src/accounting.rs",
+            "lab/workload/src/timeline/mod.rs",
+        ],
         except: &[],
         source: Source::CargoMutants,
         suites: &[
-            unit(&["-p", "zrlab-scenario", "-p", "zrlab-workload", "--lib"]),
+            // The workload's first: a mutant of its files dies there without a rebuild of the
+            // scenario crate, which depends on it.
+            unit(&["-p", "zrlab-workload", "--lib"]),
+            unit(&["-p", "zrlab-scenario", "--lib"]),
             unit(&["-p", "zrlab-suites", "--test", "malformed"]),
+        ],
+    },
+    Component {
+        name: "workload",
+        paths: &["lab/workload/src/client.rs", "lab/workload/src/service.rs"],
+        except: &[],
+        source: Source::CargoMutants,
+        suites: &[
+            unit(&["-p", "zrlab-workload", "--lib"]),
+            lab(&[
+                "-p",
+                "zrlab-suites",
+                "--test",
+                "scenarios",
+                "--",
+                "lb_basic",
+                "quic_cid_failover",
+                "release_reuseport_bpf_true",
+                "a_300_ms_pause",
+            ]),
         ],
     },
 ];
@@ -343,8 +384,16 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     for component in &components {
         mutants.extend(list(&root, component)?);
     }
+    for file in &opts.files {
+        if !mutants.iter().any(|m| m.file.starts_with(file.trim_start_matches("./"))) {
+            bail!("--file {file:?}: no mutants of the selected components in it");
+        }
+    }
     if let Some(changed) = &changed {
         mutants.retain(|m| changed.get(&m.file).is_some_and(|lines| lines.contains(&m.line)));
+    }
+    if !opts.files.is_empty() {
+        mutants.retain(|m| opts.files.iter().any(|f| m.file.starts_with(f.trim_start_matches("./"))));
     }
     if let Some((k, n)) = shard {
         mutants = mutants.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, m)| m).collect();

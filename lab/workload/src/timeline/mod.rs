@@ -323,6 +323,81 @@ mod tests {
         assert_eq!(t.capacity_dip_pct(), Err(NoFigure::NoRelease));
     }
 
+    /// Seconds of (offered, replies) each, and a release at `release_at`.
+    fn offered_and_answered(seconds: &[(u64, u64)], release_at: f64) -> Timeline {
+        let mut t = Timeline::default();
+        for (i, &(offered, replies)) in seconds.iter().enumerate() {
+            t.add(i as f64 + 0.5, |s| (s.offered, s.replies) = (offered, replies));
+        }
+        t.mark(release_at, "release be1", Some(0.5));
+        t
+    }
+
+    /// The load that makes a second judged is the median offered before the release (not its
+    /// least), at least half of it counts, and a second's share is its replies over what it
+    /// offered: with unequal loads, each of these decides the figure.
+    #[test]
+    fn the_bar_is_the_median_share_of_the_seconds_offered_half_the_median_load() {
+        let t = offered_and_answered(
+            &[
+                (10, 10),
+                // Before: judged shares 0.8, 0.8, 0.9, 0.9 (median 0.9); 40 is under half the
+                // median load of 100 and says nothing.
+                (100, 80),
+                (100, 80),
+                (100, 90),
+                (60, 54),
+                (40, 40),
+                // After: 0.45 in a second offered 60 (judged: 50% short); 0.1 in one offered 40
+                // (not judged).
+                (100, 90),
+                (60, 27),
+                (100, 90),
+                (40, 4),
+                (100, 90),
+                (10, 0),
+            ],
+            6.2,
+        );
+        assert_eq!(t.capacity_dip_pct(), Ok(50));
+    }
+
+    #[test]
+    fn no_load_offered_before_the_release_gives_no_figure() {
+        let t = offered_and_answered(
+            &[(0, 0), (0, 0), (0, 0), (0, 0), (0, 0), (100, 100), (100, 100), (100, 100), (100, 100), (1, 0)],
+            5.2,
+        );
+        assert_eq!(t.capacity_dip_pct(), Err(NoFigure::TooFewJudged { before: 0, after: 0 }));
+    }
+
+    #[test]
+    fn why_there_is_no_figure_is_said() {
+        assert_eq!(NoFigure::NoRelease.to_string(), "no release in the run");
+        assert_eq!(NoFigure::NothingAnswered.to_string(), "no request answered before the first release");
+        let few = NoFigure::TooFewJudged { before: 2, after: 5 }.to_string();
+        assert!(few.starts_with("2 judged seconds before the first release and 5 after it (at least 3 each"), "{few}");
+    }
+
+    #[test]
+    fn each_request_sent_counts_in_its_second() {
+        let mut t = Timeline::default();
+        for at in [0.2, 1.5, 1.7, 3.0] {
+            t.offered(at);
+        }
+        let offered: Vec<u64> = t.seconds.iter().map(|s| s.offered).collect();
+        assert_eq!(offered, [1, 2, 0, 1]);
+    }
+
+    #[test]
+    fn a_run_without_replies_has_no_latency_figure() {
+        let mut t = Timeline::default();
+        t.offered(0.5);
+        t.offered(4.5);
+        t.summarize();
+        assert_eq!(t.latency_p99_ms(), None);
+    }
+
     #[test]
     fn a_stall_splits_over_the_seconds_it_spans() {
         let mut t = Timeline::default();
