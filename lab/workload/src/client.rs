@@ -633,6 +633,41 @@ mod tests {
         }
     }
 
+    /// Waits until `cond` holds over the book, failing at once if the flow task ended first
+    /// (a panic in it would otherwise hold the test until the guard).
+    async fn wait_while_running(
+        book: &FlowBook,
+        flow: &mut tokio::task::JoinHandle<()>,
+        what: &str,
+        cond: impl Fn(&[FlowRecord]) -> bool,
+    ) {
+        tokio::select! {
+            waited = book.wait_until(what, Duration::from_secs(30), cond) => waited.expect(what),
+            ended = flow => panic!("the flow ended before {what}: {ended:?}"),
+        }
+    }
+
+    /// A UDP end on loopback that sends back what `answer` makes of each request; returns the
+    /// spec of one UDP flow towards it, and its task.
+    async fn udp_end(
+        mut answer: impl FnMut(&Datagram, &Request) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (ClientSpec, tokio::task::JoinHandle<()>) {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
+        let spec = ClientSpec { udp_port: server.local_addr().expect("bound").port(), ..loopback_spec() };
+        let end = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                let (len, from) = server.recv_from(&mut buf).await.expect("receive");
+                let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
+                let request = Request::parse_bytes(&datagram.payload).expect("a request");
+                for out in answer(&datagram, &request) {
+                    server.send_to(&out, from).await.expect("answer");
+                }
+            }
+        });
+        (spec, end)
+    }
+
     /// Flow 0's plan: an ephemeral port, starting at once.
     fn first_flow() -> FlowPlan {
         FlowPlan { id: 0, port: 0, start_offset: Duration::ZERO, client_cid: [1; CID_LEN], initial_dcid: [2; CID_LEN] }
@@ -645,39 +680,31 @@ mod tests {
     /// and answers nothing once told to.
     #[tokio::test]
     async fn a_udp_flow_keeps_its_schedule_while_a_lost_request_waits_out_its_timeout() {
-        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
-        let spec = ClientSpec { udp_port: server.local_addr().expect("bound").port(), ..loopback_spec() };
-        let book = Arc::new(FlowBook::new(&spec));
         let who = Identity { node: "be1".into(), instance: "a".into(), pid: 1 };
         // Whether the end is silent, and the requests it received (total, and while silent).
         let (silent_set, silent) = watch::channel(false);
         let (received, mut received_seen) = watch::channel((0u64, 0u64));
-        let answering = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            loop {
-                let (len, from) = server.recv_from(&mut buf).await.expect("receive");
-                let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
-                let request = Request::parse_bytes(&datagram.payload).expect("a request");
-                let quiet = *silent.borrow();
-                received.send_modify(|(all, unanswered)| {
-                    *all += 1;
-                    *unanswered += u64::from(quiet);
-                });
-                if request.seq == 1 || quiet {
-                    continue;
-                }
-                let reply = Reply { flow: request.flow, seq: request.seq, who: who.clone(), known: true };
-                let header = Header::Short { dcid: [7; CID_LEN] };
-                let answer = Datagram { header, payload: reply.emit().into_bytes() }.emit();
-                server.send_to(&answer, from).await.expect("answer");
+        let (spec, answering) = udp_end(move |_, request| {
+            let quiet = *silent.borrow();
+            received.send_modify(|(all, unanswered)| {
+                *all += 1;
+                *unanswered += u64::from(quiet);
+            });
+            if request.seq == 1 || quiet {
+                return Vec::new();
             }
-        });
+            let reply = Reply { flow: request.flow, seq: request.seq, who: who.clone(), known: true };
+            let header = Header::Short { dcid: [7; CID_LEN] };
+            vec![Datagram { header, payload: reply.emit().into_bytes() }.emit()]
+        })
+        .await;
+        let book = Arc::new(FlowBook::new(&spec));
         let (stop_tx, stop) = watch::channel(false);
-        let flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
+        let mut flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
         let guard = Duration::from_secs(30);
-        book.wait_until("five replies", guard, |f| f[0].replies >= 5).await.expect("the flow went on");
+        wait_while_running(&book, &mut flow, "five replies", |f| f[0].replies >= 5).await;
         assert_eq!(book.snapshot()[0].drops, 0, "request 1 still within its timeout");
-        book.wait_until("request 1 dropped", guard, |f| f[0].drops > 0).await.expect("the timeout passed");
+        wait_while_running(&book, &mut flow, "request 1 dropped", |f| f[0].drops > 0).await;
         let flow_record = &book.snapshot()[0];
         assert_eq!(flow_record.drops, 1, "only request 1 was lost: {flow_record:?}");
         assert_eq!(flow_record.misroutes, 0);
@@ -847,41 +874,30 @@ mod tests {
     #[tokio::test]
     async fn a_udp_flow_takes_up_the_server_cid_and_counts_each_reply_once() {
         const SERVER_CID: [u8; CID_LEN] = [9; CID_LEN];
-        let server = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
-        let spec = ClientSpec { udp_port: server.local_addr().expect("bound").port(), ..loopback_spec() };
-        let book = Arc::new(FlowBook::new(&spec));
         let (headers_tx, headers) = watch::channel(Vec::<Header>::new());
-        let answering = tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            loop {
-                let (len, from) = server.recv_from(&mut buf).await.expect("receive");
-                let datagram = Datagram::parse(&buf[..len]).expect("a request datagram");
-                let request = Request::parse_bytes(&datagram.payload).expect("a request");
-                headers_tx.send_modify(|h| h.push(datagram.header.clone()));
-                let node = if request.seq < 3 { "be1" } else { "be2" };
-                let reply = |flow: u32| Reply {
-                    flow,
-                    seq: request.seq,
-                    who: Identity { node: node.into(), instance: "a".into(), pid: 1 },
-                    known: true,
-                };
-                let header = match &datagram.header {
-                    Header::Long { kind, version, scid, .. } => {
-                        Header::Long { kind: *kind, version: *version, dcid: scid.clone(), scid: SERVER_CID.to_vec() }
-                    }
-                    short => short.clone(),
-                };
-                let answer =
-                    |flow| Datagram { header: header.clone(), payload: reply(flow).emit().into_bytes() }.emit();
-                // Another flow's reply first, then this one's twice.
-                for flow in [7, request.flow, request.flow] {
-                    server.send_to(&answer(flow), from).await.expect("answer");
+        let (spec, answering) = udp_end(move |datagram, request| {
+            headers_tx.send_modify(|h| h.push(datagram.header.clone()));
+            let node = if request.seq < 3 { "be1" } else { "be2" };
+            let who = Identity { node: node.into(), instance: "a".into(), pid: 1 };
+            let header = match &datagram.header {
+                Header::Long { kind, version, scid, .. } => {
+                    Header::Long { kind: *kind, version: *version, dcid: scid.clone(), scid: SERVER_CID.to_vec() }
                 }
-            }
-        });
+                short => short.clone(),
+            };
+            // Another flow's reply first, then this one's twice.
+            [7, request.flow, request.flow]
+                .map(|flow| {
+                    let reply = Reply { flow, seq: request.seq, who: who.clone(), known: true };
+                    Datagram { header: header.clone(), payload: reply.emit().into_bytes() }.emit()
+                })
+                .to_vec()
+        })
+        .await;
+        let book = Arc::new(FlowBook::new(&spec));
         let (stop_tx, stop) = watch::channel(false);
-        let flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
-        book.wait_until("four replies", Duration::from_secs(30), |f| f[0].replies >= 4).await.expect("replies");
+        let mut flow = tokio::spawn(udp_flow(first_flow(), Arc::new(spec), book.clone(), stop));
+        wait_while_running(&book, &mut flow, "four replies", |f| f[0].replies >= 4).await;
         stop_tx.send(true).expect("the flow listens");
         tokio::time::timeout(Duration::from_secs(30), flow).await.expect("the flow stops").expect("ran");
         answering.abort();

@@ -8,9 +8,10 @@
 //! tracked tree (`target/mutants/tree`, its own target directory `target/mutants/target`): the
 //! working tree is never touched, so an interrupted run leaves no mutant behind. For each
 //! mutant it builds the component's suites and runs them: a failing suite **killed** it, a
-//! build error makes it **unviable**, a run past the limit (three times the unmutated run, and
-//! at least a minute) **timed out**, and a passing run lets it **survive**, unless
-//! `ci/mutants/equivalent.toml` lists it as equivalent with the reason.
+//! build error makes it **unviable**, suites running past the limit (three times the unmutated
+//! suites' run time, builds aside, and at least a minute) **timed out**, and a passing run
+//! lets it **survive**, unless `ci/mutants/equivalent.toml` lists it as equivalent with the
+//! reason.
 //!
 //! Each component runs the suites that exercise it (see [`COMPONENTS`] for why each): the score
 //! is per component, so a fast selection for the data path does not hide a blind spot in the
@@ -425,21 +426,23 @@ pub(crate) fn run(opts: Options) -> Result<()> {
             continue;
         }
         eprintln!("[mutants] {}: the unmutated suites, for the baseline and the time limit", component.name);
-        let baseline = Instant::now();
-        if run_suites(&tree, &out, component, None)? != Some(true) {
+        let (passed, tested) = run_suites(&tree, &out, component, None)?;
+        if passed != Some(true) {
             bail!(
                 "{}: the suites fail without any mutant: fix them first (output under {})",
                 component.name,
                 out.display()
             );
         }
-        let limit = (baseline.elapsed() * 3).max(Duration::from_secs(60));
+        // On the suites' run time alone: the baseline's includes a cold build, which made the
+        // limit minutes long for a mutant that loops in a unit test.
+        let limit = (tested * 3).max(Duration::from_secs(60));
         for (i, mutant) in ours.iter().enumerate() {
             let t = Instant::now();
             let original = apply(&tree, mutant)?;
             let verdict = run_suites(&tree, &out, component, Some(limit));
             std::fs::write(tree.join(&mutant.file), &original).with_context(|| format!("restoring {}", mutant.file))?;
-            let mut outcome = match verdict? {
+            let mut outcome = match verdict?.0 {
                 None => Outcome::TimedOut,
                 Some(true) => Outcome::Survived,
                 Some(false) if last_build_failed(&out) => Outcome::Unviable,
@@ -645,13 +648,19 @@ fn remove_others(dir: &Path, kept: &BTreeSet<PathBuf>) -> Result<()> {
 }
 
 /// Builds and runs `component`'s suites in `tree`: `Some(true)` when all pass, `Some(false)`
-/// when one fails (or does not build), `None` past `limit`. Output goes to `out/last.log`.
-fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Duration>) -> Result<Option<bool>> {
+/// when one fails (or does not build), `None` when the suites ran longer than `limit` (builds
+/// aside); with the time the suites ran. Output goes to `out/last.log`.
+fn run_suites(
+    tree: &Path,
+    out: &Path,
+    component: &Component,
+    limit: Option<Duration>,
+) -> Result<(Option<bool>, Duration)> {
     std::fs::create_dir_all(out)?;
     let log_path = out.join("last.log");
     let log = std::fs::File::create(&log_path)?;
     let target = out.join("target");
-    let started = Instant::now();
+    let mut tested = Duration::ZERO;
     let mut env = vec![("CARGO_TARGET_DIR", target.clone().into_os_string())];
     let _ = std::fs::remove_file(out.join("last.build-failed"));
     let mut built = false;
@@ -661,7 +670,7 @@ fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Dura
             cmd.current_dir(tree).args(["build", "-p", "zrlab", "--bin", "zrlab"]).env("CARGO_TARGET_DIR", &target);
             if !cmd.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?.success() {
                 std::fs::write(out.join("last.build-failed"), "")?;
-                return Ok(Some(false));
+                return Ok((Some(false), tested));
             }
             env.push(("ZRLAB_EXE", target.join("debug/zrlab").into_os_string()));
             built = true;
@@ -672,27 +681,59 @@ fn run_suites(tree: &Path, out: &Path, component: &Component, limit: Option<Dura
         build.current_dir(tree).args(["test", "--no-run"]).args(cargo_args).envs(env.iter().map(|(k, v)| (k, v)));
         if !build.stdout(log.try_clone()?).stderr(log.try_clone()?).status()?.success() {
             std::fs::write(out.join("last.build-failed"), "")?;
-            return Ok(Some(false));
+            return Ok((Some(false), tested));
         }
         let mut test = Command::new(env!("CARGO"));
         test.current_dir(tree).arg("test").args(suite.args).envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = test.stdout(log.try_clone()?).stderr(log.try_clone()?).spawn()?;
+        let running = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
+                tested += running.elapsed();
                 if !status.success() {
-                    return Ok(Some(false));
+                    return Ok((Some(false), tested));
                 }
                 break;
             }
-            if limit.is_some_and(|limit| started.elapsed() > limit) {
-                let _ = child.kill();
+            if limit.is_some_and(|limit| tested + running.elapsed() > limit) {
+                kill_tree(child.id());
                 let _ = child.wait();
-                return Ok(None);
+                return Ok((None, tested + running.elapsed()));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    Ok(Some(true))
+    Ok((Some(true), tested))
+}
+
+/// Kills `root` and every process descended from it: a timed-out mutant's test binary is
+/// cargo's child, often spinning in the loop the mutant made endless, and killing cargo alone
+/// left it keeping a core busy through every later mutant. (Not a process group of its own:
+/// the run's Ctrl-C must still reach the suites.)
+fn kill_tree(root: u32) {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The command name in parentheses may hold spaces: the fields after its `)`.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|&&(_, ppid)| ppid == parent).map(|&(pid, _)| pid));
+        i += 1;
+    }
+    for pid in tree {
+        // SAFETY: kill(2) takes no memory of ours; a pid gone meanwhile gives ESRCH.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
 }
 
 /// A suite's arguments before `--` (for cargo) and after it (for the test binaries).
@@ -854,6 +895,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(tree.join("fixtures/kept.txt")).unwrap(), "kept");
         assert!(!tree.join("fixtures/deleted.txt").exists(), "a file deleted from the tree left the copy");
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_timed_out_suite_goes_with_every_process_it_started() {
+        // A shell (cargo's stand-in) whose child spins: both must go.
+        let mut child = Command::new("sh")
+            .args(["-c", "sh -c 'echo $$; while :; do :; done' & wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("piped")), &mut line)
+            .expect("the grandchild's pid");
+        let grandchild: u32 = line.trim().parse().expect("a pid");
+        kill_tree(child.id());
+        child.wait().expect("reaped");
+        // The grandchild, re-parented and killed, is gone once its new parent reaps it.
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .map_or(true, |stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !gone() {
+            if Instant::now() > deadline {
+                // SAFETY: kill(2) takes no memory of ours. A failed test leaves no spinner.
+                unsafe { libc::kill(grandchild as libc::pid_t, libc::SIGKILL) };
+                panic!("the spinning grandchild {grandchild} survived");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
