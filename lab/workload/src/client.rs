@@ -109,7 +109,8 @@ pub struct ClientSpec {
 #[derive(Debug)]
 pub struct FlowBook {
     flows: Mutex<Vec<FlowRecord>>,
-    progress: watch::Sender<u64>,
+    /// Notified on every update (its value says nothing: only the notification counts).
+    progress: watch::Sender<()>,
     epoch: AtomicU64,
     started: Instant,
     timeline: Mutex<Timeline>,
@@ -121,7 +122,7 @@ impl FlowBook {
         let udp = (0..spec.udp_flows).map(|i| FlowRecord::new(Proto::Udp, spec.tcp_flows + i, 0));
         Self {
             flows: Mutex::new(tcp.chain(udp).collect()),
-            progress: watch::Sender::new(0),
+            progress: watch::Sender::new(()),
             epoch: AtomicU64::new(0),
             started: Instant::now(),
             timeline: Mutex::new(Timeline::default()),
@@ -201,7 +202,7 @@ impl FlowBook {
             s.drops += after.2 - before.2;
             s.resets += u64::from(after.3 && !before.3);
         });
-        self.progress.send_modify(|n| *n += 1);
+        self.progress.send_replace(());
     }
 
     /// Waits until `cond` holds over the flows, for at most `timeout`.
@@ -917,6 +918,73 @@ mod tests {
         let short = headers.iter().position(|h| matches!(h, Header::Short { .. })).expect("a short header");
         assert!(headers[..short].iter().all(|h| *h == initial), "{headers:?}");
         assert!(headers[short..].iter().all(|h| *h == Header::Short { dcid: SERVER_CID }), "{headers:?}");
+    }
+
+    /// The comm names of this process's threads.
+    fn threads() -> Vec<String> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim_end().to_owned())
+            .collect()
+    }
+
+    /// Dropping a client (a scenario that failed half-way) stops its flows and its thread, as
+    /// [`Client::stop`] does: the heartbeat, which runs until stopped, too. In a namespace of
+    /// its own, whose loopback is down: the flows fail at once.
+    #[test]
+    fn dropping_a_client_stops_its_thread() {
+        let name = format!("zwd{}", std::process::id() % 100_000);
+        let netns = Netns::create(&name).expect("a namespace (the tests run as root)");
+        let thread = format!("client-{name}");
+        let client = Client::start(&netns, ClientSpec { tcp_flows: 1, ..loopback_spec() }).expect("started");
+        // A thread takes its name once it runs; after a join, its task may linger an instant.
+        let until = |named: bool, what: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while threads().contains(&thread) != named {
+                assert!(std::time::Instant::now() < deadline, "{what}: {:?}", threads());
+                std::thread::yield_now();
+            }
+        };
+        until(true, "the client's thread never ran");
+        drop(client);
+        until(false, "the client's thread outlived the client");
+    }
+
+    /// New flows stop at the end of the TCP port range (the UDP flows' ports follow it): with
+    /// room for one more round, one round opens and the opener ends on its own. In a namespace
+    /// of its own, so the fixed ports clash with nothing (its loopback is down: the flows fail
+    /// to connect, which is all this needs).
+    #[test]
+    fn new_flows_stop_at_the_end_of_the_tcp_port_range() {
+        let name = format!("zwp{}", std::process::id() % 100_000);
+        let netns = Netns::create(&name).expect("a namespace (the tests run as root)");
+        let spec = ClientSpec {
+            tcp_flows: u32::from(UDP_BASE_PORT - TCP_BASE_PORT) - 3,
+            udp_flows: 0,
+            open_tcp_per_period: 2,
+            ..loopback_spec()
+        };
+        let book = Arc::new(FlowBook::new(&spec));
+        book.advance_epoch();
+        let opener_book = book.clone();
+        let opened = netns
+            .run(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async move {
+                    let (_stop_tx, stop) = watch::channel(false);
+                    let (_opening_tx, opening) = watch::channel(true);
+                    let opener = open_flows(Arc::new(spec), opener_book, stop, opening);
+                    tokio::time::timeout(Duration::from_secs(30), opener).await.is_ok()
+                })
+            })
+            .expect("ran in the namespace");
+        assert!(opened, "the opener went on past the port range");
+        let flows = book.snapshot();
+        let new: Vec<(u32, u64)> = flows[flows.len() - 2..].iter().map(|f| (f.id, f.epoch)).collect();
+        assert_eq!(flows.len(), usize::from(UDP_BASE_PORT - TCP_BASE_PORT) - 1, "one round of two");
+        assert_eq!(new, [(19_997, 1), (19_998, 1)], "numbered on, with the epoch they opened in");
     }
 
     #[tokio::test(start_paused = true)]

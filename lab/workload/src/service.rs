@@ -527,6 +527,65 @@ mod tests {
         }
     }
 
+    /// A receive error on a UDP socket (the ICMP error of an earlier reply to a client that went
+    /// away) does not stop the service's answers: only a run of them in a row does. The socket
+    /// reports the error of a send to a closed port (`IP_RECVERR`) on its next receive, before
+    /// the request the test sends after it.
+    #[tokio::test]
+    async fn one_receive_error_does_not_stop_the_udp_service() {
+        use std::os::fd::AsRawFd as _;
+        let service = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback");
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads `on` for its given size; the socket is ours.
+        let set = unsafe {
+            libc::setsockopt(
+                service.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&raw const on).cast(),
+                std::mem::size_of_val(&on) as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback").local_addr().expect("bound");
+        service.send_to(b"to a client gone", closed).expect("sent");
+        // The port unreachable comes back through loopback's softirq: wait until it is queued.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut poll = libc::pollfd { fd: service.as_raw_fd(), events: 0, revents: 0 };
+            // SAFETY: one pollfd of ours, no wait.
+            assert!(unsafe { libc::poll(&raw mut poll, 1, 0) } >= 0, "poll");
+            if poll.revents & libc::POLLERR != 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no ICMP error came back");
+            std::thread::yield_now();
+        }
+        service.set_nonblocking(true).expect("non-blocking");
+        let address = service.local_addr().expect("bound");
+        let identity = Identity { node: "be1".into(), instance: "a".into(), pid: 1 };
+        let issuer = Issuer { server_id: 1, version: CidVersion::V1, slot: 0, issued: Arc::default() };
+        let context = Context { identity: identity.clone(), issuer, last: Arc::new(Mutex::new(Instant::now())) };
+        let serving = tokio::spawn(serve_datagrams(UdpSocket::from_std(service).expect("tokio"), context, None));
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("loopback");
+        let header = Header::Long {
+            kind: LongType::Initial,
+            version: zrlab_wire::quic::VERSION_1,
+            dcid: vec![1; 8],
+            scid: vec![2; 8],
+        };
+        let request = Datagram { header, payload: Request::new(3, 0).emit().into_bytes() };
+        client.send_to(&request.emit(), address).await.expect("request sent");
+        let mut buf = [0u8; 2048];
+        let len = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .expect("answered after the receive error")
+            .expect("received");
+        let reply = Reply::parse_bytes(&Datagram::parse(&buf[..len]).expect("a datagram").payload).expect("a reply");
+        assert_eq!((reply.flow, reply.seq, reply.who), (3, 0, identity));
+        serving.abort();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_accept_loop_waits_instead_of_spinning_when_out_of_descriptors() {
         let tries = Arc::new(AtomicU64::new(0));

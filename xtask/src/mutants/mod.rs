@@ -121,9 +121,10 @@ enum Source {
 /// - workload: the lab's instrument, the client that opens flows and records what each reply
 ///   was and the service that answers as a backend: its unit tests (loopback flows, the accept
 ///   loop), then the scenarios whose controls must show each failure the client reports: resets
-///   (`lb-basic`), misroutes of UDP flows (`quic-cid-failover-ring-change`), a release with
-///   drops (`release-reuseport-bpf`, the service's drain and hand-over) and a pause seen only
-///   as a reply gap.
+///   (`lb-basic`; `tpr-failover-ring-change`, whose TCP sockets the client makes in the node's
+///   cgroup for the sock_ops programs), misroutes of UDP flows
+///   (`quic-cid-failover-ring-change`), a release with drops (`release-reuseport-bpf`, the
+///   service's drain and hand-over) and a pause seen only as a reply gap.
 const COMPONENTS: [Component; 5] = [
     Component {
         name: "ebpf",
@@ -239,6 +240,7 @@ const COMPONENTS: [Component; 5] = [
                 "scenarios",
                 "--",
                 "lb_basic",
+                "tpr_failover_ring_change",
                 "quic_cid_failover",
                 "release_reuseport_bpf_true",
                 "a_300_ms_pause",
@@ -698,6 +700,15 @@ fn run_suites(
             if limit.is_some_and(|limit| tested + running.elapsed() > limit) {
                 kill_tree(child.id());
                 let _ = child.wait();
+                if suite.binary {
+                    // The killed suite's labs had no chance to take their namespaces and
+                    // cgroups down: `zrlab clean` removes what runs of dead processes left.
+                    let mut clean = Command::new(target.join("debug/zrlab"));
+                    clean.current_dir(tree).arg("clean").stdout(log.try_clone()?).stderr(log.try_clone()?);
+                    if !clean.status().is_ok_and(|s| s.success()) {
+                        eprintln!("[mutants] zrlab clean failed after a timed-out suite: see {}", log_path.display());
+                    }
+                }
                 return Ok((None, tested + running.elapsed()));
             }
             std::thread::sleep(Duration::from_millis(200));
