@@ -987,6 +987,58 @@ mod tests {
         assert_eq!(new, [(19_997, 1), (19_998, 1)], "numbered on, with the epoch they opened in");
     }
 
+    /// Each flow's 5-tuple is fixed by its number, so a rerun sends the same ones: TCP flow `i`
+    /// from `TCP_BASE_PORT + i`, UDP flow `j` (numbered after the TCP flows) from
+    /// `UDP_BASE_PORT + j`. In a namespace of its own, its loopback up.
+    #[test]
+    fn each_flow_sends_from_the_port_its_number_fixes() {
+        let name = format!("zwf{}", std::process::id() % 100_000);
+        let netns = Netns::create(&name).expect("a namespace (the tests run as root)");
+        let seen = netns
+            .run(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                runtime.block_on(async {
+                    let nl = zrlab_host::nl::Nl::connect(&netns).expect("netlink");
+                    nl.link_up("lo").await.expect("loopback up");
+                    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("tcp");
+                    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+                    let spec = ClientSpec {
+                        tcp_port: tcp.local_addr().expect("bound").port(),
+                        udp_port: udp.local_addr().expect("bound").port(),
+                        tcp_flows: 3,
+                        udp_flows: 2,
+                        ..loopback_spec()
+                    };
+                    let book = Arc::new(FlowBook::new(&spec));
+                    let (_stop_tx, stop) = watch::channel(false);
+                    let (_opening_tx, opening) = watch::channel(false);
+                    let _flows = tokio::spawn(run_flows(spec, book, stop, opening));
+                    let guard = Duration::from_secs(30);
+                    let mut seen = std::collections::BTreeMap::new();
+                    for _ in 0..3 {
+                        let (stream, peer) =
+                            tokio::time::timeout(guard, tcp.accept()).await.expect("a flow").expect("accepted");
+                        let mut line = String::new();
+                        BufReader::new(stream).read_line(&mut line).await.expect("a request");
+                        seen.insert(Request::parse(&line).expect("a request").flow, peer.port());
+                    }
+                    let mut buf = [0u8; 2048];
+                    while seen.len() < 5 {
+                        let (len, peer) = tokio::time::timeout(guard, udp.recv_from(&mut buf))
+                            .await
+                            .expect("a flow")
+                            .expect("received");
+                        let datagram = Datagram::parse(&buf[..len]).expect("a datagram");
+                        seen.insert(Request::parse_bytes(&datagram.payload).expect("a request").flow, peer.port());
+                    }
+                    seen
+                })
+            })
+            .expect("ran in the namespace");
+        let (t, u) = (TCP_BASE_PORT, UDP_BASE_PORT);
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [(0, t), (1, t + 1), (2, t + 2), (3, u), (4, u + 1)]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_flow_that_could_not_run_sends_the_requests_it_owes_at_once() {
         let period = Duration::from_millis(100);

@@ -387,16 +387,17 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     for component in &components {
         mutants.extend(list(&root, component)?);
     }
-    for file in &opts.files {
-        if !mutants.iter().any(|m| m.file.starts_with(file.trim_start_matches("./"))) {
+    let files: Vec<&str> = opts.files.iter().map(|f| f.trim_start_matches("./")).collect();
+    for file in &files {
+        if !mutants.iter().any(|m| m.file.starts_with(file)) {
             bail!("--file {file:?}: no mutants of the selected components in it");
         }
     }
     if let Some(changed) = &changed {
         mutants.retain(|m| changed.get(&m.file).is_some_and(|lines| lines.contains(&m.line)));
     }
-    if !opts.files.is_empty() {
-        mutants.retain(|m| opts.files.iter().any(|f| m.file.starts_with(f.trim_start_matches("./"))));
+    if !files.is_empty() {
+        mutants.retain(|m| files.iter().any(|f| m.file.starts_with(f)));
     }
     if let Some((k, n)) = shard {
         mutants = mutants.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, m)| m).collect();
