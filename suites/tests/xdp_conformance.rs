@@ -1290,6 +1290,13 @@ fn decap_of_every_variant() {
         ("outer length above the frame: dropped", set(six_in_four.clone(), 16, &[4, 0])),
         ("outer fragment: dropped", fix_ipv4_checksum(set(six_in_four.clone(), 20, &[0x20, 0]))),
         ("inner version disagrees with the protocol: dropped", mismatch),
+        // The outer header ends exactly at the frame's end (its length says so): read whole,
+        // then the missing inner header makes it malformed; a bounds check off by one at the
+        // end would pass it untouched instead.
+        (
+            "outer header and nothing inside: dropped",
+            fix_ipv4_checksum(set(cut(six_in_four.clone(), 34), 16, &[0, 20])),
+        ),
         ("outer header cut short: untouched", cut(six_in_four, 30)),
     ];
     for (name, frame) in cases {
