@@ -21,6 +21,7 @@
 //! change touched since `BASE`, fast enough before a commit.
 
 mod operators;
+mod report;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -54,6 +55,10 @@ pub(crate) struct Options {
     /// List the mutants and exit, running nothing.
     #[arg(long)]
     list: bool,
+    /// Merge these shards' reports (`report.json` each, e.g. CI's artifacts) into one and run
+    /// nothing: the whole score when every shard is there, a wider sample otherwise.
+    #[arg(long, value_name = "REPORT", num_args = 1.., conflicts_with_all = ["components", "files", "in_diff", "shard", "list"])]
+    merge: Vec<PathBuf>,
     /// Also write the results as JUnit XML to this file (one case per mutant) for CI reporters.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
@@ -250,16 +255,18 @@ const COMPONENTS: [Component; 5] = [
 ];
 
 /// One mutant, from either source.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Mutant {
-    component: &'static str,
+    /// The component's name (one of [`COMPONENTS`]).
+    component: String,
     /// Workspace-relative file.
     file: String,
     line: usize,
     what: String,
     /// The mutated line's original text (trimmed): what `equivalent.toml` matches.
     code: String,
-    #[serde(skip)]
+    /// Not in the report: a mutant read back from one (`--merge`) is never applied.
+    #[serde(skip_serializing, skip_deserializing, default = "Edit::read_back")]
     edit: Edit,
 }
 
@@ -272,8 +279,15 @@ enum Edit {
     Span { start: (usize, usize), end: (usize, usize), replacement: String },
 }
 
+impl Edit {
+    /// The edit of a mutant read back from a report, which keeps none.
+    fn read_back() -> Self {
+        Self::Line(String::new())
+    }
+}
+
 /// What a mutant came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum Outcome {
     Killed,
@@ -284,7 +298,7 @@ enum Outcome {
 }
 
 /// A mutant and what the suites made of it.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Judged {
     #[serde(flatten)]
     mutant: Mutant,
@@ -293,45 +307,6 @@ struct Judged {
     /// For an equivalent mutant, why.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
-}
-
-/// The results as JUnit XML: one suite per component, one case per mutant, named by file, line
-/// and mutation. A survivor is a failure (the suites let a fault through); a killed or timed-out
-/// mutant passes; an equivalent one is skipped with its reason, an unviable one as "did not
-/// build".
-fn junit(results: &[Judged]) -> quick_junit::Report {
-    use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
-    let mut out = quick_junit::Report::new("cargo xtask mutants");
-    for component in COMPONENTS.map(|c| c.name) {
-        let mut suite = TestSuite::new(format!("mutants {component}"));
-        for r in results.iter().filter(|r| r.mutant.component == component) {
-            let status = match r.outcome {
-                Outcome::Killed | Outcome::TimedOut => TestCaseStatus::success(),
-                Outcome::Survived => {
-                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    status.set_message(format!("survived: the suites pass with `{}` mutated", r.mutant.code));
-                    status
-                }
-                Outcome::Equivalent => {
-                    let mut status = TestCaseStatus::skipped();
-                    status.set_message(format!("equivalent: {}", r.reason.as_deref().unwrap_or("")));
-                    status
-                }
-                Outcome::Unviable => {
-                    let mut status = TestCaseStatus::skipped();
-                    status.set_message("unviable: the mutant did not build");
-                    status
-                }
-            };
-            let mut case = TestCase::new(format!("{}:{}: {}", r.mutant.file, r.mutant.line, r.mutant.what), status);
-            case.set_classname(format!("mutants.{component}")).set_time(Duration::from_secs_f64(r.seconds));
-            suite.add_test_case(case);
-        }
-        if suite.tests > 0 {
-            out.add_test_suite(suite);
-        }
-    }
-    out
 }
 
 /// An entry of `ci/mutants/equivalent.toml`.
@@ -368,6 +343,9 @@ struct EquivalentFile {
 /// Entry point of `cargo xtask mutants`.
 pub(crate) fn run(opts: Options) -> Result<()> {
     let root = exec::workspace_root();
+    if !opts.merge.is_empty() {
+        return finish(&root, &report::merge(&opts.merge)?, opts.junit.as_deref());
+    }
     let components: Vec<&Component> = if opts.components.is_empty() {
         COMPONENTS.iter().collect()
     } else {
@@ -398,6 +376,10 @@ pub(crate) fn run(opts: Options) -> Result<()> {
     }
     if !files.is_empty() {
         mutants.retain(|m| files.iter().any(|f| m.file.starts_with(f)));
+    }
+    let mut listed = BTreeMap::new();
+    for m in &mutants {
+        *listed.entry(m.component.clone()).or_insert(0) += 1;
     }
     if let Some((k, n)) = shard {
         mutants = mutants.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, m)| m).collect();
@@ -469,18 +451,26 @@ pub(crate) fn run(opts: Options) -> Result<()> {
             results.push(Judged { mutant: (*mutant).clone(), outcome, seconds, reason });
         }
     }
-    let wall = started.elapsed();
-    let report = report(&results, wall);
+    let shards =
+        shard.map_or_else(report::Shards::whole, |(k, n)| report::Shards { judged: BTreeSet::from([k]), of: n });
+    let run = report::Run { wall_seconds: started.elapsed().as_secs_f64(), shards, listed, mutants: results };
+    finish(&root, &run, opts.junit.as_deref())
+}
+
+/// Writes the run's report (and JUnit when asked), prints it; an error when a mutant survived.
+fn finish(root: &Path, run: &report::Run, junit: Option<&Path>) -> Result<()> {
+    let out = root.join("target/mutants");
+    let report = report::report(run);
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("report.md"), &report.markdown)?;
     std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report.json)?)?;
     print!("{}", report.markdown);
     eprintln!("[mutants] report: {}/report.{{json,md}}", out.display());
-    if let Some(path) = &opts.junit {
-        let xml = junit(&results).to_string().context("serialising the JUnit report")?;
+    if let Some(path) = junit {
+        let xml = report::junit(&run.mutants).to_string().context("serialising the JUnit report")?;
         std::fs::write(path, xml).with_context(|| format!("writing {}", path.display()))?;
     }
-    if results.iter().any(|r| r.outcome == Outcome::Survived) {
+    if run.mutants.iter().any(|r| r.outcome == Outcome::Survived) {
         bail!("mutants survived: kill each with a test, or list it in ci/mutants/equivalent.toml with the reason");
     }
     Ok(())
@@ -536,7 +526,7 @@ fn list(root: &Path, component: &Component) -> Result<Vec<Mutant>> {
                 let lines: Vec<&str> = text.lines().collect();
                 for m in operators::mutants(&text) {
                     mutants.push(Mutant {
-                        component: component.name,
+                        component: component.name.to_owned(),
                         file: file.to_owned(),
                         line: m.line,
                         what: m.what,
@@ -583,7 +573,7 @@ fn list(root: &Path, component: &Component) -> Result<Vec<Mutant>> {
                     .map(|name| name.strip_prefix(&location).unwrap_or(name).to_owned())
                     .unwrap_or_else(|| format!("replace with {replacement}"));
                 mutants.push(Mutant {
-                    component: component.name,
+                    component: component.name.to_owned(),
                     file,
                     line: start.0,
                     what,
@@ -767,105 +757,9 @@ fn equivalents(root: &Path) -> Result<Vec<Equivalent>> {
     Ok(file.equivalent)
 }
 
-struct Report {
-    markdown: String,
-    json: serde_json::Value,
-}
-
-/// Per component: mutants, killed, survived, equivalent, timed out, unviable, and the score
-/// (killed over buildable, non-equivalent mutants); then every survivor with file:line.
-fn report(results: &[Judged], wall: Duration) -> Report {
-    let mut md = String::from(
-        "# Mutation score\n\n| component | mutants | killed | survived | equivalent | timed out | unviable | score |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    let mut components = BTreeMap::new();
-    for name in COMPONENTS.map(|c| c.name) {
-        let of: Vec<&Judged> = results.iter().filter(|r| r.mutant.component == name).collect();
-        if of.is_empty() {
-            continue;
-        }
-        let count = |o: Outcome| of.iter().filter(|r| r.outcome == o).count();
-        let (killed, survived, timed_out) =
-            (count(Outcome::Killed), count(Outcome::Survived), count(Outcome::TimedOut));
-        // A timeout is a catch (the mutant hung the code), as cargo-mutants counts it.
-        let judged = killed + survived + timed_out;
-        let score = if judged == 0 { None } else { Some(100.0 * (killed + timed_out) as f64 / judged as f64) };
-        let score_text = score.map_or("not judged".to_owned(), |s| format!("{s:.1}%"));
-        md.push_str(&format!(
-            "| {name} | {} | {killed} | {survived} | {} | {timed_out} | {} | {score_text} |\n",
-            of.len(),
-            count(Outcome::Equivalent),
-            count(Outcome::Unviable)
-        ));
-        components.insert(
-            name,
-            serde_json::json!({
-                "mutants": of.len(), "killed": killed, "survived": survived, "equivalent": count(Outcome::Equivalent),
-                "timed_out": timed_out, "unviable": count(Outcome::Unviable), "score_pct": score,
-            }),
-        );
-    }
-    let minutes = wall.as_secs_f64() / 60.0;
-    md.push_str(&format!(
-        "\n{} mutant(s) in {:.1} min ({:.2} per minute).\n",
-        results.len(),
-        minutes,
-        if minutes > 0.0 { results.len() as f64 / minutes } else { 0.0 }
-    ));
-    let survivors: Vec<&Judged> = results.iter().filter(|r| r.outcome == Outcome::Survived).collect();
-    if !survivors.is_empty() {
-        md.push_str("\n## Survivors\n\n");
-        for r in &survivors {
-            md.push_str(&format!(
-                "- {} `{}:{}`: {} (`{}`)\n",
-                r.mutant.component, r.mutant.file, r.mutant.line, r.mutant.what, r.mutant.code
-            ));
-        }
-    }
-    let json = serde_json::json!({ "wall_seconds": wall.as_secs_f64(), "components": components, "mutants": results });
-    Report { markdown: md, json }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The JUnit XML, read back by a parser of its own: one case per mutant, the survivor a
-    /// failure, the equivalent one skipped with its reason, the killed one a pass.
-    #[test]
-    fn junit_reads_back_one_case_per_mutant() {
-        let mutant = |line: usize, what: &str| Mutant {
-            component: "judging",
-            file: "lab/workload/src/accounting.rs".into(),
-            line,
-            what: what.into(),
-            code: "self.misroutes += 1".into(),
-            edit: Edit::Line(String::new()),
-        };
-        let judged = |line, outcome, reason: Option<&str>| Judged {
-            mutant: mutant(line, "replace += with -="),
-            outcome,
-            seconds: 30.0,
-            reason: reason.map(str::to_owned),
-        };
-        let results = [
-            judged(10, Outcome::Killed, None),
-            judged(11, Outcome::Survived, None),
-            judged(12, Outcome::Equivalent, Some("the counter is only compared with zero")),
-        ];
-        let xml = junit(&results).to_string().unwrap();
-        let doc = roxmltree::Document::parse(&xml).expect("well-formed XML");
-        let cases: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("testcase")).collect();
-        assert_eq!(cases.len(), 3);
-        let child = |i: usize, tag: &str| cases[i].children().find(|n| n.has_tag_name(tag));
-        assert!(child(0, "failure").is_none() && child(0, "skipped").is_none());
-        assert_eq!(cases[1].attribute("name"), Some("lab/workload/src/accounting.rs:11: replace += with -="));
-        assert!(child(1, "failure").is_some_and(|f| f.attribute("message").unwrap_or("").starts_with("survived")));
-        assert_eq!(
-            child(2, "skipped").and_then(|n| n.attribute("message")),
-            Some("equivalent: the counter is only compared with zero")
-        );
-    }
 
     /// An entry names its file's lines of that text and mutation; with `after`, only the one
     /// below that text (a line that repeats). The shipped file parses (no unknown field).
@@ -873,7 +767,7 @@ mod tests {
     fn an_equivalent_entry_names_its_line_and_with_after_only_the_one_below_that() {
         let source = "if a {\n    count();\n}\n\nif b {\n\n    count();\n}\n";
         let mutant = |line, what: &str| Mutant {
-            component: "ebpf",
+            component: "ebpf".into(),
             file: "f.rs".into(),
             line,
             what: what.into(),
@@ -947,7 +841,7 @@ mod tests {
         std::fs::create_dir_all(&tree).unwrap();
         std::fs::write(tree.join("f.rs"), "fn a() -> u32 {\n    1 + 2\n}\n").unwrap();
         let m = Mutant {
-            component: "judging",
+            component: "judging".into(),
             file: "f.rs".into(),
             line: 2,
             what: "x".into(),
