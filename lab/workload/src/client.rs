@@ -375,7 +375,7 @@ async fn open_flows(
         _ = opening.wait_for(|o| *o) => {}
         _ = stop.wait_for(|s| *s) => return,
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ LATE_SEED_SALT);
+    let mut rng = late_flows_rng(spec.seed);
     let period_us = spec.period.as_micros().max(1) as u64;
     let mut next_port = u32::from(TCP_BASE_PORT) + spec.tcp_flows;
     let mut interval = schedule(Instant::now(), spec.period);
@@ -405,6 +405,12 @@ async fn open_flows(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The random source of the offsets of the flows opened during a run: drawn apart from the
+/// initial flows' (which would repeat theirs), and different for every seed.
+fn late_flows_rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ LATE_SEED_SALT)
 }
 
 /// A socket of type `ty` (`premade` if given) bound to the wildcard address and `port`.
@@ -667,6 +673,44 @@ mod tests {
             }
         });
         (spec, end)
+    }
+
+    /// The late flows' offsets differ from the initial flows' of the same seed, and between any
+    /// two seeds, those that differ only in a bit of the salt included.
+    #[test]
+    fn every_seed_draws_its_own_late_offsets() {
+        let first = |mut rng: ChaCha8Rng| rng.random::<u64>();
+        for seed in [0, 1, 7, 0x1a7e, u64::MAX] {
+            assert_ne!(first(late_flows_rng(seed)), first(ChaCha8Rng::seed_from_u64(seed)), "seed {seed}");
+            for bit in (0..64).map(|b| 1u64 << b) {
+                assert_ne!(
+                    first(late_flows_rng(seed)),
+                    first(late_flows_rng(seed ^ bit)),
+                    "seeds {seed} and {}",
+                    seed ^ bit
+                );
+            }
+        }
+    }
+
+    /// A task that holds the flows' thread shows in the timeline as a stall of about that
+    /// long: the heartbeat wakes late and records it.
+    #[tokio::test]
+    async fn the_heartbeat_records_the_time_the_thread_could_not_run() {
+        let book = Arc::new(FlowBook::new(&loopback_spec()));
+        let (stop_set, stop) = watch::channel(false);
+        let beat = tokio::spawn(heartbeat(book.clone(), stop));
+        // The heartbeat's timer is set (the test's runtime has one thread: this lets it run).
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(200));
+        let stalled = || book.timeline().seconds.iter().map(|s| s.stalled_ms).sum::<u64>();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stalled() < 150 && Instant::now() < deadline {
+            tokio::time::sleep(HEARTBEAT).await;
+        }
+        assert!(stalled() >= 150, "a 200 ms hold recorded as {} ms of stall", stalled());
+        stop_set.send_replace(true);
+        beat.await.expect("the heartbeat ends when stopped");
     }
 
     /// Flow 0's plan: an ephemeral port, starting at once.

@@ -61,8 +61,9 @@ pub(super) fn report(run: &Run) -> Report {
     let mut md = String::from("# Mutation score\n\n");
     if sample {
         md.push_str(&format!(
-            "A sample: shard(s) {} of {}, every {}-th mutant of each component's list. The interval \
-             (95%, Wilson) is where the whole component's score lies.\n\n",
+            "A sample: shard(s) {} of {}, each one mutant in {} of each component's list; `of` is \
+             the component's size. The interval (95%, Wilson) is where the whole component's \
+             score lies.\n\n",
             run.shards.judged.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             run.shards.of,
             run.shards.of
