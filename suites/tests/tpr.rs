@@ -21,7 +21,7 @@ use std::{
 
 use zrlab_common::{
     drop::{CONFIG_GLOBAL, DropConfig},
-    tpr::{ECHO_KIND, OPT_LEN, SERVER_KIND},
+    tpr::{ECHO_KIND, FILL_CONFIG_GLOBAL, FillConfig, OPT_LEN, SERVER_KIND},
 };
 use zrlab_control::{
     bpf::{Loaded, Object},
@@ -57,8 +57,8 @@ struct Case {
     server: Option<Ids>,
     /// `tpr_client` on the client.
     client: bool,
-    /// `tpr_fill` before `tpr_client`: the option space is full.
-    fill: bool,
+    /// `tpr_fill` before `tpr_client`, writing this (another program's option first).
+    fill: Option<FillConfig>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +69,7 @@ enum Ids {
     Fixed(u32),
 }
 
-const BOTH: Case = Case { server: Some(Ids::Registry), client: true, fill: false };
+const BOTH: Case = Case { server: Some(Ids::Registry), client: true, fill: None };
 
 /// A lab with the LB, the services and the case's programs. Fields drop in order: programs and
 /// LB before the lab.
@@ -122,9 +122,10 @@ impl Bed {
             }
         }
         let client_cgroup = lab.cgroup_of("client").expect("cgroup");
-        if case.fill {
+        if let Some(config) = case.fill {
             // Attached first, so it runs first and takes the space.
-            let mut loaded = Loaded::load(Object::TprFill, &[]).expect("load tpr_fill");
+            let mut loaded =
+                Loaded::load_with(Object::TprFill, (FILL_CONFIG_GLOBAL, &config), &[]).expect("load tpr_fill");
             loaded.attach_sock_ops("tpr_fill", &client_cgroup).expect("attach tpr_fill");
             fill = Some(loaded);
         }
@@ -387,7 +388,7 @@ fn dead_id_falls_back_and_the_flow_keeps_its_backend() {
 
 #[test]
 fn full_option_space_costs_the_echo_not_the_connection() {
-    let Some(bed) = Bed::new(Case { fill: true, ..BOTH }, &[]) else { return };
+    let Some(bed) = Bed::new(Case { fill: Some(FillConfig::FULL), ..BOTH }, &[]) else { return };
     one_backend(&bed.exchange(ROUNDS, false));
     let (server, client) = bed.counters();
     assert_eq!(client.parsed, 1, "the id arrived: {client:?}");
@@ -395,6 +396,19 @@ fn full_option_space_costs_the_echo_not_the_connection() {
     assert_eq!(client.echoed, 0, "{client:?}");
     assert_eq!(client.write_errors, 0, "{client:?}");
     assert_eq!(server.echo_ok, 0, "no echo reached the server: {server:?}");
+}
+
+/// Another program of the client's cgroup wrote an option of the echo's kind first (its id 0):
+/// the kernel refuses a second one (`-EEXIST`), which the client counts as a write error on
+/// every segment, echoing nothing; the connection goes on, routed by the table.
+#[test]
+fn an_echo_another_program_wrote_is_counted_not_repeated() {
+    let Some(bed) = Bed::new(Case { fill: Some(FillConfig::ECHO_FIRST), ..BOTH }, &[]) else { return };
+    one_backend(&bed.exchange(ROUNDS, false));
+    let (_, client) = bed.counters();
+    assert_eq!(client.parsed, 1, "the id arrived: {client:?}");
+    assert!(client.write_errors >= ROUNDS, "every segment's refused echo counted: {client:?}");
+    assert_eq!((client.echoed, client.no_space), (0, 0), "{client:?}");
 }
 
 #[test]

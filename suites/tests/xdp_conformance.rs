@@ -431,6 +431,29 @@ fn ids_that_share_a_slot_route_through_the_hash_table() {
     }
 }
 
+/// The lowest id, 1, is an id like any other (only 0 means "none"): in a TCP option and in a
+/// QUIC connection id it routes to its real, counted as routed by id, as the model says.
+#[test]
+fn the_lowest_id_routes_like_any_other() {
+    common::require_root();
+    pin_to_cpu0();
+    let mut fx = Fixture::new();
+    let mut ids = fixture_ids();
+    ids.insert(1, ip(R2));
+    fx.lb.sync_server_ids(&ids).expect("ids");
+    fx.model.sync_server_ids(&ids);
+    let before = fx.lb.counters().expect("counters");
+    for port in 0..4u16 {
+        let frame = tcp(CLIENT4, 48_600 + port, VIP4, 80, ACK, vec![TcpOption::ServerId(1)]);
+        assert_eq!(tx_real(&mut fx, &frame), ip(R2), "id 1 in a TCP option");
+        let frame = udp(CLIENT4, 48_700 + port, VIP4, 443, &quic_short(CidVersion::V1, 1));
+        assert_eq!(tx_real(&mut fx, &frame), ip(R2), "id 1 in a QUIC connection id");
+    }
+    let after = fx.lb.counters().expect("counters");
+    let delta = |slot| after.get(slot) - before.get(slot);
+    assert_eq!((delta(counter::TCP_ID_ROUTED), delta(counter::QUIC_ID_ROUTED), delta(counter::ID_UNKNOWN)), (4, 4, 0));
+}
+
 /// The ids that share a slot go to a hash table of `MAX_SERVER_IDS` (VIP, id) pairs: a set
 /// that fills it exactly is taken (and routes), one more pair is refused by name, before
 /// anything is written, and the refused set does not become the LB's.

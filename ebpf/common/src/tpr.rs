@@ -59,3 +59,35 @@ pub mod counter {
     pub const NAMES: [&str; SLOTS as usize] =
         ["written", "written_cookie", "echo_ok", "wrong_id", "parsed", "echoed", "no_space", "skipped", "write_errors"];
 }
+
+/// Name of the read-only global holding the test filler's [`FillConfig`] (`tpr_fill`), set at
+/// load.
+pub const FILL_CONFIG_GLOBAL: &str = "FILL_CONFIG";
+
+/// What the test filler (`tpr_fill`) writes on every segment after the handshake: one option
+/// of `kind`, as long as the space left allows, `max_len` bytes at most (a reservation of the
+/// same size first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillConfig {
+    /// The option kind.
+    pub kind: u8,
+    /// The most bytes it takes (2 to 40).
+    pub max_len: u8,
+}
+
+impl FillConfig {
+    /// All the space left, in an option of an unassigned kind (0xFD, RFC 4727's experimental
+    /// range): a crowded option list.
+    pub const FULL: Self = Self { kind: 0xfd, max_len: 40 };
+
+    /// An option of the echo's own kind and size (its id 0), written before ours: another
+    /// program that echoes too.
+    pub const ECHO_FIRST: Self = Self { kind: ECHO_KIND, max_len: OPT_LEN };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] plain data without padding (two u8).
+    unsafe impl aya::Pod for super::FillConfig {}
+}

@@ -1,8 +1,10 @@
-//! `tpr_fill`: a test fixture that fills whatever TCP option space a connection has left on
-//! every segment after the handshake, as another program or a crowded option list would: it
-//! reserves all of it and writes one option of an unassigned kind (0xFD, RFC 4727's
-//! experimental range) over all of it. The suites attach it before `tpr_client` to prove that a
-//! full option space costs the echo, not the connection (`zrlab_common::tpr::counter::NO_SPACE`).
+//! `tpr_fill`: a test fixture that writes one option on every segment after the handshake, as
+//! another program of the cgroup would, before `tpr_client` writes its echo: as configured
+//! (`zrlab_common::tpr::FillConfig`, a read-only global set at load), it reserves as much of the
+//! space left as it may and writes one option of its kind over it. The suites attach it before
+//! `tpr_client` to prove that a full option space costs the echo, not the connection
+//! (`zrlab_common::tpr::counter::NO_SPACE`), and that an echo another program already wrote is
+//! counted, not duplicated (`WRITE_ERRORS`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,21 +19,26 @@ mod prog {
         macros::sock_ops,
         programs::SockOpsContext,
     };
+    use zrlab_common::tpr::FillConfig;
 
     /// The TCP option space.
     const MAX_OPTIONS: u32 = 40;
-    /// The kind the filler writes.
-    const FILL_KIND: u8 = 0xfd;
+
+    #[unsafe(no_mangle)]
+    static FILL_CONFIG: FillConfig = FillConfig::FULL;
 
     #[sock_ops]
     pub fn tpr_fill(ctx: SockOpsContext) -> u32 {
+        // SAFETY: a volatile read of a static the loader may have rewritten.
+        let config = unsafe { core::ptr::read_volatile(&FILL_CONFIG) };
+        let max = u32::from(config.max_len).min(MAX_OPTIONS);
         match ctx.op() {
             BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
                 let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
             }
             BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
                 // The largest reservation that still fits takes all that is left.
-                let mut len = MAX_OPTIONS;
+                let mut len = max;
                 while len >= 2 {
                     // SAFETY: the helper reads the context only.
                     if unsafe { bpf_reserve_hdr_opt(ctx.ops, len, 0) } == 0 {
@@ -43,8 +50,8 @@ mod prog {
             BPF_SOCK_OPS_WRITE_HDR_OPT_CB => {
                 // The largest option that still fits fills what was reserved.
                 let mut opt = [0u8; MAX_OPTIONS as usize];
-                opt[0] = FILL_KIND;
-                let mut len = MAX_OPTIONS;
+                opt[0] = config.kind;
+                let mut len = max;
                 while len >= 2 {
                     opt[1] = len as u8;
                     // SAFETY: `opt` is a live local at least `len` long.
