@@ -88,10 +88,12 @@ impl fmt::Display for Phase {
 mod tests {
     use super::*;
 
+    /// A phase reads in the report (its phase times) as the word it is announced by.
     #[test]
     fn announcements_round_trip() {
         for phase in Phase::ALL {
             assert_eq!(Phase::parse(&phase.emit()), Some(phase));
+            assert_eq!(format!("phase {phase}\n"), phase.emit());
         }
         assert_eq!(Phase::parse("phase warm"), None);
         assert_eq!(Phase::parse("log: bound"), None);

@@ -257,6 +257,31 @@ mod tests {
         assert!((share - 2.0 / 3.0).abs() < 0.01, "{counts:?}");
     }
 
+    /// The slots a down backend frees go to the up backends in proportion to their weights,
+    /// with three of them (with two, a wrong score can still split them right: the larger of
+    /// `w * E` draws and of `w / E` draws win alike between two).
+    #[test]
+    fn freed_slots_split_by_weight_among_three_up_backends() {
+        let mut set = backends(4);
+        for (b, w) in set.iter_mut().zip([3, 2, 1, 1]) {
+            b.weight = w;
+        }
+        let before = build(&set, 65_537).unwrap();
+        set[3].up = false;
+        let after = build(&set, 65_537).unwrap();
+        let freed: Vec<u32> = before.iter().zip(&after).filter(|(b, _)| **b == 3).map(|(_, a)| *a).collect();
+        let counts = slots_per_backend(&freed, 4);
+        assert_eq!(counts[3], 0);
+        for (owner, weight) in [(0, 3.0), (1, 2.0), (2, 1.0)] {
+            let share = counts[owner] as f64 / freed.len() as f64;
+            assert!(
+                (share - weight / 6.0).abs() < 0.015,
+                "backend {owner}: {share:.3} of {} freed: {counts:?}",
+                freed.len()
+            );
+        }
+    }
+
     #[test]
     fn rejects_bad_input() {
         assert_eq!(build(&backends(2), 65_536), Err(MaglevError::NotPrime(65_536)));

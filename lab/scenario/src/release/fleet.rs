@@ -314,8 +314,7 @@ impl Fleet {
                 let steered = |fleet: &Self| fleet.backends[backend].dispatcher.as_deref().map(|d| d.steered_new());
                 let before = steered(self).transpose()?.flatten();
                 let made = prober.made();
-                self.probes_after(&prober, made + PROBES_AFTER_DRAINING).await?;
-                record.probes = prober.finish()?;
+                record.probes = self.probes_after(prober, made + PROBES_AFTER_DRAINING).await?;
                 let after = steered(self).transpose()?.flatten();
                 record.steered_after_draining = before.zip(after).map(|(before, after)| after.saturating_sub(before));
             }
@@ -339,16 +338,26 @@ impl Fleet {
         }
     }
 
-    /// Waits until `prober` has made `count` probes.
-    async fn probes_after(&self, prober: &Prober, count: u64) -> Result<()> {
+    /// Waits until `prober` has made `count` probes, then stops it and returns what its probes
+    /// saw; its error at once if it ended first (it ends only when told to). Stopped on a
+    /// timeout too: no probing thread outlives the release.
+    async fn probes_after(&self, prober: Prober, count: u64) -> Result<ProbeTally> {
         let deadline = Instant::now() + self.timeout;
-        while prober.made() < count {
+        while prober.made() < count && !prober.ended() {
             if Instant::now() > deadline {
+                let _ = prober.finish();
                 return Err(LabError::Timeout { what: "the release prober's last probes".into(), after: self.timeout });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
+        let tally = prober.finish()?;
+        if tally.probes < count {
+            return Err(LabError::Unsupported(format!(
+                "the release prober stopped after {} of its {count} probes",
+                tally.probes
+            )));
+        }
+        Ok(tally)
     }
 
     /// The releases done since the last call, in order (the runner marks them on the timeline).

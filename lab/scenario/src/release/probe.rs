@@ -86,6 +86,12 @@ impl Prober {
         self.made.load(Ordering::Relaxed)
     }
 
+    /// Whether its thread has ended (it ends only when told to: earlier, [`Prober::finish`]
+    /// gives the reason).
+    pub(super) fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Stops probing and returns what the probes saw.
     pub(super) fn finish(self) -> Result<ProbeTally> {
         self.stop.store(true, Ordering::Relaxed);
